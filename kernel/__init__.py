@@ -1,0 +1,1 @@
+"""What the OS gives a node: copy-on-write snapshots, change tracking, extents, HSM."""

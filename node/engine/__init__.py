@@ -1,0 +1,1 @@
+"""The backup engine: walk, chunk, dedup, compress, encrypt, pack, and the reverse."""

@@ -1,0 +1,1 @@
+"""The trio runtime: daemon, peers, control socket. Not built yet (mesh issue)."""

@@ -1,19 +1,161 @@
-"""Linux file-system calls the standard library lacks (syncfs, hole probing).
+"""Linux file-system calls the standard library lacks (syncfs, statfs, clone, fanotify, ...).
 
 This is kernel I/O: pure cores and the simulator never import it (import-linter).
+
+Every wrapper raises ``OSError`` with the real errno, so callers can tell "not supported
+here" (EOPNOTSUPP, ENOTTY, EINVAL, EXDEV) from "not allowed" (EPERM, EACCES) and fall back
+to a weaker provider instead of failing. Struct layouts are the x86-64/aarch64 ones (LP64);
+the sizes are encoded in the ioctl numbers, so a wrong layout fails with ENOTTY/EINVAL and
+never silently misreads memory.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
+import fcntl
 import os
+import struct
+from pathlib import Path
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+BTRFS_SUPER_MAGIC = 0x9123683E
+XFS_SUPER_MAGIC = 0x58465342
+EXT4_SUPER_MAGIC = 0xEF53
+TMPFS_MAGIC = 0x01021994
+
+# ioctl numbers (checked against <linux/fs.h> with a C compiler).
+FICLONE = 0x40049409
+FS_IOC_FIEMAP = 0xC020660B
+
+#: errnos that mean "this file system / kernel cannot do that", as opposed to a real failure.
+UNSUPPORTED = frozenset(
+    {errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL, errno.EXDEV, errno.ENOSYS, errno.EISDIR}
+)
+
+
+def _raise_errno(what: str = "") -> None:
+    err = ctypes.get_errno()
+    raise OSError(err, os.strerror(err), what or None)
 
 
 def syncfs(fd: int) -> None:
     """Flush every dirty page of the file system holding ``fd`` (one call, not one per file)."""
     if _libc.syncfs(fd) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+        _raise_errno()
+
+
+def statfs_type(path: Path | str) -> int:
+    """The file-system magic (``f_type`` of statfs(2)) of the file system holding ``path``."""
+    buf = ctypes.create_string_buffer(120)  # sizeof(struct statfs) on LP64
+    if _libc.statfs(os.fsencode(path), buf) != 0:
+        _raise_errno(str(path))
+    (ftype,) = struct.unpack_from("=q", buf.raw, 0)
+    return int(ftype) & 0xFFFFFFFF
+
+
+def ficlone(dst_fd: int, src_fd: int) -> None:
+    """Make ``dst_fd`` share all of ``src_fd``'s extents (FICLONE): O(extents), no data copy.
+
+    The kernel takes both inodes' locks and flushes the source first, so the clone is one
+    instant of the source file: a concurrent write(2) lands wholly before or after it.
+    """
+    fcntl.ioctl(dst_fd, FICLONE, src_fd)
+
+
+# --- FIEMAP -----------------------------------------------------------------------------
+
+FIEMAP_FLAG_SYNC = 0x1
+FIEMAP_EXTENT_LAST = 0x1
+FIEMAP_EXTENT_UNKNOWN = 0x2
+FIEMAP_EXTENT_DELALLOC = 0x4
+FIEMAP_EXTENT_ENCODED = 0x8
+FIEMAP_EXTENT_DATA_INLINE = 0x200
+FIEMAP_EXTENT_UNWRITTEN = 0x800
+FIEMAP_EXTENT_SHARED = 0x2000
+
+_FIEMAP_HDR = struct.Struct("=QQIIII")  # fm_start, fm_length, flags, mapped, count, reserved
+_FIEMAP_EXT = struct.Struct("=QQQQQI12x")  # logical, physical, length, reserved64[2], flags
+
+
+def fiemap(fd: int, *, sync: bool = True, batch: int = 256) -> list[tuple[int, int, int, int]]:
+    """All extents of ``fd`` as (logical, physical, length, flags), in file order."""
+    out: list[tuple[int, int, int, int]] = []
+    start = 0
+    while True:
+        buf = bytearray(_FIEMAP_HDR.size + batch * _FIEMAP_EXT.size)
+        _FIEMAP_HDR.pack_into(
+            buf, 0, start, 2**64 - 1 - start, FIEMAP_FLAG_SYNC if sync else 0, 0, batch, 0
+        )
+        fcntl.ioctl(fd, FS_IOC_FIEMAP, buf, True)
+        mapped = _FIEMAP_HDR.unpack_from(buf, 0)[3]
+        if mapped == 0:
+            return out
+        last = False
+        for i in range(mapped):
+            logical, physical, length, _r0, _r1, flags = _FIEMAP_EXT.unpack_from(
+                buf, _FIEMAP_HDR.size + i * _FIEMAP_EXT.size
+            )
+            out.append((logical, physical, length, flags))
+            last = bool(flags & FIEMAP_EXTENT_LAST)
+            start = logical + length
+        if last:
+            return out
+
+
+# --- fanotify / inotify -------------------------------------------------------------------
+
+_libc.fanotify_init.argtypes = [ctypes.c_uint, ctypes.c_uint]
+_libc.fanotify_init.restype = ctypes.c_int
+_libc.fanotify_mark.argtypes = [
+    ctypes.c_int,
+    ctypes.c_uint,
+    ctypes.c_uint64,
+    ctypes.c_int,
+    ctypes.c_char_p,
+]
+_libc.fanotify_mark.restype = ctypes.c_int
+_libc.inotify_init1.argtypes = [ctypes.c_int]
+_libc.inotify_init1.restype = ctypes.c_int
+_libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+_libc.inotify_add_watch.restype = ctypes.c_int
+_libc.open_by_handle_at.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+_libc.open_by_handle_at.restype = ctypes.c_int
+
+AT_FDCWD = -100
+
+
+def fanotify_init(flags: int, event_f_flags: int) -> int:
+    fd = _libc.fanotify_init(flags, event_f_flags)
+    if fd < 0:
+        _raise_errno("fanotify_init")
+    return int(fd)
+
+
+def fanotify_mark(fd: int, flags: int, mask: int, path: Path | str) -> None:
+    if _libc.fanotify_mark(fd, flags, mask, AT_FDCWD, os.fsencode(path)) != 0:
+        _raise_errno(f"fanotify_mark {path}")
+
+
+def inotify_init1(flags: int) -> int:
+    fd = _libc.inotify_init1(flags)
+    if fd < 0:
+        _raise_errno("inotify_init1")
+    return int(fd)
+
+
+def inotify_add_watch(fd: int, path: Path | str, mask: int) -> int:
+    wd = _libc.inotify_add_watch(fd, os.fsencode(path), mask)
+    if wd < 0:
+        _raise_errno(f"inotify_add_watch {path}")
+    return int(wd)
+
+
+def open_by_handle_at(mount_fd: int, handle: bytes, flags: int) -> int:
+    """Open the object a ``struct file_handle`` (as fanotify reports it) names."""
+    fd = _libc.open_by_handle_at(mount_fd, handle, flags)
+    if fd < 0:
+        _raise_errno("open_by_handle_at")
+    return int(fd)

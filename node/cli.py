@@ -1,7 +1,561 @@
-"""The command line. Placeholder until the engine lands."""
+"""The ``corestate`` command line: the only place that turns errors into words.
+
+Exit codes: 0 done and safe; 3 done but incomplete (files that could not be read); 1 failed;
+2 usage error. ``--json`` prints machine-readable output: for long commands, status lines
+while working and one result object on the last line of stdout.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from corestate.node import keystore
+from corestate.node.home import Home, default_home
+from corestate.node.local import LocalNode
+
+from corestate.errors import CoreStateError
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INCOMPLETE = 0, 1, 2, 3
+
+
+def _fs(b: bytes) -> str:
+    return os.fsdecode(b)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+class Out:
+    """Where words and JSON go."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.json = as_json
+        self.tty = sys.stderr.isatty() and not as_json
+
+    def say(self, text: str = "") -> None:
+        if not self.json:
+            print(text, flush=True)
+
+    def warn(self, text: str) -> None:
+        print(f"warning: {text}", file=sys.stderr, flush=True)
+
+    def obj(self, obj: Any) -> None:
+        print(json.dumps(obj, sort_keys=True), flush=True)
+
+
+@contextmanager
+def _ticker(out: Out, status: Callable[[], dict[str, Any]], render: Callable[[Any, dict], None] | None,
+            total: Callable[[], float | None] | None = None) -> Iterator[None]:
+    """Progress while a block runs: a rich bar with ETA on a terminal, JSON status lines
+    every second with --json, nothing otherwise."""
+    stop = threading.Event()
+    if out.json:
+        def loop() -> None:
+            while not stop.wait(1.0):
+                out.obj({"type": "status", **status()})
+        t = threading.Thread(target=loop, daemon=True)
+        t.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            t.join()
+        return
+    if not out.tty or render is None:
+        yield
+        return
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+        TextColumn("{task.fields[detail]}"), TransferSpeedColumn(), TimeElapsedColumn(),
+        TextColumn("ETA"), TimeRemainingColumn(), transient=True,
+    )
+    task = progress.add_task("working", total=None, detail="")
+
+    def loop2() -> None:
+        while not stop.wait(0.2):
+            render(progress, {"task": task, **status(), "total": total() if total else None})
+    with progress:
+        t = threading.Thread(target=loop2, daemon=True)
+        t.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            t.join()
+
+
+def _passphrase(args: argparse.Namespace, confirm: bool = False) -> bytes:
+    return keystore.read_passphrase(getattr(args, "passphrase_file", None), confirm=confirm)
+
+
+def _open(args: argparse.Namespace) -> LocalNode:
+    home = Home(args.home)
+    home.require()
+    node = LocalNode.open(home, _passphrase(args))
+    for pid, reason in node.problems:
+        print(f"warning: pack {pid.hex()[:16]} could not be read: {reason} "
+              "(run `corestate check`)", file=sys.stderr)
+    return node
+
+
+# -- commands ---------------------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace, out: Out) -> int:
+    from corestate.node.local import init_home
+    home = Home(args.home)
+    if home.exists():
+        from corestate.node.errors import HomeExists
+        raise HomeExists(str(home.path))
+    if args.recover:
+        if args.phrase_file:
+            try:
+                phrase = Path(args.phrase_file).read_text()
+            except OSError as exc:
+                raise CoreStateError(f"cannot read the phrase file: {exc.strerror}: {args.phrase_file}")
+        elif sys.stdin.isatty():
+            import getpass
+            phrase = getpass.getpass("Recovery phrase (24 words): ")
+        else:
+            raise CoreStateError("init --recover needs the phrase", hint="pass --phrase-file FILE")
+        root = keystore.phrase_to_root(phrase)
+    else:
+        root = keystore.new_root()
+    passphrase = _passphrase(args, confirm=True)
+    keys = init_home(home, root, passphrase)
+    phrase_out = keystore.root_to_phrase(root)
+    if out.json:
+        out.obj({"home": str(home.path), "peer_id": keys.peer_id,
+                 "phrase": None if args.recover else phrase_out, "recovered": bool(args.recover)})
+        return EXIT_OK
+    out.say(f"created node home {home.path}")
+    out.say(f"peer id  {keys.peer_id}")
+    if args.recover:
+        out.say("keys recovered from the phrase; `corestate snapshots` lists what the store holds")
+    else:
+        out.say("")
+        out.say("Recovery phrase — write it down and keep it offline. It is shown only now.")
+        out.say("With it alone a fresh machine gets every key of this node back:")
+        out.say("")
+        words = phrase_out.split()
+        for i in range(0, 24, 6):
+            out.say("  " + "  ".join(f"{i + j + 1:2d}.{w:<9}" for j, w in enumerate(words[i:i + 6])))
+        out.say("")
+    out.say(f"protect paths with `corestate backup PATH`, or list them in {home.config_path}")
+    return EXIT_OK
+
+
+def cmd_key_passwd(args: argparse.Namespace, out: Out) -> int:
+    home = Home(args.home)
+    home.require()
+    home.lock()
+    try:
+        root = keystore.unseal(home.key_path.read_bytes(), _passphrase(args))
+        new = keystore.read_passphrase(args.new_passphrase_file, confirm=True) if args.new_passphrase_file \
+            else _prompt_new()
+        keystore.write_key(home.key_path, root, new)
+    finally:
+        home.unlock()
+    out.say("passphrase changed")
+    if out.json:
+        out.obj({"changed": True})
+    return EXIT_OK
+
+
+def _prompt_new() -> bytes:
+    if not sys.stdin.isatty():
+        raise CoreStateError("the new passphrase is needed", hint="pass --new-passphrase-file FILE")
+    import getpass
+    a = getpass.getpass("New passphrase: ").encode()
+    if not a or getpass.getpass("New passphrase again: ").encode() != a:
+        raise CoreStateError("the new passphrases are empty or differ", hint="run the command again")
+    return a
+
+
+def _scan_totals(paths: list[Path], stats: Any, stop: threading.Event) -> None:
+    """Count files and bytes ahead of the backup, for the ETA (terminal only)."""
+    files = size = 0
+    stack = [os.fsencode(p) for p in paths]
+    while stack and not stop.is_set():
+        p = stack.pop()
+        try:
+            with os.scandir(p) as it:
+                for e in it:
+                    if e.is_dir(follow_symlinks=False):
+                        stack.append(e.path)
+                    elif e.is_file(follow_symlinks=False):
+                        files += 1
+                        size += e.stat(follow_symlinks=False).st_size
+        except NotADirectoryError:
+            try:
+                size += os.lstat(p).st_size
+                files += 1
+            except OSError:
+                pass
+        except OSError:
+            pass
+    stats.estimate_files, stats.estimate_bytes = files, size
+
+
+def cmd_backup(args: argparse.Namespace, out: Out) -> int:
+    from corestate.node.engine.backup import Backup, BackupStats
+    node = _open(args)
+    try:
+        paths = [Path(p) for p in (args.paths or node.cfg.paths)]
+        if not paths:
+            raise CoreStateError("nothing to back up",
+                                 hint=f"give paths: `corestate backup PATH...`, or list them in {node.home.config_path}")
+        for p in paths:
+            if not os.path.lexists(p):
+                raise CoreStateError(f"{p}: no such file or directory", hint="check the path")
+        stats = BackupStats()
+        stop = threading.Event()
+        if out.tty:
+            threading.Thread(target=_scan_totals, args=(paths, stats, stop), daemon=True).start()
+        engine = Backup(node.repo, node.cfg, skip_dirs=node.skip_dirs(),
+                        exclude=node.cfg.exclude + (args.exclude or []), stats=stats)
+
+        def status() -> dict[str, Any]:
+            return {"files": stats.files, "bytes_read": stats.bytes_read, "bytes_done": stats.bytes_total,
+                    "bytes_added": stats.bytes_added, "total_bytes": stats.estimate_bytes,
+                    "current": _fs(stats.current)}
+
+        def render(progress: Any, s: dict) -> None:
+            progress.update(s["task"], description="backup", completed=stats.bytes_total,
+                            total=stats.estimate_bytes,
+                            detail=f"{stats.files} files, +{_human(stats.bytes_added)}")
+        try:
+            with _ticker(out, status, render):
+                result = engine.run(paths)
+        finally:
+            stop.set()
+    finally:
+        node.close()
+    st = result.stats
+    for path, msg in st.errors:
+        out.warn(f"{_fs(path)}: {msg} (not backed up)")
+    for path in st.torn:
+        out.warn(f"{_fs(path)}: changed while it was read; stored as read and marked torn")
+    for path, msg in st.warnings:
+        if out.tty or args.verbose:
+            out.warn(f"{_fs(path)}: {msg}")
+    code = EXIT_INCOMPLETE if st.errors else EXIT_OK
+    rate = st.bytes_total / result.seconds / 1e6 if result.seconds else 0.0
+    if out.json:
+        out.obj({
+            "type": "summary", "snapshot_id": result.snapshot_id.hex(), "files": st.files,
+            "dirs": st.dirs, "files_unchanged": st.files_unchanged, "bytes_total": st.bytes_total,
+            "bytes_read": st.bytes_read, "bytes_added": st.bytes_added, "chunks_new": st.chunks_new,
+            "errors": [[_fs(p), m] for p, m in st.errors], "torn": [_fs(p) for p in st.torn],
+            "torn_files": len(st.torn), "snapshot_provider": result.snapshot.provider,
+            "seconds": round(result.seconds, 3), "complete": code == EXIT_OK,
+        })
+        return code
+    out.say(f"snapshot {result.snapshot_id.hex()[:8]} saved")
+    out.say(f"  files {st.files} ({st.files_unchanged} unchanged), dirs {st.dirs}, "
+            f"{_human(st.bytes_total)} in {result.seconds:.1f}s ({rate:.0f} MB/s)")
+    out.say(f"  read {_human(st.bytes_read)}, added {_human(st.bytes_added)} to the store")
+    if st.errors:
+        out.say(f"  INCOMPLETE: {len(st.errors)} path(s) could not be read (listed above)")
+    return code
+
+
+def cmd_snapshots(args: argparse.Namespace, out: Out) -> int:
+    node = _open(args)
+    try:
+        snaps = node.repo.snapshots()
+    finally:
+        node.close()
+    if out.json:
+        out.obj([{
+            "id": s.id.hex(), "short_id": s.short_id, "time_ns": s.record.time_ns,
+            "host": s.record.hostname, "paths": [_fs(p) for p in s.record.paths],
+            "files": s.record.files, "bytes": s.record.size, "torn": len(s.record.torn),
+            "errors": len(s.record.errors), "provider": s.record.provider,
+        } for s in snaps])
+        return EXIT_OK
+    if not snaps:
+        out.say("no snapshots yet: `corestate backup PATH` makes one")
+        return EXIT_OK
+    out.say(f"{'ID':<9} {'TIME':<20} {'HOST':<16} {'FILES':>8} {'SIZE':>10}  PATHS")
+    for s in snaps:
+        t = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.record.time_ns / 1e9))
+        out.say(f"{s.short_id:<9} {t:<20} {s.record.hostname[:16]:<16} {s.record.files:>8} "
+                f"{_human(s.record.size):>10}  {', '.join(_fs(p) for p in s.record.paths)}")
+    out.say(f"{len(snaps)} snapshot(s)")
+    return EXIT_OK
+
+
+def cmd_ls(args: argparse.Namespace, out: Out) -> int:
+    from corestate.node.engine.inspect import find
+    node = _open(args)
+    try:
+        snap = node.repo.resolve(args.snapshot)
+        start = os.fsencode(args.path.rstrip("/")) if args.path and args.path != "/" else b""
+        tree, top = find(node.repo, snap, start)
+        rows = []
+        if top is not None and top.subtree is None:
+            rows.append((start, top))
+        else:
+            rows.extend(node.repo.walk(tree, start) if args.recursive or not start
+                        else ((start + b"/" + n.name, n) for n in node.repo.tree(tree)))
+        for path, n in rows:
+            if out.json:
+                out.obj({"path": _fs(path), "type": n.type, "mode": n.mode, "uid": n.uid, "gid": n.gid,
+                         "mtime_ns": n.mtime_ns, "size": n.size,
+                         "target": _fs(n.target) if n.target else None})
+            else:
+                t = time.strftime("%Y-%m-%d %H:%M", time.localtime(n.mtime_ns / 1e9))
+                suffix = f" -> {_fs(n.target)}" if n.target else ""
+                out.say(f"{n.type} {n.mode:04o} {n.uid:>5} {n.gid:>5} {n.size:>12} {t}  {_fs(path)}{suffix}")
+    finally:
+        node.close()
+    return EXIT_OK
+
+
+def cmd_restore(args: argparse.Namespace, out: Out) -> int:
+    from corestate.node.engine.restore import Restore, RestoreStats
+    node = _open(args)
+    try:
+        snap = node.repo.resolve(args.snapshot)
+        stats = RestoreStats()
+        includes = [os.fsencode("/" + p.strip("/")) for p in args.path or []]
+        t0 = time.monotonic()
+
+        def status() -> dict[str, Any]:
+            return {"files": stats.files, "files_total": stats.files_total,
+                    "bytes_written": stats.bytes_written, "bytes_total": stats.bytes_total}
+
+        def render(progress: Any, s: dict) -> None:
+            progress.update(s["task"], description="restore", completed=stats.bytes_written,
+                            total=stats.bytes_total or None, detail=f"{stats.files}/{stats.files_total} files")
+        with _ticker(out, status, render):
+            Restore(node.repo, stats=stats).run(snap, Path(args.target), includes, dry_run=args.dry_run)
+        secs = time.monotonic() - t0
+    finally:
+        node.close()
+    for path, msg in stats.errors:
+        out.warn(f"{_fs(path)}: {msg}")
+    code = EXIT_FAIL if stats.errors else EXIT_OK
+    if out.json:
+        out.obj({"type": "summary", "snapshot_id": snap.id.hex(), "files": stats.files, "dirs": stats.dirs,
+                 "bytes": stats.bytes_total, "errors": [[_fs(p), m] for p, m in stats.errors],
+                 "dry_run": args.dry_run, "seconds": round(secs, 3)})
+        return code
+    verb = "would restore" if args.dry_run else "restored"
+    out.say(f"{verb} {stats.files} files, {stats.dirs} dirs, {_human(stats.bytes_total)} from "
+            f"snapshot {snap.short_id} into {os.path.abspath(args.target)} in {secs:.1f}s")
+    if stats.errors:
+        out.say(f"FAILED for {len(stats.errors)} path(s), listed above")
+    return code
+
+
+def cmd_diff(args: argparse.Namespace, out: Out) -> int:
+    from corestate.node.engine.inspect import diff
+    node = _open(args)
+    try:
+        a, b = node.repo.resolve(args.a), node.repo.resolve(args.b)
+        changes = list(diff(node.repo, a.record.tree, b.record.tree))
+    finally:
+        node.close()
+    if out.json:
+        out.obj([{"op": op, "path": _fs(p)} for op, p in changes])
+        return EXIT_OK
+    for op, p in changes:
+        out.say(f"{op}  {_fs(p)}")
+    counts = {k: sum(1 for op, _ in changes if op == k) for k in "+-MT"}
+    out.say(f"{counts['+']} added, {counts['-']} removed, {counts['M']} modified, {counts['T']} type changed")
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace, out: Out) -> int:
+    from corestate.node.engine.inspect import check
+    node = _open(args)
+    done = [0, 0]
+    try:
+        def render(progress: Any, s: dict) -> None:
+            progress.update(s["task"], description="check", completed=done[0], total=done[1] or None,
+                            detail="packs")
+        with _ticker(out, lambda: {"packs_done": done[0], "packs": done[1]}, render):
+            report = check(node.repo, read_data=args.read_data,
+                           progress=lambda n, t: done.__setitem__(slice(0, 2), [n, t]))
+    finally:
+        node.close()
+    if out.json:
+        out.obj({"type": "summary", "ok": report.ok, "packs": report.packs, "blobs": report.blobs,
+                 "snapshots": report.snapshots, "trees": report.trees, "bytes_read": report.bytes_read,
+                 "damage": [{"what": d.what, "id": d.id.hex(), "reason": d.reason, "files": d.files}
+                            for d in report.damage]})
+        return EXIT_OK if report.ok else EXIT_FAIL
+    out.say(f"checked {report.packs} packs, {report.blobs} blobs, {report.trees} trees, "
+            f"{report.snapshots} snapshots" + (f", read {_human(report.bytes_read)}" if args.read_data else ""))
+    if report.ok:
+        out.say("no damage found" + ("" if args.read_data else " (structure only; --read-data reads every byte)"))
+        return EXIT_OK
+    for d in report.damage:
+        out.say(f"DAMAGED {d.what} {d.id.hex()[:16]}: {d.reason}")
+        for f in d.files[:50]:
+            out.say(f"    affects {f}")
+        if len(d.files) > 50:
+            out.say(f"    ... and {len(d.files) - 50} more")
+    out.say(f"{len(report.damage)} damaged object(s)")
+    return EXIT_FAIL
+
+
+def cmd_stats(args: argparse.Namespace, out: Out) -> int:
+    from corestate.node.engine.inspect import stats
+    node = _open(args)
+    try:
+        s: dict[str, Any] = {**stats(node.repo), "peer_id": node.keys.peer_id}
+    finally:
+        node.close()
+    if out.json:
+        out.obj(s)
+        return EXIT_OK
+    out.say(f"peer id        {s['peer_id']}")
+    out.say(f"snapshots      {s['snapshots']}")
+    out.say(f"store          {_human(s['store_bytes'])} in {s['packs']} packs")
+    out.say(f"unique data    {_human(s['unique_bytes'])} in {s['chunks']} chunks, {s['trees']} trees")
+    if s["latest_bytes"]:
+        out.say(f"latest         {s['latest_files']} files, {_human(s['latest_bytes'])}")
+        out.say(f"ratio          {s['store_bytes'] / max(1, s['unique_bytes']):.2f} stored/unique")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace, out: Out) -> int:
+    from corestate.node.demo import run_demo
+    return run_demo(args, out)
+
+
+# -- parser -----------------------------------------------------------------------------
+
+EPILOG = """\
+examples:
+  corestate init                          create a node; shows the 24-word recovery phrase once
+  corestate backup ~/Documents ~/src      back up two folders (excludes: --exclude '*.tmp')
+  corestate snapshots                     list snapshots
+  corestate ls latest /home/me/src        list what a snapshot holds under a path
+  corestate restore latest --target /tmp/r --path /home/me/src
+  corestate check --read-data             read and verify every byte in the store
+  corestate demo                          a guided run on a sample tree
+
+The home is $CORESTATE_HOME or --home (default: %s). Commands that need the key read the
+passphrase from --passphrase-file, $CORESTATE_PASSPHRASE, or the terminal.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="corestate", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="CoreState: encrypted, deduplicated backups; a peer-to-peer backup mesh.",
+        epilog=EPILOG % default_home(),
+    )
+    p.add_argument("--home", type=Path, default=None, help="the node home (default: $CORESTATE_HOME or %(default)s)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, fn: Callable, help: str, key: bool = True, json_flag: bool = True) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(fn=fn)
+        if key:
+            sp.add_argument("--passphrase-file", metavar="F", help="read the passphrase from the first line of F")
+        if json_flag:
+            sp.add_argument("--json", action="store_true", help="machine-readable output")
+        return sp
+
+    sp = add("init", cmd_init, "create a node home and its keys")
+    sp.add_argument("--recover", action="store_true", help="rebuild the keys of an existing node from its phrase")
+    sp.add_argument("--phrase-file", metavar="F", help="with --recover: read the 24 words from F")
+
+    key = sub.add_parser("key", help="manage the node key")
+    ksub = key.add_subparsers(dest="key_command", metavar="COMMAND")
+    kp = ksub.add_parser("passwd", help="change the passphrase that seals the key")
+    kp.set_defaults(fn=cmd_key_passwd)
+    kp.add_argument("--passphrase-file", metavar="F", help="the current passphrase")
+    kp.add_argument("--new-passphrase-file", metavar="F", help="the new passphrase")
+    kp.add_argument("--json", action="store_true", help="machine-readable output")
+
+    sp = add("backup", cmd_backup, "back up paths (or those in config.toml) into a new snapshot")
+    sp.add_argument("paths", nargs="*", metavar="PATH", help="files or folders to back up")
+    sp.add_argument("--exclude", action="append", metavar="PATTERN",
+                    help="skip paths matching PATTERN (gitignore syntax, relative to each PATH); repeatable")
+    sp.add_argument("-v", "--verbose", action="store_true", help="also list skipped special files")
+
+    add("snapshots", cmd_snapshots, "list the snapshots")
+
+    sp = add("ls", cmd_ls, "list the contents of a snapshot")
+    sp.add_argument("snapshot", metavar="SNAP", help="snapshot id prefix, or 'latest'")
+    sp.add_argument("path", nargs="?", metavar="PATH", help="only below this path (as backed up)")
+    sp.add_argument("-r", "--recursive", action="store_true", help="list PATH recursively")
+
+    sp = add("restore", cmd_restore, "restore a snapshot (or chosen paths) below a target directory")
+    sp.add_argument("snapshot", metavar="SNAP", help="snapshot id prefix, or 'latest'")
+    sp.add_argument("--target", required=True, metavar="DIR",
+                    help="where to restore; each path comes back below DIR under its full original path")
+    sp.add_argument("--path", action="append", metavar="P", help="restore only P (as backed up); repeatable")
+    sp.add_argument("--dry-run", action="store_true", help="show what would be restored, write nothing")
+
+    sp = add("diff", cmd_diff, "show what changed between two snapshots")
+    sp.add_argument("a", metavar="SNAP1")
+    sp.add_argument("b", metavar="SNAP2")
+
+    sp = add("check", cmd_check, "verify the store; exits non-zero on any damage")
+    sp.add_argument("--read-data", action="store_true", help="read, decrypt and hash every byte")
+
+    add("stats", cmd_stats, "sizes and counts of the store")
+
+    sp = add("demo", cmd_demo, "a guided run: back up a sample tree, change it, restore and verify",
+             key=False)
+    sp.add_argument("--dir", type=Path, help="work in DIR instead of a temporary folder")
+    sp.add_argument("--keep", action="store_true", help="keep the demo's files for you to explore")
+    return p
+
 
 def main(argv: list[str] | None = None) -> int:
-    return 0
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "fn", None):
+        parser.print_help()
+        return EXIT_USAGE
+    if args.home is None:
+        args.home = default_home()
+    out = Out(getattr(args, "json", False))
+    try:
+        return int(args.fn(args, out))
+    except CoreStateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        print("interrupted; what was stored so far is kept and reused next time", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        print(f"error: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
+        return EXIT_FAIL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,4 +1,8 @@
-"""Errors of corestate.node; all derive from CoreStateError."""
+"""Errors of corestate.node; all derive from CoreStateError.
+
+Each carries what a person needs to act (``hint``) and whether retrying can help. Only
+the CLI turns them into words on a terminal.
+"""
 
 from __future__ import annotations
 
@@ -7,3 +11,103 @@ from corestate.errors import CoreStateError
 
 class NodeError(CoreStateError):
     """Root of the errors raised by corestate.node."""
+
+
+class HomeMissing(NodeError):
+    def __init__(self, home: str) -> None:
+        super().__init__(
+            f"no node home at {home}",
+            hint="run `corestate init` first, or point --home / CORESTATE_HOME at your home",
+        )
+        self.home = home
+
+
+class HomeExists(NodeError):
+    def __init__(self, home: str) -> None:
+        super().__init__(
+            f"a node home already exists at {home}",
+            hint="use another --home, or `corestate init --recover` into an empty folder",
+        )
+        self.home = home
+
+
+class HomeBusy(NodeError):
+    retryable = True
+
+    def __init__(self, home: str, holder: str) -> None:
+        super().__init__(
+            f"another corestate process ({holder}) is using {home}",
+            hint="wait for it to finish, or stop it; two processes never write one home",
+        )
+        self.home = home
+
+
+class PassphraseError(NodeError):
+    """No passphrase available, or the one given does not unseal the key."""
+
+
+class WrongPassphrase(PassphraseError):
+    def __init__(self) -> None:
+        super().__init__(
+            "the passphrase does not unlock this node's key",
+            hint="check --passphrase-file / CORESTATE_PASSPHRASE; if it is lost, recover "
+            "the node from its 24-word phrase with `corestate init --recover`",
+        )
+
+
+class BadPhrase(NodeError):
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            f"the recovery phrase is not valid: {reason}",
+            hint="the phrase is 24 English BIP-39 words separated by spaces, as shown at init",
+        )
+
+
+class ConfigError(NodeError):
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}", hint="fix the config file and run again")
+        self.path = path
+
+
+class StoreError(NodeError):
+    """The pack store could not do what was asked."""
+
+
+class StoreFull(StoreError):
+    retryable = True
+
+    def __init__(self, where: str) -> None:
+        super().__init__(
+            f"no space left on the device holding {where}",
+            hint="free some space (or move the store to a bigger disk in config.toml) and "
+            "run the backup again: packs already stored are kept and reused",
+        )
+        self.where = where
+
+
+class PackMissing(StoreError):
+    def __init__(self, pack_id: str) -> None:
+        super().__init__(
+            f"pack {pack_id} is not in the store",
+            hint="run `corestate check` to see what it affects",
+        )
+        self.pack_id = pack_id
+
+
+class SnapshotNotFound(NodeError):
+    def __init__(self, ref: str, reason: str = "no such snapshot") -> None:
+        super().__init__(f"{ref}: {reason}", hint="`corestate snapshots` lists the snapshots")
+        self.ref = ref
+
+
+class PathNotInSnapshot(NodeError):
+    def __init__(self, path: str) -> None:
+        super().__init__(f"{path} is not in the snapshot", hint="`corestate ls SNAP` shows what is")
+        self.path = path
+
+
+class RestoreTargetError(NodeError):
+    def __init__(self, target: str, reason: str) -> None:
+        super().__init__(f"cannot restore into {target}: {reason}",
+                         hint="choose an empty or existing directory you can write")
+        self.target = target

@@ -1,0 +1,298 @@
+"""Restore: the reverse of backup, verifying every chunk, never writing outside the target.
+
+Each backed-up path comes back below the target under its full original path (as restic
+does). Safety does not rest on trusting the snapshot: tree names are validated when they
+are decoded (no ``..``, ``/``, NUL or empty names), directories are created and entered
+one component at a time through directory fds opened with ``O_NOFOLLOW``, and files are
+created with ``O_EXCL | O_NOFOLLOW`` under a temporary name and renamed into place, so a
+symlink in the target (pre-existing or restored) is never followed.
+
+Files are written by worker threads (reading, decrypting, hashing and decompressing
+release the GIL); directory metadata is applied last, deepest first, so writing into a
+directory does not disturb its restored mtime; one ``syncfs`` at the end makes it durable.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import stat
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from corestate.kernel.linux import syncfs
+from corestate.node.engine.repo import Repository, SnapshotInfo
+from corestate.node.errors import PathNotInSnapshot, RestoreTargetError
+from corestate.protocol.errors import CorruptObject
+from corestate.protocol.objects import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclass(slots=True)
+class RestoreStats:
+    files: int = 0
+    dirs: int = 0
+    links: int = 0
+    bytes_total: int = 0  # planned bytes, known once the trees are read
+    bytes_written: int = 0
+    files_total: int = 0
+    errors: list[tuple[bytes, str]] = field(default_factory=list)
+    current: bytes = b""
+
+
+class Restore:
+    def __init__(self, repo: Repository, *, workers: int | None = None,
+                 stats: RestoreStats | None = None) -> None:
+        self.repo = repo
+        self.stats = stats or RestoreStats()
+        self.workers = workers or max(2, (os.cpu_count() or 2))
+        self._lock = threading.Lock()
+        self._is_root = os.geteuid() == 0
+
+    def run(self, snap: SnapshotInfo, target: Path, includes: list[bytes] | None = None,
+            dry_run: bool = False) -> RestoreStats:
+        self.includes = [i.rstrip(b"/") or b"/" for i in (includes or [])]
+        for inc in self.includes:
+            if inc != b"/" and not self._exists(snap.record.tree, inc):
+                raise PathNotInSnapshot(os.fsdecode(inc))
+        self.dry_run = dry_run
+        self._dirs: list[tuple[bytes, Node]] = []
+        self._jobs: list[tuple[bytes, Node]] = []
+        self._links: list[tuple[bytes, bytes]] = []
+        self._first_by_inode: dict[int, bytes] = {}
+        target = Path(os.path.abspath(target))
+        tb = os.fsencode(target)
+        if dry_run:
+            self._plan(snap.record.tree, b"", -1, tb, not self.includes)
+            return self.stats
+        try:
+            os.makedirs(target, exist_ok=True)
+            tfd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise RestoreTargetError(str(target), exc.strerror or str(exc))
+        try:
+            self.repo.preload_salts()
+            self._plan(snap.record.tree, b"", tfd, tb, not self.includes)
+            self.stats.files_total = len(self._jobs) + len(self._links)
+            self.stats.bytes_total = sum(n.size for _, n in self._jobs)
+            with ThreadPoolExecutor(self.workers, thread_name_prefix="restore") as pool:
+                futs: list[Future[None]] = [pool.submit(self._write_file, d, n) for d, n in self._jobs]
+                for f in futs:
+                    f.result()
+            for src, dst in self._links:
+                self._link(src, dst)
+            for dpath, node in reversed(self._dirs):
+                self._apply_dir_meta(dpath, node)
+            syncfs(tfd)
+        finally:
+            os.close(tfd)
+        return self.stats
+
+    # -- planning (one thread) ------------------------------------------------------------
+
+    def _exists(self, tree: bytes, path: bytes) -> bool:
+        comps = [c for c in path.split(b"/") if c]
+        for i, c in enumerate(comps):
+            node = next((n for n in self.repo.tree(tree) if n.name == c), None)
+            if node is None:
+                return False
+            if i == len(comps) - 1:
+                return True
+            if node.subtree is None:
+                return False
+            tree = node.subtree
+        return True
+
+    def _selected(self, p: bytes) -> int:
+        """2: restore all of p; 1: p is only an ancestor of a chosen path; 0: skip."""
+        for inc in self.includes:
+            if p == inc or p.startswith(inc + b"/") or inc == b"/":
+                return 2
+        for inc in self.includes:
+            if inc.startswith(p + b"/"):
+                return 1
+        return 0
+
+    def _plan(self, tree: bytes, spath: bytes, dfd: int, dpath: bytes, full: bool) -> None:
+        for node in self.repo.tree(tree):
+            p = spath + b"/" + node.name
+            sel = 2 if full else self._selected(p)
+            if not sel:
+                continue
+            out = dpath + b"/" + node.name
+            self.stats.current = out
+            if node.type == DIR:
+                self.stats.dirs += 1
+                if self.dry_run:
+                    self._plan(node.subtree or b"", p, -1, out, sel == 2)
+                    continue
+                cfd = self._mkdir(dfd, dpath, node.name)
+                if cfd is None:
+                    continue
+                try:
+                    assert node.subtree is not None
+                    self._plan(node.subtree, p, cfd, out, sel == 2)
+                finally:
+                    os.close(cfd)
+                self._dirs.append((out, node))
+            elif sel == 1:
+                continue
+            elif node.type == FILE:
+                if node.inode is not None and node.inode in self._first_by_inode:
+                    self._links.append((self._first_by_inode[node.inode], out))
+                    continue
+                if node.inode is not None:
+                    self._first_by_inode[node.inode] = out
+                if self.dry_run:
+                    self.stats.files += 1
+                    self.stats.bytes_total += node.size
+                else:
+                    self._jobs.append((dpath, node))
+            elif not self.dry_run:
+                self._special(dfd, out, node)
+
+    def _mkdir(self, dfd: int, dpath: bytes, name: bytes) -> int | None:
+        try:
+            os.mkdir(name, 0o700, dir_fd=dfd)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            self._error(dpath + b"/" + name, exc)
+            return None
+        try:
+            return os.open(name, _DIR_FLAGS, dir_fd=dfd)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                self.stats.errors.append(
+                    (dpath + b"/" + name, "exists in the target and is not a directory; not followed"))
+            else:
+                self._error(dpath + b"/" + name, exc)
+            return None
+
+    def _special(self, dfd: int, out: bytes, node: Node) -> None:
+        name = node.name
+        try:
+            try:
+                st = os.lstat(name, dir_fd=dfd)
+                if stat.S_ISDIR(st.st_mode):
+                    self.stats.errors.append((out, "a directory is in the way"))
+                    return
+                os.unlink(name, dir_fd=dfd)
+            except FileNotFoundError:
+                pass
+            if node.type == SYMLINK:
+                assert node.target is not None
+                os.symlink(node.target, name, dir_fd=dfd)
+            elif node.type == FIFO:
+                os.mkfifo(name, node.mode, dir_fd=dfd)
+            elif node.type in (CHARDEV, BLOCKDEV):
+                kind = stat.S_IFCHR if node.type == CHARDEV else stat.S_IFBLK
+                os.mknod(name, kind | node.mode, node.rdev or 0, dir_fd=dfd)
+            if self._is_root:
+                os.chown(name, node.uid, node.gid, dir_fd=dfd, follow_symlinks=False)
+            if node.type != SYMLINK:
+                os.chmod(name, node.mode, dir_fd=dfd)
+            os.utime(name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=dfd, follow_symlinks=False)
+            self.stats.files += 1
+        except OSError as exc:
+            self._error(out, exc)
+
+    # -- writing (workers) ------------------------------------------------------------------
+
+    def _write_file(self, dpath: bytes, node: Node) -> None:
+        final = dpath + b"/" + node.name
+        tmp = dpath + b"/.corestate-restore-" + secrets.token_hex(8).encode()
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            self._error(final, exc)
+            return
+        try:
+            written = 0
+            for cid in node.content:
+                data = self.repo.load_blob(cid)
+                if node.sparse and data.count(0) == len(data):
+                    os.lseek(fd, len(data), os.SEEK_CUR)
+                else:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view):]
+                written += len(data)
+                with self._lock:
+                    self.stats.bytes_written += len(data)
+            os.ftruncate(fd, written)
+            self._apply_meta_fd(fd, node)
+            os.close(fd)
+            fd = -1
+            st = _lstat_or_none(final)
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                raise IsADirectoryError(errno.EISDIR, "a directory is in the way")
+            os.rename(tmp, final)
+            with self._lock:
+                self.stats.files += 1
+        except (OSError, CorruptObject) as exc:
+            if fd >= 0:
+                os.close(fd)
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            if isinstance(exc, CorruptObject):
+                with self._lock:
+                    self.stats.errors.append((final, f"damaged data: {exc}"))
+            else:
+                self._error(final, exc)
+
+    def _apply_meta_fd(self, fd: int, node: Node) -> None:
+        if self._is_root:
+            os.fchown(fd, node.uid, node.gid)
+        os.fchmod(fd, node.mode)
+        for k, v in (node.xattrs or {}).items():
+            try:
+                os.setxattr(fd, k, v)
+            except OSError:
+                pass  # a file system without xattrs, or a namespace we may not write
+        os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
+
+    def _apply_dir_meta(self, dpath: bytes, node: Node) -> None:
+        try:
+            fd = os.open(dpath, _DIR_FLAGS)
+        except OSError as exc:
+            self._error(dpath, exc)
+            return
+        try:
+            self._apply_meta_fd(fd, node)
+        except OSError as exc:
+            self._error(dpath, exc)
+        finally:
+            os.close(fd)
+
+    def _link(self, src: bytes, dst: bytes) -> None:
+        try:
+            st = _lstat_or_none(dst)
+            if st is not None:
+                if stat.S_ISDIR(st.st_mode):
+                    raise IsADirectoryError(errno.EISDIR, "a directory is in the way")
+                os.unlink(dst)
+            os.link(src, dst, follow_symlinks=False)
+            self.stats.links += 1
+            self.stats.files += 1
+        except OSError as exc:
+            self._error(dst, exc)
+
+    def _error(self, path: bytes, exc: OSError) -> None:
+        with self._lock:
+            self.stats.errors.append((path, exc.strerror or str(exc)))
+
+
+def _lstat_or_none(path: bytes) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+
+

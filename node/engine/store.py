@@ -1,0 +1,136 @@
+"""Pack stores: where whole packs live. The engine sees only the ``PackStore`` protocol.
+
+``LocalPackStore`` keeps packs as plain files ``ROOT/packs/<2 hex>/<64 hex>``. A pack is
+written to a temporary name in its final folder, fsynced, renamed, and the folder fsynced:
+after ``put`` returns, the pack survives a crash or power loss; a crash before leaves at
+most a temporary file, which ``clean_temporary`` removes. The mesh implements the same
+protocol with shares on peers (mesh issue).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+
+from corestate.node.errors import PackMissing, StoreError, StoreFull
+
+
+class PackStore(Protocol):
+    def put(self, pack_id: bytes, data: bytes) -> None: ...
+    def get(self, pack_id: bytes) -> bytes: ...
+    def read_range(self, pack_id: bytes, offset: int, length: int) -> bytes: ...
+    def size(self, pack_id: bytes) -> int: ...
+    def list(self) -> Iterator[bytes]: ...
+    def delete(self, pack_id: bytes) -> None: ...
+    def total_bytes(self) -> int: ...
+
+
+def _io_error(exc: OSError, where: Path) -> StoreError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StoreFull(str(where))
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return StoreError(f"cannot write the store at {where}: {exc.strerror}",
+                          hint="check the permissions and mount of the store folder")
+    return StoreError(f"store I/O error at {where}: {exc.strerror}", retryable=True)
+
+
+class LocalPackStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.packs = root / "packs"
+
+    def create(self) -> None:
+        self.packs.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def path(self, pack_id: bytes) -> Path:
+        h = pack_id.hex()
+        return self.packs / h[:2] / h
+
+    def put(self, pack_id: bytes, data: bytes) -> None:
+        final = self.path(pack_id)
+        try:
+            final.parent.mkdir(exist_ok=True, mode=0o700)
+            tmp = final.parent / f".tmp-{final.name[:16]}-{secrets.token_hex(4)}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except BaseException:
+                os.close(fd)
+                tmp.unlink(missing_ok=True)
+                raise
+            os.close(fd)
+            os.rename(tmp, final)
+            dfd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError as exc:
+            raise _io_error(exc, self.root)
+
+    def read_range(self, pack_id: bytes, offset: int, length: int) -> bytes:
+        try:
+            fd = os.open(self.path(pack_id), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise PackMissing(pack_id.hex())
+        try:
+            data = os.pread(fd, length, offset)
+        finally:
+            os.close(fd)
+        return data
+
+    def get(self, pack_id: bytes) -> bytes:
+        try:
+            return self.path(pack_id).read_bytes()
+        except FileNotFoundError:
+            raise PackMissing(pack_id.hex())
+
+    def size(self, pack_id: bytes) -> int:
+        try:
+            return self.path(pack_id).stat().st_size
+        except FileNotFoundError:
+            raise PackMissing(pack_id.hex())
+
+    def list(self) -> Iterator[bytes]:
+        if not self.packs.exists():
+            return
+        for sub in os.scandir(self.packs):
+            if not sub.is_dir(follow_symlinks=False) or len(sub.name) != 2:
+                continue
+            for e in os.scandir(sub.path):
+                if len(e.name) == 64 and not e.name.startswith("."):
+                    try:
+                        yield bytes.fromhex(e.name)
+                    except ValueError:
+                        continue
+
+    def delete(self, pack_id: bytes) -> None:
+        self.path(pack_id).unlink(missing_ok=True)
+
+    def total_bytes(self) -> int:
+        total = 0
+        for pid in self.list():
+            try:
+                total += self.path(pid).stat().st_size
+            except FileNotFoundError:
+                pass
+        return total
+
+    def clean_temporary(self) -> int:
+        """Remove temporary files a crash left behind; return how many."""
+        n = 0
+        if self.packs.exists():
+            for sub in os.scandir(self.packs):
+                if sub.is_dir(follow_symlinks=False):
+                    for e in os.scandir(sub.path):
+                        if e.name.startswith(".tmp-"):
+                            os.unlink(e.path)
+                            n += 1
+        return n

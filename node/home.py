@@ -1,0 +1,178 @@
+"""The node home: where a node keeps its sealed key, config, index and (by default) store.
+
+Layout (SPEC.md, "Node home")::
+
+    HOME/config.toml   protected paths, excludes, chunking, packing, where the store lives
+    HOME/key           the root secret sealed under the passphrase (CBOR, see keystore)
+    HOME/index.db      sqlite: pack index, snapshots, files cache (rebuildable from packs
+                       except the files cache, which is only a speed-up)
+    HOME/store/        the local pack store, unless config.toml puts it elsewhere
+    HOME/lock          flock'ed by the one process that works on this home
+
+Invariants: one process writes a home at a time (exclusive flock, non-blocking, the
+holder's pid written into the lock file for the error message); the home is created 0700.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import platformdirs
+from corestate.node.errors import ConfigError, HomeBusy, HomeExists, HomeMissing
+
+ENV_HOME = "CORESTATE_HOME"
+
+DEFAULT_CONFIG = """\
+# CoreState node configuration. Paths may be absolute or relative to this home.
+
+[backup]
+# What `corestate backup` protects when no path is given on the command line.
+paths = []
+# Excludes, gitignore syntax, matched against paths below each protected path.
+exclude = []
+
+[chunking]
+# FastCDC sizes in bytes; the average is what pyfastcdc aims for above min_size.
+min_size = 262144
+avg_size = 1048576
+max_size = 4194304
+
+[packing]
+pack_size = 16777216
+# zstd level; chunks that do not shrink are stored uncompressed.
+compression_level = 3
+
+[store]
+# The local pack store. Put it on another disk with an absolute path.
+path = "store"
+"""
+
+
+def default_home() -> Path:
+    env = os.environ.get(ENV_HOME)
+    if env:
+        return Path(env)
+    return Path(platformdirs.user_data_dir("corestate", appauthor=False))
+
+
+@dataclass(slots=True)
+class Config:
+    paths: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    min_size: int = 256 << 10
+    avg_size: int = 1 << 20
+    max_size: int = 4 << 20
+    pack_size: int = 16 << 20
+    compression_level: int = 3
+    store_path: str = "store"
+
+    @classmethod
+    def load(cls, path: Path) -> Config:
+        try:
+            raw = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(str(path), "missing")
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(str(path), f"not valid TOML: {exc}")
+        cfg = cls()
+        try:
+            b, c, p, s = (raw.get(k, {}) for k in ("backup", "chunking", "packing", "store"))
+            cfg.paths = [str(x) for x in b.get("paths", [])]
+            cfg.exclude = [str(x) for x in b.get("exclude", [])]
+            cfg.min_size = int(c.get("min_size", cfg.min_size))
+            cfg.avg_size = int(c.get("avg_size", cfg.avg_size))
+            cfg.max_size = int(c.get("max_size", cfg.max_size))
+            cfg.pack_size = int(p.get("pack_size", cfg.pack_size))
+            cfg.compression_level = int(p.get("compression_level", cfg.compression_level))
+            cfg.store_path = str(s.get("path", cfg.store_path))
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise ConfigError(str(path), f"bad value: {exc}")
+        if not (64 <= cfg.min_size <= cfg.avg_size <= cfg.max_size <= 16 << 20):
+            raise ConfigError(str(path), "chunking needs 64 <= min_size <= avg_size <= max_size <= 16 MiB")
+        if not (1 << 20 <= cfg.pack_size <= 256 << 20):
+            raise ConfigError(str(path), "pack_size must be between 1 MiB and 256 MiB")
+        if not (-7 <= cfg.compression_level <= 22):
+            raise ConfigError(str(path), "compression_level must be between -7 and 22")
+        return cfg
+
+
+class Home:
+    """A node home folder. Opening one does not take the lock; ``lock()`` does."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path.absolute()
+        self._lock_fd: int | None = None
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.toml"
+
+    @property
+    def key_path(self) -> Path:
+        return self.path / "key"
+
+    @property
+    def db_path(self) -> Path:
+        return self.path / "index.db"
+
+    def exists(self) -> bool:
+        return self.key_path.exists()
+
+    def require(self) -> None:
+        if not self.exists():
+            raise HomeMissing(str(self.path))
+
+    def create(self) -> None:
+        """Make an empty home folder (0700) for init; refuse one that holds a node."""
+        if self.exists():
+            raise HomeExists(str(self.path))
+        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.path, 0o700)
+        if not self.config_path.exists():
+            write_atomic(self.config_path, DEFAULT_CONFIG.encode(), mode=0o600)
+
+    def config(self) -> Config:
+        return Config.load(self.config_path)
+
+    def store_dir(self, cfg: Config) -> Path:
+        p = Path(cfg.store_path).expanduser()
+        return p if p.is_absolute() else self.path / p
+
+    def lock(self) -> None:
+        """Take the home's exclusive lock or raise HomeBusy naming the holder."""
+        fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown pid"
+            os.close(fd)
+            raise HomeBusy(str(self.path), f"pid {holder}")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write a small file so that a crash leaves the old or the new content, never half."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)

@@ -1,0 +1,112 @@
+"""The sealed root secret: 32 bytes, shown once as 24 BIP-39 words, kept under a passphrase.
+
+On disk (HOME/key) it is canonical CBOR::
+
+    {"v": 1, "kdf": "argon2id", "ops": int, "mem": int, "salt": 16 bytes,
+     "box": XSalsa20-Poly1305 secretbox of the root under the Argon2id key}
+
+The Argon2id cost is moderate (3 passes, 64 MiB: about 0.13 s here) because every CLI
+invocation unseals once; the parameters are stored, so they can be raised later without
+breaking older keys. An HSM seal (kernel issue) adds another "kdf" kind.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cbor2
+import nacl.exceptions
+import nacl.pwhash
+import nacl.secret
+from corestate.node.errors import BadPhrase, PassphraseError, WrongPassphrase
+from corestate.node.home import write_atomic
+from corestate.protocol.keys import ROOT_BYTES
+from mnemonic import Mnemonic
+
+OPS = 3
+MEM = 64 << 20
+ENV_PASSPHRASE = "CORESTATE_PASSPHRASE"
+_MNEMONIC = Mnemonic("english")
+
+
+def new_root() -> bytes:
+    return os.urandom(ROOT_BYTES)
+
+
+def root_to_phrase(root: bytes) -> str:
+    return str(_MNEMONIC.to_mnemonic(root))
+
+
+def phrase_to_root(phrase: str) -> bytes:
+    words = " ".join(phrase.lower().split())
+    if len(words.split()) != 24:
+        raise BadPhrase(f"expected 24 words, got {len(words.split())}")
+    unknown = [w for w in words.split() if w not in _MNEMONIC.wordlist]
+    if unknown:
+        raise BadPhrase(f"not BIP-39 words: {', '.join(unknown[:3])}")
+    if not _MNEMONIC.check(words):
+        raise BadPhrase("the checksum does not match (a word is wrong or out of order)")
+    return bytes(_MNEMONIC.to_entropy(words))
+
+
+def _kdf(passphrase: bytes, salt: bytes, ops: int, mem: int) -> bytes:
+    return bytes(
+        nacl.pwhash.argon2id.kdf(nacl.secret.SecretBox.KEY_SIZE, passphrase, salt, opslimit=ops, memlimit=mem)
+    )
+
+
+def seal(root: bytes, passphrase: bytes) -> bytes:
+    salt = os.urandom(nacl.pwhash.argon2id.SALTBYTES)
+    box = nacl.secret.SecretBox(_kdf(passphrase, salt, OPS, MEM))
+    return cbor2.dumps(
+        {"v": 1, "kdf": "argon2id", "ops": OPS, "mem": MEM, "salt": salt, "box": bytes(box.encrypt(root))},
+        canonical=True,
+    )
+
+
+def unseal(blob: bytes, passphrase: bytes) -> bytes:
+    try:
+        o = cbor2.loads(blob)
+        if o.get("v") != 1 or o.get("kdf") != "argon2id":
+            raise ValueError("unknown key format")
+        key = _kdf(passphrase, o["salt"], int(o["ops"]), int(o["mem"]))
+    except (ValueError, TypeError, KeyError, AttributeError, cbor2.CBORDecodeError) as exc:
+        raise PassphraseError(f"the key file is damaged: {exc}",
+                              hint="recover the node from its 24-word phrase")
+    try:
+        root = nacl.secret.SecretBox(key).decrypt(o["box"])
+    except nacl.exceptions.CryptoError:
+        raise WrongPassphrase()
+    return bytes(root)
+
+
+def write_key(path: Path, root: bytes, passphrase: bytes) -> None:
+    write_atomic(path, seal(root, passphrase))
+
+
+def read_passphrase(passphrase_file: str | None, *, confirm: bool = False) -> bytes:
+    """The passphrase from a file (first line), the environment, or the terminal."""
+    if passphrase_file:
+        try:
+            with open(passphrase_file, "rb") as f:
+                line = f.readline()
+        except OSError as exc:
+            raise PassphraseError(f"cannot read the passphrase file: {exc.strerror}: {passphrase_file}")
+        value = line.rstrip(b"\r\n")
+    elif os.environ.get(ENV_PASSPHRASE) is not None:
+        value = os.environ[ENV_PASSPHRASE].encode()
+    else:
+        import sys
+        if not sys.stdin.isatty():
+            raise PassphraseError(
+                "a passphrase is needed and there is no terminal to ask on",
+                hint=f"pass --passphrase-file FILE or set {ENV_PASSPHRASE}",
+            )
+        import getpass
+        value = getpass.getpass("Passphrase: ").encode()
+        if confirm and getpass.getpass("Passphrase again: ").encode() != value:
+            raise PassphraseError("the two passphrases differ", hint="run the command again")
+    if not value:
+        raise PassphraseError("the passphrase is empty", hint="use a non-empty passphrase")
+    return value

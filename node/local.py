@@ -1,0 +1,73 @@
+"""A node opened on this machine without a daemon: home, keys, repository, under the lock.
+
+This is what the CLI uses when no daemon runs for the home (the mesh issue adds the
+daemon; it opens the same object once and keeps it).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from corestate.node import keystore
+from corestate.node.engine.repo import Repository
+from corestate.node.engine.store import LocalPackStore
+from corestate.node.errors import HomeBusy, StoreError
+from corestate.node.home import Config, Home
+from corestate.protocol.keys import NodeKeys
+
+
+class LocalNode:
+    def __init__(self, home: Home, cfg: Config, keys: NodeKeys, repo: Repository) -> None:
+        self.home, self.cfg, self.keys, self.repo = home, cfg, keys, repo
+
+    @classmethod
+    def open(cls, home: Home, passphrase: bytes) -> LocalNode:
+        home.require()
+        home.lock()
+        try:
+            cfg = home.config()
+            root = keystore.unseal(home.key_path.read_bytes(), passphrase)
+            keys = NodeKeys.from_root(root)
+            store = LocalPackStore(home.store_dir(cfg))
+            try:
+                store.create()
+            except OSError as exc:
+                raise StoreError(f"cannot create the store at {store.root}: {exc.strerror}",
+                                 hint="check config.toml [store] path and its permissions")
+            repo = Repository(keys, store, str(home.db_path))
+            node = cls(home, cfg, keys, repo)
+            node.problems = repo.sync()
+            return node
+        except BaseException:
+            home.unlock()
+            raise
+
+    problems: list[tuple[bytes, str]]
+
+    def close(self) -> None:
+        self.repo.close()
+        self.home.unlock()
+
+    def skip_dirs(self) -> list[Path]:
+        """Never back these up: the node's own home and store."""
+        return [self.home.path, self.home.store_dir(self.cfg)]
+
+
+def init_home(home: Home, root: bytes, passphrase: bytes) -> NodeKeys:
+    """Create a node home holding ``root`` sealed under ``passphrase``."""
+    home.create()
+    try:
+        home.lock()
+    except HomeBusy:
+        raise
+    try:
+        keystore.write_key(home.key_path, root, passphrase)
+        cfg = home.config()
+        LocalPackStore(home.store_dir(cfg)).create()
+        keys = NodeKeys.from_root(root)
+        Repository(keys, LocalPackStore(home.store_dir(cfg)), str(home.db_path)).close()
+        os.chmod(home.key_path, 0o600)
+        return keys
+    finally:
+        home.unlock()

@@ -1,0 +1,247 @@
+"""The pack format: encrypted blobs plus an encrypted header, in one file (SPEC.md, "Packs").
+
+Layout::
+
+    magic b"CSPK" | version u8 (=1) | salt (32 random bytes)
+    blob 0 ciphertext | blob 1 ciphertext | ...
+    header ciphertext
+    header ciphertext length, u32 little-endian | magic b"CSPE"
+
+Invariants:
+- The salt is fresh for every pack written (the caller passes 32 bytes from the OS RNG),
+  so the per-pack subkeys, and with them every (key, nonce) pair, are never reused, also
+  when a pack is rewritten after a crash.
+- Blob ``i`` is ChaCha20-Poly1305 under the subkey of its kind with nonce ``i`` (96-bit
+  little-endian) and the blob id as associated data; the header uses the header subkey,
+  nonce 0, and the first 37 bytes of the pack as associated data.
+- A blob's id is the keyed BLAKE3 of its plaintext; readers recompute it after decrypting.
+- The pack id is the plain BLAKE3 of the whole file, so holders without keys can verify it.
+
+Pure: compression and encryption are computation; no file I/O here.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import blake3
+import cbor2
+import zstandard
+from corestate.protocol.errors import CorruptObject
+from corestate.protocol.keys import NodeKeys
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+MAGIC = b"CSPK"
+END_MAGIC = b"CSPE"
+VERSION = 1
+SALT_BYTES = 32
+PREFIX_BYTES = len(MAGIC) + 1 + SALT_BYTES
+TRAILER_BYTES = 8
+TAG_BYTES = 16
+MAX_HEADER_BYTES = 64 << 20
+MAX_BLOB_BYTES = 64 << 20
+
+KIND_CHUNK = "chunk"
+KIND_TREE = "tree"
+KIND_SNAPSHOT = "snapshot"
+BLOB_KINDS = (KIND_CHUNK, KIND_TREE, KIND_SNAPSHOT)
+
+CODEC_NONE = 0
+CODEC_ZSTD = 1
+
+
+def nonce(index: int) -> bytes:
+    return index.to_bytes(12, "little")
+
+
+def pack_id_of(data: bytes | bytearray | memoryview) -> bytes:
+    return blake3.blake3(data).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class BlobEntry:
+    """Where one blob sits in its pack and how to open it."""
+
+    kind: str
+    id: bytes
+    index: int  # position in the header, and the nonce of the blob
+    offset: int
+    length: int  # ciphertext bytes, tag included
+    raw_length: int  # plaintext bytes
+    codec: int
+
+
+class PackWriter:
+    """Builds one pack in memory. Not thread-safe: one writer per thread."""
+
+    def __init__(self, keys: NodeKeys, salt: bytes, *, compression_level: int = 3) -> None:
+        if len(salt) != SALT_BYTES:
+            raise ValueError("a pack salt is 32 bytes")
+        self.keys = keys
+        self.salt = salt
+        self._aead = {k: ChaCha20Poly1305(keys.pack_subkey(salt, k)) for k in BLOB_KINDS}
+        self._zstd = zstandard.ZstdCompressor(level=compression_level)
+        self._buf = bytearray(MAGIC + bytes([VERSION]) + salt)
+        self.entries: list[BlobEntry] = []
+        self.raw_bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._buf)
+
+    def add(self, kind: str, blob_id: bytes, plaintext: bytes | memoryview) -> BlobEntry:
+        """Compress (when it shrinks), encrypt and append one blob."""
+        if len(plaintext) > MAX_BLOB_BYTES:
+            raise ValueError(f"blob of {len(plaintext)} bytes exceeds {MAX_BLOB_BYTES}")
+        codec = CODEC_NONE
+        body: bytes | memoryview = plaintext
+        if len(plaintext) >= 64:
+            packed = self._zstd.compress(plaintext)
+            # Keep the compressed form only when it saves something worth a decode.
+            if len(packed) < len(plaintext) - len(plaintext) // 64:
+                codec, body = CODEC_ZSTD, packed
+        index = len(self.entries)
+        sealed = self._aead[kind].encrypt(nonce(index), bytes(body), blob_id)
+        entry = BlobEntry(kind, blob_id, index, len(self._buf), len(sealed), len(plaintext), codec)
+        self._buf += sealed
+        self.entries.append(entry)
+        self.raw_bytes += len(plaintext)
+        return entry
+
+    def finish(self) -> tuple[bytes, bytes]:
+        """Seal the header; return (pack id, pack bytes). The writer is spent after this."""
+        header = cbor2.dumps(
+            {
+                "v": VERSION,
+                "blobs": [
+                    [e.kind, e.id, e.offset, e.length, e.raw_length, e.codec]
+                    for e in self.entries
+                ],
+            },
+            canonical=True,
+        )
+        aead = ChaCha20Poly1305(self.keys.pack_subkey(self.salt, "header"))
+        sealed = aead.encrypt(nonce(0), header, bytes(self._buf[:PREFIX_BYTES]))
+        self._buf += sealed
+        self._buf += struct.pack("<I", len(sealed)) + END_MAGIC
+        data = bytes(self._buf)
+        self._buf = bytearray()
+        return pack_id_of(data), data
+
+
+@dataclass(frozen=True, slots=True)
+class PackHeader:
+    salt: bytes
+    header_offset: int
+    entries: list[BlobEntry]
+
+
+def parse_prefix(pack_name: str, prefix: bytes) -> bytes:
+    """Check the first 37 bytes of a pack; return its salt."""
+    if len(prefix) < PREFIX_BYTES or prefix[:4] != MAGIC:
+        raise CorruptObject(pack_name, "not a CoreState pack (bad magic)")
+    if prefix[4] != VERSION:
+        raise CorruptObject(pack_name, f"unsupported pack version {prefix[4]}")
+    return bytes(prefix[5:PREFIX_BYTES])
+
+
+def header_length(pack_name: str, trailer: bytes, pack_size: int) -> int:
+    """From the last 8 bytes of a pack, the length of the sealed header before them."""
+    if len(trailer) != TRAILER_BYTES or trailer[4:] != END_MAGIC:
+        raise CorruptObject(pack_name, "truncated or damaged pack (bad end marker)")
+    (length,) = struct.unpack("<I", trailer[:4])
+    if length > MAX_HEADER_BYTES or length + PREFIX_BYTES + TRAILER_BYTES > pack_size:
+        raise CorruptObject(pack_name, f"header length {length} does not fit the pack")
+    return int(length)
+
+
+def open_header(
+    keys: NodeKeys, pack_name: str, prefix: bytes, sealed_header: bytes, header_offset: int
+) -> PackHeader:
+    """Decrypt and validate a pack header; every entry is checked to lie inside the pack."""
+    salt = parse_prefix(pack_name, prefix)
+    aead = ChaCha20Poly1305(keys.pack_subkey(salt, "header"))
+    try:
+        plain = aead.decrypt(nonce(0), sealed_header, bytes(prefix[:PREFIX_BYTES]))
+    except InvalidTag:
+        raise CorruptObject(pack_name, "header does not authenticate (damaged, or another key)")
+    try:
+        obj = cbor2.loads(plain)
+        if not isinstance(obj, dict) or obj.get("v") != VERSION:
+            raise ValueError("bad header version")
+        entries = []
+        end = PREFIX_BYTES
+        for index, row in enumerate(obj["blobs"]):
+            kind, blob_id, offset, length, raw_length, codec = row
+            if (
+                kind not in BLOB_KINDS
+                or not isinstance(blob_id, bytes)
+                or len(blob_id) != 32
+                or offset != end
+                or not (TAG_BYTES <= length <= MAX_BLOB_BYTES + TAG_BYTES + 1024)
+                or not (0 <= raw_length <= MAX_BLOB_BYTES)
+                or codec not in (CODEC_NONE, CODEC_ZSTD)
+            ):
+                raise ValueError(f"bad entry {index}")
+            entries.append(BlobEntry(kind, blob_id, index, offset, length, raw_length, codec))
+            end = offset + length
+        if end != header_offset:
+            raise ValueError("blobs do not end where the header starts")
+    except (ValueError, TypeError, KeyError, cbor2.CBORDecodeError) as exc:
+        raise CorruptObject(pack_name, f"malformed header: {exc}")
+    return PackHeader(salt, header_offset, entries)
+
+
+def read_header(keys: NodeKeys, pack_name: str, data: bytes) -> PackHeader:
+    """Parse the header of a whole pack held in memory."""
+    length = header_length(pack_name, data[-TRAILER_BYTES:], len(data))
+    offset = len(data) - TRAILER_BYTES - length
+    return open_header(keys, pack_name, data[:PREFIX_BYTES], data[offset:-TRAILER_BYTES], offset)
+
+
+class BlobOpener:
+    """Decrypts, decompresses and verifies blobs of packs. Thread-safe for reading."""
+
+    def __init__(self, keys: NodeKeys) -> None:
+        self.keys = keys
+        self._aead: dict[tuple[bytes, str], ChaCha20Poly1305] = {}
+        self._dctx = zstandard.ZstdDecompressor()
+
+    def _cipher(self, salt: bytes, kind: str) -> ChaCha20Poly1305:
+        c = self._aead.get((salt, kind))
+        if c is None:
+            c = self._aead[(salt, kind)] = ChaCha20Poly1305(self.keys.pack_subkey(salt, kind))
+            if len(self._aead) > 4096:
+                self._aead.clear()
+        return c
+
+    def open(
+        self, salt: bytes, kind: str, blob_id: bytes, index: int, codec: int, raw_length: int,
+        sealed: bytes,
+    ) -> bytes:
+        name = blob_id.hex()
+        try:
+            body = self._cipher(salt, kind).decrypt(nonce(index), sealed, blob_id)
+        except InvalidTag:
+            raise CorruptObject(f"{kind} {name}", "does not authenticate (damaged ciphertext)")
+        if codec == CODEC_ZSTD:
+            try:
+                # zstd contexts are not thread-safe; decompression objects are cheap.
+                plain = zstandard.ZstdDecompressor().decompress(body, max_output_size=raw_length)
+            except zstandard.ZstdError as exc:
+                raise CorruptObject(f"{kind} {name}", f"does not decompress: {exc}")
+        else:
+            plain = body
+        if len(plain) != raw_length:
+            raise CorruptObject(f"{kind} {name}", "has the wrong length")
+        actual = self.keys.tree_id(plain) if kind != KIND_CHUNK else self.keys.chunk_id(plain)
+        if actual != blob_id:
+            raise CorruptObject(f"{kind} {name}", "content does not match its id")
+        return plain
+
+
+def iter_blobs(data: bytes, header: PackHeader) -> Iterator[tuple[BlobEntry, bytes]]:
+    for e in header.entries:
+        yield e, data[e.offset : e.offset + e.length]

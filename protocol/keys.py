@@ -46,7 +46,8 @@ class NodeKeys:
     def from_root(cls, root: bytes, generation: int = 0) -> NodeKeys:
         if len(root) != ROOT_BYTES:
             raise ValueError(f"root secret must be {ROOT_BYTES} bytes, got {len(root)}")
-        seed = int.from_bytes(derive(root, CTX_CHUNKER, 8), "little")
+        # 63 bits: pyfastcdc shifts the seed left by one in a 64-bit word.
+        seed = int.from_bytes(derive(root, CTX_CHUNKER, 8), "little") & ((1 << 63) - 1)
         return cls(
             root=root,
             generation=generation,

@@ -215,12 +215,10 @@ class Restore:
             written = 0
             for cid in node.content:
                 data = self.repo.load_blob(cid)
-                if node.sparse and data.count(0) == len(data):
-                    os.lseek(fd, len(data), os.SEEK_CUR)
+                if node.sparse:
+                    _write_sparse(fd, data)
                 else:
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(fd, view):]
+                    _write_all(fd, memoryview(data))
                 written += len(data)
                 with self._lock:
                     self.stats.bytes_written += len(data)
@@ -287,6 +285,26 @@ class Restore:
     def _error(self, path: bytes, exc: OSError) -> None:
         with self._lock:
             self.stats.errors.append((path, exc.strerror or str(exc)))
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view:
+        view = view[os.write(fd, view):]
+
+
+SPARSE_BLOCK = 64 << 10
+
+
+def _write_sparse(fd: int, data: bytes) -> None:
+    """Write ``data``, leaving holes where whole blocks are zero (the file is truncated to
+    its size at the end, so a trailing hole is kept too)."""
+    view = memoryview(data)
+    for i in range(0, len(data), SPARSE_BLOCK):
+        end = min(i + SPARSE_BLOCK, len(data))
+        if data.count(0, i, end) == end - i:
+            os.lseek(fd, end - i, os.SEEK_CUR)
+        else:
+            _write_all(fd, view[i:end])
 
 
 def _lstat_or_none(path: bytes) -> os.stat_result | None:

@@ -1,0 +1,55 @@
+"""Trees and snapshot records: round trips and refusal of unsafe names."""
+
+from __future__ import annotations
+
+import cbor2
+import pytest
+from corestate.protocol.errors import CorruptObject
+from corestate.protocol.objects import DIR, FILE, SYMLINK, Node, Snapshot, decode_tree, encode_tree
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+names = st.binary(min_size=1, max_size=40).filter(lambda b: b"/" not in b and b"\0" not in b and b not in (b".", b".."))
+
+
+@given(st.lists(names, unique=True, max_size=10), st.integers(0, 2**63))
+@settings(max_examples=50, deadline=None)
+def test_tree_round_trip(ns: list[bytes], mtime: int) -> None:
+    nodes = [Node(n, FILE, 0o644, 1, 2, mtime, size=3, content=[b"\1" * 32]) for n in ns]
+    assert [n.to_obj() for n in decode_tree(encode_tree(nodes), "t")] == [
+        n.to_obj() for n in sorted(nodes, key=lambda n: n.name)]
+
+
+@pytest.mark.parametrize("name", [b"", b".", b"..", b"../../etc", b"a/b", b"/etc", b"x\0y", "str"])
+def test_unsafe_names_are_refused(name: object) -> None:
+    raw = cbor2.dumps({"v": 1, "entries": [
+        {"n": name, "t": FILE, "m": 0o644, "u": 0, "g": 0, "mt": 0, "s": 0, "c": []}]})
+    with pytest.raises(CorruptObject, match="name"):
+        decode_tree(raw, "t")
+
+
+def test_duplicate_names_and_bad_shapes_are_refused() -> None:
+    e = {"n": b"a", "t": DIR, "m": 0o755, "u": 0, "g": 0, "mt": 0, "sub": b"\0" * 32}
+    with pytest.raises(CorruptObject):
+        decode_tree(cbor2.dumps({"v": 1, "entries": [e, e]}), "t")
+    with pytest.raises(CorruptObject):
+        decode_tree(cbor2.dumps({"v": 1, "entries": [{**e, "sub": b"short"}]}), "t")
+    with pytest.raises(CorruptObject):
+        decode_tree(cbor2.dumps({"v": 1, "entries": [{**e, "t": SYMLINK, "tg": b""}]}), "t")
+    with pytest.raises(CorruptObject):
+        decode_tree(cbor2.dumps({"v": 2, "entries": []}), "t")
+
+
+@given(st.binary(max_size=200))
+@settings(max_examples=200, deadline=None)
+def test_garbage_trees_raise_only_corrupt_object(junk: bytes) -> None:
+    try:
+        decode_tree(junk, "t")
+    except CorruptObject:
+        pass
+
+
+def test_snapshot_round_trip() -> None:
+    s = Snapshot(tree=b"\7" * 32, time_ns=5, hostname="h", paths=[b"/x"], peer_id="p",
+                 files=3, torn=[b"/x/y"], errors=[(b"/x/z", "Permission denied")])
+    assert Snapshot.decode(s.encode(), "s") == s

@@ -59,16 +59,23 @@ class Restore:
         for inc in self.includes:
             if inc != b"/" and not self._exists(snap.record.tree, inc):
                 raise PathNotInSnapshot(os.fsdecode(inc))
-        self.dry_run = dry_run
         self._dirs: list[tuple[bytes, Node]] = []
         self._jobs: list[tuple[bytes, Node]] = []
         self._links: list[tuple[bytes, bytes]] = []
         self._first_by_inode: dict[int, bytes] = {}
         target = Path(os.path.abspath(target))
         tb = os.fsencode(target)
+        # A first pass writes nothing: it decodes (and so validates) every tree the
+        # restore needs, so a forged tree is refused before a single byte is written.
+        self.dry_run = True
+        self._plan(snap.record.tree, b"", -1, tb, not self.includes)
         if dry_run:
-            self._plan(snap.record.tree, b"", -1, tb, not self.includes)
             return self.stats
+        self.stats.files_total = self.stats.files + len(self._links)
+        self.stats.files = self.stats.dirs = 0
+        self._links.clear()
+        self._first_by_inode.clear()
+        self.dry_run = False
         try:
             os.makedirs(target, exist_ok=True)
             tfd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -77,8 +84,6 @@ class Restore:
         try:
             self.repo.preload_salts()
             self._plan(snap.record.tree, b"", tfd, tb, not self.includes)
-            self.stats.files_total = len(self._jobs) + len(self._links)
-            self.stats.bytes_total = sum(n.size for _, n in self._jobs)
             with ThreadPoolExecutor(self.workers, thread_name_prefix="restore") as pool:
                 futs: list[Future[None]] = [pool.submit(self._write_file, d, n) for d, n in self._jobs]
                 for f in futs:

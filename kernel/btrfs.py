@@ -328,11 +328,12 @@ class BtrfsSession:
             for _t, objectid, typ, _off, data in tree_search(
                 fd, tree, min_type=INODE_ITEM_KEY, max_type=EXTENT_DATA_KEY, min_transid=since
             ):
-                if typ == INODE_ITEM_KEY and len(data) >= 16:
-                    if struct.unpack_from("=Q", data, 8)[0] >= since:  # inode transid
-                        inos.add(objectid)
-                elif typ == EXTENT_DATA_KEY and len(data) >= 8:
-                    if struct.unpack_from("=Q", data, 0)[0] >= since:  # extent generation
+                # INODE_ITEM: the inode's last transid; EXTENT_DATA: the extent's generation
+                if (typ == INODE_ITEM_KEY and len(data) >= 16) or (
+                    typ == EXTENT_DATA_KEY and len(data) >= 8
+                ):
+                    at = 8 if typ == INODE_ITEM_KEY else 0
+                    if struct.unpack_from("=Q", data, at)[0] >= since:
                         inos.add(objectid)
             dirs: dict[int, str] = {}
             out: set[Path] = set()

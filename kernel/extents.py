@@ -24,6 +24,7 @@ must read past the size it last stored itself.
 from __future__ import annotations
 
 import fcntl
+import itertools
 import os
 import struct
 from pathlib import Path
@@ -202,16 +203,14 @@ def _fiemap_diff(fd: int, parent_path: Path, size: int, parent_size: int) -> lis
         return None
 
     changed: list[Range] = []
-    for lo, hi in zip(cuts, cuts[1:], strict=False):
+    for lo, hi in itertools.pairwise(cuts):
         if hi <= lo:
             continue
         a, b = find(new, lo), find(old, lo)
         same: bool
         if a is None and b is None:
             same = True
-        elif a is None or b is None:
-            same = False
-        elif (a[3] | b[3]) & unsure:
+        elif a is None or b is None or (a[3] | b[3]) & unsure:
             same = False
         elif (a[3] | b[3]) & linux.FIEMAP_EXTENT_ENCODED:
             same = a[:3] == b[:3]  # compressed: only an identical extent is known equal

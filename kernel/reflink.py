@@ -173,4 +173,3 @@ class ReflinkSession:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
-

@@ -53,9 +53,11 @@ Invariants:
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import stat
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,32 +127,66 @@ class Checked(Generic[T]):
     attempts: int
 
 
+#: A file open for writing must have been left alone this long to be read live as whole.
+SETTLE_NS = 1_000_000_000
+
+
 def read_checked(
     session: SnapshotSession,
     walk_path: Path,
     consume: Callable[[BinaryIO], T],
     *,
     retries: int = 1,
+    settle_ns: int = SETTLE_NS,
 ) -> Checked[T]:
     """Read ``walk_path`` through the session with ``consume``; re-read a torn live file.
 
-    For a stable read (btrfs, reflink clone) ``consume`` runs once. Otherwise the file is
-    stamped before and checked after; a changed file is read again up to ``retries`` times,
-    then reported ``torn=True`` (the engine records it so, never silently).
+    A stable read (btrfs, reflink clone) runs ``consume`` once. A live read counts as whole
+    when the file's stamp did not change across the read and either nobody had the file
+    open for writing when the read began (a read lease could be taken: a later writer must
+    open it, and its write then moves the timestamps), or its last change is at least
+    ``settle_ns`` old. The second rule exists because timestamps move when a write(2)
+    *starts*: a write in progress when we stamped the file (its writer preempted mid-copy)
+    tears the read without any visible change. The residual risk is a single write(2)
+    stalled for longer than ``settle_ns``.
+
+    A file still not whole after ``1 + retries`` reads comes back with ``torn=True``; the
+    engine records it so, never silently.
     """
     attempts = 0
     while True:
         attempts += 1
         with session.open_file(walk_path) as f:
-            before = _stamp(f)
-            value = consume(f)
             if session.is_stable(walk_path):
-                return Checked(value, False, attempts)
-            ok = before is not None and read_was_stable(f, walk_path, before)
-        if ok:
+                return Checked(consume(f), False, attempts)
+            now = time.time_ns()
+            before = _stamp(f)
+            quiet = _no_writers(f)
+            value = consume(f)
+            unchanged = before is not None and read_was_stable(f, walk_path, before)
+        settled = before is not None and now - before.ctime_ns >= settle_ns
+        if unchanged and (quiet or settled):
             return Checked(value, False, attempts)
         if attempts > retries:
             return Checked(value, True, attempts)
+
+
+def _no_writers(f: BinaryIO) -> bool:
+    """True when no one has the file open for writing (or mapped writable) right now.
+
+    A read lease is granted only then; we drop it at once, we only want the answer. False
+    also when we cannot tell (not the owner without CAP_LEASE, file systems without leases).
+    """
+    try:
+        fd = f.fileno()
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except (OSError, ValueError, AttributeError):
+        return False
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    except OSError:
+        pass
+    return True
 
 
 def _stamp(f: BinaryIO) -> FileStamp | None:

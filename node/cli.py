@@ -399,6 +399,11 @@ def cmd_check(args: argparse.Namespace, out: Out) -> int:
         def render(progress: Any, s: dict) -> None:
             progress.update(s["task"], description="check", completed=done[0], total=done[1] or None,
                             detail="packs")
+        if args.rebuild_index:
+            problems = node.repo.rebuild_index()
+            out.say(f"index rebuilt from {len(node.repo.packs())} packs")
+            for pid, reason in problems:
+                out.warn(f"pack {pid.hex()[:16]} could not be read: {reason}")
         with _ticker(out, lambda: {"packs_done": done[0], "packs": done[1]}, render):
             report = check(node.repo, read_data=args.read_data,
                            progress=lambda n, t: done.__setitem__(slice(0, 2), [n, t]))
@@ -422,6 +427,9 @@ def cmd_check(args: argparse.Namespace, out: Out) -> int:
         if len(d.files) > 50:
             out.say(f"    ... and {len(d.files) - 50} more")
     out.say(f"{len(report.damage)} damaged object(s)")
+    if any(d.what == "index" for d in report.damage):
+        out.say("the index is only a cache of the pack headers: "
+                "`corestate check --rebuild-index` rebuilds it from the packs")
     return EXIT_FAIL
 
 
@@ -523,6 +531,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("check", cmd_check, "verify the store; exits non-zero on any damage")
     sp.add_argument("--read-data", action="store_true", help="read, decrypt and hash every byte")
+    sp.add_argument("--rebuild-index", action="store_true",
+                    help="first rebuild the local index from the pack headers (after index damage)")
 
     add("stats", cmd_stats, "sizes and counts of the store")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from corestate.node.engine.repo import Repository, SnapshotInfo
+from corestate.node.engine.repo import KIND_CODE, Repository, SnapshotInfo
 from corestate.node.errors import PackMissing, PathNotInSnapshot
 from corestate.protocol import pack as packfmt
 from corestate.protocol.errors import CorruptObject
@@ -47,8 +47,11 @@ def check(repo: Repository, *, read_data: bool = False,
     packs = repo.packs()
     report.packs = len(packs)
     blob_rows: dict[bytes, list[tuple[bytes, int]]] = {}
-    for bid, pack, idx in repo.db.execute("SELECT id, pack, idx FROM blobs"):
+    index_rows: dict[bytes, tuple] = {}
+    for bid, pack, idx, kind, offset, length, raw, codec in repo.db.execute(
+            "SELECT id, pack, idx, kind, offset, length, raw_length, codec FROM blobs"):
         blob_rows.setdefault(pack, []).append((bid, idx))
+        index_rows[bid] = (pack, idx, kind, offset, length, raw, codec)
         report.blobs += 1
     for n, (pid, _salt, size, header_offset) in enumerate(packs):
         if progress:
@@ -86,6 +89,12 @@ def check(repo: Repository, *, read_data: bool = False,
             else:
                 bad_blobs.update((b, f"in damaged pack {name[:16]}") for b, _ in blob_rows.get(pid, []))
                 continue
+        for e in header.entries:
+            row = index_rows.get(e.id)
+            if row is not None and row[0] == pid and row != (
+                    pid, e.index, KIND_CODE[e.kind], e.offset, e.length, e.raw_length, e.codec):
+                report.damage.append(Damage(
+                    "index", e.id, f"the index row disagrees with the header of pack {name[:16]}"))
         if read_data:
             for e, sealed_blob in packfmt.iter_blobs(data, header):
                 try:

@@ -122,6 +122,19 @@ class Repository:
             self._locs = None
         return problems
 
+    def rebuild_index(self) -> list[tuple[bytes, str]]:
+        """Forget the pack index and snapshots and read them again from the packs."""
+        with self._lock:
+            self.db.execute("BEGIN")
+            self.db.execute("DELETE FROM blobs")
+            self.db.execute("DELETE FROM packs")
+            self.db.execute("DELETE FROM snapshots")
+            self.db.execute("COMMIT")
+        self._locs = None
+        self._salts.clear()
+        self._tree_cache.clear()
+        return self.sync()
+
     def record_pack(
         self, pack_id: bytes, salt: bytes, size: int, header_offset: int,
         entries: Iterable[packfmt.BlobEntry], snapshots: Iterable[tuple[bytes, bytes]] = (),

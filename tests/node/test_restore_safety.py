@@ -10,12 +10,11 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import PASSPHRASE, Cli
-
 from corestate.node.home import Home
 from corestate.node.local import LocalNode
 from corestate.protocol import pack as packfmt
 from corestate.protocol.objects import DIR, FILE, SYMLINK, Node, Snapshot, encode_tree
+from helpers import PASSPHRASE, Cli
 
 
 def forge(cli: Cli, entries: list[Node], nested: dict[bytes, list[Node]] | None = None) -> str:

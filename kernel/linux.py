@@ -56,6 +56,14 @@ def statfs_type(path: Path | str) -> int:
     return int(ftype) & 0xFFFFFFFF
 
 
+def statfs_fsid(path: Path | str) -> bytes:
+    """The 8 bytes of ``f_fsid`` (as fanotify reports it in events) of ``path``'s file system."""
+    buf = ctypes.create_string_buffer(120)
+    if _libc.statfs(os.fsencode(path), buf) != 0:
+        _raise_errno(str(path))
+    return buf.raw[56:64]
+
+
 def ficlone(dst_fd: int, src_fd: int) -> None:
     """Make ``dst_fd`` share all of ``src_fd``'s extents (FICLONE): O(extents), no data copy.
 

@@ -271,13 +271,13 @@ class _Inotify:
                 entries = list(os.scandir(d))
             except OSError:
                 continue
-            for e in entries:
-                if e.name.startswith(IGNORED_PREFIX):
+            for ent in entries:
+                if ent.name.startswith(IGNORED_PREFIX):
                     continue
-                p = Path(e.path)
+                p = Path(ent.path)
                 if report is not None:
                     report.append(Event(p))
-                if e.is_dir(follow_symlinks=False):
+                if ent.is_dir(follow_symlinks=False):
                     stack.append(p)
 
     def read(self) -> list[Event]:

@@ -12,6 +12,7 @@ A pure leaf package (numpy, blake3 and the standard library; no trio, libp2p or 
 
 from __future__ import annotations
 
+from . import bulk, gf, merkle
 from .errors import CorruptShare, ErasureError, InvalidParameters, NotEnoughShares
 from .rs import Codec, check_parameters, codec, decode, encode, parity_matrix, rebuild, share_length
 from .share import (
@@ -44,13 +45,16 @@ __all__ = [
     "Rejected",
     "Restored",
     "ShareHeader",
+    "bulk",
     "check_parameters",
     "codec",
     "decode",
     "decode_shares",
     "encode",
+    "gf",
     "make_share",
     "make_shares",
+    "merkle",
     "parity_matrix",
     "payload_of",
     "prove",

@@ -107,9 +107,9 @@ def _compile(coeffs: tuple[tuple[int, ...], ...], width: int) -> _Program:
     return _Program(rows, g, groups, tuple(steps), tuple(frozenset(u) for u in used), block)
 
 
-def _run(prog: _Program, inputs: Sequence[U8], out: U8, lo: int, hi: int) -> None:
+def _run(prog: _Program, inputs: Sequence[U8], out: U8, lo: int, hi: int, block: int) -> None:
     rows = prog.rows
-    block = min(prog.block, hi - lo)
+    block = min(block, hi - lo)
     tmp = np.empty((rows, block), dtype=np.uint8)
     # Scratch for the combinations that are not plain inputs, per group.
     scratch: list[dict[int, U8]] = []
@@ -190,11 +190,14 @@ def apply(
     out: U8,
     *,
     threads: int | None = None,
+    block: int | None = None,
 ) -> None:
     """``out[i] = sum_j coeffs[i][j] * inputs[j]`` over GF(2^8), column by column.
 
     ``inputs`` are 1-D uint8 arrays of one length ``L`` (read-only is fine); ``out`` is a
-    writable ``(len(coeffs), L)`` uint8 array whose rows are contiguous.
+    writable ``(len(coeffs), L)`` uint8 array whose rows are contiguous. ``threads`` caps
+    the threads used for large inputs (default :func:`default_threads`); ``block`` overrides
+    the columns per block (for tests and tuning; the result never depends on it).
     """
     rows = len(coeffs)
     if rows == 0:
@@ -206,19 +209,22 @@ def apply(
         raise ValueError("inputs and output must have matching shapes")
     if length == 0:
         return
+    if any(not 0 <= c <= 255 for r in coeffs for c in r):
+        raise ValueError("coefficients must be bytes (0..255)")
     prog = _compile(tuple(tuple(int(c) for c in r) for r in coeffs), len(inputs))
+    block = prog.block if block is None else max(1, block)
     threads = default_threads() if threads is None else max(1, threads)
     total = length * (len(inputs) + rows)
     parts = min(threads, length // _THREAD_MIN_COLUMNS) if total >= _THREAD_MIN_BYTES else 1
     if parts <= 1:
-        _run(prog, inputs, out, 0, length)
+        _run(prog, inputs, out, 0, length, block)
         return
     step = -(-length // parts)
     step += -step % 4096
     bounds = [(lo, min(length, lo + step)) for lo in range(0, length, step)]
     pool = _executor(threads)
-    futures = [pool.submit(_run, prog, inputs, out, lo, hi) for lo, hi in bounds[1:]]
+    futures = [pool.submit(_run, prog, inputs, out, lo, hi, block) for lo, hi in bounds[1:]]
     # The calling thread does the first range itself instead of idling.
-    _run(prog, inputs, out, *bounds[0])
+    _run(prog, inputs, out, bounds[0][0], bounds[0][1], block)
     for f in futures:
         f.result()

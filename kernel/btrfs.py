@@ -292,8 +292,11 @@ class BtrfsSession:
             otransid = st.get("otransid")
             if isinstance(otransid, int):
                 self.parent = parent
-                # Conservative: items of the parent's own transaction count as changed.
-                self.parent_generation = otransid
+                # The parent was copied from the source inside the commit of transaction
+                # ``otransid`` while no writer could join it; the only later change made in
+                # that transaction is the parent's own entry in our snapshot folder. So
+                # every change the parent lacks carries a transid > otransid.
+                self.parent_generation = otransid + 1
         self._stale_parent = parent  # destroyed when this snapshot replaces it
         self._changed: list[Path] | None = None
 

@@ -47,10 +47,10 @@ import struct
 import threading
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 from corestate.kernel import linux
+from corestate.kernel.changes import ChangeSet, Event
 from corestate.kernel.errors import JournalError
 
 IGNORED_PREFIX = ".corestate-"
@@ -102,27 +102,6 @@ IN_MASK = (
     | IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR | IN_DONT_FOLLOW
 )  # fmt: skip
 _IN_EVENT = struct.Struct("=iIII")  # wd, mask, cookie, len
-
-
-@dataclass(frozen=True, slots=True)
-class ChangeSet:
-    """Changed paths since a token, or ``paths=None``: walk everything (``reason`` says why)."""
-
-    paths: frozenset[Path] | None
-    token: str
-    reason: str = ""
-
-    @property
-    def full_walk_required(self) -> bool:
-        return self.paths is None
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One decoded kernel event: a changed path, or a gap (overflow, unreadable event)."""
-
-    path: Path | None
-    gap: str = ""
 
 
 def parse_fanotify(buf: bytes) -> list[tuple[int, list[tuple[int, bytes, bytes, bytes]]]]:

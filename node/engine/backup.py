@@ -35,6 +35,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import blake3
 import cbor2
 import pathspec
 from corestate.node.engine.repo import Repository
@@ -154,6 +155,12 @@ class Backup:
         self._cache: dict[bytes, tuple[int, int, int, int, bytes]] = {}
         self._cache_upserts: list[tuple[bytes, int, int, int, int, bytes]] = []
         self._seen: set[bytes] = set()
+        self._seen_dirs: set[bytes] = set()
+        self._reused_dirs: set[bytes] = set()
+        self._dir_cache: dict[bytes, tuple[bytes, bytes, int, int]] = {}
+        self._dir_upserts: list[tuple[bytes, bytes, bytes, int, int]] = []
+        # Anything that changes how a tree is built must change every fingerprint.
+        self._fp_salt = repr(("fp1", cfg.min_size, cfg.avg_size, cfg.max_size, sorted(exclude))).encode()
         self._root: bytes = b""
 
     # -- the walk -------------------------------------------------------------------------
@@ -166,6 +173,7 @@ class Backup:
         roots = [r for r in roots if not any(r != o and r.startswith(o.rstrip(b"/") + b"/") for o in roots)]
         self._known = self.repo.known_blob_ids()
         self._cache = self.repo.load_files_cache()
+        self._dir_cache = self.repo.load_dir_cache()
         self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="pack")
         try:
             root_tree = self._virtual_root(roots)
@@ -197,18 +205,20 @@ class Backup:
             [(sid, record)],
         )
         self.stats.bytes_added += landed.size
-        stale = [
-            p for p in self._cache
-            if p not in self._seen and any(p == r or p.startswith(r.rstrip(b"/") + b"/") for r in roots)
-        ]
-        self.repo.update_files_cache(self._cache_upserts, stale)
+        def under(p: bytes) -> bool:
+            return any(p == r or p.startswith(r.rstrip(b"/") + b"/") for r in roots)
+        # A file not seen is stale unless its directory was reused whole from the cache.
+        stale = [p for p in self._cache
+                 if p not in self._seen and os.path.dirname(p) not in self._reused_dirs and under(p)]
+        stale_dirs = [p for p in self._dir_cache if p not in self._seen_dirs and under(p)]
+        self.repo.update_files_cache(self._cache_upserts, stale, self._dir_upserts, stale_dirs)
         return BackupResult(sid, snap, self.stats, time.monotonic() - t0)
 
     def _virtual_root(self, roots: list[bytes]) -> bytes:
         """The snapshot's root tree: each protected path under its full original path."""
         if b"/" in roots:
-            st = os.lstat(b"/")
-            return self._dir(b"/", b"", st)
+            tid = self._dir(b"/", b"", os.lstat(b"/"))
+            return tid if tid is not None else self._emit_tree([])
         tree: dict[bytes, dict] = {}
         leaves: set[tuple[bytes, ...]] = set()
         for r in roots:
@@ -247,19 +257,20 @@ class Backup:
         s = os.fsdecode(rel.lstrip(b"/"))
         return self.spec.match_file(s + "/" if is_dir else s)
 
-    def _entry(self, path: bytes, name: bytes, st: os.stat_result, rel: bytes) -> Node | None:
+    def _entry(self, path: bytes, name: bytes, st: os.stat_result, rel: bytes,
+               subtree: bytes | None = None) -> Node | None:
         mode = st.st_mode
         self.stats.current = path
         if stat.S_ISREG(mode):
             return self._file(path, name, st)
         if stat.S_ISDIR(mode):
-            if (st.st_dev, st.st_ino) in self.skip:
-                self.stats.warnings.append((path, "skipped: the node home or store"))
-                return None
+            if subtree is None:
+                subtree = self._dir(path, rel, st)
+                if subtree is None:
+                    return None
             node = _meta(name, DIR, st)
             node.xattrs = _xattrs(path)
-            node.subtree = self._dir(path, rel, st)
-            self.stats.dirs += 1
+            node.subtree = subtree
             return node
         if stat.S_ISLNK(mode):
             try:
@@ -279,8 +290,19 @@ class Backup:
         self.stats.warnings.append((path, "skipped: a socket or other special file"))
         return None
 
-    def _dir(self, path: bytes, rel: bytes, st: os.stat_result) -> bytes:
-        nodes: list[Node] = []
+    def _dir(self, path: bytes, rel: bytes, st: os.stat_result) -> bytes | None:
+        """The tree id of a directory, or None when it must not be backed up.
+
+        Subdirectories are walked first: their tree ids, with the lstat of every entry,
+        make this directory's fingerprint. When the fingerprint matches the one cached by
+        the last backup, the cached tree is reused without building a single node; else
+        the tree is built (unchanged files still come from the files cache).
+        """
+        if (st.st_dev, st.st_ino) in self.skip:
+            self.stats.warnings.append((path, "skipped: the node home or store"))
+            return None
+        self.stats.dirs += 1
+        self._seen_dirs.add(path)
         try:
             with os.scandir(path) as it:
                 entries = list(it)
@@ -288,21 +310,55 @@ class Backup:
             self._error(path, exc)
             entries = []
         base = path.rstrip(b"/")
+        items: list[tuple[bytes, bytes, bytes, os.stat_result, bytes | None]] = []
+        fp: list[tuple] = []
+        newest = 0
+        errors_before = len(self.stats.errors) + len(self.stats.torn)
         for e in entries:
             name = e.name
             p = base + b"/" + name
-            r = rel + b"/" + name
             try:
                 est = e.stat(follow_symlinks=False)
             except OSError as exc:
                 self._error(p, exc)
                 continue
-            if self.spec is not None and self._excluded(r, stat.S_ISDIR(est.st_mode)):
+            r = rel + b"/" + name
+            is_dir = stat.S_ISDIR(est.st_mode)
+            if self.spec is not None and self._excluded(r, is_dir):
                 continue
-            node = self._entry(p, name, est, r)
+            sub = None
+            if is_dir:
+                sub = self._dir(p, r, est)
+                if sub is None:
+                    continue
+            items.append((name, p, r, est, sub))
+            fp.append((name, est.st_ino, est.st_size, est.st_mtime_ns, est.st_ctime_ns,
+                       est.st_mode, est.st_uid, est.st_gid, est.st_nlink, est.st_rdev, sub))
+            if est.st_ctime_ns > newest:
+                newest = est.st_ctime_ns
+        digest = blake3.blake3(self._fp_salt + repr(fp).encode()).digest()
+        cached = self._dir_cache.get(path)
+        if cached is not None and cached[0] == digest and cached[1] in self._known:
+            self._reused_dirs.add(path)
+            self.stats.files += cached[2]
+            self.stats.files_unchanged += cached[2]
+            self.stats.bytes_total += cached[3]
+            return cached[1]
+        files0, bytes0 = self.stats.files, self.stats.bytes_total
+        nodes: list[Node] = []
+        for name, p, r, est, sub in items:
+            if not stat.S_ISDIR(est.st_mode):
+                self.stats.current = p
+            node = self._entry(p, name, est, r, sub)
             if node is not None:
                 nodes.append(node)
-        return self._emit_tree(nodes)
+        tid = self._emit_tree(nodes)
+        clean = len(self.stats.errors) + len(self.stats.torn) == errors_before
+        if clean and time.time_ns() - newest > RACY_NS:
+            # Counts of this directory's own files (subdirectories were counted before).
+            self._dir_upserts.append(
+                (path, digest, tid, self.stats.files - files0, self.stats.bytes_total - bytes0))
+        return tid
 
     def _emit_tree(self, nodes: list[Node]) -> bytes:
         data = encode_tree(nodes)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from corestate.node.engine.store import LocalPackStore, PackStore
@@ -43,6 +43,10 @@ CREATE TABLE IF NOT EXISTS snapshots (
 CREATE TABLE IF NOT EXISTS files_cache (
     path BLOB PRIMARY KEY, ino INTEGER NOT NULL, size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, node BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dir_cache (
+    path BLOB PRIMARY KEY, fingerprint BLOB NOT NULL, tree BLOB NOT NULL,
+    files INTEGER NOT NULL, bytes INTEGER NOT NULL
 );
 """
 
@@ -255,14 +259,24 @@ class Repository:
             for r in self.db.execute("SELECT path, ino, size, mtime_ns, ctime_ns, node FROM files_cache")
         }
 
+    def load_dir_cache(self) -> dict[bytes, tuple[bytes, bytes, int, int]]:
+        return {
+            r[0]: r[1:]
+            for r in self.db.execute("SELECT path, fingerprint, tree, files, bytes FROM dir_cache")
+        }
+
     def update_files_cache(
-        self, upserts: list[tuple[bytes, int, int, int, int, bytes]], deletes: list[bytes]
+        self, upserts: list[tuple[bytes, int, int, int, int, bytes]], deletes: list[bytes],
+        dir_upserts: Sequence[tuple[bytes, bytes, bytes, int, int]] = (),
+        dir_deletes: Sequence[bytes] = (),
     ) -> None:
         with self._lock:
             self.db.execute("BEGIN")
             try:
                 self.db.executemany("DELETE FROM files_cache WHERE path = ?", [(p,) for p in deletes])
                 self.db.executemany("INSERT OR REPLACE INTO files_cache VALUES (?,?,?,?,?,?)", upserts)
+                self.db.executemany("DELETE FROM dir_cache WHERE path = ?", [(p,) for p in dir_deletes])
+                self.db.executemany("INSERT OR REPLACE INTO dir_cache VALUES (?,?,?,?,?)", dir_upserts)
                 self.db.execute("COMMIT")
             except BaseException:
                 self.db.execute("ROLLBACK")

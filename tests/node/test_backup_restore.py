@@ -119,3 +119,22 @@ def test_unreadable_files_are_reported_and_exit_3(cli: Cli, tmp_path: Path) -> N
     assert "locked" in p.stderr and "Permission denied" in p.stderr
     names = cli.run("ls", "latest", str(src)).stdout
     assert "ok" in names and "locked" not in names
+
+
+def test_directory_cache_never_hides_a_change(cli: Cli, tmp_path: Path) -> None:
+    import time
+    src = make_tree(tmp_path / "src")
+    time.sleep(2.2)  # past the racy window, so the caches are filled
+    first = cli.json("backup", str(src))
+    again = cli.json("backup", str(src))
+    assert again["bytes_read"] == 0 and again["files_unchanged"] == again["files"] == first["files"]
+    assert again["bytes_total"] == first["bytes_total"]
+    leaf = src / "docs" / "deep" / "er" / "est" / "leaf.txt"
+    leaf.write_text("leaf, changed deep down")
+    os.rename(src / "docs" / "copy.bin", src / "docs" / "renamed.bin")
+    os.setxattr(src / "docs" / "deep", "user.color", b"red")
+    os.chmod(src / "script.sh", 0o700)
+    cli.json("backup", str(src))
+    target = tmp_path / "t"
+    cli.run("restore", "latest", "--target", str(target))
+    assert differences(src, restored(target, src)) == []

@@ -107,21 +107,53 @@ def _compile(coeffs: tuple[tuple[int, ...], ...], width: int) -> _Program:
     return _Program(rows, g, groups, tuple(steps), tuple(frozenset(u) for u in used), block)
 
 
+_local = threading.local()
+# Scratch up to this size stays allocated per thread between calls. Fresh memory costs a
+# page fault per 4 KiB on first touch (~2 us each on a VM: slower than the arithmetic), and
+# numpy only asks for huge pages for arrays of 4 MiB and more.
+_KEEP_BYTES = 16 << 20
+
+
+def scratch(name: str, nbytes: int) -> U8:
+    """A per-thread reusable uint8 buffer of ``nbytes``; valid until the next call by name."""
+    pool: dict[str, U8] = _local.__dict__.setdefault("buffers", {})
+    buf = pool.get(name)
+    if buf is None or buf.size < nbytes:
+        buf = np.empty(nbytes, dtype=np.uint8)
+        if nbytes <= _KEEP_BYTES:
+            pool[name] = buf
+    return buf[:nbytes]
+
+
+def output(rows: int, length: int) -> U8:
+    """A ``(rows, length)`` result array from this thread's scratch: copy out before reuse."""
+    return scratch("output", rows * length).reshape(rows, length)
+
+
 def _run(prog: _Program, inputs: Sequence[U8], out: U8, lo: int, hi: int, block: int) -> None:
     rows = prog.rows
     block = min(block, hi - lo)
-    tmp = np.empty((rows, block), dtype=np.uint8)
+    tmp = scratch("tmp", rows * block).reshape(rows, block)
     # Scratch for the combinations that are not plain inputs, per group.
-    scratch: list[dict[int, U8]] = []
+    needs: list[list[int]] = []
     for masks in prog.masks:
-        built = sorted(m for m in masks if m & (m - 1))
-        # Intermediate combinations needed to build them (peel the lowest bit each time).
+        # Every multi-input combination used, plus those needed to build them (peel the
+        # lowest bit each time); ascending order builds each one's parts first.
         need: set[int] = set()
-        for m in built:
+        for m in masks:
             while m & (m - 1):
                 need.add(m)
                 m &= m - 1
-        scratch.append({m: np.empty(block, dtype=np.uint8) for m in sorted(need)})
+        needs.append(sorted(need))
+    combo_buf = scratch("combos", max(1, sum(map(len, needs))) * block)
+    scratch_views: list[dict[int, U8]] = []
+    slot = 0
+    for need_list in needs:
+        views: dict[int, U8] = {}
+        for m in need_list:
+            views[m] = combo_buf[slot * block : (slot + 1) * block]
+            slot += 1
+        scratch_views.append(views)
 
     for s in range(lo, hi, block):
         e = min(hi, s + block)
@@ -130,7 +162,7 @@ def _run(prog: _Program, inputs: Sequence[U8], out: U8, lo: int, hi: int, block:
         for gi, members in enumerate(prog.groups):
             table: dict[int, U8] = {1 << a: inputs[j][s:e] for a, j in enumerate(members)}
             # Ascending order: every mask's (mask minus lowest bit) is built before it.
-            for m, buf in scratch[gi].items():
+            for m, buf in scratch_views[gi].items():
                 low = m & -m
                 dst = buf[:width]
                 np.bitwise_xor(table[m ^ low], table[low], out=dst)

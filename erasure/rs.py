@@ -166,7 +166,7 @@ class Codec:
                 shares.append(padded)
                 rows.append(_as_u8(padded))
         if n > k:
-            parity = np.empty((n - k, length), dtype=np.uint8)
+            parity = bulk.output(n - k, length)
             bulk.apply(parity_matrix(k, n), rows, parity, threads=threads)
             shares.extend(parity[i].tobytes() for i in range(n - k))
         return shares
@@ -217,7 +217,7 @@ class Codec:
         todo = tuple(w for w in want_t if w not in shares)
         if todo:
             coeffs = rebuild_matrix(self.k, self.n, used, todo)
-            result = np.empty((len(todo), length), dtype=np.uint8)
+            result = bulk.output(len(todo), length)
             bulk.apply(coeffs, [_as_u8(shares[i]) for i in used], result, threads=threads)
             for r, w in enumerate(todo):
                 out[w] = result[r].tobytes()
@@ -252,7 +252,7 @@ class Codec:
         rebuilt: dict[int, BytesLike] = {}
         if missing:
             coeffs = rebuild_matrix(k, self.n, used, missing)
-            result = np.empty((len(missing), length), dtype=np.uint8)
+            result = bulk.output(len(missing), length)
             bulk.apply(coeffs, [_as_u8(shares[i]) for i in used], result, threads=threads)
             for r, j in enumerate(missing):
                 rebuilt[j] = memoryview(result[r])

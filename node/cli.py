@@ -362,11 +362,13 @@ def cmd_restore(args: argparse.Namespace, out: Out) -> int:
     code = EXIT_FAIL if stats.errors else EXIT_OK
     if out.json:
         out.obj({"type": "summary", "snapshot_id": snap.id.hex(), "files": stats.files, "dirs": stats.dirs,
+                 "other": stats.other,
                  "bytes": stats.bytes_total, "errors": [[_fs(p), m] for p, m in stats.errors],
                  "dry_run": args.dry_run, "seconds": round(secs, 3)})
         return code
     verb = "would restore" if args.dry_run else "restored"
-    out.say(f"{verb} {stats.files} files, {stats.dirs} dirs, {_human(stats.bytes_total)} from "
+    out.say(f"{verb} {stats.files} files, {stats.dirs} dirs, {stats.other} links/special, "
+            f"{_human(stats.bytes_total)} from "
             f"snapshot {snap.short_id} into {os.path.abspath(args.target)} in {secs:.1f}s")
     if stats.errors:
         out.say(f"FAILED for {len(stats.errors)} path(s), listed above")
@@ -514,12 +516,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("snapshots", cmd_snapshots, "list the snapshots")
 
     sp = add("ls", cmd_ls, "list the contents of a snapshot")
-    sp.add_argument("snapshot", metavar="SNAP", help="snapshot id prefix, or 'latest'")
+    sp.add_argument("snapshot", metavar="SNAP", help="snapshot id prefix, 'latest' or 'latest~N'")
     sp.add_argument("path", nargs="?", metavar="PATH", help="only below this path (as backed up)")
     sp.add_argument("-r", "--recursive", action="store_true", help="list PATH recursively")
 
     sp = add("restore", cmd_restore, "restore a snapshot (or chosen paths) below a target directory")
-    sp.add_argument("snapshot", metavar="SNAP", help="snapshot id prefix, or 'latest'")
+    sp.add_argument("snapshot", metavar="SNAP", help="snapshot id prefix, 'latest' or 'latest~N'")
     sp.add_argument("--target", required=True, metavar="DIR",
                     help="where to restore; each path comes back below DIR under its full original path")
     sp.add_argument("--path", action="append", metavar="P", help="restore only P (as backed up); repeatable")

@@ -236,6 +236,11 @@ class Repository:
             raise SnapshotNotFound(ref, "there are no snapshots yet")
         if ref == "latest":
             return snaps[-1]
+        if ref.startswith("latest~") and ref[7:].isdigit():
+            back = int(ref[7:])
+            if back >= len(snaps):
+                raise SnapshotNotFound(ref, f"there are only {len(snaps)} snapshots")
+            return snaps[-1 - back]
         matches = [s for s in snaps if s.id.hex().startswith(ref.lower())]
         if not matches:
             raise SnapshotNotFound(ref)

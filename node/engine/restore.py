@@ -37,6 +37,7 @@ class RestoreStats:
     files: int = 0
     dirs: int = 0
     links: int = 0
+    other: int = 0  # symlinks, FIFOs, devices
     bytes_total: int = 0  # planned bytes, known once the trees are read
     bytes_written: int = 0
     files_total: int = 0
@@ -202,7 +203,7 @@ class Restore:
             if node.type != SYMLINK:
                 os.chmod(name, node.mode, dir_fd=dfd)
             os.utime(name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=dfd, follow_symlinks=False)
-            self.stats.files += 1
+            self.stats.other += 1
         except OSError as exc:
             self._error(out, exc)
 

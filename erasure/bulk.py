@@ -45,8 +45,10 @@ U8 = npt.NDArray[np.uint8]
 # Reduction byte: alpha^8 = x^8 mod 0x11d. Multiplying by 2 is (v << 1) ^ (0x1d if v >= 128).
 _REDUCE = 0x1D
 
-# Below this much input the thread hand-off costs more than it saves.
-_THREAD_MIN_BYTES = 1 << 20
+# Below this much work (columns x array operations per block) the thread hand-off costs
+# more than it saves; memory-bound programs (a few XORs per column) never gain from it.
+_THREAD_MIN_WORK = 64 << 20
+_THREAD_MIN_OPS = 8
 # Threads never split finer than this many columns (keeps blocks long for numpy).
 _THREAD_MIN_COLUMNS = 1 << 16
 
@@ -68,20 +70,23 @@ class _Program:
     steps: tuple[tuple[tuple[int, int, int], ...], ...]
     masks: tuple[frozenset[int], ...]  # per group, the combinations some step uses
     block: int  # columns per block
+    xor_rows: tuple[tuple[int, ...], ...] | None  # coefficients all 0/1: inputs to XOR per row
+    ops: int  # whole-array operations per block, a measure of work per column
 
 
-def _group_size(rows: int) -> int:
+def _group_size(rows: int, width: int) -> int:
     # Building every combination of a group of g inputs costs (2^g - g - 1) / g array
-    # operations per input; each (row, bit) then costs 1 / g per input. The model favours
-    # g = 5 for many rows, but 2^g combinations of a block then spill out of cache, so
-    # measured on this hardware: 3 up to 4 rows, then 4.
-    return 3 if rows <= 4 else 4
+    # operations per input; each (row, bit) then costs 1 / g per input. Counting only
+    # operations favours g = 4 or 5 for many rows, but then the 2^g combinations of a block
+    # spill out of L2 and the measured optimum on this hardware is 3. A single group for
+    # up to five inputs makes every S_{i,t} a ready-made combination.
+    return width if width <= 5 else 3
 
 
 @lru_cache(maxsize=512)
 def _compile(coeffs: tuple[tuple[int, ...], ...], width: int) -> _Program:
     rows = len(coeffs)
-    g = _group_size(rows)
+    g = _group_size(rows, width)
     groups = tuple(tuple(range(s, min(width, s + g))) for s in range(0, width, g))
     top = max((c.bit_length() for row in coeffs for c in row), default=0)
     steps: list[tuple[tuple[int, int, int], ...]] = []
@@ -99,19 +104,36 @@ def _compile(coeffs: tuple[tuple[int, ...], ...], width: int) -> _Program:
                     used[gi].add(mask)
         steps.append(tuple(step))
     # Scratch per block is about (combinations + 2 * rows) * block bytes: keep it within a
-    # few MiB (L3 holds it; per-call work stays well above numpy's ~1 us call overhead).
+    # few MiB (L3 holds it) while per-call work stays well above numpy's ~1 us call
+    # overhead. Measured: 256 KiB columns for one or two rows, 128 KiB beyond.
     combos = sum(len(u) for u in used)
-    block = (8 << 20) // max(1, combos + 2 * rows)
-    block = max(64 << 10, min(256 << 10, block))
+    block = (256 << 10) if rows <= 2 else (128 << 10)
+    block = max(32 << 10, min(block, (8 << 20) // max(1, combos + 2 * rows)))
     block -= block % 4096
-    return _Program(rows, g, groups, tuple(steps), tuple(frozenset(u) for u in used), block)
+    xor_rows = None
+    if top <= 1:
+        # Only 0/1 coefficients (m = 1 parity, or rebuilding from it): plain XORs straight
+        # into the output, no combinations and no copies.
+        xor_rows = tuple(tuple(j for j, c in enumerate(row) if c) for row in coeffs)
+    ops = sum(len(st) for st in steps) + 4 * rows * max(0, len(steps) - 1) + combos
+    return _Program(
+        rows,
+        g,
+        groups,
+        tuple(steps),
+        tuple(frozenset(u) for u in used),
+        block,
+        xor_rows,
+        ops,
+    )
 
 
 _local = threading.local()
-# Scratch up to this size stays allocated per thread between calls. Fresh memory costs a
-# page fault per 4 KiB on first touch (~2 us each on a VM: slower than the arithmetic), and
-# numpy only asks for huge pages for arrays of 4 MiB and more.
-_KEEP_BYTES = 16 << 20
+# Scratch up to this size stays allocated per thread between calls (release_scratch()
+# frees it). Fresh memory costs a page fault per 4 KiB on first touch (~2-3 us each on a
+# VM: slower than the arithmetic); numpy asks for huge pages only from 4 MiB, and even
+# those cost their zeroing again on every call.
+_KEEP_BYTES = 64 << 20
 
 
 def scratch(name: str, nbytes: int) -> U8:
@@ -125,14 +147,38 @@ def scratch(name: str, nbytes: int) -> U8:
     return buf[:nbytes]
 
 
+def release_scratch() -> None:
+    """Free the calling thread's scratch buffers (they are rebuilt on demand)."""
+    _local.__dict__.pop("buffers", None)
+
+
 def output(rows: int, length: int) -> U8:
     """A ``(rows, length)`` result array from this thread's scratch: copy out before reuse."""
     return scratch("output", rows * length).reshape(rows, length)
 
 
+def _run_xor(
+    xor_rows: tuple[tuple[int, ...], ...], inputs: Sequence[U8], out: U8, lo: int, hi: int
+) -> None:
+    for i, members in enumerate(xor_rows):
+        acc = out[i, lo:hi]
+        if not members:
+            acc[...] = 0
+        elif len(members) == 1:
+            np.copyto(acc, inputs[members[0]][lo:hi])
+        else:
+            np.bitwise_xor(inputs[members[0]][lo:hi], inputs[members[1]][lo:hi], out=acc)
+            for j in members[2:]:
+                np.bitwise_xor(acc, inputs[j][lo:hi], out=acc)
+
+
 def _run(prog: _Program, inputs: Sequence[U8], out: U8, lo: int, hi: int, block: int) -> None:
     rows = prog.rows
     block = min(block, hi - lo)
+    if prog.xor_rows is not None:
+        for s in range(lo, hi, block):
+            _run_xor(prog.xor_rows, inputs, out, s, min(hi, s + block))
+        return
     tmp = scratch("tmp", rows * block).reshape(rows, block)
     # Scratch for the combinations that are not plain inputs, per group.
     needs: list[list[int]] = []
@@ -246,8 +292,9 @@ def apply(
     prog = _compile(tuple(tuple(int(c) for c in r) for r in coeffs), len(inputs))
     block = prog.block if block is None else max(1, block)
     threads = default_threads() if threads is None else max(1, threads)
-    total = length * (len(inputs) + rows)
-    parts = min(threads, length // _THREAD_MIN_COLUMNS) if total >= _THREAD_MIN_BYTES else 1
+    parts = 1
+    if prog.ops >= _THREAD_MIN_OPS and length * prog.ops >= _THREAD_MIN_WORK:
+        parts = min(threads, length // _THREAD_MIN_COLUMNS)
     if parts <= 1:
         _run(prog, inputs, out, 0, length, block)
         return

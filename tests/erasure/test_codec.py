@@ -300,21 +300,48 @@ def test_bulk_apply_matches_scalar_reference(
     assert [out[i].tobytes() for i in range(rows)] == reference_apply(coeffs, inputs)
 
 
-def test_bulk_threads_and_blocks_do_not_change_bytes() -> None:
+def test_bulk_threads_and_blocks_do_not_change_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
     rng = np.random.default_rng(5)
     length = 3 * (1 << 16) + 12345  # long enough to be split across threads
     inputs = [rng.integers(0, 256, length, dtype=np.uint8) for _ in range(6)]
     coeffs = parity_matrix(6, 10)
+    monkeypatch.setattr(bulk, "_THREAD_MIN_WORK", 0)  # split even this small input
+    ranges: list[tuple[int, int]] = []
+    real_run = bulk._run
+
+    def spy(prog: object, ins: object, out: object, lo: int, hi: int, block: int) -> None:
+        ranges.append((lo, hi))
+        real_run(prog, ins, out, lo, hi, block)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(bulk, "_run", spy)
     outs = []
     for threads, block in ((1, None), (2, None), (3, 7777), (1, 1 << 20)):
+        ranges.clear()
         out = np.empty((4, length), dtype=np.uint8)
         bulk.apply(coeffs, inputs, out, threads=threads, block=block)
+        assert len(ranges) == threads  # the column ranges really were split
+        assert sorted(ranges)[0][0] == 0 and max(hi for _, hi in ranges) == length
         outs.append(out)
     for other in outs[1:]:
         assert np.array_equal(outs[0], other)
     sample = [0, 1, length // 2, length - 1]
     shares = [x.tobytes() for x in inputs] + [o.tobytes() for o in outs[0]]
     check_columns_match_reedsolo(shares, 6, 10, sample)
+
+
+def test_xor_only_codes() -> None:
+    # n = k + 1: the parity is the XOR of the data shares, and rebuilding uses XOR only.
+    rng = random.Random(11)
+    for k in (1, 2, 3, 7):
+        data = rng.randbytes(k * 1000 + 1)
+        shares = encode(data, k, k + 1)
+        parity = bytearray(len(shares[0]))
+        for s in shares[:k]:
+            parity = bytearray(a ^ b for a, b in zip(parity, s, strict=True))
+        assert shares[k] == bytes(parity)
+        for lost in range(k + 1):
+            kept = {i: shares[i] for i in range(k + 1) if i != lost}
+            assert decode(kept, k, k + 1, len(data)) == data
 
 
 def test_large_input_round_trip_threaded() -> None:

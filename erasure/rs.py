@@ -148,28 +148,35 @@ class Codec:
 
     def encode(self, data: BytesLike, *, threads: int | None = None) -> list[bytes]:
         """The ``n`` share payloads of ``data`` (equal length, data shares first)."""
+        return [bytes(v) for v in self.encode_views(data, threads=threads)]
+
+    def encode_views(self, data: BytesLike, *, threads: int | None = None) -> list[memoryview]:
+        """Like :meth:`encode`, but views instead of copies, for callers that copy anyway.
+
+        Data shares are views of ``data`` (zero-padded tail rows are small copies); parity
+        shares are views of this thread's scratch and stay valid only until the calling
+        thread's next encode, decode or rebuild. Saves a copy per share byte when the
+        payloads are written straight into something else (a share with its header).
+        """
         k, n = self.k, self.n
-        size = len(data)
+        view = memoryview(data).cast("B") if not isinstance(data, bytes) else memoryview(data)
+        size = len(view)  # in bytes, also for a memoryview of wider items
         length = share_length(size, k)
-        view = memoryview(data).cast("B") if not isinstance(data, bytes) else data
-        shares: list[bytes] = []
+        payloads: list[memoryview] = []
         rows: list[np.ndarray] = []
-        flat = _as_u8(view)
         for i in range(k):
             lo, hi = i * length, min(size, (i + 1) * length)
             if hi - lo == length:
-                shares.append(bytes(view[lo:hi]))
-                rows.append(flat[lo:hi])
+                payloads.append(view[lo:hi])
             else:  # a tail row: zero padded
-                row = bytes(view[lo:hi]) if hi > lo else b""
-                padded = row + bytes(length - len(row))
-                shares.append(padded)
-                rows.append(_as_u8(padded))
+                padded = bytes(view[lo:hi]) + bytes(length - max(0, hi - lo))
+                payloads.append(memoryview(padded))
+            rows.append(_as_u8(payloads[-1]))
         if n > k:
             parity = bulk.output(n - k, length)
             bulk.apply(parity_matrix(k, n), rows, parity, threads=threads)
-            shares.extend(parity[i].tobytes() for i in range(n - k))
-        return shares
+            payloads.extend(memoryview(parity[i]) for i in range(n - k))
+        return payloads
 
     # -- decoding ------------------------------------------------------------------------
 

@@ -206,6 +206,13 @@ def test_all_data_shares_present_is_a_copy(monkeypatch: pytest.MonkeyPatch) -> N
     assert decode({i: shares[i] for i in (5, 0, 1, 2, 3)}, 4, 6, len(data)) == data
 
 
+def test_encode_views_are_the_shares() -> None:
+    data = bytes(range(256)) * 9 + b"tail"
+    c = Codec(5, 8)
+    assert [bytes(v) for v in c.encode_views(data)] == c.encode(data)
+    assert [bytes(v) for v in c.encode_views(memoryview(data))] == encode(data, 5, 8)
+
+
 def test_decode_accepts_other_bytes_likes() -> None:
     data = bytes(range(100))
     shares = encode(memoryview(data), 3, 5)

@@ -114,6 +114,16 @@ def reference_mth(leaves: list[bytes]) -> bytes:
     return merkle.node_hash(reference_mth(leaves[:split]), reference_mth(leaves[split:]))
 
 
+def test_leaves_bind_the_index_and_roles_are_separated() -> None:
+    block = b"same bytes"
+    assert merkle.leaf_hash(0, block) != merkle.leaf_hash(1, block)
+    a, b = merkle.leaf_hash(0, b"a"), merkle.leaf_hash(1, b"b")
+    # A node is never a leaf or a root over the same bytes.
+    assert merkle.node_hash(a, b) != blake3.blake3(a + b).digest()
+    assert merkle.node_hash(a, b) != merkle.root_hash(a, b)
+    assert merkle.node_hash(a, b) != merkle.leaf_hash(int.from_bytes(a[:8], "little"), a[8:] + b)
+
+
 @pytest.mark.parametrize("count", [1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 16, 17, 31, 33])
 def test_tree_shape_is_rfc6962_and_every_path_verifies(count: int) -> None:
     leaves = [merkle.leaf_hash(i, bytes([i])) for i in range(count)]

@@ -103,12 +103,13 @@ def _compile(coeffs: tuple[tuple[int, ...], ...], width: int) -> _Program:
                     step.append((i, gi, mask))
                     used[gi].add(mask)
         steps.append(tuple(step))
-    # Scratch per block is about (combinations + 2 * rows) * block bytes: keep it within a
-    # few MiB (L3 holds it) while per-call work stays well above numpy's ~1 us call
-    # overhead. Measured: 256 KiB columns for one or two rows, 128 KiB beyond.
+    # Columns per block: each numpy call costs ~1 us on top of its work, so blocks are
+    # long; but the accumulators and combinations of a block should stay in cache.
+    # Measured here: 512 KiB columns for one or two rows, ~170 KiB for 6, ~100 KiB for 10
+    # (about 1 MiB of accumulator), with scratch (combinations + 2 * rows) * block capped.
     combos = sum(len(u) for u in used)
-    block = (256 << 10) if rows <= 2 else (128 << 10)
-    block = max(32 << 10, min(block, (8 << 20) // max(1, combos + 2 * rows)))
+    block = max(64 << 10, min(512 << 10, (1 << 20) // max(1, rows)))
+    block = max(32 << 10, min(block, (16 << 20) // max(1, combos + 2 * rows)))
     block -= block % 4096
     xor_rows = None
     if top <= 1:

@@ -18,6 +18,7 @@ Invariants:
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -114,10 +115,7 @@ def read_header(share: BytesLike) -> ShareHeader:
     if problem:
         raise CorruptShare(hdr.index if hdr.index < hdr.n else None, problem)
     root = bytes(memoryview(share)[DESCRIPTOR_SIZE:HEADER_SIZE])
-    return ShareHeader(
-        hdr.pack_id, hdr.k, hdr.n, hdr.index, hdr.block_size, hdr.payload_length,
-        hdr.data_length, root,
-    )  # fmt: skip
+    return dataclasses.replace(hdr, root=root)
 
 
 def payload_of(share: BytesLike) -> memoryview:

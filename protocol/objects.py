@@ -58,25 +58,31 @@ class Node:
     torn: bool = False  # the file changed while it was read
 
     def to_obj(self) -> dict[str, Any]:
-        o: dict[str, Any] = {
-            "n": self.name, "t": self.type, "m": self.mode, "u": self.uid, "g": self.gid,
-            "mt": self.mtime_ns,
-        }
+        # Keys are inserted in canonical CBOR order (shorter first, then bytewise), so a
+        # plain encoder emits the canonical form without sorting (tested against it).
+        o: dict[str, Any] = {}
         if self.type == FILE:
-            o["s"] = self.size
             o["c"] = self.content
-        if self.subtree is not None:
-            o["sub"] = self.subtree
-        if self.target is not None:
-            o["tg"] = self.target
-        if self.xattrs:
-            o["x"] = self.xattrs
-        if self.rdev is not None:
-            o["rd"] = self.rdev
+        o["g"] = self.gid
         if self.inode is not None:
             o["i"] = self.inode
+        o["m"] = self.mode
+        o["n"] = self.name
+        if self.type == FILE:
+            o["s"] = self.size
+        o["t"] = self.type
+        o["u"] = self.uid
+        if self.xattrs:
+            o["x"] = dict(sorted(self.xattrs.items(), key=lambda kv: (len(kv[0]), kv[0])))
+        o["mt"] = self.mtime_ns
+        if self.rdev is not None:
+            o["rd"] = self.rdev
         if self.sparse:
             o["sp"] = True
+        if self.target is not None:
+            o["tg"] = self.target
+        if self.subtree is not None:
+            o["sub"] = self.subtree
         if self.torn:
             o["torn"] = True
         return o
@@ -133,8 +139,9 @@ class Node:
 
 
 def encode_tree(nodes: list[Node]) -> bytes:
+    """Canonical CBOR of a directory (to_obj already orders keys canonically)."""
     nodes.sort(key=lambda n: n.name)
-    return cbor2.dumps({"v": TREE_VERSION, "entries": [n.to_obj() for n in nodes]}, canonical=True)
+    return cbor2.dumps({"v": TREE_VERSION, "entries": [n.to_obj() for n in nodes]})
 
 
 def decode_tree(data: bytes, where: str) -> list[Node]:

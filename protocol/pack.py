@@ -84,12 +84,15 @@ class PackWriter:
         self.salt = salt
         self._aead = {k: ChaCha20Poly1305(keys.pack_subkey(salt, k)) for k in BLOB_KINDS}
         self._zstd = zstandard.ZstdCompressor(level=compression_level)
-        self._buf = bytearray(MAGIC + bytes([VERSION]) + salt)
+        # Pieces, joined once at the end: appending to one growing buffer costs a copy of
+        # everything so far on each reallocation, under the GIL.
+        self._pieces: list[bytes] = [MAGIC + bytes([VERSION]) + salt]
+        self._size = PREFIX_BYTES
         self.entries: list[BlobEntry] = []
         self.raw_bytes = 0
 
     def __len__(self) -> int:
-        return len(self._buf)
+        return self._size
 
     def add(self, kind: str, blob_id: bytes, plaintext: bytes | memoryview) -> BlobEntry:
         """Compress (when it shrinks), encrypt and append one blob."""
@@ -104,8 +107,9 @@ class PackWriter:
                 codec, body = CODEC_ZSTD, packed
         index = len(self.entries)
         sealed = self._aead[kind].encrypt(nonce(index), bytes(body), blob_id)
-        entry = BlobEntry(kind, blob_id, index, len(self._buf), len(sealed), len(plaintext), codec)
-        self._buf += sealed
+        entry = BlobEntry(kind, blob_id, index, self._size, len(sealed), len(plaintext), codec)
+        self._pieces.append(sealed)
+        self._size += len(sealed)
         self.entries.append(entry)
         self.raw_bytes += len(plaintext)
         return entry
@@ -123,11 +127,10 @@ class PackWriter:
             canonical=True,
         )
         aead = ChaCha20Poly1305(self.keys.pack_subkey(self.salt, "header"))
-        sealed = aead.encrypt(nonce(0), header, bytes(self._buf[:PREFIX_BYTES]))
-        self._buf += sealed
-        self._buf += struct.pack("<I", len(sealed)) + END_MAGIC
-        data = bytes(self._buf)
-        self._buf = bytearray()
+        sealed = aead.encrypt(nonce(0), header, self._pieces[0])
+        self._pieces += [sealed, struct.pack("<I", len(sealed)) + END_MAGIC]
+        data = b"".join(self._pieces)
+        self._pieces = []
         return pack_id_of(data), data
 
 

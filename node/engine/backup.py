@@ -1,18 +1,20 @@
 """Backup: walk, chunk, dedup, compress, encrypt, pack — on both cores, in bounded memory.
 
 Threads and who does what:
-- The calling thread walks the tree, reads files, cuts them with keyed FastCDC, hashes each
-  chunk (keyed BLAKE3) and checks it against the set of known ids. Reading, cutting and
-  hashing release the GIL, so this overlaps with the workers.
-- Worker threads compress (zstd) and encrypt (ChaCha20-Poly1305) new blobs into packs;
-  each worker owns its own open pack, so no two threads share a writer or a nonce space,
-  and a full pack is made durable in the store by the worker that filled it.
-- Landed packs come back to the walking thread through a queue and are indexed there, so
-  sqlite is used from one thread.
+- The calling thread walks the tree (scandir + lstat), decides per directory whether the
+  cached tree can be reused, builds tree nodes, and submits the files that must be read.
+- Worker threads take whole files (small files in batches): read, cut with keyed
+  FastCDC, hash each chunk (keyed BLAKE3), claim new ids in the shared set of known ids,
+  compress (zstd) and encrypt (ChaCha20-Poly1305) new chunks into a pack of their own.
+  Reading, cutting, hashing and compressing release the GIL, so the workers and the walk
+  use both cores. A full pack is made durable in the store by the worker that filled it.
+- Directories whose files are still being read wait in a post-order queue; the walking
+  thread finishes them oldest first (children always before their parent), encodes their
+  trees and indexes the packs that landed, so sqlite is used from one thread only.
 
 Invariants:
-- Back-pressure: at most ``max_inflight`` batches wait for a worker; memory stays bounded by
-  that plus one open pack per worker, whatever the size of the tree.
+- Bounded memory: at most ``max_inflight`` file jobs and ``max_pending`` unfinished
+  directories exist at once; each worker holds one open pack and one chunk.
 - Nothing is indexed before its pack is durable; the snapshot record is written in a pack of
   its own only after every other pack of the backup is durable. A crash at any point
   leaves a consistent store; packs that landed are found by ``Repository.sync`` and their
@@ -20,6 +22,8 @@ Invariants:
 - The node home and the store are never backed up, even inside a protected path.
 - A file that changed while it was read is read once more; if it changes again it is
   stored as read, flagged ``torn`` in its node, listed in the snapshot and never cached.
+- A directory is reused from the directory cache only when the fingerprint of every
+  entry's lstat, recursively, is unchanged and its tree is still in the index.
 """
 
 from __future__ import annotations
@@ -31,13 +35,13 @@ import socket
 import stat
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import blake3
-import cbor2
-import pathspec
 from corestate.node.engine.repo import Repository
 from corestate.node.home import Config
 from corestate.protocol import pack as packfmt
@@ -52,24 +56,24 @@ from corestate.protocol.objects import (
     Snapshot,
     encode_tree,
 )
-from pyfastcdc import FastCDC
 
-# Files whose mtime or ctime is this close to the moment they were read may change again
-# without a visible timestamp change (coarse kernel clocks): they are never cached.
+# Files whose ctime is this close to the moment they were read may change again without
+# a visible timestamp change (coarse kernel clocks): they are never cached.
 RACY_NS = 2_000_000_000
-BATCH_BYTES = 1 << 20
-BATCH_BLOBS = 256
+SMALL_BATCH_BYTES = 4 << 20
+SMALL_BATCH_FILES = 128
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
+_OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 @dataclass(slots=True)
 class BackupStats:
-    """Counters the UI polls while a backup runs (plain ints: reads are racy but harmless)."""
+    """Counters the UI polls while a backup runs."""
 
     files: int = 0
     dirs: int = 0
     bytes_total: int = 0  # size of every file in the snapshot
-    bytes_read: int = 0  # bytes read from files that were not in the files cache
+    bytes_read: int = 0  # bytes read from files that were not in the caches
     bytes_added: int = 0  # bytes of packs written to the store
     files_unchanged: int = 0
     chunks_new: int = 0
@@ -99,6 +103,36 @@ class _Landed:
         self.header_offset, self.entries = header_offset, entries
 
 
+@dataclass(slots=True)
+class _Read:
+    """What a worker learned reading one file."""
+
+    content: list[bytes] = field(default_factory=list)
+    size: int = 0
+    st: os.stat_result | None = None
+    xattrs: dict[bytes, bytes] | None = None
+    torn: bool = False
+    read_ns: int = 0
+    error: str | None = None
+    warning: str | None = None
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A directory whose tree waits for its files to be read."""
+
+    path: bytes
+    digest: bytes
+    nodes: list[Node]
+    reads: list[tuple[Node, bytes, Future[list[_Read]], int]]  # node, path, job, index in job
+    subdirs: list[tuple[Node, _Pending]]
+    newest_ns: int
+    clean: bool
+    files: int  # files already known (cache hits) among the direct entries
+    size: int
+    tree: bytes | None = None
+
+
 def _meta(name: bytes, kind: str, st: os.stat_result) -> Node:
     return Node(name, kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns)
 
@@ -121,6 +155,10 @@ def _xattrs(target: bytes | int) -> dict[bytes, bytes] | None:
     return out or None
 
 
+def _split_ids(blob: bytes) -> list[bytes]:
+    return [blob[i:i + 32] for i in range(0, len(blob), 32)]
+
+
 class Backup:
     def __init__(
         self, repo: Repository, cfg: Config, *, skip_dirs: list[Path], exclude: list[str],
@@ -137,33 +175,39 @@ class Backup:
                 self.skip.add((st.st_dev, st.st_ino))
             except OSError:
                 pass
-        self.spec = pathspec.GitIgnoreSpec.from_lines(exclude) if exclude else None
+        if exclude:
+            import pathspec  # slow to import; only when there are patterns
+            self.spec: pathspec.GitIgnoreSpec | None = pathspec.GitIgnoreSpec.from_lines(exclude)
+        else:
+            self.spec = None
         self.workers = workers or max(2, os.cpu_count() or 2)
-        self.max_inflight = 2 * self.workers + 2
-        self.cdc = FastCDC(
-            cfg.avg_size, min_size=cfg.min_size, max_size=cfg.max_size, seed=self.keys.chunker_seed
-        )
+        self.max_inflight = 8 * self.workers
+        self.max_pending = 512
+        from pyfastcdc import FastCDC
+        self._cdc_args = (cfg.avg_size, cfg.min_size, cfg.max_size, self.keys.chunker_seed, FastCDC)
         self._known: set[bytes] = set()
-        self._batch: list[tuple[str, bytes, bytes]] = []
-        self._batch_bytes = 0
-        self._futures: list[Future[None]] = []
-        self._slots = threading.BoundedSemaphore(self.max_inflight)
+        self._known_lock = threading.Lock()
+        self._slots = threading.Semaphore(self.max_inflight)
         self._landed: queue.SimpleQueue[_Landed] = queue.SimpleQueue()
         self._local = threading.local()
         self._writers: list[packfmt.PackWriter] = []
         self._writers_lock = threading.Lock()
-        self._cache: dict[bytes, tuple[int, int, int, int, bytes]] = {}
-        self._cache_upserts: list[tuple[bytes, int, int, int, int, bytes]] = []
+        self._pending: deque[_Pending] = deque()
+        self._batch: list[tuple[bytes, os.stat_result]] = []
+        self._batch_bytes = 0
+        self._batch_future: Future[list[_Read]] | None = None
+        self._batch_promise: list[tuple[Node, bytes, int, _Pending | None]] = []
+        self._cache: dict[bytes, tuple[int, int, int, int, bytes, bytes | None, int]] = {}
+        self._cache_upserts: list[tuple] = []
         self._seen: set[bytes] = set()
         self._seen_dirs: set[bytes] = set()
         self._reused_dirs: set[bytes] = set()
         self._dir_cache: dict[bytes, tuple[bytes, bytes, int, int]] = {}
         self._dir_upserts: list[tuple[bytes, bytes, bytes, int, int]] = []
         # Anything that changes how a tree is built must change every fingerprint.
-        self._fp_salt = repr(("fp1", cfg.min_size, cfg.avg_size, cfg.max_size, sorted(exclude))).encode()
-        self._root: bytes = b""
+        self._fp_salt = repr(("fp2", cfg.min_size, cfg.avg_size, cfg.max_size, sorted(exclude))).encode()
 
-    # -- the walk -------------------------------------------------------------------------
+    # -- the run ------------------------------------------------------------------------
 
     def run(self, paths: list[Path], now_ns: int | None = None) -> BackupResult:
         t0 = time.monotonic()
@@ -174,17 +218,14 @@ class Backup:
         self._known = self.repo.known_blob_ids()
         self._cache = self.repo.load_files_cache()
         self._dir_cache = self.repo.load_dir_cache()
-        self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="pack")
+        self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="backup")
         try:
             root_tree = self._virtual_root(roots)
-            self._submit_batch()
-            for f in self._futures:
-                f.result()
+            self.pool.shutdown(wait=True)
         except BaseException:
             self.pool.shutdown(wait=True, cancel_futures=True)
             self._drain()
             raise
-        self.pool.shutdown(wait=True)
         for w in self._writers:
             if w.entries:
                 self._land(w)
@@ -205,6 +246,7 @@ class Backup:
             [(sid, record)],
         )
         self.stats.bytes_added += landed.size
+
         def under(p: bytes) -> bool:
             return any(p == r or p.startswith(r.rstrip(b"/") + b"/") for r in roots)
         # A file not seen is stale unless its directory was reused whole from the cache.
@@ -217,8 +259,9 @@ class Backup:
     def _virtual_root(self, roots: list[bytes]) -> bytes:
         """The snapshot's root tree: each protected path under its full original path."""
         if b"/" in roots:
-            tid = self._dir(b"/", b"", os.lstat(b"/"))
-            return tid if tid is not None else self._emit_tree([])
+            _, ref = self._dir(b"/", b"", os.lstat(b"/"))
+            self._finish_all()
+            return self._tree_of(ref) if ref is not None else self._emit_tree([])
         tree: dict[bytes, dict] = {}
         leaves: set[tuple[bytes, ...]] = set()
         for r in roots:
@@ -239,39 +282,116 @@ class Backup:
             except OSError as exc:
                 self._error(p, exc)
                 continue
+            node: Node | None = None
             if c in leaves:
-                self._root = p
-                node = self._entry(p, name, st, b"")
+                if stat.S_ISDIR(st.st_mode):
+                    _, ref = self._dir(p, b"", st)
+                    self._finish_all()
+                    if ref is not None:
+                        node = _meta(name, DIR, st)
+                        node.xattrs = _xattrs(p)
+                        node.subtree = self._tree_of(ref)
+                elif stat.S_ISREG(st.st_mode):
+                    pend = _Pending(path, b"", [], [], [], 0, False, 0, 0)
+                    node = self._file_node(p, name, st, pend)
+                    self._flush_batch()
+                    self._finish(pend)
+                    node = node if node in pend.nodes else None
+                else:
+                    node = self._other(p, name, st)
             elif stat.S_ISDIR(st.st_mode):
                 node = _meta(name, DIR, st)
                 node.subtree = self._virtual(p, c, sub, leaves)
-            else:
-                node = None
             if node is not None:
                 nodes.append(node)
         return self._emit_tree(nodes)
 
+    # -- directories (walking thread) -----------------------------------------------------
+
     def _excluded(self, rel: bytes, is_dir: bool) -> bool:
-        if self.spec is None or not rel:
-            return False
+        assert self.spec is not None
         s = os.fsdecode(rel.lstrip(b"/"))
         return self.spec.match_file(s + "/" if is_dir else s)
 
-    def _entry(self, path: bytes, name: bytes, st: os.stat_result, rel: bytes,
-               subtree: bytes | None = None) -> Node | None:
+    def _dir(self, path: bytes, rel: bytes, st: os.stat_result) -> tuple[bytes, bytes | _Pending | None]:
+        """(fingerprint, tree id or pending tree) of a directory; None: not backed up.
+
+        The fingerprint covers the lstat of every entry and, recursively, the fingerprints
+        of subdirectories, so it needs no file to be read. When it matches the one cached
+        by the last backup, the cached tree is reused without building a single node.
+        """
+        if (st.st_dev, st.st_ino) in self.skip:
+            self.stats.warnings.append((path, "skipped: the node home or store"))
+            return b"", None
+        self.stats.dirs += 1
+        self._seen_dirs.add(path)
+        clean = True
+        try:
+            with os.scandir(path) as it:
+                entries = list(it)
+        except OSError as exc:
+            self._error(path, exc)
+            entries = []
+            clean = False
+        base = path.rstrip(b"/")
+        items: list[tuple[bytes, bytes, os.stat_result, bytes | _Pending | None]] = []
+        fp: list[tuple] = []
+        newest = 0
+        for e in entries:
+            name = e.name
+            p = base + b"/" + name
+            try:
+                est = e.stat(follow_symlinks=False)
+            except OSError as exc:
+                self._error(p, exc)
+                clean = False
+                continue
+            is_dir = stat.S_ISDIR(est.st_mode)
+            if self.spec is not None and self._excluded(rel + b"/" + name, is_dir):
+                continue
+            sub: bytes | _Pending | None = None
+            sub_fp = b""
+            if is_dir:
+                sub_fp, sub = self._dir(p, rel + b"/" + name, est)
+                if sub is None:
+                    continue
+            items.append((name, p, est, sub))
+            fp.append((name, est.st_ino, est.st_size, est.st_mtime_ns, est.st_ctime_ns,
+                       est.st_mode, est.st_uid, est.st_gid, est.st_nlink, est.st_rdev, sub_fp))
+            if est.st_ctime_ns > newest:
+                newest = est.st_ctime_ns
+        digest = blake3.blake3(self._fp_salt + repr(fp).encode()).digest()
+        cached = self._dir_cache.get(path)
+        if clean and cached is not None and cached[0] == digest and cached[1] in self._known:
+            self._reused_dirs.add(path)
+            self.stats.files += cached[2]
+            self.stats.files_unchanged += cached[2]
+            self.stats.bytes_total += cached[3]
+            return digest, cached[1]
+        pend = _Pending(path, digest, [], [], [], newest, clean, 0, 0)
+        for name, p, est, sub in items:
+            if sub is not None:
+                node = _meta(name, DIR, est)
+                node.xattrs = _xattrs(p)
+                if isinstance(sub, _Pending):
+                    pend.subdirs.append((node, sub))
+                else:
+                    node.subtree = sub
+                pend.nodes.append(node)
+            elif stat.S_ISREG(est.st_mode):
+                self._file_node(p, name, est, pend)
+            else:
+                other = self._other(p, name, est)
+                if other is not None:
+                    pend.nodes.append(other)
+        self._pending.append(pend)
+        while len(self._pending) > self.max_pending:
+            self._finish(self._pending.popleft())
+        self._drain()
+        return digest, pend
+
+    def _other(self, path: bytes, name: bytes, st: os.stat_result) -> Node | None:
         mode = st.st_mode
-        self.stats.current = path
-        if stat.S_ISREG(mode):
-            return self._file(path, name, st)
-        if stat.S_ISDIR(mode):
-            if subtree is None:
-                subtree = self._dir(path, rel, st)
-                if subtree is None:
-                    return None
-            node = _meta(name, DIR, st)
-            node.xattrs = _xattrs(path)
-            node.subtree = subtree
-            return node
         if stat.S_ISLNK(mode):
             try:
                 target = os.readlink(path)
@@ -290,159 +410,188 @@ class Backup:
         self.stats.warnings.append((path, "skipped: a socket or other special file"))
         return None
 
-    def _dir(self, path: bytes, rel: bytes, st: os.stat_result) -> bytes | None:
-        """The tree id of a directory, or None when it must not be backed up.
-
-        Subdirectories are walked first: their tree ids, with the lstat of every entry,
-        make this directory's fingerprint. When the fingerprint matches the one cached by
-        the last backup, the cached tree is reused without building a single node; else
-        the tree is built (unchanged files still come from the files cache).
-        """
-        if (st.st_dev, st.st_ino) in self.skip:
-            self.stats.warnings.append((path, "skipped: the node home or store"))
-            return None
-        self.stats.dirs += 1
-        self._seen_dirs.add(path)
-        try:
-            with os.scandir(path) as it:
-                entries = list(it)
-        except OSError as exc:
-            self._error(path, exc)
-            entries = []
-        base = path.rstrip(b"/")
-        items: list[tuple[bytes, bytes, bytes, os.stat_result, bytes | None]] = []
-        fp: list[tuple] = []
-        newest = 0
-        errors_before = len(self.stats.errors) + len(self.stats.torn)
-        for e in entries:
-            name = e.name
-            p = base + b"/" + name
-            try:
-                est = e.stat(follow_symlinks=False)
-            except OSError as exc:
-                self._error(p, exc)
-                continue
-            r = rel + b"/" + name
-            is_dir = stat.S_ISDIR(est.st_mode)
-            if self.spec is not None and self._excluded(r, is_dir):
-                continue
-            sub = None
-            if is_dir:
-                sub = self._dir(p, r, est)
-                if sub is None:
-                    continue
-            items.append((name, p, r, est, sub))
-            fp.append((name, est.st_ino, est.st_size, est.st_mtime_ns, est.st_ctime_ns,
-                       est.st_mode, est.st_uid, est.st_gid, est.st_nlink, est.st_rdev, sub))
-            if est.st_ctime_ns > newest:
-                newest = est.st_ctime_ns
-        digest = blake3.blake3(self._fp_salt + repr(fp).encode()).digest()
-        cached = self._dir_cache.get(path)
-        if cached is not None and cached[0] == digest and cached[1] in self._known:
-            self._reused_dirs.add(path)
-            self.stats.files += cached[2]
-            self.stats.files_unchanged += cached[2]
-            self.stats.bytes_total += cached[3]
-            return cached[1]
-        files0, bytes0 = self.stats.files, self.stats.bytes_total
-        nodes: list[Node] = []
-        for name, p, r, est, sub in items:
-            if not stat.S_ISDIR(est.st_mode):
-                self.stats.current = p
-            node = self._entry(p, name, est, r, sub)
-            if node is not None:
-                nodes.append(node)
-        tid = self._emit_tree(nodes)
-        clean = len(self.stats.errors) + len(self.stats.torn) == errors_before
-        if clean and time.time_ns() - newest > RACY_NS:
-            # Counts of this directory's own files (subdirectories were counted before).
-            self._dir_upserts.append(
-                (path, digest, tid, self.stats.files - files0, self.stats.bytes_total - bytes0))
-        return tid
-
-    def _emit_tree(self, nodes: list[Node]) -> bytes:
-        data = encode_tree(nodes)
-        tid = self.keys.tree_id(data)
-        if tid not in self._known:
-            self._known.add(tid)
-            self._queue(packfmt.KIND_TREE, tid, data)
-        return tid
-
-    def _error(self, path: bytes, exc: OSError) -> None:
-        self.stats.errors.append((path, exc.strerror or str(exc)))
-
-    # -- files ----------------------------------------------------------------------------
-
-    def _file(self, path: bytes, name: bytes, st: os.stat_result) -> Node | None:
+    def _file_node(self, path: bytes, name: bytes, st: os.stat_result, pend: _Pending) -> Node:
         node = _meta(name, FILE, st)
         node.size = st.st_size
         if st.st_nlink > 1:
             node.inode = (st.st_dev << 64) | st.st_ino
         self._seen.add(path)
-        self.stats.files += 1
+        pend.nodes.append(node)
         cached = self._cache.get(path)
         if cached is not None and cached[:4] == (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
-            content, xattrs, sparse = cbor2.loads(cached[4])
+            content = _split_ids(cached[4])
             if all(c in self._known for c in content):
-                node.content, node.xattrs, node.sparse = content, xattrs, sparse
+                node.content = content
+                node.xattrs = None if cached[5] is None else _decode_xattrs(cached[5])
+                node.sparse = bool(cached[6])
+                pend.files += 1
+                pend.size += st.st_size
+                self.stats.files += 1
                 self.stats.files_unchanged += 1
                 self.stats.bytes_total += st.st_size
                 return node
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | _O_NOATIME)
-        except PermissionError:
+        # To be read by a worker: big files alone, small ones in batches.
+        self.stats.current = path
+        if st.st_size >= SMALL_BATCH_BYTES:
+            self._slots.acquire()
+            fut = self.pool.submit(self._read_files, [(path, st)])
+            fut.add_done_callback(lambda f: self._slots.release())
+            pend.reads.append((node, path, fut, 0))
+        else:
+            self._batch.append((path, st))
+            self._batch_promise.append((node, path, len(self._batch) - 1, pend))
+            self._batch_bytes += st.st_size
+            if self._batch_bytes >= SMALL_BATCH_BYTES or len(self._batch) >= SMALL_BATCH_FILES:
+                self._flush_batch()
+        return node
+
+    def _flush_batch(self) -> None:
+        if not self._batch:
+            return
+        batch, promises = self._batch, self._batch_promise
+        self._batch, self._batch_promise, self._batch_bytes = [], [], 0
+        self._slots.acquire()
+        fut = self.pool.submit(self._read_files, batch)
+        fut.add_done_callback(lambda f: self._slots.release())
+        for node, path, index, pend in promises:
+            assert pend is not None
+            pend.reads.append((node, path, fut, index))
+
+    def _finish_all(self) -> None:
+        self._flush_batch()
+        while self._pending:
+            self._finish(self._pending.popleft())
+
+    def _finish(self, pend: _Pending) -> None:
+        """Wait for a directory's files, then encode its tree (children are done first)."""
+        if pend.tree is not None:
+            return
+        self._flush_batch()  # this directory's files may still sit in the open batch
+        drop: set[int] = set()
+        files, size = pend.files, pend.size
+        for node, path, fut, index in pend.reads:
+            r = fut.result()[index]
+            self.stats.bytes_read += r.size if r.error is None else 0
+            if r.error is not None or r.st is None:
+                if r.error is not None:
+                    self.stats.errors.append((path, r.error))
+                    pend.clean = False
+                else:
+                    self.stats.warnings.append((path, r.warning or "skipped"))
+                drop.add(id(node))
+                continue
+            st1 = r.st
+            node.content, node.size, node.xattrs = r.content, r.size, r.xattrs
+            node.mode, node.uid, node.gid, node.mtime_ns = (
+                stat.S_IMODE(st1.st_mode), st1.st_uid, st1.st_gid, st1.st_mtime_ns)
+            node.sparse = st1.st_blocks * 512 < st1.st_size
+            files += 1
+            size += r.size
+            self.stats.files += 1
+            self.stats.bytes_total += r.size
+            if r.torn:
+                node.torn = True
+                self.stats.torn.append(path)
+                pend.clean = False
+            elif r.read_ns - st1.st_ctime_ns > RACY_NS:
+                self._cache_upserts.append((
+                    path, st1.st_ino, st1.st_size, st1.st_mtime_ns, st1.st_ctime_ns,
+                    b"".join(r.content), _encode_xattrs(node.xattrs), int(node.sparse),
+                ))
+            if st1.st_ctime_ns > pend.newest_ns:
+                pend.newest_ns = st1.st_ctime_ns
+        for node, child in pend.subdirs:
+            if child.tree is None:
+                self._finish(child)
+            node.subtree = child.tree
+        nodes = [n for n in pend.nodes if id(n) not in drop] if drop else pend.nodes
+        pend.tree = self._emit_tree(nodes)
+        if pend.clean and time.time_ns() - pend.newest_ns > RACY_NS:
+            self._dir_upserts.append((pend.path, pend.digest, pend.tree, files, size))
+        pend.reads.clear()
+        pend.subdirs.clear()
+        pend.nodes = []
+        self._drain()
+
+    def _tree_of(self, ref: bytes | _Pending) -> bytes:
+        if isinstance(ref, _Pending):
+            self._finish(ref)
+            assert ref.tree is not None
+            return ref.tree
+        return ref
+
+    def _emit_tree(self, nodes: list[Node]) -> bytes:
+        data = encode_tree(nodes)
+        tid = self.keys.tree_id(data)
+        with self._known_lock:
+            new = tid not in self._known
+            if new:
+                self._known.add(tid)
+        if new:
+            self._pack(packfmt.KIND_TREE, tid, data)
+        return tid
+
+    def _error(self, path: bytes, exc: OSError) -> None:
+        self.stats.errors.append((path, exc.strerror or str(exc)))
+
+    def _drain(self) -> None:
+        """Index packs that landed (walking thread only: sqlite lives here)."""
+        while True:
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-            except OSError as exc:
-                self._error(path, exc)
-                self.stats.files -= 1
-                return None
-        except OSError as exc:
-            self._error(path, exc)
-            self.stats.files -= 1
-            return None
+                landed = self._landed.get_nowait()
+            except queue.Empty:
+                break
+            self.repo.record_pack(landed.pack_id, landed.salt, landed.size, landed.header_offset, landed.entries)
+            self.stats.bytes_added += landed.size
+
+    # -- files (worker threads) -----------------------------------------------------------
+
+    def _read_files(self, files: list[tuple[bytes, os.stat_result]]) -> list[_Read]:
+        return [self._read_file(path, st) for path, st in files]
+
+    def _read_file(self, path: bytes, lst: os.stat_result) -> _Read:
+        r = _Read()
         try:
+            try:
+                fd = os.open(path, _OPEN | _O_NOATIME)
+            except PermissionError:
+                fd = os.open(path, _OPEN)  # O_NOATIME needs ownership; fall back
+        except OSError as exc:
+            r.error = exc.strerror or str(exc)
+            return r
+        try:
+            base = (lst.st_ino, lst.st_size, lst.st_mtime_ns, lst.st_ctime_ns)
             for attempt in (0, 1):
-                st0 = os.fstat(fd)
-                if not stat.S_ISREG(st0.st_mode):
-                    self.stats.warnings.append((path, "skipped: replaced by a special file while reading"))
-                    self.stats.files -= 1
-                    return None
                 if attempt:
                     os.lseek(fd, 0, os.SEEK_SET)
-                read_ns = time.time_ns()
-                content, nread = self._read_chunks(fd, st0.st_size)
+                r.read_ns = time.time_ns()
+                r.content, r.size = self._read_chunks(fd, base[1])
                 st1 = os.fstat(fd)
-                stable = nread == st1.st_size and (st1.st_size, st1.st_mtime_ns, st1.st_ctime_ns) == (
-                    st0.st_size, st0.st_mtime_ns, st0.st_ctime_ns)
-                if stable:
+                if not stat.S_ISREG(st1.st_mode):
+                    r.warning = "skipped: replaced by a special file while reading"
+                    return r
+                now = (st1.st_ino, st1.st_size, st1.st_mtime_ns, st1.st_ctime_ns)
+                r.torn = not (now == base and r.size == st1.st_size)
+                if not r.torn:
                     break
-            node.xattrs = _xattrs(fd)
+                base = now
+            r.st = st1
+            r.xattrs = _xattrs(fd)
         except OSError as exc:
-            self._error(path, exc)
-            self.stats.files -= 1
-            return None
+            r.error = exc.strerror or str(exc)
         finally:
             os.close(fd)
-        node.content = content
-        node.size = nread
-        node.mode, node.uid, node.gid, node.mtime_ns = (
-            stat.S_IMODE(st1.st_mode), st1.st_uid, st1.st_gid, st1.st_mtime_ns)
-        node.sparse = st1.st_blocks * 512 < st1.st_size
-        self.stats.bytes_total += nread
-        if not stable:
-            node.torn = True
-            self.stats.torn.append(path)
-        elif read_ns - max(st1.st_mtime_ns, st1.st_ctime_ns) > RACY_NS:
-            self._cache_upserts.append((
-                path, st1.st_ino, st1.st_size, st1.st_mtime_ns, st1.st_ctime_ns,
-                cbor2.dumps([content, node.xattrs, node.sparse]),
-            ))
-        return node
+        return r
+
+    def _chunker(self) -> Any:
+        cdc = getattr(self._local, "cdc", None)
+        if cdc is None:
+            avg, mn, mx, seed, fastcdc = self._cdc_args
+            cdc = self._local.cdc = fastcdc(avg, min_size=mn, max_size=mx, seed=seed)
+        return cdc
 
     def _read_chunks(self, fd: int, size_hint: int) -> tuple[list[bytes], int]:
         content: list[bytes] = []
-        nread = 0
         if size_hint < self.cfg.min_size:
             # One read for a small file: a short read of a regular file means end of file.
             data = os.read(fd, size_hint + 1)
@@ -454,64 +603,30 @@ class Backup:
             if len(data) <= self.cfg.max_size:
                 if data:
                     content.append(self._chunk(data))
-                self.stats.bytes_read += len(data)
                 return content, len(data)
-            chunks_src = (bytes(c.data) for c in self.cdc.cut_buf(data))
+            chunks = (c.data for c in self._chunker().cut_buf(data))
         else:
-            chunks_src = (bytes(c.data) for c in self.cdc.cut_stream(io.FileIO(fd, closefd=False)))
-        for data in chunks_src:
+            # Each chunk's view is valid until the next one is cut; _chunk hashes, compresses
+            # and encrypts it before that, so no copy is made.
+            chunks = (c.data for c in self._chunker().cut_stream(io.FileIO(fd, closefd=False)))
+        n = 0
+        for data in chunks:
             content.append(self._chunk(data))
-            nread += len(data)
-            self.stats.bytes_read += len(data)
-        return content, nread
+            n += len(data)
+        return content, n
 
-    def _chunk(self, data: bytes) -> bytes:
+    def _chunk(self, data: bytes | memoryview) -> bytes:
         cid = self.keys.chunk_id(data)
-        if cid not in self._known:
-            self._known.add(cid)
-            self.stats.chunks_new += 1
-            self._queue(packfmt.KIND_CHUNK, cid, data)
+        with self._known_lock:
+            new = cid not in self._known
+            if new:
+                self._known.add(cid)
+                self.stats.chunks_new += 1
+        if new:
+            self._pack(packfmt.KIND_CHUNK, cid, data)
         return cid
 
-    # -- packing (workers) ---------------------------------------------------------------
-
-    def _queue(self, kind: str, blob_id: bytes, data: bytes) -> None:
-        self._batch.append((kind, blob_id, data))
-        self._batch_bytes += len(data)
-        if self._batch_bytes >= BATCH_BYTES or len(self._batch) >= BATCH_BLOBS:
-            self._submit_batch()
-
-    def _submit_batch(self) -> None:
-        if not self._batch:
-            return
-        batch, self._batch, self._batch_bytes = self._batch, [], 0
-        self._slots.acquire()
-        try:
-            fut = self.pool.submit(self._work, batch)
-        except BaseException:
-            self._slots.release()
-            raise
-        fut.add_done_callback(lambda f: self._slots.release())
-        self._futures.append(fut)
-        self._drain()
-
-    def _drain(self) -> None:
-        """Index packs that landed; surface the first worker failure."""
-        while True:
-            try:
-                landed = self._landed.get_nowait()
-            except queue.Empty:
-                break
-            self.repo.record_pack(landed.pack_id, landed.salt, landed.size, landed.header_offset, landed.entries)
-            self.stats.bytes_added += landed.size
-        if len(self._futures) > 4 * self.max_inflight:
-            pending = []
-            for f in self._futures:
-                if f.done():
-                    f.result()  # raises the worker's error here, in the walking thread
-                else:
-                    pending.append(f)
-            self._futures = pending
+    # -- packing (any thread: each has its own open pack) --------------------------------------
 
     def _writer(self) -> packfmt.PackWriter:
         w: packfmt.PackWriter | None = getattr(self._local, "writer", None)
@@ -524,13 +639,12 @@ class Backup:
                 self._writers.append(w)
         return w
 
-    def _work(self, batch: list[tuple[str, bytes, bytes]]) -> None:
-        for kind, blob_id, data in batch:
-            w = self._writer()
-            w.add(kind, blob_id, data)
-            if len(w) >= self.cfg.pack_size:
-                self._local.writer = None
-                self._land(w)
+    def _pack(self, kind: str, blob_id: bytes, data: bytes | memoryview) -> None:
+        w = self._writer()
+        w.add(kind, blob_id, data)
+        if len(w) >= self.cfg.pack_size:
+            self._local.writer = None
+            self._land(w)
 
     def _land(self, w: packfmt.PackWriter) -> None:
         self._landed.put(self._write_pack(w))
@@ -542,3 +656,15 @@ class Backup:
         w.entries.clear()
         self.repo.store.put(pid, data)
         return _Landed(pid, w.salt, len(data), header_offset, entries)
+
+
+def _encode_xattrs(x: dict[bytes, bytes] | None) -> bytes | None:
+    if not x:
+        return None
+    import cbor2
+    return cbor2.dumps(x)
+
+
+def _decode_xattrs(b: bytes) -> dict[bytes, bytes] | None:
+    import cbor2
+    return cbor2.loads(b) or None

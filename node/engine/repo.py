@@ -42,7 +42,10 @@ CREATE TABLE IF NOT EXISTS snapshots (
 );
 CREATE TABLE IF NOT EXISTS files_cache (
     path BLOB PRIMARY KEY, ino INTEGER NOT NULL, size INTEGER NOT NULL,
-    mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, node BLOB NOT NULL
+    mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,
+    chunks BLOB NOT NULL,  -- the chunk ids, 32 bytes each, concatenated
+    xattrs BLOB,  -- CBOR map, or NULL
+    sparse INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS dir_cache (
     path BLOB PRIMARY KEY, fingerprint BLOB NOT NULL, tree BLOB NOT NULL,
@@ -258,10 +261,11 @@ class Repository:
 
     # -- files cache --------------------------------------------------------------------
 
-    def load_files_cache(self) -> dict[bytes, tuple[int, int, int, int, bytes]]:
+    def load_files_cache(self) -> dict[bytes, tuple[int, int, int, int, bytes, bytes | None, int]]:
         return {
             r[0]: r[1:]
-            for r in self.db.execute("SELECT path, ino, size, mtime_ns, ctime_ns, node FROM files_cache")
+            for r in self.db.execute(
+                "SELECT path, ino, size, mtime_ns, ctime_ns, chunks, xattrs, sparse FROM files_cache")
         }
 
     def load_dir_cache(self) -> dict[bytes, tuple[bytes, bytes, int, int]]:
@@ -271,7 +275,7 @@ class Repository:
         }
 
     def update_files_cache(
-        self, upserts: list[tuple[bytes, int, int, int, int, bytes]], deletes: list[bytes],
+        self, upserts: Sequence[tuple], deletes: Sequence[bytes],
         dir_upserts: Sequence[tuple[bytes, bytes, bytes, int, int]] = (),
         dir_deletes: Sequence[bytes] = (),
     ) -> None:
@@ -279,7 +283,7 @@ class Repository:
             self.db.execute("BEGIN")
             try:
                 self.db.executemany("DELETE FROM files_cache WHERE path = ?", [(p,) for p in deletes])
-                self.db.executemany("INSERT OR REPLACE INTO files_cache VALUES (?,?,?,?,?,?)", upserts)
+                self.db.executemany("INSERT OR REPLACE INTO files_cache VALUES (?,?,?,?,?,?,?,?)", upserts)
                 self.db.executemany("DELETE FROM dir_cache WHERE path = ?", [(p,) for p in dir_deletes])
                 self.db.executemany("INSERT OR REPLACE INTO dir_cache VALUES (?,?,?,?,?)", dir_upserts)
                 self.db.execute("COMMIT")

@@ -53,3 +53,25 @@ def test_snapshot_round_trip() -> None:
     s = Snapshot(tree=b"\7" * 32, time_ns=5, hostname="h", paths=[b"/x"], peer_id="p",
                  files=3, torn=[b"/x/y"], errors=[(b"/x/z", "Permission denied")])
     assert Snapshot.decode(s.encode(), "s") == s
+
+
+@given(st.lists(st.tuples(names, st.sampled_from(["f", "d", "l", "c"]), st.integers(0, 2**40),
+                          st.dictionaries(st.binary(min_size=1, max_size=9), st.binary(max_size=5), max_size=4),
+                          st.booleans()), unique_by=lambda t: t[0], max_size=6))
+@settings(max_examples=100, deadline=None)
+def test_tree_encoding_is_canonical_cbor(entries: list) -> None:
+    nodes = []
+    for name, t, num, xattrs, flag in entries:
+        n = Node(name, t, 0o640, num, 7, num * 3, xattrs=xattrs or None, inode=num if flag else None,
+                 sparse=flag, torn=not flag)
+        if t == "f":
+            n.size, n.content = num, [b"\2" * 32]
+        elif t == "d":
+            n.subtree = b"\3" * 32
+        elif t == "l":
+            n.target = b"x"
+        else:
+            n.rdev = num
+        nodes.append(n)
+    data = encode_tree(nodes)
+    assert data == cbor2.dumps(cbor2.loads(data), canonical=True)

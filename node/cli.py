@@ -554,6 +554,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.home is None:
         args.home = default_home()
     out = Out(getattr(args, "json", False))
+    # The long-lived objects (caches, indexes, trees) are many and acyclic: scanning them
+    # again and again in the cyclic collector costs seconds on large trees.
+    import gc
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
     try:
         return int(args.fn(args, out))
     except CoreStateError as exc:

@@ -23,6 +23,7 @@ Pure: compression and encryption are computation; no file I/O here.
 from __future__ import annotations
 
 import struct
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -210,7 +211,8 @@ class BlobOpener:
     def __init__(self, keys: NodeKeys) -> None:
         self.keys = keys
         self._aead: dict[tuple[bytes, str], ChaCha20Poly1305] = {}
-        self._dctx = zstandard.ZstdDecompressor()
+        # zstd contexts are not thread-safe, and creating one per blob is costly.
+        self._local = threading.local()
 
     def _cipher(self, salt: bytes, kind: str) -> ChaCha20Poly1305:
         c = self._aead.get((salt, kind))
@@ -231,8 +233,10 @@ class BlobOpener:
             raise CorruptObject(f"{kind} {name}", "does not authenticate (damaged ciphertext)")
         if codec == CODEC_ZSTD:
             try:
-                # zstd contexts are not thread-safe; decompression objects are cheap.
-                plain = zstandard.ZstdDecompressor().decompress(body, max_output_size=raw_length)
+                dctx = getattr(self._local, "dctx", None)
+                if dctx is None:
+                    dctx = self._local.dctx = zstandard.ZstdDecompressor()
+                plain = dctx.decompress(body, max_output_size=raw_length)
             except zstandard.ZstdError as exc:
                 raise CorruptObject(f"{kind} {name}", f"does not decompress: {exc}")
         else:

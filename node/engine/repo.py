@@ -90,6 +90,9 @@ class Repository:
         self._lock = threading.Lock()
 
     def close(self) -> None:
+        closer = getattr(self.store, "close", None)
+        if closer is not None:
+            closer()
         self.db.close()
 
     # -- index ------------------------------------------------------------------------

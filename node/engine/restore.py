@@ -23,12 +23,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from corestate.kernel.linux import syncfs
+from corestate.kernel.linux import start_writeback, syncfs
 from corestate.node.engine.repo import Repository, SnapshotInfo
 from corestate.node.errors import PathNotInSnapshot, RestoreTargetError
 from corestate.protocol.errors import CorruptObject
 from corestate.protocol.objects import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node
 
+BATCH_BYTES = 8 << 20
+BATCH_FILES = 256
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -50,6 +52,7 @@ class Restore:
                  stats: RestoreStats | None = None) -> None:
         self.repo = repo
         self.stats = stats or RestoreStats()
+        # More threads than cores: much of a restore waits on the file system.
         self.workers = workers or max(2, (os.cpu_count() or 2))
         self._lock = threading.Lock()
         self._is_root = os.geteuid() == 0
@@ -85,8 +88,18 @@ class Restore:
         try:
             self.repo.preload_salts()
             self._plan(snap.record.tree, b"", tfd, tb, not self.includes)
+            # Files go to the workers in batches: one hand-off per file would cost a thread
+            # wake-up (and a GIL hand-off) each, which dominates when files are small.
+            batches: list[list[tuple[bytes, Node]]] = [[]]
+            size = 0
+            for job in self._jobs:
+                if size >= BATCH_BYTES or len(batches[-1]) >= BATCH_FILES:
+                    batches.append([])
+                    size = 0
+                batches[-1].append(job)
+                size += job[1].size
             with ThreadPoolExecutor(self.workers, thread_name_prefix="restore") as pool:
-                futs: list[Future[None]] = [pool.submit(self._write_file, d, n) for d, n in self._jobs]
+                futs: list[Future[None]] = [pool.submit(self._write_files, b) for b in batches]
                 for f in futs:
                     f.result()
             for src, dst in self._links:
@@ -209,6 +222,10 @@ class Restore:
 
     # -- writing (workers) ------------------------------------------------------------------
 
+    def _write_files(self, batch: list[tuple[bytes, Node]]) -> None:
+        for dpath, node in batch:
+            self._write_file(dpath, node)
+
     def _write_file(self, dpath: bytes, node: Node) -> None:
         final = dpath + b"/" + node.name
         tmp = dpath + b"/.corestate-restore-" + secrets.token_hex(8).encode()
@@ -230,6 +247,7 @@ class Restore:
                     self.stats.bytes_written += len(data)
             os.ftruncate(fd, written)
             self._apply_meta_fd(fd, node)
+            start_writeback(fd)
             os.close(fd)
             fd = -1
             st = _lstat_or_none(final)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
@@ -42,6 +43,9 @@ class LocalPackStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.packs = root / "packs"
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._open_fds: list[int] = []
 
     def create(self) -> None:
         self.packs.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -76,15 +80,36 @@ class LocalPackStore:
             raise _io_error(exc, self.root)
 
     def read_range(self, pack_id: bytes, offset: int, length: int) -> bytes:
-        try:
-            fd = os.open(self.path(pack_id), os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise PackMissing(pack_id.hex())
-        try:
-            data = os.pread(fd, length, offset)
-        finally:
-            os.close(fd)
-        return data
+        # Each thread keeps a few packs open: a restore reads many blobs of one pack.
+        cache: dict[bytes, int] | None = getattr(self._local, "fds", None)
+        if cache is None:
+            cache = self._local.fds = {}
+        fd = cache.get(pack_id)
+        if fd is None:
+            try:
+                fd = os.open(self.path(pack_id), os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                raise PackMissing(pack_id.hex())
+            if len(cache) >= 8:
+                old = cache.pop(next(iter(cache)))
+                with self._lock:
+                    self._open_fds.remove(old)
+                os.close(old)
+            cache[pack_id] = fd
+            with self._lock:
+                self._open_fds.append(fd)
+        return os.pread(fd, length, offset)
+
+    def close(self) -> None:
+        """Close the pack files readers left open."""
+        with self._lock:
+            fds, self._open_fds = self._open_fds, []
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._local = threading.local()
 
     def get(self, pack_id: bytes) -> bytes:
         try:

@@ -225,15 +225,14 @@ class Backup:
         self._known = self.repo.known_blob_ids()
         self._cache = self.repo.load_files_cache()
         self._dir_cache = self.repo.load_dir_cache()
-        self.readers = ProcessWorkers(
-            self.workers, self._read_files, self._harvest, self._finish_worker,
-            _describe_error, _rebuild_error, self._landed.put,
-        )
+        self._readers: ProcessWorkers | None = None  # started when a file must be read
         try:
             root_tree = self._virtual_root(roots)
-            self.readers.close()
+            if self._readers is not None:
+                self._readers.close()
         except BaseException:
-            self.readers.close(flush=False)
+            if self._readers is not None:
+                self._readers.close(flush=False)
             self._drain()
             raise
         for w in self._writers:
@@ -444,7 +443,7 @@ class Backup:
         self.stats.current = path
         if st.st_size >= SMALL_BATCH_BYTES:
             self._slots.acquire()
-            fut = self.readers.submit([(path, st)])
+            fut = self.readers().submit([(path, st)])
             fut.add_done_callback(lambda f: self._slots.release())
             pend.reads.append((node, path, fut, 0))
         else:
@@ -455,13 +454,30 @@ class Backup:
                 self._flush_batch()
         return node
 
+    def readers(self) -> ProcessWorkers:
+        """The worker processes, forked on first use: a backup with nothing new to read
+        (the common case) forks none."""
+        if self._readers is None:
+            self._readers = ProcessWorkers(
+                self.workers, self._read_files, self._harvest, self._finish_worker,
+                _describe_error, _rebuild_error, self._landed.put, start=self._worker_start,
+            )
+        return self._readers
+
+    def _worker_start(self) -> None:
+        """In a new worker: forget the parent's open pack (never reuse its salt and nonces)
+        and the packs it had landed but not yet indexed."""
+        self._local = threading.local()
+        self._writers = []
+        self._landed = queue.SimpleQueue()
+
     def _flush_batch(self) -> None:
         if not self._batch:
             return
         batch, promises = self._batch, self._batch_promise
         self._batch, self._batch_promise, self._batch_bytes = [], [], 0
         self._slots.acquire()
-        fut = self.readers.submit(batch)
+        fut = self.readers().submit(batch)
         fut.add_done_callback(lambda f: self._slots.release())
         for node, path, index, pend in promises:
             assert pend is not None

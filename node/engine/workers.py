@@ -4,7 +4,9 @@ Threads would share one GIL, and reading small files is a stream of short system
 around which threads hand the GIL back and forth (measured: two threads slower than one).
 Forked workers inherit the caller's state (keys, the set of known chunk ids, config) at
 the moment they start, run ``work(job)`` in a loop, and send back results and whatever
-``harvest()`` collects (the packs they landed). At ``close`` each worker runs ``finish()``
+``harvest()`` collects (the packs they landed). ``start()`` runs first in each worker, to
+drop state that must not be shared with the parent (an open pack: its salt and nonces
+belong to the parent). At ``close`` each worker runs ``finish()``
 (flush its open pack) and exits.
 
 Invariants: a worker dies with its parent (PR_SET_PDEATHSIG), so no orphan keeps writing
@@ -49,6 +51,7 @@ class ProcessWorkers:
         self, n: int, work: Callable[[Any], Any], harvest: Callable[[], list[Any]],
         finish: Callable[[], list[Any]], describe_error: Callable[[BaseException], tuple[str, Any]],
         rebuild_error: Callable[[str, Any], BaseException], on_harvest: Callable[[Any], None],
+        start: Callable[[], None] = lambda: None,
     ) -> None:
         ctx = multiprocessing.get_context("fork")
         self._tasks: Any = ctx.SimpleQueue()
@@ -61,7 +64,8 @@ class ProcessWorkers:
         self._closed = False
         self._procs = []
         for _ in range(n):
-            p = ctx.Process(target=self._child, args=(work, harvest, finish, describe_error), daemon=True)
+            p = ctx.Process(target=self._child, args=(start, work, harvest, finish, describe_error),
+                            daemon=True)
             p.start()
             self._procs.append(p)
         self._collector = threading.Thread(target=self._collect, name="workers-collector", daemon=True)
@@ -69,12 +73,14 @@ class ProcessWorkers:
 
     # -- child --------------------------------------------------------------------------
 
-    def _child(self, work: Callable, harvest: Callable, finish: Callable, describe: Callable) -> None:
+    def _child(self, start: Callable, work: Callable, harvest: Callable, finish: Callable,
+               describe: Callable) -> None:
         _die_with_parent()
         if os.getppid() == 1:
             os._exit(1)
         code = 0
         try:
+            start()
             while True:
                 msg = self._tasks.get()
                 if msg is None:

@@ -236,7 +236,8 @@ def cmd_backup(args: argparse.Namespace, out: Out) -> int:
         if out.tty:
             threading.Thread(target=_scan_totals, args=(paths, stats, stop), daemon=True).start()
         engine = Backup(node.repo, node.cfg, skip_dirs=node.skip_dirs(),
-                        exclude=node.cfg.exclude + (args.exclude or []), stats=stats)
+                        exclude=node.cfg.exclude + (args.exclude or []), stats=stats,
+                        state_dir=node.home.path / "snapshots")
 
         def status() -> dict[str, Any]:
             return {"files": stats.files, "bytes_read": stats.bytes_read, "bytes_done": stats.bytes_total,
@@ -271,10 +272,11 @@ def cmd_backup(args: argparse.Namespace, out: Out) -> int:
             "bytes_read": st.bytes_read, "bytes_added": st.bytes_added, "chunks_new": st.chunks_new,
             "errors": [[_fs(p), m] for p, m in st.errors], "torn": [_fs(p) for p in st.torn],
             "torn_files": len(st.torn), "snapshot_provider": result.snapshot.provider,
+            "paths_visited": st.paths_visited,
             "seconds": round(result.seconds, 3), "complete": code == EXIT_OK,
         })
         return code
-    out.say(f"snapshot {result.snapshot_id.hex()[:8]} saved")
+    out.say(f"snapshot {result.snapshot_id.hex()[:8]} saved ({result.snapshot.provider} snapshot)")
     out.say(f"  files {st.files} ({st.files_unchanged} unchanged), dirs {st.dirs}, "
             f"{_human(st.bytes_total)} in {result.seconds:.1f}s ({rate:.0f} MB/s)")
     out.say(f"  read {_human(st.bytes_read)}, added {_human(st.bytes_added)} to the store")

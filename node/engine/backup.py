@@ -87,6 +87,7 @@ class BackupStats:
     errors: list[tuple[bytes, str]] = field(default_factory=list)
     warnings: list[tuple[bytes, str]] = field(default_factory=list)
     torn: list[bytes] = field(default_factory=list)
+    paths_visited: int = 0
     # Filled by an optional concurrent scan, for the ETA.
     estimate_files: int | None = None
     estimate_bytes: int | None = None
@@ -170,6 +171,7 @@ class Backup:
     def __init__(
         self, repo: Repository, cfg: Config, *, skip_dirs: list[Path], exclude: list[str],
         stats: BackupStats | None = None, workers: int | None = None,
+        state_dir: Path | None = None, allow_providers: tuple[str, ...] = ("btrfs", "plain"),
     ) -> None:
         self.repo = repo
         self.keys = repo.keys
@@ -194,6 +196,14 @@ class Backup:
         self._cdc_args = (cfg.avg_size, cfg.min_size, cfg.max_size, self.keys.chunker_seed, FastCDC)
         self._known: set[bytes] = set()
         self._new_chunks = 0
+        self.state_dir = state_dir
+        self.allow_providers = allow_providers
+        self.sessions: list = []
+        self.providers: set[str] = set()
+        self._walk_prefix: bytes | None = None
+        self._orig_prefix = b""
+        self._root_dev = 0
+        self._root_tag = 0
         self._slots = threading.Semaphore(self.max_inflight)
         self._landed: queue.SimpleQueue[_Landed] = queue.SimpleQueue()
         self._local = threading.local()
@@ -234,6 +244,8 @@ class Backup:
             if self._readers is not None:
                 self._readers.close(flush=False)
             self._drain()
+            for session in self.sessions:
+                session.close(keep_as_parent=False)
             raise
         for w in self._writers:
             if w.entries:
@@ -243,6 +255,7 @@ class Backup:
             tree=root_tree, time_ns=start_ns, hostname=socket.gethostname(), paths=roots,
             peer_id=self.keys.peer_id, files=self.stats.files, dirs=self.stats.dirs,
             size=self.stats.bytes_total, torn=self.stats.torn, errors=self.stats.errors,
+            provider="+".join(sorted(self.providers)) or "plain",
         )
         record = snap.encode()
         sid = self.keys.tree_id(record)
@@ -263,6 +276,9 @@ class Backup:
                  if p not in self._seen and os.path.dirname(p) not in self._reused_dirs and under(p)]
         stale_dirs = [p for p in self._dir_cache if p not in self._seen_dirs and under(p)]
         self.repo.update_files_cache(self._cache_upserts, stale, self._dir_upserts, stale_dirs)
+        # Only now, with the snapshot recorded, may a btrfs snapshot become the parent.
+        for session in self.sessions:
+            session.close(keep_as_parent=True)
         return BackupResult(sid, snap, self.stats, time.monotonic() - t0)
 
     def _virtual_root(self, roots: list[bytes]) -> bytes:
@@ -293,21 +309,30 @@ class Backup:
                 continue
             node: Node | None = None
             if c in leaves:
-                if stat.S_ISDIR(st.st_mode):
-                    _, ref = self._dir(p, b"", st)
+                walk = self._open_session(p)
+                try:
+                    wst = os.lstat(walk) if walk != p else st
+                except OSError as exc:
+                    self._error(p, exc)
+                    continue
+                self._root_dev = wst.st_dev
+                self._root_tag = int.from_bytes(blake3.blake3(p).digest(4), "little") << 96
+                if stat.S_ISDIR(wst.st_mode):
+                    _, ref = self._dir(walk, b"", wst)
                     self._finish_all()
                     if ref is not None:
-                        node = _meta(name, DIR, st)
-                        node.xattrs = _xattrs(p)
+                        node = _meta(name, DIR, wst)
+                        node.xattrs = _xattrs(walk)
                         node.subtree = self._tree_of(ref)
-                elif stat.S_ISREG(st.st_mode):
+                elif stat.S_ISREG(wst.st_mode):
                     pend = _Pending(path, b"", [], [], [], 0, False, 0, 0)
-                    node = self._file_node(p, name, st, pend)
+                    node = self._file_node(walk, name, wst, pend)
                     self._flush_batch()
                     self._finish(pend)
                     node = node if node in pend.nodes else None
                 else:
-                    node = self._other(p, name, st)
+                    node = self._other(walk, name, wst)
+                self._walk_prefix = None
             elif stat.S_ISDIR(st.st_mode):
                 node = _meta(name, DIR, st)
                 node.subtree = self._virtual(p, c, sub, leaves)
@@ -330,16 +355,17 @@ class Backup:
         by the last backup, the cached tree is reused without building a single node.
         """
         if (st.st_dev, st.st_ino) in self.skip:
-            self.stats.warnings.append((path, "skipped: the node home or store"))
+            self.stats.warnings.append((self._key(path), "skipped: the node home, store or snapshots"))
             return b"", None
         self.stats.dirs += 1
-        self._seen_dirs.add(path)
+        key = self._key(path)
+        self._seen_dirs.add(key)
         clean = True
         try:
             with os.scandir(path) as it:
                 entries = list(it)
         except OSError as exc:
-            self._error(path, exc)
+            self._error(key, exc)
             entries = []
             clean = False
         base = path.rstrip(b"/")
@@ -349,10 +375,11 @@ class Backup:
         for e in entries:
             name = e.name
             p = base + b"/" + name
+            self.stats.paths_visited += 1
             try:
                 est = e.stat(follow_symlinks=False)
             except OSError as exc:
-                self._error(p, exc)
+                self._error(self._key(p), exc)
                 clean = False
                 continue
             is_dir = stat.S_ISDIR(est.st_mode)
@@ -370,14 +397,14 @@ class Backup:
             if est.st_ctime_ns > newest:
                 newest = est.st_ctime_ns
         digest = blake3.blake3(self._fp_salt + repr(fp).encode()).digest()
-        cached = self._dir_cache.get(path)
+        cached = self._dir_cache.get(key)
         if clean and cached is not None and cached[0] == digest and cached[1] in self._known:
-            self._reused_dirs.add(path)
+            self._reused_dirs.add(key)
             self.stats.files += cached[2]
             self.stats.files_unchanged += cached[2]
             self.stats.bytes_total += cached[3]
             return digest, cached[1]
-        pend = _Pending(path, digest, [], [], [], newest, clean, 0, 0)
+        pend = _Pending(key, digest, [], [], [], newest, clean, 0, 0)
         for name, p, est, sub in items:
             if sub is not None:
                 node = _meta(name, DIR, est)
@@ -399,13 +426,41 @@ class Backup:
         self._drain()
         return digest, pend
 
+    def _key(self, walk_path: bytes) -> bytes:
+        """The original path of something walked inside a snapshot (cache keys, reports)."""
+        w = self._walk_prefix
+        if w is None or not walk_path.startswith(w):
+            return walk_path
+        return self._orig_prefix + walk_path[len(w):]
+
+    def _open_session(self, path: bytes) -> bytes:
+        """Open the kernel snapshot session for a protected path; return where to walk."""
+        self._walk_prefix = None
+        if self.state_dir is None:
+            self.providers.add("plain")
+            return path
+        from corestate.kernel.snapshot import open_snapshot
+        session = open_snapshot(Path(os.fsdecode(path)), self.state_dir, allow=self.allow_providers)
+        self.sessions.append(session)
+        self.providers.add(session.provider)
+        for ex in session.exclude:
+            try:
+                est = os.lstat(ex)
+                self.skip.add((est.st_dev, est.st_ino))
+            except OSError:
+                pass
+        walk = os.fsencode(session.root)
+        if walk != path:
+            self._walk_prefix, self._orig_prefix = walk, path
+        return walk
+
     def _other(self, path: bytes, name: bytes, st: os.stat_result) -> Node | None:
         mode = st.st_mode
         if stat.S_ISLNK(mode):
             try:
                 target = os.readlink(path)
             except OSError as exc:
-                self._error(path, exc)
+                self._error(self._key(path), exc)
                 return None
             node = _meta(name, SYMLINK, st)
             node.target = target
@@ -416,17 +471,21 @@ class Backup:
             if kind != FIFO:
                 node.rdev = st.st_rdev
             return node
-        self.stats.warnings.append((path, "skipped: a socket or other special file"))
+        self.stats.warnings.append((self._key(path), "skipped: a socket or other special file"))
         return None
 
     def _file_node(self, path: bytes, name: bytes, st: os.stat_result, pend: _Pending) -> Node:
         node = _meta(name, FILE, st)
         node.size = st.st_size
         if st.st_nlink > 1:
-            node.inode = (st.st_dev << 64) | st.st_ino
-        self._seen.add(path)
+            # Stable across snapshots (a btrfs snapshot has a new st_dev each time): the
+            # protected path, the device only when it is not the root's, the inode.
+            dev = 0 if st.st_dev == self._root_dev else st.st_dev
+            node.inode = self._root_tag | (dev << 64) | st.st_ino
+        key = self._key(path)
+        self._seen.add(key)
         pend.nodes.append(node)
-        cached = self._cache.get(path)
+        cached = self._cache.get(key)
         if cached is not None and cached[:4] == (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
             content = _split_ids(cached[4])
             if all(c in self._known for c in content):
@@ -440,15 +499,15 @@ class Backup:
                 self.stats.bytes_total += st.st_size
                 return node
         # To be read by a worker: big files alone, small ones in batches.
-        self.stats.current = path
+        self.stats.current = key
         if st.st_size >= SMALL_BATCH_BYTES:
             self._slots.acquire()
             fut = self.readers().submit([(path, st)])
             fut.add_done_callback(lambda f: self._slots.release())
-            pend.reads.append((node, path, fut, 0))
+            pend.reads.append((node, key, fut, 0))
         else:
             self._batch.append((path, st))
-            self._batch_promise.append((node, path, len(self._batch) - 1, pend))
+            self._batch_promise.append((node, key, len(self._batch) - 1, pend))
             self._batch_bytes += st.st_size
             if self._batch_bytes >= SMALL_BATCH_BYTES or len(self._batch) >= SMALL_BATCH_FILES:
                 self._flush_batch()

@@ -485,6 +485,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="CoreState: encrypted, deduplicated backups; a peer-to-peer backup mesh.",
         epilog=EPILOG % default_home(),
     )
+    from corestate import __version__
+    p.add_argument("--version", action="version", version=f"corestate {__version__}")
     p.add_argument("--home", type=Path, default=None, help="the node home (default: $CORESTATE_HOME or %(default)s)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 

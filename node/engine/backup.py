@@ -210,10 +210,11 @@ class Backup:
         self._writers: list[packfmt.PackWriter] = []
         self._writers_lock = threading.Lock()
         self._pending: deque[_Pending] = deque()
-        self._batch: list[tuple[bytes, os.stat_result]] = []
-        self._batch_bytes = 0
-        self._batch_future: Future[list[_Read]] | None = None
-        self._batch_promise: list[tuple[Node, bytes, int, _Pending | None]] = []
+        # Small files wait in one batch per worker (see _route).
+        self._batches: list[list[tuple[bytes, os.stat_result]]] = [[] for _ in range(self.workers)]
+        self._promises: list[list[tuple[Node, bytes, int, _Pending | None]]] = [
+            [] for _ in range(self.workers)]
+        self._batch_bytes = [0] * self.workers
         self._cache: dict[bytes, tuple[int, int, int, int, bytes, bytes | None, int]] = {}
         self._cache_upserts: list[tuple] = []
         self._seen: set[bytes] = set()
@@ -502,15 +503,17 @@ class Backup:
         self.stats.current = key
         if st.st_size >= SMALL_BATCH_BYTES:
             self._slots.acquire()
-            fut = self.readers().submit([(path, st)])
+            fut = self.readers().submit([(path, st)], self._route(st))
             fut.add_done_callback(lambda f: self._slots.release())
             pend.reads.append((node, key, fut, 0))
         else:
-            self._batch.append((path, st))
-            self._batch_promise.append((node, key, len(self._batch) - 1, pend))
-            self._batch_bytes += st.st_size
-            if self._batch_bytes >= SMALL_BATCH_BYTES or len(self._batch) >= SMALL_BATCH_FILES:
-                self._flush_batch()
+            w = self._route(st)
+            batch, promise = self._batches[w], self._promises[w]
+            batch.append((path, st))
+            promise.append((node, key, len(batch) - 1, pend))
+            self._batch_bytes[w] += st.st_size
+            if self._batch_bytes[w] >= SMALL_BATCH_BYTES or len(batch) >= SMALL_BATCH_FILES:
+                self._flush_batch(w)
         return node
 
     def readers(self) -> ProcessWorkers:
@@ -530,17 +533,23 @@ class Backup:
         self._writers = []
         self._landed = queue.SimpleQueue()
 
-    def _flush_batch(self) -> None:
-        if not self._batch:
-            return
-        batch, promises = self._batch, self._batch_promise
-        self._batch, self._batch_promise, self._batch_bytes = [], [], 0
-        self._slots.acquire()
-        fut = self.readers().submit(batch)
-        fut.add_done_callback(lambda f: self._slots.release())
-        for node, path, index, pend in promises:
-            assert pend is not None
-            pend.reads.append((node, path, fut, index))
+    def _route(self, st: os.stat_result) -> int:
+        """The worker for a file. Each worker dedups against what it has seen, so files of
+        one size (identical copies are) go to one worker and are stored once."""
+        return (st.st_size * 0x9E3779B1 >> 7) % self.workers
+
+    def _flush_batch(self, w: int | None = None) -> None:
+        for i in range(self.workers) if w is None else (w,):
+            batch, promises = self._batches[i], self._promises[i]
+            if not batch:
+                continue
+            self._batches[i], self._promises[i], self._batch_bytes[i] = [], [], 0
+            self._slots.acquire()
+            fut = self.readers().submit(batch, i)
+            fut.add_done_callback(lambda f: self._slots.release())
+            for node, path, index, pend in promises:
+                assert pend is not None
+                pend.reads.append((node, path, fut, index))
 
     def _finish_all(self) -> None:
         self._flush_batch()
@@ -551,7 +560,9 @@ class Backup:
         """Wait for a directory's files, then encode its tree (children are done first)."""
         if pend.tree is not None:
             return
-        self._flush_batch()  # this directory's files may still sit in the open batch
+        for i, promises in enumerate(self._promises):  # its files may still wait in a batch
+            if any(pr[3] is pend for pr in promises):
+                self._flush_batch(i)
         drop: set[int] = set()
         files, size = pend.files, pend.size
         for node, path, fut, index in pend.reads:

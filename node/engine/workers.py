@@ -54,7 +54,8 @@ class ProcessWorkers:
         start: Callable[[], None] = lambda: None,
     ) -> None:
         ctx = multiprocessing.get_context("fork")
-        self._tasks: Any = ctx.SimpleQueue()
+        # One task queue per worker: the caller chooses the worker (see ``submit``).
+        self._tasks: list[Any] = [ctx.SimpleQueue() for _ in range(n)]
         self._results: Any = ctx.Queue()
         self._futures: dict[int, Future[Any]] = {}
         self._lock = threading.Lock()
@@ -63,8 +64,8 @@ class ProcessWorkers:
         self._on_harvest = on_harvest
         self._closed = False
         self._procs = []
-        for _ in range(n):
-            p = ctx.Process(target=self._child, args=(start, work, harvest, finish, describe_error),
+        for i in range(n):
+            p = ctx.Process(target=self._child, args=(i, start, work, harvest, finish, describe_error),
                             daemon=True)
             p.start()
             self._procs.append(p)
@@ -73,8 +74,8 @@ class ProcessWorkers:
 
     # -- child --------------------------------------------------------------------------
 
-    def _child(self, start: Callable, work: Callable, harvest: Callable, finish: Callable,
-               describe: Callable) -> None:
+    def _child(self, index: int, start: Callable, work: Callable, harvest: Callable,
+               finish: Callable, describe: Callable) -> None:
         _die_with_parent()
         if os.getppid() == 1:
             os._exit(1)
@@ -82,7 +83,7 @@ class ProcessWorkers:
         try:
             start()
             while True:
-                msg = self._tasks.get()
+                msg = self._tasks[index].get()
                 if msg is None:
                     try:
                         self._results.put(("done", None, finish()))
@@ -105,13 +106,18 @@ class ProcessWorkers:
 
     # -- parent -------------------------------------------------------------------------
 
-    def submit(self, job: Any) -> Future[Any]:
+    @property
+    def size(self) -> int:
+        return len(self._procs)
+
+    def submit(self, job: Any, worker: int) -> Future[Any]:
+        """Queue ``job`` for worker ``worker`` (0 <= worker < size)."""
         fut: Future[Any] = Future()
         with self._lock:
             job_id = self._next
             self._next += 1
             self._futures[job_id] = fut
-        self._tasks.put((job_id, job))
+        self._tasks[worker].put((job_id, job))
         return fut
 
     def _collect(self) -> None:
@@ -163,8 +169,8 @@ class ProcessWorkers:
             return
         self._closed = True
         if flush:
-            for _ in self._procs:
-                self._tasks.put(None)
+            for q in self._tasks:
+                q.put(None)
             self._collector.join()
         for p in self._procs:
             if not flush:

@@ -31,6 +31,7 @@ Invariants:
 from __future__ import annotations
 
 import io
+import marshal
 import os
 import queue
 import socket
@@ -223,7 +224,7 @@ class Backup:
         self._dir_cache: dict[bytes, tuple[bytes, bytes, int, int]] = {}
         self._dir_upserts: list[tuple[bytes, bytes, bytes, int, int]] = []
         # Anything that changes how a tree is built must change every fingerprint.
-        self._fp_salt = repr(("fp2", cfg.min_size, cfg.avg_size, cfg.max_size, sorted(exclude))).encode()
+        self._fp_salt = repr(("fp3", cfg.min_size, cfg.avg_size, cfg.max_size, sorted(exclude))).encode()
 
     # -- the run ------------------------------------------------------------------------
 
@@ -234,7 +235,7 @@ class Backup:
         # A path inside another protected path is already covered by it.
         roots = [r for r in roots if not any(r != o and r.startswith(o.rstrip(b"/") + b"/") for o in roots)]
         self._known = self.repo.known_blob_ids()
-        self._cache = self.repo.load_files_cache()
+        self._cache_loaded = False  # loaded when the first directory must be rebuilt
         self._dir_cache = self.repo.load_dir_cache()
         self._readers: ProcessWorkers | None = None  # started when a file must be read
         try:
@@ -273,6 +274,7 @@ class Backup:
         def under(p: bytes) -> bool:
             return any(p == r or p.startswith(r.rstrip(b"/") + b"/") for r in roots)
         # A file not seen is stale unless its directory was reused whole from the cache.
+        # (Files below vanished directories go with them, by prefix, in update_files_cache.)
         stale = [p for p in self._cache
                  if p not in self._seen and os.path.dirname(p) not in self._reused_dirs and under(p)]
         stale_dirs = [p for p in self._dir_cache if p not in self._seen_dirs and under(p)]
@@ -397,7 +399,9 @@ class Backup:
                        est.st_mode, est.st_uid, est.st_gid, est.st_nlink, est.st_rdev, sub_fp))
             if est.st_ctime_ns > newest:
                 newest = est.st_ctime_ns
-        digest = blake3.blake3(self._fp_salt + repr(fp).encode()).digest()
+        # marshal: fast and deterministic for one Python version (another version only
+        # costs a cache miss).
+        digest = blake3.blake3(self._fp_salt + marshal.dumps(fp)).digest()
         cached = self._dir_cache.get(key)
         if clean and cached is not None and cached[0] == digest and cached[1] in self._known:
             self._reused_dirs.add(key)
@@ -486,6 +490,9 @@ class Backup:
         key = self._key(path)
         self._seen.add(key)
         pend.nodes.append(node)
+        if not self._cache_loaded:
+            self._cache = self.repo.load_files_cache()
+            self._cache_loaded = True
         cached = self._cache.get(key)
         if cached is not None and cached[:4] == (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
             content = _split_ids(cached[4])

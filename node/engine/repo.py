@@ -288,6 +288,10 @@ class Repository:
                 self.db.executemany("DELETE FROM files_cache WHERE path = ?", [(p,) for p in deletes])
                 self.db.executemany("INSERT OR REPLACE INTO files_cache VALUES (?,?,?,?,?,?,?,?)", upserts)
                 self.db.executemany("DELETE FROM dir_cache WHERE path = ?", [(p,) for p in dir_deletes])
+                # Everything cached below a directory that is gone.
+                self.db.executemany(
+                    "DELETE FROM files_cache WHERE path > ? AND path < ?",
+                    [(p.rstrip(b"/") + b"/", p.rstrip(b"/") + b"0") for p in dir_deletes])
                 self.db.executemany("INSERT OR REPLACE INTO dir_cache VALUES (?,?,?,?,?)", dir_upserts)
                 self.db.execute("COMMIT")
             except BaseException:

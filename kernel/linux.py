@@ -168,14 +168,3 @@ def open_by_handle_at(mount_fd: int, handle: bytes, flags: int) -> int:
         _raise_errno("open_by_handle_at")
     return int(fd)
 
-
-_SYNC_FILE_RANGE_WRITE = 2
-
-
-def start_writeback(fd: int) -> None:
-    """Ask the kernel to start writing a file's dirty pages now, without waiting.
-
-    A restore calls this after each file so that the one ``syncfs`` at its end finds
-    little left to flush. Best effort: errors are ignored (the final syncfs reports).
-    """
-    _libc.sync_file_range(fd, ctypes.c_int64(0), ctypes.c_int64(0), _SYNC_FILE_RANGE_WRITE)

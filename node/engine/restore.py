@@ -24,7 +24,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from corestate.kernel.linux import start_writeback, syncfs
+from corestate.kernel.linux import syncfs
 from corestate.node.engine.repo import Repository, SnapshotInfo
 from corestate.node.errors import PathNotInSnapshot, RestoreTargetError
 from corestate.protocol.errors import CorruptObject
@@ -268,7 +268,6 @@ class Restore:
                     self.stats.bytes_written += len(data)
             os.ftruncate(fd, written)
             self._apply_meta_fd(fd, node)
-            start_writeback(fd)
             os.close(fd)
             fd = -1
             st = _lstat_or_none(final)

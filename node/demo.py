@@ -104,10 +104,11 @@ def run_demo(args: argparse.Namespace, out: Any) -> int:
         out.say(f"demo FAILED: {len(diffs)} difference(s); files kept in {work}")
         return 1
     out.say(f"  identical: {len(list(restored.rglob('*')))} entries under {restored}")
-    out.say(f"\ndemo finished in {time.monotonic() - t0:.1f}s. The store lives in {home / 'store'}; "
-            "packs are encrypted, so only this node's key reads them.")
+    out.say(f"\ndemo finished in {time.monotonic() - t0:.1f}s. Packs are encrypted: only this "
+            "node's key (or its 24 words) reads them.")
     if args.keep or args.dir:
         out.say(f"kept for you to explore:  export CORESTATE_HOME={home} CORESTATE_PASSPHRASE=$(cat {pw})")
     else:
         shutil.rmtree(work, ignore_errors=True)
+        out.say("the demo's files are removed; `corestate demo --keep` leaves them for you to explore")
     return 0

@@ -144,8 +144,23 @@ def cmd_init(args: argparse.Namespace, out: Out) -> int:
         root = keystore.phrase_to_root(phrase)
     else:
         root = keystore.new_root()
-    passphrase = _passphrase(args, confirm=True)
-    keys = init_home(home, root, passphrase)
+    hsm = None
+    if args.hsm_module or args.hsm_token:
+        if not (args.hsm_module and args.hsm_token):
+            raise CoreStateError("an HSM seal needs both --hsm-module and --hsm-token",
+                                 hint="e.g. --hsm-module /usr/lib/softhsm/libsofthsm2.so --hsm-token mytoken")
+        hsm = (args.hsm_module, args.hsm_token)
+    passphrase = _passphrase(args, confirm=hsm is None)
+    existed = home.path.exists()
+    try:
+        keys = init_home(home, root, passphrase, hsm=hsm)
+    except CoreStateError:
+        # Nothing half-made stays behind: a failed seal leaves no key; a home folder that
+        # this init created goes too (one the user made is left as it was found).
+        if not existed and not home.key_path.exists():
+            import shutil
+            shutil.rmtree(home.path, ignore_errors=True)
+        raise
     phrase_out = keystore.root_to_phrase(root)
     if out.json:
         out.obj({"home": str(home.path), "peer_id": keys.peer_id,
@@ -173,7 +188,11 @@ def cmd_key_passwd(args: argparse.Namespace, out: Out) -> int:
     home.require()
     home.lock()
     try:
-        root = keystore.unseal(home.key_path.read_bytes(), _passphrase(args))
+        sealed = home.key_path.read_bytes()
+        if keystore.is_hsm(sealed):
+            raise CoreStateError("this node's key is sealed by an HSM token, not a passphrase",
+                                 hint="change the token's user PIN with the token's own tools")
+        root = keystore.unseal(sealed, _passphrase(args))
         new = keystore.read_passphrase(args.new_passphrase_file, confirm=True) if args.new_passphrase_file \
             else _prompt_new()
         keystore.write_key(home.key_path, root, new)
@@ -502,6 +521,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("init", cmd_init, "create a node home and its keys")
     sp.add_argument("--recover", action="store_true", help="rebuild the keys of an existing node from its phrase")
     sp.add_argument("--phrase-file", metavar="F", help="with --recover: read the 24 words from F")
+    sp.add_argument("--hsm-module", metavar="LIB",
+                    help="seal the key with a PKCS#11 token instead of a passphrase: the module "
+                         "library (the passphrase is then the token's user PIN)")
+    sp.add_argument("--hsm-token", metavar="LABEL", help="with --hsm-module: the token's label")
 
     key = sub.add_parser("key", help="manage the node key")
     ksub = key.add_subparsers(dest="key_command", metavar="COMMAND")

@@ -5,15 +5,21 @@ On disk (HOME/key) it is canonical CBOR::
     {"v": 1, "kdf": "argon2id", "ops": int, "mem": int, "salt": 16 bytes,
      "box": XSalsa20-Poly1305 secretbox of the root under the Argon2id key}
 
+Or, sealed by a PKCS#11 token (HSM; kernel/hsm.py does the token work)::
+
+    {"v": 1, "kdf": "pkcs11", "module": text, "token": text label, "key": text label,
+     "blob": the token-sealed root (AES-GCM under a non-extractable token key)}
+
 The Argon2id cost is moderate (3 passes, 64 MiB: about 0.13 s here) because every CLI
 invocation unseals once; the parameters are stored, so they can be raised later without
-breaking older keys. An HSM seal (kernel issue) adds another "kdf" kind.
+breaking older keys.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import cbor2
 import nacl.exceptions
@@ -22,12 +28,19 @@ import nacl.secret
 from corestate.node.errors import BadPhrase, PassphraseError, WrongPassphrase
 from corestate.node.home import write_atomic
 from corestate.protocol.keys import ROOT_BYTES
-from mnemonic import Mnemonic
 
 OPS = 3
 MEM = 64 << 20
 ENV_PASSPHRASE = "CORESTATE_PASSPHRASE"
-_MNEMONIC = Mnemonic("english")
+_MNEMONIC_CACHE: list[Any] = []
+
+
+def _mnemonic() -> Any:
+    """The BIP-39 word list, loaded on first use (only init and recovery need it)."""
+    if not _MNEMONIC_CACHE:
+        from mnemonic import Mnemonic
+        _MNEMONIC_CACHE.append(Mnemonic("english"))
+    return _MNEMONIC_CACHE[0]
 
 
 def new_root() -> bytes:
@@ -35,19 +48,20 @@ def new_root() -> bytes:
 
 
 def root_to_phrase(root: bytes) -> str:
-    return str(_MNEMONIC.to_mnemonic(root))
+    return str(_mnemonic().to_mnemonic(root))
 
 
 def phrase_to_root(phrase: str) -> bytes:
     words = " ".join(phrase.lower().split())
     if len(words.split()) != 24:
         raise BadPhrase(f"expected 24 words, got {len(words.split())}")
-    unknown = [w for w in words.split() if w not in _MNEMONIC.wordlist]
+    m = _mnemonic()
+    unknown = [w for w in words.split() if w not in m.wordlist]
     if unknown:
         raise BadPhrase(f"not BIP-39 words: {', '.join(unknown[:3])}")
-    if not _MNEMONIC.check(words):
+    if not m.check(words):
         raise BadPhrase("the checksum does not match (a word is wrong or out of order)")
-    return bytes(_MNEMONIC.to_entropy(words))
+    return bytes(m.to_entropy(words))
 
 
 def _kdf(passphrase: bytes, salt: bytes, ops: int, mem: int) -> bytes:
@@ -65,9 +79,33 @@ def seal(root: bytes, passphrase: bytes) -> bytes:
     )
 
 
+def seal_hsm(root: bytes, module: str, token_label: str, pin: bytes,
+             key_label: str = "corestate-root-wrap") -> bytes:
+    """Seal the root with a key held in a PKCS#11 token; the PIN stands in for the passphrase."""
+    from corestate.kernel import hsm
+    token = hsm.HsmToken(Path(module), token_label, pin.decode(), key_label)
+    return cbor2.dumps(
+        {"v": 1, "kdf": "pkcs11", "module": module, "token": token_label, "key": key_label,
+         "blob": hsm.seal(root, token)},
+        canonical=True,
+    )
+
+
+def is_hsm(blob: bytes) -> bool:
+    try:
+        return bool(cbor2.loads(blob).get("kdf") == "pkcs11")
+    except (ValueError, AttributeError, cbor2.CBORDecodeError):
+        return False
+
+
 def unseal(blob: bytes, passphrase: bytes) -> bytes:
+    """The root secret from HOME/key: ``passphrase`` is the passphrase, or the token PIN."""
     try:
         o = cbor2.loads(blob)
+        if o.get("v") == 1 and o.get("kdf") == "pkcs11":
+            from corestate.kernel import hsm
+            token = hsm.HsmToken(Path(o["module"]), o["token"], passphrase.decode(), o["key"])
+            return hsm.unseal(o["blob"], token)
         if o.get("v") != 1 or o.get("kdf") != "argon2id":
             raise ValueError("unknown key format")
         key = _kdf(passphrase, o["salt"], int(o["ops"]), int(o["mem"]))
@@ -81,8 +119,10 @@ def unseal(blob: bytes, passphrase: bytes) -> bytes:
     return bytes(root)
 
 
-def write_key(path: Path, root: bytes, passphrase: bytes) -> None:
-    write_atomic(path, seal(root, passphrase))
+def write_key(path: Path, root: bytes, passphrase: bytes, *, hsm: tuple[str, str] | None = None) -> None:
+    """Seal ``root`` into ``path``: under the passphrase, or with ``hsm=(module, token label)``
+    under a token key (``passphrase`` is then the token's user PIN)."""
+    write_atomic(path, seal(root, passphrase) if hsm is None else seal_hsm(root, *hsm, passphrase))
 
 
 def read_passphrase(passphrase_file: str | None, *, confirm: bool = False) -> bytes:

@@ -54,15 +54,16 @@ class LocalNode:
         return [self.home.path, self.home.store_dir(self.cfg)]
 
 
-def init_home(home: Home, root: bytes, passphrase: bytes) -> NodeKeys:
-    """Create a node home holding ``root`` sealed under ``passphrase``."""
+def init_home(home: Home, root: bytes, passphrase: bytes, *, hsm: tuple[str, str] | None = None) -> NodeKeys:
+    """Create a node home holding ``root`` sealed under ``passphrase`` (or, with ``hsm``,
+    by a key in that PKCS#11 module's token, ``passphrase`` being the PIN)."""
     home.create()
     try:
         home.lock()
     except HomeBusy:
         raise
     try:
-        keystore.write_key(home.key_path, root, passphrase)
+        keystore.write_key(home.key_path, root, passphrase, hsm=hsm)
         cfg = home.config()
         LocalPackStore(home.store_dir(cfg)).create()
         keys = NodeKeys.from_root(root)

@@ -193,8 +193,7 @@ class Backup:
         self.workers = workers or max(2, os.cpu_count() or 2)
         self.max_inflight = 8 * self.workers
         self.max_pending = 512
-        from pyfastcdc import FastCDC
-        self._cdc_args = (cfg.avg_size, cfg.min_size, cfg.max_size, self.keys.chunker_seed, FastCDC)
+        self._cdc_args = (cfg.avg_size, cfg.min_size, cfg.max_size, self.keys.chunker_seed)
         self._known: set[bytes] = set()
         self._new_chunks = 0
         self.state_dir = state_dir
@@ -709,8 +708,9 @@ class Backup:
     def _chunker(self) -> Any:
         cdc = getattr(self._local, "cdc", None)
         if cdc is None:
-            avg, mn, mx, seed, fastcdc = self._cdc_args
-            cdc = self._local.cdc = fastcdc(avg, min_size=mn, max_size=mx, seed=seed)
+            from pyfastcdc import FastCDC  # workers only: a no-change backup never cuts
+            avg, mn, mx, seed = self._cdc_args
+            cdc = self._local.cdc = FastCDC(avg, min_size=mn, max_size=mx, seed=seed)
         return cdc
 
     def _read_chunks(self, fd: int, size_hint: int) -> tuple[list[bytes], int]:

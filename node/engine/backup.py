@@ -124,6 +124,7 @@ class _Read:
     error: str | None = None
     warning: str | None = None
     new_chunks: int = 0
+    cacheable: bool = True
 
 
 @dataclass(slots=True)
@@ -172,7 +173,8 @@ class Backup:
     def __init__(
         self, repo: Repository, cfg: Config, *, skip_dirs: list[Path], exclude: list[str],
         stats: BackupStats | None = None, workers: int | None = None,
-        state_dir: Path | None = None, allow_providers: tuple[str, ...] = ("btrfs", "plain"),
+        state_dir: Path | None = None,
+        allow_providers: tuple[str, ...] = ("btrfs", "reflink", "plain"),
     ) -> None:
         self.repo = repo
         self.keys = repo.keys
@@ -201,6 +203,7 @@ class Backup:
         self.state_dir = state_dir
         self.allow_providers = allow_providers
         self.sessions: list = []
+        self._clone_sessions: list[tuple[bytes, Any]] = []  # reflink: read through clones
         self.providers: set[str] = set()
         self._walk_prefix: bytes | None = None
         self._orig_prefix = b""
@@ -456,6 +459,8 @@ class Backup:
             except OSError:
                 pass
         walk = os.fsencode(session.root)
+        if session.provider == "reflink":
+            self._clone_sessions.append((walk, session))
         if walk != path:
             self._walk_prefix, self._orig_prefix = walk, path
         return walk
@@ -598,7 +603,7 @@ class Backup:
                 node.torn = True
                 self.stats.torn.append(path)
                 pend.clean = False
-            elif r.read_ns - st1.st_ctime_ns > RACY_NS:
+            elif r.cacheable and r.read_ns - st1.st_ctime_ns > RACY_NS:
                 self._cache_upserts.append((
                     path, st1.st_ino, st1.st_size, st1.st_mtime_ns, st1.st_ctime_ns,
                     b"".join(r.content), _encode_xattrs(node.xattrs), int(node.sparse),
@@ -674,6 +679,13 @@ class Backup:
         return self._harvest()
 
     def _read_file(self, path: bytes, lst: os.stat_result) -> _Read:
+        for prefix, session in self._clone_sessions:
+            if path == prefix or path.startswith(prefix + b"/"):
+                return self._read_clone(session, path, lst)
+        return self._read_live(path, lst)
+
+    def _read_live(self, path: bytes, lst: os.stat_result) -> _Read:
+        """Read a live file; re-read once if it changed meanwhile, else flag it torn."""
         r = _Read()
         try:
             try:
@@ -705,6 +717,35 @@ class Backup:
             r.error = exc.strerror or str(exc)
         finally:
             os.close(fd)
+        return r
+
+    def _read_clone(self, session: Any, path: bytes, lst: os.stat_result) -> _Read:
+        """Read a file through a reflink session: a clone taken at one instant, so the read
+        cannot tear; metadata comes from the original's lstat."""
+        r = _Read()
+        wp = Path(os.fsdecode(path))
+        try:
+            f = session.open_file(wp)
+        except OSError as exc:
+            r.error = exc.strerror or str(exc)
+            return r
+        try:
+            if not session.is_stable(wp):
+                f.close()
+                return self._read_live(path, lst)
+            r.read_ns = time.time_ns()
+            r.content, r.size = self._read_chunks(f.fileno(), lst.st_size)
+            after = os.lstat(path)
+            r.st = lst
+            # Changed around the clone: the content is whole, but which stat it goes with
+            # is unsure, so it is not cached (the next backup reads it again).
+            r.cacheable = (after.st_ino, after.st_size, after.st_mtime_ns, after.st_ctime_ns) == (
+                lst.st_ino, lst.st_size, lst.st_mtime_ns, lst.st_ctime_ns)
+            r.xattrs = _xattrs(path)
+        except OSError as exc:
+            r.error = exc.strerror or str(exc)
+        finally:
+            f.close()
         return r
 
     def _chunker(self) -> Any:

@@ -52,15 +52,23 @@ def read_json(p: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def write_json(p: Path, data: dict[str, Any]) -> None:
-    tmp = p.with_name(p.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, p)
-    dfd = os.open(p.parent, os.O_RDONLY | os.O_DIRECTORY)
+def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write a small file so that a crash leaves the old or the new content, never half:
+    a temporary name, fsync, rename, fsync of the folder."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+def write_json(p: Path, data: dict[str, Any]) -> None:
+    write_atomic(p, json.dumps(data, sort_keys=True).encode())

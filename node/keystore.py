@@ -25,8 +25,8 @@ import cbor2
 import nacl.exceptions
 import nacl.pwhash
 import nacl.secret
+from corestate.kernel.state import write_atomic
 from corestate.node.errors import BadPhrase, PassphraseError, WrongPassphrase
-from corestate.node.home import write_atomic
 from corestate.protocol.keys import ROOT_BYTES
 
 OPS = 3

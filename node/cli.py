@@ -241,8 +241,7 @@ def _scan_totals(paths: list[Path], stats: Any, stop: threading.Event) -> None:
 
 def cmd_backup(args: argparse.Namespace, out: Out) -> int:
     from corestate.node.engine.backup import Backup, BackupStats
-    node = _open(args)
-    try:
+    with _open(args) as node:
         paths = [Path(p) for p in (args.paths or node.cfg.paths)]
         if not paths:
             raise CoreStateError("nothing to back up",
@@ -272,8 +271,6 @@ def cmd_backup(args: argparse.Namespace, out: Out) -> int:
                 result = engine.run(paths)
         finally:
             stop.set()
-    finally:
-        node.close()
     st = result.stats
     for path, msg in st.errors:
         out.warn(f"{_fs(path)}: {msg} (not backed up)")
@@ -305,11 +302,8 @@ def cmd_backup(args: argparse.Namespace, out: Out) -> int:
 
 
 def cmd_snapshots(args: argparse.Namespace, out: Out) -> int:
-    node = _open(args)
-    try:
+    with _open(args) as node:
         snaps = node.repo.snapshots()
-    finally:
-        node.close()
     if out.json:
         out.obj([{
             "id": s.id.hex(), "short_id": s.short_id, "time_ns": s.record.time_ns,
@@ -332,8 +326,7 @@ def cmd_snapshots(args: argparse.Namespace, out: Out) -> int:
 
 def cmd_ls(args: argparse.Namespace, out: Out) -> int:
     from corestate.node.engine.inspect import find
-    node = _open(args)
-    try:
+    with _open(args) as node:
         snap = node.repo.resolve(args.snapshot)
         start = os.fsencode(args.path.rstrip("/")) if args.path and args.path != "/" else b""
         tree, top = find(node.repo, snap, start)
@@ -352,15 +345,12 @@ def cmd_ls(args: argparse.Namespace, out: Out) -> int:
                 t = time.strftime("%Y-%m-%d %H:%M", time.localtime(n.mtime_ns / 1e9))
                 suffix = f" -> {_fs(n.target)}" if n.target else ""
                 out.say(f"{n.type} {n.mode:04o} {n.uid:>5} {n.gid:>5} {n.size:>12} {t}  {_fs(path)}{suffix}")
-    finally:
-        node.close()
     return EXIT_OK
 
 
 def cmd_restore(args: argparse.Namespace, out: Out) -> int:
     from corestate.node.engine.restore import Restore, RestoreStats
-    node = _open(args)
-    try:
+    with _open(args) as node:
         snap = node.repo.resolve(args.snapshot)
         stats = RestoreStats()
         includes = [os.fsencode("/" + p.strip("/")) for p in args.path or []]
@@ -376,8 +366,6 @@ def cmd_restore(args: argparse.Namespace, out: Out) -> int:
         with _ticker(out, status, render):
             Restore(node.repo, stats=stats).run(snap, Path(args.target), includes, dry_run=args.dry_run)
         secs = time.monotonic() - t0
-    finally:
-        node.close()
     for path, msg in stats.errors:
         out.warn(f"{_fs(path)}: {msg}")
     code = EXIT_FAIL if stats.errors else EXIT_OK
@@ -398,12 +386,9 @@ def cmd_restore(args: argparse.Namespace, out: Out) -> int:
 
 def cmd_diff(args: argparse.Namespace, out: Out) -> int:
     from corestate.node.engine.inspect import diff
-    node = _open(args)
-    try:
+    with _open(args) as node:
         a, b = node.repo.resolve(args.a), node.repo.resolve(args.b)
         changes = list(diff(node.repo, a.record.tree, b.record.tree))
-    finally:
-        node.close()
     if out.json:
         out.obj([{"op": op, "path": _fs(p)} for op, p in changes])
         return EXIT_OK
@@ -416,9 +401,8 @@ def cmd_diff(args: argparse.Namespace, out: Out) -> int:
 
 def cmd_check(args: argparse.Namespace, out: Out) -> int:
     from corestate.node.engine.inspect import check
-    node = _open(args)
     done = [0, 0]
-    try:
+    with _open(args) as node:
         def render(progress: Any, s: dict) -> None:
             progress.update(s["task"], description="check", completed=done[0], total=done[1] or None,
                             detail="packs")
@@ -430,8 +414,6 @@ def cmd_check(args: argparse.Namespace, out: Out) -> int:
         with _ticker(out, lambda: {"packs_done": done[0], "packs": done[1]}, render):
             report = check(node.repo, read_data=args.read_data,
                            progress=lambda n, t: done.__setitem__(slice(0, 2), [n, t]))
-    finally:
-        node.close()
     if out.json:
         out.obj({"type": "summary", "ok": report.ok, "packs": report.packs, "blobs": report.blobs,
                  "snapshots": report.snapshots, "trees": report.trees, "bytes_read": report.bytes_read,
@@ -458,11 +440,8 @@ def cmd_check(args: argparse.Namespace, out: Out) -> int:
 
 def cmd_stats(args: argparse.Namespace, out: Out) -> int:
     from corestate.node.engine.inspect import stats
-    node = _open(args)
-    try:
+    with _open(args) as node:
         s: dict[str, Any] = {**stats(node.repo), "peer_id": node.keys.peer_id}
-    finally:
-        node.close()
     if out.json:
         out.obj(s)
         return EXIT_OK

@@ -49,6 +49,12 @@ class LocalNode:
         self.repo.close()
         self.home.unlock()
 
+    def __enter__(self) -> LocalNode:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def skip_dirs(self) -> list[Path]:
         """Never back these up: the node's own home and store."""
         return [self.home.path, self.home.store_dir(self.cfg)]

@@ -125,6 +125,7 @@ class _Read:
     warning: str | None = None
     new_chunks: int = 0
     cacheable: bool = True
+    bytes_read: int | None = None  # when less than size was read (block-level increments)
 
 
 @dataclass(slots=True)
@@ -204,6 +205,7 @@ class Backup:
         self.allow_providers = allow_providers
         self.sessions: list = []
         self._clone_sessions: list[tuple[bytes, Any]] = []  # reflink: read through clones
+        self._block_session: Any = None  # btrfs: changed ranges of large files
         self.providers: set[str] = set()
         self._walk_prefix: bytes | None = None
         self._orig_prefix = b""
@@ -216,7 +218,7 @@ class Backup:
         self._writers_lock = threading.Lock()
         self._pending: deque[_Pending] = deque()
         # Small files wait in one batch per worker (see _route).
-        self._batches: list[list[tuple[bytes, os.stat_result]]] = [[] for _ in range(self.workers)]
+        self._batches: list[list[tuple[bytes, os.stat_result, None]]] = [[] for _ in range(self.workers)]
         self._promises: list[list[tuple[Node, bytes, int, _Pending | None]]] = [
             [] for _ in range(self.workers)]
         self._batch_bytes = [0] * self.workers
@@ -445,6 +447,7 @@ class Backup:
     def _open_session(self, path: bytes) -> bytes:
         """Open the kernel snapshot session for a protected path; return where to walk."""
         self._walk_prefix = None
+        self._block_session = None
         if self.state_dir is None:
             self.providers.add("plain")
             return path
@@ -461,6 +464,7 @@ class Backup:
         walk = os.fsencode(session.root)
         if session.provider == "reflink":
             self._clone_sessions.append((walk, session))
+        self._block_session = session if session.provider == "btrfs" else None
         if walk != path:
             self._walk_prefix, self._orig_prefix = walk, path
         return walk
@@ -515,14 +519,15 @@ class Backup:
         # To be read by a worker: big files alone, small ones in batches.
         self.stats.current = key
         if st.st_size >= SMALL_BATCH_BYTES:
+            plan = self._increment_plan(path, st, cached)
             self._slots.acquire()
-            fut = self.readers().submit([(path, st)], self._route(st))
+            fut = self.readers().submit([(path, st, plan)], self._route(st))
             fut.add_done_callback(lambda f: self._slots.release())
             pend.reads.append((node, key, fut, 0))
         else:
             w = self._route(st)
             batch, promise = self._batches[w], self._promises[w]
-            batch.append((path, st))
+            batch.append((path, st, None))
             promise.append((node, key, len(batch) - 1, pend))
             self._batch_bytes[w] += st.st_size
             if self._batch_bytes[w] >= SMALL_BATCH_BYTES or len(batch) >= SMALL_BATCH_FILES:
@@ -580,7 +585,8 @@ class Backup:
         files, size = pend.files, pend.size
         for node, path, fut, index in pend.reads:
             r = fut.result()[index]
-            self.stats.bytes_read += r.size if r.error is None else 0
+            if r.error is None:
+                self.stats.bytes_read += r.size if r.bytes_read is None else r.bytes_read
             self.stats.chunks_new += r.new_chunks
             if r.error is not None or r.st is None:
                 if r.error is not None:
@@ -653,11 +659,37 @@ class Backup:
 
     # -- files (worker threads) -----------------------------------------------------------
 
-    def _read_files(self, files: list[tuple[bytes, os.stat_result]]) -> list[_Read]:
+    def _increment_plan(self, path: bytes, st: os.stat_result, cached: tuple | None) -> tuple | None:
+        """For a large changed file on btrfs: its old chunks (offset, length, id) and the
+        byte ranges written since the parent snapshot, so a worker re-reads only around
+        them. None: read it all (no parent, another inode, or unknown chunks)."""
+        session = self._block_session
+        if session is None or cached is None or cached[0] != st.st_ino:
+            return None
+        ranges = session.block_changes(Path(os.fsdecode(path)))
+        if ranges is None:
+            return None
+        locs = self.repo.locations()
+        old, offset = [], 0
+        for cid in _split_ids(cached[4]):
+            loc = locs.get(cid)
+            if loc is None:
+                return None
+            old.append((offset, loc.raw_length, cid))
+            offset += loc.raw_length
+        if offset != cached[1]:
+            return None
+        return old, sorted(ranges)
+
+    def _read_files(self, files: list[tuple[bytes, os.stat_result, tuple | None]]) -> list[_Read]:
         out = []
-        for path, st in files:
+        for path, st, plan in files:
             before = self._new_chunks
-            r = self._read_file(path, st)
+            r = None
+            if plan is not None:
+                r = self._read_increment(path, st, *plan)
+            if r is None:
+                r = self._read_file(path, st)
             r.new_chunks = self._new_chunks - before
             out.append(r)
         return out
@@ -717,6 +749,66 @@ class Backup:
             r.error = exc.strerror or str(exc)
         finally:
             os.close(fd)
+        return r
+
+    def _read_increment(self, path: bytes, lst: os.stat_result, old: list[tuple[int, int, bytes]],
+                        ranges: list[tuple[int, int]]) -> _Read | None:
+        """Read only around the changed ranges of a file in a btrfs snapshot.
+
+        Old chunks that lie wholly before the next changed byte and start where we are are
+        kept as they were; from there the file is cut again until a cut lands on an old
+        chunk boundary past the change. FastCDC's cuts depend only on the bytes since the
+        last cut, so the chunks come out exactly as a full read would cut them. Returns None
+        (read it all) if anything does not add up.
+        """
+        size = lst.st_size
+        old_end = old[-1][0] + old[-1][1] if old else 0
+        starts = {o: k for k, (o, _, _) in enumerate(old)}
+        r = _Read()
+        try:
+            fd = os.open(path, _OPEN)
+        except OSError:
+            return None
+        try:
+            content: list[bytes] = []
+            pos = nread = ri = 0
+            r.read_ns = time.time_ns()
+            while pos < size:
+                while ri < len(ranges) and sum(ranges[ri]) <= pos:
+                    ri += 1
+                next_change = ranges[ri][0] if ri < len(ranges) else size
+                k = starts.get(pos)
+                if k is not None:
+                    o, n, cid = old[k]
+                    # The old last chunk was cut by the old end of file: reuse it only if
+                    # the file still ends there.
+                    if o + n <= min(next_change, size) and (o + n < old_end or size == old_end):
+                        content.append(cid)
+                        pos = o + n
+                        continue
+                change_end = sum(ranges[ri]) if ri < len(ranges) else size
+                os.lseek(fd, pos, os.SEEK_SET)
+                resynced = False
+                for c in self._chunker().cut_stream(io.FileIO(fd, closefd=False)):
+                    content.append(self._chunk(c.data))
+                    pos += c.length
+                    nread += c.length
+                    if pos >= change_end and pos in starts:
+                        resynced = True
+                        break
+                if not resynced:
+                    break
+            st1 = os.fstat(fd)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        if pos != size or (st1.st_ino, st1.st_size, st1.st_mtime_ns, st1.st_ctime_ns) != (
+                lst.st_ino, lst.st_size, lst.st_mtime_ns, lst.st_ctime_ns):
+            return None
+        r.content, r.size, r.st = content, size, st1
+        r.bytes_read = nread
+        r.xattrs = _xattrs(path)
         return r
 
     def _read_clone(self, session: Any, path: bytes, lst: os.stat_result) -> _Read:

@@ -285,7 +285,7 @@ def cmd_backup(args: argparse.Namespace, out: Out) -> int:
         out.obj({
             "type": "summary", "snapshot_id": result.snapshot_id.hex(), "files": st.files,
             "dirs": st.dirs, "files_unchanged": st.files_unchanged, "bytes_total": st.bytes_total,
-            "bytes_read": st.bytes_read, "bytes_added": st.bytes_added, "chunks_new": st.chunks_new,
+            "bytes_read": st.bytes_read, "bytes_added": st.bytes_added, "chunks_new": st.chunks_new, "bytes_new": st.bytes_new,
             "errors": [[_fs(p), m] for p, m in st.errors], "torn": [_fs(p) for p in st.torn],
             "torn_files": len(st.torn), "snapshot_provider": result.snapshot.provider,
             "paths_visited": st.paths_visited,

@@ -84,6 +84,7 @@ class BackupStats:
     bytes_added: int = 0  # bytes of packs written to the store
     files_unchanged: int = 0
     chunks_new: int = 0
+    bytes_new: int = 0  # plaintext bytes of the new chunks
     current: bytes = b""
     errors: list[tuple[bytes, str]] = field(default_factory=list)
     warnings: list[tuple[bytes, str]] = field(default_factory=list)
@@ -124,6 +125,7 @@ class _Read:
     error: str | None = None
     warning: str | None = None
     new_chunks: int = 0
+    new_bytes: int = 0
     cacheable: bool = True
     bytes_read: int | None = None  # when less than size was read (block-level increments)
 
@@ -201,6 +203,7 @@ class Backup:
         self._cdc_args = (cfg.avg_size, cfg.min_size, cfg.max_size, self.keys.chunker_seed)
         self._known: set[bytes] = set()
         self._new_chunks = 0
+        self._new_bytes = 0
         self.state_dir = state_dir
         self.allow_providers = allow_providers
         self.sessions: list = []
@@ -588,6 +591,7 @@ class Backup:
             if r.error is None:
                 self.stats.bytes_read += r.size if r.bytes_read is None else r.bytes_read
             self.stats.chunks_new += r.new_chunks
+            self.stats.bytes_new += r.new_bytes
             if r.error is not None or r.st is None:
                 if r.error is not None:
                     self.stats.errors.append((path, r.error))
@@ -684,13 +688,14 @@ class Backup:
     def _read_files(self, files: list[tuple[bytes, os.stat_result, tuple | None]]) -> list[_Read]:
         out = []
         for path, st, plan in files:
-            before = self._new_chunks
+            before, before_bytes = self._new_chunks, self._new_bytes
             r = None
             if plan is not None:
                 r = self._read_increment(path, st, *plan)
             if r is None:
                 r = self._read_file(path, st)
             r.new_chunks = self._new_chunks - before
+            r.new_bytes = self._new_bytes - before_bytes
             out.append(r)
         return out
 
@@ -879,6 +884,7 @@ class Backup:
         if cid not in self._known:
             self._known.add(cid)
             self._new_chunks += 1
+            self._new_bytes += len(data)
             self._pack(packfmt.KIND_CHUNK, cid, data)
         return cid
 

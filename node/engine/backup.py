@@ -670,7 +670,17 @@ class Backup:
         session = self._block_session
         if session is None or cached is None or cached[0] != st.st_ino:
             return None
-        ranges = session.block_changes(Path(os.fsdecode(path)))
+        walk = Path(os.fsdecode(path))
+        # The cached chunks must describe the file as the parent snapshot holds it, or
+        # "unchanged since the parent" would not mean "as cached".
+        parent = getattr(session, "parent_root", None)
+        try:
+            pst = os.stat(parent / walk.relative_to(session.root)) if parent is not None else None
+        except (OSError, ValueError):
+            pst = None
+        if pst is None or (pst.st_ino, pst.st_size, pst.st_mtime_ns) != (cached[0], cached[1], cached[2]):
+            return None
+        ranges = session.block_changes(walk)
         if ranges is None:
             return None
         locs = self.repo.locations()

@@ -58,22 +58,13 @@ class Out:
 
 
 @contextmanager
-def _ticker(out: Out, status: Callable[[], dict[str, Any]], render: Callable[[Any, dict], None] | None,
-            total: Callable[[], float | None] | None = None) -> Iterator[None]:
+def _ticker(out: Out, status: Callable[[], dict[str, Any]],
+            render: Callable[[Any, dict], None] | None) -> Iterator[None]:
     """Progress while a block runs: a rich bar with ETA on a terminal, JSON status lines
     every second with --json, nothing otherwise."""
-    stop = threading.Event()
     if out.json:
-        def loop() -> None:
-            while not stop.wait(1.0):
-                out.obj({"type": "status", **status()})
-        t = threading.Thread(target=loop, daemon=True)
-        t.start()
-        try:
+        with _every(1.0, lambda: out.obj({"type": "status", **status()})):
             yield
-        finally:
-            stop.set()
-            t.join()
         return
     if not out.tty or render is None:
         yield
@@ -93,18 +84,25 @@ def _ticker(out: Out, status: Callable[[], dict[str, Any]], render: Callable[[An
         TextColumn("ETA"), TimeRemainingColumn(), transient=True,
     )
     task = progress.add_task("working", total=None, detail="")
+    with progress, _every(0.2, lambda: render(progress, {"task": task, **status()})):
+        yield
 
-    def loop2() -> None:
-        while not stop.wait(0.2):
-            render(progress, {"task": task, **status(), "total": total() if total else None})
-    with progress:
-        t = threading.Thread(target=loop2, daemon=True)
-        t.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            t.join()
+
+@contextmanager
+def _every(seconds: float, tick: Callable[[], None]) -> Iterator[None]:
+    """Call ``tick`` from a background thread every ``seconds`` while the block runs."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(seconds):
+            tick()
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        t.join()
 
 
 def _passphrase(args: argparse.Namespace, confirm: bool = False) -> bytes:

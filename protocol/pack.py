@@ -90,7 +90,6 @@ class PackWriter:
         self._pieces: list[bytes] = [MAGIC + bytes([VERSION]) + salt]
         self._size = PREFIX_BYTES
         self.entries: list[BlobEntry] = []
-        self.raw_bytes = 0
 
     def __len__(self) -> int:
         return self._size
@@ -112,7 +111,6 @@ class PackWriter:
         self._pieces.append(sealed)
         self._size += len(sealed)
         self.entries.append(entry)
-        self.raw_bytes += len(plaintext)
         return entry
 
     def finish(self) -> tuple[bytes, bytes]:

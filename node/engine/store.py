@@ -27,7 +27,6 @@ class PackStore(Protocol):
     def size(self, pack_id: bytes) -> int: ...
     def list(self) -> Iterator[bytes]: ...
     def delete(self, pack_id: bytes) -> None: ...
-    def total_bytes(self) -> int: ...
 
 
 def _io_error(exc: OSError, where: Path) -> StoreError:
@@ -138,15 +137,6 @@ class LocalPackStore:
 
     def delete(self, pack_id: bytes) -> None:
         self.path(pack_id).unlink(missing_ok=True)
-
-    def total_bytes(self) -> int:
-        total = 0
-        for pid in self.list():
-            try:
-                total += self.path(pid).stat().st_size
-            except FileNotFoundError:
-                pass
-        return total
 
     def clean_temporary(self) -> int:
         """Remove temporary files a crash left behind; return how many."""

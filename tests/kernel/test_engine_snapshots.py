@@ -56,6 +56,26 @@ def _writer(files: list[Path], stop: threading.Event, size: int) -> None:
             os.close(fd)
 
 
+def _backup_while_rewriting(cli: Cli, root: Path, count: int) -> subprocess.CompletedProcess[str]:
+    """Back up ``root`` while a writer rewrites ``count`` files of 3 MiB in lockstep."""
+    size = 3 << 20  # several chunks per file, so a live read spans writes
+    for f in _files(root, count):
+        f.write_bytes(b"\0" * size)
+    stop = threading.Event()
+    t = threading.Thread(target=_writer, args=(_files(root, count), stop, size))
+    t.start()
+    try:
+        time.sleep(0.3)
+        return cli.run("backup", str(root), "--json", check=False)
+    finally:
+        stop.set()
+        t.join()
+
+
+def _files(root: Path, count: int) -> list[Path]:
+    return [root / f"f{i}" for i in range(count)]
+
+
 def _restored_versions(cli: Cli, tmp_path: Path, files: list[Path], name: str) -> list[set[int]]:
     target = tmp_path / name
     cli.run("restore", "latest", "--target", str(target))
@@ -66,19 +86,8 @@ def _restored_versions(cli: Cli, tmp_path: Path, files: list[Path], name: str) -
 def test_files_rewritten_during_backup(cli: Cli, btrfs_subvol: Path, tmp_path: Path, where: str) -> None:
     root = (btrfs_subvol if where == "btrfs" else tmp_path) / "live"
     root.mkdir()
-    size = 3 << 20  # several chunks per file, so a live read spans writes
-    files = [root / f"f{i}" for i in range(6)]
-    for f in files:
-        f.write_bytes(b"\0" * size)
-    stop = threading.Event()
-    t = threading.Thread(target=_writer, args=(files, stop, size))
-    t.start()
-    try:
-        time.sleep(0.3)
-        p = cli.run("backup", str(root), "--json", check=False)
-    finally:
-        stop.set()
-        t.join()
+    files = _files(root, 6)
+    p = _backup_while_rewriting(cli, root, 6)
     assert p.returncode in (0, 3), p.stderr
     summary = json.loads(p.stdout.strip().splitlines()[-1])
     assert summary["snapshot_provider"] == where
@@ -116,19 +125,10 @@ def test_reflink_backup_on_xfs(cli: Cli, xfs_dir: Path, tmp_path: Path) -> None:
 def test_files_rewritten_during_a_reflink_backup_are_whole(cli: Cli, xfs_dir: Path, tmp_path: Path) -> None:
     root = xfs_dir / "live"
     root.mkdir()
-    size = 3 << 20
-    files = [root / f"f{i}" for i in range(4)]
-    for f in files:
-        f.write_bytes(b"\0" * size)
-    stop = threading.Event()
-    t = threading.Thread(target=_writer, args=(files, stop, size))
-    t.start()
-    try:
-        time.sleep(0.3)
-        summary = cli.json("backup", str(root))
-    finally:
-        stop.set()
-        t.join()
+    files = _files(root, 4)
+    p = _backup_while_rewriting(cli, root, 4)
+    assert p.returncode == 0, p.stderr
+    summary = json.loads(p.stdout.strip().splitlines()[-1])
     assert summary["snapshot_provider"] == "reflink" and summary["torn_files"] == 0
     # Each file is a clone of one instant: never a mix of two versions.
     assert all(len(v) == 1 for v in _restored_versions(cli, tmp_path, files, "r"))

@@ -111,3 +111,49 @@ class RestoreTargetError(NodeError):
         super().__init__(f"cannot restore into {target}: {reason}",
                          hint="choose an empty or existing directory you can write")
         self.target = target
+
+
+class ShareNotFound(NodeError):
+    """This node holds no such share for that sender (never stored, deleted, or rotten)."""
+
+    retryable = False
+
+    def __init__(self, pack: bytes, index: int, reason: str = "not held here") -> None:
+        super().__init__(
+            f"share {index} of pack {bytes(pack).hex()[:16]}: {reason}",
+            hint="ask another holder of the pack; a repair rebuilds missing shares",
+        )
+        self.pack = bytes(pack)
+        self.index = index
+        self.reason = reason
+
+
+class QuotaExceeded(NodeError):
+    """Storing the share would take the sender over its quota (or the shared pool's)."""
+
+    retryable = False
+
+    def __init__(self, sender: str, needed: int, left: int) -> None:
+        super().__init__(
+            f"quota exceeded for {sender}: the share needs {needed} bytes, {left} bytes are left",
+            hint="place the share on another peer, delete shares held there, or ask its owner "
+            "to give you a quota of your own (trusted members get one)",
+        )
+        self.sender = sender
+        self.needed = needed
+        self.left = left
+
+
+class ShareRejected(NodeError):
+    """A share offered for storage failed verification; nothing was written."""
+
+    retryable = False
+
+    def __init__(self, pack: bytes, index: int, reason: str) -> None:
+        super().__init__(
+            f"share {index} of pack {bytes(pack).hex()[:16]} rejected: {reason}",
+            hint="the sender's copy is corrupt or mislabelled: rebuild the share and send it again",
+        )
+        self.pack = bytes(pack)
+        self.index = index
+        self.reason = reason

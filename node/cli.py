@@ -14,15 +14,19 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager as ContextManager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from corestate.node import keystore
 from corestate.node.home import Home, default_home
 from corestate.node.local import LocalNode
 
 from corestate.errors import CoreStateError
+
+if TYPE_CHECKING:
+    from corestate.node.runtime.port import MeshPort
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INCOMPLETE = 0, 1, 2, 3
 
@@ -40,35 +44,72 @@ def _human(n: float) -> str:
 
 
 class Out:
-    """Where words and JSON go."""
+    """Where words, JSON and progress go: this terminal, or a CLI client of the daemon.
 
-    def __init__(self, as_json: bool) -> None:
+    ``write(fd, text)`` carries text (fd 1 or 2); ``progress(label, done, total, unit)``,
+    when set, carries progress to a client that draws the bar itself.
+    """
+
+    def __init__(self, as_json: bool, *, write: Callable[[int, str], None] | None = None,
+                 tty: bool | None = None,
+                 progress: Callable[[str, int, int, str], None] | None = None) -> None:
         self.json = as_json
-        self.tty = sys.stderr.isatty() and not as_json
+        self._write = write or _write_local
+        self.tty = (sys.stderr.isatty() if tty is None else tty) and not as_json
+        self.progress = progress
 
     def say(self, text: str = "") -> None:
         if not self.json:
-            print(text, flush=True)
+            self._write(1, text + "\n")
 
     def warn(self, text: str) -> None:
-        print(f"warning: {text}", file=sys.stderr, flush=True)
+        self._write(2, f"warning: {text}\n")
+
+    def error(self, text: str) -> None:
+        self._write(2, text + "\n")
 
     def obj(self, obj: Any) -> None:
-        print(json.dumps(obj, sort_keys=True), flush=True)
+        self._write(1, json.dumps(obj, sort_keys=True) + "\n")
+
+
+def _write_local(fd: int, text: str) -> None:
+    stream = sys.stdout if fd == 1 else sys.stderr
+    stream.write(text)
+    stream.flush()
+
+
+Bar = Callable[[], tuple[str, int, "int | None", str]]  # description, done, total, detail
 
 
 @contextmanager
-def _ticker(out: Out, status: Callable[[], dict[str, Any]],
-            render: Callable[[Any, dict], None] | None) -> Iterator[None]:
-    """Progress while a block runs: a rich bar with ETA on a terminal, JSON status lines
-    every second with --json, nothing otherwise."""
+def _ticker(out: Out, status: Callable[[], dict[str, Any]], bar: Bar | None) -> Iterator[None]:
+    """Progress while a block runs: a rich bar with ETA on a terminal (drawn here, or by
+    the CLI client when the daemon runs the command), JSON status lines every second with
+    --json, nothing otherwise."""
     if out.json:
         with _every(1.0, lambda: out.obj({"type": "status", **status()})):
             yield
         return
-    if not out.tty or render is None:
+    if not out.tty or bar is None:
         yield
         return
+    if out.progress is not None:
+        send = out.progress
+
+        def tick() -> None:
+            desc, done, total, detail = bar()
+            send(f"{desc}  {detail}".strip(), done, -1 if total is None else total, "B")
+        with _every(0.25, tick):
+            yield
+        return
+    with progress_bar() as update, _every(0.2, lambda: update(*bar())):
+        yield
+
+
+@contextmanager
+def progress_bar() -> Iterator[Callable[[str, int, int | None, str], None]]:
+    """A rich progress bar with rate and ETA on stderr; yields its update function."""
+    from rich.console import Console
     from rich.progress import (
         BarColumn,
         Progress,
@@ -81,11 +122,14 @@ def _ticker(out: Out, status: Callable[[], dict[str, Any]],
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
         TextColumn("{task.fields[detail]}"), TransferSpeedColumn(), TimeElapsedColumn(),
-        TextColumn("ETA"), TimeRemainingColumn(), transient=True,
+        TextColumn("ETA"), TimeRemainingColumn(), transient=True, console=Console(stderr=True),
     )
     task = progress.add_task("working", total=None, detail="")
-    with progress, _every(0.2, lambda: render(progress, {"task": task, **status()})):
-        yield
+
+    def update(desc: str, done: int, total: int | None, detail: str) -> None:
+        progress.update(task, description=desc, completed=done, total=total, detail=detail)
+    with progress:
+        yield update
 
 
 @contextmanager
@@ -109,14 +153,31 @@ def _passphrase(args: argparse.Namespace, confirm: bool = False) -> bytes:
     return keystore.read_passphrase(getattr(args, "passphrase_file", None), confirm=confirm)
 
 
-def _open(args: argparse.Namespace) -> LocalNode:
+def _open(args: argparse.Namespace, out: Out | None = None) -> ContextManager[LocalNode]:
+    """The node: the daemon's (already open, not closed here) or opened now under the
+    home lock."""
+    daemon = getattr(args, "daemon", None)
+    if daemon is not None:
+        return nullcontext(daemon.node)
     home = Home(args.home)
     home.require()
     node = LocalNode.open(home, _passphrase(args))
+    args.opened_node = node
     for pid, reason in node.problems:
-        print(f"warning: pack {pid.hex()[:16]} could not be read: {reason} "
-              "(run `corestate check`)", file=sys.stderr)
+        msg = f"pack {pid.hex()[:16]} could not be read: {reason} (run `corestate check`)"
+        if out is not None:
+            out.warn(msg)
+        else:
+            print(f"warning: {msg}", file=sys.stderr)
     return node
+
+
+def _port(args: argparse.Namespace) -> MeshPort | None:
+    """The way to the mesh: the daemon's, or a transient host started on first use."""
+    daemon = getattr(args, "daemon", None)
+    if daemon is not None:
+        return cast("MeshPort", daemon.port())
+    return getattr(args, "mesh_port", None)
 
 
 # -- commands ---------------------------------------------------------------------------
@@ -239,7 +300,7 @@ def _scan_totals(paths: list[Path], stats: Any, stop: threading.Event) -> None:
 
 def cmd_backup(args: argparse.Namespace, out: Out) -> int:
     from corestate.node.engine.backup import Backup, BackupStats
-    with _open(args) as node:
+    with _open(args, out) as node:
         paths = [Path(p) for p in (args.paths or node.cfg.paths)]
         if not paths:
             raise CoreStateError("nothing to back up",
@@ -260,15 +321,15 @@ def cmd_backup(args: argparse.Namespace, out: Out) -> int:
                     "bytes_added": stats.bytes_added, "total_bytes": stats.estimate_bytes,
                     "current": _fs(stats.current)}
 
-        def render(progress: Any, s: dict) -> None:
-            progress.update(s["task"], description="backup", completed=stats.bytes_total,
-                            total=stats.estimate_bytes,
-                            detail=f"{stats.files} files, +{_human(stats.bytes_added)}")
+        def bar() -> tuple[str, int, int | None, str]:
+            return ("backup", stats.bytes_total, stats.estimate_bytes or None,
+                    f"{stats.files} files, +{_human(stats.bytes_added)}")
         try:
-            with _ticker(out, status, render):
+            with _ticker(out, status, bar):
                 result = engine.run(paths)
         finally:
             stop.set()
+        pushed = _push(args, node, out)
     st = result.stats
     for path, msg in st.errors:
         out.warn(f"{_fs(path)}: {msg} (not backed up)")
@@ -277,7 +338,7 @@ def cmd_backup(args: argparse.Namespace, out: Out) -> int:
     for path, msg in st.warnings:
         if out.tty or args.verbose:
             out.warn(f"{_fs(path)}: {msg}")
-    code = EXIT_INCOMPLETE if st.errors else EXIT_OK
+    code = EXIT_INCOMPLETE if st.errors or (pushed is not None and not pushed.safe) else EXIT_OK
     rate = st.bytes_total / result.seconds / 1e6 if result.seconds else 0.0
     if out.json:
         out.obj({
@@ -288,6 +349,7 @@ def cmd_backup(args: argparse.Namespace, out: Out) -> int:
             "torn_files": len(st.torn), "snapshot_provider": result.snapshot.provider,
             "paths_visited": st.paths_visited,
             "seconds": round(result.seconds, 3), "complete": code == EXIT_OK,
+            "mesh": _push_json(pushed),
         })
         return code
     out.say(f"snapshot {result.snapshot_id.hex()[:8]} saved ({result.snapshot.provider} snapshot)")
@@ -296,11 +358,62 @@ def cmd_backup(args: argparse.Namespace, out: Out) -> int:
     out.say(f"  read {_human(st.bytes_read)}, added {_human(st.bytes_added)} to the store")
     if st.errors:
         out.say(f"  INCOMPLETE: {len(st.errors)} path(s) could not be read (listed above)")
+    if pushed is not None:
+        _say_push(out, pushed)
     return code
 
 
+def _push(args: argparse.Namespace, node: LocalNode, out: Out) -> Any:
+    """On a mesh node, spread the new packs over peers; None on a standalone node."""
+    from corestate.node.runtime import meshops
+    if not meshops.is_mesh_node(node):
+        if args.k or args.n:
+            out.warn("--k/--n ignored: this node has no trusted peers (`corestate peer add`)")
+        return None
+    port = _port(args)
+    if port is None:
+        raise CoreStateError("this node has peers but no way to reach them", hint="report this as a bug")
+    from corestate.node.runtime.mesh import Progress
+    prog = Progress()
+
+    def bar() -> tuple[str, int, int | None, str]:
+        return ("shares", prog.done, prog.total or None, "packs coded and placed")
+    with _ticker(out, lambda: {"packs_placed": prog.done, "packs": prog.total}, bar):
+        return meshops.push(node, port, k=args.k or 0, n=args.n or 0, progress=prog)
+
+
+def _push_json(res: Any) -> Any:
+    if res is None:
+        return None
+    rep = res.report
+    return {
+        "k": res.k, "n": res.n, "peers_online": res.online, "peers_offline": res.offline,
+        "packs_uploaded": res.uploaded, "local_copies_dropped": res.dropped_local,
+        "share_bytes": rep.share_bytes if rep else 0, "seconds": round(rep.seconds, 3) if rep else 0,
+        "degraded": [{"pack": p.hex(), "placed": placed, "k": k, "n": n} for p, placed, k, n in res.degraded],
+        "problems": res.problems, "safe": res.safe,
+    }
+
+
+def _say_push(out: Out, res: Any) -> None:
+    from corestate.node.runtime.meshops import describe_degraded, short
+    rep = res.report
+    if rep is not None:
+        out.say(f"  mesh: {res.uploaded} pack(s) coded k={res.k} n={res.n} onto "
+                f"{len(res.online)} peer(s) ({_human(rep.share_bytes)} of shares in {rep.seconds:.1f}s)")
+    if res.offline:
+        out.say(f"  peers offline: {', '.join(short(p) for p in res.offline)}")
+    for line in res.problems:
+        out.warn(line)
+    for line in describe_degraded(res):
+        out.warn(line)
+    if not res.safe:
+        out.say("  DEGRADED: not every pack has all its shares on peers; "
+                "run the backup again when more peers are online")
+
+
 def cmd_snapshots(args: argparse.Namespace, out: Out) -> int:
-    with _open(args) as node:
+    with _open(args, out) as node:
         snaps = node.repo.snapshots()
     if out.json:
         out.obj([{
@@ -324,7 +437,7 @@ def cmd_snapshots(args: argparse.Namespace, out: Out) -> int:
 
 def cmd_ls(args: argparse.Namespace, out: Out) -> int:
     from corestate.node.engine.inspect import find
-    with _open(args) as node:
+    with _open(args, out) as node:
         snap = node.repo.resolve(args.snapshot)
         start = os.fsencode(args.path.rstrip("/")) if args.path and args.path != "/" else b""
         tree, top = find(node.repo, snap, start)
@@ -348,7 +461,7 @@ def cmd_ls(args: argparse.Namespace, out: Out) -> int:
 
 def cmd_restore(args: argparse.Namespace, out: Out) -> int:
     from corestate.node.engine.restore import Restore, RestoreStats
-    with _open(args) as node:
+    with _open(args, out) as node:
         snap = node.repo.resolve(args.snapshot)
         stats = RestoreStats()
         includes = [os.fsencode("/" + p.strip("/")) for p in args.path or []]
@@ -358,11 +471,17 @@ def cmd_restore(args: argparse.Namespace, out: Out) -> int:
             return {"files": stats.files, "files_total": stats.files_total,
                     "bytes_written": stats.bytes_written, "bytes_total": stats.bytes_total}
 
-        def render(progress: Any, s: dict) -> None:
-            progress.update(s["task"], description="restore", completed=stats.bytes_written,
-                            total=stats.bytes_total or None, detail=f"{stats.files}/{stats.files_total} files")
-        with _ticker(out, status, render):
-            Restore(node.repo, stats=stats).run(snap, Path(args.target), includes, dry_run=args.dry_run)
+        def bar() -> tuple[str, int, int | None, str]:
+            return ("restore", stats.bytes_written, stats.bytes_total or None,
+                    f"{stats.files}/{stats.files_total} files")
+        fetched = [] if args.dry_run else _fetch(args, node, out, snap, includes)
+        try:
+            with _ticker(out, status, bar):
+                Restore(node.repo, stats=stats).run(snap, Path(args.target), includes, dry_run=args.dry_run)
+        finally:
+            if fetched:
+                from corestate.node.runtime.meshops import drop_fetched
+                drop_fetched(node, fetched)
         secs = time.monotonic() - t0
     for path, msg in stats.errors:
         out.warn(f"{_fs(path)}: {msg}")
@@ -382,9 +501,33 @@ def cmd_restore(args: argparse.Namespace, out: Out) -> int:
     return code
 
 
+def _fetch(args: argparse.Namespace, node: LocalNode, out: Out, snap: Any, includes: list[bytes]) -> list[bytes]:
+    """Bring back from peers the packs of ``snap`` that live only there."""
+    from corestate.node.runtime import meshops
+    remote = node.ledger.remote_only()
+    if not remote:
+        return []
+    need = meshops.packs_of(node, snap, includes or None) & remote
+    if not need:
+        return []
+    port = _port(args)
+    if port is None:
+        raise CoreStateError("this snapshot's data is on peers, and no way to reach them is open",
+                             hint="report this as a bug")
+    prog = [0, len(need), 0]
+
+    def bar() -> tuple[str, int, int | None, str]:
+        return ("fetch", prog[2], None, f"{prog[0]}/{prog[1]} packs from peers")
+
+    def update(done: int, total: int, nbytes: int) -> None:
+        prog[:] = [done, total, nbytes]
+    with _ticker(out, lambda: {"packs_fetched": prog[0], "packs": prog[1], "bytes_fetched": prog[2]}, bar):
+        return meshops.fetch(node, port, need, progress=update)
+
+
 def cmd_diff(args: argparse.Namespace, out: Out) -> int:
     from corestate.node.engine.inspect import diff
-    with _open(args) as node:
+    with _open(args, out) as node:
         a, b = node.repo.resolve(args.a), node.repo.resolve(args.b)
         changes = list(diff(node.repo, a.record.tree, b.record.tree))
     if out.json:
@@ -400,24 +543,45 @@ def cmd_diff(args: argparse.Namespace, out: Out) -> int:
 def cmd_check(args: argparse.Namespace, out: Out) -> int:
     from corestate.node.engine.inspect import check
     done = [0, 0]
-    with _open(args) as node:
-        def render(progress: Any, s: dict) -> None:
-            progress.update(s["task"], description="check", completed=done[0], total=done[1] or None,
-                            detail="packs")
+    with _open(args, out) as node:
+        def bar() -> tuple[str, int, int | None, str]:
+            return ("check", done[0], done[1] or None, "packs")
         if args.rebuild_index:
             problems = node.repo.rebuild_index()
             out.say(f"index rebuilt from {len(node.repo.packs())} packs")
             for pid, reason in problems:
                 out.warn(f"pack {pid.hex()[:16]} could not be read: {reason}")
-        with _ticker(out, lambda: {"packs_done": done[0], "packs": done[1]}, render):
+        with _ticker(out, lambda: {"packs_done": done[0], "packs": done[1]}, bar):
             report = check(node.repo, read_data=args.read_data,
-                           progress=lambda n, t: done.__setitem__(slice(0, 2), [n, t]))
+                           progress=lambda n, t: done.__setitem__(slice(0, 2), [n, t]),
+                           remote=node.ledger.remote_only())
+        survey = None
+        from corestate.node.runtime import meshops
+        port = _port(args)
+        if port is not None and (meshops.is_mesh_node(node) or node.ledger.remote_only()):
+            survey = meshops.survey(node, port)
+    mesh_bad = survey is not None and any(
+        t["at-risk"] or t["degraded"] for _, t in survey.per_snapshot)
     if out.json:
-        out.obj({"type": "summary", "ok": report.ok, "packs": report.packs, "blobs": report.blobs,
+        out.obj({"type": "summary", "ok": report.ok and not mesh_bad, "packs": report.packs, "blobs": report.blobs,
                  "snapshots": report.snapshots, "trees": report.trees, "bytes_read": report.bytes_read,
+                 "packs_on_peers_only": report.remote,
                  "damage": [{"what": d.what, "id": d.id.hex(), "reason": d.reason, "files": d.files}
-                            for d in report.damage]})
-        return EXIT_OK if report.ok else EXIT_FAIL
+                            for d in report.damage],
+                 "mesh": None if survey is None else {
+                     "shares": survey.shares,
+                     "bad_holders": survey.bad_holders,
+                     "snapshots": [{"id": sn.id.hex(), **t} for sn, t in survey.per_snapshot]}})
+        if not report.ok:
+            return EXIT_FAIL
+        return EXIT_INCOMPLETE if mesh_bad else EXIT_OK
+    if survey is not None:
+        _say_survey(out, survey)
+        if report.ok and mesh_bad:
+            out.say(f"checked {report.packs} packs ({report.remote} on peers only), {report.blobs} blobs, "
+                    f"{report.trees} trees, {report.snapshots} snapshots")
+            out.say("local store intact; some packs are below full redundancy on the mesh (see above)")
+            return EXIT_INCOMPLETE
     out.say(f"checked {report.packs} packs, {report.blobs} blobs, {report.trees} trees, "
             f"{report.snapshots} snapshots" + (f", read {_human(report.bytes_read)}" if args.read_data else ""))
     if report.ok:
@@ -436,9 +600,20 @@ def cmd_check(args: argparse.Namespace, out: Out) -> int:
     return EXIT_FAIL
 
 
+def _say_survey(out: Out, survey: Any) -> None:
+    from corestate.node.runtime.meshops import short
+    sh = survey.shares
+    out.say("mesh: shares " + ", ".join(f"{sh.get(k, 0)} {k}" for k in ("ok", "missing", "corrupt", "unreachable")))
+    for peer, problems in survey.bad_holders.items():
+        out.warn(f"peer {short(peer)} ({peer}): {len(problems)} bad share(s), e.g. {problems[0]}")
+    out.say(f"{'SNAPSHOT':<9} {'FULL':>6} {'DEGRADED':>9} {'AT-RISK':>8} {'LOCAL':>6}  (packs)")
+    for snap, t in survey.per_snapshot:
+        out.say(f"{snap.short_id:<9} {t['full']:>6} {t['degraded']:>9} {t['at-risk']:>8} {t['local-only']:>6}")
+
+
 def cmd_stats(args: argparse.Namespace, out: Out) -> int:
     from corestate.node.engine.inspect import stats
-    with _open(args) as node:
+    with _open(args, out) as node:
         s: dict[str, Any] = {**stats(node.repo), "peer_id": node.keys.peer_id}
     if out.json:
         out.obj(s)
@@ -450,6 +625,136 @@ def cmd_stats(args: argparse.Namespace, out: Out) -> int:
     if s["latest_bytes"]:
         out.say(f"latest         {s['latest_files']} files, {_human(s['latest_bytes'])}")
         out.say(f"ratio          {s['store_bytes'] / max(1, s['unique_bytes']):.2f} stored/unique")
+    return EXIT_OK
+
+
+def cmd_node_run(args: argparse.Namespace, out: Out) -> int:
+    import logging
+
+    import trio
+    from corestate.node.runtime.client import connect
+    from corestate.node.runtime.daemon import run_daemon
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    home = Home(args.home)
+    home.require()
+    s = connect(home.path)
+    if s is not None:
+        s.close()
+        from corestate.node.errors import HomeBusy
+        raise HomeBusy(str(home.path))
+    passphrase = _passphrase(args)
+
+    def ready(node: LocalNode, addrs: list[str]) -> None:
+        # One line a script can wait for; the addresses are also in `node info`.
+        out.say(f"ready {node.keys.peer_id} " + " ".join(addrs))
+    return int(trio.run(lambda: run_daemon(home, passphrase, args.listen or None, ready=ready)))
+
+
+def cmd_node_info(args: argparse.Namespace, out: Out) -> int:
+    daemon = getattr(args, "daemon", None)
+    if daemon is None:
+        raise CoreStateError(f"no daemon runs for the home {Home(args.home).path}",
+                             hint="start one with `corestate node run` (it runs in the foreground)")
+    node, mesh = daemon.node, daemon.mesh
+    addrs = mesh.host.addrs()
+    vault = mesh.vault.stats()
+    info = {"peer_id": node.keys.peer_id, "addrs": addrs, "home": str(node.home.path),
+            "uptime_s": round(time.time() - daemon.started, 1),
+            "connected": mesh.host.connected_peers(), "held_for_peers": vault}
+    if out.json:
+        out.obj(info)
+        return EXIT_OK
+    out.say(f"peer id   {info['peer_id']}")
+    for a in addrs:
+        out.say(f"address   {a}")
+    out.say(f"home      {info['home']}")
+    out.say(f"uptime    {info['uptime_s']:.0f}s, {len(info['connected'])} peer(s) connected")
+    out.say(f"holding   {vault.get('shares', 0)} share(s), {_human(vault.get('bytes', 0))} for "
+            f"{vault.get('senders', 0)} peer(s)")
+    return EXIT_OK
+
+
+def cmd_peer_add(args: argparse.Namespace, out: Out) -> int:
+    from corestate.node.peers import split_peer_addr
+    peer, transport = split_peer_addr(args.addr)
+    domains = [d for d in (args.domain or "").split("/") if d]
+    with _open(args, out) as node:
+        if peer == node.keys.peer_id:
+            raise CoreStateError("that is this node's own address", hint="add the address of another node")
+        node.book.add(peer, [transport] if transport else [], trusted=True, domains=domains or None)
+        daemon = getattr(args, "daemon", None)
+        reachable = None
+        if daemon is not None:
+            daemon.mesh.vault.set_quota(peer, node.cfg.quota_per_peer)
+            from corestate.protocol import messages as m
+            try:
+                daemon.port().call(lambda mesh: mesh.request(peer, m.Capacity(), timeout=5.0))
+                reachable = True
+            except CoreStateError:
+                reachable = False
+    if out.json:
+        out.obj({"peer": peer, "addrs": [transport] if transport else [], "trusted": True,
+                 "domains": domains, "reachable": reachable})
+        return EXIT_OK
+    out.say(f"added peer {peer} (trusted: shares of this node may go there; it may store "
+            f"shares here up to [mesh] quota_per_peer)")
+    if reachable is True:
+        out.say("  reachable now")
+    elif reachable is False:
+        out.say("  not reachable now; kept, and tried again at every backup")
+    return EXIT_OK
+
+
+def cmd_peer_remove(args: argparse.Namespace, out: Out) -> int:
+    with _open(args, out) as node:
+        entry = node.book.get(args.peer) or next(
+            (e for e in node.book.all() if e.peer.endswith(args.peer)), None)
+        if entry is None:
+            raise CoreStateError(f"no peer {args.peer} in the address book", hint="`corestate peer list` shows them")
+        node.book.remove(entry.peer)
+        held = node.ledger.peers().get(entry.peer)
+        daemon = getattr(args, "daemon", None)
+        if daemon is not None:
+            daemon.mesh.vault.set_quota(entry.peer, None)
+    out.say(f"removed peer {entry.peer}")
+    if held:
+        out.warn(f"it still holds {held[0]} share(s) of this node; they count until the next "
+                 "repair places them elsewhere")
+    if out.json:
+        out.obj({"removed": entry.peer})
+    return EXIT_OK
+
+
+def cmd_peer_list(args: argparse.Namespace, out: Out) -> int:
+    from corestate.node.runtime.meshops import short
+    with _open(args, out) as node:
+        entries = node.book.all()
+        held = node.ledger.peers()
+        daemon = getattr(args, "daemon", None)
+        connected = set(daemon.mesh.host.connected_peers()) if daemon is not None else None
+        here = {p: daemon.mesh.vault.used(p) for p in (e.peer for e in entries)} if daemon is not None else {}
+    rows = [{
+        "peer": e.peer, "addrs": e.addrs, "trusted": e.trusted, "source": e.source,
+        "domains": e.domains, "seen_ns": e.seen_ns,
+        "connected": None if connected is None else e.peer in connected,
+        "shares_held_for_us": held.get(e.peer, (0, 0))[0], "bytes_held_for_us": held.get(e.peer, (0, 0))[1],
+        "bytes_we_hold": here.get(e.peer),
+    } for e in entries]
+    if out.json:
+        out.obj(rows)
+        return EXIT_OK
+    if not rows:
+        out.say("no peers yet: `corestate peer add /ip4/…/tcp/…/p2p/<id>` (see `corestate node info` on the other node)")
+        return EXIT_OK
+    out.say(f"{'PEER':<10} {'TRUST':<8} {'ONLINE':<7} {'SHARES':>7} {'HELD':>10}  ADDRESS")
+    for r in rows:
+        online = "-" if r["connected"] is None else ("yes" if r["connected"] else "no")
+        trust = "trusted" if r["trusted"] else r["source"]
+        out.say(f"{short(r['peer']):<10} {trust:<8} {online:<7} {r['shares_held_for_us']:>7} "
+                f"{_human(r['bytes_held_for_us']):>10}  {(r['addrs'] or ['?'])[0]}")
+    if connected is None:
+        out.say("(online status: only a running daemon knows; `corestate node run`)")
     return EXIT_OK
 
 
@@ -516,6 +821,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--exclude", action="append", metavar="PATTERN",
                     help="skip paths matching PATTERN (gitignore syntax, relative to each PATH); repeatable")
     sp.add_argument("-v", "--verbose", action="store_true", help="also list skipped special files")
+    sp.add_argument("--k", type=int, default=0, metavar="K",
+                    help="mesh: shares needed to rebuild a pack (default: [mesh] k, or ceil(n/2))")
+    sp.add_argument("--n", type=int, default=0, metavar="N",
+                    help="mesh: shares per pack, each on a different peer "
+                         "(default: [mesh] n, or min(4, trusted peers online))")
 
     add("snapshots", cmd_snapshots, "list the snapshots")
 
@@ -542,6 +852,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("stats", cmd_stats, "sizes and counts of the store")
 
+    nodep = sub.add_parser("node", help="run this node as a daemon, or ask the running one",
+                           description="the node daemon: serves shares to peers, runs scheduled "
+                                       "backups, and runs the commands of this CLI while it is up")
+    nsub = nodep.add_subparsers(dest="node_command", metavar="COMMAND")
+    np_ = nsub.add_parser("run", help="run the daemon in the foreground (logs to stderr; stop with Ctrl-C or SIGTERM)")
+    np_.set_defaults(fn=cmd_node_run)
+    np_.add_argument("--listen", action="append", metavar="MULTIADDR",
+                     help="listen here, e.g. /ip4/0.0.0.0/tcp/4001 (repeatable; default: [mesh] listen, "
+                          "else an ephemeral port on all interfaces)")
+    np_.add_argument("--passphrase-file", metavar="F", help="read the passphrase from the first line of F")
+    np_.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    np_.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    ni = nsub.add_parser("info", help="the running daemon's PeerID and listen addresses (fails if none runs)")
+    ni.set_defaults(fn=cmd_node_info)
+    ni.add_argument("--json", action="store_true", help="machine-readable output")
+
+    peerp = sub.add_parser("peer", help="the peers this node trusts with its shares")
+    psub = peerp.add_subparsers(dest="peer_command", metavar="COMMAND")
+    pa = psub.add_parser("add", help="trust a peer: its address ends in /p2p/<peer id> (`corestate node info` there)")
+    pa.set_defaults(fn=cmd_peer_add)
+    pa.add_argument("addr", metavar="MULTIADDR")
+    pa.add_argument("--domain", metavar="SITE/HOST",
+                    help="failure-domain labels: shares of a pack spread over distinct sites, then hosts")
+    pl = psub.add_parser("list", help="known peers: trusted ones and those seen on the LAN")
+    pl.set_defaults(fn=cmd_peer_list)
+    pr = psub.add_parser("remove", help="stop trusting a peer")
+    pr.set_defaults(fn=cmd_peer_remove)
+    pr.add_argument("peer", metavar="PEER", help="its PeerID (or the end of it, as `peer list` shows)")
+    for spx in (pa, pl, pr):
+        spx.add_argument("--passphrase-file", metavar="F", help="read the passphrase from the first line of F")
+        spx.add_argument("--json", action="store_true", help="machine-readable output")
+
     sp = add("demo", cmd_demo, "a guided run: back up a sample tree, change it, restore and verify",
              key=False)
     sp.add_argument("--dir", type=Path, help="work in DIR instead of a temporary folder")
@@ -549,10 +891,68 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Commands a running daemon executes for the CLI; the others run here.
+ROUTED = {"backup", "snapshots", "ls", "restore", "diff", "check", "stats", "peer", "node info"}
+# Commands that may need peers when run without a daemon (a transient host starts lazily).
+NETWORKED = {"backup", "restore", "check", "peer add"}
+
+
+def _command_name(args: argparse.Namespace) -> str:
+    sub = getattr(args, "node_command", None) or getattr(args, "peer_command", None)
+    return f"{args.command} {sub}" if sub else args.command
+
+
+def execute(args: argparse.Namespace, out: Out) -> int:
+    """Run a parsed command; the one place errors become words and exit codes."""
+    try:
+        return int(args.fn(args, out))
+    except CoreStateError as exc:
+        out.error(f"error: {exc}")
+        if exc.hint:
+            out.error(f"hint: {exc.hint}")
+        return EXIT_FAIL
+    except OSError as exc:
+        out.error(f"error: {exc.strerror or exc}: {exc.filename or ''}")
+        return EXIT_FAIL
+
+
+def _remote(args: argparse.Namespace, argv: list[str]) -> int | None:
+    """Hand the command to the daemon of the home, if one runs; None otherwise."""
+    from corestate.node.runtime.client import connect, run_remote
+    s = connect(Path(args.home))
+    if s is None:
+        return None
+    with s, _LazyBar() as bar:
+        return run_remote(s, argv, os.getcwd(), bar.update if sys.stderr.isatty() else None)
+
+
+class _LazyBar:
+    """The client's progress bar, drawn only once the daemon reports progress."""
+
+    def __init__(self) -> None:
+        self._cm: Any = None
+        self._update: Any = None
+
+    def __enter__(self) -> _LazyBar:
+        return self
+
+    def update(self, label: str, done: int, total: int, unit: str) -> None:
+        if self._update is None:
+            self._cm = progress_bar()
+            self._update = self._cm.__enter__()
+        self._update(label, done, None if total < 0 else total, "")
+
+    def __exit__(self, *exc: object) -> None:
+        if self._cm is not None:
+            self._cm.__exit__(None, None, None)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "fn", None):
+        if args.command in ("node", "peer", "key"):
+            parser.parse_args([args.command, "--help"])  # prints that command's help, exits 0
         parser.print_help()
         return EXIT_USAGE
     if args.home is None:
@@ -563,19 +963,24 @@ def main(argv: list[str] | None = None) -> int:
     import gc
     gc.freeze()
     gc.set_threshold(100_000, 50, 100)
+    name = _command_name(args)
     try:
-        return int(args.fn(args, out))
-    except CoreStateError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
-        return EXIT_FAIL
+        if name in ROUTED or args.command in ROUTED:
+            code = _remote(args, list(sys.argv[1:] if argv is None else argv))
+            if code is not None:
+                return code
+        if name in NETWORKED:
+            import trio
+            from corestate.node.runtime.port import run_with_transient_mesh
+
+            def work(port: MeshPort) -> int:
+                args.mesh_port = port
+                return execute(args, out)
+            return int(trio.run(run_with_transient_mesh, lambda: getattr(args, "opened_node", None), work))
+        return execute(args, out)
     except KeyboardInterrupt:
         print("interrupted; what was stored so far is kept and reused next time", file=sys.stderr)
         return 130
-    except OSError as exc:
-        print(f"error: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
-        return EXIT_FAIL
 
 
 if __name__ == "__main__":

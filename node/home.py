@@ -50,6 +50,24 @@ compression_level = 3
 [store]
 # The local pack store. Put it on another disk with an absolute path.
 path = "store"
+
+[mesh]
+# Multiaddrs the daemon listens on; empty: an ephemeral TCP port on all interfaces.
+listen = []
+# Erasure code: any k of n shares rebuild a pack. 0 = automatic: n = min(4, trusted
+# peers online), k = ceil(n / 2). `corestate backup --k K --n N` overrides per backup.
+k = 0
+n = 0
+# What each trusted peer may store on this node, and all other peers together.
+quota_per_peer = "64 GiB"
+global_quota = "64 MiB"
+# Find peers on the LAN (they are listed, not trusted: `corestate peer add` trusts).
+mdns = true
+peer_timeout = 20
+
+[schedule]
+# The daemon backs up [backup] paths this often ("30m", "6h", "1d"); 0 = never.
+backup_every = 0
 """
 
 
@@ -70,6 +88,16 @@ class Config:
     pack_size: int = 16 << 20
     compression_level: int = 3
     store_path: str = "store"
+    # [mesh]
+    listen: list[str] = field(default_factory=list)  # empty: an ephemeral port on all interfaces
+    k: int = 0  # 0: ceil(n / 2)
+    n: int = 0  # 0: min(4, trusted peers online)
+    quota_per_peer: int = 64 << 30  # what each trusted peer may store here
+    global_quota: int = 64 << 20  # what all other peers together may store here
+    mdns: bool = True
+    peer_timeout: float = 20.0
+    # [schedule]
+    backup_every: float = 0.0  # seconds; 0 = no scheduled backups
 
     @classmethod
     def load(cls, path: Path) -> Config:
@@ -90,15 +118,53 @@ class Config:
             cfg.pack_size = int(p.get("pack_size", cfg.pack_size))
             cfg.compression_level = int(p.get("compression_level", cfg.compression_level))
             cfg.store_path = str(s.get("path", cfg.store_path))
-        except (TypeError, ValueError, AttributeError) as exc:
+            mesh, sched = raw.get("mesh", {}), raw.get("schedule", {})
+            cfg.listen = [str(x) for x in mesh.get("listen", [])]
+            cfg.k = int(mesh.get("k", 0))
+            cfg.n = int(mesh.get("n", 0))
+            cfg.quota_per_peer = _size(mesh.get("quota_per_peer", cfg.quota_per_peer))
+            cfg.global_quota = _size(mesh.get("global_quota", cfg.global_quota))
+            cfg.mdns = bool(mesh.get("mdns", True))
+            cfg.peer_timeout = float(mesh.get("peer_timeout", cfg.peer_timeout))
+            cfg.backup_every = _duration(sched.get("backup_every", 0))
+        except (TypeError, ValueError, AttributeError, KeyError) as exc:
             raise ConfigError(str(path), f"bad value: {exc}")
         if not (64 <= cfg.min_size <= cfg.avg_size <= cfg.max_size <= 16 << 20):
             raise ConfigError(str(path), "chunking needs 64 <= min_size <= avg_size <= max_size <= 16 MiB")
         if not (1 << 20 <= cfg.pack_size <= 256 << 20):
             raise ConfigError(str(path), "pack_size must be between 1 MiB and 256 MiB")
+        if (cfg.n and not 1 <= cfg.n <= 255) or (cfg.k and not 1 <= cfg.k <= (cfg.n or 255)):
+            raise ConfigError(str(path), "[mesh] needs 1 <= k <= n <= 255 (0 = automatic)")
+        if not 1 <= cfg.peer_timeout <= 600:
+            raise ConfigError(str(path), "[mesh] peer_timeout must be between 1 and 600 seconds")
         if not (-7 <= cfg.compression_level <= 22):
             raise ConfigError(str(path), "compression_level must be between -7 and 22")
         return cfg
+
+
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def _size(v: object) -> int:
+    """``123``, ``"64 MiB"``, ``"10G"`` -> bytes."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v
+    s = str(v).strip().lower().replace(" ", "").removesuffix("b").removesuffix("i")
+    num = s.rstrip("kmgt")
+    return int(float(num) * _UNITS[s[len(num):]])
+
+
+def _duration(v: object) -> float:
+    """``3600``, ``"90s"``, ``"15m"``, ``"6h"``, ``"1d"`` -> seconds."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return float(v)
+    s = str(v).strip().lower()
+    mult = {"s": 1, "m": 60, "h": 3600, "d": 86400}.get(s[-1:])
+    return float(s[:-1]) * mult if mult else float(s)
+
+
+def parse_duration(v: str) -> float:
+    return _duration(v)
 
 
 class Home:

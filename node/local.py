@@ -11,15 +11,19 @@ from pathlib import Path
 
 from corestate.node import keystore
 from corestate.node.engine.repo import Repository
-from corestate.node.engine.store import LocalPackStore
+from corestate.node.engine.store import LocalPackStore, StagingPackStore
 from corestate.node.errors import HomeBusy, StoreError
 from corestate.node.home import Config, Home
+from corestate.node.ledger import Ledger
+from corestate.node.peers import AddressBook
 from corestate.protocol.keys import NodeKeys
 
 
 class LocalNode:
-    def __init__(self, home: Home, cfg: Config, keys: NodeKeys, repo: Repository) -> None:
+    def __init__(self, home: Home, cfg: Config, keys: NodeKeys, repo: Repository,
+                 ledger: Ledger, book: AddressBook) -> None:
         self.home, self.cfg, self.keys, self.repo = home, cfg, keys, repo
+        self.ledger, self.book = ledger, book
 
     @classmethod
     def open(cls, home: Home, passphrase: bytes) -> LocalNode:
@@ -29,14 +33,16 @@ class LocalNode:
             cfg = home.config()
             root = keystore.unseal(home.key_path.read_bytes(), passphrase)
             keys = NodeKeys.from_root(root)
-            store = LocalPackStore(home.store_dir(cfg))
+            ledger = Ledger(str(home.path / "mesh.db"))
+            book = AddressBook(home.path / "peers.db")
+            store = StagingPackStore(home.store_dir(cfg), ledger.remote_only)
             try:
                 store.create()
             except OSError as exc:
                 raise StoreError(f"cannot create the store at {store.root}: {exc.strerror}",
                                  hint="check config.toml [store] path and its permissions")
             repo = Repository(keys, store, str(home.db_path))
-            node = cls(home, cfg, keys, repo)
+            node = cls(home, cfg, keys, repo, ledger, book)
             node.problems = repo.sync()
             return node
         except BaseException:
@@ -47,6 +53,8 @@ class LocalNode:
 
     def close(self) -> None:
         self.repo.close()
+        self.ledger.close()
+        self.book.close()
         self.home.unlock()
 
     def __enter__(self) -> LocalNode:
@@ -58,6 +66,11 @@ class LocalNode:
     def skip_dirs(self) -> list[Path]:
         """Never back these up: the node's own home and store."""
         return [self.home.path, self.home.store_dir(self.cfg)]
+
+    def metadata_packs(self) -> set[bytes]:
+        """Packs holding trees or snapshot records: kept locally as a cache even when
+        their shares are on peers, so listing and planning need no network."""
+        return {r[0] for r in self.repo.db.execute("SELECT DISTINCT pack FROM blobs WHERE kind != 0")}
 
 
 def init_home(home: Home, root: bytes, passphrase: bytes, *, hsm: tuple[str, str] | None = None) -> NodeKeys:

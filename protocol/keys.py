@@ -101,3 +101,18 @@ def peer_id_from_public_key(public_key: bytes) -> str:
     """
     encoded = b"\x08\x01\x12\x20" + public_key
     return base58btc(b"\x00" + bytes([len(encoded)]) + encoded)
+
+
+def public_key_from_peer_id(peer_id: str) -> bytes | None:
+    """The Ed25519 public key inlined in a PeerID, or None if it is not such a PeerID."""
+    try:
+        n = 0
+        for ch in peer_id:
+            n = n * 58 + _B58.index(ch)
+    except ValueError:
+        return None
+    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    raw = b"\0" * (len(peer_id) - len(peer_id.lstrip("1"))) + raw
+    if len(raw) != 38 or raw[:6] != b"\x00\x24\x08\x01\x12\x20":
+        return None
+    return raw[6:]

@@ -6,7 +6,7 @@ so a person knows what is lost; it never changes the store.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 
 from corestate.node.engine.repo import KIND_CODE, Repository, SnapshotInfo
@@ -31,6 +31,7 @@ class CheckReport:
     snapshots: int = 0
     trees: int = 0
     bytes_read: int = 0
+    remote: int = 0  # packs held only by peers, not read here
     damage: list[Damage] = field(default_factory=list)
 
     @property
@@ -39,7 +40,10 @@ class CheckReport:
 
 
 def check(repo: Repository, *, read_data: bool = False,
-          progress: Callable[[int, int], None] | None = None) -> CheckReport:
+          progress: Callable[[int, int], None] | None = None,
+          remote: Collection[bytes] = ()) -> CheckReport:
+    """Check the store. Packs in ``remote`` live only as shares on peers: they are
+    counted but not read here (the mesh survey checks them at their holders)."""
     report = CheckReport()
     for pid, reason in repo.sync():
         report.damage.append(Damage("pack", pid, f"unreadable: {reason}"))
@@ -57,6 +61,9 @@ def check(repo: Repository, *, read_data: bool = False,
         if progress:
             progress(n, len(packs))
         name = pid.hex()
+        if pid in remote and not getattr(repo.store, "has_local", lambda p: True)(pid):
+            report.remote += 1
+            continue
         try:
             if read_data:
                 data = repo.store.get(pid)

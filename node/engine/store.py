@@ -13,7 +13,7 @@ import errno
 import os
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -149,3 +149,28 @@ class LocalPackStore:
                             os.unlink(e.path)
                             n += 1
         return n
+
+
+class StagingPackStore(LocalPackStore):
+    """The local store of a mesh node.
+
+    Packs are written here first; once their shares are acknowledged by peers, data packs
+    may leave (``remote()`` then names them). ``list`` names both, so the index keeps
+    packs that live only on peers; reading a remote-only pack raises ``PackMissing``
+    until a command fetched it back (``put``) for the time it needs it.
+    """
+
+    def __init__(self, root: Path, remote: Callable[[], set[bytes]]) -> None:
+        super().__init__(root)
+        self.remote = remote
+
+    def list(self) -> Iterator[bytes]:
+        local = set(super().list())
+        yield from local
+        yield from self.remote() - local
+
+    def local_ids(self) -> set[bytes]:
+        return set(super().list())
+
+    def has_local(self, pack_id: bytes) -> bool:
+        return self.path(pack_id).exists()

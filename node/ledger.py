@@ -1,0 +1,138 @@
+"""The share ledger: where every share of this node's packs went, and what is still local.
+
+Role: the durable record behind "tell the truth about where the data is". A share row is
+written only after its holder acknowledged the PUT (the holder checks the share against
+its hash and root before it answers), with the share root recorded at upload, so every
+later GET or audit is checked against what was sent. ``mesh.db`` is sqlite, WAL,
+``synchronous=FULL``: losing a committed row would lose track of data.
+
+Invariants:
+- A pack is *remote-only* (its local copy dropped) only after at least ``n`` distinct
+  shares of it were acknowledged; the local copy is dropped after the row says so.
+- Rows are never rewritten by a peer's word alone: ``forget`` is called when this node
+  decided a holder lost a share (missing or corrupt on a check or a restore).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS shares (
+    pack BLOB NOT NULL, idx INTEGER NOT NULL, peer TEXT NOT NULL, root BLOB NOT NULL,
+    size INTEGER NOT NULL, time_ns INTEGER NOT NULL,
+    PRIMARY KEY (pack, idx, peer)
+);
+CREATE TABLE IF NOT EXISTS coded (
+    pack BLOB PRIMARY KEY, k INTEGER NOT NULL, n INTEGER NOT NULL, size INTEGER NOT NULL,
+    local INTEGER NOT NULL  -- 1 while this node keeps a local copy
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ShareRow:
+    pack: bytes
+    index: int
+    peer: str
+    root: bytes
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class CodedPack:
+    pack: bytes
+    k: int
+    n: int
+    size: int
+    local: bool
+    shares: tuple[ShareRow, ...]
+
+    @property
+    def placed(self) -> int:
+        """Distinct share indexes acknowledged by some holder."""
+        return len({s.index for s in self.shares})
+
+
+class Ledger:
+    def __init__(self, path: str) -> None:
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(SCHEMA)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self.db.close()
+
+    def begin_pack(self, pack: bytes, k: int, n: int, size: int) -> None:
+        """Note that ``pack`` is being coded with (k, n); keeps earlier share rows when the
+        parameters are unchanged (a retry tops up a degraded pack)."""
+        with self._lock:
+            row = self.db.execute("SELECT k, n FROM coded WHERE pack = ?", (pack,)).fetchone()
+            self.db.execute("BEGIN")
+            if row is not None and tuple(row) != (k, n):
+                # New parameters make new shares: the old ones no longer combine with them.
+                self.db.execute("DELETE FROM shares WHERE pack = ?", (pack,))
+            self.db.execute(
+                "INSERT INTO coded(pack, k, n, size, local) VALUES (?, ?, ?, ?, 1) "
+                "ON CONFLICT(pack) DO UPDATE SET k = excluded.k, n = excluded.n, "
+                "size = excluded.size, local = 1", (pack, k, n, size))
+            self.db.execute("COMMIT")
+
+    def record_share(self, pack: bytes, index: int, peer: str, root: bytes, size: int) -> None:
+        with self._lock:
+            self.db.execute(
+                "INSERT OR REPLACE INTO shares VALUES (?, ?, ?, ?, ?, ?)",
+                (pack, index, peer, root, size, time.time_ns()))
+
+    def forget(self, pack: bytes, index: int, peer: str) -> None:
+        with self._lock:
+            self.db.execute("DELETE FROM shares WHERE pack = ? AND idx = ? AND peer = ?",
+                            (pack, index, peer))
+
+    def set_local(self, pack: bytes, local: bool) -> None:
+        with self._lock:
+            self.db.execute("UPDATE coded SET local = ? WHERE pack = ?", (int(local), pack))
+
+    def get(self, pack: bytes) -> CodedPack | None:
+        with self._lock:
+            row = self.db.execute("SELECT k, n, size, local FROM coded WHERE pack = ?", (pack,)).fetchone()
+            if row is None:
+                return None
+            shares = self.db.execute(
+                "SELECT pack, idx, peer, root, size FROM shares WHERE pack = ? ORDER BY idx", (pack,)).fetchall()
+        return CodedPack(pack, row[0], row[1], row[2], bool(row[3]), tuple(ShareRow(*s) for s in shares))
+
+    def all(self) -> dict[bytes, CodedPack]:
+        with self._lock:
+            coded = self.db.execute("SELECT pack, k, n, size, local FROM coded").fetchall()
+            rows = self.db.execute("SELECT pack, idx, peer, root, size FROM shares").fetchall()
+        by_pack: dict[bytes, list[ShareRow]] = {}
+        for r in rows:
+            by_pack.setdefault(r[0], []).append(ShareRow(*r))
+        return {p: CodedPack(p, k, n, size, bool(local), tuple(sorted(by_pack.get(p, []), key=lambda s: s.index)))
+                for p, k, n, size, local in coded}
+
+    def remote_only(self) -> set[bytes]:
+        with self._lock:
+            return {r[0] for r in self.db.execute("SELECT pack FROM coded WHERE local = 0")}
+
+    def peers(self) -> dict[str, tuple[int, int]]:
+        """Per holder: (shares, bytes) it holds for this node."""
+        with self._lock:
+            return {p: (c, b) for p, c, b in self.db.execute(
+                "SELECT peer, COUNT(*), SUM(size) FROM shares GROUP BY peer")}
+
+    def drop_packs(self, packs: Iterable[bytes]) -> None:
+        """Forget packs entirely (they left the repository)."""
+        with self._lock:
+            self.db.execute("BEGIN")
+            for p in packs:
+                self.db.execute("DELETE FROM shares WHERE pack = ?", (p,))
+                self.db.execute("DELETE FROM coded WHERE pack = ?", (p,))
+            self.db.execute("COMMIT")

@@ -1,0 +1,135 @@
+"""The address book: peers this node knows, how to reach them, and which it trusts.
+
+Role: a small cache that survives restarts (``peers.db``, sqlitedict with CBOR — never its
+pickle default, which would run code from bytes a peer influenced). Discovery is not
+trust: a peer found by mDNS is listed with ``trusted = False`` and gets no shares; only
+``corestate peer add`` (or, later, group membership) makes a peer trusted.
+
+Multiaddrs are checked here, with the PeerID they must end in, so a typo is caught when
+the user types it and not at the first backup.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cbor2
+from sqlitedict import SqliteDict
+
+from corestate.errors import CoreStateError
+
+_PEER_ID = re.compile(r"^(12D3Koo[1-9A-HJ-NP-Za-km-z]{44,46}|Qm[1-9A-HJ-NP-Za-km-z]{44})$")
+
+
+class BadAddress(CoreStateError):
+    def __init__(self, addr: str, reason: str) -> None:
+        super().__init__(f"{addr!r} is not a peer address: {reason}",
+                         hint="a peer address looks like /ip4/192.168.1.7/tcp/4001/p2p/12D3KooW...; "
+                              "`corestate node info` on that peer prints its addresses")
+        self.addr = addr
+
+
+def split_peer_addr(addr: str) -> tuple[str, str]:
+    """``/ip4/1.2.3.4/tcp/5/p2p/ID`` -> (ID, ``/ip4/1.2.3.4/tcp/5``)."""
+    parts = addr.strip().split("/")
+    if len(parts) < 3 or parts[0] != "":
+        raise BadAddress(addr, "it must start with / (a multiaddr)")
+    if "p2p" not in parts:
+        raise BadAddress(addr, "it must end with /p2p/<peer id>")
+    i = len(parts) - 1 - parts[::-1].index("p2p")
+    if i != len(parts) - 2:
+        raise BadAddress(addr, "/p2p/<peer id> must come last")
+    peer = parts[-1]
+    if not _PEER_ID.match(peer):
+        raise BadAddress(addr, f"{peer!r} is not a PeerID")
+    transport = "/".join(parts[:i])
+    if transport:
+        t = transport.split("/")
+        if len(t) < 5 or t[1] not in ("ip4", "ip6", "dns", "dns4", "dns6") or t[3] != "tcp" \
+                or not t[4].isdigit() or not 0 < int(t[4]) < 65536:
+            raise BadAddress(addr, "only /ip4|ip6|dns/<host>/tcp/<port> transports are supported")
+    return peer, transport
+
+
+def valid_peer_id(peer: str) -> bool:
+    return bool(_PEER_ID.match(peer))
+
+
+@dataclass(slots=True)
+class PeerEntry:
+    peer: str
+    addrs: list[str] = field(default_factory=list)
+    trusted: bool = False
+    source: str = "user"  # "user" or "mdns"
+    domains: list[str] = field(default_factory=list)  # failure-domain labels, e.g. [site, host]
+    added_ns: int = 0
+    seen_ns: int = 0
+
+    def to_obj(self) -> dict[str, Any]:
+        return {"addrs": self.addrs, "trusted": self.trusted, "source": self.source,
+                "domains": self.domains, "added_ns": self.added_ns, "seen_ns": self.seen_ns}
+
+    @classmethod
+    def from_obj(cls, peer: str, o: Any) -> PeerEntry:
+        if not isinstance(o, dict):
+            return cls(peer)
+        return cls(peer, [a for a in o.get("addrs", []) if isinstance(a, str)][:16],
+                   bool(o.get("trusted", False)), str(o.get("source", "user")),
+                   [d for d in o.get("domains", []) if isinstance(d, str)][:4],
+                   int(o.get("added_ns", 0)), int(o.get("seen_ns", 0)))
+
+
+class AddressBook:
+    def __init__(self, path: Path) -> None:
+        self._db = SqliteDict(str(path), tablename="peers", autocommit=True,
+                              encode=cbor2.dumps, decode=cbor2.loads)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def get(self, peer: str) -> PeerEntry | None:
+        o = self._db.get(peer)
+        return None if o is None else PeerEntry.from_obj(peer, o)
+
+    def all(self) -> list[PeerEntry]:
+        return sorted((PeerEntry.from_obj(k, v) for k, v in self._db.items()), key=lambda e: e.peer)
+
+    def trusted(self) -> list[PeerEntry]:
+        return [e for e in self.all() if e.trusted]
+
+    def add(self, peer: str, addrs: list[str], *, trusted: bool, source: str = "user",
+            domains: list[str] | None = None) -> PeerEntry:
+        e = self.get(peer) or PeerEntry(peer, added_ns=time.time_ns())
+        for a in addrs:
+            if a and a not in e.addrs:
+                e.addrs.insert(0, a)
+        e.addrs = e.addrs[:16]
+        # Discovery never downgrades or upgrades trust; only the user (source "user") does.
+        if source == "user":
+            e.trusted = trusted
+            e.source = "user"
+            if domains is not None:
+                e.domains = domains
+        self._db[peer] = e.to_obj()
+        return e
+
+    def seen(self, peer: str, addrs: list[str] | None = None) -> None:
+        e = self.get(peer)
+        if e is None:
+            return
+        e.seen_ns = time.time_ns()
+        for a in addrs or []:
+            if a not in e.addrs:
+                e.addrs.insert(0, a)
+        e.addrs = e.addrs[:16]
+        self._db[peer] = e.to_obj()
+
+    def remove(self, peer: str) -> bool:
+        if peer in self._db:
+            del self._db[peer]
+            return True
+        return False

@@ -1,0 +1,215 @@
+"""The node daemon: ``corestate node run``.
+
+Role: holds the home (its lock, keys, repository) for as long as it runs, serves the share
+protocol to peers, runs scheduled backups, and runs the commands CLI clients send over
+the control socket — one at a time, so two writers never touch one home.
+
+Control socket (``<home>/control.sock``): a Unix socket, mode 0600, in a folder only the
+owner can enter. It is bound under a temporary name and renamed into place only when the
+daemon is ready to serve, so a client that finds it can use it. A socket left by a crashed
+daemon is stale: nobody answers on it, and the next daemon (holding the home lock, which
+proves no other daemon lives) replaces it.
+
+Shutdown: SIGTERM or SIGINT cancels everything; a running command sees the cancellation
+at its next checkpoint, the engine's packs already durable are kept (resumable), and the
+socket is removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+from corestate.node.home import Home
+from corestate.node.local import LocalNode
+from corestate.node.runtime.client import socket_path
+from corestate.node.runtime.events import EventBus
+from corestate.node.runtime.mesh import Mesh
+from corestate.node.runtime.port import MeshPort, open_mesh
+from corestate.protocol import control as c
+from corestate.protocol import wire
+from corestate.protocol.errors import ProtocolError
+from corestate.protocol.streams import Channel, TrioStream
+
+log = logging.getLogger("corestate.daemon")
+
+# Path-valued options of the commands a daemon runs, made absolute against the client's cwd.
+_PATH_FIELDS = ("paths", "target", "passphrase_file", "dir", "phrase_file")
+
+
+class Daemon:
+    def __init__(self, node: LocalNode, mesh: Mesh, events: EventBus) -> None:
+        self.node, self.mesh, self.events = node, mesh, events
+        self.command_lock = trio.Lock()
+        self.started = time.time()
+        self.token = trio.lowlevel.current_trio_token()
+
+    def port(self) -> MeshPort:
+        async def get() -> Mesh:
+            return self.mesh
+        return MeshPort(self.token, get)
+
+    # -- control socket ----------------------------------------------------------------
+
+    async def serve_control(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        path = socket_path(self.node.home.path)
+        tmp = path.with_name(f".control-{os.getpid()}.sock")
+        tmp.unlink(missing_ok=True)
+        sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+        await sock.bind(str(tmp))
+        os.chmod(tmp, 0o600)
+        sock.listen(16)
+        listener = trio.SocketListener(sock)
+        # We hold the home lock: a socket already there belongs to a dead daemon.
+        os.replace(tmp, path)
+        task_status.started(path)
+        try:
+            await trio.serve_listeners(self._client, [listener])
+        finally:
+            try:
+                if path.exists() and os.stat(path).st_ino == os.fstat(sock.fileno()).st_ino:
+                    path.unlink()
+            except OSError:
+                pass
+
+    async def _client(self, stream: trio.SocketStream) -> None:
+        ch = Channel(TrioStream(stream), timeout=3600.0, max_frame=2 << 20, decode=c.decode)
+        try:
+            msg = await ch.receive_or_eof()
+            if msg is None:
+                return
+            if isinstance(msg, c.Run):
+                await self._run(ch, msg)
+            elif isinstance(msg, c.Subscribe):
+                await self._subscribe(ch)
+            else:
+                await ch.send(c.Output(fd=2, text=f"error: unexpected {type(msg).__name__}\n"))
+                await ch.send(c.Exit(code=2))
+        except ProtocolError as exc:
+            log.info("control client went away: %s", exc)
+        except Exception:  # one bad client must not take the daemon down
+            log.exception("control client failed")
+        finally:
+            with trio.move_on_after(1):
+                await ch.aclose()
+
+    async def _subscribe(self, ch: Channel) -> None:
+        recv = self.events.subscribe()
+        async with recv:
+            async for kind, fields in recv:
+                clean = {k: v if isinstance(v, (str, int, bool)) else str(v) for k, v in fields.items()}
+                await ch.send(c.Event(kind=kind, fields=clean))
+
+    async def _run(self, ch: Channel, msg: c.Run) -> None:
+        from corestate.node import cli
+        gone = trio.Event()
+        token = self.token
+
+        def write(fd: int, text: str) -> None:
+            if gone.is_set():
+                return
+            for i in range(0, len(text), 1 << 18):
+                try:
+                    trio.from_thread.run(ch.send, c.Output(fd=fd, text=text[i:i + (1 << 18)]), trio_token=token)
+                except (ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
+                    trio.from_thread.run_sync(gone.set, trio_token=token)
+                    return
+
+        def progress(label: str, done: int, total: int, unit: str) -> None:
+            if gone.is_set():
+                return
+            try:
+                trio.from_thread.run(ch.send, c.Progress(label=label[:256], done=max(0, done),
+                                                         total=max(-1, total), unit=unit), trio_token=token)
+            except (ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
+                trio.from_thread.run_sync(gone.set, trio_token=token)
+
+        parser = cli.build_parser()
+        try:
+            args = parser.parse_args(msg.argv)
+        except SystemExit as exc:
+            await ch.send(c.Output(fd=2, text=f"error: the daemon could not parse: {shlex.join(msg.argv)}\n"))
+            await ch.send(c.Exit(code=int(exc.code or 2) if isinstance(exc.code, int) else 2))
+            return
+        absolutize(args, msg.cwd)
+        args.home = self.node.home.path
+        args.daemon = self
+        as_json = bool(getattr(args, "json", False))
+        out = cli.Out(as_json, write=write, tty=msg.tty, progress=progress if msg.tty else None)
+        if self.command_lock.locked():
+            write(2, "waiting for the command already running in the daemon...\n")
+        async with self.command_lock:
+            log.info("running: %s", shlex.join(msg.argv))
+            code = await trio.to_thread.run_sync(cli.execute, args, out)
+        with trio.move_on_after(5):
+            await ch.send(c.Exit(code=code))
+
+    # -- scheduled backups -------------------------------------------------------------
+
+    async def scheduler(self) -> None:
+        every = self.node.cfg.backup_every
+        if every <= 0:
+            return
+        from corestate.node import cli
+        while True:
+            await trio.sleep(every)
+            if not self.node.cfg.paths:
+                log.warning("scheduled backup skipped: no [backup] paths in config.toml")
+                continue
+            args = cli.build_parser().parse_args(["backup", "--json"])
+            args.home, args.daemon = self.node.home.path, self
+            lines: list[str] = []
+            out = cli.Out(True, write=lambda fd, t, lines=lines: lines.append(t), tty=False)
+            async with self.command_lock:
+                self.events.publish("backup-started", scheduled=True)
+                code = await trio.to_thread.run_sync(cli.execute, args, out)
+            self.events.publish("backup-finished", scheduled=True, code=code,
+                                summary=(lines[-1].strip() if lines else "")[:4000])
+
+
+def absolutize(args: argparse.Namespace, cwd: str) -> None:
+    """Make the path options of ``args`` absolute against the client's working folder."""
+    base = Path(cwd)
+    for name in _PATH_FIELDS:
+        v = getattr(args, name, None)
+        if isinstance(v, list):
+            setattr(args, name, [str(base / os.path.expanduser(x)) for x in v])
+        elif isinstance(v, (str, Path)):
+            setattr(args, name, str(base / os.path.expanduser(str(v))))
+
+
+async def run_daemon(home: Home, passphrase: bytes, listen: list[str] | None, *,
+                     ready: Any = None) -> int:
+    node = LocalNode.open(home, passphrase)
+    events = EventBus()
+    try:
+        for pid, reason in node.problems:
+            log.warning("pack %s could not be read: %s (run `corestate check`)", pid.hex()[:16], reason)
+        async with open_mesh(node, listen=listen, mdns=node.cfg.mdns, events=events) as mesh:
+            daemon = Daemon(node, mesh, events)
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async with trio.open_nursery() as nursery:
+                    path = await nursery.start(daemon.serve_control)
+                    nursery.start_soon(daemon.scheduler)
+                    addrs = mesh.host.addrs()
+                    log.info("node %s ready; listening on %s; control socket %s",
+                             node.keys.peer_id, " ".join(addrs), path)
+                    if ready is not None:
+                        ready(node, addrs)
+                    async for sig in signals:
+                        log.info("%s received: shutting down", signal.Signals(sig).name)
+                        nursery.cancel_scope.cancel()
+                        break
+    finally:
+        node.close()
+    return 0
+
+
+__all__ = ["Daemon", "absolutize", "run_daemon", "wire"]

@@ -1,0 +1,443 @@
+"""The mesh: the share service other nodes call, and this node's calls to them.
+
+Role: moves shares. Serving: ``/corestate/share/1`` PUT/GET/HAS/DELETE/AUDIT/CAP for
+peers, one request per stream, backed by the ``ShareVault``. Calling: upload a pack as
+RS-coded shares to n distinct peers chosen by the pure placement core, fetch a pack back
+from any k holders, survey holders for ``check``.
+
+Invariants:
+- A share is recorded in the ledger only after its holder acknowledged it, and the holder
+  acknowledges only after checking size, BLAKE3 and the share's own root and writing it
+  durably. Nothing is recorded as stored that is not.
+- Everything a holder returns is checked against the root recorded at upload; a share
+  that fails is excluded, its holder named in an ``alert`` event, and the next holder
+  tried. The decoded pack must hash to its id.
+- Every await on a peer is under a timeout (``Channel``); a handler never lets an
+  exception reach libp2p (``P2PHost`` wraps it too; here errors become ``Error`` replies).
+- This node never holds its own shares, and shares go only to trusted peers.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import blake3
+import nacl.exceptions
+import nacl.signing
+import trio
+from corestate.erasure import share as sharefmt
+from corestate.erasure.errors import CorruptShare, InvalidParameters, NotEnoughShares
+from corestate.node.core.placement import Candidate, place, rank, replace
+from corestate.node.errors import QuotaExceeded, ShareNotFound, ShareRejected, StoreError
+from corestate.node.ledger import Ledger, ShareRow
+from corestate.node.peers import AddressBook
+from corestate.node.runtime.events import EventBus
+from corestate.node.runtime.vault import ShareVault
+from corestate.protocol import messages as m
+from corestate.protocol.errors import ProtocolError, RemoteProtocolError
+from corestate.protocol.keys import NodeKeys, public_key_from_peer_id
+from corestate.protocol.p2p import P2PHost
+from corestate.protocol.streams import Channel, Stream
+
+from corestate.errors import CoreStateError
+
+log = logging.getLogger("corestate.mesh")
+
+SHARE_PROTOCOL = "/corestate/share/1"
+MAX_SHARE = 1 << 30
+
+
+class MeshError(CoreStateError):
+    """A mesh operation could not be completed."""
+
+
+class PeerRefused(MeshError):
+    def __init__(self, peer: str, code: str, message: str, retryable: bool) -> None:
+        super().__init__(f"peer {short(peer)} refused: {message} ({code})", retryable=retryable)
+        self.peer, self.code = peer, code
+
+
+def short(peer: str) -> str:
+    return peer[-8:] if len(peer) > 8 else peer
+
+
+@dataclass(slots=True)
+class PackResult:
+    pack: bytes
+    k: int
+    n: int
+    placed: int  # distinct share indexes acknowledged
+    failures: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class UploadReport:
+    packs: list[PackResult] = field(default_factory=list)
+    share_bytes: int = 0
+    seconds: float = 0.0
+    put_latencies: list[float] = field(default_factory=list)
+
+    @property
+    def degraded(self) -> list[PackResult]:
+        return [p for p in self.packs if p.placed < p.n]
+
+
+@dataclass(slots=True)
+class Progress:
+    done: int = 0
+    total: int = 0
+
+
+class Mesh:
+    def __init__(self, host: P2PHost, keys: NodeKeys, vault: ShareVault, book: AddressBook,
+                 ledger: Ledger, events: EventBus, *, timeout: float = 20.0,
+                 uploads_in_flight: int = 3) -> None:
+        self.host, self.keys, self.vault, self.book = host, keys, vault, book
+        self.ledger, self.events = ledger, events
+        self.timeout = timeout
+        self.uploads_in_flight = uploads_in_flight
+        self.signer = nacl.signing.SigningKey(keys.identity_seed)
+        host.set_handler(SHARE_PROTOCOL, self.serve_share)
+
+    @property
+    def peer_id(self) -> str:
+        return self.host.peer_id
+
+    # -- serving -----------------------------------------------------------------------
+
+    async def serve_share(self, stream: Stream) -> None:
+        sender = stream.remote_peer
+        ch = Channel(stream, timeout=self.timeout)
+        try:
+            try:
+                msg = await ch.receive()
+                await self._serve_one(ch, sender, msg)
+            except RemoteProtocolError as exc:
+                log.warning("peer %s sent a bad request: %s", short(sender), exc)
+                with trio.move_on_after(2):
+                    await ch.send(m.Error(code="protocol", message=str(exc)[:1000], retryable=False))
+            except (QuotaExceeded, ShareNotFound, ShareRejected, StoreError) as exc:
+                await ch.send(m.Error(code=type(exc).__name__, message=str(exc)[:1000],
+                                      retryable=exc.retryable))
+            except ProtocolError as exc:  # the peer went away or stalled: nothing to answer
+                log.info("share request from %s ended: %s", short(sender), exc)
+        finally:
+            with trio.move_on_after(2):
+                await ch.aclose()
+
+    async def _serve_one(self, ch: Channel, sender: str, msg: Any) -> None:
+        v = self.vault
+        if isinstance(msg, m.PutShare):
+            held = max(0, v.sizes(sender, [(msg.pack, msg.index)])[0])
+            left = v.quota_left(sender) + held  # a re-put replaces what is held
+            if msg.size > left:
+                raise QuotaExceeded(sender, msg.size, left)
+            data = await ch.receive_bulk(msg.size, msg.digest)
+            await trio.to_thread.run_sync(v.put, sender, msg.pack, msg.index, data)
+            await ch.send(m.Ok())
+        elif isinstance(msg, m.GetShare):
+            data = await trio.to_thread.run_sync(v.get, sender, msg.pack, msg.index, msg.offset, msg.length)
+            await ch.send(m.ShareData(size=len(data), digest=blake3.blake3(data).digest()))
+            await ch.send_bulk(data)
+        elif isinstance(msg, m.HasShares):
+            items = [(bytes(p), int(i)) for p, i in msg.items]
+            sizes = await trio.to_thread.run_sync(v.sizes, sender, items)
+            await ch.send(m.HasReply(sizes=sizes))
+        elif isinstance(msg, m.DeleteShare):
+            if msg.holder != self.peer_id:
+                await ch.send(m.Error(code="wrong-holder", message="signed for another holder", retryable=False))
+                return
+            pub = public_key_from_peer_id(sender)
+            try:
+                if pub is None:
+                    raise nacl.exceptions.BadSignatureError("no key in the PeerID")
+                nacl.signing.VerifyKey(pub).verify(
+                    m.delete_signing_bytes(msg.holder, msg.pack, msg.index, msg.nonce), msg.signature)
+            except nacl.exceptions.BadSignatureError:
+                await ch.send(m.Error(code="bad-signature", message="delete not signed by the owner", retryable=False))
+                return
+            if not await trio.to_thread.run_sync(v.check_nonce, sender, msg.nonce):
+                await ch.send(m.Error(code="replay", message="this delete was already used", retryable=False))
+                return
+            await trio.to_thread.run_sync(v.delete, sender, msg.pack, msg.index)
+            await ch.send(m.Ok())
+        elif isinstance(msg, m.AuditShare):
+            data = await trio.to_thread.run_sync(v.get, sender, msg.pack, msg.index, 0, -1)
+            try:
+                proof = sharefmt.prove(data, msg.block)
+            except InvalidParameters as exc:
+                await ch.send(m.Error(code="bad-block", message=str(exc)[:1000], retryable=False))
+                return
+            await ch.send(m.AuditReply(proof=proof.to_bytes()))
+        elif isinstance(msg, m.Capacity):
+            free = await trio.to_thread.run_sync(v.free_bytes)
+            await ch.send(m.CapacityReply(free=free, quota_left=v.quota_left(sender)))
+        else:
+            await ch.send(m.Error(code="unexpected", message=f"{type(msg).__name__} is not a request",
+                                  retryable=False))
+
+    # -- calling -----------------------------------------------------------------------
+
+    async def request(self, peer: str, msg: Any, *, bulk: bytes | memoryview | None = None,
+                      timeout: float | None = None) -> tuple[Any, bytes | None]:
+        """One request on a fresh stream; returns (reply, bulk data of a ShareData reply).
+        ``Error`` replies raise ``PeerRefused``; network trouble raises ProtocolError."""
+        entry = self.book.get(peer)
+        addrs = entry.addrs if entry else []
+        t = timeout or self.timeout
+        stream = await self.host.open_stream(peer, SHARE_PROTOCOL, addrs=addrs, timeout=t)
+        ch = Channel(stream, timeout=t)
+        try:
+            await ch.send(msg)
+            if bulk is not None:
+                await ch.send_bulk(bulk)
+            reply = await ch.receive()
+            data = None
+            if isinstance(reply, m.ShareData):
+                data = await ch.receive_bulk(reply.size, reply.digest)
+            elif isinstance(reply, m.Error):
+                raise PeerRefused(peer, reply.code, reply.message, reply.retryable)
+            return reply, data
+        finally:
+            with trio.move_on_after(2):
+                await ch.aclose()
+
+    async def candidates(self) -> tuple[list[Candidate], list[str]]:
+        """Trusted peers that answer a capacity request now, weighted by what they can
+        take for us; and the trusted peers that did not answer."""
+        trusted = [e for e in self.book.trusted() if e.peer != self.peer_id]
+        found: list[Candidate] = []
+        missing: list[str] = []
+
+        async def ask(entry: Any) -> None:
+            try:
+                reply, _ = await self.request(entry.peer, m.Capacity(), timeout=min(self.timeout, 5.0))
+            except (ProtocolError, MeshError) as exc:
+                log.info("peer %s not available: %s", short(entry.peer), exc)
+                missing.append(entry.peer)
+                return
+            cap = min(reply.free, reply.quota_left)
+            found.append(Candidate(entry.peer, cap, tuple(entry.domains)))
+            self.book.seen(entry.peer)
+        async with trio.open_nursery() as nursery:
+            for e in trusted:
+                nursery.start_soon(ask, e)
+        found.sort(key=lambda c: c.peer)
+        return found, sorted(missing)
+
+    async def upload(self, read_pack: Callable[[bytes], bytes], packs: Sequence[bytes],
+                     k: int, n: int, candidates: list[Candidate],
+                     progress: Progress | None = None) -> UploadReport:
+        """Code each pack into n shares and put them on n distinct peers, in parallel with
+        at most ``uploads_in_flight`` packs in memory at once (back-pressure)."""
+        report = UploadReport()
+        t0 = time.monotonic()
+        limit = trio.Semaphore(self.uploads_in_flight)
+
+        async def one(pack: bytes) -> None:
+            async with limit:
+                res = await self._upload_pack(read_pack, pack, k, n, candidates, report)
+                report.packs.append(res)
+                if progress is not None:
+                    progress.done += 1
+        async with trio.open_nursery() as nursery:
+            for p in packs:
+                nursery.start_soon(one, p)
+        report.seconds = time.monotonic() - t0
+        return report
+
+    async def _upload_pack(self, read_pack: Callable[[bytes], bytes], pack: bytes, k: int, n: int,
+                           candidates: list[Candidate], report: UploadReport) -> PackResult:
+        data = await trio.to_thread.run_sync(read_pack, pack)
+        if blake3.blake3(data).digest() != pack:
+            raise MeshError(f"local pack {pack.hex()[:16]} does not match its id; run `corestate check`")
+        shares = await trio.to_thread.run_sync(
+            functools.partial(sharefmt.make_shares, data, k, n, pack_id=pack, threads=1))
+        del data
+        prior = self.ledger.get(pack)
+        self.ledger.begin_pack(pack, k, n, sum(len(s) for s in shares) // n * k)
+        have: dict[int, str] = {}
+        if prior is not None and (prior.k, prior.n) == (k, n):
+            for row in prior.shares:
+                have.setdefault(row.index, row.peer)
+        live = [c for c in candidates if c.peer != self.peer_id]
+        plan = place(pack, n, live, exclude={self.peer_id})
+        peers: list[str | None] = list(plan.peers) + [None] * (n - len(plan.peers))
+        for i, p in have.items():
+            peers[i] = p
+        result = PackResult(pack, k, n, 0)
+        tried: set[str] = set()
+
+        async def put(i: int) -> None:
+            peer = peers[i]
+            while peer is not None:
+                if i in have and have[i] == peer:
+                    return  # acknowledged in an earlier run
+                tried.add(peer)
+                share = shares[i]
+                digest = blake3.blake3(share).digest()
+                t = time.monotonic()
+                try:
+                    await self.request(peer, m.PutShare(pack=pack, index=i, size=len(share), digest=digest),
+                                       bulk=share)
+                except (ProtocolError, MeshError) as exc:
+                    result.failures.append(f"share {i} -> {short(peer)}: {exc}")
+                    log.info("put share %d of %s to %s failed: %s", i, pack.hex()[:12], short(peer), exc)
+                    peer = replace(pack, peers, i, live, exclude={self.peer_id, *tried})
+                    peers[i] = peer
+                    continue
+                report.put_latencies.append(time.monotonic() - t)
+                report.share_bytes += len(share)
+                self.ledger.record_share(pack, i, peer, sharefmt.read_header(share).root, len(share))
+                return
+        async with trio.open_nursery() as nursery:
+            for i in range(n):
+                if peers[i] is not None:
+                    nursery.start_soon(put, i)
+        final = self.ledger.get(pack)
+        result.placed = final.placed if final else 0
+        return result
+
+    async def fetch(self, pack: bytes) -> bytes:
+        """Rebuild a pack from its holders: data shares first, each share checked against
+        the root recorded at upload; corrupt or missing holders are excluded (and named
+        in an alert) and the next tried."""
+        coded = self.ledger.get(pack)
+        if coded is None or not coded.shares:
+            raise MeshError(f"pack {pack.hex()[:16]}: no record of where its shares went",
+                            hint="the share ledger of this home is missing it; see `corestate check`")
+        k = coded.k
+        # Data shares first: with a systematic code they are the pack itself.
+        queue: list[ShareRow] = sorted(coded.shares, key=lambda r: (r.index >= k, r.index))
+        roots = {r.index: r.root for r in coded.shares}
+        got: dict[int, bytes] = {}
+        problems: list[str] = []
+        busy: set[int] = set()
+        lock = trio.Lock()
+
+        async def worker() -> None:
+            while True:
+                async with lock:
+                    if len(got) + len(busy) >= k:
+                        return
+                    row = next((r for r in queue if r.index not in got and r.index not in busy), None)
+                    if row is None:
+                        return
+                    queue.remove(row)
+                    busy.add(row.index)
+                try:
+                    await self._fetch_share(row, got, problems)
+                finally:
+                    busy.discard(row.index)
+        async with trio.open_nursery() as nursery:
+            for _ in range(k):
+                nursery.start_soon(worker)
+        if len(got) < k:
+            raise MeshError(
+                f"pack {pack.hex()[:16]}: only {len(got)} of the {k} shares needed could be fetched"
+                + (" (" + "; ".join(problems[:6]) + ")" if problems else ""),
+                hint="bring more of the holders back online (`corestate peer list`) and retry",
+                retryable=True)
+        try:
+            restored = await trio.to_thread.run_sync(functools.partial(
+                sharefmt.decode_shares, list(got.values()), pack_id=pack, roots=roots, threads=1))
+        except NotEnoughShares as exc:
+            raise MeshError(f"pack {pack.hex()[:16]}: {exc}", retryable=True)
+        data = restored.data
+        if blake3.blake3(data).digest() != pack:
+            raise MeshError(f"pack {pack.hex()[:16]}: decoded bytes do not match its id")
+        return bytes(data)
+
+    async def _fetch_share(self, row: ShareRow, got: dict[int, bytes], problems: list[str]) -> None:
+        try:
+            _, data = await self.request(row.peer, m.GetShare(pack=row.pack, index=row.index, offset=0, length=-1))
+            assert data is not None
+            sharefmt.verify_share(data, root=row.root, pack_id=row.pack, index=row.index)
+        except CorruptShare as exc:
+            problems.append(f"share {row.index} from {short(row.peer)} is corrupt: {exc.reason}")
+            self.events.publish("alert", what="corrupt-share", peer=row.peer, pack=row.pack.hex(),
+                                index=row.index, reason=exc.reason)
+            log.warning("peer %s returned a corrupt share %d of %s: %s",
+                        row.peer, row.index, row.pack.hex()[:12], exc.reason)
+            return
+        except (ProtocolError, MeshError, AssertionError) as exc:
+            problems.append(f"share {row.index} from {short(row.peer)}: {exc}")
+            return
+        got[row.index] = data
+
+    async def survey(self, packs: Sequence[bytes], *, audit: bool = True,
+                     seed: bytes | None = None) -> dict[bytes, dict[int, str]]:
+        """Ask every holder which shares it has (HAS) and, with ``audit``, prove one block
+        of each (AUDIT against the recorded root). Returns, per pack, share index -> the
+        verdict ``"ok"``, ``"missing"``, ``"corrupt"`` or ``"unreachable"`` (best verdict
+        over its holders)."""
+        coded = {p: self.ledger.get(p) for p in packs}
+        by_peer: dict[str, list[ShareRow]] = {}
+        for c in coded.values():
+            if c is not None:
+                for r in c.shares:
+                    by_peer.setdefault(r.peer, []).append(r)
+        verdicts: dict[bytes, dict[int, str]] = {p: {} for p in packs}
+        order = {"ok": 0, "corrupt": 1, "missing": 2, "unreachable": 3}
+        salt = seed or os.urandom(16)
+
+        def mark(row: ShareRow, verdict: str) -> None:
+            cur = verdicts[row.pack].get(row.index)
+            if cur is None or order[verdict] < order[cur]:
+                verdicts[row.pack][row.index] = verdict
+
+        async def ask(peer: str, rows: list[ShareRow]) -> None:
+            sizes: list[int] = []
+            try:
+                for i in range(0, len(rows), 4096):
+                    part = rows[i:i + 4096]
+                    reply, _ = await self.request(peer, m.HasShares(items=[[r.pack, r.index] for r in part]))
+                    sizes.extend(reply.sizes)
+            except (ProtocolError, MeshError):
+                for r in rows:
+                    mark(r, "unreachable")
+                return
+            if len(sizes) != len(rows):
+                sizes = [-1] * len(rows)  # a confused holder: count its shares as missing
+            for r, size in zip(rows, sizes, strict=True):
+                if size != r.size:
+                    mark(r, "missing")
+                    continue
+                if not audit:
+                    mark(r, "ok")
+                    continue
+                blocks = max(1, math.ceil((r.size - sharefmt.HEADER_SIZE) / sharefmt.DEFAULT_BLOCK_SIZE))
+                block = int.from_bytes(blake3.blake3(salt + r.pack + bytes([r.index])).digest()[:8], "big") % blocks
+                try:
+                    reply, _ = await self.request(peer, m.AuditShare(pack=r.pack, index=r.index, block=block))
+                except PeerRefused:
+                    mark(r, "missing")
+                    continue
+                except (ProtocolError, MeshError):
+                    mark(r, "unreachable")
+                    continue
+                if sharefmt.verify_proof(r.root, block, reply.proof):
+                    mark(r, "ok")
+                else:
+                    mark(r, "corrupt")
+                    self.events.publish("alert", what="failed-audit", peer=peer, pack=r.pack.hex(), index=r.index)
+        async with trio.open_nursery() as nursery:
+            for peer, rows in by_peer.items():
+                nursery.start_soon(ask, peer, rows)
+        return verdicts
+
+    async def delete_share(self, peer: str, pack: bytes, index: int) -> None:
+        nonce = os.urandom(16)
+        sig = self.signer.sign(m.delete_signing_bytes(peer, pack, index, nonce)).signature
+        await self.request(peer, m.DeleteShare(pack=pack, index=index, holder=peer, nonce=nonce, signature=sig))
+        self.ledger.forget(pack, index, peer)
+
+    def holders_ranked(self, pack: bytes) -> list[str]:
+        return rank(pack, [Candidate(e.peer, 1) for e in self.book.trusted()])

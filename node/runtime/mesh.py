@@ -51,6 +51,11 @@ from corestate.errors import CoreStateError
 log = logging.getLogger("corestate.mesh")
 
 SHARE_PROTOCOL = "/corestate/share/1"
+# Raw-throughput probe: the client sends a PutShare header (pack = zeros, index 0) and
+# ``size`` bytes; the server hashes and discards them and answers Ok. Measures what the
+# link carries without the vault's disk writes (benchmarks, `peer list --probe`).
+SINK_PROTOCOL = "/corestate/sink/1"
+SINK_MAX = 1 << 30
 MAX_SHARE = 1 << 30
 
 
@@ -105,6 +110,7 @@ class Mesh:
         self.uploads_in_flight = uploads_in_flight
         self.signer = nacl.signing.SigningKey(keys.identity_seed)
         host.set_handler(SHARE_PROTOCOL, self.serve_share)
+        host.set_handler(SINK_PROTOCOL, self.serve_sink)
 
     @property
     def peer_id(self) -> str:
@@ -131,6 +137,42 @@ class Mesh:
         finally:
             with trio.move_on_after(2):
                 await ch.aclose()
+
+    async def serve_sink(self, stream: Stream) -> None:
+        ch = Channel(stream, timeout=self.timeout)
+        try:
+            msg = await ch.receive()
+            trusted = self.book.get(stream.remote_peer)
+            if not isinstance(msg, m.PutShare) or trusted is None or not trusted.trusted:
+                await ch.send(m.Error(code="refused", message="the sink serves trusted peers only",
+                                      retryable=False))
+                return
+            await ch.receive_bulk(msg.size, msg.digest)
+            await ch.send(m.Ok())
+        except ProtocolError as exc:
+            log.info("sink request from %s ended: %s", short(stream.remote_peer), exc)
+        finally:
+            with trio.move_on_after(2):
+                await ch.aclose()
+
+    async def probe(self, peer: str, data: bytes) -> float:
+        """Send ``data`` to ``peer``'s sink; return the seconds it took (acknowledged)."""
+        entry = self.book.get(peer)
+        t0 = time.monotonic()
+        stream = await self.host.open_stream(peer, SINK_PROTOCOL, addrs=entry.addrs if entry else [],
+                                             timeout=self.timeout)
+        ch = Channel(stream, timeout=self.timeout)
+        try:
+            await ch.send(m.PutShare(pack=bytes(32), index=0, size=len(data),
+                                     digest=blake3.blake3(data).digest()))
+            await ch.send_bulk(data)
+            reply = await ch.receive()
+            if isinstance(reply, m.Error):
+                raise PeerRefused(peer, reply.code, reply.message, reply.retryable)
+        finally:
+            with trio.move_on_after(2):
+                await ch.aclose()
+        return time.monotonic() - t0
 
     async def _serve_one(self, ch: Channel, sender: str, msg: Any) -> None:
         v = self.vault

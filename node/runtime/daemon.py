@@ -69,12 +69,14 @@ class Daemon:
         listener = trio.SocketListener(sock)
         # We hold the home lock: a socket already there belongs to a dead daemon.
         os.replace(tmp, path)
+        ours = os.stat(path).st_ino
         task_status.started(path)
         try:
             await trio.serve_listeners(self._client, [listener])
         finally:
+            # Remove the socket only if it is still ours (not one a later daemon made).
             try:
-                if path.exists() and os.stat(path).st_ino == os.fstat(sock.fileno()).st_ino:
+                if os.stat(path).st_ino == ours:
                     path.unlink()
             except OSError:
                 pass

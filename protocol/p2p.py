@@ -1,0 +1,486 @@
+"""The libp2p adapter: the one module of CoreState that imports libp2p.
+
+A node's host speaks TCP, secured by Noise and multiplexed by yamux, nothing else: the
+security table holds Noise alone (libp2p's default also offers plaintext, which a peer
+could pick), and the muxer table holds yamux alone. The identity is the Ed25519 key of
+the node's 32-byte identity seed, so ``P2PHost.peer_id`` equals
+``corestate.protocol.keys.peer_id_from_public_key`` of its public key.
+
+Everything above this module sees our own ``Stream`` (``receive_some`` returning ``b""``
+at EOF, ``send_all``, ``aclose``), never a libp2p type. Invariants:
+
+- A stream handler never takes the host down: any exception it raises is logged on the
+  ``corestate.p2p`` logger and its stream reset; ``trio.Cancelled`` is never swallowed.
+- Every wait on a peer is bounded: dials and stream opening by ``timeout``, closing a
+  stream by ``CLOSE_TIMEOUT``; reads and writes by the caller (``Channel``).
+- A dial failure is ``PeerUnreachable`` (retryable), naming the peer and the addresses
+  tried. libp2p blocks a peer whose dial failed for 60 s (its negative dial cache); we
+  lift that block before every dial of ours, so a daemon that comes back is reachable at
+  once. Retries belong to the caller, so libp2p's own per-address retries are off.
+- A peer killed mid-stream looks like a clean EOF here (yamux cannot tell); the lengths
+  and hashes of the wire protocol catch it (``Channel.receive_bulk``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+import ifaddr
+import multiaddr
+import trio
+from corestate.protocol.errors import PeerUnreachable, ProtocolError
+from libp2p import new_host
+from libp2p.abc import INetStream, PeerInfo
+from libp2p.crypto.ed25519 import Ed25519PrivateKey
+from libp2p.crypto.keys import KeyPair
+from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.discovery.events.peerDiscovery import peerDiscovery
+from libp2p.discovery.mdns.mdns import MDNSDiscovery
+from libp2p.host.basic_host import BasicHost
+from libp2p.network.config import RetryConfig
+from libp2p.network.stream.exceptions import StreamError
+from libp2p.network.swarm import Swarm
+from libp2p.peer.id import ID
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
+
+if TYPE_CHECKING:
+    from corestate.protocol.streams import Stream
+
+__all__ = ["CLOSE_TIMEOUT", "P2PHost", "P2PStream", "open_host"]
+
+log = logging.getLogger("corestate.p2p")
+
+Handler = Callable[["Stream"], Awaitable[None]]
+DiscoveryCallback = Callable[[str, list[str]], None]
+
+SEED_BYTES = 32
+# Closing sends a yamux FIN; on a frozen connection even that could wait forever.
+CLOSE_TIMEOUT = 5.0
+# How long the peerstore keeps addresses we were given (the runtime's address book is
+# the lasting record; the peerstore is a cache).
+ADDR_TTL = 24 * 3600
+# Happy eyeballs: the next address is tried when the previous one failed or after this.
+NEXT_ADDR_DELAY = 0.25
+
+
+class P2PStream:
+    """Our ``Stream`` over a libp2p stream; ``remote_peer`` is the authenticated PeerID.
+
+    libp2p's stream errors are translated the trio way: reading a reset or closed stream
+    gives ``b""`` (EOF; the framing above decides whether that was too early), writing to
+    one raises ``trio.BrokenResourceError``; using the stream after ``aclose`` raises
+    ``trio.ClosedResourceError``.
+    """
+
+    def __init__(self, net_stream: INetStream) -> None:
+        self._net = net_stream
+        self.remote_peer = str(net_stream.muxed_conn.peer_id)
+        self._closed = False
+
+    async def receive_some(self, max_bytes: int = 65536) -> bytes:
+        if self._closed:
+            raise trio.ClosedResourceError("stream was closed")
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be at least 1")
+        try:
+            return await self._net.read(max_bytes)
+        except StreamError:  # EOF, reset, closed or a dead connection: all end the stream
+            return b""
+
+    async def send_all(self, data: bytes | memoryview) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("stream was closed")
+        if not data:
+            return
+        try:
+            await self._net.write(bytes(data))
+        except StreamError as e:
+            raise trio.BrokenResourceError(f"stream to {self.remote_peer} broke: {e}") from e
+
+    async def aclose(self) -> None:
+        """Half-close towards the peer (FIN) and release the stream. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        with trio.move_on_after(CLOSE_TIMEOUT) as scope:
+            try:
+                await self._net.close()
+            except StreamError:
+                pass
+        if scope.cancelled_caught:
+            await self.reset()
+
+    async def reset(self) -> None:
+        """Abort the stream in both directions (yamux RST). Never raises, never blocks long."""
+        self._closed = True
+        # Shielded: a handler cancelled by the host's shutdown still releases its stream.
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + 1.0):
+            try:
+                await self._net.reset()
+            except Exception:
+                log.debug("reset of a stream from %s failed", self.remote_peer, exc_info=True)
+
+
+class P2PHost:
+    """A running libp2p host (make one with :func:`open_host`)."""
+
+    def __init__(self, host: BasicHost, peer_id: str) -> None:
+        self._host = host
+        swarm = host.get_network()
+        assert isinstance(swarm, Swarm)
+        self._swarm = swarm
+        self.peer_id = peer_id
+        self._dial_locks: dict[str, trio.Lock] = {}
+        self._discovery_cbs: list[DiscoveryCallback] = []
+        self._trio_token: trio.lowlevel.TrioToken | None = None
+        self._mdns: MDNSDiscovery | None = None
+
+    # -- addresses -------------------------------------------------------------------
+
+    def addrs(self) -> list[str]:
+        """Our listen addresses, ports resolved, wildcards expanded, with ``/p2p/<id>``."""
+        out: list[str] = []
+        for addr in self._host.get_transport_addrs():
+            for concrete in _expand_wildcard(addr):
+                full = f"{concrete}/p2p/{self.peer_id}"
+                if full not in out:
+                    out.append(full)
+        return out
+
+    def add_addrs(self, peer_id: str, addrs: Sequence[str]) -> None:
+        """Remember addresses of ``peer_id`` (``/p2p/<peer_id>`` suffix allowed)."""
+        pid = _parse_peer_id(peer_id)
+        maddrs = [_transport_addr(a, peer_id) for a in addrs]
+        if maddrs:
+            self._host.get_peerstore().add_addrs(pid, maddrs, ADDR_TTL)
+
+    def connected_peers(self) -> list[str]:
+        return [
+            str(pid)
+            for pid, conns in self._swarm.connections.items()
+            if any(not c.is_closed for c in conns)
+        ]
+
+    # -- streams -----------------------------------------------------------------------
+
+    def set_handler(self, protocol_id: str, handler: Handler) -> None:
+        """Serve ``protocol_id`` with ``handler``, one call per inbound stream.
+
+        The stream is closed when the handler returns, reset when it raises; an exception
+        is logged, never propagated into libp2p (where it would stop the whole host).
+        """
+
+        async def serve(net_stream: INetStream) -> None:
+            stream = P2PStream(net_stream)
+            try:
+                await handler(stream)
+            except Exception:
+                log.warning(
+                    "handler for %s failed on a stream from %s; stream reset",
+                    protocol_id,
+                    stream.remote_peer,
+                    exc_info=True,
+                )
+                await stream.reset()
+                return
+            except BaseException:
+                await stream.reset()
+                raise
+            await stream.aclose()
+
+        self._host.set_stream_handler(TProtocol(protocol_id), serve)
+
+    async def open_stream(
+        self,
+        peer_id: str,
+        protocol_id: str,
+        *,
+        addrs: Sequence[str] = (),
+        timeout: float = 10.0,
+    ) -> Stream:
+        """A new stream to ``peer_id`` speaking ``protocol_id``, dialing first if needed.
+
+        ``addrs`` are tried first (and remembered), then the addresses the peerstore
+        knows. Raises ``PeerUnreachable`` when no connection or stream could be opened
+        within ``timeout`` seconds.
+        """
+        pid = _parse_peer_id(peer_id)
+        given = [_transport_addr(a, peer_id) for a in addrs]
+        if given:
+            self._host.get_peerstore().add_addrs(pid, given, ADDR_TTL)
+        with trio.move_on_after(timeout) as scope:
+            await self._ensure_connected(pid, given)
+            try:
+                net_stream = await self._host.new_stream(pid, [TProtocol(protocol_id)])
+            except Exception as e:
+                raise PeerUnreachable(
+                    f"cannot open {protocol_id} to peer {peer_id}: {_describe(e)}",
+                    peer=peer_id,
+                ) from e
+            return P2PStream(net_stream)
+        assert scope.cancelled_caught
+        tried = ", ".join(str(a) for a in self._candidates(pid, given)) or "no known address"
+        raise PeerUnreachable(
+            f"peer {peer_id} unreachable: no stream for {protocol_id} within {timeout:g} s"
+            f" (addresses: {tried})",
+            peer=peer_id,
+        )
+
+    async def _ensure_connected(self, pid: ID, given: list[multiaddr.Multiaddr]) -> None:
+        lock = self._dial_locks.setdefault(str(pid), trio.Lock())
+        async with lock:
+            if str(pid) in self.connected_peers():
+                return
+            # libp2p refuses to dial a peer for 60 s after a failed dial; our callers decide
+            # when to retry, and a daemon that came back must be reachable at once.
+            self._swarm.unblock_peer(pid)
+            candidates = self._candidates(pid, given)
+            if not candidates:
+                raise PeerUnreachable(
+                    f"peer {pid} unreachable: no known address",
+                    peer=str(pid),
+                    hint="add the peer's address (from its invite or `corestate peers`)",
+                )
+            await self._dial_any(pid, candidates)
+
+    def _candidates(self, pid: ID, given: list[multiaddr.Multiaddr]) -> list[multiaddr.Multiaddr]:
+        try:
+            known = list(self._host.get_peerstore().addrs(pid))
+        except Exception:  # PeerStoreError: nothing known about the peer
+            known = []
+        out: list[multiaddr.Multiaddr] = []
+        for addr in [*given, *known]:
+            if str(addr) not in {str(a) for a in out}:
+                out.append(addr)
+        return out
+
+    async def _dial_any(self, pid: ID, candidates: list[multiaddr.Multiaddr]) -> None:
+        """Dial the addresses in order, each one started when the previous one failed or
+        after ``NEXT_ADDR_DELAY``; the first connection wins and the others are cancelled."""
+        errors: list[str] = []
+        won = False
+
+        async with trio.open_nursery() as nursery:
+
+            async def attempt(addr: multiaddr.Multiaddr, failed: trio.Event) -> None:
+                nonlocal won
+                try:
+                    await self._swarm.dial_addr(addr, pid)
+                except Exception as e:
+                    errors.append(f"{addr}: {_describe(e)}")
+                    failed.set()
+                    return
+                won = True
+                nursery.cancel_scope.cancel()
+
+            for addr in candidates:
+                failed = trio.Event()
+                nursery.start_soon(attempt, addr, failed)
+                with trio.move_on_after(NEXT_ADDR_DELAY):
+                    await failed.wait()
+        if not won:
+            raise PeerUnreachable(f"peer {pid} unreachable: " + "; ".join(errors), peer=str(pid))
+
+    async def _close_connections(self) -> None:
+        # libp2p's shutdown cancels its connections without closing the sockets of the
+        # ones we dialed (they leak until garbage collection): close every one first.
+        # Shielded, so that leaving on cancellation cleans up too; bounded, so that a
+        # frozen peer cannot hold the exit.
+        async def close(pid: ID) -> None:
+            try:
+                await self._swarm.close_peer(pid)
+            except Exception:
+                log.debug("closing the connections to %s failed", pid, exc_info=True)
+
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_TIMEOUT):
+            async with trio.open_nursery() as nursery:
+                for pid in list(self._swarm.connections):
+                    nursery.start_soon(close, pid)
+
+    # -- discovery -------------------------------------------------------------------
+
+    def on_peer_discovered(self, cb: DiscoveryCallback) -> None:
+        """Call ``cb(peer_id, addrs)`` in the trio thread for each peer mDNS finds.
+
+        Only with ``open_host(..., mdns=True)``. Discovery is not trust: callers decide
+        whom to send anything.
+        """
+        self._discovery_cbs.append(cb)
+
+    def _start(self, mdns: bool) -> None:
+        if not mdns:
+            return
+        self._trio_token = trio.lowlevel.current_trio_token()
+        peerDiscovery.register_peer_discovered_handler(self._on_discovered_threadsafe)
+        # Built here rather than by new_host(enable_mDNS=True): libp2p would advertise
+        # the wildcard listen address (/ip4/0.0.0.0/...), which no peer can dial.
+        advertised = [a for a in self.addrs() if not _is_loopback(a)] or self.addrs()
+        port = int(multiaddr.Multiaddr(advertised[0]).value_for_protocol("tcp") or 0)
+        self._mdns = MDNSDiscovery(self._swarm, port=port, listen_addrs=advertised)
+        self._mdns.start()
+
+    def _stop(self) -> None:
+        if self._mdns is not None:
+            try:
+                self._mdns.stop()
+            except Exception:
+                log.debug("stopping mDNS failed", exc_info=True)
+            self._mdns = None
+        if self._trio_token is not None:
+            peerDiscovery.unregister_peer_discovered_handler(self._on_discovered_threadsafe)
+            self._trio_token = None
+
+    def _on_discovered_threadsafe(self, info: PeerInfo) -> None:
+        # Runs in zeroconf's thread; libp2p's event hub is process-wide, so it also
+        # reports what other hosts of this process found (harmless: it is a hint only).
+        token = self._trio_token
+        peer = str(info.peer_id)
+        if token is None or peer == self.peer_id:
+            return
+        # A wildcard address (what libp2p's own mDNS advertises) cannot be dialed.
+        addrs = [f"{a}/p2p/{peer}" for a in info.addrs if not _is_wildcard(str(a))]
+        if not addrs:
+            return
+        try:
+            token.run_sync_soon(self._dispatch_discovered, peer, addrs)
+        except trio.RunFinishedError:
+            pass
+
+    def _dispatch_discovered(self, peer: str, addrs: list[str]) -> None:
+        for cb in list(self._discovery_cbs):
+            try:
+                cb(peer, addrs)
+            except Exception:
+                log.warning("peer-discovered callback failed for %s", peer, exc_info=True)
+
+
+@asynccontextmanager
+async def open_host(
+    identity_seed: bytes,
+    listen: Sequence[str] = ("/ip4/0.0.0.0/tcp/0",),
+    *,
+    mdns: bool = False,
+) -> AsyncIterator[P2PHost]:
+    """Run a host with the identity of ``identity_seed``, listening on ``listen``.
+
+    Must be entered inside trio; on exit the listeners and all connections are closed.
+    """
+    key_pair = _key_pair(identity_seed)
+    listen_addrs = [multiaddr.Multiaddr(a) for a in listen]
+    host = new_host(
+        key_pair=key_pair,
+        # Noise only: the default table also offers plaintext, TLS and secio.
+        sec_opt={
+            NOISE_PROTOCOL_ID: NoiseTransport(
+                key_pair, noise_privkey=new_x25519_key_pair().private_key
+            )
+        },
+        muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
+        listen_addrs=listen_addrs,
+    )
+    assert isinstance(host, BasicHost)
+    swarm = host.get_network()
+    assert isinstance(swarm, Swarm)
+    # One attempt per address: retrying is the caller's decision, and libp2p's backoff
+    # (0.1 + 0.2 + 0.4 s per address) would only delay a PeerUnreachable.
+    swarm.retry_config = RetryConfig(max_retries=0)
+    p2p = P2PHost(host, str(host.get_id()))
+    async with host.run(listen_addrs):
+        if len(swarm.listeners) < len(listen_addrs):
+            bound = [str(a) for a in host.get_transport_addrs()]
+            raise ProtocolError(
+                f"cannot listen on {', '.join(listen)} (bound: {', '.join(bound) or 'none'})",
+                hint="is another daemon using the port?",
+            )
+        p2p._start(mdns)
+        try:
+            yield p2p
+        finally:
+            p2p._stop()
+            await p2p._close_connections()
+
+
+def _key_pair(seed: bytes) -> KeyPair:
+    if len(seed) != SEED_BYTES:
+        raise ValueError(f"identity seed must be {SEED_BYTES} bytes, got {len(seed)}")
+    private = Ed25519PrivateKey.from_bytes(seed)
+    return KeyPair(private, private.get_public_key())
+
+
+def _parse_peer_id(peer_id: str) -> ID:
+    try:
+        return ID.from_base58(peer_id)
+    except Exception as e:
+        raise ValueError(f"not a PeerID: {peer_id!r}") from e
+
+
+def _transport_addr(addr: str, peer_id: str) -> multiaddr.Multiaddr:
+    """``addr`` without its ``/p2p/<id>`` part, which must name ``peer_id`` if present."""
+    maddr = multiaddr.Multiaddr(addr)
+    try:
+        named = maddr.value_for_protocol("p2p")
+    except Exception:  # ProtocolLookupError: no /p2p part
+        named = None
+    if named:
+        if named != peer_id:
+            raise ValueError(f"address {addr} belongs to {named}, not {peer_id}")
+        maddr = maddr.decapsulate(multiaddr.Multiaddr(f"/p2p/{named}"))
+    return maddr
+
+
+def _expand_wildcard(addr: multiaddr.Multiaddr) -> list[str]:
+    """``/ip4/0.0.0.0/...`` as one address per IPv4 interface (loopback included);
+    ``/ip6/::/...`` likewise for IPv6 (link-local left out: it needs a zone)."""
+    text = str(addr)
+    for proto, wildcard, version in (("ip4", "0.0.0.0", 4), ("ip6", "::", 6)):
+        prefix = f"/{proto}/{wildcard}/"
+        if text.startswith(prefix):
+            rest = text[len(prefix) :]
+            ips = _interface_ips(version)
+            return [f"/{proto}/{ip}/{rest}" for ip in ips]
+    return [text]
+
+
+def _interface_ips(version: int) -> list[str]:
+    ips: list[str] = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            raw = ip.ip if isinstance(ip.ip, str) else ip.ip[0]
+            try:
+                parsed = ipaddress.ip_address(raw)
+            except ValueError:
+                continue
+            if parsed.version != version or parsed.is_link_local:
+                continue
+            if str(parsed) not in ips:
+                ips.append(str(parsed))
+    loopback = "127.0.0.1" if version == 4 else "::1"
+    if loopback in ips:  # loopback last: LAN peers should try a LAN address first
+        ips.remove(loopback)
+    ips.append(loopback)
+    return ips
+
+
+def _is_loopback(addr: str) -> bool:
+    return addr.startswith(("/ip4/127.", "/ip6/::1/"))
+
+
+def _is_wildcard(addr: str) -> bool:
+    return addr.startswith(("/ip4/0.0.0.0/", "/ip6/::/"))
+
+
+def _describe(e: BaseException) -> str:
+    """One line for an error from libp2p, with the cause it wraps (often the real one)."""
+    text = str(e) or type(e).__name__
+    cause = e.__cause__
+    if cause is not None and str(cause) and str(cause) not in text:
+        text += f" ({cause})"
+    return text

@@ -301,7 +301,8 @@ def _scan_totals(paths: list[Path], stats: Any, stop: threading.Event) -> None:
 def cmd_backup(args: argparse.Namespace, out: Out) -> int:
     from corestate.node.engine.backup import Backup, BackupStats
     with _open(args, out) as node:
-        paths = [Path(p) for p in (args.paths or node.cfg.paths)]
+        # Paths in config.toml are relative to the home (absolute ones stay as they are).
+        paths = [Path(p) for p in args.paths] if args.paths else [node.home.path / p for p in node.cfg.paths]
         if not paths:
             raise CoreStateError("nothing to back up",
                                  hint=f"give paths: `corestate backup PATH...`, or list them in {node.home.config_path}")
@@ -312,9 +313,15 @@ def cmd_backup(args: argparse.Namespace, out: Out) -> int:
         stop = threading.Event()
         if out.tty:
             threading.Thread(target=_scan_totals, args=(paths, stats, stop), daemon=True).start()
+        journal = _journal_for(args, paths)
+        prev: list[str | None] = [None]
         engine = Backup(node.repo, node.cfg, skip_dirs=node.skip_dirs(),
                         exclude=node.cfg.exclude + (args.exclude or []), stats=stats,
-                        state_dir=node.home.path / "snapshots")
+                        state_dir=node.home.path / "snapshots",
+                        changes=None if journal is None else lambda: journal.changes_since(prev[0]))
+        if journal is not None:
+            prev[0] = _journal_token(node, engine.fingerprint_salt)
+            new_token = journal.mark()  # before any snapshot is taken (kernel/journal.py)
 
         def status() -> dict[str, Any]:
             return {"files": stats.files, "bytes_read": stats.bytes_read, "bytes_done": stats.bytes_total,
@@ -329,6 +336,8 @@ def cmd_backup(args: argparse.Namespace, out: Out) -> int:
                 result = engine.run(paths)
         finally:
             stop.set()
+        if journal is not None:
+            _save_journal_token(node, new_token, engine.fingerprint_salt)
         pushed = _push(args, node, out)
     st = result.stats
     for path, msg in st.errors:
@@ -348,6 +357,8 @@ def cmd_backup(args: argparse.Namespace, out: Out) -> int:
             "errors": [[_fs(p), m] for p, m in st.errors], "torn": [_fs(p) for p in st.torn],
             "torn_files": len(st.torn), "snapshot_provider": result.snapshot.provider,
             "paths_visited": st.paths_visited,
+            "change_journal": None if st.journal is None else {
+                "used": st.journal[0] == "used", "detail": st.journal[1]},
             "seconds": round(result.seconds, 3), "complete": code == EXIT_OK,
             "mesh": _push_json(pushed),
         })
@@ -361,6 +372,33 @@ def cmd_backup(args: argparse.Namespace, out: Out) -> int:
     if pushed is not None:
         _say_push(out, pushed)
     return code
+
+
+def _journal_for(args: argparse.Namespace, paths: list[Path]) -> Any:
+    """The daemon's change journal, when it watches exactly the paths being backed up."""
+    journal = getattr(getattr(args, "daemon", None), "journal", None)
+    if journal is None:
+        return None
+    if sorted(Path(os.path.abspath(p)) for p in paths) != journal.roots:
+        return None
+    return journal
+
+
+def _journal_token(node: LocalNode, salt: bytes) -> str | None:
+    """The journal position of the last recorded backup, if taken under these settings."""
+    try:
+        saved = json.loads((node.home.path / "journal" / "token.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(saved, dict) or saved.get("salt") != salt.hex():
+        return None  # other excludes or chunking: the directory cache must be rebuilt
+    token = saved.get("token")
+    return token if isinstance(token, str) else None
+
+
+def _save_journal_token(node: LocalNode, token: str, salt: bytes) -> None:
+    from corestate.kernel.state import write_json
+    write_json(node.home.path / "journal" / "token.json", {"token": token, "salt": salt.hex()})
 
 
 def _push(args: argparse.Namespace, node: LocalNode, out: Out) -> Any:

@@ -39,12 +39,14 @@ import stat
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import blake3
+from corestate.kernel.changes import ChangeSet
 from corestate.node.engine.repo import Repository
 from corestate.node.engine.workers import ProcessWorkers
 from corestate.node.errors import StoreError, StoreFull
@@ -90,6 +92,9 @@ class BackupStats:
     warnings: list[tuple[bytes, str]] = field(default_factory=list)
     torn: list[bytes] = field(default_factory=list)
     paths_visited: int = 0
+    # The change journal: None = not offered; else ("used", n changed paths) or
+    # ("full walk", reason).
+    journal: tuple[str, str] | None = None
     # Filled by an optional concurrent scan, for the ETA.
     estimate_files: int | None = None
     estimate_bytes: int | None = None
@@ -178,8 +183,16 @@ class Backup:
         stats: BackupStats | None = None, workers: int | None = None,
         state_dir: Path | None = None,
         allow_providers: tuple[str, ...] = ("btrfs", "reflink", "plain"),
+        changes: Callable[[], ChangeSet] | None = None,
     ) -> None:
         self.repo = repo
+        # The change journal's answer, asked once per protected path right after its
+        # snapshot is open: directories it does not name (nor anything below them) are
+        # taken whole from the directory cache without being listed.
+        self._change_source = changes
+        self._changed: set[bytes] | None = None
+        self._dirty: set[bytes] = set()
+        self._totals: dict[bytes, tuple[int, int]] | None = None
         self.keys = repo.keys
         self.cfg = cfg
         self.stats = stats or BackupStats()
@@ -232,8 +245,13 @@ class Backup:
         self._reused_dirs: set[bytes] = set()
         self._dir_cache: dict[bytes, tuple[bytes, bytes, int, int]] = {}
         self._dir_upserts: list[tuple[bytes, bytes, bytes, int, int]] = []
-        # Anything that changes how a tree is built must change every fingerprint.
+        # Anything that changes how a tree is built must change every fingerprint (and void
+        # a journal token taken under other settings: see fingerprint_salt).
         self._fp_salt = repr(("fp3", cfg.min_size, cfg.avg_size, cfg.max_size, sorted(exclude))).encode()
+
+    @property
+    def fingerprint_salt(self) -> bytes:
+        return blake3.blake3(self._fp_salt).digest()
 
     # -- the run ------------------------------------------------------------------------
 
@@ -282,11 +300,20 @@ class Backup:
 
         def under(p: bytes) -> bool:
             return any(p == r or p.startswith(r.rstrip(b"/") + b"/") for r in roots)
-        # A file not seen is stale unless its directory was reused whole from the cache.
+
+        def covered(p: bytes) -> bool:
+            """Below a directory reused whole from the cache (not listed, still there)."""
+            d = os.path.dirname(p)
+            while d not in (b"/", b""):
+                if d in self._reused_dirs:
+                    return True
+                d = os.path.dirname(d)
+            return False
+        # A file or folder not seen is stale unless a folder above it was reused whole.
         # (Files below vanished directories go with them, by prefix, in update_files_cache.)
-        stale = [p for p in self._cache
-                 if p not in self._seen and os.path.dirname(p) not in self._reused_dirs and under(p)]
-        stale_dirs = [p for p in self._dir_cache if p not in self._seen_dirs and under(p)]
+        stale = [p for p in self._cache if p not in self._seen and under(p) and not covered(p)]
+        stale_dirs = [p for p in self._dir_cache
+                      if p not in self._seen_dirs and under(p) and not covered(p)]
         self.repo.update_files_cache(self._cache_upserts, stale, self._dir_upserts, stale_dirs)
         # Only now, with the snapshot recorded, may a btrfs snapshot become the parent.
         for session in self.sessions:
@@ -322,6 +349,7 @@ class Backup:
             node: Node | None = None
             if c in leaves:
                 walk = self._open_session(p)
+                self._ask_journal()
                 try:
                     wst = os.lstat(walk) if walk != p else st
                 except OSError as exc:
@@ -372,6 +400,16 @@ class Backup:
         self.stats.dirs += 1
         key = self._key(path)
         self._seen_dirs.add(key)
+        if self._changed is not None and not self._touched(key):
+            hit = self._dir_cache.get(key)
+            if hit is not None and hit[1] in self._known:
+                # Not listed: count the whole subtree from the cache rows below it.
+                files, size = self._subtree_totals().get(key, (hit[2], hit[3]))
+                self._reused_dirs.add(key)
+                self.stats.files += files
+                self.stats.files_unchanged += files
+                self.stats.bytes_total += size
+                return hit[0], hit[1]
         clean = True
         try:
             with os.scandir(path) as it:
@@ -439,6 +477,50 @@ class Backup:
             self._finish(self._pending.popleft())
         self._drain()
         return digest, pend
+
+    def _ask_journal(self) -> None:
+        if self._change_source is None:
+            return
+        cs = self._change_source()
+        if cs.paths is None:
+            self._changed = None
+            self.stats.journal = ("full walk", cs.reason)
+            return
+        self._changed = {os.fsencode(p) for p in cs.paths}
+        dirty = set()
+        for p in self._changed:
+            while p not in dirty and p not in (b"/", b""):
+                dirty.add(p)
+                p = os.path.dirname(p)
+        self._dirty = dirty
+        self.stats.journal = ("used", f"{len(self._changed)} changed path(s)")
+
+    def _subtree_totals(self) -> dict[bytes, tuple[int, int]]:
+        """Files and bytes of each cached directory's whole subtree (cache rows hold a
+        directory's own files only)."""
+        if self._totals is None:
+            totals: dict[bytes, tuple[int, int]] = {}
+            for p, (_, _, files, size) in self._dir_cache.items():
+                q = p
+                while True:
+                    f, b = totals.get(q, (0, 0))
+                    totals[q] = (f + files, b + size)
+                    if q in (b"/", b""):
+                        break
+                    q = os.path.dirname(q)
+            self._totals = totals
+        return self._totals
+
+    def _touched(self, key: bytes) -> bool:
+        """Must this directory be listed: it, or something below or above it, changed."""
+        if key in self._dirty:
+            return True
+        d = os.path.dirname(key)
+        while d not in (b"/", b""):
+            if d in self._changed:  # type: ignore[operator]
+                return True  # a changed (maybe renamed) folder: walk its whole subtree
+            d = os.path.dirname(d)
+        return False
 
     def _key(self, walk_path: bytes) -> bytes:
         """The original path of something walked inside a snapshot (cache keys, reports)."""

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from corestate.kernel.journal import Journal
 from corestate.node.home import Home
 from corestate.node.local import LocalNode
 from corestate.node.runtime.client import socket_path
@@ -37,6 +38,8 @@ from corestate.protocol import control as c
 from corestate.protocol import wire
 from corestate.protocol.errors import ProtocolError
 from corestate.protocol.streams import Channel, TrioStream
+
+from corestate.errors import CoreStateError
 
 log = logging.getLogger("corestate.daemon")
 
@@ -50,6 +53,7 @@ class Daemon:
         self.command_lock = trio.Lock()
         self.started = time.time()
         self.token = trio.lowlevel.current_trio_token()
+        self.journal: Journal | None = None
 
     def port(self) -> MeshPort:
         async def get() -> Mesh:
@@ -187,15 +191,33 @@ def absolutize(args: argparse.Namespace, cwd: str) -> None:
             setattr(args, name, str(base / os.path.expanduser(str(v))))
 
 
+def _start_journal(node: LocalNode) -> Journal | None:
+    """Watch the configured paths for changes, so scheduled and CLI backups of them walk
+    only what changed (any doubt -> a full walk; kernel/journal.py)."""
+    if not node.cfg.paths:
+        return None
+    roots = [Path(os.path.abspath(node.home.path / p)) for p in node.cfg.paths]
+    journal = Journal(node.home.path / "journal", roots)
+    try:
+        journal.start()
+    except (CoreStateError, OSError) as exc:
+        log.warning("change journal not available (%s): backups walk the whole tree", exc)
+        return None
+    log.info("change journal: %s on %s", journal.backend, " ".join(map(str, roots)))
+    return journal
+
+
 async def run_daemon(home: Home, passphrase: bytes, listen: list[str] | None, *,
                      ready: Any = None) -> int:
     node = LocalNode.open(home, passphrase)
     events = EventBus()
+    journal: Journal | None = None
     try:
         for pid, reason in node.problems:
             log.warning("pack %s could not be read: %s (run `corestate check`)", pid.hex()[:16], reason)
         async with open_mesh(node, listen=listen, mdns=node.cfg.mdns, events=events) as mesh:
             daemon = Daemon(node, mesh, events)
+            journal = daemon.journal = await trio.to_thread.run_sync(_start_journal, node)
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async with trio.open_nursery() as nursery:
                     path = await nursery.start(daemon.serve_control)
@@ -210,6 +232,8 @@ async def run_daemon(home: Home, passphrase: bytes, listen: list[str] | None, *,
                         nursery.cancel_scope.cancel()
                         break
     finally:
+        if journal is not None:
+            journal.stop()
         node.close()
     return 0
 

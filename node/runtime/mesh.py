@@ -235,7 +235,8 @@ class Mesh:
         addrs = entry.addrs if entry else []
         t = timeout or self.timeout
         stream = await self.host.open_stream(peer, SHARE_PROTOCOL, addrs=addrs, timeout=t)
-        ch = Channel(stream, timeout=t)
+        big = isinstance(msg, m.AuditShare)  # an audit answer carries a whole block
+        ch = Channel(stream, timeout=t, max_frame=m.AUDIT_MAX_FRAME if big else 1 << 20)
         try:
             await ch.send(msg)
             if bulk is not None:

@@ -680,7 +680,7 @@ def cmd_node_run(args: argparse.Namespace, out: Out) -> int:
     if s is not None:
         s.close()
         from corestate.node.errors import HomeBusy
-        raise HomeBusy(str(home.path))
+        raise HomeBusy(str(home.path), "the daemon answering on its control socket")
     passphrase = _passphrase(args)
 
     def ready(node: LocalNode, addrs: list[str]) -> None:

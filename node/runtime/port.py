@@ -45,6 +45,13 @@ async def open_mesh(node: LocalNode, *, listen: list[str] | None = None, mdns: b
     from corestate.node.runtime.mesh import Mesh
     from corestate.node.runtime.vault import ShareVault
     from corestate.protocol.p2p import open_host
+
+    # libp2p logs through a logger of its own that bypasses the root handlers (straight to
+    # stderr); route it through ours, and keep only what a user can act on.
+    lp = logging.getLogger("libp2p")
+    lp.handlers.clear()
+    lp.propagate = True
+    lp.setLevel(logging.ERROR)
     cfg = node.cfg
     vault = ShareVault(node.home.path / "shares", global_quota=cfg.global_quota)
     bus = events or EventBus()

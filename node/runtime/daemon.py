@@ -108,6 +108,7 @@ class Daemon:
 
     async def _subscribe(self, ch: Channel) -> None:
         recv = self.events.subscribe()
+        await ch.send(c.Ok())
         async with recv:
             async for kind, fields in recv:
                 clean = {k: v if isinstance(v, (str, int, bool)) else str(v) for k, v in fields.items()}

@@ -69,6 +69,10 @@ class PeerRefused(MeshError):
         self.peer, self.code = peer, code
 
 
+_ERROR_CODES: dict[type, str] = {QuotaExceeded: "quota", ShareNotFound: "not-found",
+                                  ShareRejected: "rejected"}
+
+
 def short(peer: str) -> str:
     return peer[-8:] if len(peer) > 8 else peer
 
@@ -130,8 +134,8 @@ class Mesh:
                 with trio.move_on_after(2):
                     await ch.send(m.Error(code="protocol", message=str(exc)[:1000], retryable=False))
             except (QuotaExceeded, ShareNotFound, ShareRejected, StoreError) as exc:
-                await ch.send(m.Error(code=type(exc).__name__, message=str(exc)[:1000],
-                                      retryable=exc.retryable))
+                await ch.send(m.Error(code=_ERROR_CODES.get(type(exc), "store"),
+                                      message=str(exc)[:1000], retryable=exc.retryable))
             except ProtocolError as exc:  # the peer went away or stalled: nothing to answer
                 log.info("share request from %s ended: %s", short(sender), exc)
         finally:

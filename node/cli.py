@@ -411,7 +411,7 @@ def _push(args: argparse.Namespace, node: LocalNode, out: Out) -> Any:
     port = _port(args)
     if port is None:
         raise CoreStateError("this node has peers but no way to reach them", hint="report this as a bug")
-    from corestate.node.runtime.mesh import Progress
+    from corestate.node.runtime.reports import Progress
     prog = Progress()
 
     def bar() -> tuple[str, int, int | None, str]:

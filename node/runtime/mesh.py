@@ -25,7 +25,6 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import blake3
@@ -39,6 +38,7 @@ from corestate.node.errors import QuotaExceeded, ShareNotFound, ShareRejected, S
 from corestate.node.ledger import Ledger, ShareRow
 from corestate.node.peers import AddressBook
 from corestate.node.runtime.events import EventBus
+from corestate.node.runtime.reports import PackResult, Progress, UploadReport, short
 from corestate.node.runtime.vault import ShareVault
 from corestate.protocol import messages as m
 from corestate.protocol.errors import ProtocolError, RemoteProtocolError
@@ -71,37 +71,6 @@ class PeerRefused(MeshError):
 
 _ERROR_CODES: dict[type, str] = {QuotaExceeded: "quota", ShareNotFound: "not-found",
                                   ShareRejected: "rejected"}
-
-
-def short(peer: str) -> str:
-    return peer[-8:] if len(peer) > 8 else peer
-
-
-@dataclass(slots=True)
-class PackResult:
-    pack: bytes
-    k: int
-    n: int
-    placed: int  # distinct share indexes acknowledged
-    failures: list[str] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class UploadReport:
-    packs: list[PackResult] = field(default_factory=list)
-    share_bytes: int = 0
-    seconds: float = 0.0
-    put_latencies: list[float] = field(default_factory=list)
-
-    @property
-    def degraded(self) -> list[PackResult]:
-        return [p for p in self.packs if p.placed < p.n]
-
-
-@dataclass(slots=True)
-class Progress:
-    done: int = 0
-    total: int = 0
 
 
 class Mesh:

@@ -18,9 +18,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import trio
 from corestate.node.engine.repo import SnapshotInfo
-from corestate.node.runtime.mesh import Progress, UploadReport, short
+from corestate.node.runtime.reports import Progress, UploadReport, short
 
 from corestate.errors import CoreStateError
 
@@ -154,6 +153,9 @@ def fetch(node: LocalNode, port: MeshPort, packs: Iterable[bytes],
     done: list[bytes] = []
     nbytes = [0]
     lock = threading.Lock()
+
+
+    import trio
 
     async def run(mesh: Mesh) -> None:
         limit = trio.Semaphore(parallel)

@@ -69,6 +69,8 @@ from corestate.errors import CoreStateError
 # Files whose ctime is this close to the moment they were read may change again without
 # a visible timestamp change (coarse kernel clocks): they are never cached.
 RACY_NS = 2_000_000_000
+# Longer than the kernel's coarse clock tick (1-10 ms, by HZ) that stamps file times.
+TICK_NS = 20_000_000
 SMALL_BATCH_BYTES = 4 << 20
 SMALL_BATCH_FILES = 128
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
@@ -829,6 +831,7 @@ class Backup:
             for attempt in (0, 1):
                 if attempt:
                     os.lseek(fd, 0, os.SEEK_SET)
+                    time.sleep(TICK_NS / 1e9)  # let a write just before the read age past a tick
                 r.read_ns = time.time_ns()
                 r.content, r.size = self._read_chunks(fd, base[1])
                 st1 = os.fstat(fd)
@@ -836,7 +839,11 @@ class Backup:
                     r.warning = "skipped: replaced by a special file while reading"
                     return r
                 now = (st1.st_ino, st1.st_size, st1.st_mtime_ns, st1.st_ctime_ns)
-                r.torn = not (now == base and r.size == st1.st_size)
+                # File times come from a coarse clock: a write during the read can carry a
+                # time up to one tick before the read began and leave the stat unchanged.
+                # A change that recent may have happened while we read: not stable.
+                recent = st1.st_ctime_ns >= r.read_ns - TICK_NS
+                r.torn = recent or not (now == base and r.size == st1.st_size)
                 if not r.torn:
                     break
                 base = now

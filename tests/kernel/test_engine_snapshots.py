@@ -94,16 +94,16 @@ def test_files_rewritten_during_backup(cli: Cli, btrfs_subvol: Path, tmp_path: P
     versions = _restored_versions(cli, tmp_path, files, "r")
     torn = set(summary["torn"])
     if where == "btrfs":
-        # One instant: the writer's lockstep visible as of one moment. Files before the
-        # instant hold version v, the rest v - 1, and at most the one file being written at
-        # that instant holds both (a snapshot is crash-consistent, like a power cut).
+        # One instant: the snapshot is crash-consistent, like a power cut. Without fsync
+        # the writer's order across files is not kept by writeback (pages dirtied while
+        # the snapshot flushes may land or not), so any file may hold the version being
+        # written then or the one before, but nothing older and nothing else: across all
+        # files at most two adjacent versions.
         values = set().union(*versions)
         assert len(values) <= 2, versions
         if len(values) == 2:
             a, b = sorted(values)
-            new, old = (b, a) if (b - a) % 251 == 1 else (a, b)
-            rank = [0 if v == {new} else 1 if v == {new, old} else 2 for v in versions]
-            assert rank == sorted(rank) and rank.count(1) <= 1, versions
+            assert (b - a) % 251 == 1 or (a - b) % 251 == 1, versions
     else:
         # Live reads: a file that mixes versions is never passed off as whole.
         for f, v in zip(files, versions, strict=True):

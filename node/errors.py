@@ -157,3 +157,49 @@ class ShareRejected(NodeError):
         self.pack = bytes(pack)
         self.index = index
         self.reason = reason
+
+
+class CatalogError(NodeError):
+    """Root of the errors of the signed catalog (node.core.catalog, node.core.sync)."""
+
+
+class BadBatch(CatalogError):
+    """Bytes that are not the canonical encoding of a valid catalog batch (or sync message).
+
+    Never retryable: the same bytes give the same answer. A peer that sends them is
+    misbehaving or runs an incompatible version.
+    """
+
+    retryable = False
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            f"malformed catalog data: {reason}",
+            hint="the peer that sent it runs an incompatible or broken version",
+        )
+        self.reason = reason
+
+
+class CatalogWriteError(CatalogError):
+    """This node was asked to write a batch it must not write (a bug here, not a peer's)."""
+
+    retryable = False
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"cannot write the catalog batch: {reason}")
+        self.reason = reason
+
+
+class BadValue(CatalogError):
+    """A sealed catalog value does not open under this key, author and catalog key."""
+
+    retryable = False
+
+    def __init__(self, key: bytes, reason: str) -> None:
+        super().__init__(
+            f"catalog value of key {bytes(key)[:40].hex()}: {reason}",
+            hint="the value was sealed by another node's root, or it is corrupt",
+        )
+        self.key = bytes(key)
+        self.reason = reason
+

@@ -203,3 +203,33 @@ class BadValue(CatalogError):
         self.key = bytes(key)
         self.reason = reason
 
+
+class MembershipError(NodeError):
+    """Root of the errors of group membership (node.core.membership)."""
+
+
+class BadMemberOp(MembershipError):
+    """Bytes or fields that are not a well-formed membership op.
+
+    Never retryable: the same input gives the same answer. A peer that sends such an op is
+    misbehaving or runs an incompatible version.
+    """
+
+    retryable = False
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            f"malformed membership op: {reason}",
+            hint="the peer that sent it runs an incompatible or broken version",
+        )
+        self.reason = reason
+
+
+class AmbiguousGroup(MembershipError):
+    """Membership ops of several groups (or none) were evaluated without naming the group."""
+
+    retryable = False
+
+    def __init__(self, groups: int) -> None:
+        super().__init__(f"cannot tell which group to evaluate: the ops name {groups} groups")
+        self.groups = groups

@@ -1,0 +1,367 @@
+"""This node's group: membership ops and the signed catalog, durable in ``HOME/group.db``.
+
+Role: the glue between the pure cores (``node.core.membership``, ``node.core.catalog``,
+``node.core.sync``) and the node: it persists what they decide (sqlite, WAL,
+``synchronous=FULL``: a lost commit could lose a placement record or an invite's use),
+keeps the evaluated membership current, mints and redeems invites, and builds and applies
+the sync messages (``protocol/group.py``). Synchronous and thread-safe (one lock); the
+daemon calls it from threads or briefly from its event loop.
+
+Invariants:
+- Only ops and batches that verify are stored; ops of another group never are.
+- Catalog batches are applied only from members and never from removed peers; a node
+  writes only its own partition, in its current epoch (bumped after a recovery).
+- An invite secret is stored hashed and works once, before it expires.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import blake3
+import cbor2
+from corestate.node.core import catalog as cat
+from corestate.node.core import membership as mem
+from corestate.node.core import sync as csync
+from corestate.protocol import group as gw
+from corestate.protocol.keys import NodeKeys
+
+from corestate.errors import CoreStateError
+
+TOKEN_PREFIX = "csinv1."
+ZERO = bytes(32)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v BLOB);
+CREATE TABLE IF NOT EXISTS ops (id BLOB PRIMARY KEY, raw BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS authors (author TEXT PRIMARY KEY, epoch INTEGER, seq INTEGER, head BLOB);
+CREATE TABLE IF NOT EXISTS batches (author TEXT, epoch INTEGER, seq_first INTEGER, seq_last INTEGER,
+                                    id BLOB, raw BLOB, PRIMARY KEY (author, epoch, seq_first));
+CREATE TABLE IF NOT EXISTS entries (author TEXT, key BLOB, seq INTEGER, value BLOB, hlc INTEGER,
+                                    PRIMARY KEY (author, key));
+CREATE TABLE IF NOT EXISTS forks (author TEXT, epoch INTEGER, seq INTEGER, kept BLOB, other BLOB, reason TEXT);
+CREATE TABLE IF NOT EXISTS invites (secret BLOB PRIMARY KEY, role TEXT, expires_ms INTEGER, used_by TEXT);
+"""
+
+
+class GroupError(CoreStateError):
+    pass
+
+
+class NotInGroup(GroupError):
+    def __init__(self) -> None:
+        super().__init__("this node is not in a group",
+                         hint="`corestate group create NAME` starts one; `corestate group join TOKEN` joins one")
+
+
+@dataclass(frozen=True, slots=True)
+class Invite:
+    group: bytes
+    admin: str
+    addrs: tuple[str, ...]
+    secret: bytes
+    role: str
+    expires_ms: int
+
+    def token(self) -> str:
+        raw = cbor2.dumps([1, self.group, self.admin, list(self.addrs), self.secret, self.role,
+                           self.expires_ms], canonical=True)
+        return TOKEN_PREFIX + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def parse(cls, token: str) -> Invite:
+        bad = GroupError("that is not an invite token",
+                         hint="paste the whole last line `corestate group invite` printed")
+        token = token.strip()
+        if not token.startswith(TOKEN_PREFIX):
+            raise bad
+        try:
+            body = token[len(TOKEN_PREFIX):]
+            raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+            v, group, admin, addrs, secret, role, expires = cbor2.loads(raw)
+            if v != 1 or len(group) != 32 or len(secret) != 16 or role not in ("member", "admin"):
+                raise ValueError
+            return cls(bytes(group), str(admin), tuple(str(a) for a in addrs), bytes(secret),
+                       role, int(expires))
+        except (ValueError, TypeError, cbor2.CBORDecodeError):
+            raise bad from None
+
+
+class GroupNode:
+    def __init__(self, path: Path, keys: NodeKeys) -> None:
+        self.keys = keys
+        self.me = keys.peer_id
+        self._lock = threading.RLock()
+        self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(SCHEMA)
+        self.ops: dict[bytes, mem.MemberOp] = {}
+        for _id, raw in self.db.execute("SELECT id, raw FROM ops"):
+            op = mem.decode_op(raw)
+            self.ops[op.op_id] = op
+        g = self._meta("group")
+        self.group: bytes | None = bytes(g) if g else None
+        self.catalog = cat.Catalog.load(
+            self.db.execute("SELECT author, epoch, seq, head FROM authors").fetchall(),
+            self.db.execute("SELECT author, epoch, seq_first, seq_last, id, raw FROM batches "
+                            "ORDER BY author, epoch, seq_first").fetchall(),
+            self.db.execute("SELECT author, key, seq, value, hlc FROM entries").fetchall(),
+            self.db.execute("SELECT author, epoch, seq, kept, other, reason FROM forks").fetchall(),
+        )
+        self.state: mem.GroupState | None = None
+        self._evaluate()
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- small helpers -----------------------------------------------------------------
+
+    def _meta(self, k: str) -> bytes | None:
+        row = self.db.execute("SELECT v FROM meta WHERE k = ?", (k,)).fetchone()
+        return None if row is None else row[0]
+
+    def _set_meta(self, k: str, v: bytes) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, v))
+
+    @property
+    def epoch(self) -> int:
+        v = self._meta("epoch")
+        return int.from_bytes(v, "big") if v else 0
+
+    def set_epoch(self, epoch: int) -> None:
+        with self._lock:
+            self._set_meta("epoch", epoch.to_bytes(8, "big"))
+
+    def _evaluate(self) -> None:
+        if self.group is None:
+            self.state = None
+            return
+        self.state = mem.evaluate(self.ops.values(), self.group)
+
+    @property
+    def in_group(self) -> bool:
+        return self.group is not None and self.state is not None and self.state.name is not None
+
+    def require(self) -> mem.GroupState:
+        if not self.in_group or self.state is None:
+            raise NotInGroup()
+        return self.state
+
+    def is_member(self, peer: str) -> bool:
+        return self.state is not None and peer in self.state.members
+
+    def members(self) -> dict[str, str]:
+        return dict(self.state.members) if self.state is not None else {}
+
+    def removed(self) -> frozenset[str]:
+        return self.state.removed if self.state is not None else frozenset()
+
+    def _now_ms(self) -> int:
+        return time.time_ns() // 1_000_000
+
+    # -- membership --------------------------------------------------------------------
+
+    def _store_ops(self, ops: Iterable[mem.MemberOp]) -> int:
+        new = [op for op in ops if op.op_id not in self.ops and mem.verify_op(op)
+               and (op.group == self.group or (op.kind == "create" and op.op_id == self.group))]
+        if not new:
+            return 0
+        self.db.execute("BEGIN")
+        self.db.executemany("INSERT OR IGNORE INTO ops VALUES (?, ?)",
+                            [(op.op_id, mem.encode_op(op)) for op in new])
+        self.db.execute("COMMIT")
+        for op in new:
+            self.ops[op.op_id] = op
+        self._evaluate()
+        return len(new)
+
+    def _sign(self, **fields: object) -> mem.MemberOp:
+        st = self.require()
+        op = mem.sign_op(self.keys.signing_key, group=self.group, parents=st.heads,
+                         hlc=self._now_ms(), **fields)
+        self._store_ops([op])
+        return op
+
+    def create(self, name: str) -> bytes:
+        with self._lock:
+            if self.in_group:
+                raise GroupError("this node is already in a group",
+                                 hint="`corestate group leave` first; a node is in one group")
+            op = mem.sign_op(self.keys.signing_key, kind="create", name=name, hlc=self._now_ms())
+            self.group = op.op_id
+            self._set_meta("group", op.op_id)
+            self._store_ops([op])
+            return op.op_id
+
+    def remove(self, peer: str) -> mem.MemberOp:
+        with self._lock:
+            st = self.require()
+            if peer not in st.members:
+                raise GroupError(f"{peer} is not a member", hint="`corestate group members` lists them")
+            before = set(st.members)
+            op = self._sign(kind="remove", subject=peer)
+            assert self.state is not None
+            if set(self.state.members) == before:
+                reason = self.state.void.get(op.op_id, "it did not take effect")
+                raise GroupError(f"the removal did not count: {reason}",
+                                 hint="only admins remove members, and the last admin cannot be removed")
+            return op
+
+    def set_role(self, peer: str, role: str) -> mem.MemberOp:
+        with self._lock:
+            return self._sign(kind="promote" if role == "admin" else "demote", subject=peer)
+
+    def leave(self) -> mem.MemberOp:
+        with self._lock:
+            return self._sign(kind="remove", subject=self.me)
+
+    # -- invites -----------------------------------------------------------------------
+
+    def invite(self, role: str, expires_s: float, addrs: list[str]) -> Invite:
+        with self._lock:
+            st = self.require()
+            if st.role(self.me) != "admin":
+                raise GroupError("only an admin can invite", hint="ask an admin of the group")
+            secret = os.urandom(16)
+            inv = Invite(self.group or ZERO, self.me, tuple(addrs), secret, role,
+                         self._now_ms() + int(expires_s * 1000))
+            self.db.execute("INSERT INTO invites VALUES (?, ?, ?, NULL)",
+                            (blake3.blake3(secret).digest(), role, inv.expires_ms))
+            return inv
+
+    def redeem(self, peer: str, group: bytes, secret: bytes) -> mem.MemberOp:
+        """At the issuing admin: the invite's one use, for ``peer`` (the authenticated
+        dialer). Returns the add op."""
+        with self._lock:
+            st = self.require()
+            if group != self.group:
+                raise GroupError("the invite is for another group")
+            key = blake3.blake3(secret).digest()
+            row = self.db.execute("SELECT role, expires_ms, used_by FROM invites WHERE secret = ?",
+                                  (key,)).fetchone()
+            if row is None:
+                raise GroupError("unknown invite")
+            role, expires, used = row
+            if used is not None and used != peer:
+                raise GroupError("the invite was already used")
+            if expires < self._now_ms():
+                raise GroupError("the invite expired", hint="ask the admin for a new one")
+            if peer in st.removed:
+                raise GroupError("this identity was removed from the group",
+                                 hint="re-join under the next key generation")
+            self.db.execute("UPDATE invites SET used_by = ? WHERE secret = ?", (peer, key))
+            if peer in st.members:
+                return next(op for op in self.ops.values() if op.subject == peer and op.kind == "add")
+            return self._sign(kind="add", subject=peer, role=role)
+
+    def adopt(self, group: bytes, raws: Iterable[bytes]) -> None:
+        """After a join or a recovery: take the group's ops as this node's group."""
+        with self._lock:
+            self.group = group
+            self._set_meta("group", group)
+            self._store_ops(mem.decode_op(r) for r in raws)
+
+    # -- catalog -----------------------------------------------------------------------
+
+    def write(self, items: Mapping[bytes, bytes | None]) -> cat.Batch | None:
+        """Append to this node's own partition (one batch; a few if over the limits)."""
+        with self._lock:
+            if not self.in_group or not items:
+                return None
+            pairs = list(items.items())
+            last = None
+            for i in range(0, len(pairs), 2000):
+                last = self.catalog.write(self.keys.signing_key, self.me, self.epoch,
+                                          pairs[i:i + 2000], self._now_ms())
+            self._save({self.me})
+            return last
+
+    def own_entries(self) -> dict[bytes, bytes | None]:
+        return {k: e.value for k, e in self.catalog.entries(self.me).items()}
+
+    def _save(self, authors: set[str]) -> None:
+        c = self.catalog
+        self.db.execute("BEGIN")
+        for a in authors:
+            for t in ("authors", "batches", "entries", "forks"):
+                self.db.execute(f"DELETE FROM {t} WHERE author = ?", (a,))
+        self.db.executemany("INSERT INTO authors VALUES (?, ?, ?, ?)",
+                            [r for r in c.author_rows() if r[0] in authors])
+        self.db.executemany("INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?)",
+                            [r for r in c.batch_rows() if r[0] in authors])
+        self.db.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?)",
+                            [r for r in c.entry_rows() if r[0] in authors])
+        self.db.executemany("INSERT INTO forks VALUES (?, ?, ?, ?, ?, ?)",
+                            [r for r in c.fork_rows() if r[0] in authors])
+        self.db.execute("COMMIT")
+
+    def _apply_batches(self, raw: bytes, kind: str) -> list[cat.Verdict]:
+        st = self.state
+        members = frozenset(st.members) if st else frozenset()
+        removed = st.removed if st else frozenset()
+        before = self.catalog.version_vector()
+        if kind == "reply":
+            push, verdicts, _ = csync.finish(self.catalog, raw, members=members, now_ms=self._now_ms(),
+                                             revoked=removed)
+            self._pending_push = push
+        else:
+            verdicts = csync.absorb(self.catalog, raw, members=members, now_ms=self._now_ms(), revoked=removed)
+        after = self.catalog.version_vector()
+        changed = {a for a in after if after.get(a) != before.get(a)}
+        if changed or any(v.kind == "fork" for v in verdicts):
+            self._save(changed | {v.evidence.author for v in verdicts if v.kind == "fork"})
+        return verdicts
+
+    # -- sync exchange (messages of protocol/group.py) ---------------------------------
+
+    def sync_open(self) -> gw.SyncOpen:
+        with self._lock:
+            return gw.SyncOpen(group=self.group or ZERO, have=tuple(sorted(self.ops)),
+                               catalog=csync.hello(self.catalog))
+
+    def sync_reply(self, peer: str, msg: gw.SyncOpen) -> gw.SyncReply:
+        """At the responder. Raises GroupError for a non-member or a wrong group."""
+        with self._lock:
+            st = self.require()
+            if msg.group not in (ZERO, self.group):
+                raise GroupError("another group")
+            if peer not in st.members:
+                raise GroupError("not a member of this group")
+            theirs = set(msg.have)
+            ops = tuple(mem.encode_op(op) for i, op in sorted(self.ops.items()) if i not in theirs)
+            answer = csync.answer(self.catalog, msg.catalog)
+            return gw.SyncReply(group=self.group or ZERO, ops=ops, have=tuple(sorted(self.ops)),
+                                catalog=answer)
+
+    def sync_finish(self, msg: gw.SyncReply) -> tuple[gw.SyncPush, list[cat.Verdict]]:
+        """At the initiator: take the reply, build the push."""
+        with self._lock:
+            if self.group is None:
+                self.group = msg.group
+                self._set_meta("group", msg.group)
+            elif msg.group != self.group:
+                raise GroupError("the peer answered for another group")
+            self._store_ops(mem.decode_op(r) for r in msg.ops)
+            verdicts = self._apply_batches(msg.catalog, "reply")
+            theirs = set(msg.have)
+            ops = tuple(mem.encode_op(op) for i, op in sorted(self.ops.items()) if i not in theirs)
+            push = self._pending_push
+            self._pending_push = None
+            return gw.SyncPush(ops=ops, catalog=push or b""), verdicts
+
+    def sync_absorb(self, peer: str, msg: gw.SyncPush) -> list[cat.Verdict]:
+        with self._lock:
+            if not self.is_member(peer):
+                raise GroupError("not a member of this group")
+            self._store_ops(mem.decode_op(r) for r in msg.ops)
+            return self._apply_batches(msg.catalog, "push") if msg.catalog else []
+
+    _pending_push: bytes | None = None

@@ -1,0 +1,210 @@
+"""The group over the network: sync (``/corestate/sync/1``), invites (``/corestate/join/1``),
+anti-entropy, and what members tell each other about themselves.
+
+Role: carries ``protocol/group.py`` messages between ``GroupNode`` replicas. Every handler
+refuses non-members (and removed members: they are not members) before reading anything
+else; every await on a peer is under the channel's timeout.
+
+Anti-entropy: every ``interval`` seconds the node syncs with up to three random members;
+a local write (a backup's catalog entries) triggers a push round to every member at once.
+Each member advertises its listen addresses in its own partition (key ``b"a"``), so
+members find each other without a coordinator.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import TYPE_CHECKING, Any
+
+import cbor2
+import trio
+from corestate.node.group import GroupError, GroupNode
+from corestate.node.peers import AddressBook, split_peer_addr
+from corestate.protocol import group as gw
+from corestate.protocol import messages as m
+from corestate.protocol.errors import ProtocolError
+from corestate.protocol.streams import Channel, Stream
+
+from corestate.errors import CoreStateError
+
+if TYPE_CHECKING:
+    from corestate.protocol.p2p import P2PHost
+
+log = logging.getLogger("corestate.group")
+ADDRS_KEY = b"a"
+
+
+class GroupService:
+    def __init__(self, host: P2PHost, group: GroupNode, book: AddressBook, *, timeout: float = 20.0,
+                 interval: float = 20.0, on_change: Any = None) -> None:
+        self.host, self.group, self.book = host, group, book
+        self.timeout, self.interval = timeout, interval
+        self.on_change = on_change
+        self._kick = trio.Event()
+        host.set_handler(gw.SYNC_PROTOCOL, self.serve_sync)
+        host.set_handler(gw.JOIN_PROTOCOL, self.serve_join)
+
+    # -- serving -----------------------------------------------------------------------
+
+    async def serve_sync(self, stream: Stream) -> None:
+        peer = stream.remote_peer
+        ch = Channel(stream, timeout=self.timeout, max_frame=gw.SYNC_MAX_FRAME, decode=gw.decode)
+        try:
+            msg = await ch.receive()
+            if not isinstance(msg, gw.SyncOpen):
+                raise GroupError("expected a sync request")
+            try:
+                reply = await trio.to_thread.run_sync(self.group.sync_reply, peer, msg)
+            except (GroupError, CoreStateError) as exc:
+                log.info("sync from %s refused: %s", peer[-8:], exc)
+                await ch.send(m.Error(code="refused", message=str(exc)[:1000], retryable=False))
+                return
+            await ch.send(reply)
+            push = await ch.receive()
+            if isinstance(push, gw.SyncPush) and (push.ops or push.catalog):
+                await trio.to_thread.run_sync(self.group.sync_absorb, peer, push)
+                self._learn_addrs()
+                if self.on_change is not None:
+                    self.on_change()
+        except (ProtocolError, GroupError, CoreStateError) as exc:
+            log.info("sync with %s ended: %s", peer[-8:], exc)
+        finally:
+            with trio.move_on_after(2):
+                await ch.aclose()
+
+    async def serve_join(self, stream: Stream) -> None:
+        peer = stream.remote_peer
+        ch = Channel(stream, timeout=self.timeout, max_frame=gw.SYNC_MAX_FRAME, decode=gw.decode)
+        try:
+            msg = await ch.receive()
+            if not isinstance(msg, gw.JoinRequest):
+                raise GroupError("expected a join request")
+            try:
+                await trio.to_thread.run_sync(self.group.redeem, peer, msg.group, msg.secret)
+            except GroupError as exc:
+                log.warning("join by %s refused: %s", peer, exc)
+                await ch.send(m.Error(code="refused", message=str(exc)[:1000], retryable=False))
+                return
+            from corestate.node.core import membership as mem
+            ops = tuple(mem.encode_op(op) for _, op in sorted(self.group.ops.items()))
+            addrs = [f"{e.peer} {a}" for e in self.book.all()
+                     if self.group.is_member(e.peer) for a in e.addrs[:2]]
+            addrs += [f"{self.host.peer_id} {a.rsplit('/p2p/', 1)[0]}" for a in self.host.addrs()[:4]]
+            await ch.send(gw.JoinReply(ops=ops, addrs=tuple(addrs[:64])))
+            log.info("peer %s joined the group", peer)
+            self.book.add(peer, [], trusted=True)
+            if self.on_change is not None:
+                self.on_change()
+        except (ProtocolError, CoreStateError) as exc:
+            log.info("join by %s ended: %s", peer[-8:], exc)
+        finally:
+            with trio.move_on_after(2):
+                await ch.aclose()
+
+    # -- calling -----------------------------------------------------------------------
+
+    async def sync_with(self, peer: str, addrs: list[str] | None = None) -> list[Any]:
+        entry = self.book.get(peer)
+        stream = await self.host.open_stream(peer, gw.SYNC_PROTOCOL,
+                                             addrs=addrs or (entry.addrs if entry else []),
+                                             timeout=self.timeout)
+        ch = Channel(stream, timeout=self.timeout, max_frame=gw.SYNC_MAX_FRAME, decode=gw.decode)
+        try:
+            await ch.send(await trio.to_thread.run_sync(self.group.sync_open))
+            reply = await ch.receive()
+            if isinstance(reply, m.Error):
+                raise GroupError(f"peer {peer[-8:]} refused to sync: {reply.message}")
+            if not isinstance(reply, gw.SyncReply):
+                raise GroupError("unexpected sync reply")
+            push, verdicts = await trio.to_thread.run_sync(self.group.sync_finish, reply)
+            await ch.send(push)
+        finally:
+            with trio.move_on_after(2):
+                await ch.aclose()
+        for v in verdicts:
+            if v.kind in ("rejected", "fork"):
+                log.warning("catalog batch from %s: %s %s", peer[-8:], v.kind, v.reason)
+        self._learn_addrs()
+        return verdicts
+
+    async def join(self, invite: Any) -> None:
+        """Redeem ``invite`` at its admin; adopt the group's ops and member addresses."""
+        for a in invite.addrs:
+            self.book.add(invite.admin, [a.rsplit("/p2p/", 1)[0]], trusted=True)
+        stream = await self.host.open_stream(invite.admin, gw.JOIN_PROTOCOL, addrs=list(invite.addrs),
+                                             timeout=self.timeout)
+        ch = Channel(stream, timeout=self.timeout, max_frame=gw.SYNC_MAX_FRAME, decode=gw.decode)
+        try:
+            await ch.send(gw.JoinRequest(group=invite.group, secret=invite.secret))
+            reply = await ch.receive()
+        finally:
+            with trio.move_on_after(2):
+                await ch.aclose()
+        if isinstance(reply, m.Error):
+            raise GroupError(f"the admin refused the invite: {reply.message}",
+                             hint="ask the admin for a new invite")
+        if not isinstance(reply, gw.JoinReply):
+            raise GroupError("unexpected answer to the join request")
+        await trio.to_thread.run_sync(self.group.adopt, invite.group, reply.ops)
+        if not self.group.is_member(self.group.me):
+            raise GroupError("the admin's answer does not make this node a member")
+        for line in reply.addrs:
+            peer, _, addr = line.partition(" ")
+            if peer != self.group.me and self.group.is_member(peer):
+                self.book.add(peer, [addr], trusted=True)
+
+    def _learn_addrs(self) -> None:
+        """Members' advertised addresses into the address book (as trusted: members)."""
+        for peer in self.group.members():
+            if peer == self.group.me:
+                continue
+            e = self.group.catalog.get(peer, ADDRS_KEY)
+            addrs: list[str] = []
+            if e is not None and e.value:
+                try:
+                    addrs = [a for a in cbor2.loads(e.value) if isinstance(a, str)][:8]
+                except (ValueError, cbor2.CBORDecodeError):
+                    addrs = []
+            clean = []
+            for a in addrs:
+                try:
+                    _, transport = split_peer_addr(a if "/p2p/" in a else f"{a}/p2p/{peer}")
+                    clean.append(transport)
+                except CoreStateError:
+                    continue
+            self.book.add(peer, clean, trusted=True)
+
+    def advertise(self) -> None:
+        """Write this node's listen addresses into its partition (when they changed)."""
+        addrs = [a.rsplit("/p2p/", 1)[0] for a in self.host.addrs()][:8]
+        value = cbor2.dumps(addrs, canonical=True)
+        cur = self.group.catalog.get(self.group.me, ADDRS_KEY)
+        if self.group.in_group and (cur is None or cur.value != value):
+            self.group.write({ADDRS_KEY: value})
+
+    def kick(self) -> None:
+        self._kick.set()
+
+    async def run(self) -> None:
+        """Anti-entropy forever: a round every ``interval`` s, or at once after a kick."""
+        rnd = random.Random()
+        while True:
+            with trio.move_on_after(self.interval):
+                await self._kick.wait()
+            kicked = self._kick.is_set()
+            self._kick = trio.Event()
+            if not self.group.in_group:
+                continue
+            await trio.to_thread.run_sync(self.advertise)
+            others = [p for p in self.group.members() if p != self.group.me]
+            targets = others if kicked else rnd.sample(others, min(3, len(others)))
+            async with trio.open_nursery() as nursery:
+                for p in targets:
+                    nursery.start_soon(self._quiet_sync, p)
+
+    async def _quiet_sync(self, peer: str) -> None:
+        try:
+            await self.sync_with(peer)
+        except (ProtocolError, CoreStateError) as exc:
+            log.info("sync with %s failed: %s", peer[-8:], exc)

@@ -339,6 +339,7 @@ def cmd_backup(args: argparse.Namespace, out: Out) -> int:
         if journal is not None:
             _save_journal_token(node, new_token, engine.fingerprint_salt)
         pushed = _push(args, node, out)
+        _record_in_catalog(args, node, result, pushed)
     st = result.stats
     for path, msg in st.errors:
         out.warn(f"{_fs(path)}: {msg} (not backed up)")
@@ -418,6 +419,17 @@ def _push(args: argparse.Namespace, node: LocalNode, out: Out) -> Any:
         return ("shares", prog.done, prog.total or None, "packs coded and placed")
     with _ticker(out, lambda: {"packs_placed": prog.done, "packs": prog.total}, bar):
         return meshops.push(node, port, k=args.k or 0, n=args.n or 0, progress=prog)
+
+
+def _record_in_catalog(args: argparse.Namespace, node: LocalNode, result: Any, pushed: Any) -> None:
+    """In a group: the snapshot (sealed to this node) and where each new pack's shares
+    went, in this node's partition of the catalog; then tell the members."""
+    if not node.group.in_group:
+        return
+    from corestate.node.runtime import meshops
+    items = meshops.catalog_items(node, result.snapshot_id, pushed)
+    node.group.write(items)
+    _group_round(args, node)
 
 
 def _push_json(res: Any) -> Any:
@@ -796,6 +808,162 @@ def cmd_peer_list(args: argparse.Namespace, out: Out) -> int:
     return EXIT_OK
 
 
+def _members_table(out: Out, node: LocalNode) -> None:
+    from corestate.node.runtime.reports import short
+    st = node.group.state
+    assert st is not None
+    out.say(f"group {st.name} ({node.group.group.hex()[:16] if node.group.group else '?'})")
+    for peer, role in sorted(st.members.items(), key=lambda x: (x[1] != "admin", x[0])):
+        me = "  (this node)" if peer == node.keys.peer_id else ""
+        out.say(f"  {role:<7} {short(peer)}  {peer}{me}")
+    for peer in sorted(st.removed):
+        out.say(f"  removed {short(peer)}  {peer}")
+
+
+def _group_round(args: argparse.Namespace, node: LocalNode) -> None:
+    """Tell the other members now (the daemon's anti-entropy would, within a minute)."""
+    port = _port(args)
+    if port is None or not node.group.in_group:
+        return
+    daemon = getattr(args, "daemon", None)
+    if daemon is not None and daemon.mesh.groups is not None:
+        daemon.mesh.groups.kick()
+        return
+
+    async def round_(mesh: Any) -> None:
+        import trio
+        async with trio.open_nursery() as nursery:
+            for peer in node.group.members():
+                if peer != node.keys.peer_id:
+                    nursery.start_soon(mesh.groups._quiet_sync, peer)
+    port.call(round_)
+
+
+def cmd_group_create(args: argparse.Namespace, out: Out) -> int:
+    with _open(args, out) as node:
+        gid = node.group.create(args.name)
+        if out.json:
+            out.obj({"group": gid.hex(), "name": args.name, "admin": node.keys.peer_id})
+            return EXIT_OK
+        out.say(f"created group {args.name} ({gid.hex()[:16]}); this node is its first admin")
+        out.say("invite machines with `corestate group invite` (the daemon must run: the token "
+                "carries its address)")
+    return EXIT_OK
+
+
+def cmd_group_invite(args: argparse.Namespace, out: Out) -> int:
+    from corestate.node.home import parse_duration
+    daemon = getattr(args, "daemon", None)
+    with _open(args, out) as node:
+        if daemon is not None:
+            addrs = daemon.mesh.host.addrs()
+        else:
+            addrs = [f"{a}/p2p/{node.keys.peer_id}" for a in node.cfg.listen if not a.endswith("/tcp/0")]
+            if not addrs:
+                raise CoreStateError("an invite carries this node's address, and no daemon runs to know it",
+                                     hint="start `corestate node run` (or set [mesh] listen to a fixed port)")
+        inv = node.group.invite("admin" if args.admin else "member", parse_duration(args.expires), addrs)
+    if out.json:
+        out.obj({"token": inv.token(), "role": inv.role, "expires_ms": inv.expires_ms})
+        return EXIT_OK
+    out.say(f"one-time invite for a new {inv.role}, valid for {args.expires}; on the new machine run")
+    out.say("  corestate group join TOKEN      (TOKEN is the next line)")
+    out.say(inv.token())
+    return EXIT_OK
+
+
+def cmd_group_join(args: argparse.Namespace, out: Out) -> int:
+    from corestate.node.group import GroupError, Invite
+    inv = Invite.parse(args.token)
+    with _open(args, out) as node:
+        if node.group.in_group:
+            raise GroupError("this node is already in a group", hint="`corestate group leave` first")
+        port = _port(args)
+        assert port is not None
+        port.call(lambda mesh: mesh.groups.join(inv))
+        port.call(lambda mesh: mesh.groups.sync_with(inv.admin, list(inv.addrs)))
+        _group_round(args, node)
+        if out.json:
+            out.obj({"group": inv.group.hex(), "members": node.group.members()})
+            return EXIT_OK
+        out.say("joined; members now:")
+        _members_table(out, node)
+    return EXIT_OK
+
+
+def cmd_group_members(args: argparse.Namespace, out: Out) -> int:
+    with _open(args, out) as node:
+        st = node.group.require()
+        if out.json:
+            out.obj({"group": node.group.group.hex() if node.group.group else None, "name": st.name,
+                     "members": st.members, "removed": sorted(st.removed)})
+            return EXIT_OK
+        _members_table(out, node)
+    return EXIT_OK
+
+
+def _resolve_member(node: LocalNode, who: str) -> str:
+    from corestate.node.group import GroupError
+    st = node.group.require()
+    hits = [p for p in st.members if p == who or p.endswith(who)]
+    if len(hits) != 1:
+        raise GroupError(f"{who!r} names {'no' if not hits else 'more than one'} member",
+                         hint="`corestate group members` lists them; give the PeerID or its end")
+    return hits[0]
+
+
+def cmd_group_remove(args: argparse.Namespace, out: Out) -> int:
+    with _open(args, out) as node:
+        peer = _resolve_member(node, args.peer)
+        node.group.remove(peer)
+        _group_round(args, node)
+    out.say(f"removed {peer}; every member refuses it once it learns of the removal")
+    if out.json:
+        out.obj({"removed": peer})
+    return EXIT_OK
+
+
+def cmd_group_leave(args: argparse.Namespace, out: Out) -> int:
+    with _open(args, out) as node:
+        node.group.leave()
+        _group_round(args, node)
+    out.say("left the group")
+    if out.json:
+        out.obj({"left": True})
+    return EXIT_OK
+
+
+def cmd_group_sync(args: argparse.Namespace, out: Out) -> int:
+    with _open(args, out) as node:
+        node.group.require()
+        port = _port(args)
+        assert port is not None
+        results: dict[str, str] = {}
+
+        async def round_(mesh: Any) -> None:
+            import trio
+            await trio.to_thread.run_sync(mesh.groups.advertise)
+
+            async def one(peer: str) -> None:
+                try:
+                    await mesh.groups.sync_with(peer)
+                    results[peer] = "ok"
+                except CoreStateError as exc:
+                    results[peer] = str(exc)
+            async with trio.open_nursery() as nursery:
+                for peer in node.group.members():
+                    if peer != node.keys.peer_id:
+                        nursery.start_soon(one, peer)
+        port.call(round_)
+        vector = node.group.catalog.version_vector()
+    if out.json:
+        out.obj({"peers": results, "vector": {a: list(v) for a, v in vector.items()}})
+    else:
+        for peer, r in sorted(results.items()):
+            out.say(f"{peer[-8:]}  {r}")
+    return EXIT_OK if all(r == "ok" for r in results.values()) else EXIT_INCOMPLETE
+
+
 def cmd_demo(args: argparse.Namespace, out: Out) -> int:
     from corestate.node.demo import run_demo
     return run_demo(args, out)
@@ -922,6 +1090,33 @@ def build_parser() -> argparse.ArgumentParser:
         spx.add_argument("--passphrase-file", metavar="F", help="read the passphrase from the first line of F")
         spx.add_argument("--json", action="store_true", help="machine-readable output")
 
+    groupp = sub.add_parser("group", help="a peer group: members with admins, a shared signed catalog",
+                            description="groups: an admin creates one, invites machines, removes a stolen "
+                                        "laptop; members hold each other's shares and replicate the catalog")
+    gsub = groupp.add_subparsers(dest="group_command", metavar="COMMAND")
+    g = gsub.add_parser("create", help="create a group; this node becomes its first admin")
+    g.set_defaults(fn=cmd_group_create)
+    g.add_argument("name")
+    gi = gsub.add_parser("invite", help="a one-time invite token (printed alone on the last line)")
+    gi.set_defaults(fn=cmd_group_invite)
+    gi.add_argument("--admin", action="store_true", help="the new member is an admin")
+    gi.add_argument("--expires", default="24h", metavar="DURATION", help="e.g. 30m, 24h, 7d (default 24h)")
+    gj = gsub.add_parser("join", help="join with a token from `group invite` (redeemed at the issuing admin)")
+    gj.set_defaults(fn=cmd_group_join)
+    gj.add_argument("token")
+    gm = gsub.add_parser("members", help="members, roles, removed identities")
+    gm.set_defaults(fn=cmd_group_members)
+    gr = gsub.add_parser("remove", help="remove a member for good (admins only); its streams are refused")
+    gr.set_defaults(fn=cmd_group_remove)
+    gr.add_argument("peer", metavar="PEER")
+    gl = gsub.add_parser("leave", help="leave the group")
+    gl.set_defaults(fn=cmd_group_leave)
+    gs = gsub.add_parser("sync", help="sync the catalog with every member now")
+    gs.set_defaults(fn=cmd_group_sync)
+    for spx in (g, gi, gj, gm, gr, gl, gs):
+        spx.add_argument("--passphrase-file", metavar="F", help="read the passphrase from the first line of F")
+        spx.add_argument("--json", action="store_true", help="machine-readable output")
+
     sp = add("demo", cmd_demo, "a guided run: back up a sample tree, change it, restore and verify",
              key=False)
     sp.add_argument("--dir", type=Path, help="work in DIR instead of a temporary folder")
@@ -930,13 +1125,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Commands a running daemon executes for the CLI; the others run here.
-ROUTED = {"backup", "snapshots", "ls", "restore", "diff", "check", "stats", "peer", "node info"}
+ROUTED = {"backup", "snapshots", "ls", "restore", "diff", "check", "stats", "peer", "node info", "group"}
 # Commands that may need peers when run without a daemon (a transient host starts lazily).
-NETWORKED = {"backup", "restore", "check", "peer add"}
+NETWORKED = {"backup", "restore", "check", "peer add", "group join", "group remove", "group leave",
+             "group sync", "init"}
 
 
 def _command_name(args: argparse.Namespace) -> str:
-    sub = getattr(args, "node_command", None) or getattr(args, "peer_command", None)
+    sub = (getattr(args, "node_command", None) or getattr(args, "peer_command", None)
+           or getattr(args, "group_command", None))
     return f"{args.command} {sub}" if sub else args.command
 
 
@@ -989,7 +1186,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "fn", None):
-        if args.command in ("node", "peer", "key"):
+        if args.command in ("node", "peer", "key", "group"):
             parser.parse_args([args.command, "--help"])  # prints that command's help, exits 0
         parser.print_help()
         return EXIT_USAGE

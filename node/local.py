@@ -13,6 +13,7 @@ from corestate.node import keystore
 from corestate.node.engine.repo import Repository
 from corestate.node.engine.store import LocalPackStore, StagingPackStore
 from corestate.node.errors import HomeBusy, StoreError
+from corestate.node.group import GroupNode
 from corestate.node.home import Config, Home
 from corestate.node.ledger import Ledger
 from corestate.node.peers import AddressBook
@@ -21,9 +22,9 @@ from corestate.protocol.keys import NodeKeys
 
 class LocalNode:
     def __init__(self, home: Home, cfg: Config, keys: NodeKeys, repo: Repository,
-                 ledger: Ledger, book: AddressBook) -> None:
+                 ledger: Ledger, book: AddressBook, group: GroupNode) -> None:
         self.home, self.cfg, self.keys, self.repo = home, cfg, keys, repo
-        self.ledger, self.book = ledger, book
+        self.ledger, self.book, self.group = ledger, book, group
 
     @classmethod
     def open(cls, home: Home, passphrase: bytes) -> LocalNode:
@@ -42,7 +43,7 @@ class LocalNode:
                 raise StoreError(f"cannot create the store at {store.root}: {exc.strerror}",
                                  hint="check config.toml [store] path and its permissions")
             repo = Repository(keys, store, str(home.db_path))
-            node = cls(home, cfg, keys, repo, ledger, book)
+            node = cls(home, cfg, keys, repo, ledger, book, GroupNode(home.path / "group.db", keys))
             node.problems = repo.sync()
             return node
         except BaseException:
@@ -55,6 +56,7 @@ class LocalNode:
         self.repo.close()
         self.ledger.close()
         self.book.close()
+        self.group.close()
         self.home.unlock()
 
     def __enter__(self) -> LocalNode:
@@ -66,6 +68,23 @@ class LocalNode:
     def skip_dirs(self) -> list[Path]:
         """Never back these up: the node's own home and store."""
         return [self.home.path, self.home.store_dir(self.cfg)]
+
+    def trusted_peers(self) -> list[str]:
+        """Who may hold this node's shares: peers the user added and group members,
+        never a removed member, never this node."""
+        removed = self.group.removed()
+        peers = {e.peer for e in self.book.trusted()} | set(self.group.members())
+        return sorted(p for p in peers if p != self.keys.peer_id and p not in removed)
+
+    def authorized(self, peer: str) -> bool:
+        """May ``peer`` use this node's services beyond the small global quota? In a
+        group: members (and peers the user added) only."""
+        if peer in self.group.removed():
+            return False
+        if self.group.is_member(peer):
+            return True
+        e = self.book.get(peer)
+        return e is not None and e.trusted
 
     def metadata_packs(self) -> set[bytes]:
         """Packs holding trees or snapshot records: kept locally as a cache even when

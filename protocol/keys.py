@@ -21,6 +21,7 @@ CTX_CHUNK_ID = "CoreState 2026-11-25 chunk id key"
 CTX_TREE_ID = "CoreState 2026-11-25 tree id key"
 CTX_CHUNKER = "CoreState 2026-11-25 chunker seed"
 CTX_PACK_SUBKEY = "CoreState 2026-11-25 pack subkey {kind}"
+CTX_CATALOG = "CoreState 2026-11-25 catalog value key"
 
 PACK_KINDS = ("header", "chunk", "tree", "snapshot")
 
@@ -66,6 +67,11 @@ class NodeKeys:
     @property
     def peer_id(self) -> str:
         return peer_id_from_public_key(bytes(self.signing_key.verify_key))
+
+    @property
+    def catalog_key(self) -> bytes:
+        """Seals catalog values that reveal names (snapshot records) to this node alone."""
+        return derive(self.data_key, CTX_CATALOG)
 
     def pack_subkey(self, salt: bytes, kind: str) -> bytes:
         """The key for objects of ``kind`` in the pack with ``salt``."""

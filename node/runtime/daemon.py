@@ -154,7 +154,7 @@ class Daemon:
             write(2, "waiting for the command already running in the daemon...\n")
         async with self.command_lock:
             log.info("running: %s", shlex.join(msg.argv))
-            code = await trio.to_thread.run_sync(cli.execute, args, out)
+            code = await trio.to_thread.run_sync(_execute, args, out)
         with trio.move_on_after(5):
             await ch.send(c.Exit(code=code))
 
@@ -176,9 +176,21 @@ class Daemon:
             out = cli.Out(True, write=lambda fd, t, lines=lines: lines.append(t), tty=False)
             async with self.command_lock:
                 self.events.publish("backup-started", scheduled=True)
-                code = await trio.to_thread.run_sync(cli.execute, args, out)
+                code = await trio.to_thread.run_sync(_execute, args, out)
             self.events.publish("backup-finished", scheduled=True, code=code,
                                 summary=(lines[-1].strip() if lines else "")[:4000])
+
+
+def _execute(args: argparse.Namespace, out: Any) -> int:
+    """A command in the daemon: a bug in one must not end the connection without a word."""
+    from corestate.node import cli
+    try:
+        return cli.execute(args, out)
+    except Exception as exc:
+        log.exception("command failed")
+        out.error(f"error: internal error in the daemon: {type(exc).__name__}: {exc} "
+                  "(the daemon's log has the details; please report it)")
+        return 1
 
 
 def absolutize(args: argparse.Namespace, cwd: str) -> None:
@@ -223,6 +235,9 @@ async def run_daemon(home: Home, passphrase: bytes, listen: list[str] | None, *,
                 async with trio.open_nursery() as nursery:
                     path = await nursery.start(daemon.serve_control)
                     nursery.start_soon(daemon.scheduler)
+                    if mesh.groups is not None:
+                        nursery.start_soon(mesh.groups.run)
+                        mesh.groups.kick()
                     addrs = mesh.host.addrs()
                     log.info("node %s ready; listening on %s; control socket %s",
                              node.keys.peer_id, " ".join(addrs), path)

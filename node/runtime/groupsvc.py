@@ -42,6 +42,7 @@ class GroupService:
         self.timeout, self.interval = timeout, interval
         self.on_change = on_change
         self._kick = trio.Event()
+        self._token = trio.lowlevel.current_trio_token()
         host.set_handler(gw.SYNC_PROTOCOL, self.serve_sync)
         host.set_handler(gw.JOIN_PROTOCOL, self.serve_join)
 
@@ -184,6 +185,12 @@ class GroupService:
             self.group.write({ADDRS_KEY: value})
 
     def kick(self) -> None:
+        """Start a sync round with every member now (callable from any thread)."""
+        try:
+            trio.lowlevel.current_task()
+        except RuntimeError:
+            trio.from_thread.run_sync(self._kick.set, trio_token=self._token)
+            return
         self._kick.set()
 
     async def run(self) -> None:

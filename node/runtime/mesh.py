@@ -25,7 +25,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import blake3
 import nacl.exceptions
@@ -44,6 +44,9 @@ from corestate.protocol import messages as m
 from corestate.protocol.errors import ProtocolError, RemoteProtocolError
 from corestate.protocol.keys import NodeKeys, public_key_from_peer_id
 from corestate.protocol.p2p import P2PHost
+
+if TYPE_CHECKING:
+    from corestate.node.runtime.groupsvc import GroupService
 from corestate.protocol.streams import Channel, Stream
 
 from corestate.errors import CoreStateError
@@ -76,12 +79,18 @@ _ERROR_CODES: dict[type, str] = {QuotaExceeded: "quota", ShareNotFound: "not-fou
 class Mesh:
     def __init__(self, host: P2PHost, keys: NodeKeys, vault: ShareVault, book: AddressBook,
                  ledger: Ledger, events: EventBus, *, timeout: float = 20.0,
-                 uploads_in_flight: int = 3) -> None:
+                 uploads_in_flight: int = 3, authorized: Callable[[str], bool] | None = None,
+                 in_group: Callable[[], bool] | None = None,
+                 trusted: Callable[[], list[str]] | None = None) -> None:
         self.host, self.keys, self.vault, self.book = host, keys, vault, book
         self.ledger, self.events = ledger, events
         self.timeout = timeout
         self.uploads_in_flight = uploads_in_flight
         self.signer = nacl.signing.SigningKey(keys.identity_seed)
+        self.authorized = authorized or (lambda peer: bool((e := book.get(peer)) and e.trusted))
+        self.in_group = in_group or (lambda: False)
+        self.trusted = trusted or (lambda: [e.peer for e in book.trusted()])
+        self.groups: GroupService | None = None  # set by open_mesh
         host.set_handler(SHARE_PROTOCOL, self.serve_share)
         host.set_handler(SINK_PROTOCOL, self.serve_sink)
 
@@ -96,6 +105,12 @@ class Mesh:
         ch = Channel(stream, timeout=self.timeout)
         try:
             try:
+                if self.in_group() and not self.authorized(sender):
+                    # In a group the share service is for members (and peers the user
+                    # added) only; removed members are refused the moment we know.
+                    await ch.send(m.Error(code="refused", message="not a member of this node's group",
+                                          retryable=False))
+                    return
                 msg = await ch.receive()
                 await self._serve_one(ch, sender, msg)
             except RemoteProtocolError as exc:
@@ -115,8 +130,7 @@ class Mesh:
         ch = Channel(stream, timeout=self.timeout)
         try:
             msg = await ch.receive()
-            trusted = self.book.get(stream.remote_peer)
-            if not isinstance(msg, m.PutShare) or trusted is None or not trusted.trusted:
+            if not isinstance(msg, m.PutShare) or not self.authorized(stream.remote_peer):
                 await ch.send(m.Error(code="refused", message="the sink serves trusted peers only",
                                       retryable=False))
                 return
@@ -228,23 +242,24 @@ class Mesh:
     async def candidates(self) -> tuple[list[Candidate], list[str]]:
         """Trusted peers that answer a capacity request now, weighted by what they can
         take for us; and the trusted peers that did not answer."""
-        trusted = [e for e in self.book.trusted() if e.peer != self.peer_id]
+        trusted = [p for p in self.trusted() if p != self.peer_id]
         found: list[Candidate] = []
         missing: list[str] = []
 
-        async def ask(entry: Any) -> None:
+        async def ask(peer: str) -> None:
             try:
-                reply, _ = await self.request(entry.peer, m.Capacity(), timeout=min(self.timeout, 5.0))
+                reply, _ = await self.request(peer, m.Capacity(), timeout=min(self.timeout, 5.0))
             except (ProtocolError, MeshError) as exc:
-                log.info("peer %s not available: %s", short(entry.peer), exc)
-                missing.append(entry.peer)
+                log.info("peer %s not available: %s", short(peer), exc)
+                missing.append(peer)
                 return
             cap = min(reply.free, reply.quota_left)
-            found.append(Candidate(entry.peer, cap, tuple(entry.domains)))
-            self.book.seen(entry.peer)
+            entry = self.book.get(peer)
+            found.append(Candidate(peer, cap, tuple(entry.domains) if entry else ()))
+            self.book.seen(peer)
         async with trio.open_nursery() as nursery:
-            for e in trusted:
-                nursery.start_soon(ask, e)
+            for p in trusted:
+                nursery.start_soon(ask, p)
         found.sort(key=lambda c: c.peer)
         return found, sorted(missing)
 

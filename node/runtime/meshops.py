@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 
 def is_mesh_node(node: LocalNode) -> bool:
-    return any(e.peer != node.keys.peer_id for e in node.book.trusted())
+    return bool(node.trusted_peers())
 
 
 @dataclass(slots=True)
@@ -225,6 +225,30 @@ def survey(node: LocalNode, port: MeshPort, *, audit: bool = True) -> Survey:
             tally[per_pack.get(p, "local-only")] += 1
         per_snap.append((snap, tally))
     return Survey(per_pack, per_snap, bad, counts)
+
+
+PACK_KEY = b"k"  # + pack id: [k, n, size, [[index, holder, root, size], ...]]
+
+
+def catalog_items(node: LocalNode, snapshot_id: bytes, pushed: PushResult | None) -> dict[bytes, bytes | None]:
+    """Catalog entries for a finished backup: the snapshot record (sealed: it names
+    paths) and, per pack coded in this run, its code and every acknowledged share."""
+    import cbor2
+    from corestate.node.core import catalog as cat
+    me = node.keys.peer_id
+    items: dict[bytes, bytes | None] = {}
+    row = node.repo.db.execute("SELECT record FROM snapshots WHERE id = ?", (snapshot_id,)).fetchone()
+    if row is not None:
+        key = cat.snapshot_key(snapshot_id)
+        items[key] = cat.seal_value(node.keys.catalog_key, me, key, bytes(row[0]))
+    packs = [p.pack for p in pushed.report.packs] if pushed is not None and pushed.report else []
+    for pid in packs:
+        c = node.ledger.get(pid)
+        if c is None:
+            continue
+        shares = [[r.index, r.peer, r.root, r.size] for r in c.shares]
+        items[PACK_KEY + pid] = cbor2.dumps([c.k, c.n, c.size, shares], canonical=True)
+    return items
 
 
 def describe_degraded(res: PushResult) -> list[str]:

@@ -56,11 +56,22 @@ async def open_mesh(node: LocalNode, *, listen: list[str] | None = None, mdns: b
     vault = ShareVault(node.home.path / "shares", global_quota=cfg.global_quota)
     bus = events or EventBus()
     try:
-        for e in node.book.trusted():
-            vault.set_quota(e.peer, cfg.quota_per_peer)
+        for peer in node.trusted_peers():
+            vault.set_quota(peer, cfg.quota_per_peer)
         addrs = listen if listen is not None else (cfg.listen or ["/ip4/0.0.0.0/tcp/0"])
         async with open_host(node.keys.identity_seed, addrs, mdns=mdns) as host:
-            mesh = Mesh(host, node.keys, vault, node.book, node.ledger, bus, timeout=cfg.peer_timeout)
+            mesh = Mesh(host, node.keys, vault, node.book, node.ledger, bus, timeout=cfg.peer_timeout,
+                        authorized=node.authorized, in_group=lambda: node.group.in_group,
+                        trusted=node.trusted_peers)
+            from corestate.node.runtime.groupsvc import GroupService
+
+            def changed() -> None:
+                for peer in node.trusted_peers():
+                    vault.set_quota(peer, cfg.quota_per_peer)
+                for peer in node.group.removed():
+                    vault.set_quota(peer, None)
+            mesh.groups = GroupService(host, node.group, node.book, timeout=cfg.peer_timeout,
+                                       on_change=changed)
 
             def discovered(peer: str, paddrs: list[str]) -> None:
                 if peer == host.peer_id:

@@ -221,9 +221,17 @@ def cmd_init(args: argparse.Namespace, out: Out) -> int:
             shutil.rmtree(home.path, ignore_errors=True)
         raise
     phrase_out = keystore.root_to_phrase(root)
+    recovered = None
+    if args.recover and args.peer:
+        with LocalNode.open(home, passphrase) as node:
+            args.opened_node = node
+            recovered = _recover_from_group(args, node, out)
+    elif args.peer:
+        raise CoreStateError("--peer is for `init --recover`", hint="a new node joins with `group join TOKEN`")
     if out.json:
         out.obj({"home": str(home.path), "peer_id": keys.peer_id,
-                 "phrase": None if args.recover else phrase_out, "recovered": bool(args.recover)})
+                 "phrase": None if args.recover else phrase_out, "recovered": bool(args.recover),
+                 "from_group": recovered})
         return EXIT_OK
     out.say(f"created node home {home.path}")
     out.say(f"peer id  {keys.peer_id}")
@@ -240,6 +248,66 @@ def cmd_init(args: argparse.Namespace, out: Out) -> int:
         out.say("")
     out.say(f"protect paths with `corestate backup PATH`, or list them in {home.config_path}")
     return EXIT_OK
+
+
+def _recover_from_group(args: argparse.Namespace, node: LocalNode, out: Out) -> dict[str, Any]:
+    """A fresh home with the phrase's keys: fetch this node's own signed partition from
+    the group, bump its epoch (a stale instance's later writes are then refused), rebuild
+    the share ledger from its placement records, and bring back the index from the packs
+    (every pack is fetched once; data packs are dropped again, metadata packs kept)."""
+    import cbor2
+    from corestate.node.peers import split_peer_addr
+    from corestate.node.runtime import meshops
+    peer, transport = split_peer_addr(args.peer)
+    node.book.add(peer, [transport] if transport else [], trusted=True)
+    port = _port(args)
+    assert port is not None
+    out.say(f"asking {peer[-8:]} for this node's records ...")
+    port.call(lambda mesh: mesh.groups.sync_with(peer, [transport] if transport else None))
+    me = node.keys.peer_id
+    if not node.group.in_group or not node.group.is_member(me):
+        raise CoreStateError("that peer does not know this node as a member of its group",
+                             hint="check the phrase (and the peer address); a removed identity "
+                                  "re-joins with `group join` under a new invite")
+
+    async def everyone(mesh: Any) -> None:  # the newest head may be at another member
+        import trio
+        async with trio.open_nursery() as nursery:
+            for p in node.group.members():
+                if p not in (me, peer):
+                    nursery.start_soon(mesh.groups._quiet_sync, p)
+    port.call(everyone)
+    head = node.group.catalog.head(me)
+    entries = {k: v for k, v in node.group.own_entries().items() if v is not None}
+    old_epoch = head[0] if head else 0
+    node.group.set_epoch(old_epoch + 1)
+    packs = 0
+    for key, value in entries.items():
+        if not key.startswith(meshops.PACK_KEY) or len(key) != 33:
+            continue
+        pid = key[1:]
+        k, n, size, shares = cbor2.loads(value)
+        node.ledger.begin_pack(pid, k, n, size)
+        for index, holder, root, ssize in shares:
+            node.ledger.record_share(pid, index, holder, root, ssize)
+        node.ledger.set_local(pid, False)
+        packs += 1
+    out.say(f"found {packs} packs and {sum(1 for k in entries if k[:1] == b's')} snapshots; fetching the packs "
+            "to rebuild the index ...")
+    fetched = meshops.fetch(node, port, node.ledger.remote_only())
+    problems = node.repo.sync()
+    keep = node.metadata_packs()
+    for pid in keep:
+        node.ledger.set_local(pid, True)
+    meshops.drop_fetched(node, [p for p in fetched if p not in keep])
+    # The new epoch supersedes the old one: carry forward what this node still claims.
+    node.group.write(entries)
+    _group_round(args, node)
+    for pid, reason in problems:
+        out.warn(f"pack {pid.hex()[:16]}: {reason}")
+    snaps = node.repo.snapshots()
+    out.say(f"recovered {len(snaps)} snapshot(s) from the group; epoch {old_epoch} -> {old_epoch + 1}")
+    return {"snapshots": len(snaps), "packs": packs, "epoch": old_epoch + 1}
 
 
 def cmd_key_passwd(args: argparse.Namespace, out: Out) -> int:
@@ -1013,6 +1081,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seal the key with a PKCS#11 token instead of a passphrase: the module "
                          "library (the passphrase is then the token's user PIN)")
     sp.add_argument("--hsm-token", metavar="LABEL", help="with --hsm-module: the token's label")
+    sp.add_argument("--peer", metavar="MULTIADDR",
+                    help="with --recover: a group member's address; this node's records, snapshots "
+                         "and share placements come back from the group")
 
     key = sub.add_parser("key", help="manage the node key")
     ksub = key.add_subparsers(dest="key_command", metavar="COMMAND")

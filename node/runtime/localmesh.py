@@ -33,6 +33,7 @@ class MeshNode:
     home: Path
     port: int
     peer_id: str = ""
+    phrase: str = ""
     proc: subprocess.Popen[bytes] | None = None
     log: Path | None = None
     addrs: list[str] = field(default_factory=list)
@@ -88,7 +89,8 @@ class LocalMesh:
             out, err = p.communicate(timeout=120)
             if p.returncode != 0:
                 raise CoreStateError(f"init of node {n.index + 1} failed: {err.decode()[-2000:]}")
-            n.peer_id = json.loads(out.decode().strip().splitlines()[-1])["peer_id"]
+            made = json.loads(out.decode().strip().splitlines()[-1])
+            n.peer_id, n.phrase = made["peer_id"], made["phrase"]
         from corestate.node.peers import AddressBook
         for n in self.nodes:
             cfg = n.home / "config.toml"

@@ -48,10 +48,7 @@ async def open_mesh(node: LocalNode, *, listen: list[str] | None = None, mdns: b
 
     # libp2p logs through a logger of its own that bypasses the root handlers (straight to
     # stderr); route it through ours, and keep only what a user can act on.
-    lp = logging.getLogger("libp2p")
-    lp.handlers.clear()
-    lp.propagate = True
-    lp.setLevel(logging.ERROR)
+    _quiet_libp2p()
     cfg = node.cfg
     vault = ShareVault(node.home.path / "shares", global_quota=cfg.global_quota)
     bus = events or EventBus()
@@ -81,9 +78,18 @@ async def open_mesh(node: LocalNode, *, listen: list[str] | None = None, mdns: b
                 if known is None:
                     bus.publish("peer-discovered", peer=peer, addrs=" ".join(paddrs))
             host.on_peer_discovered(discovered)
+            _quiet_libp2p()  # its submodules made loggers of their own while starting
             yield mesh
     finally:
         vault.close()
+
+
+def _quiet_libp2p() -> None:
+    for name in ["libp2p", *[n for n in logging.root.manager.loggerDict if n.startswith("libp2p.")]]:
+        lp = logging.getLogger(name)
+        lp.handlers.clear()
+        lp.propagate = True
+        lp.setLevel(logging.ERROR)
 
 
 async def run_with_transient_mesh(node_getter: Callable[[], LocalNode | None],

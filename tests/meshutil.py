@@ -248,6 +248,14 @@ async def put(client: Any, node: MeshNode, pack: bytes, index: int, share: bytes
     return reply
 
 
+async def offer(client: Any, node: MeshNode, pack: bytes, index: int, share: bytes) -> m.Message:
+    """Only the PutShare header, then the reply: how to see a refusal that comes before the
+    bytes (quota) without racing the bytes against it."""
+    reply, _ = await ask(client, node, m.PutShare(pack=pack, index=index, size=len(share),
+                                                  digest=blake3.blake3(share).digest()))
+    return reply
+
+
 def signed_delete(seed: bytes, holder: str, pack: bytes, index: int,
                   nonce: bytes | None = None) -> m.DeleteShare:
     """A DeleteShare for ``holder`` signed with the Ed25519 key of identity ``seed``."""

@@ -11,8 +11,8 @@ serves the whole module; a test that kills daemons starts them again. What is ch
 - hostile peers (raw TCP garbage, silence, plaintext, bad frames and CBOR, unknown types,
   truncated or lying bulk data, a reader that stalls) leave the daemon serving;
 - a holder whose share files rot is routed around and named by ``check``;
-- an untrusted peer gets only the small global quota; deletes need the owner's signature,
-  once.
+- an untrusted peer gets only the small global quota (a trusted one its own); deletes
+  need the owner's signature, once.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from meshutil import (
     ledger_codes,
     ledger_rows,
     make_mesh,
+    offer,
     open_channel,
     open_client,
     popen,
@@ -111,7 +112,7 @@ def assert_fully_placed(mesh: LocalMesh, packs: set[bytes], k: int, n: int) -> N
         assert mesh.nodes[OWNER].peer_id not in {r.peer for r in mine}
 
 
-# -- 1. n-k holders killed ------------------------------------------------------------------
+# -- n-k holders killed ----------------------------------------------------------------------
 
 
 def test_restore_identical_with_n_minus_k_holders_killed(mesh: LocalMesh, tmp_path: Path) -> None:
@@ -149,7 +150,7 @@ def test_restore_identical_with_n_minus_k_holders_killed(mesh: LocalMesh, tmp_pa
     assert tally["degraded"] == tally["at-risk"] == tally["local-only"] == 0, tally
 
 
-# -- 2. a holder killed mid-upload and mid-restore -----------------------------------------
+# -- a holder killed mid-upload and mid-restore --------------------------------------------
 
 
 def test_holder_killed_mid_upload_records_only_what_is_stored(mesh: LocalMesh, tmp_path: Path) -> None:
@@ -234,7 +235,7 @@ def test_holder_killed_mid_restore(mesh: LocalMesh, tmp_path: Path) -> None:
     assert store_packs(owner.home) == before
 
 
-# -- 4. a holder serving rotten shares ------------------------------------------------------
+# -- a holder serving rotten shares ---------------------------------------------------------
 
 
 def test_tampered_holder_is_routed_around_and_named(mesh: LocalMesh, tmp_path: Path) -> None:
@@ -269,7 +270,7 @@ def test_tampered_holder_is_routed_around_and_named(mesh: LocalMesh, tmp_path: P
     assert tally["degraded"] >= len(packs) and tally["at-risk"] == 0, tally
 
 
-# -- 3. hostile input to a running daemon ---------------------------------------------------
+# -- hostile input to a running daemon ------------------------------------------------------
 
 
 def multistream(text: str) -> bytes:
@@ -341,6 +342,12 @@ async def test_bad_frames_cbor_and_types_get_errors(mesh: LocalMesh) -> None:
                 await ch.aclose()
             assert isinstance(reply, m.Error) and reply.code == "protocol", (what, reply)
             assert reply.retryable is False
+        # Well-formed requests about shares this client never stored.
+        nowhere = os.urandom(32)
+        reply, _ = await ask(client, node, m.GetShare(pack=nowhere, index=0, offset=0, length=-1))
+        assert isinstance(reply, m.Error) and reply.code == "not-found", reply
+        reply, _ = await ask(client, node, m.AuditShare(pack=nowhere, index=3, block=1 << 40))
+        assert isinstance(reply, m.Error) and reply.code == "not-found", reply
         # A well-formed message that is not a request.
         reply, _ = await ask(client, node, m.Ok())
         assert isinstance(reply, m.Error) and reply.code == "unexpected", reply
@@ -408,7 +415,7 @@ async def test_a_client_that_stops_reading_a_get_reply(mesh: LocalMesh) -> None:
     await serves_normally(mesh, node)
 
 
-# -- 5. an untrusted peer and the global quota ---------------------------------------------
+# -- untrusted and trusted peers: quotas ---------------------------------------------------
 
 
 async def test_untrusted_peer_gets_only_the_global_quota(mesh: LocalMesh) -> None:
@@ -420,8 +427,7 @@ async def test_untrusted_peer_gets_only_the_global_quota(mesh: LocalMesh) -> Non
         assert isinstance(reply, m.CapacityReply) and reply.quota_left == GLOBAL_QUOTA, reply
         # Larger than the whole pool: refused on the header, before a byte of it is taken.
         big_pack, big = valid_share(GLOBAL_QUOTA + (256 << 10))
-        reply, _ = await ask(a, node, m.PutShare(pack=big_pack, index=0, size=len(big),
-                                                 digest=blake3.blake3(big).digest()))
+        reply = await offer(a, node, big_pack, 0, big)
         assert isinstance(reply, m.Error) and reply.code == "quota", reply
         assert reply.retryable is False
         assert await held(a, node, big_pack, 0) == -1
@@ -430,7 +436,7 @@ async def test_untrusted_peer_gets_only_the_global_quota(mesh: LocalMesh) -> Non
         pack_a, share_a = valid_share(GLOBAL_QUOTA * 5 // 8)
         assert isinstance(await put(a, node, pack_a, 0, share_a), m.Ok)
         pack_b, share_b = valid_share(GLOBAL_QUOTA * 5 // 8)
-        reply = await put(b, node, pack_b, 0, share_b)
+        reply = await offer(b, node, pack_b, 0, share_b)
         assert isinstance(reply, m.Error) and reply.code == "quota", reply
         assert await held(b, node, pack_b, 0) == -1
         assert await held(a, node, pack_a, 0) == len(share_a)
@@ -467,7 +473,7 @@ async def test_a_trusted_peer_gets_its_own_quota(mesh: LocalMesh) -> None:
     seed = os.urandom(32)
     pack, share = valid_share(GLOBAL_QUOTA + (256 << 10))
     async with open_client(seed) as client:
-        reply = await put(client, node, pack, 0, share)
+        reply = await offer(client, node, pack, 0, share)
         assert isinstance(reply, m.Error) and reply.code == "quota", reply
         addr = next(a for a in client.addrs() if a.startswith("/ip4/127.0.0.1/"))
         p = await trio.to_thread.run_sync(lambda: mesh.run(node, "peer", "add", addr, "--json"))
@@ -490,7 +496,7 @@ async def node_info(mesh: LocalMesh, node: MeshNode) -> dict:
     return last_json(p)
 
 
-# -- 6. DeleteShare -------------------------------------------------------------------------
+# -- DeleteShare ----------------------------------------------------------------------------
 
 
 async def test_delete_needs_the_owners_signature_once(mesh: LocalMesh) -> None:

@@ -212,7 +212,7 @@ def cmd_init(args: argparse.Namespace, out: Out) -> int:
     passphrase = _passphrase(args, confirm=hsm is None)
     existed = home.path.exists()
     try:
-        keys = init_home(home, root, passphrase, hsm=hsm)
+        keys = init_home(home, root, passphrase, hsm=hsm, generation=args.generation)
     except CoreStateError:
         # Nothing half-made stays behind: a failed seal leaves no key; a home folder that
         # this init created goes too (one the user made is left as it was found).
@@ -255,9 +255,7 @@ def _recover_from_group(args: argparse.Namespace, node: LocalNode, out: Out) -> 
     the group, bump its epoch (a stale instance's later writes are then refused), rebuild
     the share ledger from its placement records, and bring back the index from the packs
     (every pack is fetched once; data packs are dropped again, metadata packs kept)."""
-    import cbor2
     from corestate.node.peers import split_peer_addr
-    from corestate.node.runtime import meshops
     peer, transport = split_peer_addr(args.peer)
     node.book.add(peer, [transport] if transport else [], trusted=True)
     port = _port(args)
@@ -277,8 +275,44 @@ def _recover_from_group(args: argparse.Namespace, node: LocalNode, out: Out) -> 
                 if p not in (me, peer):
                     nursery.start_soon(mesh.groups._quiet_sync, p)
     port.call(everyone)
+    return _rebuild_from_partition(args, node, out)
+
+
+def _rebuild_from_partition(args: argparse.Namespace, node: LocalNode, out: Out) -> dict[str, Any]:
+    """Rebuild the share ledger and the index from this node's records in the catalog:
+    its own partition, or (after a move to a new identity generation) the newest
+    partition of one of its earlier identities."""
+    import cbor2
+    from corestate.node.runtime import meshops
+    from corestate.protocol.keys import NodeKeys
+    me = node.keys.peer_id
+    port = _port(args)
+    assert port is not None
+    gen = node.keys.generation
+    source = me
+    if not node.group.catalog.entries(me) and gen > 0:
+        from corestate.node import keystore
+        root = keystore.unseal(node.home.key_path.read_bytes(), _passphrase(args))
+        for g in range(gen - 1, -1, -1):
+            old = NodeKeys.from_root(root, generation=g).peer_id
+            if node.group.catalog.entries(old):
+                source = old
+                break
     head = node.group.catalog.head(me)
-    entries = {k: v for k, v in node.group.own_entries().items() if v is not None}
+    entries = {k: v for k, v in node.group.catalog.entries(source).items()}
+    entries = {k: e.value for k, e in entries.items() if e.value is not None}
+    if source != me:
+        # The old identity's sealed values are bound to its PeerID: re-seal for this one.
+        from corestate.node.core import catalog as cat
+        for k, v in list(entries.items()):
+            if k[:1] == b"s":
+                try:
+                    plain = cat.open_value(node.keys.catalog_key, source, k, v)
+                except CoreStateError:
+                    del entries[k]
+                    continue
+                entries[k] = cat.seal_value(node.keys.catalog_key, me, k, plain)
+        entries.pop(b"a", None)
     old_epoch = head[0] if head else 0
     node.group.set_epoch(old_epoch + 1)
     packs = 0
@@ -287,7 +321,7 @@ def _recover_from_group(args: argparse.Namespace, node: LocalNode, out: Out) -> 
             continue
         pid = key[1:]
         k, n, size, shares = cbor2.loads(value)
-        node.ledger.begin_pack(pid, k, n, size)
+        node.ledger.begin_pack(pid, k, n, size, owner="" if source == me else source)
         for index, holder, root, ssize in shares:
             node.ledger.record_share(pid, index, holder, root, ssize)
         node.ledger.set_local(pid, False)
@@ -1081,6 +1115,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seal the key with a PKCS#11 token instead of a passphrase: the module "
                          "library (the passphrase is then the token's user PIN)")
     sp.add_argument("--hsm-token", metavar="LABEL", help="with --hsm-module: the token's label")
+    sp.add_argument("--generation", type=int, default=0, metavar="G",
+                    help="with --recover: use identity generation G (after this node's old identity was "
+                         "removed from its group, e.g. a stolen laptop: recover with the next one, then "
+                         "`group join` with a new invite; the data keys stay the same)")
     sp.add_argument("--peer", metavar="MULTIADDR",
                     help="with --recover: a group member's address; this node's records, snapshots "
                          "and share placements come back from the group")

@@ -29,7 +29,8 @@ CREATE TABLE IF NOT EXISTS shares (
 );
 CREATE TABLE IF NOT EXISTS coded (
     pack BLOB PRIMARY KEY, k INTEGER NOT NULL, n INTEGER NOT NULL, size INTEGER NOT NULL,
-    local INTEGER NOT NULL  -- 1 while this node keeps a local copy
+    local INTEGER NOT NULL,  -- 1 while this node keeps a local copy
+    owner TEXT NOT NULL DEFAULT ''  -- the PeerID holders filed the shares under; '' = this identity
 );
 """
 
@@ -51,6 +52,7 @@ class CodedPack:
     size: int
     local: bool
     shares: tuple[ShareRow, ...]
+    owner: str = ""
 
     @property
     def placed(self) -> int:
@@ -64,12 +66,15 @@ class Ledger:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
+        cols = {r[1] for r in self.db.execute("PRAGMA table_info(coded)")}
+        if "owner" not in cols:  # a mesh.db from before owners were recorded
+            self.db.execute("ALTER TABLE coded ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
         self._lock = threading.Lock()
 
     def close(self) -> None:
         self.db.close()
 
-    def begin_pack(self, pack: bytes, k: int, n: int, size: int) -> None:
+    def begin_pack(self, pack: bytes, k: int, n: int, size: int, owner: str = "") -> None:
         """Note that ``pack`` is being coded with (k, n); keeps earlier share rows when the
         parameters are unchanged (a retry tops up a degraded pack)."""
         with self._lock:
@@ -79,9 +84,9 @@ class Ledger:
                 # New parameters make new shares: the old ones no longer combine with them.
                 self.db.execute("DELETE FROM shares WHERE pack = ?", (pack,))
             self.db.execute(
-                "INSERT INTO coded(pack, k, n, size, local) VALUES (?, ?, ?, ?, 1) "
+                "INSERT INTO coded(pack, k, n, size, local, owner) VALUES (?, ?, ?, ?, 1, ?) "
                 "ON CONFLICT(pack) DO UPDATE SET k = excluded.k, n = excluded.n, "
-                "size = excluded.size, local = 1", (pack, k, n, size))
+                "size = excluded.size, local = 1, owner = excluded.owner", (pack, k, n, size, owner))
             self.db.execute("COMMIT")
 
     def record_share(self, pack: bytes, index: int, peer: str, root: bytes, size: int) -> None:
@@ -101,22 +106,23 @@ class Ledger:
 
     def get(self, pack: bytes) -> CodedPack | None:
         with self._lock:
-            row = self.db.execute("SELECT k, n, size, local FROM coded WHERE pack = ?", (pack,)).fetchone()
+            row = self.db.execute("SELECT k, n, size, local, owner FROM coded WHERE pack = ?", (pack,)).fetchone()
             if row is None:
                 return None
             shares = self.db.execute(
                 "SELECT pack, idx, peer, root, size FROM shares WHERE pack = ? ORDER BY idx", (pack,)).fetchall()
-        return CodedPack(pack, row[0], row[1], row[2], bool(row[3]), tuple(ShareRow(*s) for s in shares))
+        return CodedPack(pack, row[0], row[1], row[2], bool(row[3]), tuple(ShareRow(*s) for s in shares), row[4])
 
     def all(self) -> dict[bytes, CodedPack]:
         with self._lock:
-            coded = self.db.execute("SELECT pack, k, n, size, local FROM coded").fetchall()
+            coded = self.db.execute("SELECT pack, k, n, size, local, owner FROM coded").fetchall()
             rows = self.db.execute("SELECT pack, idx, peer, root, size FROM shares").fetchall()
         by_pack: dict[bytes, list[ShareRow]] = {}
         for r in rows:
             by_pack.setdefault(r[0], []).append(ShareRow(*r))
-        return {p: CodedPack(p, k, n, size, bool(local), tuple(sorted(by_pack.get(p, []), key=lambda s: s.index)))
-                for p, k, n, size, local in coded}
+        return {p: CodedPack(p, k, n, size, bool(local), tuple(sorted(by_pack.get(p, []), key=lambda s: s.index)),
+                             owner)
+                for p, k, n, size, local, owner in coded}
 
     def remote_only(self) -> set[bytes]:
         with self._lock:

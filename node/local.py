@@ -33,7 +33,7 @@ class LocalNode:
         try:
             cfg = home.config()
             root = keystore.unseal(home.key_path.read_bytes(), passphrase)
-            keys = NodeKeys.from_root(root)
+            keys = NodeKeys.from_root(root, generation=read_generation(home))
             ledger = Ledger(str(home.path / "mesh.db"))
             book = AddressBook(home.path / "peers.db")
             store = StagingPackStore(home.store_dir(cfg), ledger.remote_only)
@@ -92,7 +92,20 @@ class LocalNode:
         return {r[0] for r in self.repo.db.execute("SELECT DISTINCT pack FROM blobs WHERE kind != 0")}
 
 
-def init_home(home: Home, root: bytes, passphrase: bytes, *, hsm: tuple[str, str] | None = None) -> NodeKeys:
+def read_generation(home: Home) -> int:
+    """The identity generation of this home (``HOME/generation``; absent = 0). A stolen
+    machine's identity is removed from the group and its owner recovers with the next
+    generation: a new PeerID, the same data keys."""
+    try:
+        return int((home.path / "generation").read_text().strip() or 0)
+    except FileNotFoundError:
+        return 0
+    except ValueError:
+        raise StoreError(f"{home.path / 'generation'} is not a number", hint="it holds the identity generation, e.g. 1")
+
+
+def init_home(home: Home, root: bytes, passphrase: bytes, *, hsm: tuple[str, str] | None = None,
+              generation: int = 0) -> NodeKeys:
     """Create a node home holding ``root`` sealed under ``passphrase`` (or, with ``hsm``,
     by a key in that PKCS#11 module's token, ``passphrase`` being the PIN)."""
     home.create()
@@ -104,7 +117,9 @@ def init_home(home: Home, root: bytes, passphrase: bytes, *, hsm: tuple[str, str
         keystore.write_key(home.key_path, root, passphrase, hsm=hsm)
         cfg = home.config()
         LocalPackStore(home.store_dir(cfg)).create()
-        keys = NodeKeys.from_root(root)
+        if generation:
+            (home.path / "generation").write_text(f"{generation}\n")
+        keys = NodeKeys.from_root(root, generation=generation)
         Repository(keys, LocalPackStore(home.store_dir(cfg)), str(home.db_path)).close()
         os.chmod(home.key_path, 0o600)
         return keys

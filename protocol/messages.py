@@ -463,6 +463,10 @@ class GetShare(Message):
     index: ShareIndex
     offset: U63
     length: Annotated[int, Range(-1, INT64_MAX)]
+    # The PeerID the share was stored for; "" = the requester. Another owner's shares are
+    # served to members of the holder's group only (repair; an owner that moved to a new
+    # identity generation). Shares are ciphertext: this reveals nothing readable.
+    owner: Annotated[str, MaxLen(128)] = ""
 
 
 @message

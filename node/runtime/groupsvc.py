@@ -37,8 +37,9 @@ ADDRS_KEY = b"a"
 
 class GroupService:
     def __init__(self, host: P2PHost, group: GroupNode, book: AddressBook, *, timeout: float = 20.0,
-                 interval: float = 20.0, on_change: Any = None) -> None:
+                 interval: float = 20.0, on_change: Any = None, events: Any = None) -> None:
         self.host, self.group, self.book = host, group, book
+        self.events = events
         self.timeout, self.interval = timeout, interval
         self.on_change = on_change
         self._kick = trio.Event()
@@ -64,7 +65,8 @@ class GroupService:
             await ch.send(reply)
             push = await ch.receive()
             if isinstance(push, gw.SyncPush) and (push.ops or push.catalog):
-                await trio.to_thread.run_sync(self.group.sync_absorb, peer, push)
+                verdicts = await trio.to_thread.run_sync(self.group.sync_absorb, peer, push)
+                self._report(peer, verdicts)
                 self._learn_addrs()
                 if self.on_change is not None:
                     self.on_change()
@@ -123,11 +125,26 @@ class GroupService:
         finally:
             with trio.move_on_after(2):
                 await ch.aclose()
-        for v in verdicts:
-            if v.kind in ("rejected", "fork"):
-                log.warning("catalog batch from %s: %s %s", peer[-8:], v.kind, v.reason)
+        self._report(peer, verdicts)
         self._learn_addrs()
         return verdicts
+
+    def _report(self, peer: str, verdicts: list[Any]) -> None:
+        """Refused batches are logged; forks (an author signed two histories) and clocks
+        far ahead are alerts: kept or clamped, never silently dropped."""
+        for v in verdicts:
+            if v.kind == "rejected":
+                log.warning("catalog batch via %s refused: %s", peer[-8:], v.reason)
+            elif v.kind == "fork":
+                log.error("FORK in the partition of %s (via %s): %s; both batches kept as evidence",
+                          v.author, peer[-8:], v.reason)
+                if self.events is not None:
+                    self.events.publish("alert", what="catalog-fork", author=v.author, reason=v.reason)
+            elif v.kind == "applied" and v.clamped:
+                log.warning("catalog batch of %s carries a time far in the future (its clock is "
+                            "wrong): clamped", v.author)
+                if self.events is not None:
+                    self.events.publish("alert", what="clock-ahead", author=v.author)
 
     async def join(self, invite: Any) -> None:
         """Redeem ``invite`` at its admin; adopt the group's ops and member addresses."""

@@ -172,7 +172,12 @@ class Mesh:
             await trio.to_thread.run_sync(v.put, sender, msg.pack, msg.index, data)
             await ch.send(m.Ok())
         elif isinstance(msg, m.GetShare):
-            data = await trio.to_thread.run_sync(v.get, sender, msg.pack, msg.index, msg.offset, msg.length)
+            owner = msg.owner or sender
+            if owner != sender and not (self.in_group() and self.authorized(sender)):
+                await ch.send(m.Error(code="refused", message="another owner's shares go to group members only",
+                                      retryable=False))
+                return
+            data = await trio.to_thread.run_sync(v.get, owner, msg.pack, msg.index, msg.offset, msg.length)
             await ch.send(m.ShareData(size=len(data), digest=blake3.blake3(data).digest()))
             await ch.send_bulk(data)
         elif isinstance(msg, m.HasShares):
@@ -346,6 +351,7 @@ class Mesh:
                             hint="the share ledger of this home is missing it; see `corestate check`")
         k = coded.k
         # Data shares first: with a systematic code they are the pack itself.
+        owner = coded.owner
         queue: list[ShareRow] = sorted(coded.shares, key=lambda r: (r.index >= k, r.index))
         roots = {r.index: r.root for r in coded.shares}
         got: dict[int, bytes] = {}
@@ -364,7 +370,7 @@ class Mesh:
                     queue.remove(row)
                     busy.add(row.index)
                 try:
-                    await self._fetch_share(row, got, problems)
+                    await self._fetch_share(row, got, problems, owner)
                 finally:
                     busy.discard(row.index)
         async with trio.open_nursery() as nursery:
@@ -386,9 +392,11 @@ class Mesh:
             raise MeshError(f"pack {pack.hex()[:16]}: decoded bytes do not match its id")
         return bytes(data)
 
-    async def _fetch_share(self, row: ShareRow, got: dict[int, bytes], problems: list[str]) -> None:
+    async def _fetch_share(self, row: ShareRow, got: dict[int, bytes], problems: list[str],
+                           owner: str = "") -> None:
         try:
-            _, data = await self.request(row.peer, m.GetShare(pack=row.pack, index=row.index, offset=0, length=-1))
+            _, data = await self.request(row.peer, m.GetShare(pack=row.pack, index=row.index, offset=0, length=-1,
+                                                               owner=owner))
             assert data is not None
             sharefmt.verify_share(data, root=row.root, pack_id=row.pack, index=row.index)
         except CorruptShare as exc:

@@ -68,7 +68,7 @@ async def open_mesh(node: LocalNode, *, listen: list[str] | None = None, mdns: b
                 for peer in node.group.removed():
                     vault.set_quota(peer, None)
             mesh.groups = GroupService(host, node.group, node.book, timeout=cfg.peer_timeout,
-                                       on_change=changed)
+                                       on_change=changed, events=bus)
 
             def discovered(peer: str, paddrs: list[str]) -> None:
                 if peer == host.peer_id:

@@ -452,19 +452,20 @@ async def test_untrusted_peer_gets_only_the_global_quota(mesh: LocalMesh) -> Non
     "Mesh.request sends all the bulk bytes before it reads the reply, and the holder "
     "refuses an over-quota PutShare on its header without reading them: the sender's "
     "writes stall on the full yamux window, and after 5 s the stream breaks (PeerClosed) "
-    "instead of the Error 'quota' reaching it"))
+    "instead of the Error 'quota' reaching it (most of the time: now and then the bytes "
+    "slip through and the refusal arrives, hence three tries)"))
 async def test_an_over_quota_put_is_answered_while_the_bytes_are_being_sent(mesh: LocalMesh) -> None:
     node = mesh.nodes[HOSTILE]
-    # A share as large as real ones (16 MiB packs, k=2 -> 8 MiB); 4 MiB outgrows every
-    # buffer between the two ends (at ~1 MiB it may still slip through).
-    pack, big = valid_share(4 << 20)
+    # A share as large as real ones: 16 MiB packs, k=2.
+    pack, big = valid_share(8 << 20)
     async with open_client() as client:
-        try:
-            with trio.fail_after(30):
-                reply = await put(client, node, pack, 0, big)  # header, bytes, reply: as Mesh.request
-        except ProtocolError as exc:
-            pytest.fail(f"the refusal never arrived: {exc}")
-    assert isinstance(reply, m.Error) and reply.code == "quota", reply
+        for _ in range(3):
+            try:
+                with trio.fail_after(30):
+                    reply = await put(client, node, pack, 0, big)  # header, bytes, reply: as Mesh.request
+            except ProtocolError as exc:
+                pytest.fail(f"the refusal never arrived: {exc}")
+            assert isinstance(reply, m.Error) and reply.code == "quota", reply
 
 
 async def test_a_trusted_peer_gets_its_own_quota(mesh: LocalMesh) -> None:

@@ -52,18 +52,27 @@ def read_json(p: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write a small file so that a crash leaves the old or the new content, never half:
-    a temporary name, fsync, rename, fsync of the folder."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+def write_atomic(path: Path, data: bytes | memoryview, mode: int = 0o600, *, tmp_prefix: str = "") -> None:
+    """Write a file so that a crash leaves the old or the new content (or none), never
+    half: a temporary name in the same folder, every byte written and fsynced, rename,
+    fsync of the folder. ``tmp_prefix`` names the temporary file (so a cleaner that knows
+    the prefix can remove leftovers); by default ``.NAME.tmp-PID``."""
+    tmp = path.with_name(f"{tmp_prefix}{path.name[:16]}-{os.urandom(4).hex()}" if tmp_prefix
+                         else f".{path.name}.tmp-{os.getpid()}")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_EXCL if tmp_prefix else os.O_TRUNC)
+    fd = os.open(tmp, flags, mode)
     try:
-        os.write(fd, data)
+        view = memoryview(data).cast("B")
+        while view:
+            view = view[os.write(fd, view):]
         os.fsync(fd)
-    finally:
+    except BaseException:
         os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
     os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(dfd)
     finally:

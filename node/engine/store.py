@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
+from corestate.kernel.state import write_atomic
 from corestate.node.errors import PackMissing, StoreError, StoreFull
 
 
@@ -57,24 +57,7 @@ class LocalPackStore:
         final = self.path(pack_id)
         try:
             final.parent.mkdir(exist_ok=True, mode=0o700)
-            tmp = final.parent / f".tmp-{final.name[:16]}-{secrets.token_hex(4)}"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            except BaseException:
-                os.close(fd)
-                tmp.unlink(missing_ok=True)
-                raise
-            os.close(fd)
-            os.rename(tmp, final)
-            dfd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            write_atomic(final, data, tmp_prefix=".tmp-")
         except OSError as exc:
             raise _io_error(exc, self.root)
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 import sqlite3
 import threading
 from collections import Counter
@@ -42,6 +41,7 @@ from blake3 import blake3
 from corestate.erasure.errors import CorruptShare
 from corestate.erasure.rs import BytesLike
 from corestate.erasure.share import PACK_ID_SIZE, verify_share
+from corestate.kernel.state import write_atomic
 from corestate.node.errors import (
     QuotaExceeded,
     ShareNotFound,
@@ -334,20 +334,7 @@ class ShareVault:
                 _fsync_dir(self.root)
             except FileExistsError:
                 pass
-            tmp = final.parent / f"{_TMP}{final.name[:16]}-{secrets.token_hex(4)}"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            try:
-                view = memoryview(data).cast("B")
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            except BaseException:
-                os.close(fd)
-                tmp.unlink(missing_ok=True)
-                raise
-            os.close(fd)
-            os.rename(tmp, final)
-            _fsync_dir(final.parent)
+            write_atomic(final, data, tmp_prefix=_TMP)
         except OSError as exc:
             raise _io_error(exc, self.root)
 

@@ -108,10 +108,9 @@ class LocalMesh:
 
     def start(self, *which: int, timeout: float = 60) -> None:
         """Start the daemons ``which`` (indexes; all by default) and wait until ready."""
-        todo = [self.nodes[i] for i in which] if which else list(self.nodes)
+        wanted = [self.nodes[i] for i in which] if which else list(self.nodes)
+        todo = [n for n in wanted if not n.running]  # wait only for the ones started now
         for n in todo:
-            if n.running:
-                continue
             n.log = n.home / "daemon.log"
             with open(n.log, "ab") as logf:
                 n.proc = subprocess.Popen(self.cmd(n, "node", "run", "--passphrase-file", str(self.pw)),

@@ -62,6 +62,13 @@ SINK_MAX = 1 << 30
 MAX_SHARE = 1 << 30
 
 
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
 class MeshError(CoreStateError):
     """A mesh operation could not be completed."""
 
@@ -167,7 +174,17 @@ class Mesh:
             held = max(0, v.sizes(sender, [(msg.pack, msg.index)])[0])
             left = v.quota_left(sender) + held  # a re-put replaces what is held
             if msg.size > left:
-                raise QuotaExceeded(sender, msg.size, left)
+                exc = QuotaExceeded(sender, msg.size, left)
+                await ch.send(m.Error(code="quota", message=str(exc)[:1000], retryable=False))
+                # A sender that writes every byte before it reads would stall on the full
+                # window and never see the answer: take (and drop) a share-sized body.
+                if msg.size <= 64 << 20:
+                    with trio.move_on_after(self.timeout):
+                        try:
+                            await ch.receive_bulk(msg.size, msg.digest)
+                        except ProtocolError:
+                            pass
+                return
             data = await ch.receive_bulk(msg.size, msg.digest)
             await trio.to_thread.run_sync(v.put, sender, msg.pack, msg.index, data)
             await ch.send(m.Ok())
@@ -231,9 +248,12 @@ class Mesh:
         ch = Channel(stream, timeout=t, max_frame=m.AUDIT_MAX_FRAME if big else 1 << 20)
         try:
             await ch.send(msg)
-            if bulk is not None:
-                await ch.send_bulk(bulk)
-            reply = await ch.receive()
+            if bulk is None:
+                reply = await ch.receive()
+            else:
+                # The holder may refuse on the header alone (quota) without reading the
+                # bytes: read its answer while sending, and stop sending once it came.
+                reply = await self._send_while_reading(ch, bulk)
             data = None
             if isinstance(reply, m.ShareData):
                 data = await ch.receive_bulk(reply.size, reply.digest)
@@ -243,6 +263,31 @@ class Mesh:
         finally:
             with trio.move_on_after(2):
                 await ch.aclose()
+
+    @staticmethod
+    async def _send_while_reading(ch: Channel, bulk: bytes | memoryview) -> Any:
+        box: list[Any] = []
+        sent = trio.Event()
+
+        async def send() -> None:
+            try:
+                await ch.send_bulk(bulk)
+            except ProtocolError:
+                if not box:  # broke before any answer: let the reader see why
+                    raise
+            sent.set()
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send)
+                box.append(await ch.receive())
+                if not isinstance(box[0], m.Error):
+                    await sent.wait()  # an Ok is only sent after every byte arrived
+                nursery.cancel_scope.cancel()
+        except* ProtocolError as group:
+            # One peer, one failure: callers handle a plain ProtocolError.
+            raise _first_leaf(group) from None
+        return box[0]
 
     async def candidates(self) -> tuple[list[Candidate], list[str]]:
         """Trusted peers that answer a capacity request now, weighted by what they can

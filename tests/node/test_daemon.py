@@ -224,9 +224,6 @@ class _Hang(Exception):
     pass
 
 
-@pytest.mark.xfail(strict=True, raises=_Hang, reason=(
-    "LocalMesh.start skips launching a daemon that already runs, but then waits for its "
-    "'ready' line on stdout, which that daemon printed long ago: readline() blocks forever"))
 def test_localmesh_start_returns_for_a_daemon_that_already_runs(node_down: LocalMesh) -> None:
     mesh = node_down
     mesh.start(0)

@@ -448,12 +448,6 @@ async def test_untrusted_peer_gets_only_the_global_quota(mesh: LocalMesh) -> Non
     assert (await node_info(mesh, node))["held_for_peers"] == info0["held_for_peers"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Mesh.request sends all the bulk bytes before it reads the reply, and the holder "
-    "refuses an over-quota PutShare on its header without reading them: the sender's "
-    "writes stall on the full yamux window, and after 5 s the stream breaks (PeerClosed) "
-    "instead of the Error 'quota' reaching it (most of the time: now and then the bytes "
-    "slip through and the refusal arrives, hence three tries)"))
 async def test_an_over_quota_put_is_answered_while_the_bytes_are_being_sent(mesh: LocalMesh) -> None:
     node = mesh.nodes[HOSTILE]
     # A share as large as real ones: 16 MiB packs, k=2.

@@ -278,27 +278,39 @@ class GroupNode:
                 return None
             pairs = list(items.items())
             last = None
+            before = self.catalog.version_vector()
             for i in range(0, len(pairs), 2000):
                 last = self.catalog.write(self.keys.signing_key, self.me, self.epoch,
                                           pairs[i:i + 2000], self._now_ms())
-            self._save({self.me})
+            self._save({self.me}, before)
             return last
 
     def own_entries(self) -> dict[bytes, bytes | None]:
         return {k: e.value for k, e in self.catalog.entries(self.me).items()}
 
-    def _save(self, authors: set[str]) -> None:
+    def _save(self, authors: set[str], before: Mapping[str, tuple[int, int]] | None = None) -> None:
+        """Persist what changed for ``authors``: only batches and entries past the seq the
+        author had in ``before`` (a whole rewrite when its epoch moved or is unknown)."""
         c = self.catalog
+        before = before or {}
         self.db.execute("BEGIN")
         for a in authors:
-            for t in ("authors", "batches", "entries", "forks"):
-                self.db.execute(f"DELETE FROM {t} WHERE author = ?", (a,))
-        self.db.executemany("INSERT INTO authors VALUES (?, ?, ?, ?)",
-                            [r for r in c.author_rows() if r[0] in authors])
-        self.db.executemany("INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?)",
-                            [r for r in c.batch_rows() if r[0] in authors])
-        self.db.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?)",
-                            [r for r in c.entry_rows() if r[0] in authors])
+            st = c.head(a)
+            prior = before.get(a)
+            fresh = prior is None or st is None or st[0] != prior[0]
+            since = 0 if fresh else prior[1]  # type: ignore[index]
+            if fresh:
+                for t in ("batches", "entries"):
+                    self.db.execute(f"DELETE FROM {t} WHERE author = ?", (a,))
+            self.db.execute("DELETE FROM authors WHERE author = ?", (a,))
+            self.db.execute("DELETE FROM forks WHERE author = ?", (a,))
+            if st is not None:
+                self.db.execute("INSERT INTO authors VALUES (?, ?, ?, ?)", (a, *st))
+            self.db.executemany("INSERT OR REPLACE INTO batches VALUES (?, ?, ?, ?, ?, ?)",
+                                [(a, st[0] if st else 0, b.seq_first, b.seq_last, b.batch_id, b.raw)
+                                 for b in c.batches(a, since + 1)])
+            self.db.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?)",
+                                [(a, k, e.seq, e.value, e.hlc) for k, e in c.entries(a).items() if e.seq > since])
         self.db.executemany("INSERT INTO forks VALUES (?, ?, ?, ?, ?, ?)",
                             [r for r in c.fork_rows() if r[0] in authors])
         self.db.execute("COMMIT")
@@ -309,15 +321,16 @@ class GroupNode:
         removed = st.removed if st else frozenset()
         before = self.catalog.version_vector()
         if kind == "reply":
-            push, verdicts, _ = csync.finish(self.catalog, raw, members=members, now_ms=self._now_ms(),
-                                             revoked=removed)
+            push, verdicts, complete = csync.finish(self.catalog, raw, members=members, now_ms=self._now_ms(),
+                                                    revoked=removed)
             self._pending_push = push
+            self.last_reply_complete = complete
         else:
             verdicts = csync.absorb(self.catalog, raw, members=members, now_ms=self._now_ms(), revoked=removed)
         after = self.catalog.version_vector()
         changed = {a for a in after if after.get(a) != before.get(a)}
         if changed or any(v.kind == "fork" for v in verdicts):
-            self._save(changed | {v.evidence.author for v in verdicts if v.kind == "fork"})
+            self._save(changed | {v.evidence.author for v in verdicts if v.kind == "fork"}, before)
         return verdicts
 
     # -- sync exchange (messages of protocol/group.py) ---------------------------------
@@ -365,3 +378,4 @@ class GroupNode:
             return self._apply_batches(msg.catalog, "push") if msg.catalog else []
 
     _pending_push: bytes | None = None
+    last_reply_complete: bool = True

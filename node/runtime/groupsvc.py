@@ -108,6 +108,17 @@ class GroupService:
     # -- calling -----------------------------------------------------------------------
 
     async def sync_with(self, peer: str, addrs: list[str] | None = None) -> list[Any]:
+        """Exchanges with ``peer`` until neither side has anything left for the other (one
+        exchange, three messages, unless a side's backlog is over a message's budget)."""
+        verdicts: list[Any] = []
+        for _ in range(64):
+            more, got = await self._exchange(peer, addrs)
+            verdicts.extend(got)
+            if not more:
+                break
+        return verdicts
+
+    async def _exchange(self, peer: str, addrs: list[str] | None) -> tuple[bool, list[Any]]:
         entry = self.book.get(peer)
         stream = await self.host.open_stream(peer, gw.SYNC_PROTOCOL,
                                              addrs=addrs or (entry.addrs if entry else []),
@@ -127,7 +138,10 @@ class GroupService:
                 await ch.aclose()
         self._report(peer, verdicts)
         self._learn_addrs()
-        return verdicts
+        # Another round when the reply was cut at its budget, or our push carried batches
+        # (it may have been cut too; the next hello shows what the peer still lacks).
+        more = not self.group.last_reply_complete or (bool(push.catalog) and len(push.catalog) > 400_000)
+        return more, verdicts
 
     def _report(self, peer: str, verdicts: list[Any]) -> None:
         """Refused batches are logged; forks (an author signed two histories) and clocks

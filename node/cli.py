@@ -699,7 +699,21 @@ def cmd_check(args: argparse.Namespace, out: Out) -> int:
         def bar() -> tuple[str, int, int | None, str]:
             return ("check", done[0], done[1] or None, "packs")
         if args.rebuild_index:
-            problems = node.repo.rebuild_index()
+            fetched: list[bytes] = []
+            if node.ledger.remote_only():
+                # The pack headers are the index: bring back the packs held only by peers.
+                from corestate.node.runtime import meshops
+                port = _port(args)
+                if port is None:
+                    raise CoreStateError("some packs are held only by peers, and no way to reach them is open",
+                                         hint="report this as a bug")
+                fetched = meshops.fetch(node, port, node.ledger.remote_only())
+            try:
+                problems = node.repo.rebuild_index()
+            finally:
+                if fetched:
+                    from corestate.node.runtime import meshops
+                    meshops.drop_fetched(node, [p for p in fetched if p not in node.metadata_packs()])
             out.say(f"index rebuilt from {len(node.repo.packs())} packs")
             for pid, reason in problems:
                 out.warn(f"pack {pid.hex()[:16]} could not be read: {reason}")

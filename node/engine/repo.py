@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from corestate.node.engine.store import LocalPackStore, PackStore
-from corestate.node.errors import SnapshotNotFound
+from corestate.node.errors import PackMissing, SnapshotNotFound
 from corestate.protocol import pack as packfmt
 from corestate.protocol.errors import CorruptObject
 from corestate.protocol.keys import NodeKeys
@@ -111,7 +111,11 @@ class Repository:
         new = present - known
         for pid in sorted(new):
             try:
-                data = self.store.get(pid)
+                try:
+                    data = self.store.get(pid)
+                except PackMissing:
+                    problems.append((pid, "held only by peers; not indexed until fetched"))
+                    continue
                 if packfmt.pack_id_of(data) != pid:
                     raise CorruptObject(pid.hex(), "content does not match its name")
                 header = packfmt.read_header(self.keys, pid.hex(), data)

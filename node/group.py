@@ -118,6 +118,7 @@ class GroupNode:
         )
         self.state: mem.GroupState | None = None
         self._evaluate()
+        self._forget_removed()
 
     def close(self) -> None:
         self.db.close()
@@ -181,7 +182,22 @@ class GroupNode:
         for op in new:
             self.ops[op.op_id] = op
         self._evaluate()
+        self._forget_removed()
         return len(new)
+
+    def _forget_removed(self) -> None:
+        """A removed member's partition goes from every replica (its placements die with
+        its membership), so replicas converge whichever order removal and batches came in."""
+        gone = [a for a in self.removed() if self.catalog.head(a) is not None]
+        if not gone:
+            return
+        for a in gone:
+            self.catalog.forget(a)
+        self.db.execute("BEGIN")
+        for a in gone:
+            for t in ("authors", "batches", "entries", "forks"):
+                self.db.execute(f"DELETE FROM {t} WHERE author = ?", (a,))
+        self.db.execute("COMMIT")
 
     def _sign(self, **fields: object) -> mem.MemberOp:
         st = self.require()

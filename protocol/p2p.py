@@ -27,7 +27,7 @@ import ipaddress
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import ifaddr
 import multiaddr
@@ -217,14 +217,20 @@ class P2PHost:
         if given:
             self._host.get_peerstore().add_addrs(pid, given, ADDR_TTL)
         with trio.move_on_after(timeout) as scope:
+            reused = peer_id in self.connected_peers()
             await self._ensure_connected(pid, given)
-            try:
-                net_stream = await self._host.new_stream(pid, [TProtocol(protocol_id)])
-            except Exception as e:
-                raise PeerUnreachable(
-                    f"cannot open {protocol_id} to peer {peer_id}: {_describe(e)}",
-                    peer=peer_id,
-                ) from e
+            net_stream = None
+            if reused:
+                with trio.move_on_after(min(timeout / 2, 5.0)):
+                    net_stream = await self._new_stream(pid, protocol_id, peer_id)
+                if net_stream is None:
+                    # The connection went silent (a partition healed, a peer froze and came
+                    # back): TCP would take minutes to notice. Drop it and dial afresh.
+                    with trio.move_on_after(2):
+                        await self._swarm.close_peer(pid)
+                    await self._ensure_connected(pid, given)
+            if net_stream is None:
+                net_stream = await self._new_stream(pid, protocol_id, peer_id)
             return P2PStream(net_stream)
         assert scope.cancelled_caught
         tried = ", ".join(str(a) for a in self._candidates(pid, given)) or "no known address"
@@ -233,6 +239,15 @@ class P2PHost:
             f" (addresses: {tried})",
             peer=peer_id,
         )
+
+    async def _new_stream(self, pid: ID, protocol_id: str, peer_id: str) -> Any:
+        try:
+            return await self._host.new_stream(pid, [TProtocol(protocol_id)])
+        except Exception as e:
+            raise PeerUnreachable(
+                f"cannot open {protocol_id} to peer {peer_id}: {_describe(e)}",
+                peer=peer_id,
+            ) from e
 
     async def _ensure_connected(self, pid: ID, given: list[multiaddr.Multiaddr]) -> None:
         lock = self._dial_locks.setdefault(str(pid), trio.Lock())

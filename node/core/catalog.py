@@ -624,6 +624,13 @@ class Catalog:
             raise CatalogWriteError(verdict.reason)
         return batch
 
+    def forget(self, author: str) -> bool:
+        """Drop an author's partition (a removed member): every replica does so once it
+        learns of the removal, and refuses the author's batches from then on, so replicas
+        agree whatever they had accepted before (``apply`` with ``revoked``)."""
+        self._forks = {k: v for k, v in self._forks.items() if v.author != author}
+        return self._authors.pop(author, None) is not None
+
     # -- persistence by rows ------------------------------------------------------------
 
     def author_rows(self) -> Iterator[tuple[str, int, int, bytes]]:

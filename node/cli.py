@@ -284,20 +284,14 @@ def _rebuild_from_partition(args: argparse.Namespace, node: LocalNode, out: Out)
     partition of one of its earlier identities."""
     import cbor2
     from corestate.node.runtime import meshops
-    from corestate.protocol.keys import NodeKeys
     me = node.keys.peer_id
     port = _port(args)
     assert port is not None
-    gen = node.keys.generation
+    def has_records(author: str) -> bool:  # snapshots or packs, not just an address advert
+        return any(k[:1] in (b"s", meshops.PACK_KEY) for k in node.group.catalog.entries(author))
     source = me
-    if not node.group.catalog.entries(me) and gen > 0:
-        from corestate.node import keystore
-        root = keystore.unseal(node.home.key_path.read_bytes(), _passphrase(args))
-        for g in range(gen - 1, -1, -1):
-            old = NodeKeys.from_root(root, generation=g).peer_id
-            if node.group.catalog.entries(old):
-                source = old
-                break
+    if not has_records(me):
+        source = next((old for old in node.earlier_ids if has_records(old)), me)
     head = node.group.catalog.head(me)
     entries = {k: v for k, v in node.group.catalog.entries(source).items()}
     entries = {k: e.value for k, e in entries.items() if e.value is not None}
@@ -320,8 +314,12 @@ def _rebuild_from_partition(args: argparse.Namespace, node: LocalNode, out: Out)
         if not key.startswith(meshops.PACK_KEY) or len(key) != 33:
             continue
         pid = key[1:]
-        k, n, size, shares = cbor2.loads(value)
-        node.ledger.begin_pack(pid, k, n, size, owner="" if source == me else source)
+        k, n, size, shares, *rest = cbor2.loads(value)
+        owner = rest[0] if rest else ("" if source == me else source)
+        node.ledger.begin_pack(pid, k, n, size, owner=owner)
+        if owner and len(rest) == 0:
+            # Carried into this identity's partition: say whose name the holders filed it under.
+            entries[key] = cbor2.dumps([k, n, size, shares, owner], canonical=True)
         for index, holder, root, ssize in shares:
             node.ledger.record_share(pid, index, holder, root, ssize)
         node.ledger.set_local(pid, False)
@@ -999,6 +997,12 @@ def cmd_group_join(args: argparse.Namespace, out: Out) -> int:
         port.call(lambda mesh: mesh.groups.join(inv))
         port.call(lambda mesh: mesh.groups.sync_with(inv.admin, list(inv.addrs)))
         _group_round(args, node)
+        if node.keys.generation > 0 and not node.repo.snapshots():
+            # A node back under a new identity (its old one removed, e.g. stolen): its
+            # records of what it wrote while it belonged come back from the old partition.
+            port.call(lambda mesh: mesh.groups.sync_with(inv.admin, list(inv.addrs)))
+            rebuilt = _rebuild_from_partition(args, node, out)
+            out.say(f"brought back {rebuilt['snapshots']} snapshot(s) of this node's earlier identity")
         if out.json:
             out.obj({"group": inv.group.hex(), "members": node.group.members()})
             return EXIT_OK

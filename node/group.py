@@ -185,19 +185,34 @@ class GroupNode:
         self._forget_removed()
         return len(new)
 
+    def cutoffs(self) -> dict[str, tuple[int, int]]:
+        """For each removed member whose removal names ``upto``: how far its partition is
+        kept (the latest point any effective removal of it names: a function of the op set)."""
+        st = self.state
+        if st is None:
+            return {}
+        out: dict[str, tuple[int, int]] = {}
+        for op in self.ops.values():
+            if (op.kind == "remove" and op.upto is not None and op.subject in st.removed
+                    and op.op_id not in st.void and op.op_id not in st.pending):
+                out[op.subject] = max(out.get(op.subject, (0, 0)), op.upto)
+        return out
+
     def _forget_removed(self) -> None:
-        """A removed member's partition goes from every replica (its placements die with
-        its membership), so replicas converge whichever order removal and batches came in."""
-        gone = [a for a in self.removed() if self.catalog.head(a) is not None]
-        if not gone:
-            return
-        for a in gone:
-            self.catalog.forget(a)
-        self.db.execute("BEGIN")
-        for a in gone:
-            for t in ("authors", "batches", "entries", "forks"):
-                self.db.execute(f"DELETE FROM {t} WHERE author = ?", (a,))
-        self.db.execute("COMMIT")
+        """A removed member's partition is cut, on every replica, at the point its removal
+        names (what it wrote while it belonged; dropped when no point is named), so
+        replicas converge whichever order removal and batches came in."""
+        cuts = self.cutoffs()
+        changed = []
+        for a in self.removed():
+            if self.catalog.head(a) is None:
+                continue
+            cut = cuts.get(a)
+            done = self.catalog.truncate(a, *cut) if cut else self.catalog.forget(a)
+            if done:
+                changed.append(a)
+        if changed:
+            self._save(set(changed))  # a full rewrite of those authors' rows
 
     def _sign(self, **fields: object) -> mem.MemberOp:
         st = self.require()
@@ -223,7 +238,8 @@ class GroupNode:
             if peer not in st.members:
                 raise GroupError(f"{peer} is not a member", hint="`corestate group members` lists them")
             before = set(st.members)
-            op = self._sign(kind="remove", subject=peer)
+            head = self.catalog.head(peer)
+            op = self._sign(kind="remove", subject=peer, upto=(head[0], head[1]) if head else (0, 0))
             assert self.state is not None
             if set(self.state.members) == before:
                 reason = self.state.void.get(op.op_id, "it did not take effect")
@@ -237,7 +253,8 @@ class GroupNode:
 
     def leave(self) -> mem.MemberOp:
         with self._lock:
-            return self._sign(kind="remove", subject=self.me)
+            head = self.catalog.head(self.me)
+            return self._sign(kind="remove", subject=self.me, upto=(head[0], head[1]) if head else (0, 0))
 
     # -- invites -----------------------------------------------------------------------
 
@@ -331,10 +348,36 @@ class GroupNode:
                             [r for r in c.fork_rows() if r[0] in authors])
         self.db.execute("COMMIT")
 
+    def _within_cutoffs(self, raw: bytes) -> bytes:
+        """A sync message with the batches of removed members past their cut left out."""
+        cuts = self.cutoffs()
+        removed = self.removed()
+        if not removed:
+            return raw
+        msg = csync.decode(raw)
+
+        def keep(b: bytes) -> bool:
+            try:
+                batch = cat.Batch.decode(b)
+            except CoreStateError:
+                return True  # the catalog refuses it with its reason
+            if batch.author not in removed:
+                return True
+            cut = cuts.get(batch.author)
+            return cut is not None and (batch.epoch, batch.seq_last) <= cut
+        if isinstance(msg, csync.Reply):
+            return csync.encode(csync.Reply(msg.vector, tuple(b for b in msg.batches if keep(b)), msg.complete))
+        if isinstance(msg, csync.Push):
+            return csync.encode(csync.Push(tuple(b for b in msg.batches if keep(b))))
+        return raw
+
     def _apply_batches(self, raw: bytes, kind: str) -> list[cat.Verdict]:
         st = self.state
-        members = frozenset(st.members) if st else frozenset()
-        removed = st.removed if st else frozenset()
+        raw = self._within_cutoffs(raw)
+        kept = frozenset(self.cutoffs())
+        # Removed members with a cut: their batches up to it are still history to apply.
+        members = (frozenset(st.members) | kept) if st else frozenset()
+        removed = (st.removed - kept) if st else frozenset()
         before = self.catalog.version_vector()
         if kind == "reply":
             push, verdicts, complete = csync.finish(self.catalog, raw, members=members, now_ms=self._now_ms(),

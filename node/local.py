@@ -34,6 +34,8 @@ class LocalNode:
             cfg = home.config()
             root = keystore.unseal(home.key_path.read_bytes(), passphrase)
             keys = NodeKeys.from_root(root, generation=read_generation(home))
+            # The PeerIDs this node had under earlier identity generations (newest first).
+            earlier = [NodeKeys.from_root(root, generation=g).peer_id for g in range(keys.generation - 1, -1, -1)]
             ledger = Ledger(str(home.path / "mesh.db"))
             book = AddressBook(home.path / "peers.db")
             store = StagingPackStore(home.store_dir(cfg), ledger.remote_only)
@@ -44,6 +46,7 @@ class LocalNode:
                                  hint="check config.toml [store] path and its permissions")
             repo = Repository(keys, store, str(home.db_path))
             node = cls(home, cfg, keys, repo, ledger, book, GroupNode(home.path / "group.db", keys))
+            node.earlier_ids = earlier
             node.problems = repo.sync()
             return node
         except BaseException:
@@ -51,6 +54,7 @@ class LocalNode:
             raise
 
     problems: list[tuple[bytes, str]]
+    earlier_ids: list[str]
 
     def close(self) -> None:
         self.repo.close()

@@ -624,6 +624,25 @@ class Catalog:
             raise CatalogWriteError(verdict.reason)
         return batch
 
+    def truncate(self, author: str, epoch: int, seq: int) -> bool:
+        """Keep the author's partition only up to ``(epoch, seq)`` (a removed member: what
+        it wrote while it belonged, as its remover had seen it). Returns whether anything
+        was dropped. Batches past the point go, and the entries are rebuilt from the rest."""
+        st = self._authors.get(author)
+        if st is None or (st.epoch, st.seq) <= (epoch, seq):
+            return False
+        if st.epoch > epoch:
+            # A newer epoch than the cut superseded the one it names: nothing of it remains.
+            return self.forget(author)
+        keep = [b for b in st.batches if b.seq_last <= seq]
+        fresh = _Author(epoch)
+        for b in keep:
+            self._append(fresh, Batch.decode(b.raw))
+        if not keep:
+            return self.forget(author)
+        self._authors[author] = fresh
+        return True
+
     def forget(self, author: str) -> bool:
         """Drop an author's partition (a removed member): every replica does so once it
         learns of the removal, and refuses the author's batches from then on, so replicas

@@ -141,6 +141,10 @@ class MemberOp:
     signature: bytes
     role: Role | None = None
     name: str | None = None
+    # remove only, optional: the newest (epoch, seq) of the subject's catalog partition the
+    # signer had seen; replicas keep the partition up to there (what the member did while
+    # it belonged) and refuse the rest. Absent: the partition is dropped.
+    upto: tuple[int, int] | None = None
     signed_bytes: bytes = field(init=False, repr=False, compare=False)
     op_id: bytes = field(init=False, repr=False, compare=False)
     _verified: bool | None = field(init=False, default=None, repr=False, compare=False)
@@ -203,6 +207,12 @@ def _check_fields(op: MemberOp) -> None:
             raise BadMemberOp(f"the group name is longer than {MAX_NAME_BYTES} bytes")
     elif op.name is not None:
         raise BadMemberOp("only a create names the group")
+    if op.upto is not None:
+        if op.kind != "remove":
+            raise BadMemberOp("only a remove names upto")
+        if (type(op.upto) is not tuple or len(op.upto) != 2
+                or any(type(x) is not int or not 0 <= x < HLC_LIMIT for x in op.upto)):
+            raise BadMemberOp("upto is [epoch, seq], two unsigned ints")
 
 
 def _signed_map(op: MemberOp) -> dict[str, Any]:
@@ -219,6 +229,8 @@ def _signed_map(op: MemberOp) -> dict[str, Any]:
         m["role"] = op.role
     if op.name is not None:
         m["name"] = op.name
+    if op.upto is not None:
+        m["upto"] = list(op.upto)
     return m
 
 
@@ -232,6 +244,7 @@ def sign_op(
     parents: Iterable[bytes] = (),
     hlc: int = 0,
     name: str | None = None,
+    upto: tuple[int, int] | None = None,
 ) -> MemberOp:
     """A signed op by ``signing_key``'s identity (its PeerID is the signer).
 
@@ -252,6 +265,7 @@ def sign_op(
         hlc=hlc,
         role=role,
         name=name,
+        upto=upto,
     )
     if kind == "create":
         # A create's signed bytes carry no group; its group id is their hash (the
@@ -297,6 +311,8 @@ def decode_op(data: bytes | bytearray | memoryview) -> MemberOp:
     expected |= {"name"} if kind == "create" else {"group"}
     if kind == "add":
         expected.add("role")
+    if kind == "remove" and "upto" in obj:
+        expected.add("upto")
     if set(obj) != expected:
         raise BadMemberOp(f"a {kind} op has exactly the fields {sorted(expected)}")
     if type(obj["parents"]) is not list:
@@ -319,6 +335,7 @@ def decode_op(data: bytes | bytearray | memoryview) -> MemberOp:
         hlc=obj["hlc"],
         role=obj.get("role"),
         name=obj.get("name"),
+        upto=tuple(obj["upto"]) if type(obj.get("upto")) is list else obj.get("upto"),
         signature=obj["signature"],
     )
     if encode_op(op) != raw:

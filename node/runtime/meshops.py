@@ -227,7 +227,9 @@ def survey(node: LocalNode, port: MeshPort, *, audit: bool = True) -> Survey:
     return Survey(per_pack, per_snap, bad, counts)
 
 
-PACK_KEY = b"k"  # + pack id: [k, n, size, [[index, holder, root, size], ...]]
+# + pack id: [k, n, size, [[index, holder, root, size], ...]] and, when the holders filed
+# the shares under an earlier identity of this node, that PeerID as a fifth element.
+PACK_KEY = b"k"
 
 
 def catalog_items(node: LocalNode, snapshot_id: bytes, pushed: PushResult | None) -> dict[bytes, bytes | None]:
@@ -247,7 +249,8 @@ def catalog_items(node: LocalNode, snapshot_id: bytes, pushed: PushResult | None
         if c is None:
             continue
         shares = [[r.index, r.peer, r.root, r.size] for r in c.shares]
-        items[PACK_KEY + pid] = cbor2.dumps([c.k, c.n, c.size, shares], canonical=True)
+        record = [c.k, c.n, c.size, shares] + ([c.owner] if c.owner else [])
+        items[PACK_KEY + pid] = cbor2.dumps(record, canonical=True)
     return items
 
 

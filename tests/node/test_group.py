@@ -111,3 +111,31 @@ def test_disaster_recovery_from_the_phrase(office: LocalMesh, tmp_path: Path) ->
     office.run(a, "group", "sync")
     vector = _last_json(office.run(c, "group", "sync", "--json").stdout)["vector"]
     assert vector[a.peer_id][0] == 1 and vector[a.peer_id][1] > 1
+
+
+def test_stolen_laptop_rejoins_under_its_next_identity(office: LocalMesh, tmp_path: Path) -> None:
+    a, b, c = office.nodes
+    src = make_tree(tmp_path / "src")
+    assert _last_json(office.run(c, "backup", str(src), "--json").stdout)["mesh"]["safe"]
+    office.run(c, "group", "sync")
+    # The laptop is stolen: the admin removes its identity. What it wrote while it belonged
+    # stays in the catalog (up to the point the removal names); anything later is refused.
+    office.stop(2)
+    office.run(a, "group", "remove", c.peer_id)
+    office.run(b, "group", "sync")
+    # Its owner, on a new machine: the 24 words, the next identity generation, a new invite.
+    old_id = c.peer_id
+    shutil.rmtree(c.home)
+    phrase = tmp_path / "phrase"
+    phrase.write_text(c.phrase)
+    made = _last_json(office.run(c, "init", "--recover", "--generation", "1", "--phrase-file", str(phrase),
+                                 "--json").stdout)
+    assert made["peer_id"] != old_id
+    office.start(2)
+    token = office.run(a, "group", "invite").stdout.strip().splitlines()[-1]
+    joined = office.run(c, "group", "join", token)
+    assert "brought back 1 snapshot" in joined.stdout, joined.stdout
+    office.run(c, "restore", "latest", "--target", str(tmp_path / "r"))
+    assert differences(src, tmp_path / "r" / str(src).lstrip("/")) == []
+    members = _last_json(office.run(a, "group", "members", "--json").stdout)
+    assert made["peer_id"] in members["members"] and old_id in members["removed"]

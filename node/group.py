@@ -188,15 +188,7 @@ class GroupNode:
     def cutoffs(self) -> dict[str, tuple[int, int]]:
         """For each removed member whose removal names ``upto``: how far its partition is
         kept (the latest point any effective removal of it names: a function of the op set)."""
-        st = self.state
-        if st is None:
-            return {}
-        out: dict[str, tuple[int, int]] = {}
-        for op in self.ops.values():
-            if (op.kind == "remove" and op.upto is not None and op.subject in st.removed
-                    and op.op_id not in st.void and op.op_id not in st.pending):
-                out[op.subject] = max(out.get(op.subject, (0, 0)), op.upto)
-        return out
+        return mem.cutoffs(self.ops.values(), self.state) if self.state is not None else {}
 
     def _forget_removed(self) -> None:
         """A removed member's partition is cut, on every replica, at the point its removal

@@ -388,6 +388,18 @@ class GroupState:
         return self.members.get(peer)
 
 
+def cutoffs(ops: Iterable[MemberOp], state: GroupState) -> dict[str, tuple[int, int]]:
+    """How far each removed member's catalog partition is kept: the latest ``upto`` among
+    the effective removals of it (a function of the op set, so replicas agree). Removed
+    members without one are absent: their partition is dropped."""
+    out: dict[str, tuple[int, int]] = {}
+    for op in ops:
+        if (op.kind == "remove" and op.upto is not None and op.subject in state.removed
+                and op.op_id not in state.void and op.op_id not in state.pending):
+            out[op.subject] = max(out.get(op.subject, (0, 0)), op.upto)
+    return out
+
+
 def evaluate(ops: Iterable[MemberOp], group: bytes | None = None) -> GroupState:
     """The membership state of ``group`` given the set ``ops`` (see the module rules).
 

@@ -714,3 +714,27 @@ def test_ten_thousand_ops_evaluate_fast() -> None:
     assert len(s.void) < len(ops) // 4
     # The measured time is well under a second on a laptop; the bound leaves room for CI.
     assert took < 3.0
+
+
+def test_cutoffs_take_the_latest_point_of_effective_removals() -> None:
+    from corestate.node.core import membership as mem
+    from corestate.protocol.keys import NodeKeys
+    a, b, c = (NodeKeys.from_root(bytes([40 + i]) * 32) for i in range(3))
+    create = mem.sign_op(a.signing_key, kind="create", name="g")
+    g = create.group
+    add_b = mem.sign_op(a.signing_key, kind="add", group=g, subject=b.peer_id, role="admin", parents=[create.op_id])
+    add_c = mem.sign_op(a.signing_key, kind="add", group=g, subject=c.peer_id, role="member", parents=[add_b.op_id])
+    # Two admins remove c concurrently, having seen different amounts of its partition.
+    by_a = mem.sign_op(a.signing_key, kind="remove", group=g, subject=c.peer_id, parents=[add_c.op_id], upto=(0, 5))
+    by_b = mem.sign_op(b.signing_key, kind="remove", group=g, subject=c.peer_id, parents=[add_c.op_id], upto=(0, 9))
+    ops = [create, add_b, add_c, by_a, by_b]
+    state = mem.evaluate(ops, g)
+    assert mem.cutoffs(ops, state) == {c.peer_id: (0, 9)}
+    # A removal that does not count (c removing a, after its own removal) names nothing.
+    late = mem.sign_op(c.signing_key, kind="remove", group=g, subject=a.peer_id, parents=[by_a.op_id], upto=(0, 1))
+    ops2 = [*ops, late]
+    assert mem.cutoffs(ops2, mem.evaluate(ops2, g)) == {c.peer_id: (0, 9)}
+    # The field is strict: only a remove carries it, as two unsigned ints.
+    assert mem.decode_op(mem.encode_op(by_b)).upto == (0, 9)
+    with pytest.raises(mem.BadMemberOp):
+        mem.sign_op(a.signing_key, kind="promote", group=g, subject=b.peer_id, parents=[add_c.op_id], upto=(0, 1))

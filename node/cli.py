@@ -268,13 +268,9 @@ def _recover_from_group(args: argparse.Namespace, node: LocalNode, out: Out) -> 
                              hint="check the phrase (and the peer address); a removed identity "
                                   "re-joins with `group join` under a new invite")
 
-    async def everyone(mesh: Any) -> None:  # the newest head may be at another member
-        import trio
-        async with trio.open_nursery() as nursery:
-            for p in node.group.members():
-                if p not in (me, peer):
-                    nursery.start_soon(mesh.groups._quiet_sync, p)
-    port.call(everyone)
+    # The newest head may be at another member.
+    others = [p for p in node.group.members() if p not in (me, peer)]
+    port.call(lambda mesh: mesh.groups.sync_all(others))
     return _rebuild_from_partition(args, node, out)
 
 
@@ -944,13 +940,7 @@ def _group_round(args: argparse.Namespace, node: LocalNode) -> None:
         daemon.mesh.groups.kick()
         return
 
-    async def round_(mesh: Any) -> None:
-        import trio
-        async with trio.open_nursery() as nursery:
-            for peer in node.group.members():
-                if peer != node.keys.peer_id:
-                    nursery.start_soon(mesh.groups._quiet_sync, peer)
-    port.call(round_)
+    port.call(lambda mesh: mesh.groups.sync_all())
 
 
 def cmd_group_create(args: argparse.Namespace, out: Out) -> int:
@@ -1058,23 +1048,11 @@ def cmd_group_sync(args: argparse.Namespace, out: Out) -> int:
         node.group.require()
         port = _port(args)
         assert port is not None
-        results: dict[str, str] = {}
-
-        async def round_(mesh: Any) -> None:
+        async def round_(mesh: Any) -> dict[str, str]:
             import trio
             await trio.to_thread.run_sync(mesh.groups.advertise)
-
-            async def one(peer: str) -> None:
-                try:
-                    await mesh.groups.sync_with(peer)
-                    results[peer] = "ok"
-                except CoreStateError as exc:
-                    results[peer] = str(exc)
-            async with trio.open_nursery() as nursery:
-                for peer in node.group.members():
-                    if peer != node.keys.peer_id:
-                        nursery.start_soon(one, peer)
-        port.call(round_)
+            return cast("dict[str, str]", await mesh.groups.sync_all())
+        results = port.call(round_)
         vector = node.group.catalog.version_vector()
     if out.json:
         out.obj({"peers": results, "vector": {a: list(v) for a, v in vector.items()}})

@@ -237,12 +237,23 @@ class GroupService:
             await trio.to_thread.run_sync(self.advertise)
             others = [p for p in self.group.members() if p != self.group.me]
             targets = others if kicked else rnd.sample(others, min(3, len(others)))
-            async with trio.open_nursery() as nursery:
-                for p in targets:
-                    nursery.start_soon(self._quiet_sync, p)
+            await self.sync_all(targets)
 
-    async def _quiet_sync(self, peer: str) -> None:
-        try:
-            await self.sync_with(peer)
-        except (ProtocolError, CoreStateError) as exc:
-            log.info("sync with %s failed: %s", peer[-8:], exc)
+    async def sync_all(self, peers: list[str] | None = None) -> dict[str, str]:
+        """Sync with ``peers`` (default: every other member) in parallel; per peer, "ok" or
+        why it failed (failures are logged, never raised: the next round retries)."""
+        if peers is None:
+            peers = [p for p in self.group.members() if p != self.group.me]
+        results: dict[str, str] = {}
+
+        async def one(peer: str) -> None:
+            try:
+                await self.sync_with(peer)
+                results[peer] = "ok"
+            except (ProtocolError, CoreStateError) as exc:
+                log.info("sync with %s failed: %s", peer[-8:], exc)
+                results[peer] = str(exc)
+        async with trio.open_nursery() as nursery:
+            for p in peers:
+                nursery.start_soon(one, p)
+        return results

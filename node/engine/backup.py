@@ -66,8 +66,9 @@ from corestate.protocol.objects import (
 
 from corestate.errors import CoreStateError
 
-# Files whose ctime is this close to the moment they were read may change again without
-# a visible timestamp change (coarse kernel clocks): they are never cached.
+# Files whose ctime is this close to the moment they were read (with btrfs: to the moment
+# the snapshot was taken) may change again without a visible timestamp change (coarse
+# kernel clocks): the files cache never takes their stat as proof of their content.
 RACY_NS = 2_000_000_000
 # Longer than the kernel's coarse clock tick (1-10 ms, by HZ) that stamps file times.
 TICK_NS = 20_000_000
@@ -224,6 +225,7 @@ class Backup:
         self.sessions: list = []
         self._clone_sessions: list[tuple[bytes, Any]] = []  # reflink: read through clones
         self._block_session: Any = None  # btrfs: changed ranges of large files
+        self._frozen_ns = 0  # btrfs: a moment no later than the snapshot's
         self.providers: set[str] = set()
         self._walk_prefix: bytes | None = None
         self._orig_prefix = b""
@@ -539,6 +541,7 @@ class Backup:
             self.providers.add("plain")
             return path
         from corestate.kernel.snapshot import open_snapshot
+        self._frozen_ns = time.time_ns()
         session = open_snapshot(Path(os.fsdecode(path)), self.state_dir, allow=self.allow_providers)
         self.sessions.append(session)
         self.providers.add(session.provider)
@@ -551,6 +554,10 @@ class Backup:
         walk = os.fsencode(session.root)
         if session.provider == "reflink":
             self._clone_sessions.append((walk, session))
+            if self._readers is not None:
+                # Workers forked before this session know nothing of it: start new ones.
+                self._readers.close()
+                self._readers = None
         self._block_session = session if session.provider == "btrfs" else None
         if walk != path:
             self._walk_prefix, self._orig_prefix = walk, path
@@ -591,7 +598,7 @@ class Backup:
             self._cache = self.repo.load_files_cache()
             self._cache_loaded = True
         cached = self._cache.get(key)
-        if cached is not None and cached[:4] == (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+        if cached is not None and cached[7] and cached[:4] == (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
             content = _split_ids(cached[4])
             if all(c in self._known for c in content):
                 node.content = content
@@ -697,11 +704,17 @@ class Backup:
                 node.torn = True
                 self.stats.torn.append(path)
                 pend.clean = False
-            elif r.cacheable and r.read_ns - st1.st_ctime_ns > RACY_NS:
-                self._cache_upserts.append((
-                    path, st1.st_ino, st1.st_size, st1.st_mtime_ns, st1.st_ctime_ns,
-                    b"".join(r.content), _encode_xattrs(node.xattrs), int(node.sparse),
-                ))
+            elif r.cacheable:
+                # Racy in a btrfs snapshot: the entry still describes the file as the
+                # snapshot (the next parent) holds it, the base a block-level increment
+                # needs; it is just not proof enough to skip reading the file.
+                exact = self._settled(st1.st_ctime_ns, r.read_ns)
+                if exact or self._block_session is not None:
+                    self._cache_upserts.append((
+                        path, st1.st_ino, st1.st_size, st1.st_mtime_ns, st1.st_ctime_ns,
+                        b"".join(r.content), _encode_xattrs(node.xattrs), int(node.sparse),
+                        int(exact),
+                    ))
             if st1.st_ctime_ns > pend.newest_ns:
                 pend.newest_ns = st1.st_ctime_ns
         for node, child in pend.subdirs:
@@ -710,12 +723,19 @@ class Backup:
             node.subtree = child.tree
         nodes = [n for n in pend.nodes if id(n) not in drop] if drop else pend.nodes
         pend.tree = self._emit_tree(nodes)
-        if pend.clean and time.time_ns() - pend.newest_ns > RACY_NS:
+        if pend.clean and self._settled(pend.newest_ns, time.time_ns()):
             self._dir_upserts.append((pend.path, pend.digest, pend.tree, files, size))
         pend.reads.clear()
         pend.subdirs.clear()
         pend.nodes = []
         self._drain()
+
+    def _settled(self, ctime_ns: int, seen_ns: int) -> bool:
+        """Whether a change at ``ctime_ns``, seen at ``seen_ns``, is old enough that any later
+        change must move the timestamps (a btrfs snapshot is seen when it was taken)."""
+        if self._block_session is not None:
+            seen_ns = self._frozen_ns
+        return seen_ns - ctime_ns > RACY_NS
 
     def _tree_of(self, ref: bytes | _Pending) -> bytes:
         if isinstance(ref, _Pending):
@@ -762,7 +782,7 @@ class Backup:
             pst = os.stat(parent / walk.relative_to(session.root)) if parent is not None else None
         except (OSError, ValueError):
             pst = None
-        if pst is None or (pst.st_ino, pst.st_size, pst.st_mtime_ns) != (cached[0], cached[1], cached[2]):
+        if pst is None or (pst.st_ino, pst.st_size, pst.st_mtime_ns, pst.st_ctime_ns) != cached[:4]:
             return None
         ranges = session.block_changes(walk)
         if ranges is None:

@@ -45,7 +45,10 @@ CREATE TABLE IF NOT EXISTS files_cache (
     mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,
     chunks BLOB NOT NULL,  -- the chunk ids, 32 bytes each, concatenated
     xattrs BLOB,  -- CBOR map, or NULL
-    sparse INTEGER NOT NULL
+    sparse INTEGER NOT NULL,
+    -- 1: the stat proves the content (a later change must move it); 0: read from a btrfs
+    -- snapshot too soon after a change: only the base of a block-level increment
+    exact INTEGER NOT NULL DEFAULT 1
 );
 CREATE TABLE IF NOT EXISTS dir_cache (
     path BLOB PRIMARY KEY, fingerprint BLOB NOT NULL, tree BLOB NOT NULL,
@@ -83,6 +86,9 @@ class Repository:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        columns = {r[1] for r in self.db.execute("PRAGMA table_info(files_cache)")}
+        if "exact" not in columns:  # an index.db from before the column
+            self.db.execute("ALTER TABLE files_cache ADD COLUMN exact INTEGER NOT NULL DEFAULT 1")
         self.opener = packfmt.BlobOpener(keys)
         self._salts: dict[bytes, bytes] = {}
         self._locs: dict[bytes, BlobLocation] | None = None
@@ -268,11 +274,11 @@ class Repository:
 
     # -- files cache --------------------------------------------------------------------
 
-    def load_files_cache(self) -> dict[bytes, tuple[int, int, int, int, bytes, bytes | None, int]]:
+    def load_files_cache(self) -> dict[bytes, tuple[int, int, int, int, bytes, bytes | None, int, int]]:
         return {
             r[0]: r[1:]
             for r in self.db.execute(
-                "SELECT path, ino, size, mtime_ns, ctime_ns, chunks, xattrs, sparse FROM files_cache")
+                "SELECT path, ino, size, mtime_ns, ctime_ns, chunks, xattrs, sparse, exact FROM files_cache")
         }
 
     def load_dir_cache(self) -> dict[bytes, tuple[bytes, bytes, int, int]]:
@@ -290,7 +296,7 @@ class Repository:
             self.db.execute("BEGIN")
             try:
                 self.db.executemany("DELETE FROM files_cache WHERE path = ?", [(p,) for p in deletes])
-                self.db.executemany("INSERT OR REPLACE INTO files_cache VALUES (?,?,?,?,?,?,?,?)", upserts)
+                self.db.executemany("INSERT OR REPLACE INTO files_cache VALUES (?,?,?,?,?,?,?,?,?)", upserts)
                 self.db.executemany("DELETE FROM dir_cache WHERE path = ?", [(p,) for p in dir_deletes])
                 # Everything cached below a directory that is gone.
                 self.db.executemany(

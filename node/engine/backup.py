@@ -30,7 +30,9 @@ Invariants:
 
 from __future__ import annotations
 
+import bisect
 import io
+import itertools
 import marshal
 import os
 import queue
@@ -136,6 +138,11 @@ class _Read:
     new_bytes: int = 0
     cacheable: bool = True
     bytes_read: int | None = None  # when less than size was read (block-level increments)
+    # One part of a block-level increment split over workers: where it began and ended,
+    # and where each of its chunks begins; failed: its bytes did not add up.
+    span: tuple[int, int] | None = None
+    offsets: list[int] | None = None
+    failed: bool = False
 
 
 @dataclass(slots=True)
@@ -242,7 +249,7 @@ class Backup:
         self._promises: list[list[tuple[Node, bytes, int, _Pending | None]]] = [
             [] for _ in range(self.workers)]
         self._batch_bytes = [0] * self.workers
-        self._cache: dict[bytes, tuple[int, int, int, int, bytes, bytes | None, int]] = {}
+        self._cache: dict[bytes, tuple[int, int, int, int, bytes, bytes | None, int, int]] = {}
         self._cache_upserts: list[tuple] = []
         self._seen: set[bytes] = set()
         self._seen_dirs: set[bytes] = set()
@@ -615,7 +622,7 @@ class Backup:
         if st.st_size >= SMALL_BATCH_BYTES:
             plan = self._increment_plan(path, st, cached)
             self._slots.acquire()
-            fut = self.readers().submit([(path, st, plan)], self._route(st))
+            fut = self._submit_large(path, st, plan)
             fut.add_done_callback(lambda f: self._slots.release())
             pend.reads.append((node, key, fut, 0))
         else:
@@ -799,6 +806,82 @@ class Backup:
             return None
         return old, sorted(ranges)
 
+    def _submit_large(self, path: bytes, st: os.stat_result, plan: tuple | None) -> Future[list[_Read]]:
+        """Queue a large file. A block-level increment with enough to read is split at old
+        chunk boundaries far from any change, one part per worker, and put together again
+        here; if the parts do not fit, the file is read whole."""
+        home = self._route(st)
+        parts = self._split_plan(st.st_size, *plan) if plan is not None else None
+        if not parts:
+            return self.readers().submit([(path, st, plan)], home)
+        futs = [self.readers().submit([(path, st, part)], (home + i) % self.workers)
+                for i, part in enumerate(parts)]
+        whole: Future[list[_Read]] = Future()
+        left = [len(futs)]
+        lock = threading.Lock()
+
+        def chain(f: Future[list[_Read]]) -> None:
+            exc = f.exception()
+            if exc is not None:
+                whole.set_exception(exc)
+            else:
+                whole.set_result(f.result())
+
+        def part_done(_: Future[list[_Read]]) -> None:  # in the workers' collector thread
+            with lock:
+                left[0] -= 1
+                if left[0]:
+                    return
+            try:
+                r = _stitch([f.result()[0] for f in futs], st.st_size)
+            except BaseException as exc:
+                whole.set_exception(exc)
+                return
+            if r is not None:
+                whole.set_result([r])
+            else:
+                self.readers().submit([(path, st, None)], home).add_done_callback(chain)
+
+        for f in futs:
+            f.add_done_callback(part_done)
+        return whole
+
+    def _split_plan(self, size: int, old: list[tuple[int, int, bytes]],
+                    ranges: list[tuple[int, int]]) -> list[tuple] | None:
+        """Parts of an increment plan for the workers to read side by side, or None.
+
+        Each part is (old chunks from its start on, its changed ranges, (start, stop, old
+        end)): start and stop are old chunk boundaries in a gap between changes, wide
+        enough that the part before has found its way back to the old boundaries long
+        before it (content-defined cuts resynchronise within a chunk or two).
+        """
+        changed = sum(n for _, n in ranges)
+        if self.workers < 2 or len(ranges) < 2 or changed < SMALL_BATCH_BYTES:
+            return None
+        margin = 16 * self.cfg.avg_size
+        target = changed / self.workers
+        old_end = old[-1][0] + old[-1][1]
+        starts = [o for o, _, _ in old]
+        cuts: list[tuple[int, int]] = []  # (index of the first range of a part, its start)
+        acc = 0
+        for i in range(1, len(ranges)):
+            acc += ranges[i - 1][1]
+            if acc < target * (len(cuts) + 1) or len(cuts) == self.workers - 1:
+                continue
+            prev_end, next_start = sum(ranges[i - 1]), ranges[i][0]
+            k = bisect.bisect_left(starts, (prev_end + next_start) // 2)
+            if k < len(starts) and prev_end + margin <= starts[k] <= next_start:
+                cuts.append((i, starts[k]))
+        if not cuts:
+            return None
+        parts = []
+        bounds = [(0, 0), *cuts, (len(ranges), size)]
+        for (ri, start), (rj, stop) in itertools.pairwise(bounds):
+            first = bisect.bisect_left(starts, start)
+            last = bisect.bisect_left(starts, stop) + 64  # room to resynchronise past stop
+            parts.append((old[first:last], ranges[ri:rj], (start, stop, old_end)))
+        return parts
+
     def _read_files(self, files: list[tuple[bytes, os.stat_result, tuple | None]]) -> list[_Read]:
         out = []
         for path, st, plan in files:
@@ -806,6 +889,8 @@ class Backup:
             r = None
             if plan is not None:
                 r = self._read_increment(path, st, *plan)
+                if r is None and len(plan) > 2:  # a part: the whole file is not ours to read
+                    r = _Read(failed=True)
             if r is None:
                 r = self._read_file(path, st)
             r.new_chunks = self._new_chunks - before
@@ -876,7 +961,8 @@ class Backup:
         return r
 
     def _read_increment(self, path: bytes, lst: os.stat_result, old: list[tuple[int, int, bytes]],
-                        ranges: list[tuple[int, int]]) -> _Read | None:
+                        ranges: list[tuple[int, int]],
+                        span: tuple[int, int, int] | None = None) -> _Read | None:
         """Read only around the changed ranges of a file in a btrfs snapshot.
 
         Old chunks that lie wholly before the next changed byte and start where we are are
@@ -884,10 +970,19 @@ class Backup:
         chunk boundary past the change. FastCDC's cuts depend only on the bytes since the
         last cut, so the chunks come out exactly as a full read would cut them. Returns None
         (read it all) if anything does not add up.
+
+        With ``span`` (start, stop, old end) only the part from the old boundary ``start``
+        is read, up to the first old boundary at or past ``stop`` where it is back on the
+        old cuts; ``old`` then holds the old chunks from ``start`` on (see _split_plan).
         """
         size = lst.st_size
-        old_end = old[-1][0] + old[-1][1] if old else 0
+        if span is not None:
+            start, stop, old_end = span
+        else:
+            start, stop, old_end = 0, size, old[-1][0] + old[-1][1] if old else 0
         starts = {o: k for k, (o, _, _) in enumerate(old)}
+        # A part holds the old chunks only to a little past its stop: past them, give up.
+        given = old[-1][0] if old and old[-1][0] + old[-1][1] < old_end else size
         r = _Read()
         try:
             fd = os.open(path, _OPEN)
@@ -895,9 +990,10 @@ class Backup:
             return None
         try:
             content: list[bytes] = []
-            pos = nread = ri = 0
+            offsets: list[int] = []
+            pos, nread, ri = start, 0, 0
             r.read_ns = time.time_ns()
-            while pos < size:
+            while pos < stop:
                 while ri < len(ranges) and sum(ranges[ri]) <= pos:
                     ri += 1
                 next_change = ranges[ri][0] if ri < len(ranges) else size
@@ -908,6 +1004,7 @@ class Backup:
                     # the file still ends there.
                     if o + n <= min(next_change, size) and (o + n < old_end or size == old_end):
                         content.append(cid)
+                        offsets.append(pos)
                         pos = o + n
                         continue
                 change_end = sum(ranges[ri]) if ri < len(ranges) else size
@@ -915,11 +1012,14 @@ class Backup:
                 resynced = False
                 for c in self._chunker().cut_stream(io.FileIO(fd, closefd=False)):
                     content.append(self._chunk(c.data))
+                    offsets.append(pos)
                     pos += c.length
                     nread += c.length
                     if pos >= change_end and pos in starts:
                         resynced = True
                         break
+                    if pos > given:
+                        return None  # past the old chunks this part was given
                 if not resynced:
                     break
             st1 = os.fstat(fd)
@@ -927,12 +1027,16 @@ class Backup:
             return None
         finally:
             os.close(fd)
-        if pos != size or (st1.st_ino, st1.st_size, st1.st_mtime_ns, st1.st_ctime_ns) != (
+        if (pos != size if span is None else pos < stop) or (
+                st1.st_ino, st1.st_size, st1.st_mtime_ns, st1.st_ctime_ns) != (
                 lst.st_ino, lst.st_size, lst.st_mtime_ns, lst.st_ctime_ns):
             return None
         r.content, r.size, r.st = content, size, st1
         r.bytes_read = nread
-        r.xattrs = _xattrs(path)
+        if span is not None:
+            r.span, r.offsets = (start, pos), offsets
+        if start == 0:
+            r.xattrs = _xattrs(path)
         return r
 
     def _read_clone(self, session: Any, path: bytes, lst: os.stat_result) -> _Read:
@@ -1037,6 +1141,32 @@ class Backup:
         w.entries.clear()
         self.repo.store.put(pid, data)
         return _Landed(pid, w.salt, len(data), header_offset, entries)
+
+
+def _stitch(parts: list[_Read], size: int) -> _Read | None:
+    """One file's read from the parts of a split increment (in file order), or None when
+    they do not join up: a part that ran past the next one's start must meet it on one of
+    its chunk boundaries (from a common cut on, the cuts are the same)."""
+    if any(p.failed or p.span is None or p.offsets is None for p in parts):
+        return None
+    first = parts[0]
+    assert first.span is not None
+    content, end = list(first.content), first.span[1]
+    for p in parts[1:]:
+        assert p.span is not None and p.offsets is not None
+        k = bisect.bisect_left(p.offsets, end)
+        if end > p.span[1] or (end > p.span[0] and (k == len(p.offsets) or p.offsets[k] != end)):
+            return None
+        content += p.content[k:]
+        end = max(end, p.span[1])
+    if end != size:
+        return None
+    first.content, first.span, first.offsets = content, None, None
+    first.bytes_read = sum(p.bytes_read or 0 for p in parts)
+    first.read_ns = min(p.read_ns for p in parts)
+    first.new_chunks = sum(p.new_chunks for p in parts)
+    first.new_bytes = sum(p.new_bytes for p in parts)
+    return first
 
 
 def _describe_error(exc: BaseException) -> tuple[str, Any]:

@@ -227,3 +227,52 @@ def test_block_level_increments_follow_each_other_when_every_backup_comes_right_
     cli.run("restore", "latest", "--target", str(target))
     assert (target / str(img).lstrip("/")).read_bytes() == img.read_bytes()
     assert cli.run("check", "--read-data").returncode == 0
+
+
+def test_a_large_increment_is_read_by_several_workers_and_cut_as_a_full_read_would(
+        cli: Cli, btrfs_subvol: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from corestate.node.cli import main
+    from corestate.node.engine.backup import Backup
+
+    parts: list[int] = []
+    split = Backup._split_plan
+
+    def spy(self: Backup, *a: object) -> object:
+        out = split(self, *a)
+        parts.append(len(out) if out else 0)
+        return out
+
+    monkeypatch.setattr(Backup, "_split_plan", spy)
+
+    def backup() -> dict:
+        assert main(["--home", str(cli.home), "backup", str(data), "--json",
+                     "--passphrase-file", str(cli.pwfile)]) == 0
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    data = btrfs_subvol / "vm"
+    data.mkdir()
+    img = data / "disk.img"
+    rnd = __import__("random").Random(9)
+    img.write_bytes(rnd.randbytes(160 << 20))
+    backup()
+    with open(img, "r+b") as f:
+        for at in (16, 80, 144):  # far apart: each worker takes a part
+            f.seek(at << 20)
+            f.write(rnd.randbytes(2 << 20))
+    second = backup()
+    assert parts[-1] >= 2, parts
+    assert second["bytes_read"] < 24 << 20, second
+    # Forget the caches and read it all: not one new chunk, the same tree.
+    import sqlite3
+    db = sqlite3.connect(cli.home / "index.db")
+    db.execute("DELETE FROM files_cache")
+    db.execute("DELETE FROM dir_cache")
+    db.commit()
+    db.close()
+    third = backup()
+    assert third["bytes_read"] == 160 << 20 and third["chunks_new"] == 0, third
+    assert cli.json("diff", "latest~1", "latest") == []
+    target = tmp_path / "t"
+    cli.run("restore", "latest~1", "--target", str(target))
+    assert (target / str(img).lstrip("/")).read_bytes() == img.read_bytes()

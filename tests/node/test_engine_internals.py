@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
 import pytest
-from corestate.node.engine.backup import Backup
+from corestate.node.engine.backup import Backup, _Read, _stitch
 from corestate.node.engine.inspect import check
 from corestate.node.engine.repo import Repository
 from corestate.node.engine.store import LocalPackStore
@@ -111,4 +112,47 @@ def test_change_journal_skips_unchanged_folders_and_counts_them(tmp_path: Path) 
     again = Backup(repo, Config(), skip_dirs=[], exclude=[], changes=lambda: gap).run([src])
     assert again.stats.journal == ("full walk", "queue overflow")
     assert again.stats.paths_visited > 500
+    repo.close()
+
+
+def _part(span: tuple[int, int], offsets: list[int], failed: bool = False) -> _Read:
+    return _Read(content=[b"%d" % o for o in offsets], size=100, span=span, offsets=offsets,
+                 bytes_read=span[1] - span[0], failed=failed)
+
+
+def test_parts_of_a_split_increment_join_only_on_a_common_cut() -> None:
+    # Back-to-back parts join as they are.
+    r = _stitch([_part((0, 40), [0, 20]), _part((40, 100), [40, 70])], 100)
+    assert r is not None and r.content == [b"0", b"20", b"40", b"70"] and r.span is None
+    # A part that ran past the next one's start joins it on a cut both made.
+    r = _stitch([_part((0, 55), [0, 20, 40]), _part((40, 100), [40, 55, 80])], 100)
+    assert r is not None and r.content == [b"0", b"20", b"40", b"55", b"80"]
+    # ... but not inside a chunk of the next part, nor past its end.
+    assert _stitch([_part((0, 60), [0, 20, 40]), _part((40, 100), [40, 55, 80])], 100) is None
+    assert _stitch([_part((0, 70), [0, 40]), _part((40, 60), [40]), _part((60, 100), [60])], 100) is None
+    # A part that could not read its bytes, or parts that do not reach the end: read it all.
+    assert _stitch([_part((0, 40), [0]), _part((40, 100), [40], failed=True)], 100) is None
+    assert _stitch([_part((0, 40), [0]), _part((40, 90), [40])], 100) is None
+
+
+def test_an_increment_is_split_only_in_wide_gaps_between_changes(tmp_path: Path) -> None:
+    repo = _engine_repo(tmp_path)
+    b = Backup(repo, Config(), skip_dirs=[], exclude=[], workers=3)
+    mib = 1 << 20
+    old = [(i * mib, mib, bytes(32)) for i in range(400)]  # a 400 MiB file in 1 MiB chunks
+    size = 400 * mib
+    far = [(20 * mib, 3 * mib), (200 * mib, 3 * mib), (380 * mib, 3 * mib)]
+    parts = b._split_plan(size, old, far)
+    assert parts is not None and len(parts) == 3
+    spans = [p[2][:2] for p in parts]
+    assert spans[0][0] == 0 and spans[-1][1] == size
+    assert all(a[1] == c[0] for a, c in itertools.pairwise(spans))
+    assert [r for p in parts for r in p[1]] == far  # every change in exactly one part
+    for i, (_, ranges, (start, stop, _)) in enumerate(parts):
+        assert all(start <= o and o + n <= stop for o, n in ranges)
+        if i < len(parts) - 1:  # room to find the old cuts again before the next part
+            assert all(o + n + 16 * mib <= stop for o, n in ranges)
+    # Changes close together, or too little to read, stay in one worker.
+    assert b._split_plan(size, old, [(20 * mib, 3 * mib), (30 * mib, 3 * mib)]) is None
+    assert b._split_plan(size, old, [(20 * mib, mib), (300 * mib, mib)]) is None
     repo.close()

@@ -177,7 +177,7 @@ def _port(args: argparse.Namespace) -> MeshPort | None:
     daemon = getattr(args, "daemon", None)
     if daemon is not None:
         return cast("MeshPort", daemon.port())
-    return getattr(args, "mesh_port", None)
+    return cast("MeshPort | None", getattr(args, "mesh_port", None))
 
 
 # -- commands ---------------------------------------------------------------------------
@@ -1310,13 +1310,12 @@ def main(argv: list[str] | None = None) -> int:
             if code is not None:
                 return code
         if name in NETWORKED:
-            import trio
-            from corestate.node.runtime.port import run_with_transient_mesh
-
-            def work(port: MeshPort) -> int:
-                args.mesh_port = port
+            from corestate.node.runtime.port import TransientMeshPort
+            port = args.mesh_port = TransientMeshPort(lambda: getattr(args, "opened_node", None))
+            try:
                 return execute(args, out)
-            return int(trio.run(run_with_transient_mesh, lambda: getattr(args, "opened_node", None), work))
+            finally:
+                port.close()
         return execute(args, out)
     except KeyboardInterrupt:
         print("interrupted; what was stored so far is kept and reused next time", file=sys.stderr)

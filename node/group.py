@@ -24,16 +24,19 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import blake3
 import cbor2
 from corestate.node.core import catalog as cat
 from corestate.node.core import membership as mem
 from corestate.node.core import sync as csync
-from corestate.protocol import group as gw
 from corestate.protocol.keys import NodeKeys
 
 from corestate.errors import CoreStateError
+
+if TYPE_CHECKING:
+    from corestate.protocol import group as gw
 
 TOKEN_PREFIX = "csinv1."
 ZERO = bytes(32)
@@ -387,12 +390,14 @@ class GroupNode:
     # -- sync exchange (messages of protocol/group.py) ---------------------------------
 
     def sync_open(self) -> gw.SyncOpen:
+        from corestate.protocol import group as gw  # the wire messages: only when syncing
         with self._lock:
             return gw.SyncOpen(group=self.group or ZERO, have=tuple(sorted(self.ops)),
                                catalog=csync.hello(self.catalog))
 
     def sync_reply(self, peer: str, msg: gw.SyncOpen) -> gw.SyncReply:
         """At the responder. Raises GroupError for a non-member or a wrong group."""
+        from corestate.protocol import group as gw
         with self._lock:
             st = self.require()
             if msg.group not in (ZERO, self.group):
@@ -407,6 +412,7 @@ class GroupNode:
 
     def sync_finish(self, msg: gw.SyncReply) -> tuple[gw.SyncPush, list[cat.Verdict]]:
         """At the initiator: take the reply, build the push."""
+        from corestate.protocol import group as gw
         with self._lock:
             if self.group is None:
                 self.group = msg.group

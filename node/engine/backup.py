@@ -240,6 +240,7 @@ class Backup:
         self._root_tag = 0
         self._slots = threading.Semaphore(self.max_inflight)
         self._landed: queue.SimpleQueue[_Landed] = queue.SimpleQueue()
+        self._write_behind: _WriteBehind | None = None  # in workers: packs are written aside
         self._local = threading.local()
         self._writers: list[packfmt.PackWriter] = []
         self._writers_lock = threading.Lock()
@@ -651,6 +652,7 @@ class Backup:
         self._local = threading.local()
         self._writers = []
         self._landed = queue.SimpleQueue()
+        self._write_behind = _WriteBehind(self._write_pack, self._landed.put)
 
     def _route(self, st: os.stat_result) -> int:
         """The worker for a file. Each worker dedups against what it has seen, so files of
@@ -794,14 +796,15 @@ class Backup:
         ranges = session.block_changes(walk)
         if ranges is None:
             return None
-        locs = self.repo.locations()
+        ids = _split_ids(cached[4])
+        lengths = self.repo.raw_lengths(ids)
         old, offset = [], 0
-        for cid in _split_ids(cached[4]):
-            loc = locs.get(cid)
-            if loc is None:
+        for cid in ids:
+            n = lengths.get(cid)
+            if n is None:
                 return None
-            old.append((offset, loc.raw_length, cid))
-            offset += loc.raw_length
+            old.append((offset, n, cid))
+            offset += n
         if offset != cached[1]:
             return None
         return old, sorted(ranges)
@@ -912,6 +915,8 @@ class Backup:
         w = getattr(self._local, "writer", None)
         if w is not None and w.entries:
             self._land(w)
+        if self._write_behind is not None:
+            self._write_behind.flush()
         return self._harvest()
 
     def _read_file(self, path: bytes, lst: os.stat_result) -> _Read:
@@ -1132,7 +1137,10 @@ class Backup:
             self._land(w)
 
     def _land(self, w: packfmt.PackWriter) -> None:
-        self._landed.put(self._write_pack(w))
+        if self._write_behind is not None:
+            self._write_behind.submit(w)
+        else:
+            self._landed.put(self._write_pack(w))
 
     def _write_pack(self, w: packfmt.PackWriter) -> _Landed:
         entries = list(w.entries)
@@ -1141,6 +1149,40 @@ class Backup:
         w.entries.clear()
         self.repo.store.put(pid, data)
         return _Landed(pid, w.salt, len(data), header_offset, entries)
+
+
+class _WriteBehind:
+    """A worker's pack writes, in a thread of their own: the next pack fills while the last
+    one is sealed, written and fsynced (both release the GIL). One pack waits at most."""
+
+    def __init__(self, write: Callable[[packfmt.PackWriter], _Landed],
+                 landed: Callable[[_Landed], None]) -> None:
+        self._write, self._landed = write, landed
+        self._queue: queue.Queue[packfmt.PackWriter] = queue.Queue(maxsize=1)
+        self._error: BaseException | None = None
+        threading.Thread(target=self._run, name="pack-writer", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            w = self._queue.get()
+            try:
+                if self._error is None:
+                    self._landed(self._write(w))
+            except BaseException as exc:  # raised in the worker by the next submit or flush
+                self._error = exc
+            finally:
+                self._queue.task_done()
+
+    def submit(self, w: packfmt.PackWriter) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(w)
+
+    def flush(self) -> None:
+        """Wait until every pack submitted is durable (or raise why one is not)."""
+        self._queue.join()
+        if self._error is not None:
+            raise self._error
 
 
 def _stitch(parts: list[_Read], size: int) -> _Read | None:

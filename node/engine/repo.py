@@ -198,6 +198,17 @@ class Repository:
             }
         return self._locs
 
+    def raw_lengths(self, ids: Sequence[bytes]) -> dict[bytes, int]:
+        """The plaintext length of each of ``ids`` the index knows (a query per 500 ids:
+        the cost follows the ids asked for, not the size of the repository)."""
+        out: dict[bytes, int] = {}
+        unique = list(dict.fromkeys(ids))
+        for i in range(0, len(unique), 500):
+            part = unique[i:i + 500]
+            out.update(self.db.execute(
+                f"SELECT id, raw_length FROM blobs WHERE id IN ({','.join('?' * len(part))})", part))
+        return out
+
     def salt(self, pack_id: bytes) -> bytes:
         s = self._salts.get(pack_id)
         if s is None:

@@ -1,24 +1,25 @@
 """How synchronous commands reach the mesh.
 
-CLI commands (backup, restore, check ...) are synchronous code that runs in a worker
-thread; the mesh lives in a trio event loop. A ``MeshPort`` is the bridge: ``call`` runs an
-async function of the ``Mesh`` in the loop and waits for it. In the daemon the mesh is
-already up; in a CLI run without a daemon the first ``call`` starts a transient host with
-the node's identity, which goes away when the command ends.
+CLI commands (backup, restore, check ...) are synchronous code; the mesh lives in a trio
+event loop in another thread. A ``MeshPort`` is the bridge: ``call`` runs an async function
+of the ``Mesh`` in the loop and waits for it. In the daemon the mesh is already up; in a
+CLI run without a daemon a ``TransientMeshPort`` starts, on its first ``call``, a trio loop
+in a thread of its own with a transient host under the node's identity, which goes away
+when the command ends. A command that never needs a peer never imports trio or libp2p.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import trio
-from corestate.node.runtime.events import EventBus
-
 if TYPE_CHECKING:
+    import trio
     from corestate.node.local import LocalNode
+    from corestate.node.runtime.events import EventBus
     from corestate.node.runtime.mesh import Mesh
 
 T = TypeVar("T")
@@ -33,15 +34,83 @@ class MeshPort:
 
     def call(self, fn: Callable[[Mesh], Awaitable[T]]) -> T:
         """From a worker thread: run ``fn(mesh)`` in the trio loop and return its result."""
+        import trio
+
         async def run() -> T:
             return await fn(await self._get_mesh())
         return trio.from_thread.run(run, trio_token=self.token)
+
+
+class TransientMeshPort:
+    """The mesh for one command run without a daemon (see the module docstring).
+
+    ``call`` may come from any thread but the loop's; ``close`` stops the host and the loop.
+    The host listens on an ephemeral loopback port only: it dials out, nobody dials it.
+    """
+
+    def __init__(self, node_getter: Callable[[], LocalNode | None]) -> None:
+        self._node_getter = node_getter
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._port: MeshPort | None = None
+        self._stop: Any = None
+        self._failure: BaseException | None = None
+
+    def call(self, fn: Callable[[Mesh], Awaitable[T]]) -> T:
+        with self._lock:
+            if self._thread is None:
+                node = self._node_getter()
+                assert node is not None, "the mesh port is used before the node is open"
+                self._thread = threading.Thread(target=self._loop, args=(node,), name="mesh", daemon=True)
+                self._thread.start()
+        self._ready.wait()
+        if self._failure is not None:
+            raise self._failure
+        assert self._port is not None
+        return self._port.call(fn)
+
+    def _loop(self, node: LocalNode) -> None:
+        import trio
+
+        async def main() -> None:
+            self._stop = trio.Event()
+            async with open_mesh(node, listen=["/ip4/127.0.0.1/tcp/0"]) as mesh:
+                async def get() -> Mesh:
+                    return mesh
+                self._port = MeshPort(trio.lowlevel.current_trio_token(), get)
+                self._ready.set()
+                await self._stop.wait()
+        try:
+            trio.run(main)
+        except BaseException as exc:  # reported to every caller of call()
+            self._failure = exc
+        finally:
+            if self._port is None and self._failure is None:
+                self._failure = RuntimeError("the mesh stopped before it was ready")
+            self._ready.set()
+
+    def close(self) -> None:
+        """Stop the host, if one was started, and wait for its loop to end."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._ready.wait()
+        if self._port is not None and thread.is_alive():
+            import trio
+            try:
+                trio.from_thread.run_sync(self._stop.set, trio_token=self._port.token)
+            except trio.RunFinishedError:
+                pass
+        thread.join(timeout=30)
 
 
 @asynccontextmanager
 async def open_mesh(node: LocalNode, *, listen: list[str] | None = None, mdns: bool = False,
                     events: EventBus | None = None) -> AsyncIterator[Mesh]:
     """The node's libp2p host, share vault and mesh service, for as long as the block runs."""
+    from corestate.node.runtime.events import EventBus
     from corestate.node.runtime.mesh import Mesh
     from corestate.node.runtime.vault import ShareVault
     from corestate.protocol.p2p import open_host
@@ -90,44 +159,3 @@ def _quiet_libp2p() -> None:
         lp.handlers.clear()
         lp.propagate = True
         lp.setLevel(logging.ERROR)
-
-
-async def run_with_transient_mesh(node_getter: Callable[[], LocalNode | None],
-                                  work: Callable[[MeshPort], Any]) -> Any:
-    """Run the synchronous ``work(port)`` in a thread; the port starts a transient host on
-    first use (outgoing connections; it listens on an ephemeral loopback port only)."""
-    mesh_box: list[Mesh] = []
-    ready = trio.Event()
-    stop = trio.Event()
-    failure: list[BaseException] = []
-    lock = trio.Lock()
-
-    async with trio.open_nursery() as nursery:
-        async def host_task() -> None:
-            node = node_getter()
-            assert node is not None, "the mesh port is used before the node is open"
-            try:
-                async with open_mesh(node, listen=["/ip4/127.0.0.1/tcp/0"]) as mesh:
-                    mesh_box.append(mesh)
-                    ready.set()
-                    await stop.wait()
-            except BaseException as exc:  # reported to the caller of get_mesh
-                failure.append(exc)
-                ready.set()
-                if not isinstance(exc, Exception):
-                    raise
-
-        async def get_mesh() -> Mesh:
-            async with lock:
-                if not mesh_box and not failure and not ready.is_set():
-                    nursery.start_soon(host_task)
-                await ready.wait()
-            if failure:
-                raise failure[0]
-            return mesh_box[0]
-
-        port = MeshPort(trio.lowlevel.current_trio_token(), get_mesh)
-        try:
-            return await trio.to_thread.run_sync(work, port)
-        finally:
-            stop.set()

@@ -32,6 +32,7 @@ import errno
 import fcntl
 import os
 import struct
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -297,7 +298,8 @@ class BtrfsSession:
                 # that transaction is the parent's own entry in our snapshot folder. So
                 # every change the parent lacks carries a transid > otransid.
                 self.parent_generation = otransid + 1
-        self._stale_parent = parent  # destroyed when this snapshot replaces it
+        self._stale_parent = parent  # destroyed once the walk no longer needs it
+        self._reaper: threading.Thread | None = None
         self._changed: list[Path] | None = None
 
     @property
@@ -366,11 +368,29 @@ class BtrfsSession:
             return None
         return extents.changed_ranges(walk_path, self.parent_generation, parent_path=parent_file)
 
+    def walked(self) -> None:
+        """Destroy the previous parent in the background (see kernel/snapshot.py)."""
+        if self._reaper is not None or self._stale_parent in (None, self.name):
+            return
+        self.parent = self.parent_generation = None
+        self._changed = None
+        self._reaper = threading.Thread(target=self._reap, name="btrfs-reaper", daemon=True)
+        self._reaper.start()
+
+    def _reap(self) -> None:
+        assert self._stale_parent is not None
+        try:
+            _destroy_quietly(self.snapdir, self._stale_parent)
+        except OSError:
+            pass  # close(keep_as_parent=True) tries again and reports it; else it stays the parent
+
     def close(self, keep_as_parent: bool) -> None:
         if self._closed:
             return
         self._closed = True
         try:
+            if self._reaper is not None:
+                self._reaper.join()
             if keep_as_parent:
                 state.write_json(
                     self._state_file,
@@ -382,7 +402,7 @@ class BtrfsSession:
                     },
                 )
                 if self._stale_parent is not None and self._stale_parent != self.name:
-                    _destroy_quietly(self.snapdir, self._stale_parent)
+                    _destroy_quietly(self.snapdir, self._stale_parent)  # gone already, after walked()
             else:
                 _destroy_quietly(self.snapdir, self.name)
         except OSError as e:

@@ -181,6 +181,9 @@ class FakeSession:
                     out.append((off, end - off))
         return out
 
+    def walked(self) -> None:
+        pass
+
     def close(self, keep_as_parent: bool) -> None:
         if self._closed:
             return

@@ -37,6 +37,9 @@ class PlainSession:
     def block_changes(self, walk_path: Path) -> list[Range] | None:
         return None
 
+    def walked(self) -> None:
+        pass
+
     def close(self, keep_as_parent: bool) -> None:
         if self._lock is not None:
             self._lock.release()

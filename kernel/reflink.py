@@ -166,6 +166,9 @@ class ReflinkSession:
     def block_changes(self, walk_path: Path) -> list[Range] | None:
         return None
 
+    def walked(self) -> None:
+        pass
+
     def close(self, keep_as_parent: bool) -> None:
         if not self._closed:
             self._closed = True

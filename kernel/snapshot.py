@@ -10,6 +10,8 @@ try:
         res = read_checked(session, walk_path, consume)   # consume(file) -> chunk ids
         if res.torn: <flag the file as torn in the snapshot record>
         ranges = session.block_changes(walk_path)   # large files: None = read all
+    session.walked()                                # every path listed, every plan made
+    <wait for the reads>
     session.close(keep_as_parent=True)              # only when the backup was recorded
 except BaseException:
     session.close(keep_as_parent=False)
@@ -36,6 +38,12 @@ Members (the whole interface; nothing else is promised):
   renamed-away name shows up through its directory. Ancestors are not listed.
 - ``block_changes(walk_path)``: byte ranges ``[(offset, length), ...]`` of that file written
   since the parent snapshot (sorted, merged), or ``None`` when not known (read all).
+- ``walked()``: the walk is over (every ``changed_paths`` and ``block_changes`` asked); the
+  session may let go of what only they needed. The btrfs provider starts destroying the
+  previous parent then, in the background, so its wait for a transaction commit overlaps
+  the reads instead of following them; ``close`` waits for it. After ``walked`` both
+  answer ``None``. If the backup then fails, the next one has no parent (a full read:
+  slower, never wrong).
 - ``close(keep_as_parent)``: remove everything the session made, except that with
   ``keep_as_parent=True`` a btrfs snapshot stays as the parent of the next incremental
   (replacing the previous parent). Idempotent.
@@ -83,6 +91,8 @@ class SnapshotSession(Protocol):
     def changed_paths(self) -> Iterable[Path] | None: ...
 
     def block_changes(self, walk_path: Path) -> list[Range] | None: ...
+
+    def walked(self) -> None: ...
 
     def close(self, keep_as_parent: bool) -> None: ...
 

@@ -52,6 +52,11 @@ BLOB_KINDS = (KIND_CHUNK, KIND_TREE, KIND_SNAPSHOT)
 
 CODEC_NONE = 0
 CODEC_ZSTD = 1
+# A blob this large is compressed only if four slices of it, spread over it, shrink: a
+# chunk of compressed or encrypted data (media, archives, VM images of them) then costs
+# a 64 KiB trial instead of a full pass of zstd over it.
+PROBE_BYTES = 16 << 10
+PROBE_ABOVE = 8 * PROBE_BYTES
 
 
 def nonce(index: int) -> bytes:
@@ -100,7 +105,7 @@ class PackWriter:
             raise ValueError(f"blob of {len(plaintext)} bytes exceeds {MAX_BLOB_BYTES}")
         codec = CODEC_NONE
         body: bytes | memoryview = plaintext
-        if len(plaintext) >= 64:
+        if len(plaintext) >= 64 and self._may_shrink(plaintext):
             packed = self._zstd.compress(plaintext)
             # Keep the compressed form only when it saves something worth a decode.
             if len(packed) < len(plaintext) - len(plaintext) // 64:
@@ -112,6 +117,15 @@ class PackWriter:
         self._size += len(sealed)
         self.entries.append(entry)
         return entry
+
+    def _may_shrink(self, data: bytes | memoryview) -> bool:
+        n = len(data)
+        if n < PROBE_ABOVE:
+            return True
+        step = (n - PROBE_BYTES) // 3
+        view = memoryview(data)
+        sample = b"".join(view[i * step:i * step + PROBE_BYTES] for i in range(4))
+        return len(self._zstd.compress(sample)) < len(sample) - len(sample) // 32
 
     def finish(self) -> tuple[bytes, bytes]:
         """Seal the header; return (pack id, pack bytes). The writer is spent after this."""

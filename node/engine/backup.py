@@ -371,6 +371,7 @@ class Backup:
                 self._root_tag = int.from_bytes(blake3.blake3(p).digest(4), "little") << 96
                 if stat.S_ISDIR(wst.st_mode):
                     _, ref = self._dir(walk, b"", wst)
+                    self._walked()
                     self._finish_all()
                     if ref is not None:
                         node = _meta(name, DIR, wst)
@@ -379,6 +380,7 @@ class Backup:
                 elif stat.S_ISREG(wst.st_mode):
                     pend = _Pending(path, b"", [], [], [], 0, False, 0, 0)
                     node = self._file_node(walk, name, wst, pend)
+                    self._walked()
                     self._flush_batch()
                     self._finish(pend)
                     node = node if node in pend.nodes else None
@@ -570,6 +572,12 @@ class Backup:
         if walk != path:
             self._walk_prefix, self._orig_prefix = walk, path
         return walk
+
+    def _walked(self) -> None:
+        """The protected path is listed and every read is planned: tell its session (a
+        btrfs one lets go of the previous parent while the reads go on)."""
+        if self.sessions:
+            self.sessions[-1].walked()
 
     def _other(self, path: bytes, name: bytes, st: os.stat_result) -> Node | None:
         mode = st.st_mode

@@ -43,6 +43,24 @@ def test_compressible_blobs_shrink_and_random_ones_are_stored_raw() -> None:
     assert len(data) < len(text) // 10 + len(noise) + 1000
 
 
+def test_large_blobs_are_probed_before_a_full_compression() -> None:
+    mib = 1 << 20
+    noise = os.urandom(mib)
+    # Random bytes with one compressible stretch: one probe slice of four sees it.
+    mixed = bytearray(os.urandom(mib))
+    mixed[mib // 3 - 4096:mib // 3 + 200_000] = bytes(200_000 + 4096)
+    text = b"the same line again\n" * (mib // 20)
+    _, data, w = build([noise, bytes(mixed), text])
+    assert w.entries[0].codec == packfmt.CODEC_NONE
+    assert w.entries[1].codec == packfmt.CODEC_ZSTD and w.entries[1].length < mib - 150_000
+    assert w.entries[2].codec == packfmt.CODEC_ZSTD and w.entries[2].length < mib // 10
+    header = packfmt.read_header(KEYS, "p", data)
+    opener = packfmt.BlobOpener(KEYS)
+    got = [opener.open(header.salt, e.kind, e.id, e.index, e.codec, e.raw_length, sealed)
+           for e, sealed in packfmt.iter_blobs(data, header)]
+    assert got == [noise, bytes(mixed), text]
+
+
 def test_fresh_salts_give_different_ciphertext_for_the_same_blob() -> None:
     _, a, _ = build([b"x" * 100], salt=os.urandom(32))
     _, b, _ = build([b"x" * 100], salt=os.urandom(32))

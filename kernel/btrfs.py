@@ -1,6 +1,6 @@
 """The btrfs snapshot provider: a read-only snapshot of the subvolume holding the path.
 
-Raw ioctls through ``fcntl.ioctl`` (the PyPI ``btrfsutil`` is an sdist that needs the C
+Raw ioctls through ``linux.ioctl_buffer`` (the PyPI ``btrfsutil`` is an sdist that needs the C
 libbtrfsutil headers to build; the ioctls need nothing). Creating and destroying snapshots
 and searching trees need CAP_SYS_ADMIN, so this provider serves root only; others get the
 reflink provider (btrfs clones work unprivileged).
@@ -29,7 +29,6 @@ A crash between those steps leaves one extra snapshot, removed at the next open.
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import struct
 import threading
@@ -92,7 +91,7 @@ def is_btrfs(path: Path) -> bool:
 def subvol_info(fd: int) -> SubvolInfo:
     """Generation, creation transaction and UUIDs of the subvolume holding ``fd`` (no root needed)."""
     buf = bytearray(504)
-    fcntl.ioctl(fd, IOC_GET_SUBVOL_INFO, buf, True)
+    linux.ioctl_buffer(fd, IOC_GET_SUBVOL_INFO, buf)
     (tree_id,) = struct.unpack_from("=Q", buf, 0)
     (generation,) = struct.unpack_from("=Q", buf, 280)
     ctransid, otransid = struct.unpack_from("=QQ", buf, 344)
@@ -123,7 +122,7 @@ def create_snapshot(source: Path, dest_dir: Path, name: str, *, readonly: bool =
             args = bytearray(
                 _VOL_ARGS_V2.pack(src, 0, SUBVOL_RDONLY if readonly else 0, b"", name.encode())
             )
-            fcntl.ioctl(dst, IOC_SNAP_CREATE_V2, args, True)
+            linux.ioctl_buffer(dst, IOC_SNAP_CREATE_V2, args)
         finally:
             os.close(dst)
     finally:
@@ -135,7 +134,7 @@ def destroy_snapshot(dest_dir: Path, name: str) -> None:
     dst = _open_dir(dest_dir)
     try:
         args = bytearray(_VOL_ARGS.pack(0, name.encode()))
-        fcntl.ioctl(dst, IOC_SNAP_DESTROY, args, True)
+        linux.ioctl_buffer(dst, IOC_SNAP_DESTROY, args)
     finally:
         os.close(dst)
 
@@ -143,7 +142,7 @@ def destroy_snapshot(dest_dir: Path, name: str) -> None:
 def ino_lookup(fd: int, tree_id: int, objectid: int) -> str:
     """Path (relative to the subvolume root, '' for the root) of folder ``objectid``."""
     buf = bytearray(_INO_LOOKUP.pack(tree_id, objectid, b""))
-    fcntl.ioctl(fd, IOC_INO_LOOKUP, buf, True)
+    linux.ioctl_buffer(fd, IOC_INO_LOOKUP, buf)
     name = bytes(buf[16:]).split(b"\0", 1)[0]
     return os.fsdecode(name).rstrip("/")
 
@@ -173,7 +172,7 @@ def tree_search(
             buf, 0, tree_id, key[0], max_objectid, key[2], max_offset, min_transid,
             U64_MAX, key[1], max_type, 4096, 0,
         )  # fmt: skip
-        fcntl.ioctl(fd, IOC_TREE_SEARCH, buf, True)
+        linux.ioctl_buffer(fd, IOC_TREE_SEARCH, buf)
         nr = struct.unpack_from("=I", buf, 64)[0]
         if nr == 0:
             return

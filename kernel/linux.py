@@ -41,6 +41,22 @@ def _raise_errno(what: str = "") -> None:
     raise OSError(err, os.strerror(err), what or None)
 
 
+_libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
+_libc.ioctl.restype = ctypes.c_int
+
+
+def ioctl_buffer(fd: int, request: int, buf: bytearray) -> None:
+    """ioctl(2) with an in/out argument buffer, the GIL released for the call.
+
+    ``fcntl.ioctl`` holds the GIL for buffers over 1 KiB; a btrfs snapshot delete or create
+    can wait for a transaction commit for a second, and every other thread of the process
+    (the daemon's event loop, the backup's collector) would stop with it.
+    """
+    arg = (ctypes.c_char * len(buf)).from_buffer(buf)
+    if _libc.ioctl(fd, request, arg) < 0:
+        _raise_errno()
+
+
 def syncfs(fd: int) -> None:
     """Flush every dirty page of the file system holding ``fd`` (one call, not one per file)."""
     if _libc.syncfs(fd) != 0:

@@ -740,7 +740,8 @@ def cmd_check(args: argparse.Namespace, out: Out) -> int:
         if report.ok and mesh_bad:
             out.say(f"checked {report.packs} packs ({report.remote} on peers only), {report.blobs} blobs, "
                     f"{report.trees} trees, {report.snapshots} snapshots")
-            out.say("local store intact; some packs are below full redundancy on the mesh (see above)")
+            out.say("local store intact; some packs are below full redundancy on the mesh (see above): "
+                    "`corestate repair` rebuilds their missing shares on other peers")
             return EXIT_INCOMPLETE
     out.say(f"checked {report.packs} packs, {report.blobs} blobs, {report.trees} trees, "
             f"{report.snapshots} snapshots" + (f", read {_human(report.bytes_read)}" if args.read_data else ""))
@@ -758,6 +759,63 @@ def cmd_check(args: argparse.Namespace, out: Out) -> int:
         out.say("the index is only a cache of the pack headers: "
                 "`corestate check --rebuild-index` rebuilds it from the packs")
     return EXIT_FAIL
+
+
+def cmd_repair(args: argparse.Namespace, out: Out) -> int:
+    from corestate.node.runtime import meshops
+    from corestate.node.runtime.reports import Progress
+    with _open(args, out) as node:
+        port = _port(args)
+        if port is None or not node.ledger.all():
+            out.say("nothing to repair: no pack of this node is on the mesh")
+            if out.json:
+                out.obj({"type": "summary", "packs_full": 0, "rebuilt": [], "unrepairable": [],
+                         "failed": [], "complete": True, "dry_run": args.dry_run})
+            return EXIT_OK
+        progress = Progress()
+        with _ticker(out, lambda: {"packs_done": progress.done, "packs": progress.total},
+                     lambda: ("repair", progress.done, progress.total or None, "packs")):
+            res = meshops.repair(node, port, dry_run=args.dry_run, progress=progress)
+        changed = [p for p, placed in res.placed.items() if placed] + (
+            [] if args.dry_run else [r.pack for r in res.plan.rebuilds if not r.indexes])
+        if changed and node.group.in_group:
+            # Where the shares are now, for the members (the owner's partition).
+            node.group.write(meshops.placement_items(node, changed))
+            _group_round(args, node)
+    plan = res.plan
+    rebuilt = [{"pack": r.pack.hex(), "source": r.source, "shares": list(r.indexes),
+                "placed": {str(i): peer for i, peer in res.placed.get(r.pack, {}).items()},
+                "forgotten": [[i, peer] for i, peer in r.forget], "reasons": list(r.reasons)}
+               for r in plan.rebuilds]
+    code = EXIT_OK if res.complete or args.dry_run else EXIT_INCOMPLETE
+    if out.json:
+        out.obj({"type": "summary", "packs_full": plan.full, "rebuilt": rebuilt,
+                 "unrepairable": [{"pack": u.pack.hex(), "good": u.good, "k": u.k, "reason": u.reason}
+                                  for u in plan.unrepairable],
+                 "failed": res.failed, "forgotten": res.forgotten, "complete": res.complete,
+                 "dry_run": args.dry_run, "seconds": round(res.seconds, 3)})
+        return code
+    from corestate.node.runtime.meshops import short
+    verb = "would rebuild" if args.dry_run else "rebuilt"
+    for r in plan.rebuilds:
+        placed = res.placed.get(r.pack, {})
+        if r.indexes:
+            where = ", ".join(f"{i}->{short(p)}" for i, p in sorted(placed.items())) or "nothing placed"
+            out.say(f"pack {r.pack.hex()[:12]}: {verb} share(s) {list(r.indexes)} from the {r.source} copy"
+                    + ("" if args.dry_run else f" ({where})"))
+        for why in r.reasons:
+            out.say(f"    {why}")
+    for u in plan.unrepairable:
+        out.say(f"pack {u.pack.hex()[:12]}: CANNOT repair now: {u.reason}")
+    for f in res.failed:
+        out.warn(f)
+    todo = [r for r in plan.rebuilds if r.indexes]
+    out.say(f"{plan.full} pack(s) full, {len(todo)} {'to repair' if args.dry_run else 'repaired'}, "
+            f"{len(plan.unrepairable)} not repairable now" + ("" if args.dry_run else f" ({res.seconds:.1f}s)"))
+    if not args.dry_run and not res.complete:
+        out.say("some packs are still below full redundancy: "
+                "bring holders back online or add trusted peers (`corestate peer add`), then repair again")
+    return code
 
 
 def _say_survey(out: Out, survey: Any) -> None:
@@ -1161,6 +1219,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--rebuild-index", action="store_true",
                     help="first rebuild the local index from the pack headers (after index damage)")
 
+    sp = add("repair", cmd_repair, "rebuild the shares of packs below full redundancy onto new holders")
+    sp.add_argument("--dry-run", action="store_true", help="survey the holders and show the plan; change nothing")
+
     add("stats", cmd_stats, "sizes and counts of the store")
 
     nodep = sub.add_parser("node", help="run this node as a daemon, or ask the running one",
@@ -1230,9 +1291,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Commands a running daemon executes for the CLI; the others run here.
-ROUTED = {"backup", "snapshots", "ls", "restore", "diff", "check", "stats", "peer", "node info", "group"}
+ROUTED = {"backup", "snapshots", "ls", "restore", "diff", "check", "repair", "stats", "peer", "node info", "group"}
 # Commands that may need peers when run without a daemon (a transient host starts lazily).
-NETWORKED = {"backup", "restore", "check", "peer add", "group join", "group remove", "group leave",
+NETWORKED = {"backup", "restore", "check", "repair", "peer add", "group join", "group remove", "group leave",
              "group sync", "init"}
 
 

@@ -457,11 +457,13 @@ class Mesh:
         got[row.index] = data
 
     async def survey(self, packs: Sequence[bytes], *, audit: bool = True,
-                     seed: bytes | None = None) -> dict[bytes, dict[int, str]]:
+                     seed: bytes | None = None,
+                     per_holder: dict[tuple[bytes, int, str], str] | None = None,
+                     ) -> dict[bytes, dict[int, str]]:
         """Ask every holder which shares it has (HAS) and, with ``audit``, prove one block
         of each (AUDIT against the recorded root). Returns, per pack, share index -> the
         verdict ``"ok"``, ``"missing"``, ``"corrupt"`` or ``"unreachable"`` (best verdict
-        over its holders)."""
+        over its holders); ``per_holder``, when given, gets each (pack, index, holder)'s."""
         coded = {p: self.ledger.get(p) for p in packs}
         by_peer: dict[str, list[ShareRow]] = {}
         for c in coded.values():
@@ -473,6 +475,8 @@ class Mesh:
         salt = seed or os.urandom(16)
 
         def mark(row: ShareRow, verdict: str) -> None:
+            if per_holder is not None:
+                per_holder[(row.pack, row.index, row.peer)] = verdict
             cur = verdicts[row.pack].get(row.index)
             if cur is None or order[verdict] < order[cur]:
                 verdicts[row.pack][row.index] = verdict
@@ -516,6 +520,46 @@ class Mesh:
             for peer, rows in by_peer.items():
                 nursery.start_soon(ask, peer, rows)
         return verdicts
+
+    async def rebuild(self, pack: bytes, data: bytes, k: int, n: int, indexes: Sequence[int],
+                      holders: Sequence[tuple[int, str]], candidates: list[Candidate]) -> dict[int, str]:
+        """Make shares ``indexes`` of ``pack`` (whose bytes are ``data``) and put each on a
+        peer that holds no other share of it, the next-ranked one after a refusal. Returns
+        index -> new holder for the shares acknowledged (each recorded in the ledger)."""
+        if blake3.blake3(data).digest() != pack:
+            raise MeshError(f"pack {pack.hex()[:16]}: its bytes do not match its id")
+        shares = await trio.to_thread.run_sync(
+            functools.partial(sharefmt.make_shares, data, k, n, pack_id=pack, threads=1))
+        live = [c for c in candidates if c.peer != self.peer_id]
+        peers: list[str | None] = [None] * n
+        for i, peer in holders:
+            peers[i] = peer
+        placed: dict[int, str] = {}
+        tried: set[str] = set()
+        lock = trio.Lock()
+
+        async def put(i: int) -> None:
+            while True:
+                async with lock:  # one choice at a time: two indexes never pick one peer
+                    peer = replace(pack, peers, i, live, exclude={self.peer_id, *tried})
+                    peers[i] = peer
+                    if peer is None:
+                        return
+                    tried.add(peer)
+                share = shares[i]
+                try:
+                    await self.request(peer, m.PutShare(pack=pack, index=i, size=len(share),
+                                                        digest=blake3.blake3(share).digest()), bulk=share)
+                except (ProtocolError, MeshError) as exc:
+                    log.info("repair: share %d of %s to %s failed: %s", i, pack.hex()[:12], short(peer), exc)
+                    continue
+                self.ledger.record_share(pack, i, peer, sharefmt.read_header(share).root, len(share))
+                placed[i] = peer
+                return
+        async with trio.open_nursery() as nursery:
+            for i in indexes:
+                nursery.start_soon(put, i)
+        return placed
 
     async def delete_share(self, peer: str, pack: bytes, index: int) -> None:
         nonce = os.urandom(16)

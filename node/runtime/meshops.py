@@ -6,6 +6,9 @@
 - ``fetch``: bring back the remote-only packs a restore (or a full read) needs.
 - ``survey``: ask holders for every share; classify each snapshot's packs as full,
   degraded or at risk.
+- ``repair``: survey, then rebuild every share index without a good holder (from the local
+  copy or from k good shares) onto new holders; forget holders that lost or spoiled a
+  share (the decisions are ``node.core.repair``'s).
 
 A node with no trusted peer is a standalone repository: nothing here runs.
 """
@@ -16,7 +19,7 @@ import math
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from corestate.node.engine.repo import SnapshotInfo
 from corestate.node.runtime.reports import Progress, UploadReport, short
@@ -227,6 +230,93 @@ def survey(node: LocalNode, port: MeshPort, *, audit: bool = True) -> Survey:
     return Survey(per_pack, per_snap, bad, counts)
 
 
+@dataclass(slots=True)
+class RepairResult:
+    plan: Any  # node.core.repair.RepairPlan
+    placed: dict[bytes, dict[int, str]] = field(default_factory=dict)  # pack -> index -> new holder
+    failed: list[str] = field(default_factory=list)
+    forgotten: int = 0
+    seconds: float = 0.0
+
+    @property
+    def complete(self) -> bool:
+        """Every pack is full again (or was)."""
+        return not self.failed and not self.plan.unrepairable and all(
+            set(r.indexes) <= set(self.placed.get(r.pack, {})) for r in self.plan.rebuilds)
+
+
+def repair(node: LocalNode, port: MeshPort, *, dry_run: bool = False,
+           progress: Progress | None = None) -> RepairResult:
+    """Make every degraded pack of this node full again (see ``node.core.repair``)."""
+    import time
+
+    from corestate.node.core.repair import PackHealth, ShareState, plan_repair
+    t0 = time.monotonic()
+    coded = node.ledger.all()
+    rows: dict[tuple[bytes, int, str], str] = {}
+    port.call(lambda mesh: mesh.survey(list(coded), audit=True, per_holder=rows))
+    store = node.repo.store
+    health = [
+        PackHealth(pid, c.k, c.n, tuple(ShareState(r.index, r.peer, rows.get((pid, r.index, r.peer), "unreachable"))
+                                        for r in c.shares), store.has_local(pid))
+        for pid, c in coded.items()
+    ]
+    plan = plan_repair(health)
+    res = RepairResult(plan)
+    if dry_run:
+        res.seconds = time.monotonic() - t0
+        return res
+    cands, _ = port.call(lambda mesh: mesh.candidates())
+    work = [r for r in plan.rebuilds if r.indexes]
+    if progress is not None:
+        progress.total = len(work)
+    for r in work:
+        try:
+            if r.source == "local":
+                data = store.get(r.pack)
+            else:
+                data = port.call(lambda mesh, pack=r.pack: mesh.fetch(pack))
+
+            async def put(mesh: Mesh, r: Any = r, data: bytes = data) -> dict[int, str]:
+                return await mesh.rebuild(r.pack, data, r.k, r.n, r.indexes, r.holders, cands)
+            placed = port.call(put)
+        except CoreStateError as exc:
+            res.failed.append(f"pack {r.pack.hex()[:12]}: {exc}")
+            continue
+        res.placed[r.pack] = placed
+        for i in r.indexes:
+            if i not in placed:
+                res.failed.append(f"pack {r.pack.hex()[:12]}: no peer took share {i} "
+                                  "(too few trusted peers online, or all refused)")
+        if progress is not None:
+            progress.done += 1
+    # Rows of holders that lost or spoiled a share go only once the pack is safe without
+    # them (its rebuilds placed), so a failed repair never makes the ledger say less.
+    for r in plan.rebuilds:
+        placed = res.placed.get(r.pack, {})
+        if set(r.indexes) <= set(placed):
+            for index, peer in r.forget:
+                if placed.get(index) == peer:
+                    continue  # the holder that lost the share took the rebuilt one
+                node.ledger.forget(r.pack, index, peer)
+                res.forgotten += 1
+    res.seconds = time.monotonic() - t0
+    return res
+
+
+def placement_items(node: LocalNode, packs: Iterable[bytes]) -> dict[bytes, bytes | None]:
+    """Catalog placement records for ``packs`` as the ledger has them now."""
+    import cbor2
+    items: dict[bytes, bytes | None] = {}
+    for pid in packs:
+        c = node.ledger.get(pid)
+        if c is not None:
+            shares = [[r.index, r.peer, r.root, r.size] for r in c.shares]
+            items[PACK_KEY + pid] = cbor2.dumps([c.k, c.n, c.size, shares] + ([c.owner] if c.owner else []),
+                                                canonical=True)
+    return items
+
+
 # + pack id: [k, n, size, [[index, holder, root, size], ...]] and, when the holders filed
 # the shares under an earlier identity of this node, that PeerID as a fifth element.
 PACK_KEY = b"k"
@@ -235,7 +325,6 @@ PACK_KEY = b"k"
 def catalog_items(node: LocalNode, snapshot_id: bytes, pushed: PushResult | None) -> dict[bytes, bytes | None]:
     """Catalog entries for a finished backup: the snapshot record (sealed: it names
     paths) and, per pack coded in this run, its code and every acknowledged share."""
-    import cbor2
     from corestate.node.core import catalog as cat
     me = node.keys.peer_id
     items: dict[bytes, bytes | None] = {}
@@ -244,13 +333,7 @@ def catalog_items(node: LocalNode, snapshot_id: bytes, pushed: PushResult | None
         key = cat.snapshot_key(snapshot_id)
         items[key] = cat.seal_value(node.keys.catalog_key, me, key, bytes(row[0]))
     packs = [p.pack for p in pushed.report.packs] if pushed is not None and pushed.report else []
-    for pid in packs:
-        c = node.ledger.get(pid)
-        if c is None:
-            continue
-        shares = [[r.index, r.peer, r.root, r.size] for r in c.shares]
-        record = [c.k, c.n, c.size, shares] + ([c.owner] if c.owner else [])
-        items[PACK_KEY + pid] = cbor2.dumps(record, canonical=True)
+    items.update(placement_items(node, packs))
     return items
 
 
@@ -264,5 +347,5 @@ def describe_degraded(res: PushResult) -> list[str]:
     return lines
 
 
-__all__ = ["PushResult", "Survey", "choose_code", "describe_degraded", "drop_fetched", "fetch",
-           "is_mesh_node", "packs_of", "push", "short", "survey"]
+__all__ = ["PushResult", "RepairResult", "Survey", "choose_code", "describe_degraded", "drop_fetched",
+           "fetch", "is_mesh_node", "packs_of", "placement_items", "push", "repair", "short", "survey"]

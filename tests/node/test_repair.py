@@ -1,0 +1,126 @@
+"""Repair with real daemons on loopback: shares lost with a dead holder, or lost on a live
+one, are rebuilt onto holders that have none of the pack, and the mesh is full again.
+
+One five-node mesh for the module (an owner and four holders, 1 MiB packs); backups are
+coded k=2 of n=3, so each pack leaves one holder free to take a rebuilt share.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from corestate.node.runtime.localmesh import LocalMesh
+from corestate.node.treecompare import differences
+from meshutil import (
+    last_json,
+    ledger_rows,
+    make_mesh,
+    random_tree,
+    restored,
+    share_files,
+    start_missing,
+)
+
+OWNER = 0
+HOLDERS = (1, 2, 3, 4)
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
+    lm = make_mesh(tmp_path_factory.mktemp("repair"), 5)
+    try:
+        lm.start()
+        yield lm
+    finally:
+        lm.close()
+
+
+@pytest.fixture(autouse=True)
+def all_running(mesh: LocalMesh) -> Iterator[None]:
+    start_missing(mesh)
+    yield
+    start_missing(mesh)
+
+
+def run(mesh: LocalMesh, *args: str) -> tuple[int, dict]:
+    p = mesh.run(mesh.nodes[OWNER], *args, "--json", check=False)
+    assert p.returncode in (0, 3), p.stdout + p.stderr
+    return p.returncode, last_json(p)
+
+
+def holders_by_pack(mesh: LocalMesh) -> dict[bytes, dict[int, set[str]]]:
+    out: dict[bytes, dict[int, set[str]]] = {}
+    for r in ledger_rows(mesh.nodes[OWNER].home):
+        out.setdefault(r.pack, {}).setdefault(r.index, set()).add(r.peer)
+    return out
+
+
+def test_shares_of_a_dead_holder_and_lost_shares_of_a_live_one_are_rebuilt(
+        mesh: LocalMesh, tmp_path: Path) -> None:
+    src = random_tree(tmp_path / "src", 6, seed=11)
+    code, out = run(mesh, "backup", str(src), "--k", "2", "--n", "3")
+    assert code == 0 and out["mesh"]["safe"], out
+    dead = mesh.nodes[1]
+    before = holders_by_pack(mesh)
+    hit = {p for p, idx in before.items() if any(dead.peer_id in peers for peers in idx.values())}
+    assert hit, "no pack had a share on holder 1"
+
+    mesh.kill(1)
+    code, report = run(mesh, "check")
+    assert code == 3  # degraded, as check says (and it names repair)
+    # The plan alone changes nothing.
+    code, plan = run(mesh, "repair", "--dry-run")
+    assert code == 0 and plan["dry_run"] and holders_by_pack(mesh) == before
+    assert {bytes.fromhex(r["pack"]) for r in plan["rebuilt"] if r["shares"]} == hit
+    # Data packs left the owner after upload: their shares come back from k good shares;
+    # tree and snapshot packs are still local and are coded again from there.
+    sources = {r["source"] for r in plan["rebuilt"] if r["shares"]}
+    assert "mesh" in sources and sources <= {"mesh", "local"}, sources
+
+    code, res = run(mesh, "repair")
+    assert code == 0 and res["complete"] and not res["failed"], res
+    after = holders_by_pack(mesh)
+    for pack in hit:
+        for index, peers in after[pack].items():
+            live = peers - {dead.peer_id}
+            assert live, (pack.hex(), index)
+        # Never two shares of one pack on one live holder.
+        live_holders = [p for peers in after[pack].values() for p in peers if p != dead.peer_id]
+        assert len(live_holders) == len(set(live_holders)) == 3
+    code, report = run(mesh, "check")
+    assert code == 0, report  # full again, holder 1 still down
+
+    # A live holder loses every share it keeps (its disk was replaced): audits find them
+    # missing, repair puts them back (there or elsewhere) and forgets what was lost.
+    victim = mesh.nodes[2]
+    for f in share_files(victim.home):
+        f.unlink()
+    code, report = run(mesh, "check")
+    assert code == 3
+    code, res = run(mesh, "repair")
+    assert code == 0 and res["complete"], res
+    assert any(r["forgotten"] for r in res["rebuilt"]) or any(
+        victim.peer_id in r["placed"].values() for r in res["rebuilt"]), res
+    code, report = run(mesh, "check")
+    assert code == 0, report
+
+    # And the data is whole: restore with holder 1 still down and one more holder killed.
+    mesh.kill(3)
+    target = tmp_path / "t"
+    p = mesh.run(mesh.nodes[OWNER], "restore", out["snapshot_id"], "--target", str(target), check=False)
+    assert p.returncode == 0, p.stderr
+    assert differences(src, restored(target, src)) == []
+
+
+def test_a_pack_below_k_without_a_local_copy_is_named_not_faked(mesh: LocalMesh, tmp_path: Path) -> None:
+    src = random_tree(tmp_path / "src", 3, seed=12)
+    code, out = run(mesh, "backup", str(src), "--k", "2", "--n", "3")
+    assert code == 0, out
+    mesh.kill(1)
+    mesh.kill(2)
+    mesh.kill(3)
+    code, res = run(mesh, "repair")
+    assert code == 3 and not res["complete"]
+    assert res["unrepairable"] and all("online" in u["reason"] for u in res["unrepairable"])

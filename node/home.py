@@ -68,6 +68,8 @@ peer_timeout = 20
 [schedule]
 # The daemon backs up [backup] paths this often ("30m", "6h", "1d"); 0 = never.
 backup_every = 0
+# The daemon audits the holders of this node's shares and rebuilds lost ones this often.
+repair_every = "1d"
 """
 
 
@@ -98,6 +100,7 @@ class Config:
     peer_timeout: float = 20.0
     # [schedule]
     backup_every: float = 0.0  # seconds; 0 = no scheduled backups
+    repair_every: float = 86400.0  # seconds; 0 = no scheduled repairs
 
     @classmethod
     def load(cls, path: Path) -> Config:
@@ -127,6 +130,7 @@ class Config:
             cfg.mdns = bool(mesh.get("mdns", True))
             cfg.peer_timeout = float(mesh.get("peer_timeout", cfg.peer_timeout))
             cfg.backup_every = _duration(sched.get("backup_every", 0))
+            cfg.repair_every = _duration(sched.get("repair_every", cfg.repair_every))
         except (TypeError, ValueError, AttributeError, KeyError) as exc:
             raise ConfigError(str(path), f"bad value: {exc}")
         if not (64 <= cfg.min_size <= cfg.avg_size <= cfg.max_size <= 16 << 20):

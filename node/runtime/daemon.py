@@ -181,6 +181,31 @@ class Daemon:
                                 summary=(lines[-1].strip() if lines else "")[:4000])
 
 
+    async def repair_scheduler(self) -> None:
+        """Every ``[schedule] repair_every``: survey the holders of this node's shares and
+        rebuild what was lost (``corestate repair``), so redundancy does not wear away
+        while nobody looks."""
+        every = self.node.cfg.repair_every
+        if every <= 0:
+            return
+        from corestate.node import cli
+        while True:
+            await trio.sleep(every)
+            if not self.node.ledger.all():
+                continue
+            args = cli.build_parser().parse_args(["repair", "--json"])
+            args.home, args.daemon = self.node.home.path, self
+            lines: list[str] = []
+            out = cli.Out(True, write=lambda fd, t, lines=lines: lines.append(t), tty=False)
+            async with self.command_lock:
+                self.events.publish("repair-started", scheduled=True)
+                code = await trio.to_thread.run_sync(_execute, args, out)
+            summary = (lines[-1].strip() if lines else "")[:4000]
+            if code != 0:
+                log.warning("scheduled repair left packs below full redundancy: %s", summary[:500])
+            self.events.publish("repair-finished", scheduled=True, code=code, summary=summary)
+
+
 def _execute(args: argparse.Namespace, out: Any) -> int:
     """A command in the daemon: a bug in one must not end the connection without a word."""
     from corestate.node import cli
@@ -235,6 +260,7 @@ async def run_daemon(home: Home, passphrase: bytes, listen: list[str] | None, *,
                 async with trio.open_nursery() as nursery:
                     path = await nursery.start(daemon.serve_control)
                     nursery.start_soon(daemon.scheduler)
+                    nursery.start_soon(daemon.repair_scheduler)
                     if mesh.groups is not None:
                         nursery.start_soon(mesh.groups.run)
                         mesh.groups.kick()

@@ -14,6 +14,7 @@ import pytest
 from corestate.node.runtime.localmesh import LocalMesh
 from corestate.node.treecompare import differences
 from meshutil import (
+    edit_config,
     last_json,
     ledger_rows,
     make_mesh,
@@ -21,6 +22,7 @@ from meshutil import (
     restored,
     share_files,
     start_missing,
+    wait_for,
 )
 
 OWNER = 0
@@ -124,3 +126,29 @@ def test_a_pack_below_k_without_a_local_copy_is_named_not_faked(mesh: LocalMesh,
     code, res = run(mesh, "repair")
     assert code == 3 and not res["complete"]
     assert res["unrepairable"] and all("online" in u["reason"] for u in res["unrepairable"])
+
+
+def test_the_daemon_repairs_on_its_own_schedule(mesh: LocalMesh, tmp_path: Path) -> None:
+    owner = mesh.nodes[OWNER]
+    src = random_tree(tmp_path / "src", 3, seed=13)
+    code, out = run(mesh, "backup", str(src), "--k", "2", "--n", "3")
+    assert code == 0, out
+    dead = mesh.nodes[4]
+    assert any(dead.peer_id in peers for idx in holders_by_pack(mesh).values() for peers in idx.values())
+    edit_config(owner.home, 'repair_every = "1d"', "repair_every = 1")
+    try:
+        mesh.stop(OWNER)
+        mesh.kill(4)
+        mesh.start(OWNER)
+
+        def every_index_has_a_live_holder() -> bool:
+            by_pack = holders_by_pack(mesh)
+            return all(peers - {dead.peer_id} for idx in by_pack.values() for peers in idx.values())
+        wait_for(every_index_has_a_live_holder, 60, "the scheduled repair to re-place holder 4's shares",
+                 every=0.5)
+        code, report = run(mesh, "check")
+        assert code == 0, report
+    finally:
+        edit_config(owner.home, "repair_every = 1", 'repair_every = "1d"')
+        mesh.stop(OWNER)
+        mesh.start(OWNER)

@@ -7,10 +7,12 @@ coded k=2 of n=3, so each pack leaves one holder free to take a rebuilt share.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from corestate.node.peers import AddressBook
 from corestate.node.runtime.localmesh import LocalMesh
 from corestate.node.treecompare import differences
 from meshutil import (
@@ -152,3 +154,48 @@ def test_the_daemon_repairs_on_its_own_schedule(mesh: LocalMesh, tmp_path: Path)
         edit_config(owner.home, "repair_every = 1", 'repair_every = "1d"')
         mesh.stop(OWNER)
         mesh.start(OWNER)
+
+
+def test_in_a_group_the_repaired_placements_reach_the_catalog_and_a_recovery(tmp_path: Path) -> None:
+    """Repair writes where the shares are now to the owner's partition: after its disk dies,
+    the owner recovers from the 24 words and finds the rebuilt shares, which are the only
+    way back to packs whose original holders are dead."""
+    office = make_mesh(tmp_path / "office", 5)
+    for n in office.nodes:  # the group, not `peer add`, wires these
+        book = AddressBook(n.home / "peers.db")
+        for e in book.all():
+            book.remove(e.peer)
+        book.close()
+    office.start()
+    try:
+        owner = office.nodes[0]
+        office.run(owner, "group", "create", "office")
+        for n in office.nodes[1:]:
+            token = office.run(owner, "group", "invite").stdout.strip().splitlines()[-1]
+            office.run(n, "group", "join", token)
+        for n in reversed(office.nodes):
+            office.run(n, "group", "sync", check=False)
+        src = random_tree(tmp_path / "src", 6, seed=14)
+        p = office.run(owner, "backup", str(src), "--k", "2", "--n", "3", "--json")
+        assert last_json(p)["mesh"]["safe"], p.stdout
+        one, two = office.nodes[1].peer_id, office.nodes[2].peer_id
+        rows = ledger_rows(owner.home)
+        both = {r.pack for r in rows if r.peer == one} & {r.pack for r in rows if r.peer == two}
+        assert both, "no pack had shares on both members 1 and 2"
+
+        office.kill(1)
+        p = office.run(owner, "repair", "--json", check=False)
+        assert p.returncode == 0 and last_json(p)["complete"], p.stdout + p.stderr
+        office.run(owner, "group", "sync", check=False)
+        office.kill(2)
+
+        office.stop(0)
+        shutil.rmtree(owner.home)
+        phrase = tmp_path / "phrase"
+        phrase.write_text(owner.phrase)
+        office.run(owner, "init", "--recover", "--phrase-file", str(phrase), "--peer", office.nodes[3].addr)
+        target = tmp_path / "r"
+        office.run(owner, "restore", "latest", "--target", str(target))
+        assert differences(src, restored(target, src)) == []
+    finally:
+        office.close()

@@ -829,6 +829,126 @@ def _say_survey(out: Out, survey: Any) -> None:
         out.say(f"{snap.short_id:<9} {t['full']:>6} {t['degraded']:>9} {t['at-risk']:>8} {t['local-only']:>6}")
 
 
+def cmd_forget(args: argparse.Namespace, out: Out) -> int:
+    from datetime import datetime
+
+    from corestate.node.core.retention import Policy, PolicyError, Snap, apply_policy
+    from corestate.node.engine import prune as prunemod
+    from corestate.node.home import parse_duration
+    policy = Policy(last=args.keep_last, hourly=args.keep_hourly, daily=args.keep_daily,
+                    weekly=args.keep_weekly, monthly=args.keep_monthly, yearly=args.keep_yearly,
+                    within_s=parse_duration(args.keep_within) if args.keep_within else 0.0)
+    if args.snapshots and not policy.empty():
+        raise CoreStateError("give snapshots to forget or a keep-policy, not both")
+    if not args.snapshots and policy.empty():
+        raise CoreStateError("nothing says what to forget",
+                             hint="name snapshots (`corestate forget 3f2a`), or give a policy such as "
+                                  "`--keep-daily 7 --keep-weekly 4 --keep-monthly 12`")
+    with _open(args, out) as node:
+        snaps = node.repo.snapshots()
+        reasons: dict[bytes, tuple[str, ...]] = {}
+        if args.snapshots:
+            gone = {node.repo.resolve(ref).id for ref in args.snapshots}
+        else:
+            try:
+                verdicts = apply_policy([
+                    Snap(s.id, datetime.fromtimestamp(s.record.time_ns / 1e9).astimezone(),
+                         tuple(sorted(s.record.paths))) for s in snaps], policy)
+            except PolicyError as exc:
+                raise CoreStateError(str(exc))
+            gone = {v.id for v in verdicts if not v.keep}
+            reasons = {v.id: v.reasons for v in verdicts}
+        plan = prunemod.plan(node.repo, gone, prune=args.prune, movable=_movable(node))
+        deleted = _delete_packs(args, node, plan, gone) if not args.dry_run else None
+    return _say_prune(args, out, snaps, gone, reasons, plan, deleted)
+
+
+def cmd_prune(args: argparse.Namespace, out: Out) -> int:
+    from corestate.node.engine import prune as prunemod
+    with _open(args, out) as node:
+        snaps = node.repo.snapshots()
+        plan = prunemod.plan(node.repo, (), prune=True, movable=_movable(node))
+        deleted = _delete_packs(args, node, plan, set()) if not args.dry_run else None
+    return _say_prune(args, out, snaps, set(), {}, plan, deleted)
+
+
+def _movable(node: LocalNode) -> Callable[[bytes], bool]:
+    """Packs prune may repack: those that never left this machine."""
+    store = node.repo.store
+    has_local = getattr(store, "has_local", None)
+    return lambda pid: node.ledger.get(pid) is None and (has_local is None or bool(has_local(pid)))
+
+
+def _delete_packs(args: argparse.Namespace, node: LocalNode, plan: Any,
+                  gone: set[bytes]) -> tuple[int, list[str]]:
+    """Carry out a prune plan: repack first (the needed blobs durable in new packs), then
+    delete packs everywhere: ledger, local store and index first (so nothing can point
+    at them), then the shares on their holders (a holder out of reach keeps its copy)."""
+    from corestate.node.engine import prune as prunemod
+    if plan.repack:
+        prunemod.repack(node.repo, plan.repack, plan.keep, pack_size=node.cfg.pack_size,
+                        compression_level=node.cfg.compression_level)
+    packs = plan.delete + plan.repack
+    rows: list[tuple[bytes, int, str]] = []
+    for pid in packs:
+        c = node.ledger.get(pid)
+        if c is not None:
+            rows.extend((pid, r.index, r.peer) for r in c.shares)
+    node.ledger.drop_packs(packs)
+    prunemod.apply(node.repo, packs)
+    result: tuple[int, list[str]] = (0, [])
+    port = _port(args)
+    if rows and port is not None:
+        from corestate.node.runtime import meshops
+        result = meshops.delete_shares(port, rows)
+    if node.group.in_group and (packs or gone):
+        from corestate.node.core import catalog as cat
+        from corestate.node.runtime import meshops
+        own = node.group.own_entries()
+        tomb: dict[bytes, bytes | None] = {}
+        for key in [cat.snapshot_key(s) for s in gone] + [meshops.PACK_KEY + p for p in packs]:
+            if own.get(key) is not None:
+                tomb[key] = None
+        node.group.write(tomb)
+        _group_round(args, node)
+    return result
+
+
+def _say_prune(args: argparse.Namespace, out: Out, snaps: list[Any], gone: set[bytes],
+               reasons: dict[bytes, tuple[str, ...]], plan: Any, deleted: tuple[int, list[str]] | None) -> int:
+    dry = args.dry_run
+    if out.json:
+        out.obj({"type": "summary", "dry_run": dry,
+                 "snapshots": [{"id": s.id.hex(), "keep": s.id not in gone, "reasons": list(reasons.get(s.id, ()))}
+                               for s in snaps],
+                 "forgotten": len(gone), "packs_deleted": len(plan.delete), "packs_repacked": len(plan.repack),
+                 "bytes_freed": plan.delete_bytes + plan.repack_bytes,
+                 "packs_kept": plan.kept, "packs_partly_used": plan.partly_used,
+                 "unused_bytes_in_kept_packs": plan.unused_in_kept,
+                 "shares_deleted": deleted[0] if deleted else 0,
+                 "share_problems": deleted[1] if deleted else []})
+        return EXIT_OK if not deleted or not deleted[1] else EXIT_INCOMPLETE
+    for s in snaps:
+        if reasons or s.id in gone:
+            why = ", ".join(reasons.get(s.id, ())) or ("no rule keeps it" if reasons else "named")
+            verb = "forget" if s.id in gone else "keep  "
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.record.time_ns / 1e9))
+            out.say(f"{verb} {s.short_id}  {stamp}  {why}")
+    would = "would " if dry else ""
+    forgot = "" if args.command == "prune" else f"{would}forget {len(gone)} snapshot(s); "
+    out.say(f"{forgot}{would}delete {len(plan.delete)} pack(s) and {would}repack {len(plan.repack)}, "
+            f"freeing {_human(plan.delete_bytes + plan.repack_bytes)}")
+    if plan.partly_used:
+        out.say(f"  {plan.partly_used} pack(s) stay for the blobs still in use "
+                f"({_human(plan.unused_in_kept)} in them is no longer needed: below the repack threshold, "
+                "or on the mesh, where repacking is not done)")
+    if deleted is not None and deleted[0]:
+        out.say(f"  {deleted[0]} share(s) deleted on their holders")
+    for prob in (deleted[1] if deleted else [])[:20]:
+        out.warn(f"not deleted on its holder (it keeps the copy for now): {prob}")
+    return EXIT_OK if not deleted or not deleted[1] else EXIT_INCOMPLETE
+
+
 def cmd_stats(args: argparse.Namespace, out: Out) -> int:
     from corestate.node.engine.inspect import stats
     with _open(args, out) as node:
@@ -1219,6 +1339,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--rebuild-index", action="store_true",
                     help="first rebuild the local index from the pack headers (after index damage)")
 
+    sp = add("forget", cmd_forget, "forget snapshots, by name or by a keep-policy (--prune: free their space)")
+    sp.add_argument("snapshots", nargs="*", metavar="SNAP", help="snapshots to forget (ids, prefixes, latest~N)")
+    sp.add_argument("--keep-last", type=int, default=0, metavar="N", help="keep the N newest snapshots")
+    for unit, period in (("hourly", "hours"), ("daily", "days"), ("weekly", "weeks"), ("monthly", "months"),
+                         ("yearly", "years")):
+        sp.add_argument(f"--keep-{unit}", type=int, default=0, metavar="N",
+                        help=f"keep the newest snapshot of each of the N newest {period} that have one")
+    sp.add_argument("--keep-within", metavar="DURATION", help="keep every snapshot this close to the newest (e.g. 2d)")
+    sp.add_argument("--prune", action="store_true", help="then delete every pack no remaining snapshot needs")
+    sp.add_argument("--dry-run", action="store_true", help="show what would go; change nothing")
+
+    sp = add("prune", cmd_prune, "delete the packs no snapshot needs (left by forget or by an interrupted backup)")
+    sp.add_argument("--dry-run", action="store_true", help="show what would go; change nothing")
+
     sp = add("repair", cmd_repair, "rebuild the shares of packs below full redundancy onto new holders")
     sp.add_argument("--dry-run", action="store_true", help="survey the holders and show the plan; change nothing")
 
@@ -1291,9 +1425,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Commands a running daemon executes for the CLI; the others run here.
-ROUTED = {"backup", "snapshots", "ls", "restore", "diff", "check", "repair", "stats", "peer", "node info", "group"}
+ROUTED = {"backup", "snapshots", "ls", "restore", "diff", "check", "repair", "forget", "prune", "stats", "peer", "node info", "group"}
 # Commands that may need peers when run without a daemon (a transient host starts lazily).
-NETWORKED = {"backup", "restore", "check", "repair", "peer add", "group join", "group remove", "group leave",
+NETWORKED = {"backup", "restore", "check", "repair", "forget", "prune", "peer add", "group join", "group remove", "group leave",
              "group sync", "init"}
 
 

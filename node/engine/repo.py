@@ -158,8 +158,10 @@ class Repository:
     def record_pack(
         self, pack_id: bytes, salt: bytes, size: int, header_offset: int,
         entries: Iterable[packfmt.BlobEntry], snapshots: Iterable[tuple[bytes, bytes]] = (),
+        *, move: bool = False,
     ) -> None:
-        """Index a pack that is durable in the store (one transaction)."""
+        """Index a pack that is durable in the store (one transaction). With ``move``, its
+        blobs are found here from now on even where another pack holds them too (repack)."""
         rows = [
             (e.id, KIND_CODE[e.kind], pack_id, e.index, e.offset, e.length, e.raw_length, e.codec)
             for e in entries
@@ -174,7 +176,8 @@ class Repository:
                 self.db.execute(
                     "INSERT OR IGNORE INTO packs VALUES (?, ?, ?, ?)", (pack_id, salt, size, header_offset)
                 )
-                self.db.executemany("INSERT OR IGNORE INTO blobs VALUES (?,?,?,?,?,?,?,?)", rows)
+                verb = "INSERT OR REPLACE" if move else "INSERT OR IGNORE"
+                self.db.executemany(f"{verb} INTO blobs VALUES (?,?,?,?,?,?,?,?)", rows)
                 self.db.executemany("INSERT OR IGNORE INTO snapshots VALUES (?, ?, ?)", snaps)
                 self.db.execute("COMMIT")
             except BaseException:
@@ -182,7 +185,11 @@ class Repository:
                 raise
             if self._locs is not None:
                 for r in rows:
-                    self._locs.setdefault(r[0], BlobLocation(CODE_KIND[r[1]], pack_id, *r[3:]))
+                    loc = BlobLocation(CODE_KIND[r[1]], pack_id, *r[3:])
+                    if move:
+                        self._locs[r[0]] = loc
+                    else:
+                        self._locs.setdefault(r[0], loc)
             self._salts[pack_id] = salt
 
     def known_blob_ids(self) -> set[bytes]:
@@ -208,6 +215,27 @@ class Repository:
             out.update(self.db.execute(
                 f"SELECT id, raw_length FROM blobs WHERE id IN ({','.join('?' * len(part))})", part))
         return out
+
+    def drop_packs(self, packs: Iterable[bytes]) -> None:
+        """Forget ``packs`` (their files are gone): their blobs, the snapshots recorded in
+        them, and the whole directory cache (see ``node/engine/prune.py``)."""
+        snap = next(code for code, kind in CODE_KIND.items() if kind == packfmt.KIND_SNAPSHOT)
+        with self._lock:
+            self.db.execute("BEGIN")
+            try:
+                for pid in packs:
+                    self.db.execute(
+                        "DELETE FROM snapshots WHERE id IN (SELECT id FROM blobs WHERE pack = ? AND kind = ?)",
+                        (pid, snap))
+                    self.db.execute("DELETE FROM blobs WHERE pack = ?", (pid,))
+                    self.db.execute("DELETE FROM packs WHERE id = ?", (pid,))
+                self.db.execute("DELETE FROM dir_cache")
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self._locs = None
+            self._tree_cache.clear()
 
     def salt(self, pack_id: bytes) -> bytes:
         s = self._salts.get(pack_id)

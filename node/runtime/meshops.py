@@ -304,6 +304,32 @@ def repair(node: LocalNode, port: MeshPort, *, dry_run: bool = False,
     return res
 
 
+def delete_shares(port: MeshPort, rows: Iterable[tuple[bytes, int, str]]) -> tuple[int, list[str]]:
+    """Ask each holder to delete a share (signed); returns (deleted, problems). A holder
+    that cannot be reached keeps its copy: its quota is used until it is asked again."""
+    import trio
+    todo = list(rows)
+    problems: list[str] = []
+    done = [0]
+
+    async def run(mesh: Mesh) -> None:
+        limit = trio.Semaphore(8)
+
+        async def one(pack: bytes, index: int, peer: str) -> None:
+            async with limit:
+                try:
+                    await mesh.delete_share(peer, pack, index)
+                    done[0] += 1
+                except CoreStateError as exc:  # protocol errors too: that holder keeps it for now
+                    problems.append(f"share {index} of pack {pack.hex()[:12]} at {short(peer)}: {exc}")
+        async with trio.open_nursery() as nursery:
+            for pack, index, peer in todo:
+                nursery.start_soon(one, pack, index, peer)
+    if todo:
+        port.call(run)
+    return done[0], problems
+
+
 def placement_items(node: LocalNode, packs: Iterable[bytes]) -> dict[bytes, bytes | None]:
     """Catalog placement records for ``packs`` as the ledger has them now."""
     import cbor2
@@ -347,5 +373,5 @@ def describe_degraded(res: PushResult) -> list[str]:
     return lines
 
 
-__all__ = ["PushResult", "RepairResult", "Survey", "choose_code", "describe_degraded", "drop_fetched",
-           "fetch", "is_mesh_node", "packs_of", "placement_items", "push", "repair", "short", "survey"]
+__all__ = ["PushResult", "RepairResult", "Survey", "choose_code", "delete_shares", "describe_degraded",
+           "drop_fetched", "fetch", "is_mesh_node", "packs_of", "placement_items", "push", "repair", "short", "survey"]

@@ -1,4 +1,4 @@
-"""Repair with real daemons on loopback: shares lost with a dead holder, or lost on a live
+"""Repair, forget and prune with real daemons on loopback: shares lost with a dead holder, or lost on a live
 one, are rebuilt onto holders that have none of the pack, and the mesh is full again.
 
 One five-node mesh for the module (an owner and four holders, 1 MiB packs); backups are
@@ -199,3 +199,21 @@ def test_in_a_group_the_repaired_placements_reach_the_catalog_and_a_recovery(tmp
         assert differences(src, restored(target, src)) == []
     finally:
         office.close()
+
+
+def test_forget_and_prune_delete_the_shares_on_their_holders(mesh: LocalMesh, tmp_path: Path) -> None:
+    src = random_tree(tmp_path / "src", 4, seed=15)
+    code, out = run(mesh, "backup", str(src), "--k", "2", "--n", "3")
+    assert code == 0, out
+    held_before = sum(len(share_files(mesh.nodes[i].home)) for i in HOLDERS)
+    rows_before = ledger_rows(mesh.nodes[OWNER].home)
+    code, res = run(mesh, "forget", out["snapshot_id"], "--prune")
+    assert code == 0 and res["forgotten"] == 1 and not res["share_problems"], res
+    rows_after = ledger_rows(mesh.nodes[OWNER].home)
+    gone = len(rows_before) - len(rows_after)
+    assert gone >= 4 * 3  # at least the 4 data packs' shares, 3 each
+    assert res["shares_deleted"] == gone
+    assert sum(len(share_files(mesh.nodes[i].home)) for i in HOLDERS) == held_before - gone
+    code, report = run(mesh, "check")
+    assert code == 0, report
+    assert out["snapshot_id"] not in {s["id"] for s in report["mesh"]["snapshots"]}

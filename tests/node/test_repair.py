@@ -1,5 +1,9 @@
-"""Repair, forget and prune with real daemons on loopback: shares lost with a dead holder, or lost on a live
-one, are rebuilt onto holders that have none of the pack, and the mesh is full again.
+"""Repair, forget and prune with real daemons on loopback.
+
+Shares lost with a dead holder, or lost on a live one, are rebuilt onto holders that have
+none of the pack, and the mesh is full again (by command and on the daemon's schedule; in
+a group the new placements reach a recovery). Pruned packs' shares are deleted on their
+holders.
 
 One five-node mesh for the module (an owner and four holders, 1 MiB packs); backups are
 coded k=2 of n=3, so each pack leaves one holder free to take a rebuilt share.

@@ -70,6 +70,14 @@ peer_timeout = 20
 backup_every = 0
 # The daemon audits the holders of this node's shares and rebuilds lost ones this often.
 repair_every = "1d"
+
+[retention]
+# After each scheduled backup the daemon forgets the snapshots no rule keeps and frees
+# what only they used (`corestate forget --keep-... --prune`). No rule: nothing is forgotten.
+# keep_last = 10
+# keep_daily = 7
+# keep_weekly = 4
+# keep_monthly = 12
 """
 
 
@@ -101,6 +109,8 @@ class Config:
     # [schedule]
     backup_every: float = 0.0  # seconds; 0 = no scheduled backups
     repair_every: float = 86400.0  # seconds; 0 = no scheduled repairs
+    # [retention]: the keep-rules applied after each scheduled backup (empty: none)
+    retention: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Path) -> Config:
@@ -131,6 +141,19 @@ class Config:
             cfg.peer_timeout = float(mesh.get("peer_timeout", cfg.peer_timeout))
             cfg.backup_every = _duration(sched.get("backup_every", 0))
             cfg.repair_every = _duration(sched.get("repair_every", cfg.repair_every))
+            ret = raw.get("retention", {})
+            for key in ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly",
+                        "keep_yearly"):
+                if key in ret:
+                    if int(ret[key]) < 0:
+                        raise ValueError(f"[retention] {key} must not be negative")
+                    cfg.retention[key] = str(int(ret[key]))
+            if "keep_within" in ret:
+                cfg.retention["keep_within"] = f"{_duration(ret['keep_within']):g}s"
+            unknown = set(ret) - {"keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly",
+                                  "keep_yearly", "keep_within"}
+            if unknown:
+                raise ValueError(f"[retention] does not know {sorted(unknown)}")
         except (TypeError, ValueError, AttributeError, KeyError) as exc:
             raise ConfigError(str(path), f"bad value: {exc}")
         if not (64 <= cfg.min_size <= cfg.avg_size <= cfg.max_size <= 16 << 20):

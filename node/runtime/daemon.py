@@ -151,7 +151,8 @@ class Daemon:
         as_json = bool(getattr(args, "json", False))
         out = cli.Out(as_json, write=write, tty=msg.tty, progress=progress if msg.tty else None)
         if self.command_lock.locked():
-            write(2, "waiting for the command already running in the daemon...\n")
+            # In the event loop here: send directly (``write`` is for the command's thread).
+            await ch.send(c.Output(fd=2, text="waiting for the command already running in the daemon...\n"))
         async with self.command_lock:
             log.info("running: %s", shlex.join(msg.argv))
             code = await trio.to_thread.run_sync(_execute, args, out)
@@ -177,8 +178,25 @@ class Daemon:
             async with self.command_lock:
                 self.events.publish("backup-started", scheduled=True)
                 code = await trio.to_thread.run_sync(_execute, args, out)
-            self.events.publish("backup-finished", scheduled=True, code=code,
-                                summary=(lines[-1].strip() if lines else "")[:4000])
+                self.events.publish("backup-finished", scheduled=True, code=code,
+                                    summary=(lines[-1].strip() if lines else "")[:4000])
+                if code in (0, 3) and self.node.cfg.retention:
+                    await self._retention(cli)
+
+    async def _retention(self, cli: Any) -> None:
+        """The [retention] rules, after a scheduled backup (under the command lock)."""
+        argv = ["forget", "--prune", "--json"]
+        for key, value in sorted(self.node.cfg.retention.items()):
+            argv += ["--" + key.replace("_", "-"), value]
+        args = cli.build_parser().parse_args(argv)
+        args.home, args.daemon = self.node.home.path, self
+        lines: list[str] = []
+        out = cli.Out(True, write=lambda fd, t, lines=lines: lines.append(t), tty=False)
+        code = await trio.to_thread.run_sync(_execute, args, out)
+        summary = (lines[-1].strip() if lines else "")[:4000]
+        if code != 0:
+            log.warning("scheduled retention did not finish cleanly: %s", "".join(lines)[-500:])
+        self.events.publish("retention-finished", scheduled=True, code=code, summary=summary)
 
 
     async def repair_scheduler(self) -> None:

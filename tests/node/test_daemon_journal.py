@@ -85,3 +85,34 @@ def test_scheduled_backups_run(tmp_path: Path) -> None:
         assert len(snaps) >= 2 and all(s["files"] == 6 for s in snaps)
     finally:
         mesh.close()
+
+
+def test_scheduled_backups_keep_to_the_retention_rules(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _tree(src, dirs=2, files=3)
+    mesh = LocalMesh(tmp_path / "mesh", 1)
+    try:
+        mesh.create()
+        cfg = mesh.nodes[0].home / "config.toml"
+        text = cfg.read_text().replace("paths = []", f'paths = ["{src}"]', 1)
+        text = text.replace("backup_every = 0", 'backup_every = "1s"')
+        assert "\n[retention]\n" in text
+        cfg.write_text(text + "keep_last = 2\n")
+        mesh.start()
+        node = mesh.nodes[0]
+        seen: set[str] = set()
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and len(seen) < 5:
+            (src / "d0" / "f0").write_text(f"round {len(seen)}\n")  # each backup differs
+            time.sleep(0.5)
+            p = mesh.run(node, "snapshots", "--json", check=False)
+            assert p.returncode == 0, p.stderr + (node.home / "daemon.log").read_text()[-3000:]
+            snaps = json.loads(p.stdout)
+            seen |= {s["id"] for s in snaps}
+            assert len(snaps) <= 2, snaps  # backup and forget run under one hold of the command lock
+        assert len(seen) >= 5, "the daemon did not back up on schedule"
+        snaps = json.loads(mesh.run(node, "snapshots", "--json").stdout)
+        assert len(snaps) == 2
+        assert mesh.run(node, "check", "--read-data").returncode == 0
+    finally:
+        mesh.close()

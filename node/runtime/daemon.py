@@ -159,45 +159,42 @@ class Daemon:
         with trio.move_on_after(5):
             await ch.send(c.Exit(code=code))
 
-    # -- scheduled backups -------------------------------------------------------------
+    # -- scheduled work ------------------------------------------------------------------
+
+    async def _internal(self, argv: list[str]) -> tuple[int, str, str]:
+        """Run a CLI command for the daemon itself (the caller holds the command lock):
+        (exit code, its JSON summary line, everything it wrote)."""
+        from corestate.node import cli
+        args = cli.build_parser().parse_args([*argv, "--json"])
+        args.home, args.daemon = self.node.home.path, self
+        lines: list[str] = []
+        out = cli.Out(True, write=lambda fd, t: lines.append(t), tty=False)
+        code = await trio.to_thread.run_sync(_execute, args, out)
+        return code, (lines[-1].strip() if lines else "")[:4000], "".join(lines)
 
     async def scheduler(self) -> None:
+        """Every ``[schedule] backup_every``: back up the ``[backup]`` paths, then apply the
+        ``[retention]`` rules (one hold of the command lock for both)."""
         every = self.node.cfg.backup_every
         if every <= 0:
             return
-        from corestate.node import cli
         while True:
             await trio.sleep(every)
             if not self.node.cfg.paths:
                 log.warning("scheduled backup skipped: no [backup] paths in config.toml")
                 continue
-            args = cli.build_parser().parse_args(["backup", "--json"])
-            args.home, args.daemon = self.node.home.path, self
-            lines: list[str] = []
-            out = cli.Out(True, write=lambda fd, t, lines=lines: lines.append(t), tty=False)
             async with self.command_lock:
                 self.events.publish("backup-started", scheduled=True)
-                code = await trio.to_thread.run_sync(_execute, args, out)
-                self.events.publish("backup-finished", scheduled=True, code=code,
-                                    summary=(lines[-1].strip() if lines else "")[:4000])
+                code, summary, _ = await self._internal(["backup"])
+                self.events.publish("backup-finished", scheduled=True, code=code, summary=summary)
                 if code in (0, 3) and self.node.cfg.retention:
-                    await self._retention(cli)
-
-    async def _retention(self, cli: Any) -> None:
-        """The [retention] rules, after a scheduled backup (under the command lock)."""
-        argv = ["forget", "--prune", "--json"]
-        for key, value in sorted(self.node.cfg.retention.items()):
-            argv += ["--" + key.replace("_", "-"), value]
-        args = cli.build_parser().parse_args(argv)
-        args.home, args.daemon = self.node.home.path, self
-        lines: list[str] = []
-        out = cli.Out(True, write=lambda fd, t, lines=lines: lines.append(t), tty=False)
-        code = await trio.to_thread.run_sync(_execute, args, out)
-        summary = (lines[-1].strip() if lines else "")[:4000]
-        if code != 0:
-            log.warning("scheduled retention did not finish cleanly: %s", "".join(lines)[-500:])
-        self.events.publish("retention-finished", scheduled=True, code=code, summary=summary)
-
+                    argv = ["forget", "--prune"]
+                    for key, value in sorted(self.node.cfg.retention.items()):
+                        argv += ["--" + key.replace("_", "-"), value]
+                    code, summary, text = await self._internal(argv)
+                    if code != 0:
+                        log.warning("scheduled retention did not finish cleanly: %s", text[-500:])
+                    self.events.publish("retention-finished", scheduled=True, code=code, summary=summary)
 
     async def repair_scheduler(self) -> None:
         """Every ``[schedule] repair_every``: survey the holders of this node's shares and
@@ -206,19 +203,13 @@ class Daemon:
         every = self.node.cfg.repair_every
         if every <= 0:
             return
-        from corestate.node import cli
         while True:
             await trio.sleep(every)
             if not self.node.ledger.all():
                 continue
-            args = cli.build_parser().parse_args(["repair", "--json"])
-            args.home, args.daemon = self.node.home.path, self
-            lines: list[str] = []
-            out = cli.Out(True, write=lambda fd, t, lines=lines: lines.append(t), tty=False)
             async with self.command_lock:
                 self.events.publish("repair-started", scheduled=True)
-                code = await trio.to_thread.run_sync(_execute, args, out)
-            summary = (lines[-1].strip() if lines else "")[:4000]
+                code, summary, _ = await self._internal(["repair"])
             if code != 0:
                 log.warning("scheduled repair left packs below full redundancy: %s", summary[:500])
             self.events.publish("repair-finished", scheduled=True, code=code, summary=summary)

@@ -1255,6 +1255,9 @@ examples:
   corestate ls latest /home/me/src        list what a snapshot holds under a path
   corestate restore latest --target /tmp/r --path /home/me/src
   corestate check --read-data             read and verify every byte in the store
+  corestate forget --keep-daily 7 --keep-weekly 4 --prune --dry-run
+                                          what a retention policy would forget, and why
+  corestate repair                        rebuild shares lost with dead or faulty peers
   corestate demo                          a guided run on a sample tree
 
 The home is $CORESTATE_HOME or --home (default: %s). Commands that need the key read the
@@ -1270,7 +1273,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     from corestate import __version__
     p.add_argument("--version", action="version", version=f"corestate {__version__}")
-    p.add_argument("--home", type=Path, default=None, help="the node home (default: $CORESTATE_HOME or %(default)s)")
+    p.add_argument("--home", type=Path, default=None, help="the node home (default: $CORESTATE_HOME, else the folder named below)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     def add(name: str, fn: Callable, help: str, key: bool = True, json_flag: bool = True) -> argparse.ArgumentParser:

@@ -161,6 +161,29 @@ def test_cli_commands_go_to_the_running_daemon(node_down: LocalMesh, tmp_path: P
     assert run_plain(mesh, node, "snapshots").returncode == 0
 
 
+def test_a_command_sent_while_another_runs_waits_its_turn(node_down: LocalMesh, tmp_path: Path) -> None:
+    mesh = node_down
+    node = mesh.nodes[0]
+    mesh.start(0)
+    src = random_tree(tmp_path / "src", 200, seed=12)  # long enough to still run below
+    first = subprocess.Popen(mesh.cmd(node, "backup", str(src), "--json"), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=clean_env())
+    try:
+        wait_for(lambda: "running: " in (node.home / "daemon.log").read_text()
+                 and "backup" in (node.home / "daemon.log").read_text().rsplit("running: ", 1)[-1],
+                 30, "the daemon to start the backup")
+        second = run_plain(mesh, node, "snapshots", "--json")
+        out, err = first.communicate(timeout=300)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, err
+    # The second client was told it waits, and got its answer once the backup was done.
+    assert second.returncode == 0, second.stderr
+    assert "waiting for the command already running" in second.stderr
+    assert last_json(out)["snapshot_id"] in [s["id"] for s in last_json(second)]
+
+
 def test_standalone_node_backs_up_as_before(node_down: LocalMesh, tmp_path: Path) -> None:
     mesh = node_down
     node = mesh.nodes[0]

@@ -766,7 +766,7 @@ def cmd_repair(args: argparse.Namespace, out: Out) -> int:
     from corestate.node.runtime.reports import Progress
     with _open(args, out) as node:
         port = _port(args)
-        if port is None or not node.ledger.all():
+        if port is None or not (node.ledger.all() or node.ledger.doomed()):
             out.say("nothing to repair: no pack of this node is on the mesh")
             if out.json:
                 out.obj({"type": "summary", "packs_full": 0, "rebuilt": [], "unrepairable": [],
@@ -793,6 +793,7 @@ def cmd_repair(args: argparse.Namespace, out: Out) -> int:
                  "unrepairable": [{"pack": u.pack.hex(), "good": u.good, "k": u.k, "reason": u.reason}
                                   for u in plan.unrepairable],
                  "failed": res.failed, "forgotten": res.forgotten, "complete": res.complete,
+                 "pruned_shares_deleted": res.deletes_done, "pruned_shares_left": res.deletes_left,
                  "dry_run": args.dry_run, "seconds": round(res.seconds, 3)})
         return code
     from corestate.node.runtime.meshops import short
@@ -809,6 +810,9 @@ def cmd_repair(args: argparse.Namespace, out: Out) -> int:
         out.say(f"pack {u.pack.hex()[:12]}: CANNOT repair now: {u.reason}")
     for f in res.failed:
         out.warn(f)
+    if res.deletes_done or res.deletes_left:
+        out.say(f"{res.deletes_done} share(s) of pruned packs deleted on their holders"
+                + (f"; {res.deletes_left} still wait for holders out of reach" if res.deletes_left else ""))
     todo = [r for r in plan.rebuilds if r.indexes]
     out.say(f"{plan.full} pack(s) full, {len(todo)} {'to repair' if args.dry_run else 'repaired'}, "
             f"{len(plan.unrepairable)} not repairable now" + ("" if args.dry_run else f" ({res.seconds:.1f}s)"))
@@ -898,9 +902,11 @@ def _delete_packs(args: argparse.Namespace, node: LocalNode, plan: Any,
     prunemod.apply(node.repo, packs)
     result: tuple[int, list[str]] = (0, [])
     port = _port(args)
-    if rows and port is not None:
+    if port is not None and (rows or node.ledger.doomed()):
         from corestate.node.runtime import meshops
-        result = meshops.delete_shares(port, rows)
+        result = meshops.delete_shares(node, port, rows)
+    elif rows:
+        node.ledger.doom(rows)  # no way to the holders now: a later prune or repair asks them
     if node.group.in_group and (packs or gone):
         from corestate.node.core import catalog as cat
         from corestate.node.runtime import meshops

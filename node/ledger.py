@@ -32,6 +32,10 @@ CREATE TABLE IF NOT EXISTS coded (
     local INTEGER NOT NULL,  -- 1 while this node keeps a local copy
     owner TEXT NOT NULL DEFAULT ''  -- the PeerID holders filed the shares under; '' = this identity
 );
+CREATE TABLE IF NOT EXISTS doomed (  -- shares of deleted packs a holder has not yet deleted
+    pack BLOB NOT NULL, idx INTEGER NOT NULL, peer TEXT NOT NULL,
+    PRIMARY KEY (pack, idx, peer)
+);
 """
 
 
@@ -133,6 +137,20 @@ class Ledger:
         with self._lock:
             return {p: (c, b) for p, c, b in self.db.execute(
                 "SELECT peer, COUNT(*), SUM(size) FROM shares GROUP BY peer")}
+
+    def doom(self, rows: Iterable[tuple[bytes, int, str]]) -> None:
+        """Remember shares to delete on their holders (pack, index, holder) until one does."""
+        with self._lock:
+            self.db.executemany("INSERT OR IGNORE INTO doomed VALUES (?, ?, ?)", list(rows))
+
+    def doomed(self) -> list[tuple[bytes, int, str]]:
+        with self._lock:
+            return [(bytes(p), int(i), str(peer)) for p, i, peer in
+                    self.db.execute("SELECT pack, idx, peer FROM doomed ORDER BY peer, pack, idx")]
+
+    def deleted(self, rows: Iterable[tuple[bytes, int, str]]) -> None:
+        with self._lock:
+            self.db.executemany("DELETE FROM doomed WHERE pack = ? AND idx = ? AND peer = ?", list(rows))
 
     def drop_packs(self, packs: Iterable[bytes]) -> None:
         """Forget packs entirely (they left the repository)."""

@@ -205,7 +205,7 @@ class Daemon:
             return
         while True:
             await trio.sleep(every)
-            if not self.node.ledger.all():
+            if not (self.node.ledger.all() or self.node.ledger.doomed()):
                 continue
             async with self.command_lock:
                 self.events.publish("repair-started", scheduled=True)

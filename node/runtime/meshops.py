@@ -237,6 +237,8 @@ class RepairResult:
     failed: list[str] = field(default_factory=list)
     forgotten: int = 0
     seconds: float = 0.0
+    deletes_done: int = 0  # shares of deleted packs a holder finally deleted
+    deletes_left: int = 0
 
     @property
     def complete(self) -> bool:
@@ -300,17 +302,24 @@ def repair(node: LocalNode, port: MeshPort, *, dry_run: bool = False,
                     continue  # the holder that lost the share took the rebuilt one
                 node.ledger.forget(r.pack, index, peer)
                 res.forgotten += 1
+    # Shares of pruned packs whose holders were out of reach then: ask again.
+    if node.ledger.doomed():
+        res.deletes_done, _ = delete_shares(node, port)
+        res.deletes_left = len(node.ledger.doomed())
     res.seconds = time.monotonic() - t0
     return res
 
 
-def delete_shares(port: MeshPort, rows: Iterable[tuple[bytes, int, str]]) -> tuple[int, list[str]]:
-    """Ask each holder to delete a share (signed); returns (deleted, problems). A holder
-    that cannot be reached keeps its copy: its quota is used until it is asked again."""
+def delete_shares(node: LocalNode, port: MeshPort, rows: Iterable[tuple[bytes, int, str]] = ()
+                  ) -> tuple[int, list[str]]:
+    """Ask each holder to delete a share (signed): ``rows`` and every earlier one still
+    doomed in the ledger. Returns (deleted, problems). A holder out of reach keeps its copy
+    until a later prune or repair asks again (the ledger remembers)."""
     import trio
-    todo = list(rows)
+    node.ledger.doom(rows)
+    todo = node.ledger.doomed()
     problems: list[str] = []
-    done = [0]
+    done: list[tuple[bytes, int, str]] = []
 
     async def run(mesh: Mesh) -> None:
         limit = trio.Semaphore(8)
@@ -318,16 +327,18 @@ def delete_shares(port: MeshPort, rows: Iterable[tuple[bytes, int, str]]) -> tup
         async def one(pack: bytes, index: int, peer: str) -> None:
             async with limit:
                 try:
-                    await mesh.delete_share(peer, pack, index)
-                    done[0] += 1
+                    await mesh.delete_share(peer, pack, index)  # Ok also when it had none
                 except CoreStateError as exc:  # protocol errors too: that holder keeps it for now
                     problems.append(f"share {index} of pack {pack.hex()[:12]} at {short(peer)}: {exc}")
+                    return
+                done.append((pack, index, peer))
         async with trio.open_nursery() as nursery:
             for pack, index, peer in todo:
                 nursery.start_soon(one, pack, index, peer)
     if todo:
         port.call(run)
-    return done[0], problems
+    node.ledger.deleted(done)
+    return len(done), problems
 
 
 def placement_items(node: LocalNode, packs: Iterable[bytes]) -> dict[bytes, bytes | None]:

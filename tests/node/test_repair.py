@@ -221,3 +221,24 @@ def test_forget_and_prune_delete_the_shares_on_their_holders(mesh: LocalMesh, tm
     code, report = run(mesh, "check")
     assert code == 0, report
     assert out["snapshot_id"] not in {s["id"] for s in report["mesh"]["snapshots"]}
+
+
+def test_a_holder_out_of_reach_at_prune_time_deletes_its_shares_later(mesh: LocalMesh, tmp_path: Path) -> None:
+    src = random_tree(tmp_path / "src", 4, seed=16)
+    code, out = run(mesh, "backup", str(src), "--k", "2", "--n", "3")
+    assert code == 0, out
+    away = mesh.nodes[1]
+    before = ledger_rows(mesh.nodes[OWNER].home)
+    held = len(share_files(away.home))
+    mesh.kill(1)
+    code, res = run(mesh, "forget", out["snapshot_id"], "--prune")
+    assert code == 3 and res["share_problems"], res  # said, not hidden
+    pruned = {r.pack for r in before} - {r.pack for r in ledger_rows(mesh.nodes[OWNER].home)}
+    owed = [r for r in before if r.pack in pruned and r.peer == away.peer_id]
+    assert owed and len(res["share_problems"]) == len(owed)
+    mesh.start(1)
+    assert len(share_files(away.home)) == held  # it kept them while away
+    code, rep = run(mesh, "repair")
+    assert code == 0 and rep["pruned_shares_left"] == 0, rep
+    assert rep["pruned_shares_deleted"] == len(owed)
+    assert len(share_files(away.home)) == held - len(owed)

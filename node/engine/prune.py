@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 from corestate.node.engine.repo import CODE_KIND, Repository
 from corestate.protocol import pack as packfmt
+from corestate.protocol.objects import Snapshot
 
 REPACK_ABOVE = 0.10
 
@@ -46,14 +47,21 @@ class PrunePlan:
     keep: set[bytes] = field(default_factory=set)  # the blob ids still needed
 
 
+def _all_snapshots(repo: Repository) -> dict[bytes, Snapshot]:
+    """Every snapshot in the index, whoever recorded it (``Repository.snapshots`` lists only
+    this identity's once it has any; a prune must not miss an earlier identity's)."""
+    return {bytes(sid): Snapshot.decode(rec, bytes(sid).hex())
+            for sid, rec in repo.db.execute("SELECT id, record FROM snapshots")}
+
+
 def reachable(repo: Repository, snapshot_ids: Iterable[bytes]) -> set[bytes]:
     """Every blob id the given snapshots need: records, trees, chunks."""
-    wanted = {s.id: s for s in repo.snapshots()}
+    wanted = _all_snapshots(repo)
     out: set[bytes] = set()
     stack: list[bytes] = []
     for sid in snapshot_ids:
         out.add(sid)
-        stack.append(wanted[sid].record.tree)
+        stack.append(wanted[sid].tree)
     while stack:
         tid = stack.pop()
         if tid in out:
@@ -71,7 +79,7 @@ def plan(repo: Repository, forget: Iterable[bytes] = (), *, prune: bool = True,
     """What forgetting ``forget`` (snapshot ids) and, with ``prune``, pruning would delete;
     partly used packs for which ``movable`` says yes may be repacked."""
     gone = set(forget)
-    snaps = {s.id for s in repo.snapshots()}
+    snaps = set(_all_snapshots(repo))
     unknown = gone - snaps
     if unknown:
         raise ValueError(f"not snapshots of this repository: {sorted(u.hex()[:8] for u in unknown)}")

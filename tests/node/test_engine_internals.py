@@ -156,3 +156,27 @@ def test_an_increment_is_split_only_in_wide_gaps_between_changes(tmp_path: Path)
     assert b._split_plan(size, old, [(20 * mib, 3 * mib), (30 * mib, 3 * mib)]) is None
     assert b._split_plan(size, old, [(20 * mib, mib), (300 * mib, mib)]) is None
     repo.close()
+
+
+def test_prune_keeps_what_an_earlier_identity_s_snapshots_need(tmp_path: Path) -> None:
+    # After a stolen-laptop re-join the index holds snapshots recorded under the earlier
+    # PeerID (same data keys). `snapshots` lists this identity's; prune must see them all.
+    from corestate.node.engine import prune
+
+    root = b"\7" * 32
+    store = LocalPackStore(tmp_path / "store")
+    store.create()
+    old_src, new_src = tmp_path / "old", tmp_path / "new"
+    for src in (old_src, new_src):
+        src.mkdir()
+        (src / "f").write_bytes(os.urandom(300_000))
+    repo = Repository(NodeKeys.from_root(root, generation=0), store, str(tmp_path / "db"))
+    Backup(repo, Config(), skip_dirs=[], exclude=[], workers=1).run([old_src])
+    repo.close()
+    repo = Repository(NodeKeys.from_root(root, generation=1), store, str(tmp_path / "db"))
+    Backup(repo, Config(), skip_dirs=[], exclude=[], workers=1).run([new_src])
+    assert len(repo.snapshots()) == 1  # the listing shows this identity's only
+    p = prune.plan(repo, ())
+    assert p.delete == [] and p.repack == []
+    assert check(repo, read_data=True).ok
+    repo.close()

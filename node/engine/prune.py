@@ -31,7 +31,17 @@ from corestate.node.engine.repo import CODE_KIND, Repository
 from corestate.protocol import pack as packfmt
 from corestate.protocol.objects import Snapshot
 
+from corestate.errors import CoreStateError
+
 REPACK_ABOVE = 0.10
+
+
+class PruneUnsafe(CoreStateError):
+    def __init__(self, unindexed: int) -> None:
+        super().__init__(
+            f"{unindexed} pack(s) in the store are not in the index, so what they hold cannot "
+            "be counted as in use: nothing was pruned",
+            hint="run `corestate check --rebuild-index` (it fetches packs held only by peers), then prune")
 
 
 @dataclass(slots=True)
@@ -83,6 +93,12 @@ def plan(repo: Repository, forget: Iterable[bytes] = (), *, prune: bool = True,
     unknown = gone - snaps
     if unknown:
         raise ValueError(f"not snapshots of this repository: {sorted(u.hex()[:8] for u in unknown)}")
+    if prune:
+        unindexed = set(repo.store.list()) - {pid for pid, _, _, _ in repo.packs()}
+        if unindexed:
+            # A snapshot recorded in a pack the index does not know would look absent,
+            # and what only it needs would look unused.
+            raise PruneUnsafe(len(unindexed))
     p = PrunePlan(snapshots_gone=sorted(gone))
     by_pack: dict[bytes, list[tuple[bytes, int, int]]] = {}
     for bid, kind, pack, length in repo.db.execute("SELECT id, kind, pack, length FROM blobs"):

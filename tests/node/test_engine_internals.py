@@ -180,3 +180,23 @@ def test_prune_keeps_what_an_earlier_identity_s_snapshots_need(tmp_path: Path) -
     assert p.delete == [] and p.repack == []
     assert check(repo, read_data=True).ok
     repo.close()
+
+
+def test_prune_refuses_while_a_pack_in_the_store_is_not_indexed(tmp_path: Path) -> None:
+    from corestate.node.engine import prune
+
+    repo = _engine_repo(tmp_path)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(os.urandom(100_000))
+    Backup(repo, Config(), skip_dirs=[], exclude=[], workers=1).run([src])
+    record_pack = next(pid for pid, in repo.db.execute(
+        "SELECT pack FROM blobs WHERE kind = 2"))  # the snapshot record's pack
+    repo.db.execute("DELETE FROM blobs WHERE pack = ?", (record_pack,))
+    repo.db.execute("DELETE FROM packs WHERE id = ?", (record_pack,))
+    repo.db.execute("DELETE FROM snapshots")
+    with pytest.raises(prune.PruneUnsafe):
+        prune.plan(repo, ())  # else every pack would look unused
+    repo.sync()  # indexed again from the pack itself
+    assert prune.plan(repo, ()).delete == []
+    repo.close()

@@ -66,15 +66,24 @@ def _journal_round(node: LocalMesh, src: Path, total: int, tmp_path: Path) -> No
     assert third["bytes_read"] == len("changed while the daemon was down\n") + len("changed\n")
 
 
+def _scheduled(tmp_path: Path, src: Path, retention: str = "") -> LocalMesh:
+    """One node (created, not started) backing ``src`` up every second; ``retention``
+    lines go into its [retention] table."""
+    mesh = LocalMesh(tmp_path / "mesh", 1)
+    mesh.create()
+    cfg = mesh.nodes[0].home / "config.toml"
+    text = cfg.read_text().replace("paths = []", f'paths = ["{src}"]', 1)
+    text = text.replace("backup_every = 0", 'backup_every = "1s"')
+    assert text.rstrip().endswith("# keep_monthly = 12")  # [retention] is the last table
+    cfg.write_text(text + retention)
+    return mesh
+
+
 def test_scheduled_backups_run(tmp_path: Path) -> None:
     src = tmp_path / "src"
     _tree(src, dirs=2, files=3)
-    mesh = LocalMesh(tmp_path / "mesh", 1)
+    mesh = _scheduled(tmp_path, src)
     try:
-        mesh.create()
-        cfg = mesh.nodes[0].home / "config.toml"
-        text = cfg.read_text().replace("paths = []", f'paths = ["{src}"]', 1)
-        cfg.write_text(text.replace("backup_every = 0", 'backup_every = "1s"'))
         mesh.start()
         deadline = time.monotonic() + 30
         snaps: list = []
@@ -90,14 +99,8 @@ def test_scheduled_backups_run(tmp_path: Path) -> None:
 def test_scheduled_backups_keep_to_the_retention_rules(tmp_path: Path) -> None:
     src = tmp_path / "src"
     _tree(src, dirs=2, files=3)
-    mesh = LocalMesh(tmp_path / "mesh", 1)
+    mesh = _scheduled(tmp_path, src, "keep_last = 2\n")
     try:
-        mesh.create()
-        cfg = mesh.nodes[0].home / "config.toml"
-        text = cfg.read_text().replace("paths = []", f'paths = ["{src}"]', 1)
-        text = text.replace("backup_every = 0", 'backup_every = "1s"')
-        assert "\n[retention]\n" in text
-        cfg.write_text(text + "keep_last = 2\n")
         mesh.start()
         node = mesh.nodes[0]
         seen: set[str] = set()

@@ -93,8 +93,9 @@ def plan(repo: Repository, forget: Iterable[bytes] = (), *, prune: bool = True,
     unknown = gone - snaps
     if unknown:
         raise ValueError(f"not snapshots of this repository: {sorted(u.hex()[:8] for u in unknown)}")
+    sizes = {pid: size for pid, _, size, _ in repo.packs()}
     if prune:
-        unindexed = set(repo.store.list()) - {pid for pid, _, _, _ in repo.packs()}
+        unindexed = set(repo.store.list()) - set(sizes)
         if unindexed:
             # A snapshot recorded in a pack the index does not know would look absent,
             # and what only it needs would look unused.
@@ -103,19 +104,17 @@ def plan(repo: Repository, forget: Iterable[bytes] = (), *, prune: bool = True,
     by_pack: dict[bytes, list[tuple[bytes, int, int]]] = {}
     for bid, kind, pack, length in repo.db.execute("SELECT id, kind, pack, length FROM blobs"):
         by_pack.setdefault(pack, []).append((bid, kind, length))
-    sizes = {pid: size for pid, _, size, _ in repo.packs()}
     if prune:
         keep = reachable(repo, snaps - gone)
     else:
-        # Only the record packs of the forgotten snapshots go.
-        keep = {b for blobs in by_pack.values() for b, kind, _ in blobs
-                if CODE_KIND[kind] != packfmt.KIND_SNAPSHOT or b not in gone}
+        # Only the record packs of the forgotten snapshots go (a record's blob id is the
+        # snapshot id).
+        keep = {bid for blobs in by_pack.values() for bid, _, _ in blobs} - gone
     p.keep = keep
     for pack in sorted(sizes):
         blobs = by_pack.get(pack, [])  # none: every blob of it is indexed in another pack
-        used = [b for b in blobs if b[0] in keep]
-        unused = sum(n for b, _, n in blobs if b not in keep)
-        if not used:
+        unused = sum(n for bid, _, n in blobs if bid not in keep)
+        if not any(bid in keep for bid, _, _ in blobs):
             p.delete.append(pack)
             p.delete_bytes += sizes[pack]
         elif prune and unused > REPACK_ABOVE * sizes[pack] and movable(pack):

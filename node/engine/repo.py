@@ -219,7 +219,7 @@ class Repository:
     def drop_packs(self, packs: Iterable[bytes]) -> None:
         """Forget ``packs`` (their files are gone): their blobs, the snapshots recorded in
         them, and the whole directory cache (see ``node/engine/prune.py``)."""
-        snap = next(code for code, kind in CODE_KIND.items() if kind == packfmt.KIND_SNAPSHOT)
+        snap = KIND_CODE[packfmt.KIND_SNAPSHOT]
         with self._lock:
             self.db.execute("BEGIN")
             try:

@@ -363,11 +363,9 @@ class Mesh:
                     return  # acknowledged in an earlier run
                 tried.add(peer)
                 share = shares[i]
-                digest = blake3.blake3(share).digest()
                 t = time.monotonic()
                 try:
-                    await self.request(peer, m.PutShare(pack=pack, index=i, size=len(share), digest=digest),
-                                       bulk=share)
+                    await self._put_share(peer, pack, i, share)
                 except (ProtocolError, MeshError) as exc:
                     result.failures.append(f"share {i} -> {short(peer)}: {exc}")
                     log.info("put share %d of %s to %s failed: %s", i, pack.hex()[:12], short(peer), exc)
@@ -376,7 +374,6 @@ class Mesh:
                     continue
                 report.put_latencies.append(time.monotonic() - t)
                 report.share_bytes += len(share)
-                self.ledger.record_share(pack, i, peer, sharefmt.read_header(share).root, len(share))
                 return
         async with trio.open_nursery() as nursery:
             for i in range(n):
@@ -521,6 +518,12 @@ class Mesh:
                 nursery.start_soon(ask, peer, rows)
         return verdicts
 
+    async def _put_share(self, peer: str, pack: bytes, index: int, share: bytes) -> None:
+        """PUT one share; record it in the ledger once the holder acknowledged it."""
+        await self.request(peer, m.PutShare(pack=pack, index=index, size=len(share),
+                                            digest=blake3.blake3(share).digest()), bulk=share)
+        self.ledger.record_share(pack, index, peer, sharefmt.read_header(share).root, len(share))
+
     async def rebuild(self, pack: bytes, data: bytes, k: int, n: int, indexes: Sequence[int],
                       holders: Sequence[tuple[int, str]], candidates: list[Candidate]) -> dict[int, str]:
         """Make shares ``indexes`` of ``pack`` (whose bytes are ``data``) and put each on a
@@ -546,14 +549,11 @@ class Mesh:
                     if peer is None:
                         return
                     tried.add(peer)
-                share = shares[i]
                 try:
-                    await self.request(peer, m.PutShare(pack=pack, index=i, size=len(share),
-                                                        digest=blake3.blake3(share).digest()), bulk=share)
+                    await self._put_share(peer, pack, i, shares[i])
                 except (ProtocolError, MeshError) as exc:
                     log.info("repair: share %d of %s to %s failed: %s", i, pack.hex()[:12], short(peer), exc)
                     continue
-                self.ledger.record_share(pack, i, peer, sharefmt.read_header(share).root, len(share))
                 placed[i] = peer
                 return
         async with trio.open_nursery() as nursery:

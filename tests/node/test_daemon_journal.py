@@ -38,6 +38,10 @@ def test_one_change_lists_only_its_folders(tmp_path: Path) -> None:
 
 def _journal_round(node: LocalMesh, src: Path, total: int, tmp_path: Path) -> None:
     node.start()
+    # The tree must be older than the 2 s racy window when it is first read, or its files
+    # and folders stay out of the caches (a fast daemon start made this flaky).
+    age = time.time() - max(p.stat().st_ctime for p in [src, *src.rglob("*")])
+    time.sleep(max(0.0, 2.1 - age))
     first = _backup(node)
     assert first["change_journal"] == {"used": False, "detail": "no journal token: first backup"}
     assert first["paths_visited"] > total

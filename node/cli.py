@@ -8,6 +8,7 @@ while working and one result object on the last line of stdout.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -52,11 +53,16 @@ class Out:
 
     def __init__(self, as_json: bool, *, write: Callable[[int, str], None] | None = None,
                  tty: bool | None = None,
-                 progress: Callable[[str, int, int, str], None] | None = None) -> None:
+                 progress: Callable[[str, int, int, str], None] | None = None,
+                 emit: Callable[[Any], None] | None = None, scheduled: bool = False) -> None:
         self.json = as_json
         self._write = write or _write_local
         self.tty = (sys.stderr.isatty() if tty is None else tty) and not as_json
         self.progress = progress
+        # In a daemon: where typed events go (protocol/control.py), and whether the
+        # daemon's schedule (not a user) asked for this command.
+        self.emit = emit
+        self.scheduled = scheduled
 
     def say(self, text: str = "") -> None:
         if not self.json:
@@ -394,8 +400,47 @@ def _scan_totals(paths: list[Path], stats: Any, stop: threading.Event) -> None:
     stats.estimate_files, stats.estimate_bytes = files, size
 
 
+def _text(x: bytes | str | Path, limit: int = 1000) -> str:
+    """Any path as wire text: valid UTF-8 (undecodable bytes replaced), at most ``limit``
+    characters (4 KiB)."""
+    b = x if isinstance(x, bytes) else os.fsencode(x)
+    return b.decode("utf-8", "replace")[:limit]
+
+
+@contextmanager
+def _progress_events(out: Out, make: Callable[[], Any]) -> Iterator[None]:
+    """In a daemon: a typed progress event every second while the block runs, and one at
+    its end however short it was, so every subscriber sees every operation move."""
+    emit = out.emit
+    if emit is None:
+        yield
+        return
+    with _every(1.0, lambda: emit(make())):
+        yield
+    emit(make())
+
+
+def _eta(done: int, total: int, seconds: float) -> int:
+    """Seconds left at the rate so far; -1 while that says nothing."""
+    if total <= done or done <= 0 or seconds <= 0.5:
+        return -1
+    return int((total - done) / (done / seconds))
+
+
 def cmd_backup(args: argparse.Namespace, out: Out) -> int:
+    from corestate.protocol import control as c
+    try:
+        return _backup(args, out)
+    except (CoreStateError, OSError) as exc:
+        if out.emit is not None:
+            out.emit(c.BackupFailed(time_ns=time.time_ns(), scheduled=out.scheduled, message=str(exc)[:4000],
+                                    hint=getattr(exc, "hint", "")[:1000]))
+        raise
+
+
+def _backup(args: argparse.Namespace, out: Out) -> int:
     from corestate.node.engine.backup import Backup, BackupStats
+    from corestate.protocol import control as c
     with _open(args, out) as node:
         # Paths in config.toml are relative to the home (absolute ones stay as they are).
         paths = [Path(p) for p in args.paths] if args.paths else [node.home.path / p for p in node.cfg.paths]
@@ -427,8 +472,19 @@ def cmd_backup(args: argparse.Namespace, out: Out) -> int:
         def bar() -> tuple[str, int, int | None, str]:
             return ("backup", stats.bytes_total, stats.estimate_bytes or None,
                     f"{stats.files} files, +{_human(stats.bytes_added)}")
+        t0 = time.monotonic()
+
+        def progress_event() -> c.BackupProgress:
+            return c.BackupProgress(
+                time_ns=time.time_ns(), files=stats.files, bytes_done=stats.bytes_total,
+                bytes_total=stats.estimate_bytes or -1, bytes_added=stats.bytes_added,
+                eta_s=_eta(stats.bytes_total, stats.estimate_bytes or 0, time.monotonic() - t0),
+                current=_text(stats.current))
+        if out.emit is not None:
+            out.emit(c.BackupStarted(time_ns=time.time_ns(), scheduled=out.scheduled,
+                                     paths=tuple(_text(p) for p in paths[:256])))
         try:
-            with _ticker(out, status, bar):
+            with _ticker(out, status, bar), _progress_events(out, progress_event):
                 result = engine.run(paths)
         finally:
             stop.set()
@@ -446,6 +502,11 @@ def cmd_backup(args: argparse.Namespace, out: Out) -> int:
             out.warn(f"{_fs(path)}: {msg}")
     code = EXIT_INCOMPLETE if st.errors or (pushed is not None and not pushed.safe) else EXIT_OK
     rate = st.bytes_total / result.seconds / 1e6 if result.seconds else 0.0
+    if out.emit is not None:
+        out.emit(c.BackupFinished(
+            time_ns=time.time_ns(), scheduled=out.scheduled, snapshot_id=result.snapshot_id.hex(),
+            code=code, files=st.files, bytes_read=st.bytes_read, bytes_added=st.bytes_added,
+            errors=len(st.errors), seconds=f"{result.seconds:.3f}"))
     if out.json:
         out.obj({
             "type": "summary", "snapshot_id": result.snapshot_id.hex(), "files": st.files,
@@ -606,12 +667,33 @@ def cmd_ls(args: argparse.Namespace, out: Out) -> int:
 
 
 def cmd_restore(args: argparse.Namespace, out: Out) -> int:
+    from corestate.protocol import control as c
+    try:
+        return _restore(args, out)
+    except (CoreStateError, OSError) as exc:
+        if out.emit is not None:
+            out.emit(c.RestoreFailed(time_ns=time.time_ns(), message=str(exc)[:4000],
+                                     hint=getattr(exc, "hint", "")[:1000]))
+        raise
+
+
+def _restore(args: argparse.Namespace, out: Out) -> int:
     from corestate.node.engine.restore import Restore, RestoreStats
+    from corestate.protocol import control as c
     with _open(args, out) as node:
         snap = node.repo.resolve(args.snapshot)
         stats = RestoreStats()
         includes = [os.fsencode("/" + p.strip("/")) for p in args.path or []]
         t0 = time.monotonic()
+        if out.emit is not None and not args.dry_run:
+            out.emit(c.RestoreStarted(time_ns=time.time_ns(), snapshot_id=snap.id.hex(),
+                                      target=_text(os.path.abspath(args.target))))
+
+        def progress_event() -> c.RestoreProgress:
+            return c.RestoreProgress(
+                time_ns=time.time_ns(), files=stats.files, files_total=stats.files_total,
+                bytes_done=stats.bytes_written, bytes_total=stats.bytes_total,
+                eta_s=_eta(stats.bytes_written, stats.bytes_total, time.monotonic() - t0))
 
         def status() -> dict[str, Any]:
             return {"files": stats.files, "files_total": stats.files_total,
@@ -622,7 +704,8 @@ def cmd_restore(args: argparse.Namespace, out: Out) -> int:
                     f"{stats.files}/{stats.files_total} files")
         fetched = [] if args.dry_run else _fetch(args, node, out, snap, includes)
         try:
-            with _ticker(out, status, bar):
+            with _ticker(out, status, bar), _progress_events(
+                    out if not args.dry_run else Out(True), progress_event):
                 Restore(node.repo, stats=stats).run(snap, Path(args.target), includes, dry_run=args.dry_run)
         finally:
             if fetched:
@@ -632,6 +715,9 @@ def cmd_restore(args: argparse.Namespace, out: Out) -> int:
     for path, msg in stats.errors:
         out.warn(f"{_fs(path)}: {msg}")
     code = EXIT_FAIL if stats.errors else EXIT_OK
+    if out.emit is not None and not args.dry_run:
+        out.emit(c.RestoreFinished(time_ns=time.time_ns(), snapshot_id=snap.id.hex(), code=code,
+                                   files=stats.files, bytes=stats.bytes_total, errors=len(stats.errors)))
     if out.json:
         out.obj({"type": "summary", "snapshot_id": snap.id.hex(), "files": stats.files, "dirs": stats.dirs,
                  "other": stats.other,
@@ -687,6 +773,14 @@ def cmd_diff(args: argparse.Namespace, out: Out) -> int:
 
 
 def cmd_check(args: argparse.Namespace, out: Out) -> int:
+    from corestate.protocol import control as c
+    code = _check(args, out)
+    if out.emit is not None:
+        out.emit(c.CheckFinished(time_ns=time.time_ns(), code=code))
+    return code
+
+
+def _check(args: argparse.Namespace, out: Out) -> int:
     from corestate.node.engine.inspect import check
     done = [0, 0]
     with _open(args, out) as node:
@@ -762,6 +856,19 @@ def cmd_check(args: argparse.Namespace, out: Out) -> int:
 
 
 def cmd_repair(args: argparse.Namespace, out: Out) -> int:
+    from corestate.protocol import control as c
+    if out.emit is None or args.dry_run:
+        return _repair(args, out)
+    out.emit(c.RepairStarted(time_ns=time.time_ns(), scheduled=out.scheduled))
+    code = EXIT_FAIL
+    try:
+        code = _repair(args, out)
+    finally:
+        out.emit(c.RepairFinished(time_ns=time.time_ns(), scheduled=out.scheduled, code=code))
+    return code
+
+
+def _repair(args: argparse.Namespace, out: Out) -> int:
     from corestate.node.runtime import meshops
     from corestate.node.runtime.reports import Progress
     with _open(args, out) as node:
@@ -1019,6 +1126,75 @@ def cmd_node_info(args: argparse.Namespace, out: Out) -> int:
     return EXIT_OK
 
 
+def cmd_status(args: argparse.Namespace, out: Out) -> int:
+    from corestate.node.runtime.client import call, connect
+    from corestate.protocol import control as c
+    s = connect(Path(args.home))
+    if s is not None:
+        with s:
+            res = call(s, c.StatusCall())
+        if not isinstance(res, c.StatusResult):
+            raise CoreStateError(f"the daemon answered status with {res.TYPE}", hint="report this as a bug")
+    else:
+        from corestate.node.app.status import status
+        with _open(args, out) as node:
+            res = status(node, None)
+    if out.json:
+        out.obj(c.result_fields(res))
+        return EXIT_OK
+    _say_status(out, res)
+    return EXIT_OK
+
+
+def _say_status(out: Out, st: Any) -> None:
+    from corestate.node.runtime.reports import short
+
+    def when(ns: int | None) -> str:
+        return "-" if ns is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ns / 1e9))
+    out.say(f"node       {st.peer_id}" + ("" if st.daemon else "  (no daemon runs: `corestate node run`)"))
+    if st.group:
+        out.say(f"group      {st.group[:16]}")
+    last = st.last_backup
+    out.say(f"snapshots  {st.snapshots}; last {last.short_id + ' at ' + when(last.time_ns) if last else 'none yet'}")
+    if st.daemon:
+        out.say(f"next       {when(st.next_backup) if st.next_backup else 'no scheduled backup ([schedule] backup_every)'}")
+    r = st.redundancy
+    out.say(f"packs      {r.packs}: {r.full} full, {r.degraded} degraded, {r.at_risk} at risk, "
+            f"{r.local} local only (as acknowledged at upload; `corestate check` asks the holders)")
+    online = sum(1 for p in st.peers if p.online)
+    out.say(f"peers      {len(st.peers)}" + (f", {online} online" if st.daemon else ""))
+    for p in st.peers:
+        state = "-" if p.online is None else ("online" if p.online else "offline")
+        role = "member" if p.member else "trusted"
+        out.say(f"  {short(p.peer_id):<10} {role:<8} {state:<8} {p.shares:>6} shares  seen {when(p.last_seen_ns)}")
+    for a in st.alerts[-10:]:
+        out.say(f"alert      {when(a.time_ns)} {a.severity}: {a.alert}: {a.message}")
+
+
+def cmd_node_events(args: argparse.Namespace, out: Out) -> int:
+    from corestate.node.runtime.client import connect, subscribe
+    from corestate.protocol import control as c
+    home = Home(args.home).path
+    s = connect(home)
+    if s is None:
+        raise CoreStateError(f"no daemon runs for the home {home}",
+                             hint="start one with `corestate node run` (it runs in the foreground)")
+    with s, contextlib.suppress(KeyboardInterrupt):
+        for ev in subscribe(s, tuple(args.topic or ())):
+            if isinstance(ev, c.Missed):
+                obj: dict[str, Any] = {"kind": "missed", "count": ev.count}
+            else:
+                obj = c.event_fields(ev)
+            if out.json:
+                out.obj(obj)
+                continue
+            t = time.strftime("%H:%M:%S", time.localtime(int(obj.get("time_ns", time.time_ns())) / 1e9))
+            rest = " ".join(f"{k}={v}" for k, v in obj.items() if k not in ("kind", "time_ns"))
+            out.say(f"{t} {obj['kind']:<18} {rest}")
+        raise CoreStateError("the daemon stopped", hint="its log says why", retryable=True)
+    return EXIT_OK
+
+
 def cmd_peer_add(args: argparse.Namespace, out: Out) -> int:
     from corestate.node.peers import split_peer_addr
     peer, transport = split_peer_addr(args.addr)
@@ -1258,6 +1434,7 @@ examples:
   corestate init                          create a node; shows the 24-word recovery phrase once
   corestate backup ~/Documents ~/src      back up two folders (excludes: --exclude '*.tmp')
   corestate snapshots                     list snapshots
+  corestate status                        peers, last and next backup, redundancy, alerts
   corestate ls latest /home/me/src        list what a snapshot holds under a path
   corestate restore latest --target /tmp/r --path /home/me/src
   corestate check --read-data             read and verify every byte in the store
@@ -1382,6 +1559,16 @@ def build_parser() -> argparse.ArgumentParser:
     ni = nsub.add_parser("info", help="the running daemon's PeerID and listen addresses (fails if none runs)")
     ni.set_defaults(fn=cmd_node_info)
     ni.add_argument("--json", action="store_true", help="machine-readable output")
+    ne = nsub.add_parser("events", help="follow the running daemon's events until Ctrl-C (one JSON "
+                                        "object per line with --json)",
+                         description="follow the running daemon's events: backup, restore, check and "
+                                     "repair progress, peers up and down, group changes, alerts, "
+                                     "the next scheduled runs")
+    ne.set_defaults(fn=cmd_node_events)
+    ne.add_argument("--topic", action="append", metavar="T",
+                    help="only these kinds (repeatable): backup, restore, check, repair, retention, "
+                         "peer, group, alert, schedule")
+    ne.add_argument("--json", action="store_true", help="one JSON object per line, with a \"kind\"")
 
     peerp = sub.add_parser("peer", help="the peers this node trusts with its shares")
     psub = peerp.add_subparsers(dest="peer_command", metavar="COMMAND")
@@ -1425,6 +1612,8 @@ def build_parser() -> argparse.ArgumentParser:
     for spx in (g, gi, gj, gm, gr, gl, gs):
         spx.add_argument("--passphrase-file", metavar="F", help="read the passphrase from the first line of F")
         spx.add_argument("--json", action="store_true", help="machine-readable output")
+
+    add("status", cmd_status, "this node at a glance: peers, last and next backup, redundancy, alerts")
 
     sp = add("demo", cmd_demo, "a guided run: back up a sample tree, change it, restore and verify",
              key=False)

@@ -128,6 +128,13 @@ class Ledger:
                              owner)
                 for p, k, n, size, local, owner in coded}
 
+    def has_any(self) -> bool:
+        """Whether any pack was coded for the mesh, or a share waits to be deleted (repair has
+        work to look at)."""
+        with self._lock:
+            return bool(self.db.execute("SELECT EXISTS(SELECT 1 FROM coded) OR EXISTS(SELECT 1 FROM doomed)")
+                        .fetchone()[0])
+
     def remote_only(self) -> set[bytes]:
         with self._lock:
             return {r[0] for r in self.db.execute("SELECT pack FROM coded WHERE local = 0")}

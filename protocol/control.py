@@ -1,10 +1,20 @@
-"""Messages of the local control protocol: CLI and TUI to the daemon (SPEC.md, "Wire protocol").
+"""Messages of the local control protocol: CLI and TUI to the daemon (SPEC.md §8.6).
 
 The control socket is a Unix socket (mode 0600) carrying the same frames and the same
-canonical CBOR maps as the share service; only the set of messages differs. A client
-sends ``Run`` (a command line, answered by ``Output``/``Progress`` and one final
-``Exit``) or ``Subscribe`` (answered by ``Ok``, then ``Event``\\ s until it hangs up);
-``Ok`` and ``Error`` from :mod:`corestate.protocol.messages` are valid replies too.
+canonical CBOR maps as the share service; only the set of messages differs.
+
+A connection opens with a handshake: the client sends ``Hello`` with the protocol version
+it speaks, the daemon answers ``Welcome`` (or ``Failure`` of kind ``version``). Then the
+client sends one request:
+
+- a typed call, e.g. ``StatusCall``, answered by its typed result (``StatusResult``) or a
+  ``Failure`` (kind, message, hint, whether retrying can help);
+- ``Run``: a command line, answered by ``Output``/``Progress`` and one final ``Exit``
+  (how the CLI hands commands over until each has a typed call of its own);
+- ``Subscribe`` with topics, answered by ``Ok``, then typed events (one message type per
+  event kind: ``backup.started``, ``alert``, ``peer.up``, ...) until the client hangs up.
+  A subscriber that falls behind loses events, never the daemon's memory: it gets one
+  ``Missed`` saying how many before the next event it does get.
 
 This module is all the TUI needs to know of the daemon: it imports no trio, no libp2p and
 no node code.
@@ -24,28 +34,13 @@ from corestate.protocol.messages import (
     Message,
     Ok,
     Range,
+    Record,
     encode,
     message,
+    record,
 )
 
-__all__ = [
-    "CONTROL_CODEC",
-    "CONTROL_MAX_FRAME",
-    "CONTROL_MESSAGES",
-    "Error",
-    "Event",
-    "Exit",
-    "Input",
-    "Message",
-    "Ok",
-    "Output",
-    "Progress",
-    "Run",
-    "Subscribe",
-    "decode",
-    "encode",
-]
-
+CONTROL_VERSION = 2
 MAX_OUTPUT = 1 << 20
 # The largest control message (a Run with 256 arguments of 4096 bytes, or an Output of
 # 1 MiB) plus its envelope fits in this; use it as the control channel's max_frame.
@@ -98,9 +93,11 @@ class Exit(Message):
 @message
 @dataclass(frozen=True, slots=True)
 class Subscribe(Message):
-    """Turn this connection into an event stream."""
+    """Turn this connection into an event stream of the kinds in ``topics`` (a topic is a
+    kind's first word: ``backup`` for ``backup.progress``, or ``alert``); none = all."""
 
     TYPE: ClassVar[str] = "sub"
+    topics: Annotated[tuple[Annotated[str, MaxLen(32)], ...], MaxItems(32)] = ()
 
 
 @message
@@ -125,20 +122,374 @@ class Input(Message):
     text: Annotated[str, MaxLen(4096)]
 
 
+# -- handshake and failures -----------------------------------------------------------------
+
+Text = Annotated[str, MaxLen(4096)]
+Name = Annotated[str, MaxLen(64)]
+PeerId = Annotated[str, MaxLen(128)]
+U63 = Annotated[int, Range(0, INT64_MAX)]
+Count = Annotated[int, Range(-1, INT64_MAX)]  # -1 = unknown
+TimeNs = Annotated[int, Range(0, INT64_MAX)]
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class Hello(Message):
+    """The first message of every connection: the control protocol version the client speaks."""
+
+    TYPE: ClassVar[str] = "hello"
+    version: Annotated[int, Range(0, 65535)]
+    client: Annotated[str, MaxLen(64)]  # e.g. "corestate-cli", "corestate-tui"
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class Welcome(Message):
+    """The daemon speaks ``version`` too; it is node ``peer_id`` with home ``home``."""
+
+    TYPE: ClassVar[str] = "welcome"
+    version: Annotated[int, Range(0, 65535)]
+    peer_id: PeerId
+    home: Text
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class Failure(Message):
+    """A request that did not succeed. ``kind`` is machine-readable (``version``,
+    ``bad-request``, ``busy``, ``failed``, ...); ``hint`` says what to do."""
+
+    TYPE: ClassVar[str] = "fail"
+    kind: Name
+    message: Text
+    hint: Annotated[str, MaxLen(1024)]
+    retryable: bool
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class Missed(Message):
+    """``count`` events were dropped for this subscriber: it read too slowly."""
+
+    TYPE: ClassVar[str] = "missed"
+    count: U63
+
+
+# -- status --------------------------------------------------------------------------------
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class StatusCall(Message):
+    TYPE: ClassVar[str] = "status"
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class PeerStatus(Record):
+    peer_id: PeerId
+    online: bool | None  # None: no daemon runs, so nobody knows
+    trusted: bool  # added by the user (shares go there)
+    member: bool  # a member of this node's group
+    last_seen_ns: TimeNs | None
+    shares: U63  # shares of this node it holds
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class SnapshotRef(Record):
+    snapshot_id: Annotated[str, MaxLen(64)]  # hex
+    short_id: Annotated[str, MaxLen(16)]
+    time_ns: TimeNs
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class Redundancy(Record):
+    """This node's data packs by what the ledger last knew of their shares."""
+
+    packs: U63
+    full: U63  # every share acknowledged (or the pack is only local: see ``local``)
+    degraded: U63  # at least k shares, fewer than n
+    at_risk: U63  # fewer than k
+    local: U63  # kept only in the local store (no peers, or not yet placed)
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class AlertRecord(Record):
+    time_ns: TimeNs
+    alert: Name
+    severity: Annotated[str, MaxLen(16)]
+    message: Text
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class StatusResult(Message):
+    TYPE: ClassVar[str] = "status-result"
+    peer_id: PeerId
+    daemon: bool
+    group: Annotated[str, MaxLen(64)] | None  # group id (hex), None when not in a group
+    peers: Annotated[tuple[PeerStatus, ...], MaxItems(4096)]
+    last_backup: SnapshotRef | None
+    next_backup: TimeNs | None
+    snapshots: U63
+    redundancy: Redundancy
+    alerts: Annotated[tuple[AlertRecord, ...], MaxItems(64)]
+
+
+# -- events: one message type per kind; the type is the kind --------------------------------
+
+SEVERITIES = ("info", "warning", "critical")
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class BackupStarted(Message):
+    TYPE: ClassVar[str] = "backup.started"
+    time_ns: TimeNs
+    scheduled: bool
+    paths: Annotated[tuple[Text, ...], MaxItems(256)]
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class BackupProgress(Message):
+    TYPE: ClassVar[str] = "backup.progress"
+    time_ns: TimeNs
+    files: U63
+    bytes_done: U63
+    bytes_total: Count  # an estimate; -1 while unknown
+    bytes_added: U63
+    eta_s: Count  # -1 while unknown
+    current: Text
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class BackupFinished(Message):
+    TYPE: ClassVar[str] = "backup.finished"
+    time_ns: TimeNs
+    scheduled: bool
+    snapshot_id: Annotated[str, MaxLen(64)]
+    code: Annotated[int, Range(0, 255)]  # 0 done and safe, 3 done but incomplete
+    files: U63
+    bytes_read: U63
+    bytes_added: U63
+    errors: U63
+    seconds: Annotated[str, MaxLen(32)]  # decimal, e.g. "12.345" (no floats on the wire)
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class BackupFailed(Message):
+    TYPE: ClassVar[str] = "backup.failed"
+    time_ns: TimeNs
+    scheduled: bool
+    message: Text
+    hint: Annotated[str, MaxLen(1024)]
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class RestoreStarted(Message):
+    TYPE: ClassVar[str] = "restore.started"
+    time_ns: TimeNs
+    snapshot_id: Annotated[str, MaxLen(64)]
+    target: Text
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class RestoreProgress(Message):
+    TYPE: ClassVar[str] = "restore.progress"
+    time_ns: TimeNs
+    files: U63
+    files_total: U63
+    bytes_done: U63
+    bytes_total: U63
+    eta_s: Count
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class RestoreFinished(Message):
+    TYPE: ClassVar[str] = "restore.finished"
+    time_ns: TimeNs
+    snapshot_id: Annotated[str, MaxLen(64)]
+    code: Annotated[int, Range(0, 255)]
+    files: U63
+    bytes: U63
+    errors: U63
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class RestoreFailed(Message):
+    TYPE: ClassVar[str] = "restore.failed"
+    time_ns: TimeNs
+    message: Text
+    hint: Annotated[str, MaxLen(1024)]
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class CheckFinished(Message):
+    TYPE: ClassVar[str] = "check.finished"
+    time_ns: TimeNs
+    code: Annotated[int, Range(0, 255)]  # 0 sound, 3 redundancy below full, 1 damage
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class RepairStarted(Message):
+    TYPE: ClassVar[str] = "repair.started"
+    time_ns: TimeNs
+    scheduled: bool
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class RepairFinished(Message):
+    TYPE: ClassVar[str] = "repair.finished"
+    time_ns: TimeNs
+    scheduled: bool
+    code: Annotated[int, Range(0, 255)]  # 0 every pack full again
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class RetentionFinished(Message):
+    TYPE: ClassVar[str] = "retention.finished"
+    time_ns: TimeNs
+    scheduled: bool
+    code: Annotated[int, Range(0, 255)]
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class PeerUp(Message):
+    TYPE: ClassVar[str] = "peer.up"
+    time_ns: TimeNs
+    peer_id: PeerId
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class PeerDown(Message):
+    TYPE: ClassVar[str] = "peer.down"
+    time_ns: TimeNs
+    peer_id: PeerId
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class GroupChanged(Message):
+    TYPE: ClassVar[str] = "group.changed"
+    time_ns: TimeNs
+    group: Annotated[str, MaxLen(64)]  # group id (hex), "" when the node left
+    members: U63
+    reason: Text
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class Alert(Message):
+    """Something a person should know. ``alert`` names what happened (``corrupt-share``,
+    ``failed-audit``, ``catalog-fork``, ``clock-ahead``, ``redundancy-low``, ...: later
+    work adds names, not shapes); ``details`` carries what it concerns (peer, pack, ...)."""
+
+    TYPE: ClassVar[str] = "alert"
+    time_ns: TimeNs
+    alert: Name
+    severity: Annotated[str, MaxLen(16)]  # one of SEVERITIES
+    message: Text
+    details: Annotated[dict[Name, Annotated[str, MaxLen(1024)]], MaxItems(16)]
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class ScheduleNext(Message):
+    TYPE: ClassVar[str] = "schedule.next"
+    time_ns: TimeNs
+    job: Name  # backup, repair, audit
+    at_ns: TimeNs | None  # None: not scheduled
+
+
+EVENTS: tuple[type[Message], ...] = (
+    BackupStarted, BackupProgress, BackupFinished, BackupFailed,
+    RestoreStarted, RestoreProgress, RestoreFinished, RestoreFailed,
+    CheckFinished, RepairStarted, RepairFinished, RetentionFinished,
+    PeerUp, PeerDown, GroupChanged, Alert, ScheduleNext,
+)
+EVENT_KINDS = frozenset(e.TYPE for e in EVENTS)
+
+
+def topic(kind: str) -> str:
+    """The topic of an event kind: its first word (``backup`` for ``backup.progress``)."""
+    return kind.split(".", 1)[0]
+
+
+def event_fields(ev: Message) -> dict[str, object]:
+    """An event as a flat JSON-ready object: ``{"kind": ..., <fields>}`` (records as maps)."""
+    out: dict[str, object] = {"kind": ev.TYPE}
+    for name in ev.SPECS:
+        out[name] = _plain(getattr(ev, name))
+    return out
+
+
+def _plain(v: object) -> object:
+    if isinstance(v, Record):
+        return {name: _plain(getattr(v, name)) for name in v.SPECS}
+    if isinstance(v, tuple):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, bytes):
+        return v.hex()
+    return v
+
+
+def result_fields(msg: Message) -> dict[str, object]:
+    """A typed result as a JSON-ready object (records as maps, tuples as lists)."""
+    return {name: _plain(getattr(msg, name)) for name in msg.SPECS}
+
+
 CONTROL_MESSAGES: tuple[type[Message], ...] = (
+    Hello,
+    Welcome,
+    Failure,
     Run,
     Output,
     Progress,
     Exit,
     Subscribe,
     Event,
+    Missed,
     Input,
-    Ok,
+    StatusCall,
+    StatusResult,
+    *EVENTS,
+    Ok,  # Ok and Error last: the share service's, listed here too
     Error,
 )
-CONTROL_CODEC = Codec(CONTROL_MESSAGES)
+# A status result nests: message -> peers -> peer -> value; an alert's details one less.
+CONTROL_CODEC = Codec(CONTROL_MESSAGES, max_depth=6)
 
 
 def decode(payload: bytes) -> Message:
     """Decode one control message; anything else raises RemoteProtocolError."""
     return CONTROL_CODEC.decode(payload)
+
+
+__all__ = [
+    "CONTROL_CODEC", "CONTROL_MAX_FRAME", "CONTROL_MESSAGES", "CONTROL_VERSION", "EVENTS",
+    "EVENT_KINDS", "SEVERITIES", "Alert", "AlertRecord", "BackupFailed", "BackupFinished",
+    "BackupProgress", "BackupStarted", "CheckFinished", "Error", "Event", "Exit",
+    "Failure", "GroupChanged", "Hello", "Input", "Message", "Missed", "Ok", "Output",
+    "PeerDown", "PeerStatus", "PeerUp", "Progress", "Redundancy", "RepairFinished",
+    "RepairStarted", "RestoreFailed", "RestoreFinished", "RestoreProgress", "RestoreStarted",
+    "RetentionFinished", "Run", "ScheduleNext", "SnapshotRef", "StatusCall", "StatusResult",
+    "Subscribe", "Welcome", "decode", "encode", "event_fields", "result_fields", "topic",
+]

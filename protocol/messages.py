@@ -12,10 +12,14 @@ Invariants:
 - :meth:`Codec.decode` accepts exactly the canonical encodings of valid messages and
   raises :class:`RemoteProtocolError` for anything else, whatever the input: it parses
   CBOR itself (a small subset: unsigned and negative integers, byte and text strings,
-  arrays, maps with text keys, ``true``/``false``) and refuses non-minimal heads,
-  indefinite lengths, map keys out of canonical order or repeated, tags, floats, ``null``,
-  invalid UTF-8, nesting deeper than 4 levels and trailing bytes. Hence
+  arrays, maps with text keys, ``true``/``false``/``null``) and refuses non-minimal heads,
+  indefinite lengths, map keys out of canonical order or repeated, tags, floats, invalid
+  UTF-8, nesting deeper than the codec's limit (4 levels unless it says otherwise) and
+  trailing bytes. ``null`` passes only where a field's type admits ``None``. Hence
   ``encode(decode(b)) == b`` for every accepted ``b``.
+- a field may be a *record* (a ``@record`` dataclass: a message without ``t`` and ``v``),
+  encoded as the map of its fields and checked by the same limits, so results with
+  structure (a list of peers, each with its fields) stay typed end to end.
 
 Pure: no I/O, no trio.
 """
@@ -201,7 +205,36 @@ class UnionSpec:
         raise _Invalid(" / ".join(errors))
 
 
-Spec = IntSpec | BoolSpec | BytesSpec | TextSpec | ListSpec | TupleSpec | MapSpec | UnionSpec
+@dataclass(frozen=True, slots=True)
+class NoneSpec:
+    def check(self, v: object) -> object:
+        if v is not None:
+            raise _Invalid(f"expected null, got {type(v).__name__}")
+        return v
+
+
+@dataclass(frozen=True, slots=True)
+class RecordSpec:
+    cls: type[Record]
+
+    def check(self, v: object) -> object:
+        if type(v) is self.cls:
+            return v  # built, so already checked
+        if type(v) is not dict:
+            raise _Invalid(f"expected a {self.cls.__name__} map, got {type(v).__name__}")
+        specs = self.cls.SPECS
+        if v.keys() != specs.keys():
+            missing = sorted(specs.keys() - v.keys())
+            extra = sorted(str(k) for k in v.keys() - specs.keys())
+            raise _Invalid(f"{self.cls.__name__}: missing fields {missing}, unknown fields {extra}")
+        try:
+            return typing.cast(Any, self.cls)(**v)
+        except LocalProtocolError as e:
+            raise _Invalid(str(e)) from None
+
+
+Spec = (IntSpec | BoolSpec | BytesSpec | TextSpec | ListSpec | TupleSpec | MapSpec | UnionSpec
+        | NoneSpec | RecordSpec)
 
 
 def compile_spec(tp: Any) -> Spec:
@@ -216,6 +249,12 @@ def compile_spec(tp: Any) -> Spec:
         return found[0] if found else None
 
     origin = get_origin(tp)
+    if tp is type(None):
+        return NoneSpec()
+    if isinstance(tp, type) and issubclass(tp, Record) and not issubclass(tp, Message):
+        if "SPECS" not in tp.__dict__:
+            raise TypeError(f"{tp.__name__} must be decorated with @record")
+        return RecordSpec(tp)
     if tp is bool:
         return BoolSpec()
     if tp is int:
@@ -259,11 +298,11 @@ ShareSize = Annotated[int, Range(0, MAX_SHARE_SIZE)]
 # Messages.
 
 
-class Message:
-    """Base of every message: subclasses are ``@message @dataclass(frozen=True, slots=True)``."""
+class Record:
+    """Base of records and messages: subclasses are ``@record`` (or ``@message``) above
+    ``@dataclass(frozen=True, slots=True)``; building one checks every field."""
 
     __slots__ = ()
-    TYPE: ClassVar[str]
     SPECS: ClassVar[dict[str, Spec]]
 
     def __post_init__(self) -> None:
@@ -272,16 +311,29 @@ class Message:
             try:
                 nv = spec.check(v)
             except _Invalid as e:
-                raise LocalProtocolError(f"{self.TYPE}.{name}: {e}") from None
+                raise LocalProtocolError(f"{self._label()}.{name}: {e}") from None
             if nv is not v:
                 object.__setattr__(self, name, nv)
 
+    def _label(self) -> str:
+        return type(self).__name__
+
+
+class Message(Record):
+    """Base of every message: a record with a ``TYPE``, sent as ``{"t", "v", fields...}``."""
+
+    __slots__ = ()
+    TYPE: ClassVar[str]
+
+    def _label(self) -> str:
+        return self.TYPE
+
 
 M = TypeVar("M", bound=type[Message])
+R = TypeVar("R", bound=type[Record])
 
 
-def message(cls: M) -> M:
-    """Class decorator, above ``@dataclass(frozen=True, slots=True)``: compile the limits."""
+def _compile(cls: R) -> R:
     params = getattr(cls, "__dataclass_params__", None)
     if params is None or not params.frozen or "__slots__" not in cls.__dict__:
         raise TypeError(f"{cls.__name__} must be a frozen, slotted dataclass")
@@ -295,18 +347,37 @@ def message(cls: M) -> M:
     return cls
 
 
+def message(cls: M) -> M:
+    """Class decorator, above ``@dataclass(frozen=True, slots=True)``: compile the limits."""
+    return _compile(cls)
+
+
+def record(cls: R) -> R:
+    """Class decorator for a record: a typed map that message fields may hold."""
+    if issubclass(cls, Message):
+        raise TypeError(f"{cls.__name__} is a message: use @message")
+    return _compile(cls)
+
+
+def _record_map(encoder: Any, value: object) -> None:
+    if not isinstance(value, Record) or isinstance(value, Message):
+        raise cbor2.CBOREncodeTypeError(f"no wire encoding for {type(value).__name__}")
+    encoder.encode({name: getattr(value, name) for name in value.SPECS})
+
+
 def encode(msg: Message) -> bytes:
     """The canonical CBOR payload of ``msg`` (fields were checked when it was built)."""
     obj: dict[str, object] = {"t": msg.TYPE, "v": VERSION}
     for name in msg.SPECS:
         obj[name] = getattr(msg, name)
-    return cbor2.dumps(obj, canonical=True)
+    return cbor2.dumps(obj, canonical=True, default=_record_map)
 
 
 class Codec:
     """Decodes the messages of one protocol (its own set of ``TYPE``s)."""
 
-    def __init__(self, classes: Iterable[type[Message]]) -> None:
+    def __init__(self, classes: Iterable[type[Message]], *, max_depth: int = MAX_DEPTH) -> None:
+        self.max_depth = max_depth
         self.by_type: dict[str, type[Message]] = {}
         for c in classes:
             if c.TYPE in self.by_type:
@@ -316,7 +387,7 @@ class Codec:
     def decode(self, payload: bytes) -> Message:
         """The message in ``payload``; anything else raises RemoteProtocolError."""
         try:
-            obj = _Reader(payload).read_all()
+            obj = _Reader(payload, self.max_depth).read_all()
             if type(obj) is not dict:
                 raise _Invalid("a message is a CBOR map")
             t = obj.pop("t", None)
@@ -340,15 +411,16 @@ class Codec:
 class _Reader:
     """Parses the canonical CBOR subset described in the module docstring."""
 
-    __slots__ = ("data", "pos")
+    __slots__ = ("data", "max_depth", "pos")
 
     # Smallest argument that needs 1, 2, 4, 8 following bytes (additional info 24..27).
     _MIN_ARG: ClassVar[tuple[int, ...]] = (24, 1 << 8, 1 << 16, 1 << 32)
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, max_depth: int = MAX_DEPTH) -> None:
         if not isinstance(data, bytes):
             raise _Invalid(f"payload must be bytes, got {type(data).__name__}")
         self.data = data
+        self.max_depth = max_depth
         self.pos = 0
 
     def read_all(self) -> object:
@@ -366,7 +438,7 @@ class _Reader:
         if major == 6:
             raise _Invalid("CBOR tags are not allowed")
         if major == 7:
-            raise _Invalid("only true and false are allowed among CBOR simple values and floats")
+            raise _Invalid("only true, false and null are allowed among CBOR simple values and floats")
         if info < 24:
             self.pos = pos + 1
             return major, info
@@ -398,9 +470,9 @@ class _Reader:
 
     def _item(self, depth: int) -> object:
         data, pos = self.data, self.pos
-        if pos < len(data) and data[pos] in (0xF4, 0xF5):
+        if pos < len(data) and data[pos] in (0xF4, 0xF5, 0xF6):
             self.pos = pos + 1
-            return data[pos] == 0xF5
+            return None if data[pos] == 0xF6 else data[pos] == 0xF5
         major, arg = self._head()
         if major == 0:
             return arg
@@ -410,7 +482,7 @@ class _Reader:
             return self._take(arg)
         if major == 3:
             return self._text(arg)
-        if depth >= MAX_DEPTH:
+        if depth >= self.max_depth:
             raise _Invalid("CBOR nested too deeply")
         # Every item takes at least one byte: refuse impossible counts before looping.
         left = len(data) - self.pos

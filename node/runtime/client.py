@@ -1,8 +1,10 @@
-"""The CLI side of the control socket: hand a command to the running daemon.
+"""The client side of the control socket: the CLI (and scripts) talking to a running daemon.
 
 Plain blocking sockets and the sans-I/O framing: the CLI does not start trio just to ask.
-The daemon answers with ``Output`` text, ``Progress`` (drawn here as a bar with ETA when
-stderr is a terminal) and a final ``Exit``.
+Every connection opens with the handshake (``Hello`` → ``Welcome``), then carries one
+request: a command line (``Run``: ``Output`` text, ``Progress`` drawn here as a bar with
+ETA when stderr is a terminal, a final ``Exit``), a typed call (``StatusCall`` →
+``StatusResult``), or a subscription to the event stream.
 
 A socket file that nobody answers is stale (a daemon died): the CLI then runs the command
 itself, under the home lock, which a dead daemon no longer holds.
@@ -11,6 +13,7 @@ itself, under the home lock, which a dead daemon no longer holds.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import sys
 from collections.abc import Callable, Iterator
@@ -18,13 +21,24 @@ from pathlib import Path
 
 from corestate.protocol import control as c
 from corestate.protocol import wire
-from corestate.protocol.errors import ProtocolError
+from corestate.protocol.errors import ProtocolError, RemoteProtocolError
+
+from corestate.errors import CoreStateError
 
 SOCKET_NAME = "control.sock"
+CLIENT_NAME = "corestate-cli"
 
 
 def socket_path(home: Path) -> Path:
     return home / SOCKET_NAME
+
+
+class DaemonRefused(CoreStateError):
+    """The daemon answered a request with a ``Failure``."""
+
+    def __init__(self, failure: c.Failure) -> None:
+        super().__init__(failure.message, hint=failure.hint, retryable=failure.retryable)
+        self.kind = failure.kind
 
 
 def connect(home: Path, timeout: float = 2.0) -> socket.socket | None:
@@ -42,34 +56,88 @@ def connect(home: Path, timeout: float = 2.0) -> socket.socket | None:
     return s
 
 
-def _frames(s: socket.socket) -> Iterator[object]:
-    dec = wire.FrameDecoder(max_frame=2 << 20)
-    while True:
-        frame = dec.next_frame()
+class Connection:
+    """One control connection, after the handshake."""
+
+    def __init__(self, s: socket.socket, client: str = CLIENT_NAME) -> None:
+        self.sock = s
+        self._dec = wire.FrameDecoder(max_frame=2 << 20)
+        try:
+            self.send(c.Hello(version=c.CONTROL_VERSION, client=client))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # a busy daemon answers at once and hangs up: read what it said
+        welcome = self.receive()
+        if isinstance(welcome, c.Failure):
+            raise DaemonRefused(welcome)
+        if welcome is None:
+            raise CoreStateError("the daemon closed the connection without a word",
+                                 hint="see the daemon's log", retryable=True)
+        if not isinstance(welcome, c.Welcome):
+            raise RemoteProtocolError(f"expected a welcome, got {type(welcome).__name__}")
+        self.welcome = welcome
+
+    def send(self, msg: c.Message) -> None:
+        self.sock.sendall(wire.encode_frame(c.encode(msg)))
+
+    def receive(self) -> c.Message | None:
+        """The next message, or None when the daemon closed the connection."""
+        frame = self._dec.next_frame()
         while frame is None:
-            data = s.recv(1 << 16)
+            data = self.sock.recv(1 << 16)
             if not data:
-                return
-            dec.feed(data)
-            frame = dec.next_frame()
-        yield c.decode(frame)
+                return None
+            self._dec.feed(data)
+            frame = self._dec.next_frame()
+        return c.decode(frame)
+
+    def messages(self) -> Iterator[c.Message]:
+        while (msg := self.receive()) is not None:
+            yield msg
+
+    def close(self) -> None:
+        self.sock.close()
 
 
-def send(s: socket.socket, msg: object) -> None:
-    s.sendall(wire.encode_frame(c.encode(msg)))
+def call(s: socket.socket, request: c.Message) -> c.Message:
+    """A typed call: its typed result, or DaemonRefused."""
+    conn = Connection(s)
+    conn.sock.settimeout(120.0)
+    conn.send(request)
+    reply = conn.receive()
+    if reply is None:
+        raise CoreStateError("the daemon closed the connection without an answer",
+                             hint="see the daemon's log")
+    if isinstance(reply, c.Failure):
+        raise DaemonRefused(reply)
+    return reply
+
+
+def subscribe(s: socket.socket, topics: tuple[str, ...] = ()) -> Iterator[c.Message]:
+    """The daemon's events (and ``Missed`` markers) until it stops or the caller does; the
+    subscription is made before this returns."""
+    conn = Connection(s)
+    conn.send(c.Subscribe(topics=topics))
+    first = conn.receive()
+    if isinstance(first, c.Failure):
+        raise DaemonRefused(first)
+    if not isinstance(first, c.Ok):
+        raise RemoteProtocolError(f"expected ok, got {type(first).__name__}")
+    conn.sock.settimeout(None)  # events may be hours apart
+    return conn.messages()
 
 
 def run_remote(s: socket.socket, argv: list[str], cwd: str,
                on_progress: Callable[[str, int, int, str], None] | None = None) -> int:
     """Send ``argv`` to the daemon; relay its output; return its exit code."""
-    s.settimeout(None)  # a long backup prints nothing for minutes without --json
     tty = sys.stderr.isatty()
     width = 80
     with contextlib.suppress(OSError):
-        width = min(1000, __import__("os").get_terminal_size(sys.stderr.fileno()).columns)
-    send(s, c.Run(argv=argv, cwd=cwd, tty=tty, width=width))
+        width = min(1000, os.get_terminal_size(sys.stderr.fileno()).columns)
     try:
-        for msg in _frames(s):
+        conn = Connection(s)
+        s.settimeout(None)  # a long backup prints nothing for minutes without --json
+        conn.send(c.Run(argv=argv, cwd=cwd, tty=tty, width=width))
+        for msg in conn.messages():
             if isinstance(msg, c.Output):
                 stream = sys.stdout if msg.fd == 1 else sys.stderr
                 stream.write(msg.text)
@@ -79,9 +147,18 @@ def run_remote(s: socket.socket, argv: list[str], cwd: str,
                     on_progress(msg.label, msg.done, msg.total, msg.unit)
             elif isinstance(msg, c.Exit):
                 return msg.code
+    except DaemonRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        return 1
     except ProtocolError as exc:
         print(f"error: the daemon sent something unexpected: {exc}", file=sys.stderr)
         return 1
     print("error: the daemon closed the connection before the command finished "
           "(see the daemon's log)", file=sys.stderr)
     return 1
+
+
+__all__ = ["CLIENT_NAME", "Connection", "DaemonRefused", "call", "connect", "run_remote",
+           "socket_path", "subscribe"]

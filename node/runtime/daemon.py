@@ -18,8 +18,11 @@ socket is removed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import math
 import os
+import random
 import shlex
 import signal
 import time
@@ -28,6 +31,7 @@ from typing import Any
 
 import trio
 from corestate.kernel.journal import Journal
+from corestate.node.core import scheduler as sched
 from corestate.node.home import Home
 from corestate.node.local import LocalNode
 from corestate.node.runtime.client import socket_path
@@ -43,6 +47,9 @@ from corestate.errors import CoreStateError
 
 log = logging.getLogger("corestate.daemon")
 
+MAX_CLIENTS = 64  # control connections at once (subscribers included)
+HANDSHAKE_TIMEOUT = 10.0  # seconds a new control client has to say Hello and ask
+
 # Path-valued options of the commands a daemon runs, made absolute against the client's cwd.
 _PATH_FIELDS = ("paths", "target", "passphrase_file", "dir", "phrase_file")
 
@@ -54,6 +61,9 @@ class Daemon:
         self.started = time.time()
         self.token = trio.lowlevel.current_trio_token()
         self.journal: Journal | None = None
+        self._clients = trio.CapacityLimiter(MAX_CLIENTS)
+        self._sched_send, self._sched_recv = trio.open_memory_channel[sched.Event](256)
+        self.schedule_next: dict[str, float | None] = {}  # job -> wall-clock time (s)
 
     def port(self) -> MeshPort:
         async def get() -> Mesh:
@@ -88,16 +98,26 @@ class Daemon:
     async def _client(self, stream: trio.SocketStream) -> None:
         ch = Channel(TrioStream(stream), timeout=3600.0, max_frame=2 << 20, decode=c.decode)
         try:
-            msg = await ch.receive_or_eof()
-            if msg is None:
+            if self._clients.available_tokens == 0:
+                log.warning("control socket: %d clients already connected; refusing one more", MAX_CLIENTS)
+                with trio.move_on_after(1):
+                    await ch.send(c.Failure(kind="busy", message=f"the daemon already serves {MAX_CLIENTS} "
+                                            "control clients", hint="try again in a few seconds",
+                                            retryable=True))
                 return
-            if isinstance(msg, c.Run):
-                await self._run(ch, msg)
-            elif isinstance(msg, c.Subscribe):
-                await self._subscribe(ch)
-            else:
-                await ch.send(c.Output(fd=2, text=f"error: unexpected {type(msg).__name__}\n"))
-                await ch.send(c.Exit(code=2))
+            async with self._clients:
+                msg = await self._handshake(ch)
+                if msg is None:
+                    return
+                if isinstance(msg, c.Run):
+                    await self._run(ch, msg)
+                elif isinstance(msg, c.Subscribe):
+                    await self._subscribe(ch, msg)
+                elif isinstance(msg, c.StatusCall):
+                    await ch.send(await self._status())
+                else:
+                    await ch.send(c.Failure(kind="bad-request", message=f"{msg.TYPE} is not a request",
+                                            hint="", retryable=False))
         except ProtocolError as exc:
             log.info("control client went away: %s", exc)
         except Exception:  # one bad client must not take the daemon down
@@ -106,13 +126,53 @@ class Daemon:
             with trio.move_on_after(1):
                 await ch.aclose()
 
-    async def _subscribe(self, ch: Channel) -> None:
-        recv = self.events.subscribe()
-        await ch.send(c.Ok())
-        async with recv:
-            async for kind, fields in recv:
-                clean = {k: v if isinstance(v, (str, int, bool)) else str(v) for k, v in fields.items()}
-                await ch.send(c.Event(kind=kind, fields=clean))
+    async def _handshake(self, ch: Channel) -> c.Message | None:
+        """Hello, Welcome, then the request (None: the client left or spoke another version).
+        A client gets ``HANDSHAKE_TIMEOUT`` seconds for both: a silent one holds no slot."""
+        with trio.move_on_after(HANDSHAKE_TIMEOUT):
+            hello = await ch.receive_or_eof()
+            if hello is None:
+                return None
+            if not isinstance(hello, c.Hello) or hello.version != c.CONTROL_VERSION:
+                got = f"version {hello.version}" if isinstance(hello, c.Hello) else f"a {hello.TYPE} message"
+                await ch.send(c.Failure(
+                    kind="version", message=f"this daemon speaks control protocol version "
+                    f"{c.CONTROL_VERSION} (a Hello first); the client sent {got}",
+                    hint="use the corestate CLI (or TUI) from the same installation as the daemon",
+                    retryable=False))
+                return None
+            await ch.send(c.Welcome(version=c.CONTROL_VERSION, peer_id=self.node.keys.peer_id,
+                                    home=str(self.node.home.path)))
+            return await ch.receive_or_eof()
+        log.info("control client said nothing for %ss: dropped", HANDSHAKE_TIMEOUT)
+        return None
+
+    async def _subscribe(self, ch: Channel, msg: c.Subscribe) -> None:
+        sub = self.events.subscribe(tuple(msg.topics))
+        log.info("event subscriber joined (topics: %s)", ", ".join(msg.topics) or "all")
+        try:
+            await ch.send(c.Ok())
+            async with trio.open_nursery() as nursery:
+                async def watch_client() -> None:
+                    # Nothing more is expected from a subscriber: its EOF (or anything it
+                    # sends) ends the subscription at once, not at the next event.
+                    with contextlib.suppress(ProtocolError):
+                        await ch.receive_or_eof()
+                    nursery.cancel_scope.cancel()
+                nursery.start_soon(watch_client)
+                async for ev in sub:
+                    await ch.send(ev)
+        finally:
+            sub.close()
+            log.info("event subscriber left")
+
+    async def _status(self) -> c.StatusResult:
+        from corestate.node.app.status import Live, status
+        at = self.schedule_next.get("backup")
+        live = Live(connected=frozenset(self.mesh.host.connected_peers()),
+                    next_backup=None if at is None else int(at * 1e9),
+                    alerts=tuple(self.events.recent_alerts))
+        return await trio.to_thread.run_sync(status, self.node, live)
 
     async def _run(self, ch: Channel, msg: c.Run) -> None:
         from corestate.node import cli
@@ -149,13 +209,15 @@ class Daemon:
         args.home = self.node.home.path
         args.daemon = self
         as_json = bool(getattr(args, "json", False))
-        out = cli.Out(as_json, write=write, tty=msg.tty, progress=progress if msg.tty else None)
+        out = cli.Out(as_json, write=write, tty=msg.tty, progress=progress if msg.tty else None,
+                      emit=self.events.publish)
         if self.command_lock.locked():
             # In the event loop here: send directly (``write`` is for the command's thread).
             await ch.send(c.Output(fd=2, text="waiting for the command already running in the daemon...\n"))
         async with self.command_lock:
             log.info("running: %s", shlex.join(msg.argv))
             code = await trio.to_thread.run_sync(_execute, args, out)
+        self.notify(sched.HoldingsChanged(await trio.to_thread.run_sync(self._placed)))
         with trio.move_on_after(5):
             await ch.send(c.Exit(code=code))
 
@@ -168,51 +230,81 @@ class Daemon:
         args = cli.build_parser().parse_args([*argv, "--json"])
         args.home, args.daemon = self.node.home.path, self
         lines: list[str] = []
-        out = cli.Out(True, write=lambda fd, t: lines.append(t), tty=False)
+        out = cli.Out(True, write=lambda fd, t: lines.append(t), tty=False, emit=self.events.publish,
+                      scheduled=True)
         code = await trio.to_thread.run_sync(_execute, args, out)
         return code, (lines[-1].strip() if lines else "")[:4000], "".join(lines)
 
+    def _placed(self) -> bool:
+        return self.node.ledger.has_any()
+
+    def notify(self, event: sched.Event) -> None:
+        """Tell the scheduler core something happened (from the event loop)."""
+        with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            self._sched_send.send_nowait(event)
+
     async def scheduler(self) -> None:
-        """Every ``[schedule] backup_every``: back up the ``[backup]`` paths, then apply the
-        ``[retention]`` rules (one hold of the command lock for both)."""
-        every = self.node.cfg.backup_every
-        if every <= 0:
-            return
-        while True:
-            await trio.sleep(every)
-            if not self.node.cfg.paths:
-                log.warning("scheduled backup skipped: no [backup] paths in config.toml")
-                continue
+        """Drive the scheduler core (node/core/scheduler.py): it decides when to back up
+        the ``[backup]`` paths, apply the ``[retention]`` rules after a scheduled backup, and
+        repair; this loop sleeps until its next deadline or event, runs what it hands out
+        (one job at a time, each under the command lock), and reports back."""
+        cfg = self.node.cfg
+        core = sched.Scheduler(
+            sched.ScheduleConfig(backup_every=cfg.backup_every, has_paths=bool(cfg.paths),
+                                 retention=bool(cfg.retention), repair_every=cfg.repair_every,
+                                 sync_every=0),  # anti-entropy: GroupService.run, for now
+            now=trio.current_time(), rng=random.Random())
+        pending: list[sched.Event] = [sched.HoldingsChanged(self._placed())]
+        async with trio.open_nursery() as nursery:
+            while True:
+                cmds: list[sched.Command] = []
+                for ev in pending or [sched.Tick()]:
+                    cmds += core.handle(ev, trio.current_time())
+                pending = []
+                for cmd in cmds:
+                    if isinstance(cmd, sched.RunJob):
+                        nursery.start_soon(self._job, cmd)
+                    elif isinstance(cmd, sched.ScheduleNext):
+                        self._announce(cmd)
+                    elif isinstance(cmd, sched.Warn):
+                        log.warning("%s", cmd.message)
+                deadline = core.next_deadline()
+                with trio.move_on_at(math.inf if deadline is None else deadline):
+                    pending.append(await self._sched_recv.receive())
+                    while True:  # and whatever else arrived meanwhile
+                        try:
+                            pending.append(self._sched_recv.receive_nowait())
+                        except trio.WouldBlock:
+                            break
+
+    def _announce(self, cmd: sched.ScheduleNext) -> None:
+        at = None if cmd.at is None else time.time() + (cmd.at - trio.current_time())
+        self.schedule_next[cmd.job.value] = at
+        self.events.publish(c.ScheduleNext(time_ns=time.time_ns(), job=cmd.job.value,
+                                           at_ns=None if at is None else int(at * 1e9)))
+
+    async def _job(self, cmd: sched.RunJob) -> None:
+        code = 1
+        try:
             async with self.command_lock:
-                self.events.publish("backup-started", scheduled=True)
-                code, summary, _ = await self._internal(["backup"])
-                self.events.publish("backup-finished", scheduled=True, code=code, summary=summary)
-                if code in (0, 3) and self.node.cfg.retention:
+                log.info("scheduled %s (%s)", cmd.job.value, cmd.reason)
+                if cmd.job == sched.Job.BACKUP:
+                    code, _, _ = await self._internal(["backup"])
+                elif cmd.job == sched.Job.RETENTION:
                     argv = ["forget", "--prune"]
                     for key, value in sorted(self.node.cfg.retention.items()):
                         argv += ["--" + key.replace("_", "-"), value]
-                    code, summary, text = await self._internal(argv)
+                    code, _, text = await self._internal(argv)
                     if code != 0:
                         log.warning("scheduled retention did not finish cleanly: %s", text[-500:])
-                    self.events.publish("retention-finished", scheduled=True, code=code, summary=summary)
-
-    async def repair_scheduler(self) -> None:
-        """Every ``[schedule] repair_every``: survey the holders of this node's shares and
-        rebuild what was lost (``corestate repair``), so redundancy does not wear away
-        while nobody looks."""
-        every = self.node.cfg.repair_every
-        if every <= 0:
-            return
-        while True:
-            await trio.sleep(every)
-            if not (self.node.ledger.all() or self.node.ledger.doomed()):
-                continue
-            async with self.command_lock:
-                self.events.publish("repair-started", scheduled=True)
-                code, summary, _ = await self._internal(["repair"])
-            if code != 0:
-                log.warning("scheduled repair left packs below full redundancy: %s", summary[:500])
-            self.events.publish("repair-finished", scheduled=True, code=code, summary=summary)
+                    self.events.publish(c.RetentionFinished(time_ns=time.time_ns(), scheduled=True, code=code))
+                elif cmd.job in (sched.Job.REPAIR, sched.Job.AUDIT):
+                    code, summary, _ = await self._internal(["repair"])
+                    if code != 0:
+                        log.warning("scheduled repair left packs below full redundancy: %s", summary[:500])
+        finally:
+            self.notify(sched.JobFinished(cmd.job, code))
+            self.notify(sched.HoldingsChanged(self._placed()))
 
 
 def _execute(args: argparse.Namespace, out: Any) -> int:
@@ -269,7 +361,6 @@ async def run_daemon(home: Home, passphrase: bytes, listen: list[str] | None, *,
                 async with trio.open_nursery() as nursery:
                     path = await nursery.start(daemon.serve_control)
                     nursery.start_soon(daemon.scheduler)
-                    nursery.start_soon(daemon.repair_scheduler)
                     if mesh.groups is not None:
                         nursery.start_soon(mesh.groups.run)
                         mesh.groups.kick()

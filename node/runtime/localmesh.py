@@ -74,7 +74,7 @@ class LocalMesh:
         return p
 
     def _key_args(self, argv: list[str]) -> list[str]:
-        needs = {"init", "backup", "snapshots", "ls", "restore", "diff", "check", "stats"}
+        needs = {"init", "backup", "snapshots", "ls", "restore", "diff", "check", "stats", "status"}
         return ["--passphrase-file", str(self.pw)] if argv and argv[0] in needs else []
 
     def create(self) -> None:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from corestate.node.core.redundancy import classify
 from corestate.node.engine.repo import SnapshotInfo
 from corestate.node.runtime.reports import Progress, UploadReport, short
 
@@ -213,12 +214,7 @@ def survey(node: LocalNode, port: MeshPort, *, audit: bool = True) -> Survey:
             counts[x] = counts.get(x, 0) + 1
             if x in ("corrupt", "missing"):
                 bad.setdefault(row.peer, []).append(f"share {row.index} of pack {pid.hex()[:12]} {x}")
-        if ok >= c.n:
-            per_pack[pid] = "full"
-        elif ok >= c.k:
-            per_pack[pid] = "degraded"
-        else:
-            per_pack[pid] = "at-risk" if not store.has_local(pid) else "local-only"
+        per_pack[pid] = classify(ok, c.k, c.n, local=ok < c.k and store.has_local(pid)).value
     for pid in store.local_ids():
         per_pack.setdefault(pid, "local-only")
     per_snap = []

@@ -19,6 +19,8 @@ from corestate.protocol.messages import (
     ListSpec,
     MapSpec,
     Message,
+    NoneSpec,
+    RecordSpec,
     Spec,
     TextSpec,
     TupleSpec,
@@ -51,6 +53,10 @@ def strategy(spec: Spec) -> st.SearchStrategy[Any]:
             return st.dictionaries(strategy(k), strategy(v), max_size=min(n, 6))
         case UnionSpec(options):
             return st.one_of(*(strategy(o) for o in options))
+        case NoneSpec():
+            return st.none()
+        case RecordSpec(cls):
+            return st.builds(cls, **{name: strategy(s) for name, s in cls.SPECS.items()})
     raise AssertionError(spec)
 
 
@@ -80,7 +86,19 @@ def example(spec: Spec) -> Any:
             return {}
         case UnionSpec(options):
             return example(options[0])
+        case NoneSpec():
+            return None
+        case RecordSpec(cls):
+            return cls(**{name: example(s) for name, s in cls.SPECS.items()})
     raise AssertionError(spec)
+
+
+def _accepts(spec: Spec, v: Any) -> bool:
+    try:
+        spec.check(v)
+    except Exception:
+        return False
+    return True
 
 
 def invalid(spec: Spec) -> list[Any]:
@@ -112,13 +130,33 @@ def invalid(spec: Spec) -> list[Any]:
             key_n = k.max_len if isinstance(k, TextSpec) else 10
             many = {f"{i:0{min(key_n, 8)}}"[-key_n:]: example(v) for i in range(n + 1)}
             return [many, {"k": None}, {"k": 1.5}, {"k": b"x"}, {"k": "x" * 5000}, {1: 1}, [], 0]
-        case UnionSpec(_):
-            return [None, 1.5, b"x", 1 << 64, [], "x" * 100_000]
+        case UnionSpec(options):
+            # What no option takes (None is fine for ``X | None``).
+            return [v for v in [None, 1.5, b"x", 1 << 64, [], "x" * 100_000]
+                    if not any(_accepts(o, v) for o in options)]
+        case NoneSpec():
+            return [0, False, "", b"", []]
+        case RecordSpec(cls):
+            good = {name: example(s) for name, s in cls.SPECS.items()}
+            first = next(iter(good))
+            out = ["x", 0, [], {}, {**good, "extra": 0}, {k: v for k, v in good.items() if k != first}]
+            for bad in invalid(cls.SPECS[first])[:3]:
+                out.append({**good, first: bad})
+            return out
     raise AssertionError(spec)
 
 
+def _raw(v: Any) -> Any:
+    """Records as the plain maps they are on the wire."""
+    if isinstance(v, messages.Record):
+        return {n: _raw(getattr(v, n)) for n in v.SPECS}
+    if isinstance(v, tuple):
+        return tuple(_raw(x) for x in v)
+    return v
+
+
 def raw_map(msg: Message) -> dict[str, Any]:
-    return {"t": msg.TYPE, "v": 1, **{n: getattr(msg, n) for n in msg.SPECS}}
+    return {"t": msg.TYPE, "v": 1, **{n: _raw(getattr(msg, n)) for n in msg.SPECS}}
 
 
 def minimal(cls: type[Message]) -> Message:
@@ -190,7 +228,7 @@ def test_out_of_limit_fields_are_refused(cls: type[Message], name: str, bad: Any
     good = minimal(cls)
     with pytest.raises(LocalProtocolError):
         cls(**{**{n: getattr(good, n) for n in cls.SPECS}, name: bad})
-    data = cbor2.dumps({**raw_map(good), name: bad}, canonical=True)
+    data = cbor2.dumps({**raw_map(good), name: _raw(bad)}, canonical=True)
     with pytest.raises(RemoteProtocolError):
         CODEC_OF[cls].decode(data)
 

@@ -1164,7 +1164,7 @@ def cmd_group_join(args: argparse.Namespace, out: Out) -> int:
     from corestate.node.group import GroupError, Invite
     inv = Invite.parse(args.token)
     with _open(args, out) as node:
-        if node.group.in_group:
+        if node.group.is_member(node.keys.peer_id):
             raise GroupError("this node is already in a group", hint="`corestate group leave` first")
         port = _port(args)
         assert port is not None
@@ -1219,11 +1219,15 @@ def cmd_group_remove(args: argparse.Namespace, out: Out) -> int:
 
 def cmd_group_leave(args: argparse.Namespace, out: Out) -> int:
     with _open(args, out) as node:
-        node.group.leave()
-        _group_round(args, node)
-    out.say("left the group")
+        op = node.group.leave()
+        if op is not None:
+            _group_round(args, node)
+    if op is None:
+        out.say("this node was not a member of the group it held; that group is dropped here")
+    else:
+        out.say("left the group")
     if out.json:
-        out.obj({"left": True})
+        out.obj({"left": op is not None, "dropped": op is None})
     return EXIT_OK
 
 

@@ -18,6 +18,8 @@ socket is removed.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import logging
 import os
 import shlex
@@ -139,11 +141,19 @@ class Daemon:
                 trio.from_thread.run_sync(gone.set, trio_token=token)
 
         parser = cli.build_parser()
+        said = io.StringIO()
         try:
-            args = parser.parse_args(msg.argv)
+            # argparse writes its complaint (which may quote an argument) to stderr, which
+            # is the daemon's log: it goes to the client instead.
+            with contextlib.redirect_stderr(said), contextlib.redirect_stdout(said):
+                args = parser.parse_args(msg.argv)
         except SystemExit as exc:
-            await ch.send(c.Output(fd=2, text=f"error: the daemon could not parse: {shlex.join(msg.argv)}\n"))
-            await ch.send(c.Exit(code=int(exc.code or 2) if isinstance(exc.code, int) else 2))
+            code = exc.code if isinstance(exc.code, int) else 2
+            text = said.getvalue()[-4000:]
+            if code:
+                text += f"error: the daemon could not parse: {shlex.join(msg.argv)}\n"
+            await ch.send(c.Output(fd=2, text=text))
+            await ch.send(c.Exit(code=code))
             return
         absolutize(args, msg.cwd)
         args.home = self.node.home.path
@@ -154,7 +164,7 @@ class Daemon:
             # In the event loop here: send directly (``write`` is for the command's thread).
             await ch.send(c.Output(fd=2, text="waiting for the command already running in the daemon...\n"))
         async with self.command_lock:
-            log.info("running: %s", shlex.join(msg.argv))
+            log.info("running: %s", shlex.join(redacted(msg.argv, args)))
             code = await trio.to_thread.run_sync(_execute, args, out)
         with trio.move_on_after(5):
             await ch.send(c.Exit(code=code))
@@ -227,6 +237,15 @@ def _execute(args: argparse.Namespace, out: Any) -> int:
         return 1
 
 
+def redacted(argv: list[str], args: argparse.Namespace | None = None) -> list[str]:
+    """``argv`` for the log: secrets replaced — an invite token (`group join TOKEN`: the
+    parsed token, and anything shaped like one wherever it stands)."""
+    from corestate.node.group import TOKEN_PREFIX
+    token = getattr(args, "token", None)
+    return ["<invite token>" if TOKEN_PREFIX in a or (token is not None and a == token) else a
+            for a in argv]
+
+
 def absolutize(args: argparse.Namespace, cwd: str) -> None:
     """Make the path options of ``args`` absolute against the client's working folder."""
     base = Path(cwd)
@@ -289,4 +308,4 @@ async def run_daemon(home: Home, passphrase: bytes, listen: list[str] | None, *,
     return 0
 
 
-__all__ = ["Daemon", "absolutize", "run_daemon", "wire"]
+__all__ = ["Daemon", "absolutize", "redacted", "run_daemon", "wire"]

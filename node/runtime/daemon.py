@@ -274,8 +274,8 @@ def _start_journal(node: LocalNode) -> Journal | None:
 
 
 async def run_daemon(home: Home, passphrase: bytes, listen: list[str] | None, *,
-                     ready: Any = None) -> int:
-    node = LocalNode.open(home, passphrase)
+                     ready: Any = None, hsm_module: str | None = None) -> int:
+    node = LocalNode.open(home, passphrase, hsm_module=hsm_module)
     events = EventBus()
     journal: Journal | None = None
     try:

@@ -43,7 +43,7 @@ def connect(home: Path, timeout: float = 2.0) -> socket.socket | None:
 
 
 def _frames(s: socket.socket) -> Iterator[object]:
-    dec = wire.FrameDecoder(max_frame=2 << 20)
+    dec = wire.FrameDecoder(max_frame=c.CONTROL_MAX_FRAME)  # SPEC §8.6: holds the largest Output
     while True:
         frame = dec.next_frame()
         while frame is None:

@@ -88,7 +88,9 @@ class Daemon:
                 pass
 
     async def _client(self, stream: trio.SocketStream) -> None:
-        ch = Channel(TrioStream(stream), timeout=3600.0, max_frame=2 << 20, decode=c.decode)
+        # SPEC §8.6: the limit holds the largest Run; a longer frame is refused (and the
+        # connection closed) as soon as its length is read.
+        ch = Channel(TrioStream(stream), timeout=3600.0, max_frame=c.CONTROL_MAX_FRAME, decode=c.decode)
         try:
             msg = await ch.receive_or_eof()
             if msg is None:
@@ -151,7 +153,9 @@ class Daemon:
             code = exc.code if isinstance(exc.code, int) else 2
             text = said.getvalue()[-4000:]
             if code:
-                text += f"error: the daemon could not parse: {shlex.join(msg.argv)}\n"
+                shown = shlex.join(msg.argv)
+                shown = shown if len(shown) <= 2000 else shown[:2000] + " ..."  # an Output has a limit too
+                text += f"error: the daemon could not parse: {shown}\n"
             await ch.send(c.Output(fd=2, text=text))
             await ch.send(c.Exit(code=code))
             return

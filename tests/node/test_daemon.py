@@ -261,3 +261,43 @@ def test_localmesh_start_returns_for_a_daemon_that_already_runs(node_down: Local
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
     assert mesh.nodes[0].running
+
+
+def test_control_frames_are_held_to_the_spec_limit(node_down: LocalMesh) -> None:
+    """SPEC §8.6: 1,064,960 bytes. The largest Run fits and is answered; a longer frame is
+    refused as soon as its length is read (the daemon closes without waiting for a body)."""
+    import socket as sk
+
+    from corestate.protocol import control as c
+    from corestate.protocol import wire
+    from corestate.protocol.errors import ProtocolError
+    assert c.CONTROL_MAX_FRAME == 1_064_960
+    mesh = node_down
+    mesh.start(0)
+    largest = wire.encode_frame(c.encode(c.Run(argv=("x" * 4096,) * 256, cwd="/" + "d" * 4095, tty=False,
+                                               width=1000)))
+    assert len(largest) - len(wire.encode_varint(len(largest))) <= c.CONTROL_MAX_FRAME
+    s = connect(mesh.nodes[0].home, timeout=30)
+    assert s is not None
+    with s:
+        s.sendall(largest)
+        got = b""
+        while b"could not parse" not in got and (data := s.recv(1 << 16)):
+            got += data
+        assert b"could not parse" in got  # read, decoded and answered
+    s = connect(mesh.nodes[0].home, timeout=15)
+    assert s is not None
+    with s:
+        s.sendall(wire.encode_varint(c.CONTROL_MAX_FRAME + 1))  # a length only, no body
+        try:
+            assert s.recv(1 << 16) == b""  # closed at once, not waiting for the body
+        except sk.timeout:
+            raise AssertionError("the daemon waited for an over-limit frame's body") from None
+    # The client holds the daemon to the same limit.
+    from corestate.node.runtime import client
+    a, b = sk.socketpair()
+    with a, b:
+        a.sendall(wire.encode_varint(c.CONTROL_MAX_FRAME + 1))
+        with pytest.raises(ProtocolError):
+            next(client._frames(b))
+    assert last_json(mesh.run(mesh.nodes[0], "node", "info", "--json"))["peer_id"]

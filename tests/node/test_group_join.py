@@ -227,3 +227,83 @@ def test_a_new_group_backs_up_at_once_beyond_the_strangers_pool(fresh_office: Lo
     wait_for(lambda: c.peer_id in last_json(mesh.run(b, "group", "members", "--json"))["members"],
              60, "the first joiner to hear of the second", every=0.5)
     _backs_up_beyond_the_pool(mesh, c, random_tree(tmp_path / "c", 8, seed=3))
+
+
+# -- in one process: membership reaches listeners whichever way it arrives ------------------
+
+
+def _replica(tmp_path: Path, name: str) -> Any:
+    from corestate.node.group import GroupNode
+    from corestate.protocol.keys import NodeKeys
+    node = GroupNode(tmp_path / f"{name}.db", NodeKeys.from_root(os.urandom(32)))
+    node.heard = []  # type: ignore[attr-defined]
+    node.on_members.append(lambda: node.heard.append(frozenset(node.members())))  # type: ignore[attr-defined]
+    return node
+
+
+def _admit(admin: Any, joiner: Any) -> None:
+    inv = admin.invite("member", 60, [])
+    admin.redeem(joiner.me, inv.group, inv.secret)
+    joiner.accept_join(inv.group, admin.me, [mem.encode_op(op) for op in admin.ops.values()])
+
+
+def _initiate(a: Any, b: Any) -> None:
+    """``a`` opens a sync round with ``b`` (open, reply, push)."""
+    push, _ = a.sync_finish(b.sync_reply(a.me, a.sync_open()))
+    b.sync_absorb(a.me, push)
+
+
+def test_membership_reaches_listeners_whichever_way_it_arrives(tmp_path: Path) -> None:
+    admin, b1, b2, c = (_replica(tmp_path, n) for n in ("admin", "b1", "b2", "c"))
+    admin.create("office")
+    for joiner in (b1, b2):
+        _admit(admin, joiner)
+        assert joiner.heard[-1] == frozenset(admin.members()) >= {admin.me, joiner.me}  # on the proven join
+    _admit(admin, c)
+    assert admin.heard[-1] == frozenset({admin.me, b1.me, b2.me, c.me})  # on admitting
+    # b1 learns of c as the initiator of a round, b2 as its responder.
+    _initiate(b1, admin)
+    _initiate(admin, b2)
+    for b in (b1, b2):
+        assert c.me in b.heard[-1], b.heard
+    # A removal, both ways again.
+    admin.remove(c.me)
+    assert c.me not in admin.heard[-1]
+    _initiate(b1, admin)
+    _initiate(admin, b2)
+    for b in (b1, b2):
+        assert c.me not in b.heard[-1] and c.me in b.removed()
+
+
+def test_a_forged_answer_changes_nothing_and_leave_drops_a_group_held_without_membership(
+        tmp_path: Path) -> None:
+    from corestate.node.group import GroupError, GroupNode
+    victim = _replica(tmp_path, "victim")
+    forger = _replica(tmp_path, "forger")
+    gid = forger.create("office")
+    stranger = nacl.signing.SigningKey(os.urandom(32))
+    fake_add = mem.sign_op(stranger, kind="add", group=gid, subject=victim.me, role="member", parents=[gid])
+    ops = [mem.encode_op(op) for op in forger.ops.values()] + [mem.encode_op(fake_add)]
+    for group, admin, raws, why in [
+            (gid, forger.me, ops[:1], "no valid op"),
+            (gid, forger.me, ops, "no valid op"),
+            (os.urandom(32), forger.me, ops, "founding op"),
+            (gid, forger.me, [b"\x00garbage"], "founding op")]:
+        with pytest.raises(GroupError, match=why):
+            victim.accept_join(group, admin, raws)
+        assert victim.group is None and not victim.ops and victim.heard == []
+    # A real add by the forger's admin key, but answered by someone who is no admin of it.
+    inv = forger.invite("member", 60, [])
+    forger.redeem(victim.me, inv.group, inv.secret)
+    with pytest.raises(GroupError, match="not an admin"):
+        victim.accept_join(gid, victim.me, [mem.encode_op(op) for op in forger.ops.values()])
+    assert victim.group is None
+    victim.close()
+    again = GroupNode(tmp_path / "victim.db", victim.keys)
+    assert again.group is None and not again.in_group
+    # Leftovers of an older build: a group held without membership; leave drops it.
+    again.adopt(gid, ops[:1])
+    assert again.in_group and not again.is_member(again.me)
+    assert again.leave() is None and again.group is None and not again.ops
+    with pytest.raises(GroupError, match="not in a group"):
+        again.leave()

@@ -40,6 +40,11 @@ class HsmModuleMissing(HsmError):
     hint = "install the token's PKCS#11 module (e.g. softhsm2) and check the module path"
 
 
+class HsmModuleUntrusted(HsmError):
+    """The module a key file names is not safe to load for the user running the command
+    (another user could have put their code there)."""
+
+
 class HsmTokenNotFound(HsmError):
     """No token with the requested label is present."""
 

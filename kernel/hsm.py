@@ -15,12 +15,19 @@ holding the same key (a wrong token, a deleted key or a changed byte give a clea
 :class:`HsmError`, never wrong bytes). Errors name the cause and carry a hint: module library
 missing, token not found, PIN refused, key missing, blob not ours.
 
+Loading a PKCS#11 module runs its code in this process, and the sealed key file names the
+module. :func:`check_module` is the gate for a module named by a file rather than by the
+person running the command: root running any command on another user's home must not run
+that user's library.
+
 python-pkcs11 is imported lazily: the rest of corestate.kernel works without it. PKCS#11
 libraries keep per-process state, so one module is loaded once per process and reused.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +37,7 @@ from corestate.kernel.errors import (
     HsmError,
     HsmKeyNotFound,
     HsmModuleMissing,
+    HsmModuleUntrusted,
     HsmPinIncorrect,
     HsmTokenNotFound,
     HsmUnsealFailed,
@@ -53,6 +61,46 @@ class HsmToken:
     token_label: str
     pin: str
     key_label: str = DEFAULT_KEY_LABEL
+
+
+def check_module(module: Path, *, uid: int | None = None) -> Path:
+    """The real path of ``module`` when it is safe to load for user ``uid`` (default: the
+    effective user): the file and every folder above it owned by that user or by root (by
+    root alone when ``uid`` is 0), and none of them writable by group or others (except a
+    folder with the sticky bit, where nobody can replace an entry they do not own).
+    Load the returned path, not ``module``: a symlink could be re-pointed after the check.
+    Raises :class:`HsmModuleUntrusted` (or :class:`HsmModuleMissing`)."""
+    uid = os.geteuid() if uid is None else uid
+    owners = {0} if uid == 0 else {0, uid}
+    real = Path(os.path.realpath(module))
+    hint = (f"if you trust it, name it yourself on the command line: --hsm-module {module}; "
+            "or install it owned by " + ("root" if uid == 0 else "you or root") +
+            " and writable by nobody else")
+
+    def refuse(why: str) -> HsmModuleUntrusted:
+        return HsmModuleUntrusted(
+            f"the key file names the PKCS#11 module {module}, which {why}: loading it would run "
+            "code someone else controls", hint=hint)
+    try:
+        st = os.stat(real)
+    except OSError as exc:
+        raise HsmModuleMissing(f"PKCS#11 module {module} cannot be read: {exc.strerror}")
+    if not stat.S_ISREG(st.st_mode):
+        raise refuse("is not a regular file")
+    if st.st_uid not in owners:
+        raise refuse(f"belongs to user {st.st_uid}")
+    if st.st_mode & 0o022:
+        raise refuse("can be written by other users")
+    for folder in real.parents:
+        try:
+            fs = os.stat(folder)
+        except OSError as exc:
+            raise HsmModuleMissing(f"PKCS#11 module {module}: {folder}: {exc.strerror}")
+        if fs.st_uid not in owners:
+            raise refuse(f"is in {folder}, which belongs to user {fs.st_uid}")
+        if fs.st_mode & 0o022 and not fs.st_mode & stat.S_ISVTX:
+            raise refuse(f"is in {folder}, which other users can write")
+    return real
 
 
 def _pkcs11() -> Any:

@@ -167,7 +167,7 @@ def _open(args: argparse.Namespace, out: Out | None = None) -> ContextManager[Lo
         return nullcontext(daemon.node)
     home = Home(args.home)
     home.require()
-    node = LocalNode.open(home, _passphrase(args))
+    node = LocalNode.open(home, _passphrase(args), hsm_module=getattr(args, "hsm_module", None))
     args.opened_node = node
     for pid, reason in node.problems:
         msg = f"pack {pid.hex()[:16]} could not be read: {reason} (run `corestate check`)"
@@ -229,7 +229,7 @@ def cmd_init(args: argparse.Namespace, out: Out) -> int:
     phrase_out = keystore.root_to_phrase(root)
     recovered = None
     if args.recover and args.peer:
-        with LocalNode.open(home, passphrase) as node:
+        with LocalNode.open(home, passphrase, hsm_module=args.hsm_module) as node:
             args.opened_node = node
             recovered = _recover_from_group(args, node, out)
     elif args.peer:
@@ -1099,7 +1099,8 @@ def cmd_node_run(args: argparse.Namespace, out: Out) -> int:
     def ready(node: LocalNode, addrs: list[str]) -> None:
         # One line a script can wait for; the addresses are also in `node info`.
         out.say(f"ready {node.keys.peer_id} " + " ".join(addrs))
-    return int(trio.run(lambda: run_daemon(home, passphrase, args.listen or None, ready=ready)))
+    return int(trio.run(lambda: run_daemon(home, passphrase, args.listen or None, ready=ready,
+                                           hsm_module=args.hsm_module)))
 
 
 def cmd_node_info(args: argparse.Namespace, out: Out) -> int:
@@ -1340,7 +1341,7 @@ def cmd_group_join(args: argparse.Namespace, out: Out) -> int:
     from corestate.node.group import GroupError, Invite
     inv = Invite.parse(args.token)
     with _open(args, out) as node:
-        if node.group.in_group:
+        if node.group.is_member(node.keys.peer_id):
             raise GroupError("this node is already in a group", hint="`corestate group leave` first")
         port = _port(args)
         assert port is not None
@@ -1395,11 +1396,15 @@ def cmd_group_remove(args: argparse.Namespace, out: Out) -> int:
 
 def cmd_group_leave(args: argparse.Namespace, out: Out) -> int:
     with _open(args, out) as node:
-        node.group.leave()
-        _group_round(args, node)
-    out.say("left the group")
+        op = node.group.leave()
+        if op is not None:
+            _group_round(args, node)
+    if op is None:
+        out.say("this node was not a member of the group it held; that group is dropped here")
+    else:
+        out.say("left the group")
     if out.json:
-        out.obj({"left": True})
+        out.obj({"left": op is not None, "dropped": op is None})
     return EXIT_OK
 
 
@@ -1464,6 +1469,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(fn=fn)
         if key:
             sp.add_argument("--passphrase-file", metavar="F", help="read the passphrase from the first line of F")
+            if name != "init":
+                _hsm_option(sp)
         if json_flag:
             sp.add_argument("--json", action="store_true", help="machine-readable output")
         return sp
@@ -1554,6 +1561,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="listen here, e.g. /ip4/0.0.0.0/tcp/4001 (repeatable; default: [mesh] listen, "
                           "else an ephemeral port on all interfaces)")
     np_.add_argument("--passphrase-file", metavar="F", help="read the passphrase from the first line of F")
+    _hsm_option(np_)
     np_.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     np_.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     ni = nsub.add_parser("info", help="the running daemon's PeerID and listen addresses (fails if none runs)")
@@ -1584,6 +1592,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("peer", metavar="PEER", help="its PeerID (or the end of it, as `peer list` shows)")
     for spx in (pa, pl, pr):
         spx.add_argument("--passphrase-file", metavar="F", help="read the passphrase from the first line of F")
+        _hsm_option(spx)
         spx.add_argument("--json", action="store_true", help="machine-readable output")
 
     groupp = sub.add_parser("group", help="a peer group: members with admins, a shared signed catalog",
@@ -1611,6 +1620,7 @@ def build_parser() -> argparse.ArgumentParser:
     gs.set_defaults(fn=cmd_group_sync)
     for spx in (g, gi, gj, gm, gr, gl, gs):
         spx.add_argument("--passphrase-file", metavar="F", help="read the passphrase from the first line of F")
+        _hsm_option(spx)
         spx.add_argument("--json", action="store_true", help="machine-readable output")
 
     add("status", cmd_status, "this node at a glance: peers, last and next backup, redundancy, alerts")
@@ -1620,6 +1630,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dir", type=Path, help="work in DIR instead of a temporary folder")
     sp.add_argument("--keep", action="store_true", help="keep the demo's files for you to explore")
     return p
+
+
+def _hsm_option(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--hsm-module", metavar="LIB",
+                    help="for a key sealed by a PKCS#11 token: load this module library instead of "
+                         "the one the key file names (which is loaded only when it belongs to you "
+                         "or root — to root alone when you are root — and nobody else can write it)")
 
 
 # Commands a running daemon executes for the CLI; the others run here.

@@ -12,6 +12,12 @@ Invariants:
 - Catalog batches are applied only from members and never from removed peers; a node
   writes only its own partition, in its current epoch (bumped after a recovery).
 - An invite secret is stored hashed and works once, before it expires.
+- A join saves nothing (no group id, no op) until the admin's answer proves, evaluated by
+  the membership core under the group's own founding op, that this node is a member and
+  the answering peer an admin; a group this node holds but is not a member of (a group it
+  left, or leftovers of an older build) can always be dropped with ``leave``.
+- Whoever registered in ``on_members`` hears of every change of the evaluated membership
+  (members, roles, removals) at once, whichever path brought the ops: quotas follow it.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -120,6 +126,9 @@ class GroupNode:
             self.db.execute("SELECT author, epoch, seq, kept, other, reason FROM forks").fetchall(),
         )
         self.state: mem.GroupState | None = None
+        # Called (no arguments, in the thread that changed it, under this object's lock)
+        # whenever the evaluated membership changes; see the module invariants.
+        self.on_members: list[Callable[[], None]] = []
         self._evaluate()
         self._forget_removed()
 
@@ -145,10 +154,18 @@ class GroupNode:
             self._set_meta("epoch", epoch.to_bytes(8, "big"))
 
     def _evaluate(self) -> None:
-        if self.group is None:
-            self.state = None
-            return
-        self.state = mem.evaluate(self.ops.values(), self.group)
+        before = self._view()
+        self.state = None if self.group is None else mem.evaluate(self.ops.values(), self.group)
+        if self._view() != before:
+            for fn in list(self.on_members):
+                fn()
+
+    def _view(self) -> tuple[frozenset[tuple[str, str]], frozenset[str]]:
+        """What others' trust depends on: members with their roles, and removed peers."""
+        st = self.state
+        if st is None or st.name is None:
+            return frozenset(), frozenset()
+        return frozenset(st.members.items()), st.removed
 
     @property
     def in_group(self) -> bool:
@@ -246,10 +263,42 @@ class GroupNode:
         with self._lock:
             return self._sign(kind="promote" if role == "admin" else "demote", subject=peer)
 
-    def leave(self) -> mem.MemberOp:
+    def leave(self) -> mem.MemberOp | None:
+        """Leave the group: a signed removal of this node, or, when this node is not a
+        member of the group it holds (it left already, was removed, or an older build
+        saved a group it was never admitted to), drop that group here (returns None).
+        Raises GroupError when the removal would not count (the last admin)."""
         with self._lock:
+            if self.group is None:
+                raise NotInGroup()
+            st = self.state
+            if st is None or st.name is None or self.me not in st.members:
+                self._discard()
+                return None
             head = self.catalog.head(self.me)
-            return self._sign(kind="remove", subject=self.me, upto=(head[0], head[1]) if head else (0, 0))
+            op = mem.sign_op(self.keys.signing_key, group=self.group, parents=st.heads, hlc=self._now_ms(),
+                             kind="remove", subject=self.me, upto=(head[0], head[1]) if head else (0, 0))
+            # Evaluated before it is stored: an op that would not count is never kept.
+            after = mem.evaluate([*self.ops.values(), op], self.group)
+            if self.me in after.members:
+                reason = after.void.get(op.op_id, "it did not take effect")
+                raise GroupError(f"leaving did not count: {reason}",
+                                 hint="the last admin cannot leave: `corestate group invite --admin` another first")
+            self._store_ops([op])
+            return op
+
+    def _discard(self) -> None:
+        """Forget the group held here: its ops, catalog and invites (the epoch stays: it
+        numbers this node's own writes)."""
+        self.db.execute("BEGIN")
+        for table in ("ops", "authors", "batches", "entries", "forks", "invites"):
+            self.db.execute(f"DELETE FROM {table}")
+        self.db.execute("DELETE FROM meta WHERE k = 'group'")
+        self.db.execute("COMMIT")
+        self.ops = {}
+        self.group = None
+        self.catalog = cat.Catalog.load([], [], [], [])
+        self._evaluate()
 
     # -- invites -----------------------------------------------------------------------
 
@@ -289,6 +338,39 @@ class GroupNode:
             if peer in st.members:
                 return next(op for op in self.ops.values() if op.subject == peer and op.kind == "add")
             return self._sign(kind="add", subject=peer, role=role)
+
+    def accept_join(self, group: bytes, admin: str, raws: Iterable[bytes]) -> mem.GroupState:
+        """At the joiner, with the ops of an admin's ``JoinReply``: take them as this node's
+        group only if they prove the join — evaluated under ``group``'s founding op, this
+        node is a member and ``admin`` (the authenticated peer that answered) an admin.
+        Otherwise raise GroupError and change nothing. Leftovers of a group this node is
+        not a member of are dropped first; a node that is a member of a group is refused."""
+        ops = []
+        for raw in raws:
+            try:
+                ops.append(mem.decode_op(raw))
+            except CoreStateError:
+                continue  # a malformed op proves nothing; evaluation decides on the rest
+        st = mem.evaluate(ops, group)
+        fake = "the answer to the invite does not prove this node's membership: "
+        if st.name is None:
+            raise GroupError(fake + "it lacks the group's founding op",
+                             hint="the invite is forged or for another group; ask the admin for a new one")
+        if self.me not in st.members:
+            raise GroupError(fake + "no valid op of the group's admins adds this node",
+                             hint="the invite is forged or was refused; ask the admin for a new one")
+        if st.role(admin) != "admin":
+            raise GroupError(fake + "the peer that answered is not an admin of the group",
+                             hint="the invite is forged; ask the admin for a new one")
+        with self._lock:
+            if self.is_member(self.me):
+                raise GroupError("this node is already in a group", hint="`corestate group leave` first")
+            if self.group is not None:
+                self._discard()
+            self.group = group
+            self._set_meta("group", group)
+            self._store_ops(ops)
+            return self.require()
 
     def adopt(self, group: bytes, raws: Iterable[bytes]) -> None:
         """After a join or a recovery: take the group's ops as this node's group."""
@@ -415,6 +497,11 @@ class GroupNode:
         from corestate.protocol import group as gw
         with self._lock:
             if self.group is None:
+                # Recovery: the group comes from the peer; taken only when its ops count
+                # this node as a member (a peer's word alone is not proof).
+                st = mem.evaluate((mem.decode_op(r) for r in msg.ops), msg.group)
+                if st.name is None or self.me not in st.members:
+                    raise GroupError("the peer's group does not count this node as a member")
                 self.group = msg.group
                 self._set_meta("group", msg.group)
             elif msg.group != self.group:

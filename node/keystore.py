@@ -98,13 +98,18 @@ def is_hsm(blob: bytes) -> bool:
         return False
 
 
-def unseal(blob: bytes, passphrase: bytes) -> bytes:
-    """The root secret from HOME/key: ``passphrase`` is the passphrase, or the token PIN."""
+def unseal(blob: bytes, passphrase: bytes, *, hsm_module: str | None = None) -> bytes:
+    """The root secret from HOME/key: ``passphrase`` is the passphrase, or the token PIN.
+
+    A token-sealed key names its PKCS#11 module; that module is loaded only when it is safe
+    for the user running this (``kernel.hsm.check_module``) — unless ``hsm_module``, a
+    module the user named on the command line, is given: then that one is loaded."""
     try:
         o = cbor2.loads(blob)
         if o.get("v") == 1 and o.get("kdf") == "pkcs11":
             from corestate.kernel import hsm
-            token = hsm.HsmToken(Path(o["module"]), o["token"], passphrase.decode(), o["key"])
+            module = Path(hsm_module) if hsm_module else hsm.check_module(Path(o["module"]))
+            token = hsm.HsmToken(module, o["token"], passphrase.decode(), o["key"])
             return hsm.unseal(o["blob"], token)
         if o.get("v") != 1 or o.get("kdf") != "argon2id":
             raise ValueError("unknown key format")

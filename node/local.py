@@ -27,12 +27,14 @@ class LocalNode:
         self.ledger, self.book, self.group = ledger, book, group
 
     @classmethod
-    def open(cls, home: Home, passphrase: bytes) -> LocalNode:
+    def open(cls, home: Home, passphrase: bytes, *, hsm_module: str | None = None) -> LocalNode:
+        """``hsm_module``: a PKCS#11 module the user named (``--hsm-module``), loaded instead
+        of the one the key file names (keystore.unseal)."""
         home.require()
         home.lock()
         try:
             cfg = home.config()
-            root = keystore.unseal(home.key_path.read_bytes(), passphrase)
+            root = keystore.unseal(home.key_path.read_bytes(), passphrase, hsm_module=hsm_module)
             keys = NodeKeys.from_root(root, generation=read_generation(home))
             # The PeerIDs this node had under earlier identity generations (newest first).
             earlier = [NodeKeys.from_root(root, generation=g).peer_id for g in range(keys.generation - 1, -1, -1)]

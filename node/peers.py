@@ -3,7 +3,12 @@
 Role: a small cache that survives restarts (``peers.db``, sqlitedict with CBOR — never its
 pickle default, which would run code from bytes a peer influenced). Discovery is not
 trust: a peer found by mDNS is listed with ``trusted = False`` and gets no shares; only
-``corestate peer add`` (or, later, group membership) makes a peer trusted.
+``corestate peer add`` (or group membership) makes a peer trusted.
+
+Invariant: addresses the user or the group gave are pinned: discovery (an mDNS
+announcement carries any PeerID a LAN host likes, a trusted one's too) never removes or
+reorders them; it adds at most MAX_FOUND addresses per peer, dialed after the pinned
+ones, and at most MAX_UNTRUSTED untrusted peers in all.
 
 Multiaddrs are checked here, with the PeerID they must end in, so a typo is caught when
 the user types it and not at the first backup.
@@ -59,28 +64,57 @@ def valid_peer_id(peer: str) -> bool:
     return bool(_PEER_ID.match(peer))
 
 
+# Bounds on what discovery may write (anyone on the LAN can announce anything): a few
+# addresses per peer, after the pinned ones and never displacing them, and a bounded
+# number of untrusted peers overall (the least recently seen go first).
+MAX_PINNED = 16
+MAX_FOUND = 4
+MAX_UNTRUSTED = 256
+
+
 @dataclass(slots=True)
 class PeerEntry:
+    """``pinned``: addresses the user (``peer add``) or the group (an invite, a member's
+    advert) gave — only such a source changes them; ``found``: addresses discovery saw,
+    at most MAX_FOUND, newest first. ``addrs`` is the dial order: pinned, then found."""
+
     peer: str
-    addrs: list[str] = field(default_factory=list)
+    pinned: list[str] = field(default_factory=list)
     trusted: bool = False
     source: str = "user"  # "user" or "mdns"
     domains: list[str] = field(default_factory=list)  # failure-domain labels, e.g. [site, host]
     added_ns: int = 0
     seen_ns: int = 0
+    found: list[str] = field(default_factory=list)
+
+    @property
+    def addrs(self) -> list[str]:
+        return self.pinned + [a for a in self.found if a not in self.pinned]
 
     def to_obj(self) -> dict[str, Any]:
-        return {"addrs": self.addrs, "trusted": self.trusted, "source": self.source,
+        return {"addrs": self.pinned, "found": self.found, "trusted": self.trusted, "source": self.source,
                 "domains": self.domains, "added_ns": self.added_ns, "seen_ns": self.seen_ns}
 
     @classmethod
     def from_obj(cls, peer: str, o: Any) -> PeerEntry:
         if not isinstance(o, dict):
             return cls(peer)
-        return cls(peer, [a for a in o.get("addrs", []) if isinstance(a, str)][:16],
-                   bool(o.get("trusted", False)), str(o.get("source", "user")),
+        addrs = [a for a in o.get("addrs", []) if isinstance(a, str)]
+        found = [a for a in o.get("found", []) if isinstance(a, str)]
+        if "found" not in o and o.get("source") == "mdns":
+            addrs, found = [], addrs  # written before addresses were kept apart
+        return cls(peer, addrs[:MAX_PINNED], bool(o.get("trusted", False)), str(o.get("source", "user")),
                    [d for d in o.get("domains", []) if isinstance(d, str)][:4],
-                   int(o.get("added_ns", 0)), int(o.get("seen_ns", 0)))
+                   int(o.get("added_ns", 0)), int(o.get("seen_ns", 0)), found[:MAX_FOUND])
+
+    def note_found(self, addrs: list[str]) -> None:
+        """Addresses discovery saw: newest first, bounded, never a pinned one twice."""
+        for a in addrs:
+            if a and a not in self.pinned:
+                if a in self.found:
+                    self.found.remove(a)
+                self.found.insert(0, a)
+        del self.found[MAX_FOUND:]
 
 
 class AddressBook:
@@ -103,29 +137,47 @@ class AddressBook:
 
     def add(self, peer: str, addrs: list[str], *, trusted: bool, source: str = "user",
             domains: list[str] | None = None) -> PeerEntry:
-        e = self.get(peer) or PeerEntry(peer, added_ns=time.time_ns())
-        for a in addrs:
-            if a and a not in e.addrs:
-                e.addrs.insert(0, a)
-        e.addrs = e.addrs[:16]
-        # Discovery never downgrades or upgrades trust; only the user (source "user") does.
+        """Record ``peer``. From the user or the group (``source`` "user"): its addresses are
+        pinned and its trust set. From discovery (any other source): its addresses are
+        only noted as found (bounded, after the pinned ones), trust is left alone, and a
+        new peer pushes out the least recently seen discovered ones beyond MAX_UNTRUSTED."""
+        e = self.get(peer)
+        if e is None:
+            e = PeerEntry(peer, source=source, added_ns=time.time_ns())
+            if source != "user":
+                self._make_room()
         if source == "user":
+            for a in addrs:
+                if a and a not in e.pinned:
+                    e.pinned.insert(0, a)
+                if a in e.found:
+                    e.found.remove(a)
+            del e.pinned[MAX_PINNED:]
             e.trusted = trusted
             e.source = "user"
             if domains is not None:
                 e.domains = domains
+        else:
+            e.note_found(addrs)
+            e.seen_ns = time.time_ns()
         self._db[peer] = e.to_obj()
         return e
 
+    def _make_room(self) -> None:
+        """Room for one more discovered peer: the least recently seen discovered untrusted
+        peers beyond the bound go (never a trusted or user-added one)."""
+        loose = sorted((e for e in self.all() if not e.trusted and e.source != "user"),
+                       key=lambda e: (e.seen_ns, e.added_ns))
+        while len(loose) >= MAX_UNTRUSTED:
+            del self._db[loose.pop(0).peer]
+
     def seen(self, peer: str, addrs: list[str] | None = None) -> None:
+        """``peer`` answered (from ``addrs``, when known): noted as found, never pinned."""
         e = self.get(peer)
         if e is None:
             return
         e.seen_ns = time.time_ns()
-        for a in addrs or []:
-            if a not in e.addrs:
-                e.addrs.insert(0, a)
-        e.addrs = e.addrs[:16]
+        e.note_found(addrs or [])
         self._db[peer] = e.to_obj()
 
     def remove(self, peer: str) -> bool:

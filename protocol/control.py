@@ -385,6 +385,17 @@ class PeerDown(Message):
 
 @message
 @dataclass(frozen=True, slots=True)
+class PeerDiscovered(Message):
+    """A peer announced itself on the LAN (mDNS): listed, not trusted."""
+
+    TYPE: ClassVar[str] = "peer.discovered"
+    time_ns: TimeNs
+    peer_id: PeerId
+    addrs: Annotated[tuple[Annotated[str, MaxLen(256)], ...], MaxItems(8)]
+
+
+@message
+@dataclass(frozen=True, slots=True)
 class GroupChanged(Message):
     TYPE: ClassVar[str] = "group.changed"
     time_ns: TimeNs
@@ -421,7 +432,7 @@ EVENTS: tuple[type[Message], ...] = (
     BackupStarted, BackupProgress, BackupFinished, BackupFailed,
     RestoreStarted, RestoreProgress, RestoreFinished, RestoreFailed,
     CheckFinished, RepairStarted, RepairFinished, RetentionFinished,
-    PeerUp, PeerDown, GroupChanged, Alert, ScheduleNext,
+    PeerUp, PeerDown, PeerDiscovered, GroupChanged, Alert, ScheduleNext,
 )
 EVENT_KINDS = frozenset(e.TYPE for e in EVENTS)
 
@@ -488,7 +499,7 @@ __all__ = [
     "EVENT_KINDS", "SEVERITIES", "Alert", "AlertRecord", "BackupFailed", "BackupFinished",
     "BackupProgress", "BackupStarted", "CheckFinished", "Error", "Event", "Exit",
     "Failure", "GroupChanged", "Hello", "Input", "Message", "Missed", "Ok", "Output",
-    "PeerDown", "PeerStatus", "PeerUp", "Progress", "Redundancy", "RepairFinished",
+    "PeerDiscovered", "PeerDown", "PeerStatus", "PeerUp", "Progress", "Redundancy", "RepairFinished",
     "RepairStarted", "RestoreFailed", "RestoreFinished", "RestoreProgress", "RestoreStarted",
     "RetentionFinished", "Run", "ScheduleNext", "SnapshotRef", "StatusCall", "StatusResult",
     "Subscribe", "Welcome", "decode", "encode", "event_fields", "result_fields", "topic",

@@ -61,7 +61,7 @@ class Connection:
 
     def __init__(self, s: socket.socket, client: str = CLIENT_NAME) -> None:
         self.sock = s
-        self._dec = wire.FrameDecoder(max_frame=2 << 20)
+        self._dec = wire.FrameDecoder(max_frame=c.CONTROL_MAX_FRAME)  # SPEC §8.6
         try:
             self.send(c.Hello(version=c.CONTROL_VERSION, client=client))
         except (BrokenPipeError, ConnectionResetError):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import logging
 import math
 import os
@@ -96,7 +97,9 @@ class Daemon:
                 pass
 
     async def _client(self, stream: trio.SocketStream) -> None:
-        ch = Channel(TrioStream(stream), timeout=3600.0, max_frame=2 << 20, decode=c.decode)
+        # SPEC §8.6: the limit holds the largest Run; a longer frame is refused (and the
+        # connection closed) as soon as its length is read.
+        ch = Channel(TrioStream(stream), timeout=3600.0, max_frame=c.CONTROL_MAX_FRAME, decode=c.decode)
         try:
             if self._clients.available_tokens == 0:
                 log.warning("control socket: %d clients already connected; refusing one more", MAX_CLIENTS)
@@ -199,11 +202,21 @@ class Daemon:
                 trio.from_thread.run_sync(gone.set, trio_token=token)
 
         parser = cli.build_parser()
+        said = io.StringIO()
         try:
-            args = parser.parse_args(msg.argv)
+            # argparse writes its complaint (which may quote an argument) to stderr, which
+            # is the daemon's log: it goes to the client instead.
+            with contextlib.redirect_stderr(said), contextlib.redirect_stdout(said):
+                args = parser.parse_args(msg.argv)
         except SystemExit as exc:
-            await ch.send(c.Output(fd=2, text=f"error: the daemon could not parse: {shlex.join(msg.argv)}\n"))
-            await ch.send(c.Exit(code=int(exc.code or 2) if isinstance(exc.code, int) else 2))
+            code = exc.code if isinstance(exc.code, int) else 2
+            text = said.getvalue()[-4000:]
+            if code:
+                shown = shlex.join(msg.argv)
+                shown = shown if len(shown) <= 2000 else shown[:2000] + " ..."  # an Output has a limit too
+                text += f"error: the daemon could not parse: {shown}\n"
+            await ch.send(c.Output(fd=2, text=text))
+            await ch.send(c.Exit(code=code))
             return
         absolutize(args, msg.cwd)
         args.home = self.node.home.path
@@ -215,7 +228,7 @@ class Daemon:
             # In the event loop here: send directly (``write`` is for the command's thread).
             await ch.send(c.Output(fd=2, text="waiting for the command already running in the daemon...\n"))
         async with self.command_lock:
-            log.info("running: %s", shlex.join(msg.argv))
+            log.info("running: %s", shlex.join(redacted(msg.argv, args)))
             code = await trio.to_thread.run_sync(_execute, args, out)
         self.notify(sched.HoldingsChanged(await trio.to_thread.run_sync(self._placed)))
         with trio.move_on_after(5):
@@ -319,6 +332,15 @@ def _execute(args: argparse.Namespace, out: Any) -> int:
         return 1
 
 
+def redacted(argv: list[str], args: argparse.Namespace | None = None) -> list[str]:
+    """``argv`` for the log: secrets replaced — an invite token (`group join TOKEN`: the
+    parsed token, and anything shaped like one wherever it stands)."""
+    from corestate.node.group import TOKEN_PREFIX
+    token = getattr(args, "token", None)
+    return ["<invite token>" if TOKEN_PREFIX in a or (token is not None and a == token) else a
+            for a in argv]
+
+
 def absolutize(args: argparse.Namespace, cwd: str) -> None:
     """Make the path options of ``args`` absolute against the client's working folder."""
     base = Path(cwd)
@@ -347,8 +369,8 @@ def _start_journal(node: LocalNode) -> Journal | None:
 
 
 async def run_daemon(home: Home, passphrase: bytes, listen: list[str] | None, *,
-                     ready: Any = None) -> int:
-    node = LocalNode.open(home, passphrase)
+                     ready: Any = None, hsm_module: str | None = None) -> int:
+    node = LocalNode.open(home, passphrase, hsm_module=hsm_module)
     events = EventBus()
     journal: Journal | None = None
     try:
@@ -380,4 +402,4 @@ async def run_daemon(home: Home, passphrase: bytes, listen: list[str] | None, *,
     return 0
 
 
-__all__ = ["Daemon", "absolutize", "run_daemon", "wire"]
+__all__ = ["Daemon", "absolutize", "redacted", "run_daemon", "wire"]

@@ -76,18 +76,22 @@ class EventBus:
     def __init__(self) -> None:
         self._subs: set[Subscription] = set()
         self.recent_alerts: collections.deque[c.Alert] = collections.deque(maxlen=RECENT_ALERTS)
-        self._token = trio.lowlevel.current_trio_token()
+        try:
+            self._token: trio.lowlevel.TrioToken | None = trio.lowlevel.current_trio_token()
+        except RuntimeError:  # built outside a loop (a test, a tool): publish in place
+            self._token = None
 
     def publish(self, ev: Message | str, **fields: Any) -> None:
         """Send ``ev`` to every subscriber that wants it. A string is shorthand for an
         alert: ``publish("alert", what="corrupt-share", peer=..., ...)``."""
         if isinstance(ev, str):
             ev = legacy_alert(ev, fields)
-        try:
-            trio.lowlevel.current_task()
-        except RuntimeError:  # a worker thread: hand it to the loop
-            trio.from_thread.run_sync(self._publish, ev, trio_token=self._token)
-            return
+        if self._token is not None:
+            try:
+                trio.lowlevel.current_task()
+            except RuntimeError:  # a worker thread: hand it to the loop
+                trio.from_thread.run_sync(self._publish, ev, trio_token=self._token)
+                return
         self._publish(ev)
 
     def _publish(self, ev: Message) -> None:

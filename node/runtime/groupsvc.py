@@ -161,9 +161,11 @@ class GroupService:
                     self.events.publish("alert", what="clock-ahead", author=v.author)
 
     async def join(self, invite: Any) -> None:
-        """Redeem ``invite`` at its admin; adopt the group's ops and member addresses."""
-        for a in invite.addrs:
-            self.book.add(invite.admin, [a.rsplit("/p2p/", 1)[0]], trusted=True)
+        """Redeem ``invite`` at its admin; adopt the group's ops and member addresses.
+
+        The token is only a claim: nothing is trusted or saved (no address-book entry for
+        its admin, no group) until the admin's answer proves the membership
+        (``GroupNode.accept_join``); a forged invite leaves the node as it was."""
         stream = await self.host.open_stream(invite.admin, gw.JOIN_PROTOCOL, addrs=list(invite.addrs),
                                              timeout=self.timeout)
         ch = Channel(stream, timeout=self.timeout, max_frame=gw.SYNC_MAX_FRAME, decode=gw.decode)
@@ -178,13 +180,26 @@ class GroupService:
                              hint="ask the admin for a new invite")
         if not isinstance(reply, gw.JoinReply):
             raise GroupError("unexpected answer to the join request")
-        await trio.to_thread.run_sync(self.group.adopt, invite.group, reply.ops)
-        if not self.group.is_member(self.group.me):
-            raise GroupError("the admin's answer does not make this node a member")
+        await trio.to_thread.run_sync(self.group.accept_join, invite.group, invite.admin, reply.ops)
+        # Proven: the admin and the members the answer names are trusted from here on.
+        admin_addrs = []
+        for a in invite.addrs:
+            try:
+                peer, transport = split_peer_addr(a if "/p2p/" in a else f"{a}/p2p/{invite.admin}")
+            except CoreStateError:
+                continue
+            if peer == invite.admin and transport:
+                admin_addrs.append(transport)
+        self.book.add(invite.admin, admin_addrs, trusted=True)
         for line in reply.addrs:
             peer, _, addr = line.partition(" ")
-            if peer != self.group.me and self.group.is_member(peer):
-                self.book.add(peer, [addr], trusted=True)
+            if peer == self.group.me or not self.group.is_member(peer):
+                continue
+            try:
+                _, transport = split_peer_addr(f"{addr}/p2p/{peer}")
+            except CoreStateError:
+                continue
+            self.book.add(peer, [transport] if transport else [], trusted=True)
 
     def _learn_addrs(self) -> None:
         """Members' advertised addresses into the address book (as trusted: members)."""
@@ -216,12 +231,14 @@ class GroupService:
             self.group.write({ADDRS_KEY: value})
 
     def kick(self) -> None:
-        """Start a sync round with every member now (callable from any thread)."""
+        """Start a sync round with every member now (callable from any thread, also one
+        holding the group's lock: it never waits for the loop)."""
         try:
-            trio.lowlevel.current_task()
-        except RuntimeError:
-            trio.from_thread.run_sync(self._kick.set, trio_token=self._token)
-            return
+            self._token.run_sync_soon(self._set_kick)
+        except trio.RunFinishedError:
+            pass
+
+    def _set_kick(self) -> None:
         self._kick.set()
 
     async def run(self) -> None:

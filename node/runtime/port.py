@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from corestate.protocol import control as c
+
 if TYPE_CHECKING:
     import trio
     from corestate.node.local import LocalNode
+    from corestate.node.peers import AddressBook
     from corestate.node.runtime.events import EventBus
     from corestate.node.runtime.mesh import Mesh
 
@@ -121,9 +125,24 @@ async def open_mesh(node: LocalNode, *, listen: list[str] | None = None, mdns: b
     cfg = node.cfg
     vault = ShareVault(node.home.path / "shares", global_quota=cfg.global_quota)
     bus = events or EventBus()
+    granted: list[frozenset[str]] = []
+    quota_lock = threading.Lock()  # called from the loop and from worker threads
+
+    def apply_quotas() -> None:
+        """Quotas follow trust at once: every trusted peer (added by the user, or a member
+        of the group as it is evaluated now) has its own quota, nobody else has one. Run
+        at start and whenever the membership changes, whichever way the change came."""
+        with quota_lock:
+            want = frozenset(node.trusted_peers())
+            if granted and granted[0] == want:
+                return
+            for peer in want:
+                vault.set_quota(peer, cfg.quota_per_peer)
+            for peer in set(vault.quota_senders()) - want:
+                vault.set_quota(peer, None)
+            granted[:] = [want]
     try:
-        for peer in node.trusted_peers():
-            vault.set_quota(peer, cfg.quota_per_peer)
+        apply_quotas()
         addrs = listen if listen is not None else (cfg.listen or ["/ip4/0.0.0.0/tcp/0"])
         async with open_host(node.keys.identity_seed, addrs, mdns=mdns) as host:
             mesh = Mesh(host, node.keys, vault, node.book, node.ledger, bus, timeout=cfg.peer_timeout,
@@ -132,25 +151,38 @@ async def open_mesh(node: LocalNode, *, listen: list[str] | None = None, mdns: b
             from corestate.node.runtime.groupsvc import GroupService
 
             def changed() -> None:
-                for peer in node.trusted_peers():
-                    vault.set_quota(peer, cfg.quota_per_peer)
-                for peer in node.group.removed():
-                    vault.set_quota(peer, None)
+                apply_quotas()
+
+            def members_changed() -> None:
+                # In the thread that changed the membership: quotas now; then a sync round
+                # with every member, so an admission or a removal spreads at once.
+                apply_quotas()
+                if mesh.groups is not None:
+                    mesh.groups.kick()
             mesh.groups = GroupService(host, node.group, node.book, timeout=cfg.peer_timeout,
                                        on_change=changed, events=bus)
+            node.group.on_members.append(members_changed)
 
-            def discovered(peer: str, paddrs: list[str]) -> None:
-                if peer == host.peer_id:
-                    return
-                known = node.book.get(peer)
-                node.book.add(peer, list(paddrs), trusted=False, source="mdns")
-                if known is None:
-                    bus.publish("peer-discovered", peer=peer, addrs=" ".join(paddrs))
-            host.on_peer_discovered(discovered)
+            host.on_peer_discovered(lambda peer, paddrs: discovered(node.book, bus, host.peer_id, peer, paddrs))
             _quiet_libp2p()  # its submodules made loggers of their own while starting
-            yield mesh
+            try:
+                yield mesh
+            finally:
+                node.group.on_members.remove(members_changed)
     finally:
         vault.close()
+
+
+def discovered(book: AddressBook, bus: EventBus, me: str, peer: str, addrs: list[str]) -> None:
+    """A peer mDNS found: listed, never trusted; its addresses only noted as found
+    (the address book bounds them and keeps the pinned ones first)."""
+    if peer == me:
+        return
+    known = book.get(peer)
+    book.add(peer, list(addrs), trusted=False, source="mdns")
+    if known is None:
+        bus.publish(c.PeerDiscovered(time_ns=time.time_ns(), peer_id=peer,
+                                     addrs=tuple(a[:256] for a in addrs[:8])))
 
 
 def _quiet_libp2p() -> None:

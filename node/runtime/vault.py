@@ -256,6 +256,11 @@ class ShareVault:
                     (sender, quota),
                 )
 
+    def quota_senders(self) -> list[str]:
+        """The senders that have a quota of their own."""
+        with self._cond:
+            return [str(r[0]) for r in self._conn().execute("SELECT sender FROM quotas")]
+
     def used(self, sender: str) -> int:
         """Bytes held for ``sender``."""
         with self._cond:

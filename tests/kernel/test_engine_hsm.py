@@ -66,3 +66,51 @@ def test_missing_token_is_a_clear_error_and_leaves_no_home(softhsm: str, tmp_pat
                         "--passphrase-file", str(pin)], capture_output=True, text=True,
                        env={**os.environ})
     assert p.returncode == 1 and "hint:" in p.stderr
+
+
+def _name_module_in_key(home: Path, module: Path) -> None:
+    """Edit the key file as its owner could: make it name ``module``."""
+    import cbor2
+    key = home / "key"
+    o = cbor2.loads(key.read_bytes())
+    o["module"] = str(module)
+    key.write_bytes(cbor2.dumps(o, canonical=True))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_a_module_another_user_controls_is_not_loaded(softhsm: str, tmp_path: Path) -> None:
+    """Root running a command on a home whose key file names a library another user owns
+    (or can write) does not load it — unless root names it with --hsm-module."""
+    pin = tmp_path / "pin"
+    pin.write_text("4321\n")
+    c = Cli(tmp_path / "home", pin)
+    c.json("init", "--hsm-module", str(MODULE), "--hsm-token", softhsm)
+    lib = tmp_path / "user-lib"
+    lib.mkdir()
+    theirs = lib / "libtheirs.so"
+    shutil.copy2(MODULE, theirs)  # a working module: loading it would succeed
+    _name_module_in_key(c.home, theirs)
+
+    os.chown(theirs, 1234, 1234)  # another user's file
+    p = c.run("snapshots", check=False)
+    assert p.returncode == 1 and "belongs to user 1234" in p.stderr and "--hsm-module" in p.stderr, p.stderr
+    os.chown(theirs, 0, 0)
+    os.chown(lib, 1234, 1234)  # root's file in another user's folder (they can swap it)
+    p = c.run("snapshots", check=False)
+    assert p.returncode == 1 and "which belongs to user 1234" in p.stderr, p.stderr
+    os.chown(lib, 0, 0)
+    os.chmod(theirs, 0o775)  # root's, but writable by the group
+    p = c.run("snapshots", check=False)
+    assert p.returncode == 1 and "can be written by other users" in p.stderr, p.stderr
+    link = tmp_path / "link.so"
+    link.symlink_to(theirs)  # a symlink is judged by what it points to
+    _name_module_in_key(c.home, link)
+    assert c.run("snapshots", check=False).returncode == 1
+
+    # Named on the command line by the user running it: loaded.
+    os.chown(theirs, 1234, 1234)
+    assert c.run("snapshots", "--hsm-module", str(theirs), check=False).returncode == 0
+    # A module root owns and only root can write: loaded as the key file says.
+    os.chown(theirs, 0, 0)
+    os.chmod(theirs, 0o755)
+    assert c.run("snapshots", check=False).returncode == 0

@@ -110,3 +110,34 @@ def test_altered_or_foreign_blobs_are_refused(token: hsm.HsmToken) -> None:
         hsm.unseal(b"CSHSM2" + blob[6:], token)
     with pytest.raises(ValueError):
         hsm.seal(b"short", token)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_check_module_trusts_the_user_and_root_only(tmp_path: Path) -> None:
+    from corestate.kernel.errors import HsmModuleUntrusted
+    folder = tmp_path / "lib"
+    folder.mkdir()
+    os.chmod(tmp_path, 0o755)
+    lib = folder / "lib.so"
+    lib.write_bytes(b"\x7fELF")
+    os.chmod(lib, 0o755)
+    assert hsm.check_module(lib, uid=0) == lib.resolve()
+    assert hsm.check_module(lib, uid=1000) == lib.resolve()  # root's library: anyone may load it
+    os.chown(lib, 1000, 1000)
+    assert hsm.check_module(lib, uid=1000) == lib.resolve()  # the user's own
+    with pytest.raises(HsmModuleUntrusted, match="belongs to user 1000"):
+        hsm.check_module(lib, uid=0)  # root never loads a user's library
+    with pytest.raises(HsmModuleUntrusted):
+        hsm.check_module(lib, uid=1001)
+    os.chown(lib, 0, 0)
+    os.chmod(lib, 0o757)
+    with pytest.raises(HsmModuleUntrusted, match="written by other users"):
+        hsm.check_module(lib, uid=0)
+    os.chmod(lib, 0o755)
+    os.chmod(folder, 0o777)
+    with pytest.raises(HsmModuleUntrusted, match="other users can write"):
+        hsm.check_module(lib, uid=0)
+    os.chmod(folder, 0o1777)  # sticky: nobody replaces root's entry
+    assert hsm.check_module(lib, uid=0) == lib.resolve()
+    with pytest.raises(HsmModuleMissing):
+        hsm.check_module(folder / "absent.so", uid=0)

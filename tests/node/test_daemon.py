@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import stat
@@ -166,22 +167,37 @@ def test_a_command_sent_while_another_runs_waits_its_turn(node_down: LocalMesh, 
     node = mesh.nodes[0]
     mesh.start(0)
     src = random_tree(tmp_path / "src", 200, seed=12)  # long enough to still run below
+    log = node.home / "daemon.log"
+    seen = len(log.read_bytes()) if log.exists() else 0  # earlier tests' lines don't count
     first = subprocess.Popen(mesh.cmd(node, "backup", str(src), "--json"), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, env=clean_env())
     try:
-        wait_for(lambda: "running: " in (node.home / "daemon.log").read_text()
-                 and "backup" in (node.home / "daemon.log").read_text().rsplit("running: ", 1)[-1],
-                 30, "the daemon to start the backup")
-        second = run_plain(mesh, node, "snapshots", "--json")
+        def started() -> bool:
+            new = log.read_bytes()[seen:].decode(errors="replace")
+            return "running: " in new and "backup" in new.rsplit("running: ", 1)[-1]
+        wait_for(started, 30, "the daemon to start the backup")
+        # The second client speaks from this process (no interpreter to start, so it
+        # surely arrives while the backup runs), as the CLI does.
+        from corestate.node.runtime.client import Connection
+        from corestate.protocol import control as c
+        s = connect(node.home, timeout=30)
+        assert s is not None
+        with s:
+            conn = Connection(s)
+            s.settimeout(300)
+            conn.send(c.Run(argv=("snapshots", "--json"), cwd="/", tty=False, width=0))
+            replies = list(conn.messages())
         out, err = first.communicate(timeout=300)
     finally:
         if first.poll() is None:
             first.kill()
     assert first.returncode == 0, err
     # The second client was told it waits, and got its answer once the backup was done.
-    assert second.returncode == 0, second.stderr
-    assert "waiting for the command already running" in second.stderr
-    assert last_json(out)["snapshot_id"] in [s["id"] for s in last_json(second)]
+    assert isinstance(replies[-1], c.Exit) and replies[-1].code == 0, replies
+    said = [r.text for r in replies if isinstance(r, c.Output)]
+    assert any("waiting for the command already running" in t for t in said), said
+    listed = json.loads([t for t in said if t.startswith("[")][-1])
+    assert last_json(out)["snapshot_id"] in [s["id"] for s in listed]
 
 
 def test_standalone_node_backs_up_as_before(node_down: LocalMesh, tmp_path: Path) -> None:
@@ -261,3 +277,47 @@ def test_localmesh_start_returns_for_a_daemon_that_already_runs(node_down: Local
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
     assert mesh.nodes[0].running
+
+
+def test_control_frames_are_held_to_the_spec_limit(node_down: LocalMesh) -> None:
+    """SPEC §8.6: 1,064,960 bytes. The largest Run fits and is answered; a longer frame is
+    refused as soon as its length is read (the daemon closes without waiting for a body)."""
+    import socket as sk
+
+    from corestate.protocol import control as c
+    from corestate.protocol import wire
+    from corestate.protocol.errors import ProtocolError
+    assert c.CONTROL_MAX_FRAME == 1_064_960
+    mesh = node_down
+    mesh.start(0)
+    largest = wire.encode_frame(c.encode(c.Run(argv=("x" * 4096,) * 256, cwd="/" + "d" * 4095, tty=False,
+                                               width=1000)))
+    assert len(largest) - len(wire.encode_varint(len(largest))) <= c.CONTROL_MAX_FRAME
+    s = connect(mesh.nodes[0].home, timeout=30)
+    assert s is not None
+    with s:
+        s.sendall(wire.encode_frame(c.encode(c.Hello(version=c.CONTROL_VERSION, client="test"))) + largest)
+        got = b""
+        while b"could not parse" not in got and (data := s.recv(1 << 16)):
+            got += data
+        assert b"could not parse" in got  # read, decoded and answered
+    s = connect(mesh.nodes[0].home, timeout=15)
+    assert s is not None
+    with s:
+        client_hello = wire.encode_frame(c.encode(c.Hello(version=c.CONTROL_VERSION, client="test")))
+        s.sendall(client_hello + wire.encode_varint(c.CONTROL_MAX_FRAME + 1))  # a length only, no body
+        welcome = b""
+        while b"welcome" not in welcome:
+            welcome += s.recv(1 << 16)
+        try:
+            assert s.recv(1 << 16) == b""  # closed at once, not waiting for the body
+        except TimeoutError:
+            raise AssertionError("the daemon waited for an over-limit frame's body") from None
+    # The client holds the daemon to the same limit.
+    from corestate.node.runtime import client
+    a, b = sk.socketpair()
+    with a, b:
+        a.sendall(wire.encode_varint(c.CONTROL_MAX_FRAME + 1))
+        with pytest.raises(ProtocolError):
+            client.Connection(b)  # the daemon's welcome would be over the limit
+    assert last_json(mesh.run(mesh.nodes[0], "node", "info", "--json"))["peer_id"]

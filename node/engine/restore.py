@@ -6,13 +6,14 @@ other users may write in it while root restores (in place, or into a home).
 
 - Tree names are validated when they are decoded (no ``..``, ``/``, NUL or empty names), and
   every tree is decoded before anything is written.
-- No call ever takes a path with more than one component. Each create, mkdir, rename, link,
-  unlink and metadata change works on a name relative to a directory fd, and that fd is
-  opened from the target's fd with ``open_beneath`` (openat2 ``RESOLVE_BENEATH |
-  RESOLVE_NO_SYMLINKS``, or an ``O_NOFOLLOW`` walk per component on older kernels) each time
-  it is needed, never kept: a directory replaced by a symlink mid-restore makes every later
-  write below it fail with an error for its path, and one moved away takes at most the entry
-  being written with it (moved with it, not redirected elsewhere).
+- Below the target, only ``open_beneath`` resolves a path of more than one component, and it
+  follows no symlink and no ``..`` (openat2 ``RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS``, or an
+  ``O_NOFOLLOW`` walk per component on kernels before 5.6). Every create, mkdir, rename,
+  link, unlink and metadata change acts on one name relative to a directory fd it opened
+  from the target's fd, afresh each time it is needed and never kept for long: a directory
+  replaced by a symlink mid-restore makes every later write below it fail with an error for
+  its path, and a directory moved away can take with it only what is being written into it
+  at that moment (the fd follows the directory itself; nothing is redirected by a path).
 - Files are created ``O_EXCL | O_NOFOLLOW`` under a temporary name, get their metadata
   through their own fd, and are renamed into place; FIFOs and devices get theirs through an
   ``O_PATH`` fd checked to be what was just made; symlinks are never followed.

@@ -1,4 +1,4 @@
-"""Linux file-system calls the standard library lacks (syncfs, statfs, clone, fanotify, ...).
+"""Linux file-system calls the standard library lacks (syncfs, statfs, openat2, fanotify, ...).
 
 This is kernel I/O: pure cores and the simulator never import it (import-linter).
 
@@ -61,6 +61,81 @@ def syncfs(fd: int) -> None:
     """Flush every dirty page of the file system holding ``fd`` (one call, not one per file)."""
     if _libc.syncfs(fd) != 0:
         _raise_errno()
+
+
+# --- openat2: open below a directory, never through a symlink ----------------------------
+
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+# New system calls share one number on every architecture (the asm-generic table).
+_SYS_OPENAT2 = 437
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+_libc.syscall.restype = ctypes.c_long
+#: False once openat2 answered ENOSYS (a kernel before 5.6) or EPERM (a seccomp filter that
+#: does not know it): the component walk is used from then on.
+_have_openat2 = True
+
+
+def openat2(dirfd: int, path: bytes, flags: int, resolve: int) -> int:
+    """openat2(2): open ``path`` relative to ``dirfd`` under the ``RESOLVE_*`` rules."""
+    how = _OpenHow(flags, 0, resolve)
+    fd = _libc.syscall(ctypes.c_long(_SYS_OPENAT2), ctypes.c_int(dirfd), ctypes.c_char_p(path),
+                       ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
+    if fd < 0:
+        _raise_errno(os.fsdecode(path))
+    return int(fd)
+
+
+def open_beneath(dirfd: int, path: bytes, flags: int) -> int:
+    """Open ``path`` (relative; ``b""`` is ``dirfd`` itself) strictly below ``dirfd``, following
+    no symlink in any component and no ``..``: a symlink fails with ELOOP (or ENOTDIR), an
+    escape with EXDEV. ``O_NOFOLLOW | O_CLOEXEC`` are always added to ``flags``; no O_CREAT.
+
+    openat2 with RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS does it in one call. Where the kernel
+    lacks it, each component is opened with O_NOFOLLOW relative to the one before, which
+    gives the same guarantee with one call per component.
+    """
+    global _have_openat2
+    flags |= os.O_NOFOLLOW | os.O_CLOEXEC
+    path = path or b"."
+    if _have_openat2:
+        for _ in range(8):
+            try:
+                return openat2(dirfd, path, flags, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)
+            except OSError as exc:
+                if exc.errno == errno.EAGAIN:
+                    continue  # the kernel saw a concurrent rename and could not prove safety
+                if exc.errno not in (errno.ENOSYS, errno.EPERM):
+                    raise
+                _have_openat2 = False
+                break
+        else:
+            raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN), os.fsdecode(path))
+    comps = [c for c in path.split(b"/") if c and c != b"."]
+    if path.startswith(b"/") or b".." in comps:
+        raise OSError(errno.EXDEV, "an absolute path or '..' would leave the directory", os.fsdecode(path))
+    if not comps:
+        return os.open(".", flags, dir_fd=dirfd)
+    fd = dirfd
+    try:
+        for c in comps[:-1]:
+            # O_PATH: only search permission is needed on the way down; O_DIRECTORY makes an
+            # O_PATH|O_NOFOLLOW open of a symlink fail instead of returning the link itself.
+            nxt = os.open(c, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            if fd != dirfd:
+                os.close(fd)
+            fd = nxt
+        return os.open(comps[-1], flags, dir_fd=fd)
+    finally:
+        if fd != dirfd:
+            os.close(fd)
 
 
 def statfs_type(path: Path | str) -> int:

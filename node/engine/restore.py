@@ -1,15 +1,27 @@
 """Restore: the reverse of backup, verifying every chunk, never writing outside the target.
 
 Each backed-up path comes back below the target under its full original path (as restic
-does). Safety does not rest on trusting the snapshot: tree names are validated when they
-are decoded (no ``..``, ``/``, NUL or empty names), directories are created and entered
-one component at a time through directory fds opened with ``O_NOFOLLOW``, and files are
-created with ``O_EXCL | O_NOFOLLOW`` under a temporary name and renamed into place, so a
-symlink in the target (pre-existing or restored) is never followed.
+does). Safety does not rest on trusting the snapshot, nor on the target staying as it was:
+other users may write in it while root restores (in place, or into a home).
 
-Files are written by worker threads (reading, decrypting, hashing and decompressing
-release the GIL); directory metadata is applied last, deepest first, so writing into a
-directory does not disturb its restored mtime; one ``syncfs`` at the end makes it durable.
+- Tree names are validated when they are decoded (no ``..``, ``/``, NUL or empty names), and
+  every tree is decoded before anything is written.
+- Below the target, only ``open_beneath`` resolves a path of more than one component, and it
+  follows no symlink and no ``..`` (openat2 ``RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS``, or an
+  ``O_NOFOLLOW`` walk per component on kernels before 5.6). Every create, mkdir, rename,
+  link, unlink and metadata change acts on one name relative to a directory fd it opened
+  from the target's fd, afresh each time it is needed and never kept for long: a directory
+  replaced by a symlink mid-restore makes every later write below it fail with an error for
+  its path, and a directory moved away can take with it only what is being written into it
+  at that moment (the fd follows the directory itself; nothing is redirected by a path).
+- Files are created ``O_EXCL | O_NOFOLLOW`` under a temporary name, get their metadata
+  through their own fd, and are renamed into place; FIFOs and devices get theirs through an
+  ``O_PATH`` fd checked to be what was just made; symlinks are never followed.
+
+Files are written by forked worker processes. Directory metadata is applied last, children
+before parents: writing into a directory would disturb its restored mtime, and a parent
+handed to its owner (or made read-only) before its children are done could lock the restore
+out of them or let that owner swap them. One ``syncfs`` at the end makes it durable.
 """
 
 from __future__ import annotations
@@ -24,7 +36,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from corestate.kernel.linux import syncfs
+from corestate.kernel.linux import open_beneath, syncfs
 from corestate.node.engine.repo import Repository, SnapshotInfo
 from corestate.node.errors import PathNotInSnapshot, RestoreTargetError
 from corestate.protocol.errors import CorruptObject
@@ -33,6 +45,7 @@ from corestate.protocol.objects import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLI
 BATCH_BYTES = 8 << 20
 BATCH_FILES = 256
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NOT_FOLLOWED = "a symlink or non-directory stands in the target where a directory belongs; not followed"
 
 
 @dataclass(slots=True)
@@ -66,14 +79,15 @@ class Restore:
                 raise PathNotInSnapshot(os.fsdecode(inc))
         self._dirs: list[tuple[bytes, Node]] = []
         self._jobs: list[tuple[bytes, Node]] = []
-        self._links: list[tuple[bytes, bytes]] = []
-        self._first_by_inode: dict[int, bytes] = {}
+        # Hard links as ((dir, name) of the first path, (dir, name) of the link).
+        self._links: list[tuple[tuple[bytes, bytes], tuple[bytes, bytes]]] = []
+        self._first_by_inode: dict[int, tuple[bytes, bytes]] = {}
         target = Path(os.path.abspath(target))
-        tb = os.fsencode(target)
+        tb = self._tb = os.fsencode(target)
         # A first pass writes nothing: it decodes (and so validates) every tree the
         # restore needs, so a forged tree is refused before a single byte is written.
         self.dry_run = True
-        self._plan(snap.record.tree, b"", -1, tb, not self.includes)
+        self._plan(snap.record.tree, b"", tb, not self.includes)
         if dry_run:
             return self.stats
         self.stats.files_total = self.stats.files + len(self._links)
@@ -83,12 +97,13 @@ class Restore:
         self.dry_run = False
         try:
             os.makedirs(target, exist_ok=True)
-            tfd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            # The target itself may be a symlink: the user named it. Below it, nothing is.
+            tfd = self._tfd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
             raise RestoreTargetError(str(target), exc.strerror or str(exc))
         try:
             self.repo.preload_salts()
-            self._plan(snap.record.tree, b"", tfd, tb, not self.includes)
+            self._plan(snap.record.tree, b"", tb, not self.includes)
             # Files go to the workers in batches: one hand-off per file would cost a thread
             # wake-up (and a GIL hand-off) each, which dominates when files are small.
             batches: list[list[tuple[bytes, Node]]] = [[]]
@@ -102,7 +117,9 @@ class Restore:
             self._write_batches(batches)
             for src, dst in self._links:
                 self._link(src, dst)
-            for dpath, node in reversed(self._dirs):
+            # _dirs is in post-order (a directory is added once its subtree is planned), so
+            # this visits children before parents.
+            for dpath, node in self._dirs:
                 self._apply_dir_meta(dpath, node)
             syncfs(tfd)
         finally:
@@ -134,61 +151,88 @@ class Restore:
                 return 1
         return 0
 
-    def _plan(self, tree: bytes, spath: bytes, dfd: int, dpath: bytes, full: bool) -> None:
-        for node in self.repo.tree(tree):
-            p = spath + b"/" + node.name
-            sel = 2 if full else self._selected(p)
-            if not sel:
-                continue
-            out = dpath + b"/" + node.name
-            self.stats.current = out
-            if node.type == DIR:
-                self.stats.dirs += 1
-                if self.dry_run:
-                    self._plan(node.subtree or b"", p, -1, out, sel == 2)
+    def _plan(self, tree: bytes, spath: bytes, dpath: bytes, full: bool) -> bool:
+        """Plan (and, when not a dry run, make the directories and special files of) the
+        directory ``dpath``; False when it cannot be entered (an error is recorded)."""
+        dfd = -1
+        if not self.dry_run:
+            dfd = self._reopen(dpath)
+            if dfd < 0:
+                return False
+        try:
+            for node in self.repo.tree(tree):
+                p = spath + b"/" + node.name
+                sel = 2 if full else self._selected(p)
+                if not sel:
                     continue
-                cfd = self._mkdir(dfd, dpath, node.name)
-                if cfd is None:
-                    continue
-                try:
+                out = dpath + b"/" + node.name
+                self.stats.current = out
+                if node.type == DIR:
+                    self.stats.dirs += 1
+                    if self.dry_run:
+                        self._plan(node.subtree or b"", p, out, sel == 2)
+                        continue
+                    if dfd < 0 and (dfd := self._reopen(dpath)) < 0:
+                        return False
+                    if not self._mkdir(dfd, out, node.name):
+                        continue
+                    # A subtree can take long to plan: this directory is opened afresh for
+                    # its next entry rather than trusted to still be where it was.
+                    os.close(dfd)
+                    dfd = -1
                     assert node.subtree is not None
-                    self._plan(node.subtree, p, cfd, out, sel == 2)
-                finally:
-                    os.close(cfd)
-                self._dirs.append((out, node))
-            elif sel == 1:
-                continue
-            elif node.type == FILE:
-                if node.inode is not None and node.inode in self._first_by_inode:
-                    self._links.append((self._first_by_inode[node.inode], out))
+                    if self._plan(node.subtree, p, out, sel == 2):
+                        self._dirs.append((out, node))
+                elif sel == 1:
                     continue
-                if node.inode is not None:
-                    self._first_by_inode[node.inode] = out
-                if self.dry_run:
-                    self.stats.files += 1
-                    self.stats.bytes_total += node.size
-                else:
-                    self._jobs.append((dpath, node))
-            elif not self.dry_run:
-                self._special(dfd, out, node)
+                elif node.type == FILE:
+                    here = (dpath, node.name)
+                    if node.inode is not None and node.inode in self._first_by_inode:
+                        self._links.append((self._first_by_inode[node.inode], here))
+                        continue
+                    if node.inode is not None:
+                        self._first_by_inode[node.inode] = here
+                    if self.dry_run:
+                        self.stats.files += 1
+                        self.stats.bytes_total += node.size
+                    else:
+                        self._jobs.append((dpath, node))
+                elif not self.dry_run:
+                    if dfd < 0 and (dfd := self._reopen(dpath)) < 0:
+                        return False
+                    self._special(dfd, out, node)
+        finally:
+            if dfd >= 0:
+                os.close(dfd)
+        return True
 
-    def _mkdir(self, dfd: int, dpath: bytes, name: bytes) -> int | None:
+    def _opendir(self, dpath: bytes) -> int:
+        """A fresh fd of the restored directory ``dpath``, opened below the target without
+        following any symlink."""
+        try:
+            return open_beneath(self._tfd, dpath[len(self._tb) + 1:], _DIR_FLAGS)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EXDEV):
+                raise OSError(exc.errno, _NOT_FOLLOWED) from None
+            raise
+
+    def _reopen(self, dpath: bytes) -> int:
+        """``_opendir``, or -1 with the error recorded for ``dpath``."""
+        try:
+            return self._opendir(dpath)
+        except OSError as exc:
+            self._error(dpath, exc)
+            return -1
+
+    def _mkdir(self, dfd: int, out: bytes, name: bytes) -> bool:
         try:
             os.mkdir(name, 0o700, dir_fd=dfd)
         except FileExistsError:
-            pass
+            pass  # opening it for its subtree checks that it is a directory
         except OSError as exc:
-            self._error(dpath + b"/" + name, exc)
-            return None
-        try:
-            return os.open(name, _DIR_FLAGS, dir_fd=dfd)
-        except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                self.stats.errors.append(
-                    (dpath + b"/" + name, "exists in the target and is not a directory; not followed"))
-            else:
-                self._error(dpath + b"/" + name, exc)
-            return None
+            self._error(out, exc)
+            return False
+        return True
 
     def _special(self, dfd: int, out: bytes, node: Node) -> None:
         name = node.name
@@ -209,14 +253,34 @@ class Restore:
             elif node.type in (CHARDEV, BLOCKDEV):
                 kind = stat.S_IFCHR if node.type == CHARDEV else stat.S_IFBLK
                 os.mknod(name, kind | node.mode, node.rdev or 0, dir_fd=dfd)
-            if self._is_root:
-                os.chown(name, node.uid, node.gid, dir_fd=dfd, follow_symlinks=False)
-            if node.type != SYMLINK:
-                os.chmod(name, node.mode, dir_fd=dfd)
-            os.utime(name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=dfd, follow_symlinks=False)
+            if node.type == SYMLINK:
+                # Both calls act on whatever has the name, never through it.
+                if self._is_root:
+                    os.chown(name, node.uid, node.gid, dir_fd=dfd, follow_symlinks=False)
+                os.utime(name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=dfd, follow_symlinks=False)
+            else:
+                self._special_meta(dfd, name, node)
             self.stats.other += 1
         except OSError as exc:
             self._error(out, exc)
+
+    def _special_meta(self, dfd: int, name: bytes, node: Node) -> None:
+        """Metadata of a just-made FIFO or device through an O_PATH fd (which neither opens
+        the device nor blocks on the FIFO), after checking it is still what was made: chmod
+        by name would follow a symlink put in its place."""
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        try:
+            want = {FIFO: stat.S_IFIFO, CHARDEV: stat.S_IFCHR, BLOCKDEV: stat.S_IFBLK}[node.type]
+            if stat.S_IFMT(os.fstat(fd).st_mode) != want:
+                raise OSError(errno.EEXIST, "replaced by something else while it was restored")
+            # An O_PATH fd takes no fchmod; its /proc link names exactly that inode.
+            proc = f"/proc/self/fd/{fd}"
+            if self._is_root:
+                os.chown(proc, node.uid, node.gid)
+            os.chmod(proc, node.mode)
+            os.utime(proc, ns=(node.mtime_ns, node.mtime_ns))
+        finally:
+            os.close(fd)
 
     # -- writing (workers) ------------------------------------------------------------------
 
@@ -245,13 +309,24 @@ class Restore:
 
     def _write_files(self, batch: list[tuple[bytes, Node]]) -> None:
         for dpath, node in batch:
-            self._write_file(dpath, node)
+            # Each file opens its directory afresh (one openat2): a directory swapped after
+            # the previous file fails this one with its path instead of redirecting it.
+            try:
+                dfd = self._opendir(dpath)
+            except OSError as exc:
+                self._error(dpath + b"/" + node.name, exc)
+                continue
+            try:
+                self._write_file(dfd, dpath, node)
+            finally:
+                os.close(dfd)
 
-    def _write_file(self, dpath: bytes, node: Node) -> None:
+    def _write_file(self, dfd: int, dpath: bytes, node: Node) -> None:
         final = dpath + b"/" + node.name
-        tmp = dpath + b"/.corestate-restore-" + secrets.token_hex(8).encode()
+        tmp = b".corestate-restore-" + secrets.token_hex(8).encode()
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                         dir_fd=dfd)
         except OSError as exc:
             self._error(final, exc)
             return
@@ -270,17 +345,17 @@ class Restore:
             self._apply_meta_fd(fd, node)
             os.close(fd)
             fd = -1
-            st = _lstat_or_none(final)
+            st = _lstat_or_none(dfd, node.name)
             if st is not None and stat.S_ISDIR(st.st_mode):
                 raise IsADirectoryError(errno.EISDIR, "a directory is in the way")
-            os.rename(tmp, final)
+            os.rename(tmp, node.name, src_dir_fd=dfd, dst_dir_fd=dfd)
             with self._lock:
                 self.stats.files += 1
         except (OSError, CorruptObject) as exc:
             if fd >= 0:
                 os.close(fd)
             try:
-                os.unlink(tmp)
+                os.unlink(tmp, dir_fd=dfd)
             except OSError:
                 pass
             if isinstance(exc, CorruptObject):
@@ -302,7 +377,7 @@ class Restore:
 
     def _apply_dir_meta(self, dpath: bytes, node: Node) -> None:
         try:
-            fd = os.open(dpath, _DIR_FLAGS)
+            fd = self._opendir(dpath)
         except OSError as exc:
             self._error(dpath, exc)
             return
@@ -313,18 +388,26 @@ class Restore:
         finally:
             os.close(fd)
 
-    def _link(self, src: bytes, dst: bytes) -> None:
+    def _link(self, src: tuple[bytes, bytes], dst: tuple[bytes, bytes]) -> None:
+        (sdir, sname), (ddir, dname) = src, dst
+        sfd = dfd = -1
         try:
-            st = _lstat_or_none(dst)
+            sfd = self._opendir(sdir)
+            dfd = self._opendir(ddir)
+            st = _lstat_or_none(dfd, dname)
             if st is not None:
                 if stat.S_ISDIR(st.st_mode):
                     raise IsADirectoryError(errno.EISDIR, "a directory is in the way")
-                os.unlink(dst)
-            os.link(src, dst, follow_symlinks=False)
+                os.unlink(dname, dir_fd=dfd)
+            os.link(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
             self.stats.links += 1
             self.stats.files += 1
         except OSError as exc:
-            self._error(dst, exc)
+            self._error(ddir + b"/" + dname, exc)
+        finally:
+            for fd in (sfd, dfd):
+                if fd >= 0:
+                    os.close(fd)
 
     def _error(self, path: bytes, exc: OSError) -> None:
         with self._lock:
@@ -363,9 +446,9 @@ def _write_sparse(fd: int, data: bytes) -> None:
             _write_all(fd, view[i:end])
 
 
-def _lstat_or_none(path: bytes) -> os.stat_result | None:
+def _lstat_or_none(dfd: int, name: bytes) -> os.stat_result | None:
     try:
-        return os.lstat(path)
+        return os.lstat(name, dir_fd=dfd)
     except FileNotFoundError:
         return None
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from corestate.node.treecompare import differences
-from helpers import Cli, make_tree
+from helpers import Cli, make_tree, without_dac_override
 
 
 def restored(target: Path, src: Path) -> Path:
@@ -94,15 +94,6 @@ def test_excludes_and_the_home_is_never_backed_up(tmp_path: Path) -> None:
     assert "a.txt" in names
 
 
-def _without_dac_override() -> None:
-    """In the child: drop root's power to read any file, so permissions apply to it."""
-    import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
-    for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
-        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
-            raise OSError(ctypes.get_errno(), "prctl")
-
-
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop capabilities")
 def test_unreadable_files_are_reported_and_exit_3(cli: Cli, tmp_path: Path) -> None:
     src = tmp_path / "src"
@@ -111,7 +102,7 @@ def test_unreadable_files_are_reported_and_exit_3(cli: Cli, tmp_path: Path) -> N
     (src / "locked").write_text("secret")
     os.chown(src / "locked", 4321, 4321)
     os.chmod(src / "locked", 0o000)
-    p = cli.run("backup", str(src), "--json", check=False, preexec_fn=_without_dac_override)
+    p = cli.run("backup", str(src), "--json", check=False, preexec_fn=without_dac_override)
     assert p.returncode == 3, p.stderr
     summary = json.loads(p.stdout.strip().splitlines()[-1])
     assert summary["complete"] is False

@@ -114,3 +114,46 @@ def test_strangers_flooding_sync_and_join_do_not_stall_the_node(admin: LocalMesh
     assert worst < 1.0, f"node info took {worst:.2f} s during the flood (quiet: {quiet:.2f} s)"
     # The node still works afterwards.
     assert admin.run(node, "group", "members", "--json").returncode == 0
+
+
+def test_a_peer_speaking_an_earlier_version_is_told_so(admin: LocalMesh) -> None:
+    from corestate.protocol import messages as m
+    from corestate.protocol.streams import Channel
+    node = admin.nodes[0]
+    answers: dict[str, m.Message] = {}
+
+    async def main() -> None:
+        async with open_host(NodeKeys.from_root(os.urandom(32)).identity_seed, LOOPBACK) as host:
+            for protocol in gw.OLD_PROTOCOLS:
+                with trio.fail_after(15):  # a clear answer, not a silent hang
+                    stream = await host.open_stream(node.peer_id, protocol, addrs=[node.addr])
+                    ch = Channel(stream, timeout=10)
+                    # What a version-1 peer sends first (the old JoinRequest is the same shape).
+                    await ch.send(m.Ok())
+                    answers[protocol] = await ch.receive()
+                    await ch.aclose()
+
+    trio.run(main)
+    for protocol in gw.OLD_PROTOCOLS:
+        err = answers[protocol]
+        assert isinstance(err, m.Error) and err.code == "version", err
+        assert gw.SYNC_PROTOCOL in err.message and "upgrade" in err.message
+
+
+def test_a_stranger_is_refused_before_it_sends_anything(admin: LocalMesh) -> None:
+    from corestate.protocol import messages as m
+    from corestate.protocol.streams import Channel
+    node = admin.nodes[0]
+    got: list[m.Message] = []
+
+    async def main() -> None:
+        async with open_host(NodeKeys.from_root(os.urandom(32)).identity_seed, LOOPBACK) as host:
+            with trio.fail_after(15):
+                stream = await host.open_stream(node.peer_id, gw.SYNC_PROTOCOL, addrs=[node.addr])
+                ch = Channel(stream, timeout=10, decode=gw.decode)
+                got.append(await ch.receive())  # nothing sent: the refusal comes anyway
+                await ch.aclose()
+
+    trio.run(main)
+    (err,) = got
+    assert isinstance(err, m.Error) and err.code == "refused" and "not a member" in err.message

@@ -393,7 +393,7 @@ def test_a_partition_is_capped_in_entries_and_bytes() -> None:
     small = Catalog(max_partition_entries=4)
     kinds = [small.apply(b.raw, members=MEMBERS, now_ms=NOW).kind for b in batches]
     assert kinds == ["applied"] * 4 + ["rejected", "gap"]
-    assert small.head(A.peer_id)[1] == 4  # type: ignore[index]
+    assert small.head(A.peer_id)[1] == 4
     # The same in bytes; the count survives a reload from rows.
     size = len(batches[0].raw)
     by_bytes = Catalog(max_partition_bytes=3 * size)

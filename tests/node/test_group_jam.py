@@ -54,7 +54,7 @@ def join(admin: GroupNode, node: GroupNode) -> int:
     admin.redeem(node.me, inv.group, inv.secret)
     pages = [wire(gw.JoinReply(ops=p, more=i < len(admin.join_pages()) - 1, addrs=()))
              for i, p in enumerate(admin.join_pages())]
-    node.adopt(inv.group, [op for p in pages for op in p.ops])  # type: ignore[attr-defined]
+    node.adopt(inv.group, [op for p in pages for op in p.ops])
     assert node.is_member(node.me)
     return len(pages)
 
@@ -72,7 +72,7 @@ def test_a_member_cannot_jam_the_group(office: list[GroupNode], tmp_path: Path) 
     admin, member, other = office
     g = admin.group
     assert g is not None
-    heads = list(member.state.heads)  # type: ignore[union-attr]
+    heads = list(member.state.heads)
     # The member pushes 8,200 validly signed ops naming the group, signed by throwaway keys,
     # and some of its own (void: it is no admin), in pushes of at most MAX_OPS.
     junk = [mem.encode_op(mem.sign_op(NodeKeys.from_root(os.urandom(32)).signing_key, kind="add", group=g,
@@ -174,16 +174,17 @@ def test_a_leaving_member_cannot_keep_writing(office: list[GroupNode]) -> None:
     assert seen is not None
     # The member leaves naming a cut far beyond what it published, then keeps writing.
     leave = mem.sign_op(member.keys.signing_key, kind="remove", group=admin.group, subject=member.me,
-                        parents=member.state.heads, upto=(0, 1_000_000))  # type: ignore[union-attr]
+                        parents=member.state.heads, upto=(0, 1_000_000))
     member._store_ops([leave])
-    later = [cat.sign_batch(member.keys.signing_key, epoch=0, seq_first=seen[1] + 1 + i,
-                            prev=member.catalog.head(member.me)[2] if i == 0 else later[-1].batch_id,  # type: ignore[index]
-                            hlc=1, entries=[(b"c", b"after %d" % i)]) for i in range(1)]
+    mine = member.catalog.head(member.me)
+    assert mine is not None
+    later = [cat.sign_batch(member.keys.signing_key, epoch=0, seq_first=mine[1] + 1, prev=mine[2],
+                            hlc=1, entries=[(b"c", b"after")])]
     from corestate.node.core import sync as csync
     # An accomplice forwards the leave and the later batch; the admin keeps only what it held.
     admin.sync_absorb(KEYS[2].peer_id, gw.SyncPush(ops=(mem.encode_op(leave),),
                                                    catalog=csync.encode(csync.Push(tuple(b.raw for b in later)))))
     assert member.me in admin.removed()
-    assert admin.catalog.head(member.me)[:2] == seen[:2]  # type: ignore[index]
-    assert admin.catalog.get(member.me, b"c").value == b"before"  # type: ignore[union-attr]
+    assert admin.catalog.head(member.me)[:2] == seen[:2]
+    assert admin.catalog.get(member.me, b"c").value == b"before"
     assert admin.cutoffs() == {member.me: (seen[0], seen[1])}

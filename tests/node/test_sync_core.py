@@ -249,8 +249,8 @@ def test_an_author_signing_two_histories_is_seen_as_a_fork_by_both_replicas(x_le
     # Each replica keeps the history it had (nothing is silently merged), and once both
     # hold evidence an exchange sends no more conflicting batches (no alert every round).
     assert x.head(author) == replica(xs).head(author) and y.head(author) == replica(ys).head(author)
-    assert sync.decode(sync.answer(y, sync.hello(x))).batches == ()  # type: ignore[union-attr]
-    assert sync.decode(sync.answer(x, sync.hello(y))).batches == ()  # type: ignore[union-attr]
+    assert sync.decode(sync.answer(y, sync.hello(x))).batches == ()
+    assert sync.decode(sync.answer(x, sync.hello(y))).batches == ()
 
 
 def test_a_replica_with_evidence_hands_it_to_one_without() -> None:

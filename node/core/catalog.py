@@ -35,7 +35,14 @@ Rules of :meth:`Catalog.apply`, checked in this order, for a batch of author A:
    ``seq_first == seq + 1`` with ``prev`` equal to the last batch id -> ``Applied``; with
    any other ``prev``, or a batch overlapping applied seqs with other bytes -> ``Fork``
    (the author signed two histories: both batches are kept as evidence, the second is not
-   applied); the very batch again -> ``Duplicate``.
+   applied); the very batch again -> ``Duplicate``;
+5. a batch that would take the author's partition past ``max_partition_entries`` seqs or
+   ``max_partition_bytes`` bytes of batches in the epoch -> ``Rejected`` (a member cannot
+   make every replica hold an unbounded log; the defaults are far above real use).
+
+Two batches of one author and epoch with overlapping seqs and different ids are fork
+evidence whatever this replica holds (:meth:`Catalog.evidence`; sync hands evidence to
+replicas without it, and compares head batch ids, see ``node.core.sync``).
 
 Timestamps: the signed HLC is stored verbatim (replicas must converge, and the batch bytes
 are forwarded as they are). A timestamp more than ``max_drift_ms`` ahead of ``now_ms`` is

@@ -75,6 +75,12 @@ Outcomes worth knowing:
   e.g. with different ``hlc``); that only matters among concurrent ops that conflict, and
   an attacker with an admin key can do worse by acting first.
 
+What a replica keeps (:func:`retain`): the ops that count and their causal past, plus a
+few (``MAX_IDLE_OPS_PER_SIGNER``) other ops per signer that is or was a member; ops of
+signers that never belonged are dropped, so a member cannot jam the group with ops signed
+by throwaway keys. How far a removed member's catalog partition is kept: :func:`cutoffs`
+(a leave's self-named point is bounded by what the replica had seen).
+
 Invariants: :func:`evaluate` is a pure function of the *set* of ops (order, duplicates and
 forged copies of valid ops do not matter), so :func:`merge` (set union) is commutative,
 associative and idempotent, and replicas that hold the same ops agree; every evaluated

@@ -219,16 +219,22 @@ class GroupService:
                 raise GroupError(f"peer {peer[-8:]} refused to sync: {reply.message}")
             if not isinstance(reply, gw.SyncReply):
                 raise GroupError("unexpected sync reply")
-            push, verdicts = await self._thread(self.group.sync_finish, reply)
+            push, verdicts, more = await self._thread(self._finish, reply)
             await ch.send(push)
         finally:
             with trio.move_on_after(2):
                 await ch.aclose()
         self._report(peer, verdicts)
         self._learn_addrs()
-        # Another exchange when a page was cut at its budget either way, or the push showed
-        # the peer a fork it will answer with its evidence.
-        return not self.group.last_reply_complete, verdicts
+        return more, verdicts
+
+    def _finish(self, reply: gw.SyncReply) -> tuple[gw.SyncPush, list[Any], bool]:
+        """``sync_finish``, and whether another exchange should follow (a page was cut at its
+        budget either way, or the push showed the peer a fork it will answer with its
+        evidence), read under the same lock: exchanges with several peers run at once."""
+        with self.group._lock:
+            push, verdicts = self.group.sync_finish(reply)
+            return push, verdicts, not self.group.last_reply_complete
 
     def _report(self, peer: str, verdicts: list[Any]) -> None:
         """Refused batches are logged; forks (an author signed two histories) and clocks

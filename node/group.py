@@ -27,7 +27,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -125,11 +125,18 @@ class GroupNode:
             self.db.execute("SELECT author, key, seq, value, hlc FROM entries").fetchall(),
             self.db.execute("SELECT author, epoch, seq, kept, other, reason FROM forks").fetchall(),
         )
+        # For each member that left (removed itself): what this replica held of its
+        # partition when it learned of the leave, the most its own cut-off counts for.
+        self._seen: dict[str, tuple[int, int]] = {}
+        for k, v in self.db.execute("SELECT k, v FROM meta WHERE k LIKE 'left:%'"):
+            e, q = cbor2.loads(v)
+            self._seen[k[len("left:"):]] = (int(e), int(q))
         self.state: mem.GroupState | None = None
         # Called (no arguments, in the thread that changed it, under this object's lock)
         # whenever the evaluated membership changes; see the module invariants.
         self.on_members: list[Callable[[], None]] = []
         self._evaluate()
+        self._retain()
         self._forget_removed()
 
     def close(self) -> None:
@@ -156,6 +163,10 @@ class GroupNode:
     def _evaluate(self) -> None:
         before = self._view()
         self.state = None if self.group is None else mem.evaluate(self.ops.values(), self.group)
+        self._tell(before)
+
+    def _tell(self, before: tuple[frozenset[tuple[str, str]], frozenset[str]]) -> None:
+        """Call the ``on_members`` listeners if the membership view moved from ``before``."""
         if self._view() != before:
             for fn in list(self.on_members):
                 fn()
@@ -191,29 +202,78 @@ class GroupNode:
     # -- membership --------------------------------------------------------------------
 
     def _store_ops(self, ops: Iterable[mem.MemberOp]) -> int:
-        new = [op for op in ops if op.op_id not in self.ops and mem.verify_op(op)
-               and (op.group == self.group or (op.kind == "create" and op.op_id == self.group))]
-        if not new:
+        """Store the ops that verify, name this group and are worth keeping (see
+        ``membership.retain``); returns how many were new. Ops of signers that never
+        belonged are dropped before their signature is even checked: a page of ops arrives
+        in canonical order, so an add comes before the ops of the peer it adds."""
+        st = self.state
+        before = self._view()
+        allowed = set(st.members) | st.removed if st is not None else set()
+        fresh: dict[bytes, mem.MemberOp] = {}
+        for op in ops:
+            if op.op_id in self.ops or op.op_id in fresh:
+                continue
+            if op.kind == "create":
+                if op.op_id != self.group:
+                    continue
+            elif op.group != self.group or op.signer not in allowed:
+                continue
+            if not mem.verify_op(op):
+                continue
+            fresh[op.op_id] = op
+            if op.kind in ("create", "add"):
+                allowed.add(op.subject)
+        if not fresh:
             return 0
+        candidates = {**self.ops, **fresh}
+        assert self.group is not None
+        state = mem.evaluate(candidates.values(), self.group)
+        keep = mem.retain(candidates.values(), state)
+        if len(keep) != len(candidates):
+            candidates = {i: op for i, op in candidates.items() if i in keep}
+            state = mem.evaluate(candidates.values(), self.group)
+        new = [op for i, op in fresh.items() if i in keep]
+        gone = [(i,) for i in self.ops if i not in keep]
         self.db.execute("BEGIN")
         self.db.executemany("INSERT OR IGNORE INTO ops VALUES (?, ?)",
                             [(op.op_id, mem.encode_op(op)) for op in new])
+        self.db.executemany("DELETE FROM ops WHERE id = ?", gone)
         self.db.execute("COMMIT")
-        for op in new:
-            self.ops[op.op_id] = op
-        self._evaluate()
+        self.ops, self.state = candidates, state
         self._forget_removed()
+        self._tell(before)
         return len(new)
+
+    def _retain(self) -> None:
+        """Drop stored ops not worth keeping (a group.db written before ops were filtered)."""
+        if self.state is None or self.group is None:
+            return
+        keep = mem.retain(self.ops.values(), self.state)
+        gone = [(i,) for i in self.ops if i not in keep]
+        if gone:
+            self.db.execute("BEGIN")
+            self.db.executemany("DELETE FROM ops WHERE id = ?", gone)
+            self.db.execute("COMMIT")
+            self.ops = {i: op for i, op in self.ops.items() if i in keep}
+            self._evaluate()
 
     def cutoffs(self) -> dict[str, tuple[int, int]]:
         """For each removed member whose removal names ``upto``: how far its partition is
-        kept (the latest point any effective removal of it names: a function of the op set)."""
-        return mem.cutoffs(self.ops.values(), self.state) if self.state is not None else {}
+        kept (the latest point an effective removal of it names; a member that left counts
+        only up to what this replica held when it learned of the leave)."""
+        if self.state is None:
+            return {}
+        return mem.cutoffs(self.ops.values(), self.state, self._seen)
 
     def _forget_removed(self) -> None:
         """A removed member's partition is cut, on every replica, at the point its removal
         names (what it wrote while it belonged; dropped when no point is named), so
         replicas converge whichever order removal and batches came in."""
+        if self.state is not None:
+            for a in mem.self_removed(self.ops.values(), self.state) - self._seen.keys():
+                head = self.catalog.head(a)
+                self._seen[a] = (head[0], head[1]) if head else (0, 0)
+                self._set_meta(f"left:{a}", cbor2.dumps(list(self._seen[a])))
         cuts = self.cutoffs()
         changed = []
         for a in self.removed():
@@ -471,10 +531,54 @@ class GroupNode:
 
     # -- sync exchange (messages of protocol/group.py) ---------------------------------
 
+    def _heads(self) -> tuple[bytes, ...]:
+        from corestate.protocol import group as gw
+        return self.state.heads[:gw.MAX_HEADS] if self.state is not None else ()
+
+    def _op_pages(self, their_heads: Iterable[bytes] = ()) -> Iterator[tuple[bytes, ...]]:
+        """The ops a replica whose op graph has ``their_heads`` lacks (every op here that is
+        not in the causal past of a head we know), in canonical order, in pages of at most
+        ``OPS_PAGE_BYTES``: each page extends the ones before it into a causally closed set.
+        Lazy: a caller that takes one page pays for about one page."""
+        from corestate.protocol import group as gw
+        if self.state is None:
+            return
+        known: set[bytes] = set()
+        stack = [h for h in their_heads if h in self.ops]
+        while stack:
+            oid = stack.pop()
+            if oid not in known:
+                known.add(oid)
+                stack.extend(p for p in self.ops[oid].parents if p in self.ops)
+        page: list[bytes] = []
+        used = 0
+        for oid in self.state.order:
+            if oid in known:
+                continue
+            raw = mem.encode_op(self.ops[oid])
+            if page and (len(page) >= gw.MAX_OPS or used + len(raw) + 3 > gw.OPS_PAGE_BYTES):
+                yield tuple(page)
+                page, used = [], 0
+            page.append(raw)
+            used += len(raw) + 3
+        if page:
+            yield tuple(page)
+
+    def _op_page(self, their_heads: Iterable[bytes]) -> tuple[tuple[bytes, ...], bool]:
+        """The first page of :meth:`_op_pages`, and whether more follow."""
+        pages = self._op_pages(their_heads)
+        first = next(pages, ())
+        return first, next(pages, None) is not None
+
+    def join_pages(self) -> list[tuple[bytes, ...]]:
+        """Every op of the group, in pages, for a joiner (``JoinReply``s on one stream)."""
+        with self._lock:
+            return list(self._op_pages()) or [()]
+
     def sync_open(self) -> gw.SyncOpen:
         from corestate.protocol import group as gw  # the wire messages: only when syncing
         with self._lock:
-            return gw.SyncOpen(group=self.group or ZERO, have=tuple(sorted(self.ops)),
+            return gw.SyncOpen(group=self.group or ZERO, heads=self._heads(),
                                catalog=csync.hello(self.catalog))
 
     def sync_reply(self, peer: str, msg: gw.SyncOpen) -> gw.SyncReply:
@@ -486,14 +590,14 @@ class GroupNode:
                 raise GroupError("another group")
             if peer not in st.members:
                 raise GroupError("not a member of this group")
-            theirs = set(msg.have)
-            ops = tuple(mem.encode_op(op) for i, op in sorted(self.ops.items()) if i not in theirs)
+            ops, more = self._op_page(msg.heads)
             answer = csync.answer(self.catalog, msg.catalog)
-            return gw.SyncReply(group=self.group or ZERO, ops=ops, have=tuple(sorted(self.ops)),
+            return gw.SyncReply(group=self.group or ZERO, ops=ops, more=more, heads=self._heads(),
                                 catalog=answer)
 
     def sync_finish(self, msg: gw.SyncReply) -> tuple[gw.SyncPush, list[cat.Verdict]]:
-        """At the initiator: take the reply, build the push."""
+        """At the initiator: take the reply, build the push. ``last_reply_complete`` then
+        says whether the exchange carried everything both ways (else: another one)."""
         from corestate.protocol import group as gw
         with self._lock:
             if self.group is None:
@@ -508,8 +612,8 @@ class GroupNode:
                 raise GroupError("the peer answered for another group")
             self._store_ops(mem.decode_op(r) for r in msg.ops)
             verdicts = self._apply_batches(msg.catalog, "reply")
-            theirs = set(msg.have)
-            ops = tuple(mem.encode_op(op) for i, op in sorted(self.ops.items()) if i not in theirs)
+            ops, more = self._op_page(msg.heads)
+            self.last_reply_complete = self.last_reply_complete and not msg.more and not more
             push = self._pending_push
             self._pending_push = None
             return gw.SyncPush(ops=ops, catalog=push or b""), verdicts

@@ -304,6 +304,9 @@ class Record:
 
     __slots__ = ()
     SPECS: ClassVar[dict[str, Spec]]
+    # The ``v`` a message carries; a protocol that changes its messages' format bumps it
+    # (and its protocol id's major) for its own messages only.
+    VERSION: ClassVar[int] = VERSION
 
     def __post_init__(self) -> None:
         for name, spec in self.SPECS.items():
@@ -367,7 +370,7 @@ def _record_map(encoder: Any, value: object) -> None:
 
 def encode(msg: Message) -> bytes:
     """The canonical CBOR payload of ``msg`` (fields were checked when it was built)."""
-    obj: dict[str, object] = {"t": msg.TYPE, "v": VERSION}
+    obj: dict[str, object] = {"t": msg.TYPE, "v": msg.VERSION}
     for name in msg.SPECS:
         obj[name] = getattr(msg, name)
     return cbor2.dumps(obj, canonical=True, default=_record_map)
@@ -394,7 +397,7 @@ class Codec:
             if type(t) is not str or (cls := self.by_type.get(t)) is None:
                 raise _Invalid(f"unknown message type {t!r}")
             v = obj.pop("v", None)
-            if type(v) is not int or v != VERSION:
+            if type(v) is not int or v != cls.VERSION:
                 raise _Invalid(f"{t}: unsupported version {v!r}")
             if obj.keys() != cls.SPECS.keys():
                 missing = sorted(cls.SPECS.keys() - obj.keys())

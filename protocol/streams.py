@@ -231,10 +231,16 @@ class Channel:
 
     async def receive_or_eof(self) -> Message | None:
         """The next message, or None if the stream ended cleanly between messages."""
+        frame = await self.receive_frame_or_eof()
+        return None if frame is None else self._decode(frame)
+
+    async def receive_frame_or_eof(self) -> bytes | None:
+        """The next frame's payload, not decoded (a caller may decode a large one off the
+        event loop), or None if the stream ended cleanly between frames."""
         while True:
             frame = self._decoder.next_frame()
             if frame is not None:
-                return self._decode(frame)
+                return frame
             data = await self._receive(READ_SIZE)
             if not data:
                 if self._decoder.buffered():

@@ -35,7 +35,14 @@ Rules of :meth:`Catalog.apply`, checked in this order, for a batch of author A:
    ``seq_first == seq + 1`` with ``prev`` equal to the last batch id -> ``Applied``; with
    any other ``prev``, or a batch overlapping applied seqs with other bytes -> ``Fork``
    (the author signed two histories: both batches are kept as evidence, the second is not
-   applied); the very batch again -> ``Duplicate``.
+   applied); the very batch again -> ``Duplicate``;
+5. a batch that would take the author's partition past ``max_partition_entries`` seqs or
+   ``max_partition_bytes`` bytes of batches in the epoch -> ``Rejected`` (a member cannot
+   make every replica hold an unbounded log; the defaults are far above real use).
+
+Two batches of one author and epoch with overlapping seqs and different ids are fork
+evidence whatever this replica holds (:meth:`Catalog.evidence`; sync hands evidence to
+replicas without it, and compares head batch ids, see ``node.core.sync``).
 
 Timestamps: the signed HLC is stored verbatim (replicas must converge, and the batch bytes
 are forwarded as they are). A timestamp more than ``max_drift_ms`` ahead of ``now_ms`` is
@@ -61,7 +68,7 @@ import nacl.exceptions
 import nacl.signing
 from blake3 import blake3
 from corestate.node.core import hlc as hlc_mod
-from corestate.node.core.sync import VersionVector, plan
+from corestate.node.core.sync import FullVector, VersionVector
 from corestate.node.errors import BadBatch, BadValue, CatalogWriteError
 from corestate.protocol.keys import peer_id_from_public_key, public_key_from_peer_id
 from cryptography.exceptions import InvalidTag
@@ -78,6 +85,14 @@ MAX_VALUE = 16 * 1024
 MAX_AUTHOR = 64  # UTF-8 bytes; an Ed25519 PeerID is 52
 MAX_EPOCH = (1 << 32) - 1
 MAX_SEQ = (1 << 53) - 1
+# Per author and epoch (older epochs are dropped when a newer one starts): a member cannot
+# make every replica hold more than this of its partition. Generous for real use: a node
+# that made 1M packs (16 TB of data) writes about 1M placement records of a few hundred
+# bytes plus a snapshot record per backup; 16M entries and 2 GiB of signed batches leave
+# room for years of repairs and prunes rewriting them. Past the cap a replica refuses the
+# author's batches (``Rejected``) and the author's own writes fail; a new epoch starts over.
+MAX_PARTITION_ENTRIES = 1 << 24
+MAX_PARTITION_BYTES = 1 << 31
 NONCE_BYTES = 12
 ZERO_ID = bytes(32)
 
@@ -418,11 +433,12 @@ class StoredBatch(NamedTuple):
 
 
 class _Author:
-    __slots__ = ("batches", "entries", "epoch", "head", "lasts", "seq")
+    __slots__ = ("batches", "entries", "epoch", "head", "lasts", "nbytes", "seq")
 
     def __init__(self, epoch: int) -> None:
         self.epoch = epoch
         self.seq = 0
+        self.nbytes = 0  # bytes of the batches held (the partition cap)
         self.head = ZERO_ID
         self.batches: list[StoredBatch] = []
         self.lasts: list[int] = []  # seq_last of each batch, for bisect
@@ -437,7 +453,14 @@ class Catalog:
     with :meth:`load`, without re-verifying what was verified when it was applied.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        max_partition_entries: int = MAX_PARTITION_ENTRIES,
+        max_partition_bytes: int = MAX_PARTITION_BYTES,
+    ) -> None:
+        self.max_partition_entries = max_partition_entries
+        self.max_partition_bytes = max_partition_bytes
         self._authors: dict[str, _Author] = {}
         self._keys: dict[str, bytes | None] = {}
         self._forks: dict[bytes, ForkEvidence] = {}
@@ -448,6 +471,16 @@ class Catalog:
     def version_vector(self) -> dict[str, tuple[int, int]]:
         """``author -> (epoch, seq)``: this replica holds the author's newest epoch to seq."""
         return {a: (st.epoch, st.seq) for a, st in self._authors.items()}
+
+    def sync_vector(self) -> FullVector:
+        """``author -> (epoch, seq, head batch id, forked)``: what sync compares, where
+        ``forked`` says this replica holds fork evidence for the author's newest epoch."""
+        forked = self._forked()
+        return {a: (st.epoch, st.seq, st.head, (a, st.epoch) in forked)
+                for a, st in self._authors.items()}
+
+    def _forked(self) -> set[tuple[str, int]]:
+        return {(ev.author, ev.epoch) for ev in self._forks.values()}
 
     def get(self, author: str, key: bytes) -> Entry | None:
         st = self._authors.get(author)
@@ -478,10 +511,49 @@ class Catalog:
 
     def missing_for(self, remote: VersionVector) -> list[Batch]:
         """The batches a replica with vector ``remote`` lacks, per author in seq order."""
-        out: list[Batch] = []
-        for send in plan(self.version_vector(), remote):
-            out.extend(self.batches(send.author, send.from_seq))
-        return out
+        return [Batch.decode(raw) for raw, _ in self.missing(remote)]
+
+    def missing(self, remote: VersionVector) -> Iterator[tuple[bytes, str]]:
+        """Lazily, ``(raw batch, why)`` for what a replica at ``remote`` should get, authors
+        in sorted order: ``why`` is ``"missing"`` (it lacks the batch), ``"conflict"`` (its
+        head disagrees with the batch this replica holds at that seq: the one batch that
+        shows it the fork) or ``"evidence"`` (this replica holds fork evidence it lacks).
+
+        Per author (see ``sync.plan`` for epochs): a remote without the author, or in an
+        older epoch, gets every batch; in a newer epoch, nothing; in the same epoch, the
+        batches past its seq, unless its head conflicts with ours (then only the
+        conflicting batch, and nothing when both sides already hold evidence).
+        A consumer that stops early costs only what it took.
+        """
+        forked = self._forked()
+        for author in sorted(self._authors):
+            st = self._authors[author]
+            theirs = remote.get(author)
+            if theirs is None or theirs[0] < st.epoch:
+                for b in st.batches:
+                    yield b.raw, "missing"
+                continue
+            if theirs[0] > st.epoch:
+                continue
+            rseq = theirs[1]
+            rhead = theirs[2] if len(theirs) == 4 else None
+            rforked = len(theirs) == 4 and bool(theirs[3])
+            mine = (author, st.epoch) in forked
+            if mine and not rforked:
+                for ev in self._forks.values():
+                    if ev.author == author and ev.epoch == st.epoch:
+                        yield ev.kept, "evidence"
+                        yield ev.other, "evidence"
+                continue
+            if rhead is not None and 0 < rseq <= st.seq:
+                held = st.batches[bisect.bisect_left(st.lasts, rseq)]
+                if held.seq_last != rseq or held.batch_id != rhead:
+                    if not (mine and rforked):
+                        yield held.raw, "conflict"
+                    continue
+            if rseq < st.seq:
+                for b in st.batches[bisect.bisect_left(st.lasts, rseq + 1):]:
+                    yield b.raw, "missing"
 
     def state(self) -> dict[str, tuple[int, int, bytes, dict[bytes, Entry]]]:
         """A comparable copy of the replicated state (tests compare replicas with it)."""
@@ -547,6 +619,12 @@ class Catalog:
                 st, batch, st.batches[-1], f"prev does not chain to the batch ending at seq "
                 f"{st.seq}: the author signed two histories"
             )
+        if batch.seq_last > self.max_partition_entries:
+            return Rejected(bid, a, f"the partition would exceed {self.max_partition_entries:,} "
+                            "entries in one epoch")
+        if st.nbytes + len(batch.raw) > self.max_partition_bytes:
+            return Rejected(bid, a, f"the partition would exceed {self.max_partition_bytes:,} "
+                            "bytes of batches in one epoch")
         if superseded is not None or a not in self._authors:
             self._authors[a] = st
         self._append(st, batch)
@@ -562,6 +640,7 @@ class Catalog:
             entries[k] = Entry(seq, v, h)
             seq += 1
         st.seq = batch.seq_last
+        st.nbytes += len(batch.raw)
         st.head = batch.batch_id
         st.batches.append(StoredBatch(batch.seq_first, batch.seq_last, batch.batch_id, batch.raw))
         st.lasts.append(batch.seq_last)
@@ -582,6 +661,18 @@ class Catalog:
             ev = ForkEvidence(batch.author, st.epoch, batch.seq_first, held.raw, batch.raw, reason)
             self._forks[batch.batch_id] = ev
         return Fork(batch.batch_id, batch.author, ev, reason)
+
+    def evidence(self, kept: Batch, other: Batch) -> Fork:
+        """Record two verified batches of one author and epoch with overlapping seqs and
+        different bytes (the caller checked that) as fork evidence, whatever this replica
+        holds of the partition."""
+        reason = (f"two different batches for seq {max(kept.seq_first, other.seq_first)} of "
+                  f"epoch {other.epoch}")
+        ev = self._forks.get(other.batch_id)
+        if ev is None:
+            ev = ForkEvidence(other.author, other.epoch, other.seq_first, kept.raw, other.raw, reason)
+            self._forks[other.batch_id] = ev
+        return Fork(other.batch_id, other.author, ev, reason)
 
     def _public_key(self, author: str) -> bytes | None:
         if author not in self._keys:
@@ -620,7 +711,7 @@ class Catalog:
             signing_key, epoch=epoch, seq_first=seq_first, prev=prev, hlc=stamp, entries=pairs
         )
         verdict = self._apply_verified(batch, now_ms, hlc_mod.DEFAULT_MAX_DRIFT_MS)
-        if verdict.kind != "applied":  # pragma: no cover - the checks above make it so
+        if verdict.kind != "applied":  # the partition is full
             raise CatalogWriteError(verdict.reason)
         return batch
 
@@ -682,13 +773,14 @@ class Catalog:
         entries: Iterable[tuple[str, bytes, int, bytes | None, int]],
         forks: Iterable[tuple[str, int, int, bytes, bytes, str]] = (),
         clock: int = 0,
+        **limits: int,
     ) -> Catalog:
         """Rebuild a catalog from the rows this replica saved (trusted: no re-verification).
 
         Batch rows must come in seq order per author; rows of an epoch other than the
         author's row (left behind by an interrupted save) are ignored.
         """
-        cat = cls()
+        cat = cls(**limits)
         cat.clock = hlc_mod.HLC(clock)
         for a, epoch, seq, head in authors:
             st = _Author(epoch)
@@ -699,6 +791,7 @@ class Catalog:
             if epoch == st.epoch:
                 st.batches.append(StoredBatch(first, last, bid, raw))
                 st.lasts.append(last)
+                st.nbytes += len(raw)
         for a, key, seq, value, h in entries:
             cat._authors[a].entries[key] = Entry(seq, value, h)
         for a, epoch, seq, kept, other, reason in forks:

@@ -75,6 +75,12 @@ Outcomes worth knowing:
   e.g. with different ``hlc``); that only matters among concurrent ops that conflict, and
   an attacker with an admin key can do worse by acting first.
 
+What a replica keeps (:func:`retain`): the ops that count and their causal past, plus a
+few (``MAX_IDLE_OPS_PER_SIGNER``) other ops per signer that is or was a member; ops of
+signers that never belonged are dropped, so a member cannot jam the group with ops signed
+by throwaway keys. How far a removed member's catalog partition is kept: :func:`cutoffs`
+(a leave's self-named point is bounded by what the replica had seen).
+
 Invariants: :func:`evaluate` is a pure function of the *set* of ops (order, duplicates and
 forged copies of valid ops do not matter), so :func:`merge` (set union) is commutative,
 associative and idempotent, and replicas that hold the same ops agree; every evaluated
@@ -90,7 +96,7 @@ remembered on each op object (ops from :func:`sign_op` start verified).
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -115,6 +121,10 @@ MAX_NAME_BYTES = 256
 MAX_PEER_ID_CHARS = 64
 MAX_OP_BYTES = 16 * 1024
 HLC_LIMIT = 1 << 64
+# Ops that do not count, kept per signer that is or was a member (see retain): an honest
+# node signs a handful (a leave, an add that lost to a concurrent removal, an admin's ops
+# concurrent with its removal); a member signing junk cannot grow the group past this.
+MAX_IDLE_OPS_PER_SIGNER = 32
 
 # Reasons in GroupState.void (stable strings: tests and the CLI rely on them).
 VOID_OTHER_GROUP = "another group"
@@ -379,6 +389,9 @@ class GroupState:
     pending: frozenset[bytes]
     missing: frozenset[bytes]
     heads: tuple[bytes, ...]
+    # The delivered ops in the canonical order L (parents before children): the order a
+    # replica sends ops in, so that any prefix of it is causally closed.
+    order: tuple[bytes, ...] = ()
 
     @property
     def admins(self) -> frozenset[str]:
@@ -388,16 +401,83 @@ class GroupState:
         return self.members.get(peer)
 
 
-def cutoffs(ops: Iterable[MemberOp], state: GroupState) -> dict[str, tuple[int, int]]:
+def cutoffs(
+    ops: Iterable[MemberOp],
+    state: GroupState,
+    seen: Mapping[str, tuple[int, int]] | None = None,
+) -> dict[str, tuple[int, int]]:
     """How far each removed member's catalog partition is kept: the latest ``upto`` among
-    the effective removals of it (a function of the op set, so replicas agree). Removed
-    members without one are absent: their partition is dropped."""
+    the effective removals of it. Removed members without one are absent: their partition
+    is dropped.
+
+    A removal by another member names what its signer had seen of the partition. A member
+    that leaves (removes itself) names its own point, which could lie far beyond anything it
+    had published, letting it (or an accomplice forwarding its batches) keep writing after
+    it left: such a self-named point counts only up to ``seen[subject]``, what this replica
+    held of the partition when it learned of the leave (absent: nothing is kept on its word).
+    """
+    seen = seen or {}
     out: dict[str, tuple[int, int]] = {}
     for op in ops:
         if (op.kind == "remove" and op.upto is not None and op.subject in state.removed
                 and op.op_id not in state.void and op.op_id not in state.pending):
-            out[op.subject] = max(out.get(op.subject, (0, 0)), op.upto)
+            point = op.upto
+            if op.signer == op.subject:
+                point = min(point, seen.get(op.subject, (0, 0)))
+            out[op.subject] = max(out.get(op.subject, (0, 0)), point)
     return out
+
+
+def self_removed(ops: Iterable[MemberOp], state: GroupState) -> frozenset[str]:
+    """The removed members whose effective removals include one they signed themselves (a
+    leave): the replica records what it held of their partitions (see :func:`cutoffs`)."""
+    return frozenset(
+        op.subject for op in ops
+        if op.kind == "remove" and op.signer == op.subject and op.subject in state.removed
+        and op.op_id not in state.void and op.op_id not in state.pending
+    )
+
+
+def retain(
+    ops: Iterable[MemberOp],
+    state: GroupState,
+    *,
+    idle_per_signer: int = MAX_IDLE_OPS_PER_SIGNER,
+) -> frozenset[bytes]:
+    """The op ids a replica keeps of ``ops`` (evaluated as ``state``); the rest it drops.
+
+    Every signed op naming the group would otherwise be stored, and sent, forever, whoever
+    signed it: a member could jam the group with ops signed by throwaway keys. Kept:
+
+    - every op that counts, and its causal past (what those ops need to be evaluated);
+    - of the other ops (void or pending) of a signer that is or was a member, at most
+      ``idle_per_signer``, smallest op ids first (a function of the set, so replicas
+      that saw the same ops keep the same ones).
+
+    Dropping an op that does not count and that no kept op descends from changes nothing
+    of the evaluation of the others; ops of signers that never belonged are all dropped.
+    """
+    valid: dict[bytes, MemberOp] = {}
+    for op in ops:
+        oid = op.op_id
+        if op.group == state.group and state.void.get(oid) not in (VOID_OTHER_GROUP, VOID_BAD_SIGNATURE):
+            valid[oid] = op
+    keep: set[bytes] = set()
+    stack = [oid for oid in state.order if oid not in state.void]
+    while stack:
+        oid = stack.pop()
+        if oid in keep or oid not in valid:
+            continue
+        keep.add(oid)
+        stack.extend(valid[oid].parents)
+    belonged = set(state.members) | state.removed
+    idle: dict[str, list[bytes]] = {}
+    for oid, op in valid.items():
+        if oid not in keep and op.signer in belonged:
+            idle.setdefault(op.signer, []).append(oid)
+    for ids in idle.values():
+        keep.update(sorted(ids)[:idle_per_signer])
+    return frozenset(keep)
 
 
 def evaluate(ops: Iterable[MemberOp], group: bytes | None = None) -> GroupState:
@@ -483,6 +563,7 @@ def evaluate(ops: Iterable[MemberOp], group: bytes | None = None) -> GroupState:
         pending=pending,
         missing=frozenset(missing),
         heads=heads,
+        order=tuple(order),
     )
 
 

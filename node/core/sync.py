@@ -1,10 +1,11 @@
 """Catalog reconciliation: what two replicas send each other, and the messages that carry it.
 
-Role: the pure decisions of ``/corestate/sync/1``. The runtime opens a stream, moves the
+Role: the pure decisions of ``/corestate/sync/2``. The runtime opens a stream, moves the
 bytes these functions produce and feeds the answers back; the simulator calls the same
 functions directly. No I/O, no clock, no randomness.
 
-Protocol (Scuttlebutt-style, over version vectors ``author -> (epoch, seq)``):
+Protocol (Scuttlebutt-style, over version vectors
+``author -> (epoch, seq, head batch id, forked)``):
 
 1. A -> B ``Hello``: A's vector;
 2. B -> A ``Reply``: the batches A lacks (per author in seq order, byte for byte as their
@@ -12,17 +13,27 @@ Protocol (Scuttlebutt-style, over version vectors ``author -> (epoch, seq)``):
 3. A -> B ``Push``: the batches B lacks, after A applied the reply; omitted when empty.
 
 So one exchange converges two replicas in at most 3 messages, whatever their size, unless
-a reply hits ``max_bytes``: it then holds a prefix (whole batches, seq order per author) and
-says ``complete = False``, and A simply starts another exchange.
+a message hits ``max_bytes``: it then holds a prefix (whole batches, seq order per author)
+and the exchange says it is not ``complete``, and A simply starts another exchange. The
+answering side walks its batches lazily and stops at the budget: what it costs is
+proportional to what it sends, not to what the other side lacks.
+
+Forks (equivocation). The head batch id in the vector makes two histories of one author
+visible even when they have the same length: where a replica holds the remote's seq and
+its batch ending there has another id (or no batch ends there), it sends that one batch,
+which the remote refuses as a ``Fork`` and keeps as evidence; ``forked`` says a replica
+holds fork evidence for the author's epoch, and a replica with evidence sends both of its
+batches to one without. Two replicas that both hold evidence stop sending the author's
+conflicting batches (the alert was raised; nothing more would converge).
 
 Message encoding, canonical CBOR, strictly decoded (anything else raises BadBatch)::
 
-    vector = {* author: tstr => [epoch: uint, seq: uint]}
+    vector = {* author: tstr => [epoch: uint, seq: uint, head: bstr .size 32, forked: bool]}
     hello  = [1, vector]
     reply  = [2, vector, [* batch: bstr], complete: bool]
     push   = [3, [* batch: bstr]]
 
-A vector costs about 60 bytes per author; a catalog of a million entries has as many
+A vector costs about 100 bytes per author; a catalog of a million entries has as many
 authors as the group has members, so vectors stay small and the bytes on the wire are
 those of the missing batches.
 
@@ -33,7 +44,7 @@ whatever order the batches come in, and returns one verdict per batch.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -43,9 +54,12 @@ from corestate.node.errors import BadBatch
 if TYPE_CHECKING:
     from corestate.node.core.catalog import Catalog, Membership, Verdict
 
-VersionVector = Mapping[str, tuple[int, int]]
+# (epoch, seq) or, on the wire and from Catalog.sync_vector, (epoch, seq, head, forked).
+VectorEntry = tuple[int, int] | tuple[int, int, bytes, bool]
+VersionVector = Mapping[str, VectorEntry]
+FullVector = dict[str, tuple[int, int, bytes, bool]]
 
-SYNC_PROTOCOL = "/corestate/sync/1"
+SYNC_PROTOCOL = "/corestate/sync/2"
 HELLO, REPLY, PUSH = 1, 2, 3
 MAX_AUTHORS = 4096
 MAX_MESSAGE_BYTES = 1 << 20
@@ -70,7 +84,7 @@ def plan(local: VersionVector, remote: VersionVector) -> list[Send]:
     """
     out: list[Send] = []
     for author in sorted(local):
-        epoch, seq = local[author]
+        epoch, seq = local[author][:2]
         theirs = remote.get(author)
         if theirs is None or theirs[0] < epoch:
             out.append(Send(author, epoch, 1))
@@ -85,12 +99,12 @@ def plan(local: VersionVector, remote: VersionVector) -> list[Send]:
 
 @dataclass(frozen=True, slots=True)
 class Hello:
-    vector: dict[str, tuple[int, int]]
+    vector: FullVector
 
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    vector: dict[str, tuple[int, int]]
+    vector: FullVector
     batches: tuple[bytes, ...]
     complete: bool
 
@@ -103,8 +117,13 @@ class Push:
 Message = Hello | Reply | Push
 
 
-def _vector_obj(v: VersionVector) -> dict[str, list[int]]:
-    return {a: [e, s] for a, (e, s) in v.items()}
+def _vector_obj(v: VersionVector) -> dict[str, list[object]]:
+    out: dict[str, list[object]] = {}
+    for a, entry in v.items():
+        if len(entry) != 4:
+            raise ValueError("a vector on the wire carries epoch, seq, head and forked")
+        out[a] = list(entry)
+    return out
 
 
 def encode(msg: Message) -> bytes:
@@ -122,17 +141,19 @@ def encode_vector(v: VersionVector) -> bytes:
     return cbor2.dumps(_vector_obj(v), canonical=True)
 
 
-def _decode_vector(obj: object) -> dict[str, tuple[int, int]]:
+def _decode_vector(obj: object) -> FullVector:
     if type(obj) is not dict or len(obj) > MAX_AUTHORS:
         raise BadBatch(f"a version vector is a map of at most {MAX_AUTHORS} authors")
-    out: dict[str, tuple[int, int]] = {}
+    out: FullVector = {}
     for a, es in obj.items():
-        if type(a) is not str or type(es) is not list or len(es) != 2:
-            raise BadBatch("a version vector maps author text to [epoch, seq]")
-        e, s = es
+        if type(a) is not str or type(es) is not list or len(es) != 4:
+            raise BadBatch("a version vector maps author text to [epoch, seq, head, forked]")
+        e, s, h, f = es
         if type(e) is not int or type(s) is not int or not (0 <= e <= MAX_U64 and 0 <= s <= MAX_U64):
             raise BadBatch("epoch and seq are unsigned integers")
-        out[a] = (e, s)
+        if type(h) is not bytes or len(h) != 32 or type(f) is not bool:
+            raise BadBatch("a vector's head is a 32-byte batch id and forked a boolean")
+        out[a] = (e, s, h, f)
     return out
 
 
@@ -155,7 +176,7 @@ def _loads_canonical(data: bytes) -> object:
     return obj
 
 
-def decode_vector(data: bytes) -> dict[str, tuple[int, int]]:
+def decode_vector(data: bytes) -> FullVector:
     return _decode_vector(_loads_canonical(data))
 
 
@@ -179,13 +200,12 @@ def decode(data: bytes) -> Message:
 
 
 def _take(raws: Iterable[bytes], budget: int) -> tuple[tuple[bytes, ...], bool]:
+    """Whole batches from ``raws`` (consumed lazily) while they fit ``budget``; whether all did."""
     out: list[bytes] = []
     used = 0
     for r in raws:
-        if used + len(r) + 8 > budget and out:
+        if used + len(r) + 8 > budget:  # a single batch over the budget is never sent
             return tuple(out), False
-        if used + len(r) + 8 > budget:  # a single batch over the budget cannot be sent
-            return (), False
         out.append(r)
         used += len(r) + 8
     return tuple(out), True
@@ -193,7 +213,7 @@ def _take(raws: Iterable[bytes], budget: int) -> tuple[tuple[bytes, ...], bool]:
 
 def hello(catalog: Catalog) -> bytes:
     """Message 1, from the initiator."""
-    return encode(Hello(catalog.version_vector()))
+    return encode(Hello(catalog.sync_vector()))
 
 
 def answer(catalog: Catalog, message: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES // 2) -> bytes:
@@ -201,8 +221,8 @@ def answer(catalog: Catalog, message: bytes, *, max_bytes: int = MAX_MESSAGE_BYT
     msg = decode(message)
     if not isinstance(msg, Hello):
         raise BadBatch("expected a hello")
-    vector = catalog.version_vector()
-    batches, complete = _take((b.raw for b in catalog.missing_for(msg.vector)), max_bytes)
+    vector = catalog.sync_vector()
+    batches, complete = _take((raw for raw, _ in catalog.missing(msg.vector)), max_bytes)
     return encode(Reply(vector, batches, complete))
 
 
@@ -215,14 +235,26 @@ def finish(
     revoked: Membership = frozenset(),
     max_bytes: int = MAX_MESSAGE_BYTES // 2,
 ) -> tuple[bytes | None, list[Verdict], bool]:
-    """Apply the reply; return (message 3 or None, verdicts, whether the reply was complete)."""
+    """Apply the reply; return (message 3 or None, verdicts, complete).
+
+    ``complete`` is False when another exchange would carry more: the reply or the push
+    was cut at its budget, or the push showed the responder a fork this side holds no
+    evidence of yet (the responder, now holding evidence, sends it back next time).
+    """
     msg = decode(message)
     if not isinstance(msg, Reply):
         raise BadBatch("expected a reply")
     verdicts = apply_all(catalog, msg.batches, members=members, now_ms=now_ms, revoked=revoked)
-    batches, _ = _take((b.raw for b in catalog.missing_for(msg.vector)), max_bytes)
+    revealed = False
+
+    def raws() -> Iterator[bytes]:
+        nonlocal revealed
+        for raw, why in catalog.missing(msg.vector):
+            revealed = revealed or why == "conflict"
+            yield raw
+    batches, pushed_all = _take(raws(), max_bytes)
     push = encode(Push(batches)) if batches else None
-    return push, verdicts, msg.complete
+    return push, verdicts, msg.complete and pushed_all and not revealed
 
 
 def absorb(
@@ -265,4 +297,26 @@ def apply_all(
         if len(waiting) == len(pending):
             break
         pending = waiting
+    _gapped_forks(catalog, batches, verdicts, pending)
     return [v for v in verdicts if v is not None]
+
+
+def _gapped_forks(catalog: Catalog, batches: Sequence[bytes], verdicts: list[Verdict | None],
+                  gapped: list[int]) -> None:
+    """Two batches still gapped (ahead of what this replica holds) that the author signed
+    for overlapping seqs of one epoch are fork evidence by themselves: a replica that is
+    behind learns of a fork from the two batches a peer holding evidence sends it."""
+    from corestate.node.core.catalog import Batch
+
+    seen: dict[tuple[str, int], list[Batch]] = {}
+    for i in gapped:
+        v = verdicts[i]
+        if v is None or v.kind != "gap":
+            continue
+        b = Batch.decode(batches[i])  # decoded and verified once already: it gapped
+        for o in seen.setdefault((b.author, b.epoch), []):
+            if o.batch_id != b.batch_id and o.seq_first <= b.seq_last and b.seq_first <= o.seq_last:
+                verdicts[i] = catalog.evidence(o, b)
+                break
+        else:
+            seen[(b.author, b.epoch)].append(b)

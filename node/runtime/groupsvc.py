@@ -1,9 +1,19 @@
-"""The group over the network: sync (``/corestate/sync/1``), invites (``/corestate/join/1``),
+"""The group over the network: sync (``/corestate/sync/2``), invites (``/corestate/join/2``),
 anti-entropy, and what members tell each other about themselves.
 
-Role: carries ``protocol/group.py`` messages between ``GroupNode`` replicas. Every handler
-refuses non-members (and removed members: they are not members) before reading anything
-else; every await on a peer is under the channel's timeout.
+Role: carries ``protocol/group.py`` messages between ``GroupNode`` replicas. Invariants:
+
+- the sync service reads nothing from a peer that is not a member of the group (the
+  PeerID is the one Noise authenticated) and answers it with ``Error`` ``refused``; the
+  join service reads at most ``STRANGER_MAX_FRAME`` bytes (one ``JoinRequest``) from a
+  peer that is not a member, under a short timeout;
+- frames from members are decoded, and what they carry applied, in a worker thread, never
+  on the event loop (the control socket and every other service stay responsive);
+- concurrent sync and join streams are bounded (in total and per peer); past the bound a
+  peer is told ``busy`` (retryable) at once;
+- a peer speaking an earlier version of either protocol is told so (``Error`` code
+  ``version``), not left waiting;
+- every await on a peer is under the channel's timeout.
 
 Anti-entropy: every ``interval`` seconds the node syncs with up to three random members;
 a local write (a backup's catalog entries) triggers a push round to every member at once.
@@ -33,6 +43,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("corestate.group")
 ADDRS_KEY = b"a"
+MAX_SYNC_STREAMS = 8  # served at once, all members together
+MAX_SYNC_PER_PEER = 2
+MAX_JOIN_STREAMS = 4  # strangers redeeming invites, at once
+STRANGER_TIMEOUT = 5.0  # for a stranger's one small JoinRequest
+# Exchanges one sync_with may chain while each says more is left (a page each way).
+MAX_EXCHANGES = 256
 
 
 class GroupService:
@@ -44,64 +60,134 @@ class GroupService:
         self.on_change = on_change
         self._kick = trio.Event()
         self._token = trio.lowlevel.current_trio_token()
+        self._sync_slots = trio.Semaphore(MAX_SYNC_STREAMS)
+        self._join_slots = trio.Semaphore(MAX_JOIN_STREAMS)
+        self._per_peer: dict[str, int] = {}
+        # Decoding and applying group messages: CPU work in threads, two at a time at most
+        # (the GroupNode lock serialises the rest anyway).
+        self._cpu = trio.CapacityLimiter(2)
         host.set_handler(gw.SYNC_PROTOCOL, self.serve_sync)
         host.set_handler(gw.JOIN_PROTOCOL, self.serve_join)
+        for old in gw.OLD_PROTOCOLS:
+            host.set_handler(old, self._serve_old_version)
 
     # -- serving -----------------------------------------------------------------------
 
+    async def _thread(self, fn: Any, *args: Any) -> Any:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._cpu)
+
+    async def _decode(self, ch: Channel) -> m.Message | None:
+        """The next message of ``ch``, decoded off the event loop; None at a clean end."""
+        frame = await ch.receive_frame_or_eof()
+        return None if frame is None else await self._thread(gw.decode, frame)
+
+    async def _refuse(self, stream: Stream, code: str, why: str, retryable: bool = False) -> None:
+        """Answer ``Error`` without reading anything from the stream, and close it."""
+        # The frame limit only bounds what we send here: nothing is ever read.
+        ch = Channel(stream, timeout=min(self.timeout, STRANGER_TIMEOUT), max_frame=4096)
+        try:
+            await ch.send(m.Error(code=code, message=why, retryable=retryable))
+        except (ProtocolError, CoreStateError):
+            pass
+        finally:
+            with trio.move_on_after(2):
+                await ch.aclose()
+
+    async def _serve_old_version(self, stream: Stream) -> None:
+        log.info("peer %s speaks an earlier group protocol: refused", stream.remote_peer[-8:])
+        await self._refuse(stream, "version", f"this node speaks {gw.SYNC_PROTOCOL} and "
+                           f"{gw.JOIN_PROTOCOL} only: upgrade CoreState on the calling node")
+
     async def serve_sync(self, stream: Stream) -> None:
         peer = stream.remote_peer
+        # Authorise from the Noise-authenticated PeerID before reading a byte.
+        if not self.group.is_member(peer):
+            log.info("sync from %s refused: not a member", peer[-8:])
+            await self._refuse(stream, "refused", "not a member of this group")
+            return
+        if self._per_peer.get(peer, 0) >= MAX_SYNC_PER_PEER:
+            await self._refuse(stream, "busy", "too many sync streams from this peer", retryable=True)
+            return
+        try:
+            self._sync_slots.acquire_nowait()
+        except trio.WouldBlock:
+            await self._refuse(stream, "busy", "too many sync streams at once", retryable=True)
+            return
+        self._per_peer[peer] = self._per_peer.get(peer, 0) + 1
         ch = Channel(stream, timeout=self.timeout, max_frame=gw.SYNC_MAX_FRAME, decode=gw.decode)
         try:
-            msg = await ch.receive()
+            msg = await self._decode(ch)
             if not isinstance(msg, gw.SyncOpen):
                 raise GroupError("expected a sync request")
             try:
-                reply = await trio.to_thread.run_sync(self.group.sync_reply, peer, msg)
+                reply = await self._thread(self.group.sync_reply, peer, msg)
             except (GroupError, CoreStateError) as exc:
                 log.info("sync from %s refused: %s", peer[-8:], exc)
                 await ch.send(m.Error(code="refused", message=str(exc)[:1000], retryable=False))
                 return
             await ch.send(reply)
-            push = await ch.receive()
+            push = await self._decode(ch)
             if isinstance(push, gw.SyncPush) and (push.ops or push.catalog):
-                verdicts = await trio.to_thread.run_sync(self.group.sync_absorb, peer, push)
+                verdicts = await self._thread(self.group.sync_absorb, peer, push)
                 self._report(peer, verdicts)
                 self._learn_addrs()
                 if self.on_change is not None:
                     self.on_change()
         except (ProtocolError, GroupError, CoreStateError) as exc:
             log.info("sync with %s ended: %s", peer[-8:], exc)
+            if "unsupported version" in str(exc):
+                with trio.move_on_after(2):
+                    await ch.send(m.Error(code="version", message=str(exc)[:1000], retryable=False))
         finally:
+            self._sync_slots.release()
+            self._per_peer[peer] -= 1
+            if not self._per_peer[peer]:
+                del self._per_peer[peer]
             with trio.move_on_after(2):
                 await ch.aclose()
 
     async def serve_join(self, stream: Stream) -> None:
         peer = stream.remote_peer
-        ch = Channel(stream, timeout=self.timeout, max_frame=gw.SYNC_MAX_FRAME, decode=gw.decode)
         try:
-            msg = await ch.receive()
+            self._join_slots.acquire_nowait()
+        except trio.WouldBlock:
+            await self._refuse(stream, "busy", "too many joins at once", retryable=True)
+            return
+        # A stranger (the usual joiner) may send one JoinRequest and nothing bigger.
+        member = self.group.is_member(peer)
+        ch = Channel(stream, timeout=self.timeout if member else min(self.timeout, STRANGER_TIMEOUT),
+                     max_frame=gw.SYNC_MAX_FRAME if member else gw.STRANGER_MAX_FRAME,
+                     decode=gw.decode)
+        try:
+            msg = await self._decode(ch)
             if not isinstance(msg, gw.JoinRequest):
                 raise GroupError("expected a join request")
             try:
-                await trio.to_thread.run_sync(self.group.redeem, peer, msg.group, msg.secret)
+                await self._thread(self.group.redeem, peer, msg.group, msg.secret)
             except GroupError as exc:
                 log.warning("join by %s refused: %s", peer, exc)
                 await ch.send(m.Error(code="refused", message=str(exc)[:1000], retryable=False))
                 return
-            from corestate.node.core import membership as mem
-            ops = tuple(mem.encode_op(op) for _, op in sorted(self.group.ops.items()))
+            pages = await self._thread(self.group.join_pages)
             addrs = [f"{e.peer} {a}" for e in self.book.all()
                      if self.group.is_member(e.peer) for a in e.addrs[:2]]
             addrs += [f"{self.host.peer_id} {a.rsplit('/p2p/', 1)[0]}" for a in self.host.addrs()[:4]]
-            await ch.send(gw.JoinReply(ops=ops, addrs=tuple(addrs[:64])))
+            # Now a member: our replies are as large as a member's (we read nothing more).
+            ch.timeout, ch.max_frame = self.timeout, gw.SYNC_MAX_FRAME
+            for i, ops in enumerate(pages):
+                last = i == len(pages) - 1
+                await ch.send(gw.JoinReply(ops=ops, more=not last, addrs=tuple(addrs[:64]) if last else ()))
             log.info("peer %s joined the group", peer)
             self.book.add(peer, [], trusted=True)
             if self.on_change is not None:
                 self.on_change()
         except (ProtocolError, CoreStateError) as exc:
             log.info("join by %s ended: %s", peer[-8:], exc)
+            if "unsupported version" in str(exc):
+                with trio.move_on_after(2):
+                    await ch.send(m.Error(code="version", message=str(exc)[:1000], retryable=False))
         finally:
+            self._join_slots.release()
             with trio.move_on_after(2):
                 await ch.aclose()
 
@@ -111,7 +197,7 @@ class GroupService:
         """Exchanges with ``peer`` until neither side has anything left for the other (one
         exchange, three messages, unless a side's backlog is over a message's budget)."""
         verdicts: list[Any] = []
-        for _ in range(64):
+        for _ in range(MAX_EXCHANGES):
             more, got = await self._exchange(peer, addrs)
             verdicts.extend(got)
             if not more:
@@ -125,23 +211,30 @@ class GroupService:
                                              timeout=self.timeout)
         ch = Channel(stream, timeout=self.timeout, max_frame=gw.SYNC_MAX_FRAME, decode=gw.decode)
         try:
-            await ch.send(await trio.to_thread.run_sync(self.group.sync_open))
-            reply = await ch.receive()
+            await ch.send(await self._thread(self.group.sync_open))
+            reply = await self._decode(ch)
+            if reply is None:
+                raise GroupError(f"peer {peer[-8:]} closed the sync stream without an answer")
             if isinstance(reply, m.Error):
                 raise GroupError(f"peer {peer[-8:]} refused to sync: {reply.message}")
             if not isinstance(reply, gw.SyncReply):
                 raise GroupError("unexpected sync reply")
-            push, verdicts = await trio.to_thread.run_sync(self.group.sync_finish, reply)
+            push, verdicts, more = await self._thread(self._finish, reply)
             await ch.send(push)
         finally:
             with trio.move_on_after(2):
                 await ch.aclose()
         self._report(peer, verdicts)
         self._learn_addrs()
-        # Another round when the reply was cut at its budget, or our push carried batches
-        # (it may have been cut too; the next hello shows what the peer still lacks).
-        more = not self.group.last_reply_complete or (bool(push.catalog) and len(push.catalog) > 400_000)
         return more, verdicts
+
+    def _finish(self, reply: gw.SyncReply) -> tuple[gw.SyncPush, list[Any], bool]:
+        """``sync_finish``, and whether another exchange should follow (a page was cut at its
+        budget either way, or the push showed the peer a fork it will answer with its
+        evidence), read under the same lock: exchanges with several peers run at once."""
+        with self.group._lock:
+            push, verdicts = self.group.sync_finish(reply)
+            return push, verdicts, not self.group.last_reply_complete
 
     def _report(self, peer: str, verdicts: list[Any]) -> None:
         """Refused batches are logged; forks (an author signed two histories) and clocks
@@ -169,9 +262,14 @@ class GroupService:
         stream = await self.host.open_stream(invite.admin, gw.JOIN_PROTOCOL, addrs=list(invite.addrs),
                                              timeout=self.timeout)
         ch = Channel(stream, timeout=self.timeout, max_frame=gw.SYNC_MAX_FRAME, decode=gw.decode)
+        ops: list[bytes] = []
         try:
             await ch.send(gw.JoinRequest(group=invite.group, secret=invite.secret))
-            reply = await ch.receive()
+            reply = await self._decode(ch)
+            # The group's ops come in pages, ``more`` on all but the last.
+            while isinstance(reply, gw.JoinReply) and reply.more and len(ops) < (1 << 20):
+                ops.extend(reply.ops)
+                reply = await self._decode(ch)
         finally:
             with trio.move_on_after(2):
                 await ch.aclose()
@@ -180,7 +278,8 @@ class GroupService:
                              hint="ask the admin for a new invite")
         if not isinstance(reply, gw.JoinReply):
             raise GroupError("unexpected answer to the join request")
-        await trio.to_thread.run_sync(self.group.accept_join, invite.group, invite.admin, reply.ops)
+        ops.extend(reply.ops)
+        await trio.to_thread.run_sync(self.group.accept_join, invite.group, invite.admin, ops)
         # Proven: the admin and the members the answer names are trusted from here on.
         admin_addrs = []
         for a in invite.addrs:

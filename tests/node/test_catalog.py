@@ -384,3 +384,29 @@ def test_rows_round_trip() -> None:
     nxt = write(own, A, [(b"c", b"\x09")], now=NOW + 9)
     assert isinstance(apply(loaded, nxt), Applied)
     assert isinstance(apply(loaded, own.batches(A.peer_id)[0]), Duplicate)
+
+
+def test_a_partition_is_capped_in_entries_and_bytes() -> None:
+    w = Catalog()
+    batches = [w.write(A.signing_key, A.peer_id, 0, [(bytes([i]), b"v" * 100)], NOW) for i in range(6)]
+    # A replica with a cap of 4 entries per partition takes 4 and refuses the rest.
+    small = Catalog(max_partition_entries=4)
+    kinds = [small.apply(b.raw, members=MEMBERS, now_ms=NOW).kind for b in batches]
+    assert kinds == ["applied"] * 4 + ["rejected", "gap"]
+    assert small.head(A.peer_id)[1] == 4
+    # The same in bytes; the count survives a reload from rows.
+    size = len(batches[0].raw)
+    by_bytes = Catalog(max_partition_bytes=3 * size)
+    verdicts = [by_bytes.apply(b.raw, members=MEMBERS, now_ms=NOW) for b in batches]
+    assert [v.kind for v in verdicts] == ["applied"] * 3 + ["rejected", "gap", "gap"]
+    assert "bytes" in verdicts[3].reason
+    again = Catalog.load(by_bytes.author_rows(), by_bytes.batch_rows(), by_bytes.entry_rows(),
+                         max_partition_bytes=3 * size)
+    assert again.apply(batches[3].raw, members=MEMBERS, now_ms=NOW).kind == "rejected"
+    # The author's own writes stop there too.
+    own = Catalog(max_partition_entries=2)
+    own.write(A.signing_key, A.peer_id, 0, [(b"a", b"1"), (b"b", b"2")], NOW)
+    with pytest.raises(CatalogWriteError, match="entries"):
+        own.write(A.signing_key, A.peer_id, 0, [(b"c", b"3")], NOW)
+    # The defaults leave room for a node with years of backups and a million placements.
+    assert Catalog().max_partition_entries >= 10_000_000 and Catalog().max_partition_bytes >= 1 << 30

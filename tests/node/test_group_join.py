@@ -73,7 +73,7 @@ class Forger:
     async def serve_join(self, stream: Any) -> None:
         ch = Channel(stream, timeout=10, max_frame=gw.SYNC_MAX_FRAME, decode=gw.decode)
         await ch.receive()
-        await ch.send(gw.JoinReply(ops=(mem.encode_op(self.create), mem.encode_op(self.add)),
+        await ch.send(gw.JoinReply(ops=(mem.encode_op(self.create), mem.encode_op(self.add)), more=False,
                                    addrs=tuple(f"{self.host.peer_id} {a.rsplit('/p2p/', 1)[0]}"
                                                for a in self.host.addrs())))
         await ch.aclose()

@@ -738,3 +738,55 @@ def test_cutoffs_take_the_latest_point_of_effective_removals() -> None:
     assert mem.decode_op(mem.encode_op(by_b)).upto == (0, 9)
     with pytest.raises(mem.BadMemberOp):
         mem.sign_op(a.signing_key, kind="promote", group=g, subject=b.peer_id, parents=[add_c.op_id], upto=(0, 1))
+
+
+def test_a_leaving_member_cannot_name_a_cut_beyond_what_others_saw() -> None:
+    from corestate.node.core import membership as mem
+    a, m = (NodeKeys.from_root(bytes([50 + i]) * 32) for i in range(2))
+    create = mem.sign_op(a.signing_key, kind="create", name="g")
+    g = create.group
+    add_m = mem.sign_op(a.signing_key, kind="add", group=g, subject=m.peer_id, role="member", parents=[create.op_id])
+    # m leaves, claiming its partition runs to seq 1,000,000 (it had published 7).
+    leave = mem.sign_op(m.signing_key, kind="remove", group=g, subject=m.peer_id, parents=[add_m.op_id],
+                        upto=(0, 1_000_000))
+    ops = [create, add_m, leave]
+    state = mem.evaluate(ops, g)
+    assert m.peer_id in state.removed and mem.self_removed(ops, state) == {m.peer_id}
+    # Its own word counts only up to what this replica held when it learned of the leave.
+    assert mem.cutoffs(ops, state, {m.peer_id: (0, 7)}) == {m.peer_id: (0, 7)}
+    assert mem.cutoffs(ops, state, {m.peer_id: (0, 2_000_000)}) == {m.peer_id: (0, 1_000_000)}
+    assert mem.cutoffs(ops, state) == {m.peer_id: (0, 0)}  # nothing seen: nothing kept on its word
+    # A removal by someone else names what its signer saw, as before.
+    by_a = mem.sign_op(a.signing_key, kind="remove", group=g, subject=m.peer_id, parents=[add_m.op_id],
+                       upto=(0, 5))
+    ops2 = [*ops, by_a]
+    assert mem.cutoffs(ops2, mem.evaluate(ops2, g), {m.peer_id: (0, 3)}) == {m.peer_id: (0, 5)}
+
+
+def test_retain_keeps_what_counts_and_a_few_idle_ops_of_those_who_belonged() -> None:
+    from corestate.node.core import membership as mem
+    a, m = (NodeKeys.from_root(bytes([60 + i]) * 32) for i in range(2))
+    create = mem.sign_op(a.signing_key, kind="create", name="g")
+    g = create.group
+    add_m = mem.sign_op(a.signing_key, kind="add", group=g, subject=m.peer_id, role="member", parents=[create.op_id])
+    good = [create, add_m]
+    # A member jams: ops signed by throwaway keys, and void ops it signs itself.
+    throwaway = [mem.sign_op(NodeKeys.from_root(os.urandom(32)).signing_key, kind="add", group=g,
+                             subject=m.peer_id, role="admin", parents=[add_m.op_id]) for _ in range(50)]
+    own = [mem.sign_op(m.signing_key, kind="promote", group=g, subject=m.peer_id, parents=[add_m.op_id], hlc=i)
+           for i in range(100)]
+    ops = good + throwaway + own
+    state = mem.evaluate(ops, g)
+    keep = mem.retain(ops, state)
+    assert {op.op_id for op in good} <= keep
+    assert not keep & {op.op_id for op in throwaway}
+    assert len(keep & {op.op_id for op in own}) == mem.MAX_IDLE_OPS_PER_SIGNER
+    # Dropping them changes nothing of the evaluation.
+    kept = [op for op in ops if op.op_id in keep]
+    again = mem.evaluate(kept, g)
+    assert again.members == state.members and again.removed == state.removed
+    # A kept op's causal past is kept, whoever signed it: the admin built on m's op.
+    built = mem.sign_op(a.signing_key, kind="promote", group=g, subject=m.peer_id, parents=[own[0].op_id])
+    ops3 = [*ops, built]
+    keep3 = mem.retain(ops3, mem.evaluate(ops3, g))
+    assert {built.op_id, own[0].op_id} <= keep3

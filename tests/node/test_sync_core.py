@@ -67,9 +67,11 @@ def test_plan_sends_what_the_remote_lacks_and_nothing_it_would_refuse() -> None:
 
 
 def test_vector_and_message_round_trips() -> None:
-    v = {AUTHORS[0].peer_id: (0, 12), AUTHORS[1].peer_id: (3, 1)}
+    v = {AUTHORS[0].peer_id: (0, 12, b"\x01" * 32, False), AUTHORS[1].peer_id: (3, 1, b"\x02" * 32, True)}
     assert sync.decode_vector(sync.encode_vector(v)) == v
-    assert len(sync.encode_vector(v)) < 64 * len(v)
+    assert len(sync.encode_vector(v)) < 100 * len(v)
+    with pytest.raises(ValueError):  # the wire form always carries the head and the flag
+        sync.encode_vector({AUTHORS[0].peer_id: (0, 12)})
     for msg in (sync.Hello(v), sync.Reply(v, (b"x", b"yz"), False), sync.Push((b"q",))):
         assert sync.decode(sync.encode(msg)) == msg
 
@@ -77,7 +79,10 @@ def test_vector_and_message_round_trips() -> None:
 def test_hostile_messages_are_refused() -> None:
     import cbor2
 
+    h = bytes(32)
     for obj in ([], [9, {}], [1], [1, {"a": [0]}], [1, {"a": [0, -1]}], [1, {"a": [0, True]}],
+                [1, {"a": [0, 1]}], [1, {"a": [0, 1, h]}], [1, {"a": [0, 1, h[:31], False]}],
+                [1, {"a": [0, 1, h, 0]}], [1, {"a": [0, -1, h, False]}],
                 [2, {}, [], 1], [2, {}, ["x"], True], [3, [1]], {"t": 1}, [1, []]):
         with pytest.raises(BadBatch):
             sync.decode(cbor2.dumps(obj, canonical=True))
@@ -191,6 +196,71 @@ def test_a_lasting_gap_keeps_its_verdict() -> None:
     c = Catalog()
     (v,) = sync.apply_all(c, [b2.raw], members=MEMBERS, now_ms=NOW)
     assert v.kind == "gap" and c.state() == {}
+
+
+def _histories(x_len: int, y_len: int) -> tuple[list[bytes], list[bytes]]:
+    """One author, a common batch at seq 1, then two histories it signed for seq 2 on (an
+    equivocation), extended to ``x_len`` and ``y_len`` batches."""
+    k = AUTHORS[0].signing_key
+    common = sign_batch(k, epoch=0, seq_first=1, prev=ZERO_ID, hlc=NOW, entries=[(b"c", b"1")])
+    out = []
+    for tag, n in ((b"x", x_len), (b"y", y_len)):
+        chain, prev = [common.raw], common.batch_id
+        for i in range(n):
+            b = sign_batch(k, epoch=0, seq_first=2 + i, prev=prev, hlc=NOW + i,
+                           entries=[(placement_key(b"\x01" * 32, i), tag)])
+            chain.append(b.raw)
+            prev = b.batch_id
+        out.append(chain)
+    return out[0], out[1]
+
+
+def sync_until_done(x: Catalog, y: Catalog, rounds: int = 4) -> list[str]:
+    """Exchanges initiated by x until one says nothing is left; the verdict kinds seen."""
+    kinds: list[str] = []
+    for _ in range(rounds):
+        m2 = sync.answer(y, sync.hello(x))
+        m3, got, complete = sync.finish(x, m2, members=MEMBERS, now_ms=NOW)
+        kinds += [v.kind for v in got]
+        if m3 is not None:
+            kinds += [v.kind for v in sync.absorb(y, m3, members=MEMBERS, now_ms=NOW)]
+        if complete:
+            break
+    return kinds
+
+
+@pytest.mark.parametrize(("x_len", "y_len"), [(2, 2), (1, 1), (3, 1), (1, 3), (2, 3)])
+def test_an_author_signing_two_histories_is_seen_as_a_fork_by_both_replicas(x_len: int, y_len: int) -> None:
+    xs, ys = _histories(x_len, y_len)
+    x, y = replica(xs), replica(ys)
+    author = AUTHORS[0].peer_id
+    assert x.head(author) != y.head(author)
+    kinds = sync_until_done(x, y)
+    assert "fork" in kinds
+    for c in (x, y):
+        (ev, *_) = c.forks()
+        assert ev.author == author and ev.epoch == 0
+        # The evidence is two batches the author signed for overlapping seqs.
+        kept, other = Batch.decode(ev.kept), Batch.decode(ev.other)
+        pub = AUTHORS[0].signing_key.verify_key.encode()
+        assert kept.verify(pub) and other.verify(pub) and kept.batch_id != other.batch_id
+        assert kept.seq_first <= other.seq_last and other.seq_first <= kept.seq_last
+        assert c.sync_vector()[author][3] is True
+    # Each replica keeps the history it had (nothing is silently merged), and once both
+    # hold evidence an exchange sends no more conflicting batches (no alert every round).
+    assert x.head(author) == replica(xs).head(author) and y.head(author) == replica(ys).head(author)
+    assert sync.decode(sync.answer(y, sync.hello(x))).batches == ()
+    assert sync.decode(sync.answer(x, sync.hello(y))).batches == ()
+
+
+def test_a_replica_with_evidence_hands_it_to_one_without() -> None:
+    xs, ys = _histories(2, 2)
+    x, y = replica(xs), replica(ys)
+    sync_until_done(x, y)
+    fresh = replica(xs[:1])  # holds only the common batch: it could not tell
+    assert not fresh.forks()
+    sync_until_done(fresh, x)
+    assert fresh.forks() and fresh.sync_vector()[AUTHORS[0].peer_id][3] is True
 
 
 def test_a_reply_over_budget_is_a_prefix_and_says_so() -> None:

@@ -14,6 +14,9 @@ Invariants:
   matches header and payload); a peer that rewrites a share and its root consistently is
   then caught only by the caller's end-to-end check (the pack id is the BLAKE3 of the pack).
 - Proofs carry the header fields they need, so ``verify_proof`` needs only the root.
+- :func:`scan_share` checks (and proves from) a share read in pieces of any size, holding
+  one block and ``O(log blocks)`` hashes, never the whole share: what a holder uses on
+  shares it keeps in files. It accepts and rejects exactly what ``verify_share`` does.
 """
 
 from __future__ import annotations
@@ -299,6 +302,154 @@ def verify_proof(root: bytes, block_index: int, proof: Proof | BytesLike) -> boo
     if tree_head is None:
         return False
     return merkle.same(merkle.root_hash(proof.descriptor, tree_head), bytes(root))
+
+
+class _TreeHead:
+    """The RFC 6962 tree head of leaves added in order, in ``O(log n)`` memory: a stack of
+    complete subtrees, merged as soon as two of one size meet, folded right to left at the
+    end (the same head as :func:`merkle.head`)."""
+
+    __slots__ = ("_stack",)
+
+    def __init__(self) -> None:
+        self._stack: list[tuple[int, bytes]] = []
+
+    def add(self, node: bytes) -> None:
+        size = 1
+        while self._stack and self._stack[-1][0] == size:
+            node = merkle.node_hash(self._stack.pop()[1], node)
+            size *= 2
+        self._stack.append((size, node))
+
+    def head(self) -> bytes:
+        node = self._stack[-1][1]
+        for _, left in reversed(self._stack[:-1]):
+            node = merkle.node_hash(left, node)
+        return node
+
+
+class _Scan:
+    """The state of :func:`scan_share`: header bytes, then one pending partial block."""
+
+    def __init__(self, root: bytes | None, pack_id: bytes | None, index: int | None,
+                 prove_block: int | None) -> None:
+        self.want = (root, pack_id, index)
+        self.prove_block = prove_block
+        self.head_bytes = bytearray()
+        self.hdr: ShareHeader | None = None
+        self.total = 0
+        self.pending = bytearray()
+        self.blocks = 0
+        self.tree = _TreeHead()
+        # With a proof to give: one subtree per level, each the sibling of the proven
+        # block's ancestor there (they partition the other leaves), and the block itself.
+        self.siblings: dict[int, _TreeHead] = {}
+        self.leaf = b""
+        self.block = b""
+
+    def header(self) -> None:
+        hdr = read_header(self.head_bytes)
+        root, pack_id, index = self.want
+        if index is not None and hdr.index != index:
+            raise CorruptShare(hdr.index, f"expected share {index}, got share {hdr.index}")
+        if pack_id is not None and not merkle.same(hdr.pack_id, bytes(pack_id)):
+            raise CorruptShare(hdr.index, "belongs to another pack")
+        if root is not None and not merkle.same(hdr.root, bytes(root)):
+            raise CorruptShare(hdr.index, "root differs from the one recorded at upload")
+        b = self.prove_block
+        if b is not None and (not isinstance(b, int) or not 0 <= b < hdr.block_count):
+            raise InvalidParameters(
+                f"block index {b!r} not in [0, {hdr.block_count})", k=hdr.k, n=hdr.n
+            )
+        self.hdr = hdr
+
+    def emit(self, block: BytesLike) -> None:
+        i = self.blocks
+        leaf = merkle.leaf_hash(i, block)
+        self.blocks += 1
+        m = self.prove_block
+        if m is None:
+            self.tree.add(leaf)
+        elif i == m:
+            self.leaf, self.block = leaf, bytes(block)
+        else:
+            # The highest bit where i and m differ names the level whose sibling holds i.
+            self.siblings.setdefault((i ^ m).bit_length() - 1, _TreeHead()).add(leaf)
+
+    def feed(self, chunk: BytesLike) -> None:
+        view = memoryview(chunk).cast("B")
+        self.total += len(view)
+        if self.hdr is None:
+            need = HEADER_SIZE - len(self.head_bytes)
+            self.head_bytes += view[:need]
+            view = view[need:]
+            if len(self.head_bytes) < HEADER_SIZE:
+                return
+            self.header()
+        hdr = self.hdr
+        assert hdr is not None
+        if self.total > HEADER_SIZE + hdr.payload_length:
+            raise CorruptShare(
+                hdr.index, f"share is longer than the {HEADER_SIZE + hdr.payload_length} "
+                "bytes its header says"
+            )
+        bs = hdr.block_size
+        if self.pending:
+            take = bs - len(self.pending)
+            self.pending += view[:take]
+            view = view[take:]
+            if len(self.pending) < bs:
+                return
+            self.emit(self.pending)
+            self.pending = bytearray()
+        while len(view) >= bs:
+            self.emit(view[:bs])
+            view = view[bs:]
+        self.pending += view
+
+    def finish(self) -> tuple[ShareHeader, Proof | None]:
+        if self.hdr is None:
+            raise CorruptShare(None, f"{self.total} bytes is too short for a share header")
+        hdr = self.hdr
+        if self.total != HEADER_SIZE + hdr.payload_length:
+            raise CorruptShare(
+                hdr.index, f"share is {self.total} bytes, header says {HEADER_SIZE + hdr.payload_length}"
+            )
+        if self.blocks < hdr.block_count:
+            self.emit(self.pending)  # the short last block (or the one empty block)
+        proof = None
+        if self.prove_block is None:
+            tree_head = self.tree.head()
+        else:
+            path = tuple(self.siblings[j].head() for j in sorted(self.siblings))
+            found = merkle.head_from_path(self.prove_block, hdr.block_count, self.leaf, path)
+            assert found is not None  # the path was built for this shape
+            tree_head = found
+            proof = Proof(hdr.descriptor(), self.prove_block, self.block, path)
+        if not merkle.same(merkle.root_hash(hdr.descriptor(), tree_head), hdr.root):
+            raise CorruptShare(hdr.index, "payload or header does not match the share root")
+        return hdr, proof
+
+
+def scan_share(
+    chunks: Iterable[BytesLike],
+    *,
+    root: bytes | None = None,
+    pack_id: bytes | None = None,
+    index: int | None = None,
+    prove_block: int | None = None,
+) -> tuple[ShareHeader, Proof | None]:
+    """:func:`verify_share` over a share given as consecutive pieces of any sizes.
+
+    Holds one block and ``O(log blocks)`` hashes, so a share of any size can be checked
+    straight from a file or a stream. With ``prove_block`` it also returns the proof of
+    that block (as :func:`prove` would give), made in the same pass; a block the share
+    does not have raises :class:`InvalidParameters` once the header is read.
+    """
+    scan = _Scan(root, pack_id, index, prove_block)
+    for chunk in chunks:
+        scan.feed(chunk)
+    return scan.finish()
 
 
 # -- restore and repair from shares that came from peers ----------------------------------

@@ -11,14 +11,16 @@ code talks to a :class:`Channel` wrapped around one. Invariants:
   ends inside bulk data raises :class:`TransferError` ("truncated") and bulk data that
   hashes to anything but the announced BLAKE3 raises :class:`TransferError` ("corrupt"):
   libp2p makes a killed peer look like a clean EOF, so lengths and hashes are what catch it;
-- bytes that break the framing or the message encoding raise :class:`RemoteProtocolError`.
+- bytes that break the framing or the message encoding raise :class:`RemoteProtocolError`;
+- :meth:`Channel.receive_bulk_to` hands bulk data on as it arrives (to a file, a hash),
+  so a receiver never has to hold a body it did not ask to keep.
 
 This module and ``protocol.p2p`` are the only ones in ``corestate.protocol`` that import trio.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import blake3
@@ -259,10 +261,28 @@ class Channel:
             await self._send(view[start : start + BULK_WRITE])
 
     async def receive_bulk(self, size: int, digest: bytes) -> bytes:
-        """Exactly ``size`` raw bytes hashing (BLAKE3) to ``digest``, else TransferError."""
+        """Exactly ``size`` raw bytes hashing (BLAKE3) to ``digest``, else TransferError.
+
+        Holds the whole body in memory: for bodies the caller needs whole and whose size
+        it has bounded. :meth:`receive_bulk_to` passes them on piece by piece instead.
+        """
+        chunks: list[bytes] = []
+
+        async def keep(piece: bytes) -> None:
+            chunks.append(piece)
+
+        await self.receive_bulk_to(size, digest, keep)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def receive_bulk_to(
+        self, size: int, digest: bytes, sink: Callable[[bytes], Awaitable[None]]
+    ) -> None:
+        """Exactly ``size`` raw bytes, handed to ``sink`` in pieces of at most 256 KiB as
+        they arrive and hashed on the way; TransferError when the stream ends first or
+        the bytes do not hash to ``digest`` (after the last piece: a sink that keeps the
+        bytes must discard them then). Memory: one piece, whatever ``size`` is."""
         if size < 0 or len(digest) != 32:
             raise ValueError("size must be >= 0 and digest 32 bytes")
-        chunks: list[bytes] = []
         hasher = blake3.blake3()
         got = 0
         early = self._decoder.take_buffered()
@@ -271,9 +291,9 @@ class Channel:
                 # What follows the bulk bytes is the next frame: hand it back.
                 self._decoder.feed(early[size:])
                 early = early[:size]
-            chunks.append(early)
             hasher.update(early)
             got = len(early)
+            await sink(early)
         while got < size:
             data = await self._receive(min(size - got, BULK_READ))
             if not data:
@@ -283,9 +303,9 @@ class Channel:
                     expected=size,
                     received=got,
                 )
-            chunks.append(data)
             hasher.update(data)
             got += len(data)
+            await sink(data)
         if hasher.digest() != digest:
             raise TransferError(
                 "corrupt",
@@ -293,7 +313,6 @@ class Channel:
                 expected=size,
                 received=got,
             )
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def aclose(self) -> None:
         await self.stream.aclose()

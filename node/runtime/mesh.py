@@ -15,6 +15,13 @@ Invariants:
 - Every await on a peer is under a timeout (``Channel``); a handler never lets an
   exception reach libp2p (``P2PHost`` wraps it too; here errors become ``Error`` replies).
 - This node never holds its own shares, and shares go only to trusted peers.
+- Serving costs a peer's bounded share of this node, whatever it sends (SPEC 8.5,
+  "Limits"): streams and bulk bytes in flight are capped per peer, for strangers (peers
+  neither trusted nor members) together and in total, strangers far lower; every request
+  has a deadline; a PUT's quota is reserved before its body is read and the body goes to
+  a file as it arrives; GET and AUDIT read the share file in slices, in worker threads.
+  No share is ever held in memory whole on the serving side.
+- A client takes a share's body only once its announced size is the recorded one.
 """
 
 from __future__ import annotations
@@ -24,7 +31,9 @@ import logging
 import math
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import blake3
@@ -39,7 +48,7 @@ from corestate.node.ledger import Ledger, ShareRow
 from corestate.node.peers import AddressBook
 from corestate.node.runtime.events import EventBus
 from corestate.node.runtime.reports import PackResult, Progress, UploadReport, short
-from corestate.node.runtime.vault import ShareVault
+from corestate.node.runtime.vault import SLICE, HeldShare, Incoming, ShareVault
 from corestate.protocol import messages as m
 from corestate.protocol.errors import ProtocolError, RemoteProtocolError
 from corestate.protocol.keys import NodeKeys, public_key_from_peer_id
@@ -60,6 +69,35 @@ SHARE_PROTOCOL = "/corestate/share/1"
 SINK_PROTOCOL = "/corestate/sink/1"
 SINK_MAX = 1 << 30
 MAX_SHARE = 1 << 30
+# A refused PUT body up to this size is read and dropped (never kept), so that a client
+# that writes its whole body before it reads sees the answer; a larger one is not read:
+# the stream is closed. Real shares (16 MiB packs, k >= 1) fit.
+DRAIN_MAX = 16 << 20
+# A request's whole exchange must end within REQUEST_BASE x the peer timeout, plus the
+# time its bulk bytes take at MIN_RATE bytes/s (per read and write the peer timeout holds).
+REQUEST_BASE = 2
+MIN_RATE = 1 << 20
+BATCH = 1 << 20  # bytes of a PUT body gathered before one write to its file
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one scope (a peer, all strangers, everyone) may have in flight at once."""
+
+    streams: int
+    bulk: int  # bytes of PUT and GET bodies under way
+
+
+# Members and peers the user added; strangers (each, and all together); everyone.
+MEMBER_LIMITS = Limits(streams=16, bulk=2 << 30)
+STRANGER_LIMITS = Limits(streams=3, bulk=64 << 20)
+STRANGERS_LIMITS = Limits(streams=8, bulk=128 << 20)
+TOTAL_LIMITS = Limits(streams=64, bulk=4 << 30)
+# Worker threads that read whole share files at once (verification of GETs and PUTs,
+# proofs): few, so that they cannot starve the event loop of the interpreter lock.
+MEMBER_SCANS = 2
+STRANGER_SCANS = 1
+_STRANGERS, _ALL = " strangers", " all"  # scope keys no PeerID can equal
 
 
 def _first_leaf(group: BaseExceptionGroup) -> BaseException:
@@ -83,6 +121,51 @@ _ERROR_CODES: dict[type, str] = {QuotaExceeded: "quota", ShareNotFound: "not-fou
                                   ShareRejected: "rejected"}
 
 
+class Admission:
+    """Streams and bulk bytes the share service serves at once, per scope.
+
+    A request enters the scopes of its peer, of all strangers (when it is one) and of
+    everyone; it fits when every scope stays within its limits. A bulk size above a
+    scope's whole limit still fits when that scope has no bulk in flight, so that one
+    big request is served alone rather than never. Strangers that do not fit are refused
+    at once; members wait. Pure bookkeeping, no I/O: the caller waits and refuses.
+    """
+
+    def __init__(self, member: Limits = MEMBER_LIMITS, stranger: Limits = STRANGER_LIMITS,
+                 strangers: Limits = STRANGERS_LIMITS, total: Limits = TOTAL_LIMITS) -> None:
+        self.member, self.stranger, self.strangers, self.total = member, stranger, strangers, total
+        self.streams: Counter[str] = Counter()
+        self.bulk: Counter[str] = Counter()
+
+    def _scopes(self, peer: str, stranger: bool) -> list[tuple[str, Limits]]:
+        if stranger:
+            return [(peer, self.stranger), (_STRANGERS, self.strangers), (_ALL, self.total)]
+        return [(peer, self.member), (_ALL, self.total)]
+
+    def try_enter(self, peer: str, stranger: bool, *, streams: int = 0, bulk: int = 0) -> bool:
+        scopes = self._scopes(peer, stranger)
+        for key, lim in scopes:
+            if self.streams[key] + streams > lim.streams:
+                return False
+            if bulk and self.bulk[key] and self.bulk[key] + bulk > lim.bulk:
+                return False
+        for key, _ in scopes:
+            self.streams[key] += streams
+            self.bulk[key] += bulk
+        return True
+
+    def leave(self, peer: str, stranger: bool, *, streams: int = 0, bulk: int = 0) -> None:
+        for key, _ in self._scopes(peer, stranger):
+            self.streams[key] -= streams
+            self.bulk[key] -= bulk
+            if self.streams[key] <= 0 and self.bulk[key] <= 0:
+                del self.streams[key], self.bulk[key]
+
+
+async def _discard(piece: bytes) -> None:
+    """A bulk sink that keeps nothing (the bytes are hashed on the way all the same)."""
+
+
 class Mesh:
     def __init__(self, host: P2PHost, keys: NodeKeys, vault: ShareVault, book: AddressBook,
                  ledger: Ledger, events: EventBus, *, timeout: float = 20.0,
@@ -98,6 +181,10 @@ class Mesh:
         self.in_group = in_group or (lambda: False)
         self.trusted = trusted or (lambda: [e.peer for e in book.trusted()])
         self.groups: GroupService | None = None  # set by open_mesh
+        self.admission = Admission()
+        self._room = trio.lowlevel.ParkingLot()  # members waiting for admission
+        self._member_scans = trio.CapacityLimiter(MEMBER_SCANS)
+        self._stranger_scans = trio.CapacityLimiter(STRANGER_SCANS)
         host.set_handler(SHARE_PROTOCOL, self.serve_share)
         host.set_handler(SINK_PROTOCOL, self.serve_sink)
 
@@ -107,31 +194,66 @@ class Mesh:
 
     # -- serving -----------------------------------------------------------------------
 
+    def _stranger(self, peer: str) -> bool:
+        """Neither a group member nor a peer the user added (nor one with a quota here)."""
+        return not (self.authorized(peer) or self.vault.has_quota(peer))
+
+    async def _enter(self, peer: str, stranger: bool, *, streams: int = 0, bulk: int = 0) -> bool:
+        """Take room in the admission scopes: strangers at once or never (False), members
+        wait for it (under the request's deadline)."""
+        while not self.admission.try_enter(peer, stranger, streams=streams, bulk=bulk):
+            if stranger:
+                return False
+            await self._room.park()
+        return True
+
+    def _leave(self, peer: str, stranger: bool, *, streams: int = 0, bulk: int = 0) -> None:
+        self.admission.leave(peer, stranger, streams=streams, bulk=bulk)
+        self._room.unpark_all()
+
     async def serve_share(self, stream: Stream) -> None:
         sender = stream.remote_peer
         ch = Channel(stream, timeout=self.timeout)
+        stranger = self._stranger(sender)
+        entered = False
         try:
-            try:
-                if self.in_group() and not self.authorized(sender):
-                    # In a group the share service is for members (and peers the user
-                    # added) only; removed members are refused the moment we know.
+            if self.in_group() and not self.authorized(sender):
+                # In a group the share service is for members (and peers the user
+                # added) only; removed members are refused the moment we know.
+                with trio.move_on_after(2):
                     await ch.send(m.Error(code="refused", message="not a member of this node's group",
                                           retryable=False))
+                return
+            with trio.move_on_after(REQUEST_BASE * self.timeout) as deadline:
+                entered = await self._enter(sender, stranger, streams=1)
+                if not entered:
+                    # Read nothing: a refused stranger costs no more than this answer.
+                    await ch.send(m.Error(code="busy", message="too many requests from you or "
+                                          "peers like you in flight here; retry later", retryable=True))
                     return
-                msg = await ch.receive()
-                await self._serve_one(ch, sender, msg)
-            except RemoteProtocolError as exc:
-                log.warning("peer %s sent a bad request: %s", short(sender), exc)
-                with trio.move_on_after(2):
-                    await ch.send(m.Error(code="protocol", message=str(exc)[:1000], retryable=False))
-            except (QuotaExceeded, ShareNotFound, ShareRejected, StoreError) as exc:
-                await ch.send(m.Error(code=_ERROR_CODES.get(type(exc), "store"),
-                                      message=str(exc)[:1000], retryable=exc.retryable))
-            except ProtocolError as exc:  # the peer went away or stalled: nothing to answer
-                log.info("share request from %s ended: %s", short(sender), exc)
+                await self._serve_request(ch, sender, stranger, deadline)
+            if deadline.cancelled_caught:
+                log.info("share request from %s ran past its deadline", short(sender))
+        except ProtocolError as exc:  # the peer went away or stalled: nothing to answer
+            log.info("share request from %s ended: %s", short(sender), exc)
         finally:
+            if entered:
+                self._leave(sender, stranger, streams=1)
             with trio.move_on_after(2):
                 await ch.aclose()
+
+    async def _serve_request(self, ch: Channel, sender: str, stranger: bool,
+                             deadline: trio.CancelScope) -> None:
+        try:
+            msg = await ch.receive()
+            await self._serve_one(ch, sender, stranger, msg, deadline)
+        except RemoteProtocolError as exc:
+            log.warning("peer %s sent a bad request: %s", short(sender), exc)
+            with trio.move_on_after(2):
+                await ch.send(m.Error(code="protocol", message=str(exc)[:1000], retryable=False))
+        except (QuotaExceeded, ShareNotFound, ShareRejected, StoreError) as exc:
+            await ch.send(m.Error(code=_ERROR_CODES.get(type(exc), "store"),
+                                  message=str(exc)[:1000], retryable=exc.retryable))
 
     async def serve_sink(self, stream: Stream) -> None:
         ch = Channel(stream, timeout=self.timeout)
@@ -141,7 +263,7 @@ class Mesh:
                 await ch.send(m.Error(code="refused", message="the sink serves trusted peers only",
                                       retryable=False))
                 return
-            await ch.receive_bulk(msg.size, msg.digest)
+            await ch.receive_bulk_to(msg.size, msg.digest, _discard)
             await ch.send(m.Ok())
         except ProtocolError as exc:
             log.info("sink request from %s ended: %s", short(stream.remote_peer), exc)
@@ -168,35 +290,28 @@ class Mesh:
                 await ch.aclose()
         return time.monotonic() - t0
 
-    async def _serve_one(self, ch: Channel, sender: str, msg: Any) -> None:
+    async def _scan(self, stranger: bool, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn`` (a whole-file vault pass) in a worker thread of the caller's class."""
+        limiter = self._stranger_scans if stranger else self._member_scans
+        return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
+
+    async def _serve_one(self, ch: Channel, sender: str, stranger: bool, msg: Any,
+                         deadline: trio.CancelScope) -> None:
         v = self.vault
         if isinstance(msg, m.PutShare):
-            held = max(0, v.sizes(sender, [(msg.pack, msg.index)])[0])
-            left = v.quota_left(sender) + held  # a re-put replaces what is held
-            if msg.size > left:
-                exc = QuotaExceeded(sender, msg.size, left)
-                await ch.send(m.Error(code="quota", message=str(exc)[:1000], retryable=False))
-                # A sender that writes every byte before it reads would stall on the full
-                # window and never see the answer: take (and drop) a share-sized body.
-                if msg.size <= 64 << 20:
-                    with trio.move_on_after(self.timeout):
-                        try:
-                            await ch.receive_bulk(msg.size, msg.digest)
-                        except ProtocolError:
-                            pass
-                return
-            data = await ch.receive_bulk(msg.size, msg.digest)
-            await trio.to_thread.run_sync(v.put, sender, msg.pack, msg.index, data)
-            await ch.send(m.Ok())
+            await self._serve_put(ch, sender, stranger, msg, deadline)
         elif isinstance(msg, m.GetShare):
             owner = msg.owner or sender
             if owner != sender and not (self.in_group() and self.authorized(sender)):
                 await ch.send(m.Error(code="refused", message="another owner's shares go to group members only",
                                       retryable=False))
                 return
-            data = await trio.to_thread.run_sync(v.get, owner, msg.pack, msg.index, msg.offset, msg.length)
-            await ch.send(m.ShareData(size=len(data), digest=blake3.blake3(data).digest()))
-            await ch.send_bulk(data)
+            held: HeldShare = await self._scan(stranger, v.open_share, owner, msg.pack, msg.index,
+                                               msg.offset, msg.length)
+            try:
+                await self._serve_get(ch, sender, stranger, held, deadline)
+            finally:
+                held.close()
         elif isinstance(msg, m.HasShares):
             items = [(bytes(p), int(i)) for p, i in msg.items]
             sizes = await trio.to_thread.run_sync(v.sizes, sender, items)
@@ -214,32 +329,107 @@ class Mesh:
             except nacl.exceptions.BadSignatureError:
                 await ch.send(m.Error(code="bad-signature", message="delete not signed by the owner", retryable=False))
                 return
-            if not await trio.to_thread.run_sync(v.check_nonce, sender, msg.nonce):
+            # The share is looked up first: a delete of nothing records no nonce (and is
+            # answered Ok: what the owner asked for holds).
+            outcome = await trio.to_thread.run_sync(v.delete_signed, sender, msg.pack, msg.index, msg.nonce)
+            if outcome == "replay":
                 await ch.send(m.Error(code="replay", message="this delete was already used", retryable=False))
                 return
-            await trio.to_thread.run_sync(v.delete, sender, msg.pack, msg.index)
             await ch.send(m.Ok())
         elif isinstance(msg, m.AuditShare):
-            data = await trio.to_thread.run_sync(v.get, sender, msg.pack, msg.index, 0, -1)
             try:
-                proof = sharefmt.prove(data, msg.block)
+                proof = await self._scan(stranger, v.prove, sender, msg.pack, msg.index, msg.block)
             except InvalidParameters as exc:
                 await ch.send(m.Error(code="bad-block", message=str(exc)[:1000], retryable=False))
                 return
-            await ch.send(m.AuditReply(proof=proof.to_bytes()))
+            await ch.send(m.AuditReply(proof=proof))
         elif isinstance(msg, m.Capacity):
-            free = await trio.to_thread.run_sync(v.free_bytes)
-            await ch.send(m.CapacityReply(free=free, quota_left=v.quota_left(sender)))
+            left = await trio.to_thread.run_sync(v.quota_left, sender)
+            if stranger:
+                free = left  # the disk's free space is for members and trusted peers only
+            else:
+                free = await trio.to_thread.run_sync(v.free_bytes)
+            await ch.send(m.CapacityReply(free=free, quota_left=left))
         else:
             await ch.send(m.Error(code="unexpected", message=f"{type(msg).__name__} is not a request",
                                   retryable=False))
 
+    async def _serve_put(self, ch: Channel, sender: str, stranger: bool, msg: m.PutShare,
+                         deadline: trio.CancelScope) -> None:
+        v = self.vault
+        try:
+            # Reserved before a byte of the body is read: concurrent PUTs cannot together
+            # pass the quota, and a refusal costs no body.
+            res = await trio.to_thread.run_sync(v.reserve, sender, msg.pack, msg.index, msg.size)
+        except QuotaExceeded as exc:
+            await ch.send(m.Error(code="quota", message=str(exc)[:1000], retryable=False))
+            await self._drain(ch, msg)
+            return
+        try:
+            if not await self._enter(sender, stranger, bulk=msg.size):
+                await ch.send(m.Error(code="busy", message="too many bytes in flight from you or peers "
+                                      "like you; retry later", retryable=True))
+                await self._drain(ch, msg)
+                return
+            try:
+                deadline.deadline += msg.size / MIN_RATE
+                inc: Incoming = await trio.to_thread.run_sync(v.incoming, res)
+                try:
+                    batch = bytearray()
+
+                    async def to_file(piece: bytes) -> None:
+                        nonlocal batch
+                        batch += piece
+                        if len(batch) >= BATCH:
+                            full, batch = batch, bytearray()
+                            await trio.to_thread.run_sync(inc.write, full)
+
+                    await ch.receive_bulk_to(msg.size, msg.digest, to_file)
+                    await trio.to_thread.run_sync(inc.write, batch)
+                    await self._scan(stranger, v.commit, inc)
+                finally:
+                    inc.abort()
+            finally:
+                self._leave(sender, stranger, bulk=msg.size)
+        finally:
+            v.release(res)
+        await ch.send(m.Ok())
+
+    async def _drain(self, ch: Channel, msg: m.PutShare) -> None:
+        """After refusing a PUT: a small body is read and dropped, so that a client that
+        writes before it reads sees the answer; a large one is not read at all (the stream
+        is closed, and its bytes stop at the transport's window)."""
+        if msg.size > DRAIN_MAX:
+            return
+        with trio.move_on_after(self.timeout):
+            try:
+                await ch.receive_bulk_to(msg.size, msg.digest, _discard)
+            except ProtocolError:
+                pass
+
+    async def _serve_get(self, ch: Channel, sender: str, stranger: bool, held: HeldShare,
+                         deadline: trio.CancelScope) -> None:
+        if not await self._enter(sender, stranger, bulk=held.size):
+            await ch.send(m.Error(code="busy", message="too many bytes in flight from you or peers "
+                                  "like you; retry later", retryable=True))
+            return
+        try:
+            deadline.deadline += held.size / MIN_RATE
+            await ch.send(m.ShareData(size=held.size, digest=held.digest))
+            while piece := await trio.to_thread.run_sync(held.read, SLICE):
+                await ch.send_bulk(piece)
+        finally:
+            self._leave(sender, stranger, bulk=held.size)
+
     # -- calling -----------------------------------------------------------------------
 
     async def request(self, peer: str, msg: Any, *, bulk: bytes | memoryview | None = None,
-                      timeout: float | None = None) -> tuple[Any, bytes | None]:
+                      timeout: float | None = None,
+                      expect_size: int | None = None) -> tuple[Any, bytes | None]:
         """One request on a fresh stream; returns (reply, bulk data of a ShareData reply).
-        ``Error`` replies raise ``PeerRefused``; network trouble raises ProtocolError."""
+        ``Error`` replies raise ``PeerRefused``; network trouble raises ProtocolError. With
+        ``expect_size``, a ShareData announcing any other size raises MeshError before a
+        byte of its body is taken (a holder must not make us buffer what we never stored)."""
         entry = self.book.get(peer)
         addrs = entry.addrs if entry else []
         t = timeout or self.timeout
@@ -256,6 +446,9 @@ class Mesh:
                 reply = await self._send_while_reading(ch, bulk)
             data = None
             if isinstance(reply, m.ShareData):
+                if expect_size is not None and reply.size != expect_size:
+                    raise MeshError(f"peer {short(peer)} announced {reply.size} bytes, the recorded "
+                                    f"size is {expect_size}")
                 data = await ch.receive_bulk(reply.size, reply.digest)
             elif isinstance(reply, m.Error):
                 raise PeerRefused(peer, reply.code, reply.message, reply.retryable)
@@ -438,7 +631,7 @@ class Mesh:
                            owner: str = "") -> None:
         try:
             _, data = await self.request(row.peer, m.GetShare(pack=row.pack, index=row.index, offset=0, length=-1,
-                                                               owner=owner))
+                                                               owner=owner), expect_size=row.size)
             assert data is not None
             sharefmt.verify_share(data, root=row.root, pack_id=row.pack, index=row.index)
         except CorruptShare as exc:

@@ -331,3 +331,156 @@ def test_put_of_a_big_share_makes_no_copy(tmp_path: Path) -> None:
             tracemalloc.stop()
         assert peak < 1 << 20, peak  # verify and write work on views of the caller's bytes
         assert read_header(v.get(ALICE, pack, 0)).root == read_header(share).root
+
+
+# -- issue 11: reservations, streaming, counters, nonces ------------------------------------
+
+
+def test_a_quota_check_costs_no_scan_of_the_share_table(tmp_path: Path) -> None:
+    """Usage is counted as shares come and go: asking what is left runs no SQL at all, and
+    a reservation one primary-key lookup, however many shares are held."""
+    with ShareVault(tmp_path, global_quota=1 << 30) as v:
+        v.set_quota(ALICE, 1 << 30)
+        for i, s in enumerate(SHARES):
+            v.put(BOB, PACK, i, s)
+            v.put(ALICE, PACK, i, s)
+        statements: list[str] = []
+        v._conn().set_trace_callback(statements.append)
+        try:
+            assert v.quota_left(BOB) == (1 << 30) - 4 * SIZE
+            assert v.quota_left(ALICE) == (1 << 30) - 4 * SIZE
+            assert v.used(ALICE) == 4 * SIZE
+            assert v.stats() == {"shares": 8, "bytes": 8 * SIZE, "senders": 2}
+            assert statements == []
+            res = v.reserve(CAROL, OTHER, 0, SIZE)
+            assert len(statements) == 1 and "WHERE name = " in statements[0], statements
+            v.release(res)
+        finally:
+            v._conn().set_trace_callback(None)
+
+
+def test_counters_follow_puts_deletes_quota_moves_and_restarts(tmp_path: Path) -> None:
+    with ShareVault(tmp_path, global_quota=10 * SIZE) as v:
+        v.put(BOB, PACK, 0, SHARES[0])
+        v.put(ALICE, PACK, 1, SHARES[1])
+        assert v.quota_left(CAROL) == 8 * SIZE
+        v.set_quota(ALICE, 5 * SIZE)  # Alice leaves the pool, and takes her bytes with her
+        assert v.quota_left(CAROL) == 9 * SIZE and v.quota_left(ALICE) == 4 * SIZE
+        v.set_quota(ALICE, None)
+        assert v.quota_left(CAROL) == 8 * SIZE
+        v.put(BOB, PACK, 0, SHARES[0])  # the same share again: no double count
+        assert v.quota_left(CAROL) == 8 * SIZE
+        v.delete(BOB, PACK, 0)
+        assert v.quota_left(CAROL) == 9 * SIZE and v.used(BOB) == 0
+    with ShareVault(tmp_path, global_quota=10 * SIZE) as v:
+        assert v.quota_left(CAROL) == 9 * SIZE
+        assert v.stats() == {"shares": 1, "bytes": SIZE, "senders": 1}
+
+
+def test_a_reservation_holds_room_until_committed_or_released(tmp_path: Path) -> None:
+    with ShareVault(tmp_path, global_quota=3 * SIZE) as v:
+        res = v.reserve(BOB, PACK, 0, 2 * SIZE)
+        assert v.quota_left(CAROL) == SIZE
+        with pytest.raises(QuotaExceeded):
+            v.reserve(CAROL, PACK, 1, 2 * SIZE)  # together they would pass the pool
+        v.release(res)
+        v.release(res)  # idempotent
+        assert v.quota_left(CAROL) == 3 * SIZE
+        # A replacement of a held share needs only the difference.
+        v.put(BOB, PACK, 0, SHARES[0])
+        again = v.reserve(BOB, PACK, 0, SIZE)
+        assert again.amount == 0 and v.quota_left(BOB) == 2 * SIZE
+        v.release(again)
+
+
+def test_a_streamed_share_is_kept_only_once_committed(tmp_path: Path) -> None:
+    with ShareVault(tmp_path, global_quota=3 * SIZE) as v:
+        res = v.reserve(BOB, PACK, 2, SIZE)
+        inc = v.incoming(res)
+        for at in range(0, SIZE, 1000):
+            inc.write(SHARES[2][at:at + 1000])
+        with pytest.raises(ShareRejected):
+            inc.write(b"x")  # not a byte beyond the announced size
+        [tmp] = share_files(v.root)
+        assert os.path.basename(tmp).startswith(".tmp-")
+        assert v.sizes(BOB, [(PACK, 2)]) == [-1]
+        v.commit(inc)
+        assert v.sizes(BOB, [(PACK, 2)]) == [SIZE] and v.get(BOB, PACK, 2) == SHARES[2]
+        assert v.quota_left(BOB) == 2 * SIZE  # the reservation became the share
+        # A short body, or bytes that are not the share announced: nothing kept.
+        for body in (SHARES[3][:-1], flip(SHARES[3], 500)):
+            res = v.reserve(BOB, PACK, 3, SIZE)
+            inc = v.incoming(res)
+            inc.write(body)
+            with pytest.raises(ShareRejected):
+                v.commit(inc)
+            assert v.quota_left(BOB) == 2 * SIZE
+        assert len(share_files(v.root)) == 1
+
+
+def test_reads_and_proofs_go_through_the_file_in_slices(tmp_path: Path) -> None:
+    from corestate.erasure.share import prove, verify_proof
+    with ShareVault(tmp_path) as v:
+        v.put(ALICE, PACK, 1, SHARES[1])
+        root = read_header(SHARES[1]).root
+        for block in range(read_header(SHARES[1]).block_count):
+            proof = v.prove(ALICE, PACK, 1, block)
+            assert proof == prove(SHARES[1], block).to_bytes()
+            assert verify_proof(root, block, proof)
+        with v.open_share(ALICE, PACK, 1, 100, 2000) as held:
+            assert held.size == 2000
+            assert held.digest == blake3.blake3(SHARES[1][100:2100]).digest()
+            assert held.read(700) + held.read(5000) + held.read() == SHARES[1][100:2100]
+        [rel] = share_files(v.root)
+        path = v.root / rel
+        path.write_bytes(flip(path.read_bytes(), SIZE - 3))
+        with pytest.raises(ShareNotFound, match="corrupt on disk"):
+            v.prove(ALICE, PACK, 1, 0)
+        assert v.sizes(ALICE, [(PACK, 1)]) == [-1] and v.used(ALICE) == 0
+
+
+def nonces_held(v: ShareVault) -> list[tuple[str, bytes]]:
+    return [(s, bytes(n)) for s, n in v._conn().execute(
+        "SELECT sender, nonce FROM delete_nonces ORDER BY seq")]
+
+
+def test_a_delete_of_a_share_never_held_records_no_nonce(tmp_path: Path) -> None:
+    with ShareVault(tmp_path) as v:
+        for i in range(20):
+            assert v.delete_signed(ALICE, os.urandom(32), 0, bytes([i]) * 16) == "absent"
+        assert nonces_held(v) == []
+        v.put(ALICE, PACK, 0, SHARES[0])
+        assert v.delete_signed(ALICE, PACK, 0, bytes(16)) == "deleted"
+        assert v.sizes(ALICE, [(PACK, 0)]) == [-1] and share_files(v.root) == []
+        v.put(ALICE, PACK, 0, SHARES[0])
+        assert v.delete_signed(ALICE, PACK, 0, bytes(16)) == "replay"
+        assert v.sizes(ALICE, [(PACK, 0)]) == [SIZE]
+        assert nonces_held(v) == [(ALICE, bytes(16))]
+
+
+def test_delete_nonces_are_bounded_oldest_first(tmp_path: Path) -> None:
+    with ShareVault(tmp_path, max_nonces_per_sender=3, max_nonces=4) as v:
+        for i in range(5):
+            v.put(ALICE, PACK, 0, SHARES[0])
+            assert v.delete_signed(ALICE, PACK, 0, bytes([i]) * 16) == "deleted"
+        assert nonces_held(v) == [(ALICE, bytes([i]) * 16) for i in (2, 3, 4)]
+        for i in range(2):
+            v.put(BOB, PACK, 0, SHARES[0])
+            assert v.delete_signed(BOB, PACK, 0, bytes([i]) * 16) == "deleted"
+        assert len(nonces_held(v)) == 4 and (ALICE, bytes([2]) * 16) not in nonces_held(v)
+    with ShareVault(tmp_path, max_nonces_per_sender=3, max_nonces=4) as v:
+        v.put(ALICE, PACK, 0, SHARES[0])
+        assert v.delete_signed(ALICE, PACK, 0, bytes([4]) * 16) == "replay"
+
+
+def test_nonces_of_an_older_vault_are_kept(tmp_path: Path) -> None:
+    ShareVault(tmp_path).close()
+    db = sqlite3.connect(tmp_path / "vault.db")
+    db.execute("CREATE TABLE nonces (sender TEXT NOT NULL, nonce BLOB NOT NULL,"
+               " PRIMARY KEY (sender, nonce)) WITHOUT ROWID")
+    db.execute("INSERT INTO nonces VALUES (?, ?)", (ALICE, bytes(16)))
+    db.commit()
+    db.close()
+    with ShareVault(tmp_path) as v:
+        assert v.check_nonce(ALICE, bytes(16)) is False
+        assert v.check_nonce(ALICE, bytes([1]) * 16) is True

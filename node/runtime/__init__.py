@@ -1,1 +1,1 @@
-"""The trio runtime: daemon, peers, control socket. Not built yet (mesh issue)."""
+"""The trio runtime: the daemon, the share and group services, the control socket, the mesh calls."""

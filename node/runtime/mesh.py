@@ -31,9 +31,7 @@ import logging
 import math
 import os
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import blake3
@@ -42,6 +40,7 @@ import nacl.signing
 import trio
 from corestate.erasure import share as sharefmt
 from corestate.erasure.errors import CorruptShare, InvalidParameters, NotEnoughShares
+from corestate.node.core.admission import Admission
 from corestate.node.core.placement import Candidate, place, rank, replace
 from corestate.node.errors import QuotaExceeded, ShareNotFound, ShareRejected, StoreError
 from corestate.node.ledger import Ledger, ShareRow
@@ -80,24 +79,10 @@ MIN_RATE = 1 << 20
 BATCH = 1 << 20  # bytes of a PUT body gathered before one write to its file
 
 
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """What one scope (a peer, all strangers, everyone) may have in flight at once."""
-
-    streams: int
-    bulk: int  # bytes of PUT and GET bodies under way
-
-
-# Members and peers the user added; strangers (each, and all together); everyone.
-MEMBER_LIMITS = Limits(streams=16, bulk=2 << 30)
-STRANGER_LIMITS = Limits(streams=3, bulk=64 << 20)
-STRANGERS_LIMITS = Limits(streams=8, bulk=128 << 20)
-TOTAL_LIMITS = Limits(streams=64, bulk=4 << 30)
 # Worker threads that read whole share files at once (verification of GETs and PUTs,
 # proofs): few, so that they cannot starve the event loop of the interpreter lock.
 MEMBER_SCANS = 2
 STRANGER_SCANS = 1
-_STRANGERS, _ALL = " strangers", " all"  # scope keys no PeerID can equal
 
 
 def _first_leaf(group: BaseExceptionGroup) -> BaseException:
@@ -119,47 +104,6 @@ class PeerRefused(MeshError):
 
 _ERROR_CODES: dict[type, str] = {QuotaExceeded: "quota", ShareNotFound: "not-found",
                                   ShareRejected: "rejected"}
-
-
-class Admission:
-    """Streams and bulk bytes the share service serves at once, per scope.
-
-    A request enters the scopes of its peer, of all strangers (when it is one) and of
-    everyone; it fits when every scope stays within its limits. A bulk size above a
-    scope's whole limit still fits when that scope has no bulk in flight, so that one
-    big request is served alone rather than never. Strangers that do not fit are refused
-    at once; members wait. Pure bookkeeping, no I/O: the caller waits and refuses.
-    """
-
-    def __init__(self, member: Limits = MEMBER_LIMITS, stranger: Limits = STRANGER_LIMITS,
-                 strangers: Limits = STRANGERS_LIMITS, total: Limits = TOTAL_LIMITS) -> None:
-        self.member, self.stranger, self.strangers, self.total = member, stranger, strangers, total
-        self.streams: Counter[str] = Counter()
-        self.bulk: Counter[str] = Counter()
-
-    def _scopes(self, peer: str, stranger: bool) -> list[tuple[str, Limits]]:
-        if stranger:
-            return [(peer, self.stranger), (_STRANGERS, self.strangers), (_ALL, self.total)]
-        return [(peer, self.member), (_ALL, self.total)]
-
-    def try_enter(self, peer: str, stranger: bool, *, streams: int = 0, bulk: int = 0) -> bool:
-        scopes = self._scopes(peer, stranger)
-        for key, lim in scopes:
-            if self.streams[key] + streams > lim.streams:
-                return False
-            if bulk and self.bulk[key] and self.bulk[key] + bulk > lim.bulk:
-                return False
-        for key, _ in scopes:
-            self.streams[key] += streams
-            self.bulk[key] += bulk
-        return True
-
-    def leave(self, peer: str, stranger: bool, *, streams: int = 0, bulk: int = 0) -> None:
-        for key, _ in self._scopes(peer, stranger):
-            self.streams[key] -= streams
-            self.bulk[key] -= bulk
-            if self.streams[key] <= 0 and self.bulk[key] <= 0:
-                del self.streams[key], self.bulk[key]
 
 
 async def _discard(piece: bytes) -> None:

@@ -1,0 +1,237 @@
+"""The argument parser: every command, its options and the help that teaches them."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+from corestate.node.cli.backup import cmd_backup
+from corestate.node.cli.group import (
+    cmd_group_create,
+    cmd_group_invite,
+    cmd_group_join,
+    cmd_group_leave,
+    cmd_group_members,
+    cmd_group_remove,
+    cmd_group_sync,
+)
+from corestate.node.cli.inspect import cmd_check, cmd_diff, cmd_ls, cmd_snapshots, cmd_stats
+from corestate.node.cli.keys import cmd_init, cmd_key_passwd
+from corestate.node.cli.maintain import cmd_forget, cmd_prune, cmd_repair
+from corestate.node.cli.nodecmd import (
+    cmd_demo,
+    cmd_node_events,
+    cmd_node_info,
+    cmd_node_run,
+    cmd_status,
+)
+from corestate.node.cli.peer import cmd_peer_add, cmd_peer_list, cmd_peer_remove
+from corestate.node.cli.restore import cmd_restore
+from corestate.node.home import default_home
+
+# -- parser -----------------------------------------------------------------------------
+
+EPILOG = """\
+examples:
+  corestate init                          create a node; shows the 24-word recovery phrase once
+  corestate backup ~/Documents ~/src      back up two folders (excludes: --exclude '*.tmp')
+  corestate snapshots                     list snapshots
+  corestate status                        peers, last and next backup, redundancy, alerts
+  corestate ls latest /home/me/src        list what a snapshot holds under a path
+  corestate restore latest --target /tmp/r --path /home/me/src
+  corestate check --read-data             read and verify every byte in the store
+  corestate forget --keep-daily 7 --keep-weekly 4 --prune --dry-run
+                                          what a retention policy would forget, and why
+  corestate repair                        rebuild shares lost with dead or faulty peers
+  corestate demo                          a guided run on a sample tree
+
+The home is $CORESTATE_HOME or --home (default: %s). Commands that need the key read the
+passphrase from --passphrase-file, $CORESTATE_PASSPHRASE, or the terminal.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="corestate", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="CoreState: encrypted, deduplicated backups; a peer-to-peer backup mesh.",
+        epilog=EPILOG % default_home(),
+    )
+    from corestate import __version__
+    p.add_argument("--version", action="version", version=f"corestate {__version__}")
+    p.add_argument("--home", type=Path, default=None, help="the node home (default: $CORESTATE_HOME, else the folder named below)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, fn: Callable, help: str, key: bool = True, json_flag: bool = True) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(fn=fn)
+        if key:
+            sp.add_argument("--passphrase-file", metavar="F", help="read the passphrase from the first line of F")
+            if name != "init":
+                _hsm_option(sp)
+        if json_flag:
+            sp.add_argument("--json", action="store_true", help="machine-readable output")
+        return sp
+
+    sp = add("init", cmd_init, "create a node home and its keys")
+    sp.add_argument("--recover", action="store_true", help="rebuild the keys of an existing node from its phrase")
+    sp.add_argument("--phrase-file", metavar="F", help="with --recover: read the 24 words from F")
+    sp.add_argument("--hsm-module", metavar="LIB",
+                    help="seal the key with a PKCS#11 token instead of a passphrase: the module "
+                         "library (the passphrase is then the token's user PIN)")
+    sp.add_argument("--hsm-token", metavar="LABEL", help="with --hsm-module: the token's label")
+    sp.add_argument("--generation", type=int, default=0, metavar="G",
+                    help="with --recover: use identity generation G (after this node's old identity was "
+                         "removed from its group, e.g. a stolen laptop: recover with the next one, then "
+                         "`group join` with a new invite; the data keys stay the same)")
+    sp.add_argument("--peer", metavar="MULTIADDR",
+                    help="with --recover: a group member's address; this node's records, snapshots "
+                         "and share placements come back from the group")
+
+    key = sub.add_parser("key", help="manage the node key")
+    ksub = key.add_subparsers(dest="key_command", metavar="COMMAND")
+    kp = ksub.add_parser("passwd", help="change the passphrase that seals the key")
+    kp.set_defaults(fn=cmd_key_passwd)
+    kp.add_argument("--passphrase-file", metavar="F", help="the current passphrase")
+    kp.add_argument("--new-passphrase-file", metavar="F", help="the new passphrase")
+    kp.add_argument("--json", action="store_true", help="machine-readable output")
+
+    sp = add("backup", cmd_backup, "back up paths (or those in config.toml) into a new snapshot")
+    sp.add_argument("paths", nargs="*", metavar="PATH", help="files or folders to back up")
+    sp.add_argument("--exclude", action="append", metavar="PATTERN",
+                    help="skip paths matching PATTERN (gitignore syntax, relative to each PATH); repeatable")
+    sp.add_argument("-v", "--verbose", action="store_true", help="also list skipped special files")
+    sp.add_argument("--k", type=int, default=0, metavar="K",
+                    help="mesh: shares needed to rebuild a pack (default: [mesh] k, or ceil(n/2))")
+    sp.add_argument("--n", type=int, default=0, metavar="N",
+                    help="mesh: shares per pack, each on a different peer "
+                         "(default: [mesh] n, or min(4, trusted peers online))")
+
+    add("snapshots", cmd_snapshots, "list the snapshots")
+
+    sp = add("ls", cmd_ls, "list the contents of a snapshot")
+    sp.add_argument("snapshot", metavar="SNAP", help="snapshot id prefix, 'latest' or 'latest~N'")
+    sp.add_argument("path", nargs="?", metavar="PATH", help="only below this path (as backed up)")
+    sp.add_argument("-r", "--recursive", action="store_true", help="list PATH recursively")
+
+    sp = add("restore", cmd_restore, "restore a snapshot (or chosen paths) below a target directory")
+    sp.add_argument("snapshot", metavar="SNAP", help="snapshot id prefix, 'latest' or 'latest~N'")
+    sp.add_argument("--target", required=True, metavar="DIR",
+                    help="where to restore; each path comes back below DIR under its full original path")
+    sp.add_argument("--path", action="append", metavar="P", help="restore only P (as backed up); repeatable")
+    sp.add_argument("--dry-run", action="store_true", help="show what would be restored, write nothing")
+
+    sp = add("diff", cmd_diff, "show what changed between two snapshots")
+    sp.add_argument("a", metavar="SNAP1")
+    sp.add_argument("b", metavar="SNAP2")
+
+    sp = add("check", cmd_check, "verify the store; exits non-zero on any damage")
+    sp.add_argument("--read-data", action="store_true", help="read, decrypt and hash every byte")
+    sp.add_argument("--rebuild-index", action="store_true",
+                    help="first rebuild the local index from the pack headers (after index damage)")
+
+    sp = add("forget", cmd_forget, "forget snapshots, by name or by a keep-policy (--prune: free their space)")
+    sp.add_argument("snapshots", nargs="*", metavar="SNAP", help="snapshots to forget (ids, prefixes, latest~N)")
+    sp.add_argument("--keep-last", type=int, default=0, metavar="N", help="keep the N newest snapshots")
+    for unit, period in (("hourly", "hours"), ("daily", "days"), ("weekly", "weeks"), ("monthly", "months"),
+                         ("yearly", "years")):
+        sp.add_argument(f"--keep-{unit}", type=int, default=0, metavar="N",
+                        help=f"keep the newest snapshot of each of the N newest {period} that have one")
+    sp.add_argument("--keep-within", metavar="DURATION", help="keep every snapshot this close to the newest (e.g. 2d)")
+    sp.add_argument("--prune", action="store_true", help="then delete every pack no remaining snapshot needs")
+    sp.add_argument("--dry-run", action="store_true", help="show what would go; change nothing")
+
+    sp = add("prune", cmd_prune, "delete the packs no snapshot needs (left by forget or by an interrupted backup)")
+    sp.add_argument("--dry-run", action="store_true", help="show what would go; change nothing")
+
+    sp = add("repair", cmd_repair, "rebuild the shares of packs below full redundancy onto new holders")
+    sp.add_argument("--dry-run", action="store_true", help="survey the holders and show the plan; change nothing")
+
+    add("stats", cmd_stats, "sizes and counts of the store")
+
+    nodep = sub.add_parser("node", help="run this node as a daemon, or ask the running one",
+                           description="the node daemon: serves shares to peers, runs scheduled "
+                                       "backups, and runs the commands of this CLI while it is up")
+    nsub = nodep.add_subparsers(dest="node_command", metavar="COMMAND")
+    np_ = nsub.add_parser("run", help="run the daemon in the foreground (logs to stderr; stop with Ctrl-C or SIGTERM)")
+    np_.set_defaults(fn=cmd_node_run)
+    np_.add_argument("--listen", action="append", metavar="MULTIADDR",
+                     help="listen here, e.g. /ip4/0.0.0.0/tcp/4001 (repeatable; default: [mesh] listen, "
+                          "else an ephemeral port on all interfaces)")
+    np_.add_argument("--passphrase-file", metavar="F", help="read the passphrase from the first line of F")
+    _hsm_option(np_)
+    np_.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    np_.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    ni = nsub.add_parser("info", help="the running daemon's PeerID and listen addresses (fails if none runs)")
+    ni.set_defaults(fn=cmd_node_info)
+    ni.add_argument("--json", action="store_true", help="machine-readable output")
+    ne = nsub.add_parser("events", help="follow the running daemon's events until Ctrl-C (one JSON "
+                                        "object per line with --json)",
+                         description="follow the running daemon's events: backup, restore, check and "
+                                     "repair progress, peers up and down, group changes, alerts, "
+                                     "the next scheduled runs")
+    ne.set_defaults(fn=cmd_node_events)
+    ne.add_argument("--topic", action="append", metavar="T",
+                    help="only these kinds (repeatable): backup, restore, check, repair, retention, "
+                         "peer, group, alert, schedule")
+    ne.add_argument("--json", action="store_true", help="one JSON object per line, with a \"kind\"")
+
+    peerp = sub.add_parser("peer", help="the peers this node trusts with its shares")
+    psub = peerp.add_subparsers(dest="peer_command", metavar="COMMAND")
+    pa = psub.add_parser("add", help="trust a peer: its address ends in /p2p/<peer id> (`corestate node info` there)")
+    pa.set_defaults(fn=cmd_peer_add)
+    pa.add_argument("addr", metavar="MULTIADDR")
+    pa.add_argument("--domain", metavar="SITE/HOST",
+                    help="failure-domain labels: shares of a pack spread over distinct sites, then hosts")
+    pl = psub.add_parser("list", help="known peers: trusted ones and those seen on the LAN")
+    pl.set_defaults(fn=cmd_peer_list)
+    pr = psub.add_parser("remove", help="stop trusting a peer")
+    pr.set_defaults(fn=cmd_peer_remove)
+    pr.add_argument("peer", metavar="PEER", help="its PeerID (or the end of it, as `peer list` shows)")
+    for spx in (pa, pl, pr):
+        spx.add_argument("--passphrase-file", metavar="F", help="read the passphrase from the first line of F")
+        _hsm_option(spx)
+        spx.add_argument("--json", action="store_true", help="machine-readable output")
+
+    groupp = sub.add_parser("group", help="a peer group: members with admins, a shared signed catalog",
+                            description="groups: an admin creates one, invites machines, removes a stolen "
+                                        "laptop; members hold each other's shares and replicate the catalog")
+    gsub = groupp.add_subparsers(dest="group_command", metavar="COMMAND")
+    g = gsub.add_parser("create", help="create a group; this node becomes its first admin")
+    g.set_defaults(fn=cmd_group_create)
+    g.add_argument("name")
+    gi = gsub.add_parser("invite", help="a one-time invite token (printed alone on the last line)")
+    gi.set_defaults(fn=cmd_group_invite)
+    gi.add_argument("--admin", action="store_true", help="the new member is an admin")
+    gi.add_argument("--expires", default="24h", metavar="DURATION", help="e.g. 30m, 24h, 7d (default 24h)")
+    gj = gsub.add_parser("join", help="join with a token from `group invite` (redeemed at the issuing admin)")
+    gj.set_defaults(fn=cmd_group_join)
+    gj.add_argument("token")
+    gm = gsub.add_parser("members", help="members, roles, removed identities")
+    gm.set_defaults(fn=cmd_group_members)
+    gr = gsub.add_parser("remove", help="remove a member for good (admins only); its streams are refused")
+    gr.set_defaults(fn=cmd_group_remove)
+    gr.add_argument("peer", metavar="PEER")
+    gl = gsub.add_parser("leave", help="leave the group")
+    gl.set_defaults(fn=cmd_group_leave)
+    gs = gsub.add_parser("sync", help="sync the catalog with every member now")
+    gs.set_defaults(fn=cmd_group_sync)
+    for spx in (g, gi, gj, gm, gr, gl, gs):
+        spx.add_argument("--passphrase-file", metavar="F", help="read the passphrase from the first line of F")
+        _hsm_option(spx)
+        spx.add_argument("--json", action="store_true", help="machine-readable output")
+
+    add("status", cmd_status, "this node at a glance: peers, last and next backup, redundancy, alerts")
+
+    sp = add("demo", cmd_demo, "a guided run: back up a sample tree, change it, restore and verify",
+             key=False)
+    sp.add_argument("--dir", type=Path, help="work in DIR instead of a temporary folder")
+    sp.add_argument("--keep", action="store_true", help="keep the demo's files for you to explore")
+    return p
+
+
+def _hsm_option(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--hsm-module", metavar="LIB",
+                    help="for a key sealed by a PKCS#11 token: load this module library instead of "
+                         "the one the key file names (which is loaded only when it belongs to you "
+                         "or root — to root alone when you are root — and nobody else can write it)")

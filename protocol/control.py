@@ -239,6 +239,129 @@ class StatusResult(Message):
     alerts: Annotated[tuple[AlertRecord, ...], MaxItems(64)]
 
 
+# -- answers in pages ------------------------------------------------------------------------
+# An operation whose answer can be longer than a frame (a listing of a million files) sends
+# it as pages of typed records, each page under PAGE_BYTES, then ``Done``.
+
+PAGE_BYTES = 512 << 10
+PathBytes = Annotated[bytes, MaxLen(65536)]  # a path as the file system has it (not always UTF-8)
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class Done(Message):
+    """The end of a paged answer: ``items`` records were sent."""
+
+    TYPE: ClassVar[str] = "done"
+    items: U63
+
+
+# -- snapshots, ls, diff, stats ---------------------------------------------------------------
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class SnapshotsCall(Message):
+    TYPE: ClassVar[str] = "snapshots"
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class SnapshotSummary(Record):
+    snapshot_id: Annotated[str, MaxLen(64)]  # hex
+    short_id: Annotated[str, MaxLen(16)]
+    time_ns: TimeNs
+    host: Annotated[str, MaxLen(256)]
+    paths: Annotated[tuple[PathBytes, ...], MaxItems(4096)]
+    files: U63
+    bytes: U63
+    torn: U63
+    errors: U63
+    provider: Annotated[str, MaxLen(32)]
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class SnapshotsPage(Message):
+    TYPE: ClassVar[str] = "snapshots-page"
+    snapshots: Annotated[tuple[SnapshotSummary, ...], MaxItems(4096)]
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class LsCall(Message):
+    """What ``snapshot`` holds at ``path`` (b"" = everything): a file, or a folder's entries
+    (all below it when ``recursive``)."""
+
+    TYPE: ClassVar[str] = "ls"
+    snapshot: Annotated[str, MaxLen(256)]  # an id prefix, latest, latest~N
+    path: PathBytes
+    recursive: bool
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class Entry(Record):
+    path: PathBytes
+    type: Annotated[str, MaxLen(1)]  # f d l p c b, as in protocol/objects.py
+    mode: Annotated[int, Range(0, 0o7777)]
+    uid: Annotated[int, Range(0, (1 << 32) - 1)]
+    gid: Annotated[int, Range(0, (1 << 32) - 1)]
+    mtime_ns: Annotated[int, Range(-INT64_MAX, INT64_MAX)]
+    size: U63
+    target: PathBytes | None  # a symlink's target
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class LsPage(Message):
+    TYPE: ClassVar[str] = "ls-page"
+    entries: Annotated[tuple[Entry, ...], MaxItems(4096)]
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class DiffCall(Message):
+    TYPE: ClassVar[str] = "diff"
+    a: Annotated[str, MaxLen(256)]
+    b: Annotated[str, MaxLen(256)]
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class Change(Record):
+    op: Annotated[str, MaxLen(1)]  # + added, - removed, M modified, T type changed
+    path: PathBytes
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class DiffPage(Message):
+    TYPE: ClassVar[str] = "diff-page"
+    changes: Annotated[tuple[Change, ...], MaxItems(4096)]
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class StatsCall(Message):
+    TYPE: ClassVar[str] = "stats"
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class StatsResult(Message):
+    TYPE: ClassVar[str] = "stats-result"
+    peer_id: PeerId
+    snapshots: U63
+    packs: U63
+    store_bytes: U63
+    chunks: U63
+    trees: U63
+    unique_bytes: U63
+    latest_files: U63
+    latest_bytes: U63
+
+
 # -- events: one message type per kind; the type is the kind --------------------------------
 
 SEVERITIES = ("info", "warning", "critical")
@@ -481,6 +604,15 @@ CONTROL_MESSAGES: tuple[type[Message], ...] = (
     Input,
     StatusCall,
     StatusResult,
+    Done,
+    SnapshotsCall,
+    SnapshotsPage,
+    LsCall,
+    LsPage,
+    DiffCall,
+    DiffPage,
+    StatsCall,
+    StatsResult,
     *EVENTS,
     Ok,  # Ok and Error last: the share service's, listed here too
     Error,
@@ -494,13 +626,5 @@ def decode(payload: bytes) -> Message:
     return CONTROL_CODEC.decode(payload)
 
 
-__all__ = [
-    "CONTROL_CODEC", "CONTROL_MAX_FRAME", "CONTROL_MESSAGES", "CONTROL_VERSION", "EVENTS",
-    "EVENT_KINDS", "SEVERITIES", "Alert", "AlertRecord", "BackupFailed", "BackupFinished",
-    "BackupProgress", "BackupStarted", "CheckFinished", "Error", "Event", "Exit",
-    "Failure", "GroupChanged", "Hello", "Input", "Message", "Missed", "Ok", "Output",
-    "PeerDiscovered", "PeerDown", "PeerStatus", "PeerUp", "Progress", "Redundancy", "RepairFinished",
-    "RepairStarted", "RestoreFailed", "RestoreFinished", "RestoreProgress", "RestoreStarted",
-    "RetentionFinished", "Run", "ScheduleNext", "SnapshotRef", "StatusCall", "StatusResult",
-    "Subscribe", "Welcome", "decode", "encode", "event_fields", "result_fields", "topic",
-]
+# Re-exported: control messages are encoded like every other message.
+__all__ = ["Error", "Message", "Ok", "decode", "encode"]

@@ -1,8 +1,86 @@
 """The application layer: one typed operation per thing a user or a daemon asks of a node.
 
-Each operation takes a typed request and the ports it needs, returns a typed result (the
-control protocol's result types, protocol/control.py) and reports progress through events;
-the CLI renders results as text or JSON, the daemon sends them over the control socket.
-Nothing here parses argv or prints. (Under construction: ``status`` is the first
-operation here; the others still live in the CLI and move here one by one.)
+An operation is a function ``run(node, call, ctx)``: ``call`` is the operation's typed
+request (a control message, protocol/control.py), ``ctx`` the ports it may use (events,
+warnings, the way to the mesh). It returns its typed result, or — when the answer can be
+longer than a frame (a listing) — an iterator of typed records, sent in pages. It reports
+progress and events through ``ctx.emit`` and raises CoreStateError subclasses; it never
+parses argv and never prints. The CLI renders results as text or JSON; the daemon sends
+them over the control socket (node/runtime/daemon.py); both find operations in
+``node/app/registry.py``.
+
+Invariants:
+
+- an operation's answer is the same whoever asks: the CLI in place (``Local`` context) and
+  the daemon for a client run the same function;
+- operations that write (or must not interleave with writers) run under the daemon's
+  command lock, one at a time (``Operation.lock``);
+- nothing here imports the CLI or the runtime (import-linter contracts): the mesh is
+  reached through ``Context.mesh()``, a port the caller provides.
 """
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
+
+from corestate.protocol.messages import Message, Record
+
+if TYPE_CHECKING:
+    from corestate.node.local import LocalNode
+
+
+class Context(Protocol):
+    """What an operation may use besides the node."""
+
+    scheduled: bool  # the daemon's schedule asked, not a person
+
+    def emit(self, ev: Message) -> None:
+        """A typed event (progress, alert, ...): to the daemon's subscribers and the client."""
+
+    def warn(self, text: str) -> None:
+        """Something the person should read, that does not stop the operation."""
+
+    def mesh(self) -> Any:
+        """The way to the mesh (a ``MeshPort``), or None when none is open."""
+
+
+Answer: TypeAlias = Message | Iterator[Record]
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    call: type[Message]
+    run: Callable[[LocalNode, Any, Context], Answer]
+    page: type[Message] | None = None  # a paged answer: its page message, one tuple field
+    lock: bool = True  # runs under the daemon's command lock
+
+    def page_of(self, items: tuple[Record, ...]) -> Message:
+        assert self.page is not None
+        (field,) = self.page.SPECS
+        return self.page(**{field: items})
+
+
+@dataclass(slots=True)
+class Local:
+    """The context of an operation the CLI runs in place (no daemon)."""
+
+    on_event: Callable[[Message], None] | None = None
+    on_warn: Callable[[str], None] | None = None
+    port: Any = None
+    scheduled: bool = False
+
+    def emit(self, ev: Message) -> None:
+        if self.on_event is not None:
+            self.on_event(ev)
+
+    def warn(self, text: str) -> None:
+        if self.on_warn is not None:
+            self.on_warn(text)
+
+    def mesh(self) -> Any:
+        return self.port
+
+
+__all__ = ["Answer", "Context", "Local", "Operation"]

@@ -32,7 +32,9 @@ from corestate.node.home import default_home
 from corestate.errors import CoreStateError
 
 # Commands a running daemon executes for the CLI; the others run here.
-ROUTED = {"backup", "snapshots", "ls", "restore", "diff", "check", "repair", "forget", "prune", "stats", "peer", "node info", "group"}
+# (Commands that are typed operations — snapshots, ls, diff, stats, status — reach the
+# daemon through ``context.invoke`` instead.)
+ROUTED = {"backup", "restore", "check", "repair", "forget", "prune", "peer", "node info", "group"}
 # Commands that may need peers when run without a daemon (a transient host starts lazily).
 NETWORKED = {"backup", "restore", "check", "repair", "forget", "prune", "peer add", "group join", "group remove", "group leave",
              "group sync", "init"}

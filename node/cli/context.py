@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from contextlib import AbstractContextManager as ContextManager
 from contextlib import nullcontext
-from typing import TYPE_CHECKING, cast
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 from corestate.node import keystore
 from corestate.node.cli.output import Out
 from corestate.node.home import Home
 from corestate.node.local import LocalNode
+from corestate.protocol import control as c
+from corestate.protocol.messages import Message
+
+from corestate.errors import CoreStateError
 
 if TYPE_CHECKING:
     from corestate.node.runtime.port import MeshPort
@@ -59,3 +65,53 @@ def _group_round(args: argparse.Namespace, node: LocalNode) -> None:
         return
 
     port.call(lambda mesh: mesh.groups.sync_all())
+
+
+def invoke(args: argparse.Namespace, out: Out, call: Message,
+           on_item: Callable[[Any], None] | None = None) -> Message:
+    """Run the typed operation ``call`` (node/app/registry.py): in the daemon of the home
+    when one runs, else here under the home lock. A paged answer's records go to
+    ``on_item`` as they come, and ``Done`` is returned; else the typed result."""
+    from corestate.node.app import Local
+    from corestate.node.app.registry import OPERATIONS
+    op = OPERATIONS[type(call)]
+    if getattr(args, "daemon", None) is None:
+        from corestate.node.runtime.client import connect
+        s = connect(Path(args.home))
+        if s is not None:
+            with s:
+                return _remote(s, call, out, on_item)
+    with _open(args, out) as node:
+        ctx = Local(on_event=out.emit, on_warn=out.warn, port=_port(args), scheduled=out.scheduled)
+        answer = op.run(node, call, ctx)
+        if isinstance(answer, Message):
+            return answer
+        n = 0
+        for item in answer:
+            if on_item is not None:
+                on_item(item)
+            n += 1
+        return c.Done(items=n)
+
+
+def _remote(s: Any, call: Message, out: Out, on_item: Callable[[Any], None] | None) -> Message:
+    from corestate.node.runtime.client import Connection, DaemonRefused
+    conn = Connection(s)
+    s.settimeout(None)  # a long operation may send nothing for a while
+    conn.send(call)
+    for msg in conn.messages():
+        if isinstance(msg, c.Failure):
+            raise DaemonRefused(msg)
+        if type(msg) in c.EVENTS:
+            if out.emit is not None:
+                out.emit(msg)
+            continue
+        if msg.TYPE.endswith("-page"):
+            (field,) = msg.SPECS
+            for item in getattr(msg, field):
+                if on_item is not None:
+                    on_item(item)
+            continue
+        return msg
+    raise CoreStateError("the daemon closed the connection before it answered",
+                         hint="see the daemon's log", retryable=True)

@@ -7,21 +7,21 @@ import os
 import time
 from typing import Any
 
-from corestate.node.cli.context import _open, _port
+from corestate.node.cli.context import _open, _port, invoke
 from corestate.node.cli.output import EXIT_FAIL, EXIT_INCOMPLETE, EXIT_OK, Out, _fs, _human, _ticker
+from corestate.protocol import control as c
 
 from corestate.errors import CoreStateError
 
 
 def cmd_snapshots(args: argparse.Namespace, out: Out) -> int:
-    with _open(args, out) as node:
-        snaps = node.repo.snapshots()
+    snaps: list[c.SnapshotSummary] = []
+    invoke(args, out, c.SnapshotsCall(), snaps.append)
     if out.json:
         out.obj([{
-            "id": s.id.hex(), "short_id": s.short_id, "time_ns": s.record.time_ns,
-            "host": s.record.hostname, "paths": [_fs(p) for p in s.record.paths],
-            "files": s.record.files, "bytes": s.record.size, "torn": len(s.record.torn),
-            "errors": len(s.record.errors), "provider": s.record.provider,
+            "id": s.snapshot_id, "short_id": s.short_id, "time_ns": s.time_ns, "host": s.host,
+            "paths": [_fs(p) for p in s.paths], "files": s.files, "bytes": s.bytes, "torn": s.torn,
+            "errors": s.errors, "provider": s.provider,
         } for s in snaps])
         return EXIT_OK
     if not snaps:
@@ -29,48 +29,38 @@ def cmd_snapshots(args: argparse.Namespace, out: Out) -> int:
         return EXIT_OK
     out.say(f"{'ID':<9} {'TIME':<20} {'HOST':<16} {'FILES':>8} {'SIZE':>10}  PATHS")
     for s in snaps:
-        t = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.record.time_ns / 1e9))
-        out.say(f"{s.short_id:<9} {t:<20} {s.record.hostname[:16]:<16} {s.record.files:>8} "
-                f"{_human(s.record.size):>10}  {', '.join(_fs(p) for p in s.record.paths)}")
+        t = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.time_ns / 1e9))
+        out.say(f"{s.short_id:<9} {t:<20} {s.host[:16]:<16} {s.files:>8} "
+                f"{_human(s.bytes):>10}  {', '.join(_fs(p) for p in s.paths)}")
     out.say(f"{len(snaps)} snapshot(s)")
     return EXIT_OK
 
 
 def cmd_ls(args: argparse.Namespace, out: Out) -> int:
-    from corestate.node.engine.inspect import find
-    with _open(args, out) as node:
-        snap = node.repo.resolve(args.snapshot)
-        start = os.fsencode(args.path.rstrip("/")) if args.path and args.path != "/" else b""
-        tree, top = find(node.repo, snap, start)
-        rows = []
-        if top is not None and top.subtree is None:
-            rows.append((start, top))
+    start = os.fsencode(args.path.rstrip("/")) if args.path and args.path != "/" else b""
+
+    def show(n: c.Entry) -> None:
+        if out.json:
+            out.obj({"path": _fs(n.path), "type": n.type, "mode": n.mode, "uid": n.uid, "gid": n.gid,
+                     "mtime_ns": n.mtime_ns, "size": n.size,
+                     "target": _fs(n.target) if n.target else None})
         else:
-            rows.extend(node.repo.walk(tree, start) if args.recursive or not start
-                        else ((start + b"/" + n.name, n) for n in node.repo.tree(tree)))
-        for path, n in rows:
-            if out.json:
-                out.obj({"path": _fs(path), "type": n.type, "mode": n.mode, "uid": n.uid, "gid": n.gid,
-                         "mtime_ns": n.mtime_ns, "size": n.size,
-                         "target": _fs(n.target) if n.target else None})
-            else:
-                t = time.strftime("%Y-%m-%d %H:%M", time.localtime(n.mtime_ns / 1e9))
-                suffix = f" -> {_fs(n.target)}" if n.target else ""
-                out.say(f"{n.type} {n.mode:04o} {n.uid:>5} {n.gid:>5} {n.size:>12} {t}  {_fs(path)}{suffix}")
+            t = time.strftime("%Y-%m-%d %H:%M", time.localtime(n.mtime_ns / 1e9))
+            suffix = f" -> {_fs(n.target)}" if n.target else ""
+            out.say(f"{n.type} {n.mode:04o} {n.uid:>5} {n.gid:>5} {n.size:>12} {t}  {_fs(n.path)}{suffix}")
+    invoke(args, out, c.LsCall(snapshot=args.snapshot, path=start, recursive=bool(args.recursive)), show)
     return EXIT_OK
 
 
 def cmd_diff(args: argparse.Namespace, out: Out) -> int:
-    from corestate.node.engine.inspect import diff
-    with _open(args, out) as node:
-        a, b = node.repo.resolve(args.a), node.repo.resolve(args.b)
-        changes = list(diff(node.repo, a.record.tree, b.record.tree))
+    changes: list[c.Change] = []
+    invoke(args, out, c.DiffCall(a=args.a, b=args.b), changes.append)
     if out.json:
-        out.obj([{"op": op, "path": _fs(p)} for op, p in changes])
+        out.obj([{"op": ch.op, "path": _fs(ch.path)} for ch in changes])
         return EXIT_OK
-    for op, p in changes:
-        out.say(f"{op}  {_fs(p)}")
-    counts = {k: sum(1 for op, _ in changes if op == k) for k in "+-MT"}
+    for ch in changes:
+        out.say(f"{ch.op}  {_fs(ch.path)}")
+    counts = {k: sum(1 for ch in changes if ch.op == k) for k in "+-MT"}
     out.say(f"{counts['+']} added, {counts['-']} removed, {counts['M']} modified, {counts['T']} type changed")
     return EXIT_OK
 
@@ -170,9 +160,9 @@ def _say_survey(out: Out, survey: Any) -> None:
 
 
 def cmd_stats(args: argparse.Namespace, out: Out) -> int:
-    from corestate.node.engine.inspect import stats
-    with _open(args, out) as node:
-        s: dict[str, Any] = {**stats(node.repo), "peer_id": node.keys.peer_id}
+    res = invoke(args, out, c.StatsCall())
+    assert isinstance(res, c.StatsResult)
+    s: dict[str, Any] = c.result_fields(res)
     if out.json:
         out.obj(s)
         return EXIT_OK

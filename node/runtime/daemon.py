@@ -27,11 +27,15 @@ import random
 import shlex
 import signal
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import trio
 from corestate.kernel.journal import Journal
+from corestate.node.app import Operation
+from corestate.node.app.registry import OPERATIONS
 from corestate.node.core import scheduler as sched
 from corestate.node.home import Home
 from corestate.node.local import LocalNode
@@ -42,6 +46,7 @@ from corestate.node.runtime.port import MeshPort, open_mesh
 from corestate.protocol import control as c
 from corestate.protocol import wire
 from corestate.protocol.errors import ProtocolError
+from corestate.protocol.messages import Message, Record
 from corestate.protocol.streams import Channel, TrioStream
 
 from corestate.errors import CoreStateError
@@ -118,6 +123,8 @@ class Daemon:
                     await self._subscribe(ch, msg)
                 elif isinstance(msg, c.StatusCall):
                     await ch.send(await self._status())
+                elif type(msg) in OPERATIONS:
+                    await self._call(ch, msg, OPERATIONS[type(msg)])
                 else:
                     await ch.send(c.Failure(kind="bad-request", message=f"{msg.TYPE} is not a request",
                                             hint="", retryable=False))
@@ -168,6 +175,70 @@ class Daemon:
         finally:
             sub.close()
             log.info("event subscriber left")
+
+    async def _call(self, ch: Channel, msg: Message, op: Operation) -> None:
+        """A typed call: the operation runs in a worker thread (under the command lock when
+        it must), its events go to the subscribers and to this client, its answer — a
+        result, or pages of records then ``Done`` — to this client; errors become a
+        ``Failure`` with what to do."""
+        token = self.token
+        gone = trio.Event()
+
+        def send(m: Message) -> None:
+            if gone.is_set():
+                raise _ClientGone()
+            try:
+                trio.from_thread.run(ch.send, m, trio_token=token)
+            except (ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
+                trio.from_thread.run_sync(gone.set, trio_token=token)
+                raise _ClientGone() from None
+
+        def emit(ev: Message) -> None:
+            self.events.publish(ev)
+            with contextlib.suppress(_ClientGone):
+                send(ev)
+
+        def work() -> None:
+            ctx = _DaemonContext(emit, self)
+            try:
+                answer = op.run(self.node, msg, ctx)
+                if isinstance(answer, Message):
+                    send(answer)
+                    return
+                page: list[Record] = []
+                size = n = 0
+                for item in answer:
+                    page.append(item)
+                    n += 1
+                    size += _approx_size(item)
+                    if size >= c.PAGE_BYTES or len(page) >= 4096:
+                        send(op.page_of(tuple(page)))
+                        page, size = [], 0
+                if page:
+                    send(op.page_of(tuple(page)))
+                send(c.Done(items=n))
+            except _ClientGone:
+                log.info("control client left during %s", msg.TYPE)
+            except (CoreStateError, OSError) as exc:
+                hint = getattr(exc, "hint", "") if isinstance(exc, CoreStateError) else ""
+                text = str(exc) if isinstance(exc, CoreStateError) else f"{exc.strerror or exc}: {exc.filename or ''}"
+                with contextlib.suppress(_ClientGone):
+                    send(c.Failure(kind=type(exc).__name__[:64], message=text[:4000], hint=hint[:1000],
+                                   retryable=bool(getattr(exc, "retryable", False))))
+            except Exception as exc:  # a bug in one operation must not end the connection wordlessly
+                log.exception("%s failed", msg.TYPE)
+                with contextlib.suppress(_ClientGone):
+                    send(c.Failure(kind="internal", message=f"internal error in the daemon: "
+                                   f"{type(exc).__name__}: {exc}"[:4000],
+                                   hint="the daemon's log has the details; please report it", retryable=False))
+
+        if op.lock:
+            async with self.command_lock:
+                log.info("running: %s", msg.TYPE)
+                await trio.to_thread.run_sync(work)
+            self.notify(sched.HoldingsChanged(await trio.to_thread.run_sync(self._placed)))
+        else:
+            await trio.to_thread.run_sync(work)
 
     async def _status(self) -> c.StatusResult:
         from corestate.node.app.status import Live, status
@@ -318,6 +389,39 @@ class Daemon:
         finally:
             self.notify(sched.JobFinished(cmd.job, code))
             self.notify(sched.HoldingsChanged(self._placed()))
+
+
+class _ClientGone(Exception):
+    """The control client of a call went away: stop its work."""
+
+
+@dataclass(slots=True)
+class _DaemonContext:
+    """What an operation run for a control client may use (node/app: ``Context``)."""
+
+    _emit: Callable[[Message], None]
+    daemon: Daemon
+    scheduled: bool = False
+
+    def emit(self, ev: Message) -> None:
+        self._emit(ev)
+
+    def warn(self, text: str) -> None:
+        log.warning("%s", text)
+
+    def mesh(self) -> MeshPort:
+        return self.daemon.port()
+
+
+def _approx_size(v: object) -> int:
+    """About the encoded size of a record: its bytes and text, and a little per field."""
+    if isinstance(v, (bytes, str)):
+        return len(v) + 4
+    if isinstance(v, Record):
+        return sum(_approx_size(getattr(v, f)) + 8 for f in v.SPECS)
+    if isinstance(v, tuple):
+        return sum(_approx_size(x) for x in v) + 2
+    return 9
 
 
 def _execute(args: argparse.Namespace, out: Any) -> int:

@@ -5,6 +5,7 @@ silence, floods, subscribers that vanish or read too slowly)."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import time
@@ -236,3 +237,47 @@ async def test_a_slow_subscriber_gets_a_missed_marker_not_unbounded_memory() -> 
             only.append(ev)
     assert [type(e) for e in only] == [c.BackupStarted]
     assert len(bus.recent_alerts) == 32
+
+
+def test_listings_through_the_daemon_are_paged_typed_and_keep_raw_names(solo: LocalMesh, tmp_path: Path) -> None:
+    # More entries than one page holds, and a name that is not UTF-8: `ls` and `diff`
+    # through the daemon answer exactly what the CLI in place answers.
+    mesh, node = solo, solo.nodes[0]
+    src = tmp_path / "many"
+    (src / "d").mkdir(parents=True)
+    for i in range(5000):
+        (src / "d" / f"f{i:05d}").write_bytes(b"x")
+    odd = os.fsencode(str(src / "d")) + b"/caf\xe9"
+    with open(odd, "wb") as f:
+        f.write(b"latin-1 name")
+    mesh.run(node, "backup", str(src), "--json")
+    (src / "d" / "f00001").write_bytes(b"changed")
+    mesh.run(node, "backup", str(src), "--json")
+    via_daemon = mesh.run(node, "ls", "latest", str(src), "--recursive", "--json").stdout.splitlines()
+    entries = [json.loads(line) for line in via_daemon]
+    assert len(entries) == 5000 + 2  # the folder d, its 5000 files and the odd one
+    assert any(e["path"].endswith("caf\udce9") for e in entries)
+    diff = last_json(mesh.run(node, "diff", "latest~1", "latest", "--json"))
+    assert {"op": "M", "path": str(src / "d" / "f00001")} in diff
+    with raw(mesh) as s:  # the raw answer really came in pages
+        conn = Connection(s)
+        conn.send(c.LsCall(snapshot="latest", path=os.fsencode(str(src)), recursive=True))
+        replies = list(conn.messages())
+    pages = [r for r in replies if isinstance(r, c.LsPage)]
+    assert len(pages) >= 2 and isinstance(replies[-1], c.Done) and replies[-1].items == 5002
+    assert b"caf\xe9" in {e.path.rsplit(b"/", 1)[-1] for p in pages for e in p.entries}
+    mesh.stop(0)
+    try:  # the same listing in place, without the daemon
+        here = mesh.run(node, "ls", "latest", str(src), "--recursive", "--json").stdout.splitlines()
+    finally:
+        mesh.start(0)
+    assert here == via_daemon
+
+
+def test_a_failing_call_says_what_to_do(solo: LocalMesh) -> None:
+    p = run_plain(solo, solo.nodes[0], "ls", "ffffffffff", "--json")
+    assert p.returncode == 1 and "error:" in p.stderr, p.stderr
+    with raw(solo) as s, pytest.raises(DaemonRefused) as refused:
+        call(s, c.DiffCall(a="nope", b="latest"))
+    assert refused.value.kind and str(refused.value)
+    alive(solo)

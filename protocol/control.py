@@ -362,6 +362,24 @@ class StatsResult(Message):
     latest_bytes: U63
 
 
+# -- backup and restore ----------------------------------------------------------------------
+# (calls, results and records of node/app/backup.py and node/app/restore.py)
+
+BACKUP_MESSAGES: tuple[type[Message], ...] = ()
+
+
+# -- check, repair, forget, prune ------------------------------------------------------------
+# (calls, results and records of node/app/maintain.py)
+
+MAINTAIN_MESSAGES: tuple[type[Message], ...] = ()
+
+
+# -- keys, peers, groups, node info ----------------------------------------------------------
+# (calls, results and records of node/app/members.py)
+
+MEMBER_MESSAGES: tuple[type[Message], ...] = ()
+
+
 # -- events: one message type per kind; the type is the kind --------------------------------
 
 SEVERITIES = ("info", "warning", "critical")
@@ -613,6 +631,9 @@ CONTROL_MESSAGES: tuple[type[Message], ...] = (
     DiffPage,
     StatsCall,
     StatsResult,
+    *BACKUP_MESSAGES,
+    *MAINTAIN_MESSAGES,
+    *MEMBER_MESSAGES,
     *EVENTS,
     Ok,  # Ok and Error last: the share service's, listed here too
     Error,

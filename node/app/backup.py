@@ -1,0 +1,7 @@
+"""``backup`` and ``restore``: typed operations (see node/app/__init__.py)."""
+
+from __future__ import annotations
+
+from corestate.node.app import Operation
+
+OPERATIONS: tuple[Operation, ...] = ()

@@ -1,0 +1,7 @@
+"""``check``, ``repair``, ``forget`` and ``prune``: typed operations (see node/app/__init__.py)."""
+
+from __future__ import annotations
+
+from corestate.node.app import Operation
+
+OPERATIONS: tuple[Operation, ...] = ()

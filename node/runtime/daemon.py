@@ -69,6 +69,8 @@ class Daemon:
         self.journal: Journal | None = None
         self._clients = trio.CapacityLimiter(MAX_CLIENTS)
         self._sched_send, self._sched_recv = trio.open_memory_channel[sched.Event](256)
+        self._sync_wanted: set[str] = set()
+        self._syncing = False
         self.schedule_next: dict[str, float | None] = {}  # job -> wall-clock time (s)
 
     def port(self) -> MeshPort:
@@ -333,12 +335,21 @@ class Daemon:
         repair; this loop sleeps until its next deadline or event, runs what it hands out
         (one job at a time, each under the command lock), and reports back."""
         cfg = self.node.cfg
+        groups = self.mesh.groups
         core = sched.Scheduler(
             sched.ScheduleConfig(backup_every=cfg.backup_every, has_paths=bool(cfg.paths),
                                  retention=bool(cfg.retention), repair_every=cfg.repair_every,
-                                 sync_every=0),  # anti-entropy: GroupService.run, for now
+                                 sync_every=groups.interval if groups is not None else 0),
             now=trio.current_time(), rng=random.Random())
         pending: list[sched.Event] = [sched.HoldingsChanged(self._placed())]
+        if groups is not None:
+            token = self.token
+
+            def members_changed() -> None:  # in the thread that changed them
+                token.run_sync_soon(self.notify, sched.MembersChanged(groups.others()))
+            self.node.group.on_members.append(members_changed)
+            groups.on_kick = lambda: self.notify(sched.Kick("news to spread"))
+            pending += [sched.MembersChanged(groups.others()), sched.Kick("the daemon started")]
         async with trio.open_nursery() as nursery:
             while True:
                 cmds: list[sched.Command] = []
@@ -348,6 +359,10 @@ class Daemon:
                 for cmd in cmds:
                     if isinstance(cmd, sched.RunJob):
                         nursery.start_soon(self._job, cmd)
+                    elif isinstance(cmd, sched.SyncWith) and groups is not None:
+                        self._sync_wanted |= set(cmd.peers)
+                        if not self._syncing:
+                            nursery.start_soon(self._sync_rounds, groups)
                     elif isinstance(cmd, sched.ScheduleNext):
                         self._announce(cmd)
                     elif isinstance(cmd, sched.Warn):
@@ -360,6 +375,17 @@ class Daemon:
                             pending.append(self._sched_recv.receive_nowait())
                         except trio.WouldBlock:
                             break
+
+    async def _sync_rounds(self, groups: Any) -> None:
+        """Anti-entropy rounds one after another: peers asked for while a round runs are
+        synced in the next (rounds never pile up behind a slow or absent member)."""
+        self._syncing = True
+        try:
+            while self._sync_wanted:
+                peers, self._sync_wanted = tuple(sorted(self._sync_wanted)), set()
+                await groups.round(peers)
+        finally:
+            self._syncing = False
 
     def _announce(self, cmd: sched.ScheduleNext) -> None:
         at = None if cmd.at is None else time.time() + (cmd.at - trio.current_time())
@@ -487,9 +513,6 @@ async def run_daemon(home: Home, passphrase: bytes, listen: list[str] | None, *,
                 async with trio.open_nursery() as nursery:
                     path = await nursery.start(daemon.serve_control)
                     nursery.start_soon(daemon.scheduler)
-                    if mesh.groups is not None:
-                        nursery.start_soon(mesh.groups.run)
-                        mesh.groups.kick()
                     addrs = mesh.host.addrs()
                     log.info("node %s ready; listening on %s; control socket %s",
                              node.keys.peer_id, " ".join(addrs), path)

@@ -17,6 +17,9 @@ Role: carries ``protocol/group.py`` messages between ``GroupNode`` replicas. Inv
 
 Anti-entropy: every ``interval`` seconds the node syncs with up to three random members;
 a local write (a backup's catalog entries) triggers a push round to every member at once.
+When and with whom is the scheduler core's decision (node/core/scheduler.py): the daemon's
+scheduler drives it (``on_kick`` routes kicks there); ``run`` drives a scheduler of its own
+for a host without a daemon (the test kit).
 Each member advertises its listen addresses in its own partition (key ``b"a"``), so
 members find each other without a coordinator.
 """
@@ -24,11 +27,13 @@ members find each other without a coordinator.
 from __future__ import annotations
 
 import logging
+import math
 import random
 from typing import TYPE_CHECKING, Any
 
 import cbor2
 import trio
+from corestate.node.core import scheduler as sched
 from corestate.node.group import GroupError, GroupNode
 from corestate.node.peers import AddressBook, split_peer_addr
 from corestate.protocol import group as gw
@@ -57,6 +62,8 @@ class GroupService:
         self.host, self.group, self.book = host, group, book
         self.events = events
         self.timeout, self.interval = timeout, interval
+        # Set by a daemon whose scheduler decides the rounds: kicks go there (in the loop).
+        self.on_kick: Any = None
         self.on_change = on_change
         self._kick = trio.Event()
         self._token = trio.lowlevel.current_trio_token()
@@ -338,22 +345,42 @@ class GroupService:
             pass
 
     def _set_kick(self) -> None:
-        self._kick.set()
+        if self.on_kick is not None:
+            self.on_kick()
+        else:
+            self._kick.set()
+
+    def others(self) -> tuple[str, ...]:
+        """The members to sync with: all but this node (none outside a group)."""
+        if not self.group.in_group:
+            return ()
+        return tuple(sorted(p for p in self.group.members() if p != self.group.me))
+
+    async def round(self, peers: tuple[str, ...]) -> None:
+        """One anti-entropy round: our address advert, then a sync with each of ``peers``."""
+        if not self.group.in_group:
+            return
+        await trio.to_thread.run_sync(self.advertise)
+        await self.sync_all(list(peers))
 
     async def run(self) -> None:
-        """Anti-entropy forever: a round every ``interval`` s, or at once after a kick."""
-        rnd = random.Random()
+        """Anti-entropy forever, by the scheduler core's choices (a host without a daemon)."""
+        core = sched.Scheduler(sched.ScheduleConfig(repair_every=0, sync_every=self.interval),
+                               now=trio.current_time(), rng=random.Random())
+        event: sched.Event = sched.MembersChanged(self.others())
         while True:
-            with trio.move_on_after(self.interval):
+            for cmd in core.handle(event, trio.current_time()):
+                if isinstance(cmd, sched.SyncWith):
+                    await self.round(cmd.peers)
+            deadline = core.next_deadline()
+            with trio.move_on_at(math.inf if deadline is None else deadline):
                 await self._kick.wait()
-            kicked = self._kick.is_set()
-            self._kick = trio.Event()
-            if not self.group.in_group:
-                continue
-            await trio.to_thread.run_sync(self.advertise)
-            others = [p for p in self.group.members() if p != self.group.me]
-            targets = others if kicked else rnd.sample(others, min(3, len(others)))
-            await self.sync_all(targets)
+            if self._kick.is_set():
+                self._kick = trio.Event()
+                core.handle(sched.MembersChanged(self.others()), trio.current_time())
+                event = sched.Kick("news to spread")
+            else:
+                event = sched.MembersChanged(self.others())
 
     async def sync_all(self, peers: list[str] | None = None) -> dict[str, str]:
         """Sync with ``peers`` (default: every other member) in parallel; per peer, "ok" or

@@ -20,7 +20,7 @@ a local write (a backup's catalog entries) triggers a push round to every member
 When and with whom is the scheduler core's decision (node/core/scheduler.py): the daemon's
 scheduler drives it (``on_kick`` routes kicks there); ``run`` drives a scheduler of its own
 for a host without a daemon (the test kit).
-Each member advertises its listen addresses in its own partition (key ``b"a"``), so
+Each member advertises its listen addresses in its own partition (``records.AddressAdvert``), so
 members find each other without a coordinator.
 """
 
@@ -31,8 +31,8 @@ import math
 import random
 from typing import TYPE_CHECKING, Any
 
-import cbor2
 import trio
+from corestate.node.core import records
 from corestate.node.core import scheduler as sched
 from corestate.node.group import GroupError, GroupNode
 from corestate.node.peers import AddressBook, split_peer_addr
@@ -47,7 +47,6 @@ if TYPE_CHECKING:
     from corestate.protocol.p2p import P2PHost
 
 log = logging.getLogger("corestate.group")
-ADDRS_KEY = b"a"
 MAX_SYNC_STREAMS = 8  # served at once, all members together
 MAX_SYNC_PER_PEER = 2
 MAX_JOIN_STREAMS = 4  # strangers redeeming invites, at once
@@ -312,13 +311,13 @@ class GroupService:
         for peer in self.group.members():
             if peer == self.group.me:
                 continue
-            e = self.group.catalog.get(peer, ADDRS_KEY)
-            addrs: list[str] = []
+            e = self.group.catalog.get(peer, records.ADDRS_KEY)
+            addrs: tuple[str, ...] = ()
             if e is not None and e.value:
                 try:
-                    addrs = [a for a in cbor2.loads(e.value) if isinstance(a, str)][:8]
-                except (ValueError, cbor2.CBORDecodeError):
-                    addrs = []
+                    addrs = records.AddressAdvert.decode(e.value).addrs
+                except records.CorruptRecord as exc:
+                    log.info("address advert of %s unreadable: %s", peer[-8:], exc)
             clean = []
             for a in addrs:
                 try:
@@ -330,11 +329,10 @@ class GroupService:
 
     def advertise(self) -> None:
         """Write this node's listen addresses into its partition (when they changed)."""
-        addrs = [a.rsplit("/p2p/", 1)[0] for a in self.host.addrs()][:8]
-        value = cbor2.dumps(addrs, canonical=True)
-        cur = self.group.catalog.get(self.group.me, ADDRS_KEY)
+        value = records.AddressAdvert(tuple(a.rsplit("/p2p/", 1)[0] for a in self.host.addrs())).value()
+        cur = self.group.catalog.get(self.group.me, records.ADDRS_KEY)
         if self.group.in_group and (cur is None or cur.value != value):
-            self.group.write({ADDRS_KEY: value})
+            self.group.write({records.ADDRS_KEY: value})
 
     def kick(self) -> None:
         """Start a sync round with every member now (callable from any thread, also one

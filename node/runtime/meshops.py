@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from corestate.node.core import records
 from corestate.node.core.redundancy import classify
 from corestate.node.engine.repo import SnapshotInfo
 from corestate.node.runtime.reports import Progress, UploadReport, short
@@ -339,20 +340,19 @@ def delete_shares(node: LocalNode, port: MeshPort, rows: Iterable[tuple[bytes, i
 
 def placement_items(node: LocalNode, packs: Iterable[bytes]) -> dict[bytes, bytes | None]:
     """Catalog placement records for ``packs`` as the ledger has them now."""
-    import cbor2
     items: dict[bytes, bytes | None] = {}
     for pid in packs:
         c = node.ledger.get(pid)
         if c is not None:
-            shares = [[r.index, r.peer, r.root, r.size] for r in c.shares]
-            items[PACK_KEY + pid] = cbor2.dumps([c.k, c.n, c.size, shares] + ([c.owner] if c.owner else []),
-                                                canonical=True)
+            rec = records.Placement(pid, c.k, c.n, c.size,
+                                    tuple(records.Holder(r.index, r.peer, r.root, r.size) for r in c.shares),
+                                    c.owner)
+            items[rec.key] = rec.value()
     return items
 
 
-# + pack id: [k, n, size, [[index, holder, root, size], ...]] and, when the holders filed
-# the shares under an earlier identity of this node, that PeerID as a fifth element.
-PACK_KEY = b"k"
+# The key prefix of placement records (node/core/records.py).
+PACK_KEY = records.PACK_PREFIX
 
 
 def catalog_items(node: LocalNode, snapshot_id: bytes, pushed: PushResult | None) -> dict[bytes, bytes | None]:

@@ -63,6 +63,7 @@ def backup(node: LocalNode, call: c.BackupCall, ctx: Context) -> Iterator[Backup
 
 def _backup(node: LocalNode, call: c.BackupCall, ctx: Context) -> Iterator[BackupItem]:
     from corestate.node.engine.backup import Backup, BackupStats
+    absolute(call.paths)
     # Paths in config.toml are relative to the home (absolute ones stay as they are).
     paths = ([Path(os.fsdecode(p)) for p in call.paths] if call.paths
              else [node.home.path / p for p in node.cfg.paths])
@@ -355,6 +356,15 @@ def text(x: bytes | str | Path, limit: int = 1000) -> str:
     return b.decode("utf-8", "replace")[:limit]
 
 
+def absolute(paths: tuple[bytes, ...]) -> None:
+    """Paths of a call are absolute: whoever runs the operation has a working folder of
+    its own (the daemon's is not the client's)."""
+    for p in paths:
+        if not os.path.isabs(p):
+            raise CoreStateError(f"{os.fsdecode(p)}: a path in a call must be absolute",
+                                 hint="the client makes paths absolute against its own working folder")
+
+
 def clip(s: str, limit: int = 4096) -> str:
     """``s`` as wire text of at most ``limit`` UTF-8 bytes (a file name decoded with
     surrogate escapes has its undecodable bytes replaced)."""
@@ -364,4 +374,4 @@ def clip(s: str, limit: int = 4096) -> str:
 OPERATIONS: tuple[Operation, ...] = (Operation(c.BackupCall, backup, page=c.BackupPage),)
 
 
-__all__ = ["OPERATIONS", "PushResult", "backup", "clip", "eta", "push", "text", "ticking"]
+__all__ = ["OPERATIONS", "PushResult", "absolute", "backup", "clip", "eta", "push", "text", "ticking"]

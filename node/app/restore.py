@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
 
 from corestate.node.app import Context, Operation
-from corestate.node.app.backup import clip, eta, text, ticking
+from corestate.node.app.backup import absolute, clip, eta, text, ticking
 from corestate.node.local import LocalNode
 from corestate.protocol import control as c
 
@@ -49,6 +49,7 @@ def restore(node: LocalNode, call: c.RestoreCall, ctx: Context) -> Iterator[Rest
 
 def _restore(node: LocalNode, call: c.RestoreCall, ctx: Context) -> Iterator[RestoreItem]:
     from corestate.node.engine.restore import Restore, RestoreStats
+    absolute((call.target,))
     snap = node.repo.resolve(call.snapshot)
     stats = RestoreStats()
     includes = [b"/" + p.strip(b"/") for p in call.paths]

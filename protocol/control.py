@@ -364,8 +364,157 @@ class StatsResult(Message):
 
 # -- backup and restore ----------------------------------------------------------------------
 # (calls, results and records of node/app/backup.py and node/app/restore.py)
+#
+# Both answers are paged: the paths that could not be read (or were torn, or skipped), the
+# packs left short of shares, the restore's failures — as many as there are — then one
+# summary record, always the last. Paths in calls are absolute (the client made them so
+# against its own working folder); a request fits one control frame (the field limits
+# below add up to less than CONTROL_MAX_FRAME).
 
-BACKUP_MESSAGES: tuple[type[Message], ...] = ()
+MAX_CALL_PATHS = 200
+CallPath = Annotated[bytes, MaxLen(4096)]  # PATH_MAX
+Int64 = Annotated[int, Range(-INT64_MAX, INT64_MAX)]
+Seconds = Annotated[str, MaxLen(32)]  # decimal, e.g. "12.345678901" (no floats on the wire)
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class BackupCall(Message):
+    """A new snapshot of ``paths`` (none: the configured ``[backup] paths``), then its packs
+    out to the mesh and into the catalog."""
+
+    TYPE: ClassVar[str] = "backup"
+    paths: Annotated[tuple[CallPath, ...], MaxItems(MAX_CALL_PATHS)]  # absolute
+    exclude: Annotated[tuple[Annotated[str, MaxLen(1024)], ...], MaxItems(200)]  # besides the config's
+    k: Annotated[int, Range(0, 255)]  # 0: the config's, else ceil(n/2)
+    n: Annotated[int, Range(0, 255)]  # 0: the config's, else min(4, trusted peers online)
+    estimate: bool  # count files and bytes first, for an ETA (a person watches a terminal)
+    skipped: bool  # also list what was skipped on purpose (special files)
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class BackupIssue(Record):
+    """A path that did not make it into the snapshot as it is on disk."""
+
+    kind: Annotated[str, MaxLen(16)]  # "error" (not backed up), "torn" (changed while read), "skipped"
+    path: PathBytes
+    message: Text
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class DegradedPack(Record):
+    """A pack with fewer than n shares acknowledged (its local copy is kept)."""
+
+    pack: Annotated[bytes, MaxLen(32)]
+    placed: Annotated[int, Range(0, 255)]
+    k: Annotated[int, Range(0, 255)]
+    n: Annotated[int, Range(0, 255)]
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class JournalUse(Record):
+    used: bool  # True: only what the change journal named was listed
+    detail: Text  # how many paths changed, or why the whole tree was walked
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class PushSummary(Record):
+    """Where the new packs went (a node with trusted peers)."""
+
+    k: Int64  # as chosen; as asked or configured when no peer was online to choose with
+    n: Int64
+    online: Annotated[tuple[PeerId, ...], MaxItems(4096)]
+    offline: Annotated[tuple[PeerId, ...], MaxItems(4096)]
+    uploaded: U63  # packs coded and sent
+    dropped_local: U63  # local copies dropped (all n shares acknowledged)
+    share_bytes: U63
+    seconds: Seconds | None  # None: nothing was sent (no peer online)
+    degraded: U63  # DegradedPack records sent before the summary
+    problems: Annotated[tuple[Text, ...], MaxItems(64)]
+    safe: bool  # every pack has all its shares on peers
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class BackupSummary(Record):
+    """The last record of a backup's answer."""
+
+    snapshot_id: Annotated[str, MaxLen(64)]  # hex
+    provider: Annotated[str, MaxLen(32)]  # btrfs, reflink, plain
+    code: Annotated[int, Range(0, 255)]  # 0 done and safe, 3 done but incomplete
+    files: U63
+    dirs: U63
+    files_unchanged: U63
+    bytes_total: U63
+    bytes_read: U63
+    bytes_added: U63
+    chunks_new: U63
+    bytes_new: U63
+    paths_visited: U63
+    errors: U63  # BackupIssue records of kind "error" sent before
+    torn: U63  # ... of kind "torn"
+    journal: JournalUse | None  # None: no change journal offered
+    seconds: Seconds
+    mesh: PushSummary | None  # None: a standalone node
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class BackupPage(Message):
+    TYPE: ClassVar[str] = "backup-page"
+    items: Annotated[tuple[BackupIssue | DegradedPack | BackupSummary, ...], MaxItems(4096)]
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class RestoreCall(Message):
+    """Write ``snapshot`` (or only ``paths`` of it, as backed up) below ``target``, fetching
+    from peers what lives only there."""
+
+    TYPE: ClassVar[str] = "restore"
+    snapshot: Annotated[str, MaxLen(256)]  # an id prefix, latest, latest~N
+    target: CallPath  # absolute
+    paths: Annotated[tuple[CallPath, ...], MaxItems(MAX_CALL_PATHS)]
+    dry_run: bool  # count what would be written, write nothing
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class RestoreIssue(Record):
+    path: PathBytes
+    message: Text
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class RestoreSummary(Record):
+    """The last record of a restore's answer."""
+
+    snapshot_id: Annotated[str, MaxLen(64)]
+    short_id: Annotated[str, MaxLen(16)]
+    target: CallPath
+    code: Annotated[int, Range(0, 255)]  # 0 every path restored, 1 some failed
+    files: U63
+    dirs: U63
+    other: U63  # links and special files
+    bytes: U63
+    errors: U63  # RestoreIssue records sent before
+    dry_run: bool
+    seconds: Seconds
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class RestorePage(Message):
+    TYPE: ClassVar[str] = "restore-page"
+    items: Annotated[tuple[RestoreIssue | RestoreSummary, ...], MaxItems(4096)]
+
+
+BACKUP_MESSAGES: tuple[type[Message], ...] = (BackupCall, BackupPage, RestoreCall, RestorePage)
 
 
 # -- check, repair, forget, prune ------------------------------------------------------------
@@ -397,6 +546,10 @@ class BackupStarted(Message):
 @message
 @dataclass(frozen=True, slots=True)
 class BackupProgress(Message):
+    """Sent when a phase starts, every second while it runs, and when it ends: ``files``
+    (reading the paths: the byte counts move) then ``shares`` (a mesh node coding and
+    placing packs: the pack counts move)."""
+
     TYPE: ClassVar[str] = "backup.progress"
     time_ns: TimeNs
     files: U63
@@ -405,6 +558,10 @@ class BackupProgress(Message):
     bytes_added: U63
     eta_s: Count  # -1 while unknown
     current: Text
+    phase: Annotated[str, MaxLen(16)]  # "files", "shares"
+    bytes_read: U63  # of files not in the caches
+    packs_done: U63  # coded and placed
+    packs_total: U63  # 0 while unknown
 
 
 @message
@@ -444,6 +601,10 @@ class RestoreStarted(Message):
 @message
 @dataclass(frozen=True, slots=True)
 class RestoreProgress(Message):
+    """Sent when a phase starts, every second while it runs, and when it ends: ``fetch``
+    (packs that live only on peers: the pack counts move), then ``write`` — or
+    ``dry-run``, which alone has no restore.started nor restore.finished around it."""
+
     TYPE: ClassVar[str] = "restore.progress"
     time_ns: TimeNs
     files: U63
@@ -451,6 +612,10 @@ class RestoreProgress(Message):
     bytes_done: U63
     bytes_total: U63
     eta_s: Count
+    phase: Annotated[str, MaxLen(16)]  # "fetch", "write", "dry-run"
+    packs_done: U63  # fetched
+    packs_total: U63
+    bytes_fetched: U63
 
 
 @message

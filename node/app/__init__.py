@@ -70,6 +70,11 @@ class Local:
     on_warn: Callable[[str], None] | None = None
     port: Any = None
     scheduled: bool = False
+    # Lent by a running daemon when it runs a CLI command in place (None otherwise; an
+    # operation reads them with getattr, node/app/backup.py): its change journal of the
+    # configured paths, and what starts its group anti-entropy round at once.
+    journal: Any = None
+    kick_members: Callable[[], None] | None = None
 
     def emit(self, ev: Message) -> None:
         if self.on_event is not None:

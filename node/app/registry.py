@@ -7,7 +7,7 @@ itself, which adds what only it knows: node/app/status.py.)
 
 from __future__ import annotations
 
-from corestate.node.app import Operation, backup, inspect, maintain, members
+from corestate.node.app import Operation, backup, inspect, maintain, members, restore
 from corestate.protocol import control as c
 from corestate.protocol.messages import Message
 
@@ -17,6 +17,7 @@ OPERATIONS: dict[type[Message], Operation] = {op.call: op for op in (
     Operation(c.DiffCall, inspect.diff, page=c.DiffPage),
     Operation(c.StatsCall, inspect.stats),
     *backup.OPERATIONS,
+    *restore.OPERATIONS,
     *maintain.OPERATIONS,
     *members.OPERATIONS,
 )}

@@ -82,7 +82,8 @@ def invoke(args: argparse.Namespace, out: Out, call: Message,
             with s:
                 return _remote(s, call, out, on_item)
     with _open(args, out) as node:
-        ctx = Local(on_event=out.emit, on_warn=out.warn, port=_port(args), scheduled=out.scheduled)
+        ctx = Local(on_event=out.emit, on_warn=out.warn, port=_port(args), scheduled=out.scheduled,
+                    **_lent(args))
         answer = op.run(node, call, ctx)
         if isinstance(answer, Message):
             return answer
@@ -92,6 +93,15 @@ def invoke(args: argparse.Namespace, out: Out, call: Message,
                 on_item(item)
             n += 1
         return c.Done(items=n)
+
+
+def _lent(args: argparse.Namespace) -> dict[str, Any]:
+    """What the daemon running this command lends its operation (node/app: ``Local``)."""
+    daemon = getattr(args, "daemon", None)
+    if daemon is None:
+        return {}
+    groups = daemon.mesh.groups
+    return {"journal": daemon.journal, "kick_members": None if groups is None else groups.kick}
 
 
 def _remote(s: Any, call: Message, out: Out, on_item: Callable[[Any], None] | None) -> Message:

@@ -321,6 +321,27 @@ class Daemon:
         code = await trio.to_thread.run_sync(_execute, args, out)
         return code, (lines[-1].strip() if lines else "")[:4000], "".join(lines)
 
+    def _scheduled_backup(self) -> int:
+        """The ``[backup]`` paths, as the schedule asks (the caller holds the command lock;
+        a worker thread): the app operation, its events to the subscribers; the exit code."""
+        from corestate.node.app.backup import backup
+        call = c.BackupCall(paths=(), exclude=(), k=0, n=0, estimate=False, skipped=False)
+        try:
+            items = list(backup(self.node, call, _DaemonContext(self.events.publish, self, scheduled=True)))
+        except (CoreStateError, OSError) as exc:
+            log.warning("scheduled backup failed: %s", exc)
+            return 1
+        except Exception:
+            log.exception("scheduled backup failed")
+            return 1
+        summary = items[-1]
+        assert isinstance(summary, c.BackupSummary)
+        if summary.code != 0:
+            log.warning("scheduled backup %s is incomplete: %d path(s) not read, %d pack(s) short of shares%s",
+                        summary.snapshot_id[:8], summary.errors, summary.mesh.degraded if summary.mesh else 0,
+                        "".join(f"; {p}" for p in summary.mesh.problems) if summary.mesh else "")
+        return summary.code
+
     def _placed(self) -> bool:
         return self.node.ledger.has_any()
 
@@ -399,7 +420,7 @@ class Daemon:
             async with self.command_lock:
                 log.info("scheduled %s (%s)", cmd.job.value, cmd.reason)
                 if cmd.job == sched.Job.BACKUP:
-                    code, _, _ = await self._internal(["backup"])
+                    code = await trio.to_thread.run_sync(self._scheduled_backup)
                 elif cmd.job == sched.Job.RETENTION:
                     argv = ["forget", "--prune"]
                     for key, value in sorted(self.node.cfg.retention.items()):
@@ -437,6 +458,17 @@ class _DaemonContext:
 
     def mesh(self) -> MeshPort:
         return self.daemon.port()
+
+    # What the daemon lends an operation besides the mesh (node/app/backup.py).
+
+    @property
+    def journal(self) -> Journal | None:
+        return self.daemon.journal
+
+    @property
+    def kick_members(self) -> Callable[[], None] | None:
+        groups = self.daemon.mesh.groups
+        return None if groups is None else groups.kick
 
 
 def _approx_size(v: object) -> int:

@@ -1,8 +1,5 @@
 """What the commands do with the mesh: synchronous steps that call into it via a port.
 
-- ``push``: after the engine wrote a snapshot's packs locally, code every pack that is not
-  yet fully placed and put its shares on peers; drop local copies of data packs whose n
-  shares are acknowledged (tree and snapshot packs stay as a local cache as well).
 - ``fetch``: bring back the remote-only packs a restore (or a full read) needs.
 - ``survey``: ask holders for every share; classify each snapshot's packs as full,
   degraded or at risk.
@@ -24,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from corestate.node.core import records
 from corestate.node.core.redundancy import classify
 from corestate.node.engine.repo import SnapshotInfo
-from corestate.node.runtime.reports import Progress, UploadReport, short
+from corestate.node.runtime.reports import Progress, short
 
 from corestate.errors import CoreStateError
 
@@ -38,23 +35,6 @@ def is_mesh_node(node: LocalNode) -> bool:
     return bool(node.trusted_peers())
 
 
-@dataclass(slots=True)
-class PushResult:
-    k: int
-    n: int
-    online: list[str]
-    offline: list[str]
-    report: UploadReport | None
-    uploaded: int = 0
-    dropped_local: int = 0
-    degraded: list[tuple[bytes, int, int, int]] = field(default_factory=list)  # pack, placed, k, n
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def safe(self) -> bool:
-        return not self.degraded and not self.problems
-
-
 def choose_code(online: int, k: int, n: int, cfg_k: int, cfg_n: int) -> tuple[int, int]:
     n = n or cfg_n or min(4, online)
     k = k or cfg_k or max(1, math.ceil(n / 2))
@@ -62,57 +42,6 @@ def choose_code(online: int, k: int, n: int, cfg_k: int, cfg_n: int) -> tuple[in
         raise CoreStateError(f"erasure code k={k} n={n} is not possible",
                              hint="use 1 <= k <= n <= 255, e.g. `--k 2 --n 4`")
     return k, n
-
-
-def push(node: LocalNode, port: MeshPort, *, k: int = 0, n: int = 0,
-         progress: Progress | None = None) -> PushResult:
-    """Put every local pack that is not fully placed on the mesh."""
-    cands, offline = port.call(lambda mesh: mesh.candidates())
-    online = [c.peer for c in cands]
-    if not cands:
-        # Nothing can be placed: everything stays local, and the caller says so (exit 3).
-        kk, nn = (k or node.cfg.k or 1), (n or node.cfg.n or 1)
-        res = PushResult(kk, nn, [], offline, None)
-        res.problems.append("no trusted peer is reachable: the snapshot is stored on this machine only")
-        return res
-    k, n = choose_code(len(cands), k, n, node.cfg.k, node.cfg.n)
-    store = node.repo.store
-    local = store.local_ids()
-    coded = node.ledger.all()
-    todo: list[tuple[bytes, int, int]] = []
-    for pid in sorted(local):
-        c = coded.get(pid)
-        if c is None:
-            todo.append((pid, k, n))
-        elif c.placed < c.n:
-            todo.append((pid, c.k, c.n))  # top up a degraded pack with its own code
-    res = PushResult(k, n, online, offline, None)
-    if progress is not None:
-        progress.total = len(todo)
-    report = UploadReport()
-    for (kk, nn) in sorted({(a, b) for _, a, b in todo}):
-        group = [p for p, a, b in todo if (a, b) == (kk, nn)]
-
-        async def up(mesh: Mesh, group: list[bytes] = group, kk: int = kk, nn: int = nn) -> UploadReport:
-            return await mesh.upload(store.get, group, kk, nn, cands, progress)
-        r = port.call(up)
-        report.packs.extend(r.packs)
-        report.share_bytes += r.share_bytes
-        report.seconds += r.seconds
-        report.put_latencies.extend(r.put_latencies)
-    res.report = report
-    res.uploaded = len(report.packs)
-    keep = node.metadata_packs()
-    for pr in report.packs:
-        if pr.placed >= pr.n:
-            if pr.pack not in keep:
-                # Only now, with n acknowledgements recorded, does the local copy go.
-                node.ledger.set_local(pr.pack, False)
-                store.delete(pr.pack)
-                res.dropped_local += 1
-        else:
-            res.degraded.append((pr.pack, pr.placed, pr.k, pr.n))
-    return res
 
 
 def packs_of(node: LocalNode, snap: SnapshotInfo, includes: list[bytes] | None = None) -> set[bytes]:
@@ -355,9 +284,10 @@ def placement_items(node: LocalNode, packs: Iterable[bytes]) -> dict[bytes, byte
 PACK_KEY = records.PACK_PREFIX
 
 
-def catalog_items(node: LocalNode, snapshot_id: bytes, pushed: PushResult | None) -> dict[bytes, bytes | None]:
+def catalog_items(node: LocalNode, snapshot_id: bytes, packs: Iterable[bytes]) -> dict[bytes, bytes | None]:
     """Catalog entries for a finished backup: the snapshot record (sealed: it names
-    paths) and, per pack coded in this run, its code and every acknowledged share."""
+    paths) and, per pack coded in this run (``packs``), its code and every acknowledged
+    share."""
     from corestate.node.core import catalog as cat
     me = node.keys.peer_id
     items: dict[bytes, bytes | None] = {}
@@ -365,20 +295,9 @@ def catalog_items(node: LocalNode, snapshot_id: bytes, pushed: PushResult | None
     if row is not None:
         key = cat.snapshot_key(snapshot_id)
         items[key] = cat.seal_value(node.keys.catalog_key, me, key, bytes(row[0]))
-    packs = [p.pack for p in pushed.report.packs] if pushed is not None and pushed.report else []
     items.update(placement_items(node, packs))
     return items
 
 
-def describe_degraded(res: PushResult) -> list[str]:
-    lines = []
-    for pack, placed, k, n in res.degraded[:20]:
-        state = "recoverable from peers" if placed >= k else "NOT recoverable from peers; kept locally"
-        lines.append(f"pack {pack.hex()[:12]}: {placed} of {n} shares placed (k={k}): {state}")
-    if len(res.degraded) > 20:
-        lines.append(f"... and {len(res.degraded) - 20} more")
-    return lines
-
-
-__all__ = ["PushResult", "RepairResult", "Survey", "choose_code", "delete_shares", "describe_degraded",
-           "drop_fetched", "fetch", "is_mesh_node", "packs_of", "placement_items", "push", "repair", "short", "survey"]
+__all__ = ["RepairResult", "Survey", "choose_code", "delete_shares",
+           "drop_fetched", "fetch", "is_mesh_node", "packs_of", "placement_items", "repair", "short", "survey"]

@@ -375,20 +375,44 @@ class Daemon:
                 if cmd.job == sched.Job.BACKUP:
                     code, _, _ = await self._internal(["backup"])
                 elif cmd.job == sched.Job.RETENTION:
-                    argv = ["forget", "--prune"]
-                    for key, value in sorted(self.node.cfg.retention.items()):
-                        argv += ["--" + key.replace("_", "-"), value]
-                    code, _, text = await self._internal(argv)
+                    # The [retention] rules as a typed forget (it says retention.finished).
+                    from corestate.node.app.maintain import retention_call
+                    code, items, why = await self._scheduled_call(retention_call(self.node.cfg.retention))
                     if code != 0:
-                        log.warning("scheduled retention did not finish cleanly: %s", text[-500:])
-                    self.events.publish(c.RetentionFinished(time_ns=time.time_ns(), scheduled=True, code=code))
+                        why = why or "; ".join(i.problem for i in items if isinstance(i, c.ShareNotDeleted))
+                        log.warning("scheduled retention did not finish cleanly: %s", why[:500])
                 elif cmd.job in (sched.Job.REPAIR, sched.Job.AUDIT):
-                    code, summary, _ = await self._internal(["repair"])
+                    code, items, why = await self._scheduled_call(c.RepairCall(dry_run=False))
                     if code != 0:
-                        log.warning("scheduled repair left packs below full redundancy: %s", summary[:500])
+                        why = why or "; ".join([f"{len([i for i in items if isinstance(i, c.Unrepairable)])} "
+                                                "pack(s) not repairable now",
+                                                *(i.failed for i in items if isinstance(i, c.RepairFailure))])
+                        log.warning("scheduled repair left packs below full redundancy: %s", why[:500])
         finally:
             self.notify(sched.JobFinished(cmd.job, code))
             self.notify(sched.HoldingsChanged(self._placed()))
+
+
+    async def _scheduled_call(self, call: Message) -> tuple[int, list[Message | Record], str]:
+        """Run a typed operation for the daemon's own schedule (the caller holds the command
+        lock): in a worker thread, its events to the bus. Returns its exit code (the
+        ``code`` of its result or last record; 1 when it raised), its answer, and what went
+        wrong when it raised."""
+        op = OPERATIONS[type(call)]
+        ctx = _DaemonContext(self.events.publish, self, scheduled=True)
+
+        def work() -> list[Message | Record]:
+            answer = op.run(self.node, call, ctx)
+            return [answer] if isinstance(answer, Message) else list(answer)
+        try:
+            items = await trio.to_thread.run_sync(work)
+        except (CoreStateError, OSError) as exc:
+            return 1, [], str(exc)
+        except Exception as exc:  # a bug in one job must not end the schedule
+            log.exception("scheduled %s failed", call.TYPE)
+            return 1, [], f"internal error: {type(exc).__name__}: {exc}"
+        code = getattr(items[-1], "code", 0) if items else 0
+        return int(code), items, ""
 
 
 class _ClientGone(Exception):

@@ -392,7 +392,6 @@ class Daemon:
             self.notify(sched.JobFinished(cmd.job, code))
             self.notify(sched.HoldingsChanged(self._placed()))
 
-
     async def _scheduled_call(self, call: Message) -> tuple[int, list[Message | Record], str]:
         """Run a typed operation for the daemon's own schedule (the caller holds the command
         lock): in a worker thread, its events to the bus. Returns its exit code (the

@@ -519,8 +519,255 @@ BACKUP_MESSAGES: tuple[type[Message], ...] = (BackupCall, BackupPage, RestoreCal
 
 # -- check, repair, forget, prune ------------------------------------------------------------
 # (calls, results and records of node/app/maintain.py)
+# Each answers in pages (its records can be many: damaged objects, rebuilt packs, snapshot
+# verdicts); the page holds records of several kinds, told apart by their fields, and the
+# summary record comes last, just before ``Done``.
 
-MAINTAIN_MESSAGES: tuple[type[Message], ...] = ()
+Id = Annotated[bytes, MaxLen(64)]  # a pack, blob or snapshot id (32 bytes today)
+HexId = Annotated[str, MaxLen(128)]
+ShortId = Annotated[str, MaxLen(16)]
+Keep = Annotated[int, Range(-(1 << 31), 1 << 31)]  # a keep-rule's count (the core refuses < 0)
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class CheckCall(Message):
+    """Verify the store (every byte with ``read_data``); with ``rebuild_index`` first rebuild
+    the index from the pack headers (fetching packs held only by peers for the time)."""
+
+    TYPE: ClassVar[str] = "check"
+    read_data: bool
+    rebuild_index: bool
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class IndexProblem(Record):
+    """A pack the index rebuild could not read."""
+
+    pack: Id
+    problem: Text
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class Damage(Record):
+    """A damaged object and files it touches ("snapshot-id:/path"). A damage touching more
+    files than one record holds goes on in further records with ``continued`` set."""
+
+    what: Annotated[str, MaxLen(16)]  # pack, blob, tree, snapshot, index
+    id: Id
+    reason: Text
+    files: Annotated[tuple[PathBytes, ...], MaxItems(4096)]
+    continued: bool
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class SnapshotHealth(Record):
+    """A snapshot's packs by what their holders just showed (the mesh survey)."""
+
+    snapshot_id: HexId
+    short_id: ShortId
+    full: U63
+    degraded: U63
+    at_risk: U63
+    local_only: U63
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class BadShare(Record):
+    """A holder that lost or spoiled a share (the survey), one record per share."""
+
+    peer: PeerId
+    share: Text
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class CheckSummary(Record):
+    code: Annotated[int, Range(0, 255)]  # 0 sound, 3 redundancy below full, 1 damage
+    packs: U63
+    blobs: U63
+    snapshots: U63
+    trees: U63
+    bytes_read: U63
+    remote: U63  # packs held only by peers (checked at their holders by the survey)
+    index_packs: U63 | None  # the index was rebuilt from this many packs
+    surveyed: bool  # the holders were asked (a mesh node)
+    shares: Annotated[dict[Name, U63], MaxItems(16)]  # survey verdict -> shares
+
+
+CheckItem = CheckSummary | IndexProblem | Damage | SnapshotHealth | BadShare
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class CheckPage(Message):
+    TYPE: ClassVar[str] = "check-page"
+    items: Annotated[tuple[CheckItem, ...], MaxItems(4096)]
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class RepairCall(Message):
+    """Rebuild the shares of packs below full redundancy onto new holders (``dry_run``:
+    only say what would be done)."""
+
+    TYPE: ClassVar[str] = "repair"
+    dry_run: bool
+
+
+ShareNo = Annotated[int, Range(0, 255)]
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class Rebuilt(Record):
+    pack: Id
+    source: Annotated[str, MaxLen(16)]  # local, mesh
+    shares: Annotated[tuple[ShareNo, ...], MaxItems(256)]  # the indexes rebuilt
+    placed: Annotated[tuple[tuple[ShareNo, PeerId], ...], MaxItems(256)]  # (index, new holder)
+    forgotten: Annotated[tuple[tuple[ShareNo, PeerId], ...], MaxItems(1024)]  # rows dropped
+    reasons: Annotated[tuple[Text, ...], MaxItems(256)]
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class Unrepairable(Record):
+    pack: Id
+    good: Annotated[int, Range(0, 255)]
+    k: Annotated[int, Range(0, 255)]
+    reason: Text
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class RepairFailure(Record):
+    failed: Text
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class RepairSummary(Record):
+    code: Annotated[int, Range(0, 255)]  # 0 every pack full (or a dry run), 3 some not
+    on_mesh: bool  # False: no pack of this node is on the mesh, nothing was done
+    dry_run: bool
+    packs_full: U63
+    complete: bool
+    forgotten: U63
+    shares_deleted: U63  # shares of pruned packs a holder deleted now
+    shares_left: U63  # ... that still wait for holders out of reach
+    seconds: Annotated[str, MaxLen(32)]  # decimal, e.g. "1.234"
+
+
+RepairItem = RepairSummary | Rebuilt | Unrepairable | RepairFailure
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class RepairPage(Message):
+    TYPE: ClassVar[str] = "repair-page"
+    items: Annotated[tuple[RepairItem, ...], MaxItems(4096)]
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class ForgetCall(Message):
+    """Forget ``snapshots`` (ids, prefixes, latest~N), or those no keep-rule keeps (one of
+    the two); with ``prune``, then delete every pack no remaining snapshot needs."""
+
+    TYPE: ClassVar[str] = "forget"
+    snapshots: Annotated[tuple[Annotated[str, MaxLen(256)], ...], MaxItems(4096)]
+    keep_last: Keep
+    keep_hourly: Keep
+    keep_daily: Keep
+    keep_weekly: Keep
+    keep_monthly: Keep
+    keep_yearly: Keep
+    keep_within: Annotated[str, MaxLen(64)]  # a duration ("2d", "3600s"); "" = none
+    prune: bool
+    dry_run: bool
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class PruneCall(Message):
+    """Delete the packs no snapshot needs."""
+
+    TYPE: ClassVar[str] = "prune"
+    dry_run: bool
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class SnapshotVerdict(Record):
+    snapshot_id: HexId
+    short_id: ShortId
+    time_ns: TimeNs
+    keep: bool
+    reasons: Annotated[tuple[Text, ...], MaxItems(64)]  # the keep-rules that keep it
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class ShareNotDeleted(Record):
+    """A share of a deleted pack its holder did not delete (it keeps the copy for now)."""
+
+    problem: Text
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class PruneSummary(Record):
+    code: Annotated[int, Range(0, 255)]  # 0 done, 3 some holders keep shares for now
+    dry_run: bool
+    by_policy: bool  # the verdicts come from keep-rules (not from names)
+    forgotten: U63
+    packs_deleted: U63
+    packs_repacked: U63
+    bytes_freed: U63
+    packs_kept: U63
+    packs_partly_used: U63
+    unused_bytes_in_kept_packs: U63
+    shares_deleted: U63
+
+
+PruneItem = PruneSummary | SnapshotVerdict | ShareNotDeleted
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class PrunePage(Message):
+    """The answer to ForgetCall and PruneCall."""
+
+    TYPE: ClassVar[str] = "prune-page"
+    items: Annotated[tuple[PruneItem, ...], MaxItems(4096)]
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class CheckProgress(Message):
+    TYPE: ClassVar[str] = "check.progress"
+    time_ns: TimeNs
+    packs_done: U63
+    packs: U63
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class RepairProgress(Message):
+    TYPE: ClassVar[str] = "repair.progress"
+    time_ns: TimeNs
+    packs_done: U63
+    packs: U63
+
+
+MAINTAIN_MESSAGES: tuple[type[Message], ...] = (
+    CheckCall, CheckPage, RepairCall, RepairPage, ForgetCall, PruneCall, PrunePage,
+)
+MAINTAIN_EVENTS: tuple[type[Message], ...] = (CheckProgress, RepairProgress)
 
 
 # -- keys, peers, groups, node info ----------------------------------------------------------
@@ -738,6 +985,7 @@ EVENTS: tuple[type[Message], ...] = (
     BackupStarted, BackupProgress, BackupFinished, BackupFailed,
     RestoreStarted, RestoreProgress, RestoreFinished, RestoreFailed,
     CheckFinished, RepairStarted, RepairFinished, RetentionFinished,
+    *MAINTAIN_EVENTS,
     PeerUp, PeerDown, PeerDiscovered, GroupChanged, Alert, ScheduleNext,
 )
 EVENT_KINDS = frozenset(e.TYPE for e in EVENTS)

@@ -7,11 +7,9 @@ import os
 import time
 from typing import Any
 
-from corestate.node.cli.context import _open, _port, invoke
-from corestate.node.cli.output import EXIT_FAIL, EXIT_INCOMPLETE, EXIT_OK, Out, _fs, _human, _ticker
+from corestate.node.cli.context import invoke
+from corestate.node.cli.output import EXIT_FAIL, EXIT_INCOMPLETE, EXIT_OK, Out, _fs, _human
 from corestate.protocol import control as c
-
-from corestate.errors import CoreStateError
 
 
 def cmd_snapshots(args: argparse.Namespace, out: Out) -> int:
@@ -66,65 +64,48 @@ def cmd_diff(args: argparse.Namespace, out: Out) -> int:
 
 
 def cmd_check(args: argparse.Namespace, out: Out) -> int:
-    from corestate.protocol import control as c
-    code = _check(args, out)
-    if out.emit is not None:
-        out.emit(c.CheckFinished(time_ns=time.time_ns(), code=code))
-    return code
+    from corestate.node.cli.maintain import Follow, call_pages
+    call = c.CheckCall(read_data=bool(args.read_data), rebuild_index=bool(args.rebuild_index))
+    items = call_pages(args, out, call, Follow(out, c.CheckProgress, "check", stop_at_end=True))
+    return _say_check(args, out, items)
 
 
-def _check(args: argparse.Namespace, out: Out) -> int:
-    from corestate.node.engine.inspect import check
-    done = [0, 0]
-    with _open(args, out) as node:
-        def bar() -> tuple[str, int, int | None, str]:
-            return ("check", done[0], done[1] or None, "packs")
-        if args.rebuild_index:
-            fetched: list[bytes] = []
-            if node.ledger.remote_only():
-                # The pack headers are the index: bring back the packs held only by peers.
-                from corestate.node.runtime import meshops
-                port = _port(args)
-                if port is None:
-                    raise CoreStateError("some packs are held only by peers, and no way to reach them is open",
-                                         hint="report this as a bug")
-                fetched = meshops.fetch(node, port, node.ledger.remote_only())
-            try:
-                problems = node.repo.rebuild_index()
-            finally:
-                if fetched:
-                    from corestate.node.runtime import meshops
-                    meshops.drop_fetched(node, [p for p in fetched if p not in node.metadata_packs()])
-            out.say(f"index rebuilt from {len(node.repo.packs())} packs")
-            for pid, reason in problems:
-                out.warn(f"pack {pid.hex()[:16]} could not be read: {reason}")
-        with _ticker(out, lambda: {"packs_done": done[0], "packs": done[1]}, bar):
-            report = check(node.repo, read_data=args.read_data,
-                           progress=lambda n, t: done.__setitem__(slice(0, 2), [n, t]),
-                           remote=node.ledger.remote_only())
-        survey = None
-        from corestate.node.runtime import meshops
-        port = _port(args)
-        if port is not None and (meshops.is_mesh_node(node) or node.ledger.remote_only()):
-            survey = meshops.survey(node, port)
-    mesh_bad = survey is not None and any(
-        t["at-risk"] or t["degraded"] for _, t in survey.per_snapshot)
+def _say_check(args: argparse.Namespace, out: Out, items: list[Any]) -> int:
+    report = items[-1]
+    assert isinstance(report, c.CheckSummary)
+    damage: list[c.Damage] = []
+    files: list[list[str]] = []
+    for d in items:
+        if isinstance(d, c.Damage):
+            if not d.continued or not damage:
+                damage.append(d)
+                files.append([])
+            files[-1] += [_fs(f) for f in d.files]
+    health = [h for h in items if isinstance(h, c.SnapshotHealth)]
+    bad: dict[str, list[str]] = {}
+    for b in items:
+        if isinstance(b, c.BadShare):
+            bad.setdefault(b.peer, []).append(b.share)
+    if report.index_packs is not None:
+        out.say(f"index rebuilt from {report.index_packs} packs")
+        for p in items:
+            if isinstance(p, c.IndexProblem):
+                out.warn(f"pack {p.pack.hex()[:16]} could not be read: {p.problem}")
     if out.json:
-        out.obj({"type": "summary", "ok": report.ok and not mesh_bad, "packs": report.packs, "blobs": report.blobs,
+        out.obj({"type": "summary", "ok": report.code == EXIT_OK, "packs": report.packs, "blobs": report.blobs,
                  "snapshots": report.snapshots, "trees": report.trees, "bytes_read": report.bytes_read,
                  "packs_on_peers_only": report.remote,
-                 "damage": [{"what": d.what, "id": d.id.hex(), "reason": d.reason, "files": d.files}
-                            for d in report.damage],
-                 "mesh": None if survey is None else {
-                     "shares": survey.shares,
-                     "bad_holders": survey.bad_holders,
-                     "snapshots": [{"id": sn.id.hex(), **t} for sn, t in survey.per_snapshot]}})
-        if not report.ok:
-            return EXIT_FAIL
-        return EXIT_INCOMPLETE if mesh_bad else EXIT_OK
-    if survey is not None:
-        _say_survey(out, survey)
-        if report.ok and mesh_bad:
+                 "damage": [{"what": d.what, "id": d.id.hex(), "reason": d.reason, "files": f}
+                            for d, f in zip(damage, files, strict=True)],
+                 "mesh": None if not report.surveyed else {
+                     "shares": dict(report.shares),
+                     "bad_holders": bad,
+                     "snapshots": [{"id": h.snapshot_id, "full": h.full, "degraded": h.degraded,
+                                    "at-risk": h.at_risk, "local-only": h.local_only} for h in health]}})
+        return report.code
+    if report.surveyed:
+        _say_survey(out, report, health, bad)
+        if report.code == EXIT_INCOMPLETE:
             out.say(f"checked {report.packs} packs ({report.remote} on peers only), {report.blobs} blobs, "
                     f"{report.trees} trees, {report.snapshots} snapshots")
             out.say("local store intact; some packs are below full redundancy on the mesh (see above): "
@@ -132,31 +113,32 @@ def _check(args: argparse.Namespace, out: Out) -> int:
             return EXIT_INCOMPLETE
     out.say(f"checked {report.packs} packs, {report.blobs} blobs, {report.trees} trees, "
             f"{report.snapshots} snapshots" + (f", read {_human(report.bytes_read)}" if args.read_data else ""))
-    if report.ok:
+    if report.code == EXIT_OK:
         out.say("no damage found" + ("" if args.read_data else " (structure only; --read-data reads every byte)"))
         return EXIT_OK
-    for d in report.damage:
+    for d, f in zip(damage, files, strict=True):
         out.say(f"DAMAGED {d.what} {d.id.hex()[:16]}: {d.reason}")
-        for f in d.files[:50]:
-            out.say(f"    affects {f}")
-        if len(d.files) > 50:
-            out.say(f"    ... and {len(d.files) - 50} more")
-    out.say(f"{len(report.damage)} damaged object(s)")
-    if any(d.what == "index" for d in report.damage):
+        for path in f[:50]:
+            out.say(f"    affects {path}")
+        if len(f) > 50:
+            out.say(f"    ... and {len(f) - 50} more")
+    out.say(f"{len(damage)} damaged object(s)")
+    if any(d.what == "index" for d in damage):
         out.say("the index is only a cache of the pack headers: "
                 "`corestate check --rebuild-index` rebuilds it from the packs")
     return EXIT_FAIL
 
 
-def _say_survey(out: Out, survey: Any) -> None:
-    from corestate.node.runtime.meshops import short
-    sh = survey.shares
+def _say_survey(out: Out, report: c.CheckSummary, health: list[c.SnapshotHealth],
+                bad: dict[str, list[str]]) -> None:
+    from corestate.node.runtime.reports import short
+    sh = report.shares
     out.say("mesh: shares " + ", ".join(f"{sh.get(k, 0)} {k}" for k in ("ok", "missing", "corrupt", "unreachable")))
-    for peer, problems in survey.bad_holders.items():
+    for peer, problems in bad.items():
         out.warn(f"peer {short(peer)} ({peer}): {len(problems)} bad share(s), e.g. {problems[0]}")
     out.say(f"{'SNAPSHOT':<9} {'FULL':>6} {'DEGRADED':>9} {'AT-RISK':>8} {'LOCAL':>6}  (packs)")
-    for snap, t in survey.per_snapshot:
-        out.say(f"{snap.short_id:<9} {t['full']:>6} {t['degraded']:>9} {t['at-risk']:>8} {t['local-only']:>6}")
+    for h in health:
+        out.say(f"{h.short_id:<9} {h.full:>6} {h.degraded:>9} {h.at_risk:>8} {h.local_only:>6}")
 
 
 def cmd_stats(args: argparse.Namespace, out: Out) -> int:

@@ -16,7 +16,9 @@ Rules (each command carries its reason):
   backup longer than the period never stacks a second one behind it). Off when the period is
   0; with no paths configured the time is skipped with a warning, and counted again.
 - **Retention** right after each scheduled backup that finished with a snapshot (exit 0 or
-  3), when the node has keep-rules. Never on its own: nothing new, nothing to forget.
+  3), when the node has keep-rules, in the same hold of the lock (``RunJob.then``: nobody
+  sees the snapshots between the backup and the forget). Never on its own: nothing new,
+  nothing to forget.
 - **Repair** every ``repair_every``, counted from the end of the previous; skipped while the
   node has placed no share (nothing to survey). Audits are part of the repair survey until
   an ``audit_every`` is configured; then they run on their own period, same rules.
@@ -98,8 +100,12 @@ Event = Tick | JobFinished | Kick | MembersChanged | HoldingsChanged
 
 @dataclass(frozen=True, slots=True)
 class RunJob:
+    """Run ``job``; then, in the same hold of the lock and only if it made a snapshot (exit
+    0 or 3), the jobs in ``then``. Each one's ``JobFinished`` is reported, in order."""
+
     job: Job
     reason: str
+    then: tuple[Job, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +203,7 @@ class Scheduler:
             timer.due = self.now + timer.every
         if event.job == Job.BACKUP and event.code in (0, 3):
             if self.config.retention:
-                self._queue(Job.RETENTION, "after the scheduled backup", front=True)
+                self.running = Job.RETENTION  # the driver goes on with it (RunJob.then)
             if self.others:
                 out.append(SyncWith(self.others, "at once: a new snapshot"))
                 if self.config.sync_every > 0:
@@ -239,7 +245,8 @@ class Scheduler:
             return
         job, reason = self._pending.pop(0)
         self.running = job
-        out.append(RunJob(job, reason))
+        then = (Job.RETENTION,) if job == Job.BACKUP and self.config.retention else ()
+        out.append(RunJob(job, reason, then))
 
     def _announce(self, out: list[Command]) -> None:
         for job in self._timers:

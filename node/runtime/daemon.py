@@ -309,18 +309,6 @@ class Daemon:
 
     # -- scheduled work ------------------------------------------------------------------
 
-    async def _internal(self, argv: list[str]) -> tuple[int, str, str]:
-        """Run a CLI command for the daemon itself (the caller holds the command lock):
-        (exit code, its JSON summary line, everything it wrote)."""
-        from corestate.node import cli
-        args = cli.build_parser().parse_args([*argv, "--json"])
-        args.home, args.daemon = self.node.home.path, self
-        lines: list[str] = []
-        out = cli.Out(True, write=lambda fd, t: lines.append(t), tty=False, emit=self.events.publish,
-                      scheduled=True)
-        code = await trio.to_thread.run_sync(_execute, args, out)
-        return code, (lines[-1].strip() if lines else "")[:4000], "".join(lines)
-
     def _scheduled_backup(self) -> int:
         """The ``[backup]`` paths, as the schedule asks (the caller holds the command lock;
         a worker thread): the app operation, its events to the subscribers; the exit code."""
@@ -415,27 +403,60 @@ class Daemon:
                                            at_ns=None if at is None else int(at * 1e9)))
 
     async def _job(self, cmd: sched.RunJob) -> None:
-        code = 1
+        """A job the scheduler core handed out, then the jobs of ``cmd.then`` if it made a
+        snapshot, all in one hold of the command lock (no client sees the snapshots between
+        a backup and its retention); each one's end goes back to the core."""
+        async with self.command_lock:
+            for job in (cmd.job, *cmd.then):
+                code = 1
+                try:
+                    log.info("scheduled %s (%s)", job.value, cmd.reason if job == cmd.job else f"after {cmd.job.value}")
+                    code = await self._run_job(job)
+                finally:
+                    self.notify(sched.JobFinished(job, code))
+                if code not in (0, 3):
+                    break
+        self.notify(sched.HoldingsChanged(await trio.to_thread.run_sync(self._placed)))
+
+    async def _run_job(self, job: sched.Job) -> int:
+        if job == sched.Job.BACKUP:
+            return await trio.to_thread.run_sync(self._scheduled_backup)
+        if job == sched.Job.RETENTION:
+            # The [retention] rules as a typed forget (it says retention.finished).
+            from corestate.node.app.maintain import retention_call
+            code, items, why = await self._scheduled_call(retention_call(self.node.cfg.retention))
+            if code != 0:
+                why = why or "; ".join(i.problem for i in items if isinstance(i, c.ShareNotDeleted))
+                log.warning("scheduled retention did not finish cleanly: %s", why[:500])
+            return code
+        code, items, why = await self._scheduled_call(c.RepairCall(dry_run=False))  # repair, audit
+        if code != 0:
+            why = why or "; ".join([f"{len([i for i in items if isinstance(i, c.Unrepairable)])} "
+                                    "pack(s) not repairable now",
+                                    *(i.failed for i in items if isinstance(i, c.RepairFailure))])
+            log.warning("scheduled repair left packs below full redundancy: %s", why[:500])
+        return code
+
+    async def _scheduled_call(self, call: Message) -> tuple[int, list[Message | Record], str]:
+        """Run a typed operation for the daemon's own schedule (the caller holds the command
+        lock): in a worker thread, its events to the bus. Returns its exit code (the
+        ``code`` of its result or last record; 1 when it raised), its answer, and what went
+        wrong when it raised."""
+        op = OPERATIONS[type(call)]
+        ctx = _DaemonContext(self.events.publish, self, scheduled=True)
+
+        def work() -> list[Message | Record]:
+            answer = op.run(self.node, call, ctx)
+            return [answer] if isinstance(answer, Message) else list(answer)
         try:
-            async with self.command_lock:
-                log.info("scheduled %s (%s)", cmd.job.value, cmd.reason)
-                if cmd.job == sched.Job.BACKUP:
-                    code = await trio.to_thread.run_sync(self._scheduled_backup)
-                elif cmd.job == sched.Job.RETENTION:
-                    argv = ["forget", "--prune"]
-                    for key, value in sorted(self.node.cfg.retention.items()):
-                        argv += ["--" + key.replace("_", "-"), value]
-                    code, _, text = await self._internal(argv)
-                    if code != 0:
-                        log.warning("scheduled retention did not finish cleanly: %s", text[-500:])
-                    self.events.publish(c.RetentionFinished(time_ns=time.time_ns(), scheduled=True, code=code))
-                elif cmd.job in (sched.Job.REPAIR, sched.Job.AUDIT):
-                    code, summary, _ = await self._internal(["repair"])
-                    if code != 0:
-                        log.warning("scheduled repair left packs below full redundancy: %s", summary[:500])
-        finally:
-            self.notify(sched.JobFinished(cmd.job, code))
-            self.notify(sched.HoldingsChanged(self._placed()))
+            items = await trio.to_thread.run_sync(work)
+        except (CoreStateError, OSError) as exc:
+            return 1, [], str(exc)
+        except Exception as exc:  # a bug in one job must not end the schedule
+            log.exception("scheduled %s failed", call.TYPE)
+            return 1, [], f"internal error: {type(exc).__name__}: {exc}"
+        code = getattr(items[-1], "code", 0) if items else 0
+        return int(code), items, ""
 
 
 class _ClientGone(Exception):

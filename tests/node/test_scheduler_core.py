@@ -73,16 +73,27 @@ def test_no_period_means_no_backup_and_no_paths_means_a_warning_each_time() -> N
     assert bare.next_deadline() == 2 * HOUR
 
 
-def test_retention_runs_after_a_backup_that_made_a_snapshot_only() -> None:
-    s = make(backup_every=HOUR, has_paths=True, retention=True, repair_every=0, sync_every=0)
-    assert jobs(s.handle(Tick(), HOUR)) == [Job.BACKUP]
-    assert jobs(s.handle(JobFinished(Job.BACKUP, 3), HOUR + 10)) == [Job.RETENTION]
-    assert jobs(s.handle(JobFinished(Job.RETENTION, 0), HOUR + 20)) == []
-    assert jobs(s.handle(Tick(), 2 * HOUR + 10)) == [Job.BACKUP]
-    assert jobs(s.handle(JobFinished(Job.BACKUP, 1), 2 * HOUR + 20)) == []  # failed: nothing new
+def test_retention_runs_after_a_backup_that_made_a_snapshot_in_the_same_hold() -> None:
+    s = make(backup_every=HOUR, has_paths=True, retention=True, repair_every=HOUR + 5, sync_every=0)
+    s.handle(HoldingsChanged(True), 0.0)
+    (run,) = [c for c in s.handle(Tick(), HOUR) if isinstance(c, RunJob)]
+    assert run.job == Job.BACKUP and run.then == (Job.RETENTION,)
+    # The driver reports the backup, then goes on with the retention: nothing else starts
+    # in between, even the repair that came due meanwhile.
+    assert jobs(s.handle(Tick(), HOUR + 6)) == []
+    assert jobs(s.handle(JobFinished(Job.BACKUP, 3), HOUR + 10)) == []
+    assert s.running == Job.RETENTION
+    assert jobs(s.handle(JobFinished(Job.RETENTION, 0), HOUR + 20)) == [Job.REPAIR]
+    s.handle(JobFinished(Job.REPAIR, 0), HOUR + 21)
+    # A failed backup made no snapshot: the driver stops, nothing waits for a retention.
+    (run,) = [c for c in s.handle(Tick(), 2 * HOUR + 10) if isinstance(c, RunJob) and c.job == Job.BACKUP]
+    s.handle(JobFinished(Job.BACKUP, 1), 2 * HOUR + 20)
+    assert s.running is None
     without = make(backup_every=HOUR, has_paths=True, retention=False, repair_every=0, sync_every=0)
-    without.handle(Tick(), HOUR)
-    assert jobs(without.handle(JobFinished(Job.BACKUP, 0), HOUR)) == []
+    (run,) = [c for c in without.handle(Tick(), HOUR) if isinstance(c, RunJob)]
+    assert run.then == ()
+    without.handle(JobFinished(Job.BACKUP, 0), HOUR)
+    assert without.running is None
 
 
 def test_one_job_at_a_time_and_a_due_job_waits_its_turn_once() -> None:
@@ -165,9 +176,12 @@ def test_a_long_run_keeps_its_periods() -> None:
         for cmd in s.handle(Tick(), now):
             while isinstance(cmd, RunJob):
                 assert s.running == cmd.job
-                counts[cmd.job] += 1
-                now += 600  # every job takes 10 minutes
-                follow = [c for c in s.handle(JobFinished(cmd.job, 0), now) if isinstance(c, RunJob)]
+                follow: list = []
+                for job in (cmd.job, *cmd.then):  # as the driver runs them, in one hold
+                    assert s.running == job
+                    counts[job] += 1
+                    now += 600  # every job takes 10 minutes
+                    follow += [c for c in s.handle(JobFinished(job, 0), now) if isinstance(c, RunJob)]
                 cmd = follow[0] if follow else None
     assert counts[Job.BACKUP] in (27, 28) and counts[Job.RETENTION] == counts[Job.BACKUP]
     assert counts[Job.REPAIR] in (6, 7)

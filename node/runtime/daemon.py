@@ -41,6 +41,7 @@ from corestate.node.home import Home
 from corestate.node.local import LocalNode
 from corestate.node.runtime.client import socket_path
 from corestate.node.runtime.events import EventBus
+from corestate.node.runtime.live import DaemonLive
 from corestate.node.runtime.mesh import Mesh
 from corestate.node.runtime.port import MeshPort, open_mesh
 from corestate.protocol import control as c
@@ -234,7 +235,7 @@ class Daemon:
 
         if op.lock:
             async with self.command_lock:
-                log.info("running: %s", msg.TYPE)
+                log.info("running: %s", msg.TYPE.replace("-", " "))  # never a field: they may be secrets
                 await trio.to_thread.run_sync(work)
             self.notify(sched.HoldingsChanged(await trio.to_thread.run_sync(self._placed)))
         else:
@@ -411,6 +412,9 @@ class _DaemonContext:
 
     def mesh(self) -> MeshPort:
         return self.daemon.port()
+
+    def live(self) -> DaemonLive:
+        return DaemonLive(self.daemon)
 
 
 def _approx_size(v: object) -> int:

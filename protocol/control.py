@@ -22,7 +22,7 @@ no node code.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, ClassVar
 
 from corestate.protocol.messages import (
@@ -508,7 +508,7 @@ class GroupInviteResult(Message):
     """A one-time invite: ``token`` is a secret for the person who asked, never logged."""
 
     TYPE: ClassVar[str] = "group-invite-result"
-    token: Annotated[str, MaxLen(65536)]
+    token: Annotated[str, MaxLen(65536)] = field(repr=False)
     role: Annotated[str, MaxLen(16)]
     expires_ms: Annotated[int, Range(-INT64_MAX, INT64_MAX)]
 
@@ -516,10 +516,10 @@ class GroupInviteResult(Message):
 @message
 @dataclass(frozen=True, slots=True)
 class GroupJoinCall(Message):
-    """Redeem an invite token (a secret: the daemon never logs it)."""
+    """Redeem an invite token (a secret: the daemon never logs it; not in the repr either)."""
 
     TYPE: ClassVar[str] = "group-join"
-    token: Annotated[str, MaxLen(65536)]
+    token: Annotated[str, MaxLen(65536)] = field(repr=False)
 
 
 @message

@@ -11,7 +11,9 @@ node/app/__init__.py). ``init`` and ``key passwd`` run without a daemon: node/ap
 - ``node_info``: the running daemon's identity, addresses, uptime and holdings (fails
   without one).
 
-What only a running daemon has comes from ``ctx.live()``; the mesh from ``ctx.mesh()``.
+What only a running daemon has comes from ``ctx.live()``; the mesh from ``ctx.mesh()``. A
+change this node makes to its group (create, join, remove, leave) is told as a
+``group.changed`` event.
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ def view(node: LocalNode) -> c.GroupView:
 
 def group_create(node: LocalNode, call: c.GroupCreateCall, ctx: Context) -> c.GroupCreateResult:
     gid = node.group.create(call.name)
+    _changed(node, ctx, "created")
     return c.GroupCreateResult(group=gid.hex(), name=call.name, admin=node.keys.peer_id)
 
 
@@ -127,6 +130,7 @@ def group_join(node: LocalNode, call: c.GroupJoinCall, ctx: Context) -> c.GroupJ
         # records of what it wrote while it belonged come back from the old partition.
         port.call(lambda mesh: mesh.groups.sync_with(inv.admin, list(inv.addrs)))
         rebuilt = rebuild_from_partition(node, ctx)
+    _changed(node, ctx, "joined")
     return c.GroupJoinResult(group=inv.group.hex(), view=view(node), rebuilt=rebuilt)
 
 
@@ -147,6 +151,7 @@ def group_remove(node: LocalNode, call: c.GroupRemoveCall, ctx: Context) -> c.Gr
     peer = _resolve_member(node, call.peer)
     node.group.remove(peer)
     group_round(node, ctx)
+    _changed(node, ctx, f"removed {peer}")
     return c.GroupRemoveResult(removed=peer)
 
 
@@ -154,6 +159,7 @@ def group_leave(node: LocalNode, call: c.GroupLeaveCall, ctx: Context) -> c.Grou
     op = node.group.leave()
     if op is not None:
         group_round(node, ctx)
+    _changed(node, ctx, "left" if op is not None else "dropped", left=True)
     return c.GroupLeaveResult(left=op is not None)
 
 
@@ -170,6 +176,15 @@ def group_sync(node: LocalNode, call: c.GroupSyncCall, ctx: Context) -> c.GroupS
     return c.GroupSyncResult(
         peers=tuple(c.SyncOutcome(peer_id=p, result=r[:1000]) for p, r in sorted(results.items())),
         vector=tuple(c.VectorEntry(author=a, epoch=e, seq=s) for a, (e, s) in sorted(vector.items())))
+
+
+def _changed(node: LocalNode, ctx: Context, reason: str, *, left: bool = False) -> None:
+    """A ``group.changed`` event: this node changed its group (changes that arrive by sync
+    are the group service's to tell)."""
+    import time
+    gid = node.group.group
+    ctx.emit(c.GroupChanged(time_ns=time.time_ns(), group="" if left or gid is None else gid.hex(),
+                            members=0 if left else len(node.group.members()), reason=reason))
 
 
 def _port(ctx: Context) -> Any:

@@ -15,7 +15,7 @@ import pytest
 from corestate.node.app import Local
 from corestate.node.app import keys as app_keys
 from corestate.node.group import Invite
-from corestate.node.runtime.client import Connection, DaemonRefused, call, connect
+from corestate.node.runtime.client import Connection, DaemonRefused, call, connect, subscribe
 from corestate.node.runtime.localmesh import LocalMesh
 from corestate.protocol import control as c
 from meshutil import make_mesh, wait_for
@@ -91,8 +91,14 @@ def test_a_bad_request_fails_with_a_hint(pair: LocalMesh, request_: c.Message, w
 
 def test_a_group_through_typed_calls_and_a_join_token_kept_out_of_the_log(pair: LocalMesh) -> None:
     a, b = pair.nodes
-    made = ask(pair, c.GroupCreateCall(name="office"))
-    assert isinstance(made, c.GroupCreateResult) and made.admin == a.peer_id and len(made.group) == 64
+    with wait_for(lambda: connect(a.home, timeout=10), 30, "the daemon to accept") as follower:
+        events = subscribe(follower, ("group",))
+        made = ask(pair, c.GroupCreateCall(name="office"))  # (the caller gets the event too: skipped)
+        assert isinstance(made, c.GroupCreateResult) and made.admin == a.peer_id and len(made.group) == 64
+        follower.settimeout(30)
+        ev = next(events)  # subscribers hear of it
+        assert isinstance(ev, c.GroupChanged) and ev.group == made.group and ev.members == 1
+        assert ev.reason == "created"
     with pytest.raises(DaemonRefused) as refused:
         ask(pair, c.GroupInviteCall(admin=False, expires="soon"))
     assert "not a duration" in str(refused.value)

@@ -22,7 +22,7 @@ no node code.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, ClassVar
 
 from corestate.protocol.messages import (
@@ -771,9 +771,268 @@ MAINTAIN_EVENTS: tuple[type[Message], ...] = (CheckProgress, RepairProgress)
 
 
 # -- keys, peers, groups, node info ----------------------------------------------------------
-# (calls, results and records of node/app/members.py)
+# (calls, results and records of node/app/members.py; ``init`` and ``key passwd`` are not
+# calls: they run without a daemon, see node/app/keys.py)
 
-MEMBER_MESSAGES: tuple[type[Message], ...] = ()
+Addr = Annotated[str, MaxLen(4096)]  # a multiaddr, as typed or as the address book keeps it
+Domain = Annotated[str, MaxLen(1024)]  # a failure-domain label (site, host)
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class PeerAddCall(Message):
+    """Trust the peer at ``addr`` (a multiaddr ending in /p2p/<peer id>)."""
+
+    TYPE: ClassVar[str] = "peer-add"
+    addr: Addr
+    domains: Annotated[tuple[Domain, ...], MaxItems(64)] = ()  # most general first
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class PeerAddResult(Message):
+    TYPE: ClassVar[str] = "peer-add-result"
+    peer: PeerId
+    addrs: Annotated[tuple[Addr, ...], MaxItems(1)]  # the transport given, without /p2p/
+    trusted: bool
+    domains: Annotated[tuple[Domain, ...], MaxItems(64)]
+    reachable: bool | None  # None: no daemon runs, nobody tried
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class PeerRemoveCall(Message):
+    TYPE: ClassVar[str] = "peer-remove"
+    peer: Annotated[str, MaxLen(128)]  # a PeerID or its end
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class PeerRemoveResult(Message):
+    TYPE: ClassVar[str] = "peer-remove-result"
+    removed: PeerId
+    shares_held: U63 | None  # shares of this node it still holds (None: it never held one)
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class PeerListCall(Message):
+    TYPE: ClassVar[str] = "peer-list"
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class PeerRow(Record):
+    peer: PeerId
+    addrs: Annotated[tuple[Addr, ...], MaxItems(32)]  # dial order: pinned, then found
+    trusted: bool
+    source: Annotated[str, MaxLen(16)]  # user, mdns
+    domains: Annotated[tuple[Domain, ...], MaxItems(64)]
+    seen_ns: TimeNs
+    connected: bool | None  # None: no daemon runs, so nobody knows
+    shares_held_for_us: U63
+    bytes_held_for_us: U63
+    bytes_we_hold: U63 | None  # None: no daemon runs
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class PeerListPage(Message):
+    TYPE: ClassVar[str] = "peer-list-page"
+    peers: Annotated[tuple[PeerRow, ...], MaxItems(4096)]
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class Member(Record):
+    peer_id: PeerId
+    role: Annotated[str, MaxLen(16)]  # admin, member
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class GroupView(Record):
+    """The group as this node evaluates it now."""
+
+    group: Annotated[str, MaxLen(64)] | None  # group id (hex)
+    name: Text | None  # None until the founding op is known
+    members: Annotated[tuple[Member, ...], MaxItems(4096)]
+    removed: Annotated[tuple[PeerId, ...], MaxItems(4096)]  # sorted
+    me: PeerId  # this node
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class Recovered(Record):
+    """What came back of this node's records from the group (a recovery, or a join under a
+    new identity generation)."""
+
+    snapshots: U63  # snapshots the repository lists now
+    packs: U63  # placement records found
+    found_snapshots: U63  # snapshot records found
+    epoch: U63  # this node's new epoch
+    problems: Annotated[tuple[Text, ...], MaxItems(4096)]  # packs that could not be read
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class GroupCreateCall(Message):
+    TYPE: ClassVar[str] = "group-create"
+    name: Text  # the membership core bounds it (256 UTF-8 bytes)
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class GroupCreateResult(Message):
+    TYPE: ClassVar[str] = "group-create-result"
+    group: Annotated[str, MaxLen(64)]  # hex
+    name: Text
+    admin: PeerId
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class GroupInviteCall(Message):
+    TYPE: ClassVar[str] = "group-invite"
+    admin: bool  # the new member is an admin
+    expires: Annotated[str, MaxLen(64)]  # a duration: 30m, 24h, 7d
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class GroupInviteResult(Message):
+    """A one-time invite: ``token`` is a secret for the person who asked, never logged."""
+
+    TYPE: ClassVar[str] = "group-invite-result"
+    token: Annotated[str, MaxLen(65536)] = field(repr=False)
+    role: Annotated[str, MaxLen(16)]
+    expires_ms: Annotated[int, Range(-INT64_MAX, INT64_MAX)]
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class GroupJoinCall(Message):
+    """Redeem an invite token (a secret: the daemon never logs it; not in the repr either)."""
+
+    TYPE: ClassVar[str] = "group-join"
+    token: Annotated[str, MaxLen(65536)] = field(repr=False)
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class GroupJoinResult(Message):
+    TYPE: ClassVar[str] = "group-join-result"
+    group: Annotated[str, MaxLen(64)]  # hex
+    view: GroupView
+    rebuilt: Recovered | None  # a node back under a new identity: its earlier records
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class GroupMembersCall(Message):
+    TYPE: ClassVar[str] = "group-members"
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class GroupMembersResult(Message):
+    TYPE: ClassVar[str] = "group-members-result"
+    view: GroupView
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class GroupRemoveCall(Message):
+    TYPE: ClassVar[str] = "group-remove"
+    peer: Annotated[str, MaxLen(128)]  # a PeerID or its end
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class GroupRemoveResult(Message):
+    TYPE: ClassVar[str] = "group-remove-result"
+    removed: PeerId
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class GroupLeaveCall(Message):
+    TYPE: ClassVar[str] = "group-leave"
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class GroupLeaveResult(Message):
+    TYPE: ClassVar[str] = "group-leave-result"
+    left: bool  # False: this node was no member of the group it held, which is dropped
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class GroupSyncCall(Message):
+    TYPE: ClassVar[str] = "group-sync"
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class SyncOutcome(Record):
+    peer_id: PeerId
+    result: Text  # "ok", or why the exchange failed
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class VectorEntry(Record):
+    author: PeerId
+    epoch: U63
+    seq: U63
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class GroupSyncResult(Message):
+    TYPE: ClassVar[str] = "group-sync-result"
+    peers: Annotated[tuple[SyncOutcome, ...], MaxItems(4096)]
+    vector: Annotated[tuple[VectorEntry, ...], MaxItems(8192)]  # what this replica holds now
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class NodeInfoCall(Message):
+    TYPE: ClassVar[str] = "node-info"
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class VaultStats(Record):
+    """Shares this node holds for its peers."""
+
+    shares: U63
+    bytes: U63
+    senders: U63
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class NodeInfoResult(Message):
+    """The running daemon: who it is, where it listens, for how long."""
+
+    TYPE: ClassVar[str] = "node-info-result"
+    peer_id: PeerId
+    addrs: Annotated[tuple[Addr, ...], MaxItems(64)]
+    home: PathBytes
+    uptime_ms: U63
+    connected: Annotated[tuple[PeerId, ...], MaxItems(4096)]
+    held_for_peers: VaultStats
+
+
+MEMBER_MESSAGES: tuple[type[Message], ...] = (
+    PeerAddCall, PeerAddResult, PeerRemoveCall, PeerRemoveResult, PeerListCall, PeerListPage,
+    GroupCreateCall, GroupCreateResult, GroupInviteCall, GroupInviteResult,
+    GroupJoinCall, GroupJoinResult, GroupMembersCall, GroupMembersResult,
+    GroupRemoveCall, GroupRemoveResult, GroupLeaveCall, GroupLeaveResult,
+    GroupSyncCall, GroupSyncResult, NodeInfoCall, NodeInfoResult,
+)
 
 
 # -- events: one message type per kind; the type is the kind --------------------------------

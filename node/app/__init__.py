@@ -31,6 +31,19 @@ if TYPE_CHECKING:
     from corestate.node.local import LocalNode
 
 
+class Running(Protocol):
+    """What only a running daemon has: its live host, the shares it holds for peers, its
+    age (node/runtime/live.py). Callable from an operation's worker thread."""
+
+    def uptime_ms(self) -> int: ...
+    def addrs(self) -> list[str]: ...  # where its host listens, each ending in /p2p/<id>
+    def connected(self) -> list[str]: ...  # peers connected now
+    def vault_stats(self) -> dict[str, int]: ...  # shares, bytes, senders held for peers
+    def held_for(self, peer: str) -> int: ...  # bytes held for ``peer``
+    def set_quota(self, peer: str, quota: int | None) -> None: ...  # None: back to the pool
+    def kick_sync(self) -> bool: ...  # a sync round with every member now (False: no group service)
+
+
 class Context(Protocol):
     """What an operation may use besides the node."""
 
@@ -44,6 +57,9 @@ class Context(Protocol):
 
     def mesh(self) -> Any:
         """The way to the mesh (a ``MeshPort``), or None when none is open."""
+
+    def live(self) -> Running | None:
+        """The running daemon the operation runs in, or None (a CLI without a daemon)."""
 
 
 Answer: TypeAlias = Message | Iterator[Record]
@@ -75,6 +91,7 @@ class Local:
     # configured paths, and what starts its group anti-entropy round at once.
     journal: Any = None
     kick_members: Callable[[], None] | None = None
+    running: Running | None = None  # the CLI runs in the daemon (a command it still runs as argv)
 
     def emit(self, ev: Message) -> None:
         if self.on_event is not None:
@@ -87,5 +104,8 @@ class Local:
     def mesh(self) -> Any:
         return self.port
 
+    def live(self) -> Running | None:
+        return self.running
 
-__all__ = ["Answer", "Context", "Local", "Operation"]
+
+__all__ = ["Answer", "Context", "Local", "Operation", "Running"]

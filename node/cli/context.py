@@ -82,8 +82,13 @@ def invoke(args: argparse.Namespace, out: Out, call: Message,
             with s:
                 return _remote(s, call, out, on_item)
     with _open(args, out) as node:
+        daemon = getattr(args, "daemon", None)  # the CLI runs in the daemon (a routed argv)
+        running = None
+        if daemon is not None:
+            from corestate.node.runtime.live import DaemonLive
+            running = DaemonLive(daemon)
         ctx = Local(on_event=out.emit, on_warn=out.warn, port=_port(args), scheduled=out.scheduled,
-                    **_lent(args))
+                    running=running, **_lent(args))
         answer = op.run(node, call, ctx)
         if isinstance(answer, Message):
             return answer

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from corestate.node.cli.context import _open, _passphrase
-from corestate.node.cli.output import EXIT_OK, Out, _human
+from corestate.node.cli.context import _open, _passphrase, invoke
+from corestate.node.cli.output import EXIT_OK, Out, _fs, _human
 from corestate.node.home import Home
 from corestate.node.local import LocalNode
 
@@ -42,26 +42,31 @@ def cmd_node_run(args: argparse.Namespace, out: Out) -> int:
 
 
 def cmd_node_info(args: argparse.Namespace, out: Out) -> int:
-    daemon = getattr(args, "daemon", None)
-    if daemon is None:
-        raise CoreStateError(f"no daemon runs for the home {Home(args.home).path}",
-                             hint="start one with `corestate node run` (it runs in the foreground)")
-    node, mesh = daemon.node, daemon.mesh
-    addrs = mesh.host.addrs()
-    vault = mesh.vault.stats()
-    info = {"peer_id": node.keys.peer_id, "addrs": addrs, "home": str(node.home.path),
-            "uptime_s": round(time.time() - daemon.started, 1),
-            "connected": mesh.host.connected_peers(), "held_for_peers": vault}
+    from corestate.node.runtime.client import connect
+    from corestate.protocol import control as c
+    if getattr(args, "daemon", None) is None:
+        # Only a running daemon knows: say so at once (no passphrase, no home lock).
+        s = connect(Home(args.home).path)
+        if s is None:
+            raise CoreStateError(f"no daemon runs for the home {Home(args.home).path}",
+                                 hint="start one with `corestate node run` (it runs in the foreground)")
+        s.close()
+    res = invoke(args, out, c.NodeInfoCall())
+    assert isinstance(res, c.NodeInfoResult)
+    vault = c.result_fields(res.held_for_peers)
+    info = {"peer_id": res.peer_id, "addrs": list(res.addrs), "home": _fs(res.home),
+            "uptime_s": round(res.uptime_ms / 1000, 1), "connected": list(res.connected),
+            "held_for_peers": vault}
     if out.json:
         out.obj(info)
         return EXIT_OK
     out.say(f"peer id   {info['peer_id']}")
-    for a in addrs:
+    for a in res.addrs:
         out.say(f"address   {a}")
     out.say(f"home      {info['home']}")
-    out.say(f"uptime    {info['uptime_s']:.0f}s, {len(info['connected'])} peer(s) connected")
-    out.say(f"holding   {vault.get('shares', 0)} share(s), {_human(vault.get('bytes', 0))} for "
-            f"{vault.get('senders', 0)} peer(s)")
+    out.say(f"uptime    {info['uptime_s']:.0f}s, {len(res.connected)} peer(s) connected")
+    held = res.held_for_peers
+    out.say(f"holding   {held.shares} share(s), {_human(held.bytes)} for {held.senders} peer(s)")
     return EXIT_OK
 
 

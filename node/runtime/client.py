@@ -99,11 +99,13 @@ class Connection:
 
 
 def call(s: socket.socket, request: c.Message) -> c.Message:
-    """A typed call: its typed result, or DaemonRefused."""
+    """A typed call: its typed result, or DaemonRefused (the events it causes are skipped)."""
     conn = Connection(s)
     conn.sock.settimeout(120.0)
     conn.send(request)
     reply = conn.receive()
+    while reply is not None and type(reply) in c.EVENTS:
+        reply = conn.receive()
     if reply is None:
         raise CoreStateError("the daemon closed the connection without an answer",
                              hint="see the daemon's log")

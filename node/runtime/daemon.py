@@ -41,6 +41,7 @@ from corestate.node.home import Home
 from corestate.node.local import LocalNode
 from corestate.node.runtime.client import socket_path
 from corestate.node.runtime.events import EventBus
+from corestate.node.runtime.live import DaemonLive
 from corestate.node.runtime.mesh import Mesh
 from corestate.node.runtime.port import MeshPort, open_mesh
 from corestate.protocol import control as c
@@ -236,7 +237,7 @@ class Daemon:
 
         if op.lock:
             async with self.command_lock:
-                log.info("running: %s", msg.TYPE)
+                log.info("running: %s", msg.TYPE.replace("-", " "))  # never a field: they may be secrets
                 await trio.to_thread.run_sync(work)
             self.notify(sched.HoldingsChanged(await trio.to_thread.run_sync(self._placed)))
         else:
@@ -364,6 +365,10 @@ class Daemon:
                 cmds: list[sched.Command] = []
                 for ev in pending or [sched.Tick()]:
                     cmds += core.handle(ev, trio.current_time())
+                    if isinstance(ev, sched.Kick) and groups is not None:
+                        # News: our address advert first (also with no other member yet,
+                        # so the first to join finds it), then whatever rounds follow.
+                        nursery.start_soon(self._advertise, groups)
                 pending = []
                 for cmd in cmds:
                     if isinstance(cmd, sched.RunJob):
@@ -384,6 +389,10 @@ class Daemon:
                             pending.append(self._sched_recv.receive_nowait())
                         except trio.WouldBlock:
                             break
+
+    async def _advertise(self, groups: Any) -> None:
+        if groups.group.in_group:
+            await trio.to_thread.run_sync(groups.advertise)
 
     async def _sync_rounds(self, groups: Any) -> None:
         """Anti-entropy rounds one after another: peers asked for while a round runs are
@@ -479,6 +488,9 @@ class _DaemonContext:
 
     def mesh(self) -> MeshPort:
         return self.daemon.port()
+
+    def live(self) -> DaemonLive:
+        return DaemonLive(self.daemon)
 
     # What the daemon lends an operation besides the mesh (node/app/backup.py).
 

@@ -375,6 +375,8 @@ class GroupService:
                 await self._kick.wait()
             if self._kick.is_set():
                 self._kick = trio.Event()
+                if self.group.in_group:  # our advert first, also with nobody to tell yet
+                    await trio.to_thread.run_sync(self.advertise)
                 core.handle(sched.MembersChanged(self.others()), trio.current_time())
                 event = sched.Kick("news to spread")
             else:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cbor2
 import trio
@@ -34,12 +34,9 @@ from corestate.node.peers import AddressBook, split_peer_addr
 from corestate.protocol import group as gw
 from corestate.protocol import messages as m
 from corestate.protocol.errors import ProtocolError
-from corestate.protocol.streams import Channel, Stream
+from corestate.protocol.streams import Channel, Host, Stream
 
 from corestate.errors import CoreStateError
-
-if TYPE_CHECKING:
-    from corestate.protocol.p2p import P2PHost
 
 log = logging.getLogger("corestate.group")
 ADDRS_KEY = b"a"
@@ -52,7 +49,7 @@ MAX_EXCHANGES = 256
 
 
 class GroupService:
-    def __init__(self, host: P2PHost, group: GroupNode, book: AddressBook, *, timeout: float = 20.0,
+    def __init__(self, host: Host, group: GroupNode, book: AddressBook, *, timeout: float = 20.0,
                  interval: float = 20.0, on_change: Any = None, events: Any = None) -> None:
         self.host, self.group, self.book = host, group, book
         self.events = events

@@ -77,10 +77,11 @@ import logging
 import math
 import os
 import random
+import tempfile
 import threading
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -542,10 +543,21 @@ class MemoryMesh:
             book.close()
 
     def trust_all(self) -> None:
+        """Every node trusts every other (before they start: one address book at a time)."""
+        from corestate.node.peers import AddressBook
         for a in self.nodes:
-            for b in self.nodes:
-                if a is not b:
-                    self.trust(a.index, b.index)
+            if a.node is not None:
+                for b in self.nodes:
+                    if b is not a:
+                        self.trust(a.index, b.index)
+                continue
+            book = AddressBook(a.home / "peers.db")
+            try:
+                for b in self.nodes:
+                    if b is not a:
+                        book.add(b.peer_id, [b.addr], trusted=True)
+            finally:
+                book.close()
 
     # -- life --------------------------------------------------------------------------
 
@@ -823,6 +835,17 @@ async def memory_mesh(base: Path, count: int, *, trusted: bool = True, start: bo
                        "the virtual clock stands still while a worker thread is at work)")
 
 
+@contextmanager
+def scratch_dir(prefix: str = "corestate-kit-") -> Iterator[Path]:
+    """A temporary folder for the kit's homes, on a memory file system when the machine
+    has one (``/dev/shm``: the vault's and sqlite's fsyncs cost nothing there, and these
+    homes are throwaway), removed afterwards."""
+    shm = Path("/dev/shm")
+    where = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=where) as d:
+        yield Path(d)
+
+
 def small_tree(root: Path, *, mib: float = 1.0, files: int = 4, seed: int = 0) -> Path:
     """A tree of ``files`` files of random (incompressible) bytes, ``mib`` MiB in all, in
     two folders, plus a small text file and a symlink."""
@@ -851,5 +874,6 @@ __all__ = [
     "VirtualClock",
     "memory_mesh",
     "peer_id_of_seed",
+    "scratch_dir",
     "small_tree",
 ]

@@ -50,12 +50,15 @@ Writing a test (pytest-trio picks the clock from a fixture that returns a trio C
         return VirtualClock()
 
     async def test_restore_with_two_holders_down(tmp_path, clock):
-        async with memory_mesh(tmp_path, 5) as kit:       # five nodes, all trusting each other
-            src = small_tree(tmp_path / "src", mib=3)
-            snap, pushed = await kit.backup(0, [src], k=2, n=4)
-            await kit.kill(1, 2)                            # their streams break at once
-            await kit.restore(0, snap.hex(), tmp_path / "out")
-            await kit.start(1, 2)                           # back, from their homes on disk
+        with scratch_dir() as homes:                        # on /dev/shm when there is one
+            async with memory_mesh(homes, 5) as kit:        # five nodes, all trusting each other
+                src = small_tree(tmp_path / "src", mib=3)   # 3 MiB: several 1 MiB packs
+                backed = await kit.backup(0, [src], k=2, n=4)
+                assert backed.pushed.safe
+                await kit.kill(1, 2)                        # their streams break at once
+                await kit.restore(0, backed.snapshot_id.hex(), tmp_path / "out")
+                await kit.start(1, 2)                       # back, from their homes on disk
+                survey = await kit.survey(0)                # meshops.survey: full again
 
 Other tools: ``kit.partition(i)``/``kit.heal(i)``, ``kit.kill_after_bytes(i, n)`` (kill a
 node in the middle of a transfer), ``kit.form_group(...)``, ``kit.sync_round()``,

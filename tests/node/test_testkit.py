@@ -160,3 +160,14 @@ def test_mockclock_autojump_would_fire_timeouts_during_a_thread() -> None:
         return scope.cancelled_caught
 
     assert trio.run(main, clock=MockClock(autojump_threshold=0))
+
+
+async def test_a_deadlocked_kit_test_fails_instead_of_hanging(clock: VirtualClock) -> None:
+    from corestate.node.runtime.testkit import KitError, memory_mesh, scratch_dir
+
+    real = time.monotonic()
+    with scratch_dir() as homes, pytest.raises(KitError, match="real seconds"):
+        async with memory_mesh(homes, 1, real_timeout=0.5) as kit:
+            assert kit.nodes[0].up
+            await trio.Event().wait()  # nothing will ever set it, and no timer runs
+    assert time.monotonic() - real < 5

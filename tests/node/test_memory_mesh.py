@@ -291,3 +291,22 @@ async def test_a_hostile_peer_gets_errors_and_the_node_serves_on(tmp_path: Path,
         src = small_tree(tmp_path / "src", mib=0.5, files=1)
         b = await kit.backup(0, [src], k=1, n=1)
         assert b.pushed is not None and b.pushed.safe
+
+
+async def test_a_partitioned_holder_costs_virtual_seconds_only(tmp_path: Path, homes: Path,
+                                                              clock: VirtualClock) -> None:
+    async with memory_mesh(homes, 4) as kit:
+        kit.partition(3)  # silent: its capacity request times out, it is not refused
+        src = small_tree(tmp_path / "src", mib=1, files=2)
+        start = trio.current_time()
+        b = await kit.backup(0, [src])
+        pushed = b.pushed
+        assert pushed is not None and pushed.safe
+        assert pushed.offline == [kit.nodes[3].peer_id]
+        assert (pushed.k, pushed.n) == (1, 2)  # n = the peers online, k = ceil(n / 2)
+        # The capacity request waited for its whole timeout (5 s), on the virtual clock
+        # (the test's real time is checked by the ``timed`` fixture).
+        assert trio.current_time() - start >= 5
+        kit.heal(3)
+        b = await kit.backup(0, [src])
+        assert b.pushed is not None and b.pushed.offline == []

@@ -14,8 +14,10 @@ promise, so that the tests built on them can trust them.
 
 from __future__ import annotations
 
+import os
 import time
 
+import cbor2
 import pytest
 import trio
 from corestate.node.runtime.testkit import MemoryNetwork, VirtualClock, peer_id_of_seed
@@ -171,3 +173,15 @@ async def test_a_deadlocked_kit_test_fails_instead_of_hanging(clock: VirtualCloc
             assert kit.nodes[0].up
             await trio.Event().wait()  # nothing will ever set it, and no timer runs
     assert time.monotonic() - real < 5
+
+
+def test_kit_homes_are_sealed_cheaply_and_the_default_cost_is_untouched() -> None:
+    from corestate.node import keystore
+    from corestate.node.runtime.testkit import CHEAP_KDF
+
+    root = os.urandom(32)
+    cheap = keystore.seal(root, b"pw", cost=CHEAP_KDF)
+    assert (cbor2.loads(cheap)["ops"], cbor2.loads(cheap)["mem"]) == CHEAP_KDF
+    assert keystore.unseal(cheap, b"pw") == root  # the cost travels with the key
+    default = cbor2.loads(keystore.seal(root, b"pw"))
+    assert (default["ops"], default["mem"]) == (keystore.OPS, keystore.MEM) == (3, 64 << 20)

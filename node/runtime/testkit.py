@@ -41,7 +41,9 @@ Operations go through the code the CLI and the daemon use: the backup engine, th
 ``meshops.fetch``; ``meshops.survey`` and ``meshops.repair``; group create/invite/join and
 sync through ``GroupNode`` and ``GroupService``. The synchronous ones run in a worker
 thread with a :class:`KitPort`, a ``MeshPort`` that calls back into the loop, as the
-daemon runs commands.
+daemon runs commands. (``MemoryMesh.backup`` and ``restore`` repeat the steps of the CLI's
+``_backup`` and ``_restore`` without their rendering; once the application layer has a
+backup and a restore operation, they call those.)
 
 Writing a test (pytest-trio picks the clock from a fixture that returns a trio Clock)::
 

@@ -70,11 +70,14 @@ def _kdf(passphrase: bytes, salt: bytes, ops: int, mem: int) -> bytes:
     )
 
 
-def seal(root: bytes, passphrase: bytes) -> bytes:
+def seal(root: bytes, passphrase: bytes, *, cost: tuple[int, int] = (OPS, MEM)) -> bytes:
+    """``cost``: Argon2id (passes, memory bytes). Only throwaway homes (the in-process
+    test kit) pass anything but the default; the cost is stored with the key."""
+    ops, mem = cost
     salt = os.urandom(nacl.pwhash.argon2id.SALTBYTES)
-    box = nacl.secret.SecretBox(_kdf(passphrase, salt, OPS, MEM))
+    box = nacl.secret.SecretBox(_kdf(passphrase, salt, ops, mem))
     return cbor2.dumps(
-        {"v": 1, "kdf": "argon2id", "ops": OPS, "mem": MEM, "salt": salt, "box": bytes(box.encrypt(root))},
+        {"v": 1, "kdf": "argon2id", "ops": ops, "mem": mem, "salt": salt, "box": bytes(box.encrypt(root))},
         canonical=True,
     )
 
@@ -124,10 +127,11 @@ def unseal(blob: bytes, passphrase: bytes, *, hsm_module: str | None = None) -> 
     return bytes(root)
 
 
-def write_key(path: Path, root: bytes, passphrase: bytes, *, hsm: tuple[str, str] | None = None) -> None:
+def write_key(path: Path, root: bytes, passphrase: bytes, *, hsm: tuple[str, str] | None = None,
+              cost: tuple[int, int] = (OPS, MEM)) -> None:
     """Seal ``root`` into ``path``: under the passphrase, or with ``hsm=(module, token label)``
     under a token key (``passphrase`` is then the token's user PIN)."""
-    write_atomic(path, seal(root, passphrase) if hsm is None else seal_hsm(root, *hsm, passphrase))
+    write_atomic(path, seal(root, passphrase, cost=cost) if hsm is None else seal_hsm(root, *hsm, passphrase))
 
 
 def read_passphrase(passphrase_file: str | None, *, confirm: bool = False) -> bytes:

@@ -111,16 +111,17 @@ def read_generation(home: Home) -> int:
 
 
 def init_home(home: Home, root: bytes, passphrase: bytes, *, hsm: tuple[str, str] | None = None,
-              generation: int = 0) -> NodeKeys:
+              generation: int = 0, kdf_cost: tuple[int, int] = (keystore.OPS, keystore.MEM)) -> NodeKeys:
     """Create a node home holding ``root`` sealed under ``passphrase`` (or, with ``hsm``,
-    by a key in that PKCS#11 module's token, ``passphrase`` being the PIN)."""
+    by a key in that PKCS#11 module's token, ``passphrase`` being the PIN). ``kdf_cost``
+    is the Argon2id cost (``keystore.seal``): lowered only for throwaway test homes."""
     home.create()
     try:
         home.lock()
     except HomeBusy:
         raise
     try:
-        keystore.write_key(home.key_path, root, passphrase, hsm=hsm)
+        keystore.write_key(home.key_path, root, passphrase, hsm=hsm, cost=kdf_cost)
         cfg = home.config()
         LocalPackStore(home.store_dir(cfg)).create()
         if generation:

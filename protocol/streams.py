@@ -2,7 +2,9 @@
 
 Every transport (libp2p streams in ``protocol.p2p``, the Unix control socket through
 :class:`TrioStream`, :func:`memory_stream_pair` in tests) is a :class:`Stream`; protocol
-code talks to a :class:`Channel` wrapped around one. Invariants:
+code talks to a :class:`Channel` wrapped around one. A :class:`Host` is what the runtime
+needs of a peer-to-peer host (``protocol.p2p.P2PHost`` over libp2p; the in-process
+``MemoryHost`` of ``node.runtime.testkit``). Invariants:
 
 - every await on the peer (one read, one write of at most 1 MiB) runs under the channel's
   ``timeout``: a frozen peer raises :class:`PeerTimeout`, never hangs; a slow transfer that
@@ -20,7 +22,7 @@ This module and ``protocol.p2p`` are the only ones in ``corestate.protocol`` tha
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 import blake3
@@ -52,6 +54,32 @@ class Stream(Protocol):
     async def send_all(self, data: bytes | memoryview) -> None: ...
 
     async def aclose(self) -> None: ...
+
+
+class Host(Protocol):
+    """A peer-to-peer host as the runtime uses it: streams to and from peers named by
+    their PeerID, which the transport authenticated (Noise in libp2p).
+
+    ``open_stream`` raises ``PeerUnreachable`` when no stream could be opened within
+    ``timeout`` seconds; a handler gets one call per inbound stream, and an exception it
+    raises never reaches the host (the stream is reset instead)."""
+
+    peer_id: str
+
+    def addrs(self) -> list[str]:
+        """Our listen addresses, each ending in ``/p2p/<peer_id>``."""
+        ...
+
+    def add_addrs(self, peer_id: str, addrs: Sequence[str]) -> None: ...
+
+    def connected_peers(self) -> list[str]: ...
+
+    def set_handler(self, protocol_id: str, handler: Callable[[Stream], Awaitable[None]]) -> None: ...
+
+    async def open_stream(self, peer_id: str, protocol_id: str, *, addrs: Sequence[str] = (),
+                          timeout: float = 10.0) -> Stream: ...
+
+    def on_peer_discovered(self, cb: Callable[[str, list[str]], None]) -> None: ...
 
 
 # ---------------------------------------------------------------------------------------
@@ -151,9 +179,14 @@ class MemoryStream:
         await self._out.write(data)
 
     async def aclose(self) -> None:
+        self.abort()
+        await trio.lowlevel.checkpoint()
+
+    def abort(self) -> None:
+        """Close this end at once, from any task, as the death of its process would: the
+        peer reads what was already buffered, then EOF; its writes break. Idempotent."""
         self._out.close_writer()
         self._in.close_reader()
-        await trio.lowlevel.checkpoint()
 
 
 def memory_stream_pair(
@@ -351,6 +384,7 @@ class Channel:
 
 __all__ = [
     "Channel",
+    "Host",
     "MemoryStream",
     "Stream",
     "TrioStream",

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 from corestate.node.core import records
@@ -39,12 +39,9 @@ from corestate.node.peers import AddressBook, split_peer_addr
 from corestate.protocol import group as gw
 from corestate.protocol import messages as m
 from corestate.protocol.errors import ProtocolError
-from corestate.protocol.streams import Channel, Stream
+from corestate.protocol.streams import Channel, Host, Stream
 
 from corestate.errors import CoreStateError
-
-if TYPE_CHECKING:
-    from corestate.protocol.p2p import P2PHost
 
 log = logging.getLogger("corestate.group")
 MAX_SYNC_STREAMS = 8  # served at once, all members together
@@ -56,7 +53,7 @@ MAX_EXCHANGES = 256
 
 
 class GroupService:
-    def __init__(self, host: P2PHost, group: GroupNode, book: AddressBook, *, timeout: float = 20.0,
+    def __init__(self, host: Host, group: GroupNode, book: AddressBook, *, timeout: float = 20.0,
                  interval: float = 20.0, on_change: Any = None, events: Any = None) -> None:
         self.host, self.group, self.book = host, group, book
         self.events = events

@@ -51,11 +51,10 @@ from corestate.node.runtime.vault import SLICE, HeldShare, Incoming, ShareVault
 from corestate.protocol import messages as m
 from corestate.protocol.errors import ProtocolError, RemoteProtocolError
 from corestate.protocol.keys import NodeKeys, public_key_from_peer_id
-from corestate.protocol.p2p import P2PHost
 
 if TYPE_CHECKING:
     from corestate.node.runtime.groupsvc import GroupService
-from corestate.protocol.streams import Channel, Stream
+from corestate.protocol.streams import Channel, Host, Stream
 
 from corestate.errors import CoreStateError
 
@@ -111,7 +110,7 @@ async def _discard(piece: bytes) -> None:
 
 
 class Mesh:
-    def __init__(self, host: P2PHost, keys: NodeKeys, vault: ShareVault, book: AddressBook,
+    def __init__(self, host: Host, keys: NodeKeys, vault: ShareVault, book: AddressBook,
                  ledger: Ledger, events: EventBus, *, timeout: float = 20.0,
                  uploads_in_flight: int = 3, authorized: Callable[[str], bool] | None = None,
                  in_group: Callable[[], bool] | None = None,

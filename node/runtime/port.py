@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from corestate.protocol import control as c
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from corestate.node.peers import AddressBook
     from corestate.node.runtime.events import EventBus
     from corestate.node.runtime.mesh import Mesh
+    from corestate.protocol.streams import Host
 
 T = TypeVar("T")
 log = logging.getLogger("corestate.port")
@@ -112,12 +113,15 @@ class TransientMeshPort:
 
 @asynccontextmanager
 async def open_mesh(node: LocalNode, *, listen: list[str] | None = None, mdns: bool = False,
-                    events: EventBus | None = None) -> AsyncIterator[Mesh]:
-    """The node's libp2p host, share vault and mesh service, for as long as the block runs."""
+                    events: EventBus | None = None, host: Host | None = None) -> AsyncIterator[Mesh]:
+    """The node's libp2p host, share vault and mesh service, for as long as the block runs.
+
+    ``host``: a running host to serve on instead of a libp2p host of our own (the
+    in-process test kit, ``node.runtime.testkit``, passes a ``MemoryHost``); its owner
+    starts and stops it, ``listen`` and ``mdns`` are then unused."""
     from corestate.node.runtime.events import EventBus
     from corestate.node.runtime.mesh import Mesh
     from corestate.node.runtime.vault import ShareVault
-    from corestate.protocol.p2p import open_host
 
     # libp2p logs through a logger of its own that bypasses the root handlers (straight to
     # stderr); route it through ours, and keep only what a user can act on.
@@ -144,7 +148,12 @@ async def open_mesh(node: LocalNode, *, listen: list[str] | None = None, mdns: b
     try:
         apply_quotas()
         addrs = listen if listen is not None else (cfg.listen or ["/ip4/0.0.0.0/tcp/0"])
-        async with open_host(node.keys.identity_seed, addrs, mdns=mdns) as host:
+        if host is None:
+            from corestate.protocol.p2p import open_host
+            hosting: AbstractAsyncContextManager[Host] = open_host(node.keys.identity_seed, addrs, mdns=mdns)
+        else:
+            hosting = nullcontext(host)
+        async with hosting as host:
             mesh = Mesh(host, node.keys, vault, node.book, node.ledger, bus, timeout=cfg.peer_timeout,
                         authorized=node.authorized, in_group=lambda: node.group.in_group,
                         trusted=node.trusted_peers)

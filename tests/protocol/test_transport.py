@@ -1,4 +1,5 @@
-"""One transport suite, run over the in-memory pair and over real libp2p on loopback.
+"""One transport suite, run over the in-memory pair, over the test kit's memory hosts
+(``node.runtime.testkit.MemoryHost``) and over real libp2p on loopback.
 
 Each test gets ``connect(handler)``: it serves ``handler`` on a fresh server stream and
 returns the client end. Whatever the transport, a Channel must carry messages and bulk
@@ -15,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import blake3
 import pytest
 import trio
+from corestate.node.runtime.testkit import MemoryNetwork
 from corestate.protocol import messages as m
 from corestate.protocol.errors import (
     LocalProtocolError,
@@ -35,7 +37,7 @@ PACK = bytes(range(32))
 LOOPBACK = ("/ip4/127.0.0.1/tcp/0",)
 
 
-@pytest.fixture(params=["memory", "libp2p"])
+@pytest.fixture(params=["memory", "memoryhost", "libp2p"])
 async def connect(request: pytest.FixtureRequest, nursery: trio.Nursery) -> AsyncIterator[Connect]:
     if request.param == "memory":
 
@@ -57,6 +59,24 @@ async def connect(request: pytest.FixtureRequest, nursery: trio.Nursery) -> Asyn
 
     server_seed = NodeKeys.from_root(b"\x21" * 32).identity_seed
     client_seed = NodeKeys.from_root(b"\x22" * 32).identity_seed
+    if request.param == "memoryhost":
+        net = MemoryNetwork()
+        async with (
+            net.host(server_seed).serving() as mserver,
+            net.host(client_seed).serving() as mclient,
+        ):
+            mids = itertools.count()
+
+            async def connect_memoryhost(handler: Handler) -> Stream:
+                protocol_id = f"/corestate/test-transport-{next(mids)}/1"
+                mserver.set_handler(protocol_id, handler)
+                stream = await mclient.open_stream(mserver.peer_id, protocol_id, addrs=mserver.addrs())
+                assert stream.remote_peer == mserver.peer_id
+                return stream
+
+            yield connect_memoryhost
+        return
+
     async with (
         open_host(server_seed, LOOPBACK) as server,
         open_host(client_seed, LOOPBACK) as client,

@@ -32,6 +32,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from corestate.node.app import Context, Operation
@@ -135,10 +136,22 @@ def _damage(what: str, oid: bytes, reason: str, files: list[str]) -> Iterator[c.
         start, first = end, False
 
 
-def survey(node: LocalNode, port: Any, *, audit: bool = True
-           ) -> tuple[list[c.SnapshotHealth], list[c.BadShare], dict[str, int]]:
-    """Ask the holders for every share of this node's coded packs: each snapshot's packs by
-    redundancy, the holders that lost or spoiled a share, and the shares by verdict."""
+@dataclass(slots=True)
+class Survey:
+    """What the holders answered: each snapshot's packs by redundancy, the holders that lost
+    or spoiled a share, the shares by verdict, and each pack's redundancy."""
+
+    health: list[c.SnapshotHealth]
+    bad: list[c.BadShare]
+    shares: dict[str, int]
+    per_pack: dict[bytes, str]
+
+    def __iter__(self) -> Iterator[Any]:  # health, bad, shares = survey(...)
+        return iter((self.health, self.bad, self.shares))
+
+
+def survey(node: LocalNode, port: Any, *, audit: bool = True) -> Survey:
+    """Ask the holders for every share of this node's coded packs (see :class:`Survey`)."""
     from corestate.node.runtime.meshops import packs_of  # lazy: the runtime's tree walk
     coded = node.ledger.all()
     verdicts = port.call(lambda mesh: mesh.survey(list(coded), audit=audit))
@@ -165,7 +178,7 @@ def survey(node: LocalNode, port: Any, *, audit: bool = True
         health.append(c.SnapshotHealth(snapshot_id=snap.id.hex(), short_id=snap.short_id, full=tally["full"],
                                        degraded=tally["degraded"], at_risk=tally["at-risk"],
                                        local_only=tally["local-only"]))
-    return health, bad, counts
+    return Survey(health, bad, counts, per_pack)
 
 
 # -- repair ----------------------------------------------------------------------------------

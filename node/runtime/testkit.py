@@ -99,6 +99,7 @@ from corestate.node.local import LocalNode, init_home
 from corestate.node.runtime import meshops
 from corestate.node.runtime.events import EventBus
 from corestate.node.runtime.port import MeshPort, open_mesh
+from corestate.protocol import control as c
 from corestate.protocol.errors import PeerUnreachable
 from corestate.protocol.keys import NodeKeys, peer_id_from_public_key
 from corestate.protocol.streams import MemoryStream, Stream, memory_stream_pair
@@ -106,6 +107,7 @@ from corestate.protocol.streams import MemoryStream, Stream, memory_stream_pair
 from corestate.errors import CoreStateError
 
 if TYPE_CHECKING:
+    from corestate.node.app.backup import PushResult
     from corestate.node.engine.backup import BackupResult
     from corestate.node.engine.restore import RestoreStats
     from corestate.node.group import Invite
@@ -484,11 +486,54 @@ class KitNode:
 
 
 @dataclass(slots=True)
+class Surveyed:
+    """What :meth:`MemoryMesh.survey` found: each pack's redundancy, the holders that lost or
+    spoiled shares (with what), and the shares by verdict."""
+
+    per_pack: dict[bytes, str]
+    bad_holders: dict[str, list[str]]
+    shares: dict[str, int]
+
+
+@dataclass(slots=True)
+class Repaired:
+    """The records of a ``repair`` (node/app/maintain.py), with the summary last."""
+
+    items: list[Any]
+
+    @property
+    def summary(self) -> c.RepairSummary:
+        last = self.items[-1]
+        assert isinstance(last, c.RepairSummary)
+        return last
+
+    @property
+    def rebuilt(self) -> list[c.Rebuilt]:
+        return [x for x in self.items if isinstance(x, c.Rebuilt)]
+
+    @property
+    def placed(self) -> dict[bytes, dict[int, str]]:
+        return {r.pack: dict(r.placed) for r in self.rebuilt}
+
+    @property
+    def failed(self) -> list[str]:
+        return [x.failed for x in self.items if isinstance(x, c.RepairFailure)]
+
+    @property
+    def complete(self) -> bool:
+        return self.summary.complete
+
+    @property
+    def forgotten(self) -> int:
+        return self.summary.forgotten
+
+
+@dataclass(slots=True)
 class Backed:
     """What :meth:`MemoryMesh.backup` did: the engine's result and the push to peers."""
 
     result: BackupResult
-    pushed: meshops.PushResult | None
+    pushed: PushResult | None
     snapshot_id: bytes = field(init=False)
 
     def __post_init__(self) -> None:
@@ -700,11 +745,22 @@ class MemoryMesh:
         """``corestate restore SNAPSHOT --target TARGET [--path P]...`` on node ``i``."""
         return await self.run_sync(i, lambda node, port: _restore(node, port, snapshot, target, list(paths)))
 
-    async def survey(self, i: int, *, audit: bool = True) -> meshops.Survey:
-        return await self.run_sync(i, lambda node, port: meshops.survey(node, port, audit=audit))
+    async def survey(self, i: int, *, audit: bool = True) -> Surveyed:
+        from corestate.node.app.maintain import survey
+        found = await self.run_sync(i, lambda node, port: survey(node, port, audit=audit))
+        bad: dict[str, list[str]] = {}
+        for b in found.bad:
+            bad.setdefault(b.peer, []).append(b.share)
+        return Surveyed(found.per_pack, bad, found.shares)
 
-    async def repair(self, i: int, *, dry_run: bool = False) -> meshops.RepairResult:
-        return await self.run_sync(i, lambda node, port: meshops.repair(node, port, dry_run=dry_run))
+    async def repair(self, i: int, *, dry_run: bool = False) -> Repaired:
+        """The ``repair`` operation of the application layer (node/app/maintain.py)."""
+        from corestate.node.app import Local
+        from corestate.node.app.maintain import repair
+
+        def run(node: LocalNode, port: KitPort) -> Repaired:
+            return Repaired(list(repair(node, c.RepairCall(dry_run=dry_run), Local(port=port))))
+        return await self.run_sync(i, run)
 
     async def create_group(self, i: int, name: str = "office") -> bytes:
         node = self.nodes[i].local()
@@ -775,9 +831,11 @@ def _backup(node: LocalNode, port: KitPort, paths: list[Path], k: int, n: int) -
     engine = Backup(node.repo, node.cfg, skip_dirs=node.skip_dirs(), exclude=list(node.cfg.exclude),
                     state_dir=node.home.path / "snapshots", workers=1)
     result = engine.run(paths)
-    pushed = meshops.push(node, port, k=k, n=n) if meshops.is_mesh_node(node) else None
+    from corestate.node.app.backup import push
+    pushed = push(node, port, k=k, n=n) if meshops.is_mesh_node(node) else None
     if node.group.in_group:
-        node.group.write(meshops.catalog_items(node, result.snapshot_id, pushed))
+        packs = [p.pack for p in pushed.report.packs] if pushed is not None and pushed.report else []
+        node.group.write(meshops.catalog_items(node, result.snapshot_id, packs))
         port.call(lambda mesh: _sync_all(mesh))
     return Backed(result, pushed)
 

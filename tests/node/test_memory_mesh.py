@@ -166,7 +166,7 @@ async def test_repair_after_a_holder_lost_its_shares(tmp_path: Path, homes: Path
         survey = await kit.survey(0)
         assert len(survey.bad_holders[victim.peer_id]) == len(lost)
         plan = await kit.repair(0, dry_run=True)
-        assert {r.pack for r in plan.plan.rebuilds if r.indexes} == {p for p, _ in lost}
+        assert {r.pack for r in plan.rebuilt if r.shares} == {p for p, _ in lost}
         res = await kit.repair(0)
         assert res.complete, res.failed
         assert sum(len(v) for v in res.placed.values()) == len(lost)

@@ -7,10 +7,10 @@ A connection opens with a handshake: the client sends ``Hello`` with the protoco
 it speaks, the daemon answers ``Welcome`` (or ``Failure`` of kind ``version``). Then the
 client sends one request:
 
-- a typed call, e.g. ``StatusCall``, answered by its typed result (``StatusResult``) or a
-  ``Failure`` (kind, message, hint, whether retrying can help);
-- ``Run``: a command line, answered by ``Output``/``Progress`` and one final ``Exit``
-  (how the CLI hands commands over until each has a typed call of its own);
+- a typed call, one message type per operation (``StatusCall``, ``BackupCall``, ...),
+  answered by its typed result — or, for answers that can outgrow a frame, by pages of
+  typed records and ``Done`` — with the operation's events on the way; or by a ``Failure``
+  (kind, message, hint, whether retrying can help);
 - ``Subscribe`` with topics, answered by ``Ok``, then typed events (one message type per
   event kind: ``backup.started``, ``alert``, ``peer.up``, ...) until the client hangs up.
   A subscriber that falls behind loses events, never the daemon's memory: it gets one
@@ -41,53 +41,10 @@ from corestate.protocol.messages import (
 )
 
 CONTROL_VERSION = 2
-MAX_OUTPUT = 1 << 20
-# The largest control message (a Run with 256 arguments of 4096 bytes, or an Output of
-# 1 MiB) plus its envelope fits in this; use it as the control channel's max_frame.
+# The largest control message (a BackupCall with 200 paths of 4096 bytes and 200 excludes
+# of 1024, about 1.03 MB; a page stays under PAGE_BYTES) plus its envelope fits in this; use
+# it as the control channel's max_frame.
 CONTROL_MAX_FRAME = (1 << 20) + (16 << 10)
-
-
-@message
-@dataclass(frozen=True, slots=True)
-class Run(Message):
-    """Run a command line in the daemon, as if typed at a shell in ``cwd``."""
-
-    TYPE: ClassVar[str] = "run"
-    argv: Annotated[tuple[Annotated[str, MaxLen(4096)], ...], MaxItems(256)]
-    cwd: Annotated[str, MaxLen(4096)]
-    tty: bool  # the client is a terminal: progress may be drawn
-    width: Annotated[int, Range(0, 1000)]  # terminal columns, 0 = unknown
-
-
-@message
-@dataclass(frozen=True, slots=True)
-class Output(Message):
-    """Text the command wrote to stdout (fd 1) or stderr (fd 2)."""
-
-    TYPE: ClassVar[str] = "out"
-    fd: Annotated[int, Range(1, 2)]
-    text: Annotated[str, MaxLen(MAX_OUTPUT)]
-
-
-@message
-@dataclass(frozen=True, slots=True)
-class Progress(Message):
-    """How far a long step is: ``done`` of ``total`` ``unit`` (total -1 = unknown)."""
-
-    TYPE: ClassVar[str] = "prog"
-    label: Annotated[str, MaxLen(256)]
-    done: Annotated[int, Range(0, INT64_MAX)]
-    total: Annotated[int, Range(-1, INT64_MAX)]
-    unit: Annotated[str, MaxLen(16)]  # "B", "files", ...
-
-
-@message
-@dataclass(frozen=True, slots=True)
-class Exit(Message):
-    """The command ended with this exit status; the last message of a Run."""
-
-    TYPE: ClassVar[str] = "exit"
-    code: Annotated[int, Range(0, 255)]
 
 
 @message
@@ -98,28 +55,6 @@ class Subscribe(Message):
 
     TYPE: ClassVar[str] = "sub"
     topics: Annotated[tuple[Annotated[str, MaxLen(32)], ...], MaxItems(32)] = ()
-
-
-@message
-@dataclass(frozen=True, slots=True)
-class Event(Message):
-    """Something happened in the daemon (progress, an alert, a peer coming or going)."""
-
-    TYPE: ClassVar[str] = "event"
-    kind: Annotated[str, MaxLen(64)]
-    fields: Annotated[
-        dict[Annotated[str, MaxLen(64)], Annotated[str, MaxLen(4096)] | int | bool],
-        MaxItems(64),
-    ]
-
-
-@message
-@dataclass(frozen=True, slots=True)
-class Input(Message):
-    """Text typed at the client (reserved: a passphrase asked for by a running command)."""
-
-    TYPE: ClassVar[str] = "in"
-    text: Annotated[str, MaxLen(4096)]
 
 
 # -- handshake and failures -----------------------------------------------------------------
@@ -164,6 +99,17 @@ class Failure(Message):
     message: Text
     hint: Annotated[str, MaxLen(1024)]
     retryable: bool
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class Notice(Message):
+    """Words for the calling client only, while its call is under way (``kind`` ``waiting``:
+    another operation holds the command lock; this one starts when it ends)."""
+
+    TYPE: ClassVar[str] = "notice"
+    kind: Name
+    message: Text
 
 
 @message
@@ -1284,14 +1230,9 @@ CONTROL_MESSAGES: tuple[type[Message], ...] = (
     Hello,
     Welcome,
     Failure,
-    Run,
-    Output,
-    Progress,
-    Exit,
+    Notice,
     Subscribe,
-    Event,
     Missed,
-    Input,
     StatusCall,
     StatusResult,
     Done,

@@ -6,7 +6,6 @@ import argparse
 import sys
 from collections.abc import Callable
 from contextlib import AbstractContextManager as ContextManager
-from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -28,11 +27,7 @@ def _passphrase(args: argparse.Namespace, confirm: bool = False) -> bytes:
 
 
 def _open(args: argparse.Namespace, out: Out | None = None) -> ContextManager[LocalNode]:
-    """The node: the daemon's (already open, not closed here) or opened now under the
-    home lock."""
-    daemon = getattr(args, "daemon", None)
-    if daemon is not None:
-        return nullcontext(daemon.node)
+    """The node, opened here under the home lock (no daemon runs for it)."""
     home = Home(args.home)
     home.require()
     node = LocalNode.open(home, _passphrase(args), hsm_module=getattr(args, "hsm_module", None))
@@ -47,24 +42,8 @@ def _open(args: argparse.Namespace, out: Out | None = None) -> ContextManager[Lo
 
 
 def _port(args: argparse.Namespace) -> MeshPort | None:
-    """The way to the mesh: the daemon's, or a transient host started on first use."""
-    daemon = getattr(args, "daemon", None)
-    if daemon is not None:
-        return cast("MeshPort", daemon.port())
+    """The way to the mesh of a command run in place: a transient host started on first use."""
     return cast("MeshPort | None", getattr(args, "mesh_port", None))
-
-
-def _group_round(args: argparse.Namespace, node: LocalNode) -> None:
-    """Tell the other members now (the daemon's anti-entropy would, within a minute)."""
-    port = _port(args)
-    if port is None or not node.group.in_group:
-        return
-    daemon = getattr(args, "daemon", None)
-    if daemon is not None and daemon.mesh.groups is not None:
-        daemon.mesh.groups.kick()
-        return
-
-    port.call(lambda mesh: mesh.groups.sync_all())
 
 
 def invoke(args: argparse.Namespace, out: Out, call: Message,
@@ -74,21 +53,14 @@ def invoke(args: argparse.Namespace, out: Out, call: Message,
     ``on_item`` as they come, and ``Done`` is returned; else the typed result."""
     from corestate.node.app import Local
     from corestate.node.app.registry import OPERATIONS
+    from corestate.node.runtime.client import connect
     op = OPERATIONS[type(call)]
-    if getattr(args, "daemon", None) is None:
-        from corestate.node.runtime.client import connect
-        s = connect(Path(args.home))
-        if s is not None:
-            with s:
-                return _remote(s, call, out, on_item)
+    s = connect(Path(args.home))
+    if s is not None:
+        with s:
+            return _remote(s, call, out, on_item)
     with _open(args, out) as node:
-        daemon = getattr(args, "daemon", None)  # the CLI runs in the daemon (a routed argv)
-        running = None
-        if daemon is not None:
-            from corestate.node.runtime.live import DaemonLive
-            running = DaemonLive(daemon)
-        ctx = Local(on_event=out.emit, on_warn=out.warn, port=_port(args), scheduled=out.scheduled,
-                    running=running, **_lent(args))
+        ctx = Local(on_event=out.emit, on_warn=out.warn, port=_port(args), scheduled=out.scheduled)
         answer = op.run(node, call, ctx)
         if isinstance(answer, Message):
             return answer
@@ -100,15 +72,6 @@ def invoke(args: argparse.Namespace, out: Out, call: Message,
         return c.Done(items=n)
 
 
-def _lent(args: argparse.Namespace) -> dict[str, Any]:
-    """What the daemon running this command lends its operation (node/app: ``Local``)."""
-    daemon = getattr(args, "daemon", None)
-    if daemon is None:
-        return {}
-    groups = daemon.mesh.groups
-    return {"journal": daemon.journal, "kick_members": None if groups is None else groups.kick}
-
-
 def _remote(s: Any, call: Message, out: Out, on_item: Callable[[Any], None] | None) -> Message:
     from corestate.node.runtime.client import Connection, DaemonRefused
     conn = Connection(s)
@@ -117,6 +80,9 @@ def _remote(s: Any, call: Message, out: Out, on_item: Callable[[Any], None] | No
     for msg in conn.messages():
         if isinstance(msg, c.Failure):
             raise DaemonRefused(msg)
+        if isinstance(msg, c.Notice):
+            out.error(msg.message)
+            continue
         if type(msg) in c.EVENTS:
             if out.emit is not None:
                 out.emit(msg)

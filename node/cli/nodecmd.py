@@ -44,13 +44,12 @@ def cmd_node_run(args: argparse.Namespace, out: Out) -> int:
 def cmd_node_info(args: argparse.Namespace, out: Out) -> int:
     from corestate.node.runtime.client import connect
     from corestate.protocol import control as c
-    if getattr(args, "daemon", None) is None:
-        # Only a running daemon knows: say so at once (no passphrase, no home lock).
-        s = connect(Home(args.home).path)
-        if s is None:
-            raise CoreStateError(f"no daemon runs for the home {Home(args.home).path}",
-                                 hint="start one with `corestate node run` (it runs in the foreground)")
-        s.close()
+    # Only a running daemon knows: say so at once (no passphrase, no home lock).
+    s = connect(Home(args.home).path)
+    if s is None:
+        raise CoreStateError(f"no daemon runs for the home {Home(args.home).path}",
+                             hint="start one with `corestate node run` (it runs in the foreground)")
+    s.close()
     res = invoke(args, out, c.NodeInfoCall())
     assert isinstance(res, c.NodeInfoResult)
     vault = c.result_fields(res.held_for_peers)

@@ -2,9 +2,8 @@
 
 Plain blocking sockets and the sans-I/O framing: the CLI does not start trio just to ask.
 Every connection opens with the handshake (``Hello`` → ``Welcome``), then carries one
-request: a command line (``Run``: ``Output`` text, ``Progress`` drawn here as a bar with
-ETA when stderr is a terminal, a final ``Exit``), a typed call (``StatusCall`` →
-``StatusResult``), or a subscription to the event stream.
+request: a typed call (answered by its typed result, or pages and ``Done``, with the
+operation's events on the way), or a subscription to the event stream.
 
 A socket file that nobody answers is stale (a daemon died): the CLI then runs the command
 itself, under the home lock, which a dead daemon no longer holds.
@@ -12,16 +11,13 @@ itself, under the home lock, which a dead daemon no longer holds.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import socket
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from corestate.protocol import control as c
 from corestate.protocol import wire
-from corestate.protocol.errors import ProtocolError, RemoteProtocolError
+from corestate.protocol.errors import RemoteProtocolError
 
 from corestate.errors import CoreStateError
 
@@ -128,39 +124,5 @@ def subscribe(s: socket.socket, topics: tuple[str, ...] = ()) -> Iterator[c.Mess
     return conn.messages()
 
 
-def run_remote(s: socket.socket, argv: list[str], cwd: str,
-               on_progress: Callable[[str, int, int, str], None] | None = None) -> int:
-    """Send ``argv`` to the daemon; relay its output; return its exit code."""
-    tty = sys.stderr.isatty()
-    width = 80
-    with contextlib.suppress(OSError):
-        width = min(1000, os.get_terminal_size(sys.stderr.fileno()).columns)
-    try:
-        conn = Connection(s)
-        s.settimeout(None)  # a long backup prints nothing for minutes without --json
-        conn.send(c.Run(argv=argv, cwd=cwd, tty=tty, width=width))
-        for msg in conn.messages():
-            if isinstance(msg, c.Output):
-                stream = sys.stdout if msg.fd == 1 else sys.stderr
-                stream.write(msg.text)
-                stream.flush()
-            elif isinstance(msg, c.Progress):
-                if on_progress is not None:
-                    on_progress(msg.label, msg.done, msg.total, msg.unit)
-            elif isinstance(msg, c.Exit):
-                return msg.code
-    except DaemonRefused as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
-        return 1
-    except ProtocolError as exc:
-        print(f"error: the daemon sent something unexpected: {exc}", file=sys.stderr)
-        return 1
-    print("error: the daemon closed the connection before the command finished "
-          "(see the daemon's log)", file=sys.stderr)
-    return 1
-
-
-__all__ = ["CLIENT_NAME", "Connection", "DaemonRefused", "call", "connect", "run_remote",
+__all__ = ["CLIENT_NAME", "Connection", "DaemonRefused", "call", "connect",
            "socket_path", "subscribe"]

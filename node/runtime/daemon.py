@@ -1,8 +1,12 @@
 """The node daemon: ``corestate node run``.
 
 Role: holds the home (its lock, keys, repository) for as long as it runs, serves the share
-protocol to peers, runs scheduled backups, and runs the commands CLI clients send over
-the control socket — one at a time, so two writers never touch one home.
+and group protocols to peers, does what the scheduler core (node/core/scheduler.py) hands
+out — backups, retention, repair, anti-entropy rounds — and answers the typed calls of
+control clients (SPEC 8.6) by running the application layer's operations
+(node/app/registry.py); operations that write run one at a time, under the command lock,
+so two writers never touch one home. It never runs a command line: it does not import the
+CLI (an import-linter contract).
 
 Control socket (``<home>/control.sock``): a Unix socket, mode 0600, in a folder only the
 owner can enter. It is bound under a temporary name and renamed into place only when the
@@ -17,14 +21,11 @@ socket is removed.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import io
 import logging
 import math
 import os
 import random
-import shlex
 import signal
 import time
 from collections.abc import Callable
@@ -45,7 +46,6 @@ from corestate.node.runtime.live import DaemonLive
 from corestate.node.runtime.mesh import Mesh
 from corestate.node.runtime.port import MeshPort, open_mesh
 from corestate.protocol import control as c
-from corestate.protocol import wire
 from corestate.protocol.errors import ProtocolError
 from corestate.protocol.messages import Message, Record
 from corestate.protocol.streams import Channel, TrioStream
@@ -57,8 +57,6 @@ log = logging.getLogger("corestate.daemon")
 MAX_CLIENTS = 64  # control connections at once (subscribers included)
 HANDSHAKE_TIMEOUT = 10.0  # seconds a new control client has to say Hello and ask
 
-# Path-valued options of the commands a daemon runs, made absolute against the client's cwd.
-_PATH_FIELDS = ("paths", "target", "passphrase_file", "dir", "phrase_file")
 
 
 class Daemon:
@@ -120,9 +118,7 @@ class Daemon:
                 msg = await self._handshake(ch)
                 if msg is None:
                     return
-                if isinstance(msg, c.Run):
-                    await self._run(ch, msg)
-                elif isinstance(msg, c.Subscribe):
+                if isinstance(msg, c.Subscribe):
                     await self._subscribe(ch, msg)
                 elif isinstance(msg, c.StatusCall):
                     await ch.send(await self._status())
@@ -236,6 +232,10 @@ class Daemon:
                                    hint="the daemon's log has the details; please report it", retryable=False))
 
         if op.lock:
+            if self.command_lock.locked():
+                with contextlib.suppress(ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
+                    await ch.send(c.Notice(kind="waiting", message="waiting for the command already "
+                                           "running in the daemon..."))
             async with self.command_lock:
                 log.info("running: %s", msg.TYPE.replace("-", " "))  # never a field: they may be secrets
                 await trio.to_thread.run_sync(work)
@@ -250,65 +250,6 @@ class Daemon:
                     next_backup=None if at is None else int(at * 1e9),
                     alerts=tuple(self.events.recent_alerts))
         return await trio.to_thread.run_sync(status, self.node, live)
-
-    async def _run(self, ch: Channel, msg: c.Run) -> None:
-        from corestate.node import cli
-        gone = trio.Event()
-        token = self.token
-
-        def write(fd: int, text: str) -> None:
-            if gone.is_set():
-                return
-            for i in range(0, len(text), 1 << 18):
-                try:
-                    trio.from_thread.run(ch.send, c.Output(fd=fd, text=text[i:i + (1 << 18)]), trio_token=token)
-                except (ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
-                    trio.from_thread.run_sync(gone.set, trio_token=token)
-                    return
-
-        def progress(label: str, done: int, total: int, unit: str) -> None:
-            if gone.is_set():
-                return
-            try:
-                trio.from_thread.run(ch.send, c.Progress(label=label[:256], done=max(0, done),
-                                                         total=max(-1, total), unit=unit), trio_token=token)
-            except (ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
-                trio.from_thread.run_sync(gone.set, trio_token=token)
-
-        parser = cli.build_parser()
-        said = io.StringIO()
-        try:
-            # argparse writes its complaint (which may quote an argument) to stderr, which
-            # is the daemon's log: it goes to the client instead.
-            with contextlib.redirect_stderr(said), contextlib.redirect_stdout(said):
-                args = parser.parse_args(msg.argv)
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 2
-            text = said.getvalue()[-4000:]
-            if code:
-                shown = shlex.join(msg.argv)
-                shown = shown if len(shown) <= 2000 else shown[:2000] + " ..."  # an Output has a limit too
-                text += f"error: the daemon could not parse: {shown}\n"
-            await ch.send(c.Output(fd=2, text=text))
-            await ch.send(c.Exit(code=code))
-            return
-        absolutize(args, msg.cwd)
-        args.home = self.node.home.path
-        args.daemon = self
-        as_json = bool(getattr(args, "json", False))
-        out = cli.Out(as_json, write=write, tty=msg.tty, progress=progress if msg.tty else None,
-                      emit=self.events.publish)
-        if self.command_lock.locked():
-            # In the event loop here: send directly (``write`` is for the command's thread).
-            await ch.send(c.Output(fd=2, text="waiting for the command already running in the daemon...\n"))
-        async with self.command_lock:
-            log.info("running: %s", shlex.join(redacted(msg.argv, args)))
-            code = await trio.to_thread.run_sync(_execute, args, out)
-        self.notify(sched.HoldingsChanged(await trio.to_thread.run_sync(self._placed)))
-        with trio.move_on_after(5):
-            await ch.send(c.Exit(code=code))
-
-    # -- scheduled work ------------------------------------------------------------------
 
     def _scheduled_backup(self) -> int:
         """The ``[backup]`` paths, as the schedule asks (the caller holds the command lock;
@@ -515,38 +456,6 @@ def _approx_size(v: object) -> int:
     return 9
 
 
-def _execute(args: argparse.Namespace, out: Any) -> int:
-    """A command in the daemon: a bug in one must not end the connection without a word."""
-    from corestate.node import cli
-    try:
-        return cli.execute(args, out)
-    except Exception as exc:
-        log.exception("command failed")
-        out.error(f"error: internal error in the daemon: {type(exc).__name__}: {exc} "
-                  "(the daemon's log has the details; please report it)")
-        return 1
-
-
-def redacted(argv: list[str], args: argparse.Namespace | None = None) -> list[str]:
-    """``argv`` for the log: secrets replaced — an invite token (`group join TOKEN`: the
-    parsed token, and anything shaped like one wherever it stands)."""
-    from corestate.node.group import TOKEN_PREFIX
-    token = getattr(args, "token", None)
-    return ["<invite token>" if TOKEN_PREFIX in a or (token is not None and a == token) else a
-            for a in argv]
-
-
-def absolutize(args: argparse.Namespace, cwd: str) -> None:
-    """Make the path options of ``args`` absolute against the client's working folder."""
-    base = Path(cwd)
-    for name in _PATH_FIELDS:
-        v = getattr(args, name, None)
-        if isinstance(v, list):
-            setattr(args, name, [str(base / os.path.expanduser(x)) for x in v])
-        elif isinstance(v, (str, Path)):
-            setattr(args, name, str(base / os.path.expanduser(str(v))))
-
-
 def _start_journal(node: LocalNode) -> Journal | None:
     """Watch the configured paths for changes, so scheduled and CLI backups of them walk
     only what changed (any doubt -> a full walk; kernel/journal.py)."""
@@ -594,4 +503,4 @@ async def run_daemon(home: Home, passphrase: bytes, listen: list[str] | None, *,
     return 0
 
 
-__all__ = ["Daemon", "absolutize", "redacted", "run_daemon", "wire"]
+__all__ = ["Daemon", "run_daemon"]

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import stat
@@ -185,7 +184,7 @@ def test_a_command_sent_while_another_runs_waits_its_turn(node_down: LocalMesh, 
         with s:
             conn = Connection(s)
             s.settimeout(300)
-            conn.send(c.Run(argv=("snapshots", "--json"), cwd="/", tty=False, width=0))
+            conn.send(c.SnapshotsCall())
             replies = list(conn.messages())
         out, err = first.communicate(timeout=300)
     finally:
@@ -193,11 +192,11 @@ def test_a_command_sent_while_another_runs_waits_its_turn(node_down: LocalMesh, 
             first.kill()
     assert first.returncode == 0, err
     # The second client was told it waits, and got its answer once the backup was done.
-    assert isinstance(replies[-1], c.Exit) and replies[-1].code == 0, replies
-    said = [r.text for r in replies if isinstance(r, c.Output)]
-    assert any("waiting for the command already running" in t for t in said), said
-    listed = json.loads([t for t in said if t.startswith("[")][-1])
-    assert last_json(out)["snapshot_id"] in [s["id"] for s in listed]
+    assert isinstance(replies[-1], c.Done), replies
+    assert any(isinstance(r, c.Notice) and r.kind == "waiting"
+               and "waiting for the command already running" in r.message for r in replies), replies
+    listed = [snap.snapshot_id for r in replies if isinstance(r, c.SnapshotsPage) for snap in r.snapshots]
+    assert last_json(out)["snapshot_id"] in listed
 
 
 def test_standalone_node_backs_up_as_before(node_down: LocalMesh, tmp_path: Path) -> None:
@@ -280,7 +279,7 @@ def test_localmesh_start_returns_for_a_daemon_that_already_runs(node_down: Local
 
 
 def test_control_frames_are_held_to_the_spec_limit(node_down: LocalMesh) -> None:
-    """SPEC §8.6: 1,064,960 bytes. The largest Run fits and is answered; a longer frame is
+    """SPEC §8.6: 1,064,960 bytes. The largest call fits and is answered; a longer frame is
     refused as soon as its length is read (the daemon closes without waiting for a body)."""
     import socket as sk
 
@@ -290,17 +289,18 @@ def test_control_frames_are_held_to_the_spec_limit(node_down: LocalMesh) -> None
     assert c.CONTROL_MAX_FRAME == 1_064_960
     mesh = node_down
     mesh.start(0)
-    largest = wire.encode_frame(c.encode(c.Run(argv=("x" * 4096,) * 256, cwd="/" + "d" * 4095, tty=False,
-                                               width=1000)))
+    largest = wire.encode_frame(c.encode(c.BackupCall(
+        paths=tuple(b"/nowhere/" + b"d" * 4087 for _ in range(200)), exclude=tuple("e" * 1024 for _ in range(200)),
+        k=0, n=0, estimate=False, skipped=False)))
     assert len(largest) - len(wire.encode_varint(len(largest))) <= c.CONTROL_MAX_FRAME
     s = connect(mesh.nodes[0].home, timeout=30)
     assert s is not None
     with s:
         s.sendall(wire.encode_frame(c.encode(c.Hello(version=c.CONTROL_VERSION, client="test"))) + largest)
         got = b""
-        while b"could not parse" not in got and (data := s.recv(1 << 16)):
+        while b"no such file" not in got and (data := s.recv(1 << 16)):
             got += data
-        assert b"could not parse" in got  # read, decoded and answered
+        assert b"no such file" in got  # read, decoded and answered (the paths do not exist)
     s = connect(mesh.nodes[0].home, timeout=15)
     assert s is not None
     with s:

@@ -41,12 +41,9 @@ def node_info_seconds(home: Path) -> float:
     assert s is not None, "no daemon answers the control socket"
     with s:
         s.settimeout(30)
-        conn = client.Connection(s)
-        conn.send(c.Run(argv=("node", "info"), cwd="/", tty=False, width=0))
-        for msg in conn.messages():
-            if isinstance(msg, c.Exit):
-                return time.monotonic() - start
-    raise AssertionError("the daemon closed the control socket before Exit")
+        reply = client.call(s, c.NodeInfoCall())
+        assert isinstance(reply, c.NodeInfoResult)
+        return time.monotonic() - start
 
 
 def flood_payload() -> bytes:

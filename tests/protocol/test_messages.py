@@ -277,7 +277,7 @@ def test_envelope_mistakes_are_refused(cls: type[Message]) -> None:
 
 def test_each_codec_knows_only_its_own_messages() -> None:
     put = messages.encode(messages.PutShare(pack=bytes(32), index=0, size=0, digest=bytes(32)))
-    run = messages.encode(control.Run(argv=("ls",), cwd="/", tty=False, width=0))
+    run = messages.encode(control.LsCall(snapshot="latest", path=b"", recursive=False))
     with pytest.raises(RemoteProtocolError, match="unknown message type"):
         control.decode(put)
     with pytest.raises(RemoteProtocolError, match="unknown message type"):

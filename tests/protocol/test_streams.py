@@ -72,12 +72,14 @@ async def test_messages_both_ways(pair: Pair) -> None:
 async def test_control_messages_with_the_control_codec(pair: Pair) -> None:
     a = Channel(pair[0], timeout=5, max_frame=control.CONTROL_MAX_FRAME, decode=control.decode)
     b = Channel(pair[1], timeout=5, max_frame=control.CONTROL_MAX_FRAME, decode=control.decode)
-    big = control.Output(fd=1, text="x" * control.MAX_OUTPUT)
+    big = control.BackupCall(paths=tuple(b"/" + b"p" * 4095 for _ in range(200)),
+                             exclude=tuple("e" * 1024 for _ in range(200)), k=2, n=4, estimate=False,
+                             skipped=False)
     async with trio.open_nursery() as n:
         n.start_soon(a.send, big)
         assert await b.receive() == big
-    await b.send(control.Exit(code=0))
-    assert await a.receive() == control.Exit(code=0)
+    await b.send(control.Done(items=0))
+    assert await a.receive() == control.Done(items=0)
 
 
 async def test_frozen_peer_times_out(pair: Pair) -> None:

@@ -95,12 +95,13 @@ class Connection:
 
 
 def call(s: socket.socket, request: c.Message) -> c.Message:
-    """A typed call: its typed result, or DaemonRefused (the events it causes are skipped)."""
+    """A typed call with a single answer: its typed result, or DaemonRefused (the events it
+    causes and notices such as ``waiting`` are skipped)."""
     conn = Connection(s)
     conn.sock.settimeout(120.0)
     conn.send(request)
     reply = conn.receive()
-    while reply is not None and type(reply) in c.EVENTS:
+    while reply is not None and (type(reply) in c.EVENTS or isinstance(reply, c.Notice)):
         reply = conn.receive()
     if reply is None:
         raise CoreStateError("the daemon closed the connection without an answer",

@@ -56,6 +56,7 @@ log = logging.getLogger("corestate.daemon")
 
 MAX_CLIENTS = 64  # control connections at once (subscribers included)
 HANDSHAKE_TIMEOUT = 10.0  # seconds a new control client has to say Hello and ask
+WAIT_NOTICE_AFTER = 0.5  # a call that waits longer for the command lock is told it waits
 
 
 
@@ -232,13 +233,20 @@ class Daemon:
                                    hint="the daemon's log has the details; please report it", retryable=False))
 
         if op.lock:
-            if self.command_lock.locked():
+            # The one before may be finishing (its answer sent, the lock not yet free): say
+            # that this call waits only when the wait is a real one.
+            with trio.move_on_after(WAIT_NOTICE_AFTER):
+                await self.command_lock.acquire()
+            if self.command_lock.statistics().owner is not trio.lowlevel.current_task():
                 with contextlib.suppress(ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
                     await ch.send(c.Notice(kind="waiting", message="waiting for the command already "
                                            "running in the daemon..."))
-            async with self.command_lock:
+                await self.command_lock.acquire()
+            try:
                 log.info("running: %s", msg.TYPE.replace("-", " "))  # never a field: they may be secrets
                 await trio.to_thread.run_sync(work)
+            finally:
+                self.command_lock.release()
             self.notify(sched.HoldingsChanged(await trio.to_thread.run_sync(self._placed)))
         else:
             await trio.to_thread.run_sync(work)

@@ -298,9 +298,10 @@ def test_control_frames_are_held_to_the_spec_limit(node_down: LocalMesh) -> None
     with s:
         s.sendall(wire.encode_frame(c.encode(c.Hello(version=c.CONTROL_VERSION, client="test"))) + largest)
         got = b""
-        while b"no such file" not in got and (data := s.recv(1 << 16)):
+        while b"retryable" not in got and (data := s.recv(1 << 16)):
             got += data
-        assert b"no such file" in got  # read, decoded and answered (the paths do not exist)
+        # Read, decoded and answered: a Failure naming the first path (none exists).
+        assert b"fail" in got and b"/nowhere/ddd" in got, got[-300:]
     s = connect(mesh.nodes[0].home, timeout=15)
     assert s is not None
     with s:

@@ -8,9 +8,9 @@ hosts with fresh identities speaking the wire protocol through ``corestate.proto
 
 - **memory**: a stranger sends 8 concurrent 60 MiB PUTs; the rise of the daemon's peak
   RSS (``VmHWM`` of /proc/<pid>/status, before and after). Target: < 200 MiB.
-- **``node info`` latency** over the control socket, as the CLI sends it (a ``Run`` of
-  ``node info --json``, read until ``Exit``; measured in a separate process so that the
-  flood's own CPU here does not count), median and max of ``--calls`` calls: with no
+- **``node info`` latency** over the control socket, as the CLI sends it (``corestate node
+  info --json`` run in a separate process, so that the flood's own CPU here does not
+  count; the interpreter's start is not in the time), median and max of ``--calls`` calls: with no
   load, then while each flood runs. Target: < 1 s. The floods:
   - AUDIT requests, 4 at a time, against a stranger's 48 MiB share of 1 KiB blocks;
   - over-quota PUTs of 60 MiB, 4 at a time (the stranger already holds 48 MiB);
@@ -64,23 +64,19 @@ SHARE_PROTOCOL = "/corestate/share/1"
 MEMORY_TARGET = 200 * MiB
 LATENCY_TARGET = 1.0
 
-# Measured in a child process, with the CLI's own client (whatever the control protocol of
-# the checkout is): connect, run `node info --json`, read until its exit status; one JSON
-# list of seconds on stdout.
+# Measured in a child process, with the CLI itself (whatever the control protocol of the
+# checkout is): `corestate node info --json` through the daemon; one JSON list of seconds
+# on stdout.
 _LATENCY_PROBE = r"""
-import contextlib, io, json, os, sys, time
+import contextlib, io, json, sys, time
 from pathlib import Path
-from corestate.node.runtime import client
+from corestate.node.cli import main
 home, calls, pause = Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
 out = []
 for _ in range(calls):
     t = time.monotonic()
-    s = client.connect(home, timeout=120)
-    if s is None:
-        raise SystemExit("no daemon answers")
     with contextlib.redirect_stdout(io.StringIO()):
-        code = client.run_remote(s, ["node", "info", "--json"], os.getcwd())
-    s.close()
+        code = main(["--home", str(home), "node", "info", "--json"])
     if code != 0:
         raise SystemExit(f"node info exited {code}")
     out.append(time.monotonic() - t)

@@ -411,10 +411,10 @@ def _delete_packs(node: LocalNode, ctx: Context, plan: Any, gone: set[bytes]) ->
         node.ledger.doom(rows)  # no way to the holders now: a later prune or repair asks them
     if node.group.in_group and (packs or gone):
         from corestate.node.core import catalog as cat
-        from corestate.node.runtime.meshops import PACK_KEY
+        from corestate.node.core import records
         own = node.group.own_entries()
         tomb: dict[bytes, bytes | None] = {}
-        for key in [cat.snapshot_key(s) for s in gone] + [PACK_KEY + p for p in packs]:
+        for key in [cat.snapshot_key(s) for s in gone] + [records.placement_key(p) for p in packs]:
             if own.get(key) is not None:
                 tomb[key] = None
         node.group.write(tomb)

@@ -71,13 +71,14 @@ def rebuild_from_partition(node: LocalNode, ctx: Context) -> c.Recovered:
     """Rebuild the share ledger and the index from this node's records in the catalog:
     its own partition, or (after a move to a new identity generation) the newest
     partition of one of its earlier identities."""
-    import cbor2
+    from corestate.node.core import records
     from corestate.node.runtime import meshops
     me = node.keys.peer_id
     port = _port(ctx)
 
     def has_records(author: str) -> bool:  # snapshots or packs, not just an address advert
-        return any(k[:1] in (b"s", meshops.PACK_KEY) for k in node.group.catalog.entries(author))
+        return any(records.kind(k) in (records.Kind.SNAPSHOT, records.Kind.PLACEMENT)
+                   for k in node.group.catalog.entries(author))
     source = me
     if not has_records(me):
         source = next((old for old in node.earlier_ids if has_records(old)), me)
@@ -87,32 +88,35 @@ def rebuild_from_partition(node: LocalNode, ctx: Context) -> c.Recovered:
         # The old identity's sealed values are bound to its PeerID: re-seal for this one.
         from corestate.node.core import catalog as cat
         for k, v in list(entries.items()):
-            if k[:1] == b"s":
+            if records.kind(k) == records.Kind.SNAPSHOT:
                 try:
                     plain = cat.open_value(node.keys.catalog_key, source, k, v)
                 except CoreStateError:
                     del entries[k]
                     continue
                 entries[k] = cat.seal_value(node.keys.catalog_key, me, k, plain)
-        entries.pop(b"a", None)
+        entries.pop(records.ADDRS_KEY, None)
     old_epoch = head[0] if head else 0
     node.group.set_epoch(old_epoch + 1)
     packs = 0
     for key, value in list(entries.items()):
-        if not key.startswith(meshops.PACK_KEY) or len(key) != 33:
+        if records.kind(key) != records.Kind.PLACEMENT:
             continue
-        pid = key[1:]
-        k, n, size, shares, *rest = cbor2.loads(value)
-        owner = rest[0] if rest else ("" if source == me else source)
-        node.ledger.begin_pack(pid, k, n, size, owner=owner)
-        if owner and len(rest) == 0:
+        try:
+            rec = records.Placement.decode(key, value)
+        except records.CorruptRecord as exc:
+            ctx.warn(f"placement record of pack {key[1:].hex()[:16]} unreadable: {exc}")
+            continue
+        owner = rec.owner or ("" if source == me else source)
+        node.ledger.begin_pack(rec.pack, rec.k, rec.n, rec.size, owner=owner)
+        if owner and not rec.owner:
             # Carried into this identity's partition: say whose name the holders filed it under.
-            entries[key] = cbor2.dumps([k, n, size, shares, owner], canonical=True)
-        for index, holder, root, ssize in shares:
-            node.ledger.record_share(pid, index, holder, root, ssize)
-        node.ledger.set_local(pid, False)
+            entries[key] = records.Placement(rec.pack, rec.k, rec.n, rec.size, rec.holders, owner).value()
+        for h in rec.holders:
+            node.ledger.record_share(rec.pack, h.index, h.peer, h.root, h.size)
+        node.ledger.set_local(rec.pack, False)
         packs += 1
-    found = sum(1 for k in entries if k[:1] == b"s")
+    found = sum(1 for k in entries if records.kind(k) == records.Kind.SNAPSHOT)
     fetched = meshops.fetch(node, port, node.ledger.remote_only())
     problems = node.repo.sync()
     keep = node.metadata_packs()

@@ -57,6 +57,7 @@ log = logging.getLogger("corestate.daemon")
 MAX_CLIENTS = 64  # control connections at once (subscribers included)
 HANDSHAKE_TIMEOUT = 10.0  # seconds a new control client has to say Hello and ask
 WAIT_NOTICE_AFTER = 0.5  # a call that waits longer for the command lock is told it waits
+PEER_POLL = 2.0  # seconds between looks at which trusted peers are connected
 
 
 
@@ -339,6 +340,22 @@ class Daemon:
                         except trio.WouldBlock:
                             break
 
+    async def watch_peers(self, every: float = PEER_POLL) -> None:
+        """``peer.up`` / ``peer.down`` events for the peers this node deals with (trusted
+        peers and group members): a connection to one opened or closed. Connections open
+        when there is something to say (a backup, a sync round, a survey), so a peer that
+        is down shows as down once a connection to it broke or could not be made."""
+        up: set[str] = set()
+        while True:
+            mine = set(await trio.to_thread.run_sync(self.node.trusted_peers))
+            now = set(self.mesh.host.connected_peers()) & mine
+            for peer in sorted(now - up):
+                self.events.publish(c.PeerUp(time_ns=time.time_ns(), peer_id=peer))
+            for peer in sorted(up - now):
+                self.events.publish(c.PeerDown(time_ns=time.time_ns(), peer_id=peer))
+            up = now
+            await trio.sleep(every)
+
     async def _advertise(self, groups: Any) -> None:
         if groups.group.in_group:
             await trio.to_thread.run_sync(groups.advertise)
@@ -495,6 +512,7 @@ async def run_daemon(home: Home, passphrase: bytes, listen: list[str] | None, *,
                 async with trio.open_nursery() as nursery:
                     path = await nursery.start(daemon.serve_control)
                     nursery.start_soon(daemon.scheduler)
+                    nursery.start_soon(daemon.watch_peers)
                     addrs = mesh.host.addrs()
                     log.info("node %s ready; listening on %s; control socket %s",
                              node.keys.peer_id, " ".join(addrs), path)

@@ -161,10 +161,6 @@ def placement_items(node: LocalNode, packs: Iterable[bytes]) -> dict[bytes, byte
     return items
 
 
-# The key prefix of placement records (node/core/records.py).
-PACK_KEY = records.PACK_PREFIX
-
-
 def catalog_items(node: LocalNode, snapshot_id: bytes, packs: Iterable[bytes]) -> dict[bytes, bytes | None]:
     """Catalog entries for a finished backup: the snapshot record (sealed: it names
     paths) and, per pack coded in this run (``packs``), its code and every acknowledged

@@ -281,3 +281,23 @@ def test_a_failing_call_says_what_to_do(solo: LocalMesh) -> None:
         call(s, c.DiffCall(a="nope", b="latest"))
     assert refused.value.kind and str(refused.value)
     alive(solo)
+
+
+def test_peers_going_up_and_down_are_events(tmp_path: Path) -> None:
+    mesh = make_mesh(tmp_path / "m", 2)
+    mesh.start()
+    try:
+        owner, holder = mesh.nodes
+        s = raw(mesh)
+        with s:
+            events = subscribe(s, ("peer",))
+            s.settimeout(60)
+            src = random_tree(tmp_path / "src", 2, seed=5)
+            mesh.run(owner, "backup", str(src), "--json", check=False)  # talks to the holder
+            ev = next(events)
+            assert isinstance(ev, c.PeerUp) and ev.peer_id == holder.peer_id
+            mesh.kill(1)
+            ev = next(events)
+            assert isinstance(ev, c.PeerDown) and ev.peer_id == holder.peer_id
+    finally:
+        mesh.close()

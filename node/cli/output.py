@@ -8,7 +8,6 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 
@@ -133,33 +132,6 @@ def _every(seconds: float, tick: Callable[[], None]) -> Iterator[None]:
     finally:
         stop.set()
         t.join()
-
-
-def _text(x: bytes | str | Path, limit: int = 1000) -> str:
-    """Any path as wire text: valid UTF-8 (undecodable bytes replaced), at most ``limit``
-    characters (4 KiB)."""
-    b = x if isinstance(x, bytes) else os.fsencode(x)
-    return b.decode("utf-8", "replace")[:limit]
-
-
-@contextmanager
-def _progress_events(out: Out, make: Callable[[], Any]) -> Iterator[None]:
-    """In a daemon: a typed progress event every second while the block runs, and one at
-    its end however short it was, so every subscriber sees every operation move."""
-    emit = out.emit
-    if emit is None:
-        yield
-        return
-    with _every(1.0, lambda: emit(make())):
-        yield
-    emit(make())
-
-
-def _eta(done: int, total: int, seconds: float) -> int:
-    """Seconds left at the rate so far; -1 while that says nothing."""
-    if total <= done or done <= 0 or seconds <= 0.5:
-        return -1
-    return int((total - done) / (done / seconds))
 
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INCOMPLETE = 0, 1, 2, 3

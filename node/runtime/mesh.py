@@ -41,7 +41,7 @@ import trio
 from corestate.erasure import share as sharefmt
 from corestate.erasure.errors import CorruptShare, InvalidParameters, NotEnoughShares
 from corestate.node.core.admission import Admission
-from corestate.node.core.placement import Candidate, place, rank, replace
+from corestate.node.core.placement import Candidate, place, replace
 from corestate.node.core.repair import Audit, Verdict, audit_block, best, judge_share, share_blocks
 from corestate.node.errors import QuotaExceeded, ShareNotFound, ShareRejected, StoreError
 from corestate.node.ledger import Ledger, ShareRow
@@ -700,6 +700,3 @@ class Mesh:
         sig = self.signer.sign(m.delete_signing_bytes(peer, pack, index, nonce)).signature
         await self.request(peer, m.DeleteShare(pack=pack, index=index, holder=peer, nonce=nonce, signature=sig))
         self.ledger.forget(pack, index, peer)
-
-    def holders_ranked(self, pack: bytes) -> list[str]:
-        return rank(pack, [Candidate(e.peer, 1) for e in self.book.trusted()])

@@ -22,8 +22,9 @@ at once. Without them the whole tree is walked, and the members are told by a sy
 through ``ctx.mesh()`` before the operation returns (a CLI without a daemon ends its
 transient host right after).
 
-The mesh is reached only through ``ctx.mesh()``; ``choose_code`` and ``catalog_items`` are
-still read from node/runtime/meshops.py, imported lazily in ``_push`` and ``_record``.
+The mesh is reached only through ``ctx.mesh()``; ``catalog_items`` is still read from
+node/runtime/meshops.py, imported lazily in ``_record``. The code and which packs to
+(re)code are decided in node/core/coding.py.
 """
 
 from __future__ import annotations
@@ -196,7 +197,7 @@ def _push(node: LocalNode, call: c.BackupCall, ctx: Context, watch: _Watch) -> P
 
 def push(node: LocalNode, port: Any, *, k: int = 0, n: int = 0, progress: Progress | None = None) -> PushResult:
     """Put every local pack that is not fully placed on the mesh (``port``: a MeshPort)."""
-    from corestate.node.runtime.meshops import choose_code
+    from corestate.node.core.coding import by_code, choose_code, packs_to_code
     from corestate.node.runtime.reports import UploadReport
     cands, offline = port.call(lambda mesh: mesh.candidates())
     online = [cd.peer for cd in cands]
@@ -207,20 +208,12 @@ def push(node: LocalNode, port: Any, *, k: int = 0, n: int = 0, progress: Progre
         return res
     k, n = choose_code(len(cands), k, n, node.cfg.k, node.cfg.n)
     store = node.repo.store
-    coded = node.ledger.all()
-    todo: list[tuple[bytes, int, int]] = []
-    for pid in sorted(store.local_ids()):
-        cp = coded.get(pid)
-        if cp is None:
-            todo.append((pid, k, n))
-        elif cp.placed < cp.n:
-            todo.append((pid, cp.k, cp.n))  # top up a degraded pack with its own code
+    todo = packs_to_code(store.local_ids(), node.ledger.all(), k, n)
     res = PushResult(k, n, online, offline, None)
     if progress is not None:
         progress.total = len(todo)
     report = UploadReport()
-    for (kk, nn) in sorted({(a, b) for _, a, b in todo}):
-        group = [p for p, a, b in todo if (a, b) == (kk, nn)]
+    for (kk, nn), group in by_code(todo):
 
         async def up(mesh: Mesh, group: list[bytes] = group, kk: int = kk, nn: int = nn) -> UploadReport:
             return await mesh.upload(store.get, group, kk, nn, cands, progress)

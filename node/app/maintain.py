@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from corestate.node.app import Context, Operation
 from corestate.node.core.redundancy import classify
+from corestate.node.core.repair import Verdict
 from corestate.node.local import LocalNode
 from corestate.protocol import control as c
 from corestate.protocol.messages import Message
@@ -161,12 +162,12 @@ def survey(node: LocalNode, port: Any, *, audit: bool = True) -> Survey:
     counts: dict[str, int] = {}
     for pid, cp in coded.items():
         v = verdicts.get(pid, {})
-        ok = sum(1 for x in v.values() if x == "ok")
+        ok = sum(1 for x in v.values() if x is Verdict.OK)
         for row in cp.shares:
-            x = v.get(row.index, "unreachable")
-            counts[x] = counts.get(x, 0) + 1
-            if x in ("corrupt", "missing"):
-                bad.append(c.BadShare(peer=row.peer, share=f"share {row.index} of pack {pid.hex()[:12]} {x}"))
+            x = v.get(row.index, Verdict.UNREACHABLE)
+            counts[x.value] = counts.get(x.value, 0) + 1
+            if x in (Verdict.CORRUPT, Verdict.MISSING):
+                bad.append(c.BadShare(peer=row.peer, share=f"share {row.index} of pack {pid.hex()[:12]} {x.value}"))
         per_pack[pid] = classify(ok, cp.k, cp.n, local=ok < cp.k and store.has_local(pid)).value
     for pid in store.local_ids():
         per_pack.setdefault(pid, "local-only")
@@ -210,11 +211,11 @@ def _repair(node: LocalNode, call: c.RepairCall, ctx: Context) -> list[c.RepairI
     tick = Ticks(ctx, lambda d, t: c.RepairProgress(time_ns=time.time_ns(), packs_done=d, packs=t))
     tick(0, 0)
     coded = node.ledger.all()
-    rows: dict[tuple[bytes, int, str], str] = {}
+    rows: dict[tuple[bytes, int, str], Verdict] = {}
     port.call(lambda mesh: mesh.survey(list(coded), audit=True, per_holder=rows))
     store = node.repo.store
     plan = plan_repair(
-        PackHealth(pid, cp.k, cp.n, tuple(ShareState(r.index, r.peer, rows.get((pid, r.index, r.peer), "unreachable"))
+        PackHealth(pid, cp.k, cp.n, tuple(ShareState(r.index, r.peer, rows.get((pid, r.index, r.peer), Verdict.UNREACHABLE))
                                           for r in cp.shares), store.has_local(pid))
         for pid, cp in coded.items())
     placed: dict[bytes, dict[int, str]] = {}

@@ -7,8 +7,10 @@ it rebuilds the missing indexes from any k good shares (or from the owner's loca
 the pack, which costs no download) and places each on a new holder. Shares are ciphertext,
 so rebuilding needs no data key.
 
-Pure: no I/O, no clock. The runtime surveys the holders, asks :func:`plan_repair`, carries
-the plan out, and records what it placed.
+Pure: no I/O, no clock, no global randomness. The runtime surveys the holders (judging each
+answer with :func:`judge_share`, auditing the block :func:`audit_block` picks, keeping the
+:func:`best` verdict per share index), asks :func:`plan_repair`, carries the plan out, and
+records what it placed.
 
 Rules (each decision carries its reasons):
 
@@ -22,10 +24,74 @@ Rules (each decision carries its reasons):
 
 from __future__ import annotations
 
+import enum
+import math
+import random
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-VERDICTS = ("ok", "missing", "corrupt", "unreachable")
+
+class Verdict(enum.Enum):
+    """What one holder's copy of one share looked like. The values are what leaves the
+    process (the CLI's text and JSON), so they never change."""
+
+    OK = "ok"
+    MISSING = "missing"
+    CORRUPT = "corrupt"
+    UNREACHABLE = "unreachable"
+
+
+VERDICTS = tuple(v.value for v in Verdict)
+
+# Best first, when several holders answer for one share index: a good copy anywhere makes the
+# index good; a corrupt copy is worse news than a missing one only in that it was there
+# (an alert is raised for it), and an unreachable holder tells nothing at all.
+_RANK = {Verdict.OK: 0, Verdict.CORRUPT: 1, Verdict.MISSING: 2, Verdict.UNREACHABLE: 3}
+
+
+def best(a: Verdict | None, b: Verdict) -> Verdict:
+    """The better of two holders' verdicts for one share index (``a`` None: none yet)."""
+    return b if a is None or _RANK[b] < _RANK[a] else a
+
+
+class Audit(enum.Enum):
+    """How a holder answered an AUDIT of one block."""
+
+    PROVED = "proved"  # the proof checks against the recorded root
+    FAILED = "failed"  # a proof that does not check: the holder's copy is spoiled
+    REFUSED = "refused"  # the holder says it has no such share (after all)
+    UNREACHABLE = "unreachable"
+
+
+def judge_share(expected_size: int, has_size: int | None, audit: Audit | None = None) -> Verdict:
+    """One holder's verdict for one share: ``has_size`` is the size its HAS answered (None:
+    the HAS went unanswered), ``audit`` the AUDIT's outcome (None: not audited; the caller
+    audits only a share of the right size)."""
+    if has_size is None:
+        return Verdict.UNREACHABLE
+    if has_size != expected_size:
+        return Verdict.MISSING  # a wrong size is no copy of this share
+    if audit is None or audit is Audit.PROVED:
+        return Verdict.OK
+    if audit is Audit.REFUSED:
+        return Verdict.MISSING
+    if audit is Audit.UNREACHABLE:
+        return Verdict.UNREACHABLE
+    return Verdict.CORRUPT
+
+
+def share_blocks(share_size: int, header_size: int, block_size: int) -> int:
+    """How many blocks the body of a share of ``share_size`` bytes has (at least one)."""
+    return max(1, math.ceil((share_size - header_size) / block_size))
+
+
+def audit_block(blocks: int, rng: random.Random) -> int:
+    """The block of a share (of ``blocks`` blocks) to audit. The runtime passes an
+    unpredictable ``rng`` (the holder must not know ahead which block will be asked, or it
+    could keep only those); tests pass a seeded one."""
+    if blocks < 1:
+        raise ValueError(f"a share has at least one block, not {blocks}")
+    return rng.randrange(blocks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +100,7 @@ class ShareState:
 
     index: int
     peer: str
-    verdict: str  # one of VERDICTS
+    verdict: Verdict
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +113,7 @@ class PackHealth:
 
     @property
     def good(self) -> frozenset[int]:
-        return frozenset(s.index for s in self.shares if s.verdict == "ok")
+        return frozenset(s.index for s in self.shares if s.verdict is Verdict.OK)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,10 +153,10 @@ def plan_repair(packs: Iterable[PackHealth]) -> RepairPlan:
     full = 0
     for p in sorted(packs, key=lambda h: h.pack):
         for s in p.shares:
-            if s.verdict not in VERDICTS:
+            if not isinstance(s.verdict, Verdict):
                 raise ValueError(f"unknown verdict {s.verdict!r}")
         good = p.good
-        forget = tuple(sorted((s.index, s.peer) for s in p.shares if s.verdict in ("missing", "corrupt")))
+        forget = tuple(sorted((s.index, s.peer) for s in p.shares if s.verdict in (Verdict.MISSING, Verdict.CORRUPT)))
         needed = tuple(i for i in range(p.n) if i not in good)
         if not needed:
             full += 1
@@ -114,11 +180,11 @@ def plan_repair(packs: Iterable[PackHealth]) -> RepairPlan:
 
 
 def _holders(p: PackHealth) -> tuple[tuple[int, str], ...]:
-    return tuple(sorted((s.index, s.peer) for s in p.shares if s.verdict == "ok"))
+    return tuple(sorted((s.index, s.peer) for s in p.shares if s.verdict is Verdict.OK))
 
 
 def _why(p: PackHealth, index: int) -> str:
     states = [s for s in p.shares if s.index == index]
     if not states:
         return f"share {index}: never placed"
-    return f"share {index}: " + ", ".join(f"{s.verdict} at {s.peer[-8:]}" for s in states)
+    return f"share {index}: " + ", ".join(f"{s.verdict.value} at {s.peer[-8:]}" for s in states)

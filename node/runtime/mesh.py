@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import os
+import random
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -41,7 +41,8 @@ import trio
 from corestate.erasure import share as sharefmt
 from corestate.erasure.errors import CorruptShare, InvalidParameters, NotEnoughShares
 from corestate.node.core.admission import Admission
-from corestate.node.core.placement import Candidate, place, rank, replace
+from corestate.node.core.placement import Candidate, place, replace
+from corestate.node.core.repair import Audit, Verdict, audit_block, best, judge_share, share_blocks
 from corestate.node.errors import QuotaExceeded, ShareNotFound, ShareRejected, StoreError
 from corestate.node.ledger import Ledger, ShareRow
 from corestate.node.peers import AddressBook
@@ -590,29 +591,29 @@ class Mesh:
         got[row.index] = data
 
     async def survey(self, packs: Sequence[bytes], *, audit: bool = True,
-                     seed: bytes | None = None,
-                     per_holder: dict[tuple[bytes, int, str], str] | None = None,
-                     ) -> dict[bytes, dict[int, str]]:
+                     rng: random.Random | None = None,
+                     per_holder: dict[tuple[bytes, int, str], Verdict] | None = None,
+                     ) -> dict[bytes, dict[int, Verdict]]:
         """Ask every holder which shares it has (HAS) and, with ``audit``, prove one block
-        of each (AUDIT against the recorded root). Returns, per pack, share index -> the
-        verdict ``"ok"``, ``"missing"``, ``"corrupt"`` or ``"unreachable"`` (best verdict
-        over its holders); ``per_holder``, when given, gets each (pack, index, holder)'s."""
+        of each (AUDIT against the recorded root). Returns, per pack, share index -> its
+        verdict (the best over its holders); ``per_holder``, when given, gets each
+        (pack, index, holder)'s. The judging is node/core/repair.py's.
+
+        The audited block is drawn from ``rng``, by default the system's CSPRNG: a holder
+        that could predict it could keep only the blocks that will be asked for."""
         coded = {p: self.ledger.get(p) for p in packs}
         by_peer: dict[str, list[ShareRow]] = {}
         for c in coded.values():
             if c is not None:
                 for r in c.shares:
                     by_peer.setdefault(r.peer, []).append(r)
-        verdicts: dict[bytes, dict[int, str]] = {p: {} for p in packs}
-        order = {"ok": 0, "corrupt": 1, "missing": 2, "unreachable": 3}
-        salt = seed or os.urandom(16)
+        verdicts: dict[bytes, dict[int, Verdict]] = {p: {} for p in packs}
+        pick = rng or random.SystemRandom()
 
-        def mark(row: ShareRow, verdict: str) -> None:
+        def mark(row: ShareRow, verdict: Verdict) -> None:
             if per_holder is not None:
                 per_holder[(row.pack, row.index, row.peer)] = verdict
-            cur = verdicts[row.pack].get(row.index)
-            if cur is None or order[verdict] < order[cur]:
-                verdicts[row.pack][row.index] = verdict
+            verdicts[row.pack][row.index] = best(verdicts[row.pack].get(row.index), verdict)
 
         async def ask(peer: str, rows: list[ShareRow]) -> None:
             sizes: list[int] = []
@@ -623,31 +624,28 @@ class Mesh:
                     sizes.extend(reply.sizes)
             except (ProtocolError, MeshError):
                 for r in rows:
-                    mark(r, "unreachable")
+                    mark(r, judge_share(r.size, None))
                 return
             if len(sizes) != len(rows):
                 sizes = [-1] * len(rows)  # a confused holder: count its shares as missing
             for r, size in zip(rows, sizes, strict=True):
-                if size != r.size:
-                    mark(r, "missing")
+                if size != r.size or not audit:
+                    mark(r, judge_share(r.size, size))
                     continue
-                if not audit:
-                    mark(r, "ok")
-                    continue
-                blocks = max(1, math.ceil((r.size - sharefmt.HEADER_SIZE) / sharefmt.DEFAULT_BLOCK_SIZE))
-                block = int.from_bytes(blake3.blake3(salt + r.pack + bytes([r.index])).digest()[:8], "big") % blocks
+                blocks = share_blocks(r.size, sharefmt.HEADER_SIZE, sharefmt.DEFAULT_BLOCK_SIZE)
+                block = audit_block(blocks, pick)
                 try:
                     reply, _ = await self.request(peer, m.AuditShare(pack=r.pack, index=r.index, block=block))
                 except PeerRefused:
-                    mark(r, "missing")
+                    mark(r, judge_share(r.size, size, Audit.REFUSED))
                     continue
                 except (ProtocolError, MeshError):
-                    mark(r, "unreachable")
+                    mark(r, judge_share(r.size, size, Audit.UNREACHABLE))
                     continue
-                if sharefmt.verify_proof(r.root, block, reply.proof):
-                    mark(r, "ok")
-                else:
-                    mark(r, "corrupt")
+                proved = sharefmt.verify_proof(r.root, block, reply.proof)
+                verdict = judge_share(r.size, size, Audit.PROVED if proved else Audit.FAILED)
+                mark(r, verdict)
+                if verdict is Verdict.CORRUPT:
                     self.events.publish("alert", what="failed-audit", peer=peer, pack=r.pack.hex(), index=r.index)
         async with trio.open_nursery() as nursery:
             for peer, rows in by_peer.items():
@@ -702,6 +700,3 @@ class Mesh:
         sig = self.signer.sign(m.delete_signing_bytes(peer, pack, index, nonce)).signature
         await self.request(peer, m.DeleteShare(pack=pack, index=index, holder=peer, nonce=nonce, signature=sig))
         self.ledger.forget(pack, index, peer)
-
-    def holders_ranked(self, pack: bytes) -> list[str]:
-        return rank(pack, [Candidate(e.peer, 1) for e in self.book.trusted()])

@@ -10,7 +10,6 @@ A node with no trusted peer is a standalone repository: nothing here runs.
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
@@ -29,15 +28,6 @@ if TYPE_CHECKING:
 
 def is_mesh_node(node: LocalNode) -> bool:
     return bool(node.trusted_peers())
-
-
-def choose_code(online: int, k: int, n: int, cfg_k: int, cfg_n: int) -> tuple[int, int]:
-    n = n or cfg_n or min(4, online)
-    k = k or cfg_k or max(1, math.ceil(n / 2))
-    if not 1 <= k <= n <= 255:
-        raise CoreStateError(f"erasure code k={k} n={n} is not possible",
-                             hint="use 1 <= k <= n <= 255, e.g. `--k 2 --n 4`")
-    return k, n
 
 
 def packs_of(node: LocalNode, snap: SnapshotInfo, includes: list[bytes] | None = None) -> set[bytes]:
@@ -176,5 +166,5 @@ def catalog_items(node: LocalNode, snapshot_id: bytes, packs: Iterable[bytes]) -
     return items
 
 
-__all__ = ["catalog_items", "choose_code", "delete_shares", "drop_fetched", "fetch", "is_mesh_node",
+__all__ = ["catalog_items", "delete_shares", "drop_fetched", "fetch", "is_mesh_node",
            "packs_of", "placement_items", "short"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from corestate.node.core.repair import PackHealth, ShareState, plan_repair
+from corestate.node.core.repair import PackHealth, ShareState, Verdict, plan_repair
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -12,7 +12,7 @@ A, B, C, D = "peer-a", "peer-b", "peer-c", "peer-d"
 
 def health(shares: list[tuple[int, str, str]], *, k: int = 2, n: int = 4, local: bool = False,
            pack: bytes = b"\1" * 32) -> PackHealth:
-    return PackHealth(pack, k, n, tuple(ShareState(i, p, v) for i, p, v in shares), local)
+    return PackHealth(pack, k, n, tuple(ShareState(i, p, Verdict(v)) for i, p, v in shares), local)
 
 
 def test_a_full_pack_needs_nothing() -> None:
@@ -52,6 +52,8 @@ def test_a_share_never_placed_is_rebuilt_and_a_bad_copy_beside_a_good_one_is_for
 def test_an_unknown_verdict_is_refused() -> None:
     with pytest.raises(ValueError):
         plan_repair([health([(0, A, "fine")])])
+    with pytest.raises(ValueError):  # a bare string is no verdict either
+        plan_repair([PackHealth(b"\1" * 32, 1, 1, (ShareState(0, A, "ok"),), False)])  # type: ignore[arg-type]
 
 
 verdicts = st.sampled_from(["ok", "missing", "corrupt", "unreachable"])

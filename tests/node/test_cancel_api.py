@@ -6,6 +6,7 @@ A call cancelled while it waits for the command lock never starts."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -15,11 +16,11 @@ import pytest
 from corestate.node.runtime.client import Connection, call, connect
 from corestate.node.runtime.localmesh import LocalMesh
 from corestate.protocol import control as c
-from meshutil import make_mesh, wait_for
+from meshutil import make_mesh, popen, wait_for
 
 pytestmark = pytest.mark.slow
 
-FILES = 512  # of 1 MiB: a backup that lasts seconds even on a fast machine
+FILES = 1024  # of 1 MiB: a backup that lasts seconds even on a fast, idle machine
 MIB = 1 << 20
 LANDED = 8 * MIB  # cancel once this much is stored: the next backup must reuse it
 
@@ -106,16 +107,15 @@ def next_backup_reuses(mesh: LocalMesh, src: Path, before: int, landed: int) -> 
 
 
 def forget_all(mesh: LocalMesh) -> None:
-    """Back to an empty store, so the next test starts from nothing."""
+    """Back to an empty store (no snapshot, no pack of a cancelled backup), so the next test
+    starts from nothing."""
+    ids = [x.snapshot_id for x in snapshots(mesh)]
     with raw(mesh) as s:
         conn = Connection(s)
         s.settimeout(300)
-        ids = [x.snapshot_id for x in snapshots(mesh)]
-        if not ids:
-            return
         conn.send(c.ForgetCall(snapshots=tuple(ids), keep_last=0, keep_hourly=0, keep_daily=0,
                                keep_weekly=0, keep_monthly=0, keep_yearly=0, keep_within="",
-                               prune=True, dry_run=False))
+                               prune=True, dry_run=False) if ids else c.PruneCall(dry_run=False))
         replies = list(conn.messages())
     assert isinstance(replies[-1], c.Done), replies[-1]
 
@@ -190,3 +190,27 @@ def test_a_call_cancelled_while_it_waits_for_the_lock_never_runs(solo: LocalMesh
     with raw(solo) as s2:
         res = call(s2, c.StatusCall())
     assert isinstance(res, c.StatusResult)
+
+
+def test_ctrl_c_in_the_cli_cancels_the_daemons_backup(solo: LocalMesh, big: Path) -> None:
+    forget_all(solo)
+    before = len(snapshots(solo))
+    node = solo.nodes[0]
+    log = node.home / "daemon.log"
+    seen = log.read_text().count("cancelled by its client")
+    p = popen(solo, node, "backup", "--json", str(big))
+    try:
+        # The CLI's JSON status lines come from the daemon's progress events: it is running.
+        assert p.stdout is not None
+        line = p.stdout.readline()
+        assert line.startswith("{"), line
+        time.sleep(0.3)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130, err
+    assert "cancelled; what was stored so far is kept and reused next time" in err
+    wait_for(lambda: log.read_text().count("cancelled by its client") > seen, 10, "the daemon to cancel")
+    assert len(snapshots(solo)) == before

@@ -69,6 +69,18 @@ class ConfigError(NodeError):
         self.path = path
 
 
+class Cancelled(NodeError):
+    """The operation was stopped at a safe point because its client asked (``Cancel``, a
+    closed connection, Ctrl-C): nothing half-written, what landed is kept."""
+
+    retryable = True
+
+    def __init__(self, what: str = "the operation") -> None:
+        super().__init__(f"{what} was cancelled",
+                         hint="run it again; what was stored so far is kept")
+        self.what = what
+
+
 class StoreError(NodeError):
     """The pack store could not do what was asked."""
 

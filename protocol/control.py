@@ -10,7 +10,8 @@ client sends one request:
 - a typed call, one message type per operation (``StatusCall``, ``BackupCall``, ...),
   answered by its typed result — or, for answers that can outgrow a frame, by pages of
   typed records and ``Done`` — with the operation's events on the way; or by a ``Failure``
-  (kind, message, hint, whether retrying can help);
+  (kind, message, hint, whether retrying can help); while it runs the client may send
+  ``Cancel`` (or hang up) to stop it at a safe point;
 - ``Subscribe`` with topics, answered by ``Ok``, then typed events (one message type per
   event kind: ``backup.started``, ``alert``, ``peer.up``, ...) until the client hangs up.
   A subscriber that falls behind loses events, never the daemon's memory: it gets one
@@ -110,6 +111,16 @@ class Notice(Message):
     TYPE: ClassVar[str] = "notice"
     kind: Name
     message: Text
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class Cancel(Message):
+    """From the client, while its call runs: stop it at the next safe point. The call is
+    answered ``Failure`` of kind ``cancelled`` (a call still waiting for the command lock
+    never starts). Closing the connection mid-call cancels it too."""
+
+    TYPE: ClassVar[str] = "cancel"
 
 
 @message
@@ -1231,6 +1242,7 @@ CONTROL_MESSAGES: tuple[type[Message], ...] = (
     Welcome,
     Failure,
     Notice,
+    Cancel,
     Subscribe,
     Missed,
     StatusCall,

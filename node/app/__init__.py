@@ -15,14 +15,18 @@ Invariants:
   the daemon for a client run the same function;
 - operations that write (or must not interleave with writers) run under the daemon's
   command lock, one at a time (``Operation.lock``);
+- an operation stops only where it leaves the home consistent: it calls ``ctx.check()``
+  at its safe points (between files, packs, batches), which raises ``Cancelled`` once its
+  client asked to stop; what landed before is kept (the next run reuses it);
 - nothing here imports the CLI or the runtime (import-linter contracts): the mesh is
   reached through ``Context.mesh()``, a port the caller provides.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 from corestate.protocol.messages import Message, Record
@@ -61,6 +65,12 @@ class Context(Protocol):
     def live(self) -> Running | None:
         """The running daemon the operation runs in, or None (a CLI without a daemon)."""
 
+    def cancelled(self) -> bool:
+        """Whether the client asked to stop the operation."""
+
+    def check(self) -> None:
+        """Raise ``Cancelled`` if the client asked to stop (call only at a safe point)."""
+
 
 Answer: TypeAlias = Message | Iterator[Record]
 
@@ -92,6 +102,7 @@ class Local:
     journal: Any = None
     kick_members: Callable[[], None] | None = None
     running: Running | None = None  # the CLI runs in the daemon (a command it still runs as argv)
+    stop: threading.Event = field(default_factory=threading.Event)  # set: cancel at the next check
 
     def emit(self, ev: Message) -> None:
         if self.on_event is not None:
@@ -107,5 +118,18 @@ class Local:
     def live(self) -> Running | None:
         return self.running
 
+    def cancelled(self) -> bool:
+        return self.stop.is_set()
 
-__all__ = ["Answer", "Context", "Local", "Operation", "Running"]
+    def check(self) -> None:
+        check_stop(self.stop)
+
+
+def check_stop(stop: threading.Event) -> None:
+    """``Cancelled`` when ``stop`` is set: the body of every context's ``check``."""
+    if stop.is_set():
+        from corestate.node.errors import Cancelled
+        raise Cancelled()
+
+
+__all__ = ["Answer", "Context", "Local", "Operation", "Running", "check_stop"]

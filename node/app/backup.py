@@ -83,7 +83,8 @@ def _backup(node: LocalNode, call: c.BackupCall, ctx: Context) -> Iterator[Backu
     engine = Backup(node.repo, node.cfg, skip_dirs=node.skip_dirs(),
                     exclude=node.cfg.exclude + list(call.exclude), stats=stats,
                     state_dir=node.home.path / "snapshots",
-                    changes=None if journal is None else lambda: journal.changes_since(prev[0]))
+                    changes=None if journal is None else lambda: journal.changes_since(prev[0]),
+                    check=ctx.check)
     new_token = ""
     if journal is not None:
         prev[0] = _journal_token(node, engine.fingerprint_salt)

@@ -77,8 +77,10 @@ def check(node: LocalNode, call: c.CheckCall, ctx: Context) -> Iterator[c.CheckI
     if call.rebuild_index:
         index_packs = _rebuild_index(node, ctx, items)
     tick = Ticks(ctx, lambda d, t: c.CheckProgress(time_ns=time.time_ns(), packs_done=d, packs=t))
-    report = check_store(node.repo, read_data=call.read_data,
-                         progress=lambda n, t: tick(n, t, final=n == t),
+    def progress(n: int, t: int) -> None:
+        ctx.check()  # between packs: a check only reads, it may stop anywhere
+        tick(n, t, final=n == t)
+    report = check_store(node.repo, read_data=call.read_data, progress=progress,
                          remote=node.ledger.remote_only())
     port = ctx.mesh()
     surveyed = port is not None and bool(node.trusted_peers() or node.ledger.remote_only())
@@ -227,6 +229,8 @@ def _repair(node: LocalNode, call: c.RepairCall, ctx: Context) -> list[c.RepairI
         tick(0, len(work))
         done = 0
         for r in work:
+            if ctx.cancelled():
+                break  # between packs: what was placed is recorded below, then Cancelled
             try:
                 data = store.get(r.pack) if r.source == "local" else port.call(
                     lambda mesh, pack=r.pack: mesh.fetch(pack))
@@ -255,7 +259,7 @@ def _repair(node: LocalNode, call: c.RepairCall, ctx: Context) -> list[c.RepairI
                     node.ledger.forget(r.pack, index, peer)
                     forgotten += 1
         # Shares of pruned packs whose holders were out of reach then: ask again.
-        if node.ledger.doomed():
+        if node.ledger.doomed() and not ctx.cancelled():
             from corestate.node.runtime import meshops  # lazy: deleting runs trio tasks
             deletes_done, _ = meshops.delete_shares(node, port)
             deletes_left = len(node.ledger.doomed())
@@ -265,6 +269,7 @@ def _repair(node: LocalNode, call: c.RepairCall, ctx: Context) -> list[c.RepairI
             # Where the shares are now, for the members (the owner's partition).
             node.group.write(meshops.placement_items(node, changed))
             tell_members(node, ctx)
+        ctx.check()
     complete = not failed and not plan.unrepairable and all(
         set(r.indexes) <= set(placed.get(r.pack, {})) for r in plan.rebuilds)
     items: list[c.RepairItem] = [

@@ -59,7 +59,7 @@ def _restore(node: LocalNode, call: c.RestoreCall, ctx: Context) -> Iterator[Res
     fetched = [] if call.dry_run else _fetch(node, ctx, snap, includes, stats, t0)
     try:
         with ticking(ctx, lambda: _event("dry-run" if call.dry_run else "write", stats, t0)):
-            Restore(node.repo, stats=stats).run(snap, Path(os.fsdecode(call.target)), includes,
+            Restore(node.repo, stats=stats, check=ctx.check).run(snap, Path(os.fsdecode(call.target)), includes,
                                                 dry_run=call.dry_run)
     finally:
         if fetched:

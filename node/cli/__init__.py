@@ -25,6 +25,7 @@ from corestate.node.cli.output import (
     EXIT_INCOMPLETE,
     EXIT_OK,
     EXIT_USAGE,
+    CancelledByUser,
     Out,
 )
 from corestate.node.cli.parser import build_parser
@@ -83,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 port.close()
         return execute(args, out)
+    except CancelledByUser:
+        print("cancelled; what was stored so far is kept and reused next time", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("interrupted; what was stored so far is kept and reused next time", file=sys.stderr)
         return 130

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager as ContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from corestate.node import keystore
-from corestate.node.cli.output import Out
+from corestate.node.cli.output import CancelledByUser, Out
 from corestate.node.home import Home
 from corestate.node.local import LocalNode
 from corestate.protocol import control as c
@@ -72,11 +74,32 @@ def invoke(args: argparse.Namespace, out: Out, call: Message,
         return c.Done(items=n)
 
 
+CANCEL_WAIT = 5.0  # seconds the CLI waits for the daemon to confirm a cancel
+
+
 def _remote(s: Any, call: Message, out: Out, on_item: Callable[[Any], None] | None) -> Message:
-    from corestate.node.runtime.client import Connection, DaemonRefused
+    from corestate.node.runtime.client import Connection
     conn = Connection(s)
     s.settimeout(None)  # a long operation may send nothing for a while
     conn.send(call)
+    try:
+        return _answer(conn, out, on_item)
+    except KeyboardInterrupt:
+        # Ctrl-C: the daemon stops the call at its next safe point (SPEC §8.6); wait a
+        # little for its word, then leave (closing the connection cancels it anyway).
+        with contextlib.suppress(OSError, CoreStateError):
+            conn.send(c.Cancel())
+            s.settimeout(CANCEL_WAIT)
+            deadline = time.monotonic() + CANCEL_WAIT
+            while time.monotonic() < deadline:
+                msg = conn.receive()
+                if msg is None or isinstance(msg, c.Failure) or type(msg) not in c.EVENTS:
+                    break
+        raise CancelledByUser() from None
+
+
+def _answer(conn: Any, out: Out, on_item: Callable[[Any], None] | None) -> Message:
+    from corestate.node.runtime.client import DaemonRefused
     for msg in conn.messages():
         if isinstance(msg, c.Failure):
             raise DaemonRefused(msg)

@@ -23,6 +23,10 @@ def _human(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
+
+class CancelledByUser(KeyboardInterrupt):
+    """Ctrl-C while the daemon ran the call: it was asked to stop (``Cancel``, SPEC §8.6)."""
+
 class Out:
     """Where words, JSON and progress go: this terminal, or a CLI client of the daemon.
 

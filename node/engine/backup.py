@@ -194,8 +194,12 @@ class Backup:
         state_dir: Path | None = None,
         allow_providers: tuple[str, ...] = ("btrfs", "reflink", "plain"),
         changes: Callable[[], ChangeSet] | None = None,
+        check: Callable[[], None] | None = None,
     ) -> None:
         self.repo = repo
+        # Called before each file is read; what it raises stops the walk like any error
+        # there (packs already landed stay, no snapshot is written): a cancel's safe point.
+        self._check = check
         # The change journal's answer, asked once per protected path right after its
         # snapshot is open: directories it does not name (nor anything below them) are
         # taken whole from the directory cache without being listed.
@@ -627,6 +631,8 @@ class Backup:
                 self.stats.bytes_total += st.st_size
                 return node
         # To be read by a worker: big files alone, small ones in batches.
+        if self._check is not None:
+            self._check()
         self.stats.current = key
         if st.st_size >= SMALL_BATCH_BYTES:
             plan = self._increment_plan(path, st, cached)

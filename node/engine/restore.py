@@ -32,6 +32,7 @@ import os
 import secrets
 import stat
 import threading
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,8 +64,11 @@ class RestoreStats:
 
 class Restore:
     def __init__(self, repo: Repository, *, workers: int | None = None,
-                 stats: RestoreStats | None = None) -> None:
+                 stats: RestoreStats | None = None, check: Callable[[], None] | None = None) -> None:
         self.repo = repo
+        # Called between batches of files: what it raises (a cancel) stops the restore
+        # there, the files written so far left in place.
+        self._check = check or (lambda: None)
         self.stats = stats or RestoreStats()
         # More threads than cores: much of a restore waits on the file system.
         self.workers = workers or max(2, (os.cpu_count() or 2))
@@ -293,6 +297,7 @@ class Restore:
         """
         if self.workers <= 1 or len(batches) < 2:
             for b in batches:
+                self._check()
                 self._write_files(b)
             return
         global _ACTIVE
@@ -304,6 +309,11 @@ class Restore:
                     self.stats.files += files
                     self.stats.bytes_written += written
                     self.stats.errors.extend(errors)
+                    try:
+                        self._check()
+                    except BaseException:
+                        pool.shutdown(wait=True, cancel_futures=True)  # the batches not begun
+                        raise
         finally:
             _ACTIVE = None
 

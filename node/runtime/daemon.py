@@ -27,17 +27,19 @@ import math
 import os
 import random
 import signal
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import trio
 from corestate.kernel.journal import Journal
-from corestate.node.app import Operation
+from corestate.node.app import Operation, check_stop
 from corestate.node.app.registry import OPERATIONS
 from corestate.node.core import scheduler as sched
+from corestate.node.errors import Cancelled
 from corestate.node.home import Home
 from corestate.node.local import LocalNode
 from corestate.node.runtime.client import socket_path
@@ -46,7 +48,7 @@ from corestate.node.runtime.live import DaemonLive
 from corestate.node.runtime.mesh import Mesh
 from corestate.node.runtime.port import MeshPort, open_mesh
 from corestate.protocol import control as c
-from corestate.protocol.errors import ProtocolError
+from corestate.protocol.errors import PeerTimeout, ProtocolError
 from corestate.protocol.messages import Message, Record
 from corestate.protocol.streams import Channel, TrioStream
 
@@ -184,6 +186,7 @@ class Daemon:
         ``Failure`` with what to do."""
         token = self.token
         gone = trio.Event()
+        stop = threading.Event()  # the client asked to stop: the operation's ctx.check() raises
 
         def send(m: Message) -> None:
             if gone.is_set():
@@ -200,7 +203,7 @@ class Daemon:
                 send(ev)
 
         def work() -> None:
-            ctx = _DaemonContext(emit, self)
+            ctx = _DaemonContext(emit, self, stop=stop)
             try:
                 answer = op.run(self.node, msg, ctx)
                 if isinstance(answer, Message):
@@ -223,8 +226,12 @@ class Daemon:
             except (CoreStateError, OSError) as exc:
                 hint = getattr(exc, "hint", "") if isinstance(exc, CoreStateError) else ""
                 text = str(exc) if isinstance(exc, CoreStateError) else f"{exc.strerror or exc}: {exc.filename or ''}"
+                kind = type(exc).__name__[:64]
+                if isinstance(exc, Cancelled):
+                    kind = "cancelled"
+                    log.info("%s cancelled by its client; what landed is kept", msg.TYPE)
                 with contextlib.suppress(_ClientGone):
-                    send(c.Failure(kind=type(exc).__name__[:64], message=text[:4000], hint=hint[:1000],
+                    send(c.Failure(kind=kind, message=text[:4000], hint=hint[:1000],
                                    retryable=bool(getattr(exc, "retryable", False))))
             except Exception as exc:  # a bug in one operation must not end the connection wordlessly
                 log.exception("%s failed", msg.TYPE)
@@ -233,7 +240,38 @@ class Daemon:
                                    f"{type(exc).__name__}: {exc}"[:4000],
                                    hint="the daemon's log has the details; please report it", retryable=False))
 
-        if op.lock:
+        waiting = trio.CancelScope()  # the wait for the command lock, ended by a Cancel
+
+        async def watch_client() -> None:
+            # While the call runs the client may say only Cancel; its EOF (or garbage) is
+            # a cancel too: nobody is left to read the answer.
+            try:
+                while True:
+                    try:
+                        m = await ch.receive_or_eof()
+                    except PeerTimeout:
+                        continue  # a long call, a quiet client: nothing half-read, keep waiting
+                    if m is None or isinstance(m, c.Cancel):
+                        break
+                    log.info("control client sent %s during %s: ignored", m.TYPE, msg.TYPE)
+            except ProtocolError:
+                pass
+            stop.set()
+            waiting.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch_client)
+            await self._run_call(ch, msg, op, work, waiting, stop)
+            nursery.cancel_scope.cancel()
+
+    async def _run_call(self, ch: Channel, msg: Message, op: Operation, work: Callable[[], None],
+                        waiting: trio.CancelScope, stop: threading.Event) -> None:
+        """``work`` in a worker thread, under the command lock when ``op`` needs it; a call
+        cancelled while it waits for the lock never starts."""
+        if not op.lock:
+            await trio.to_thread.run_sync(work)
+            return
+        with waiting:
             # The one before may be finishing (its answer sent, the lock not yet free): say
             # that this call waits only when the wait is a real one.
             with trio.move_on_after(WAIT_NOTICE_AFTER):
@@ -243,14 +281,20 @@ class Daemon:
                     await ch.send(c.Notice(kind="waiting", message="waiting for the command already "
                                            "running in the daemon..."))
                 await self.command_lock.acquire()
-            try:
-                log.info("running: %s", msg.TYPE.replace("-", " "))  # never a field: they may be secrets
-                await trio.to_thread.run_sync(work)
-            finally:
+        if self.command_lock.statistics().owner is not trio.lowlevel.current_task() or stop.is_set():
+            if self.command_lock.statistics().owner is trio.lowlevel.current_task():
                 self.command_lock.release()
-            self.notify(sched.HoldingsChanged(await trio.to_thread.run_sync(self._placed)))
-        else:
+            log.info("%s cancelled by its client before it started", msg.TYPE)
+            exc = Cancelled()
+            with contextlib.suppress(ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
+                await ch.send(c.Failure(kind="cancelled", message=str(exc), hint=exc.hint, retryable=True))
+            return
+        try:
+            log.info("running: %s", msg.TYPE.replace("-", " "))  # never a field: they may be secrets
             await trio.to_thread.run_sync(work)
+        finally:
+            self.command_lock.release()
+        self.notify(sched.HoldingsChanged(await trio.to_thread.run_sync(self._placed)))
 
     async def _status(self) -> c.StatusResult:
         from corestate.node.app.status import Live, status
@@ -445,6 +489,7 @@ class _DaemonContext:
     _emit: Callable[[Message], None]
     daemon: Daemon
     scheduled: bool = False
+    stop: threading.Event = field(default_factory=threading.Event)  # set by the client's Cancel
 
     def emit(self, ev: Message) -> None:
         self._emit(ev)
@@ -457,6 +502,12 @@ class _DaemonContext:
 
     def live(self) -> DaemonLive:
         return DaemonLive(self.daemon)
+
+    def cancelled(self) -> bool:
+        return self.stop.is_set()
+
+    def check(self) -> None:
+        check_stop(self.stop)
 
     # What the daemon lends an operation besides the mesh (node/app/backup.py).
 

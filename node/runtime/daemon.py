@@ -168,9 +168,15 @@ class Daemon:
             async with trio.open_nursery() as nursery:
                 async def watch_client() -> None:
                     # Nothing more is expected from a subscriber: its EOF (or anything it
-                    # sends) ends the subscription at once, not at the next event.
+                    # sends) ends the subscription at once, not at the next event. Silence
+                    # is what a subscriber does: hours of it end nothing.
                     with contextlib.suppress(ProtocolError):
-                        await ch.receive_or_eof()
+                        while True:
+                            try:
+                                await ch.receive_or_eof()
+                                break
+                            except PeerTimeout:
+                                continue
                     nursery.cancel_scope.cancel()
                 nursery.start_soon(watch_client)
                 async for ev in sub:

@@ -301,3 +301,25 @@ def test_peers_going_up_and_down_are_events(tmp_path: Path) -> None:
             assert isinstance(ev, c.PeerDown) and ev.peer_id == holder.peer_id
     finally:
         mesh.close()
+
+
+async def test_a_silent_subscriber_stays_subscribed_and_its_hang_up_ends_it() -> None:
+    # Hours of silence are what a subscriber does (here: many read timeouts of 50 ms).
+    from corestate.node.runtime.daemon import Daemon
+    from corestate.protocol.streams import Channel, memory_stream_pair
+    daemon = Daemon.__new__(Daemon)
+    daemon.events = EventBus()
+    ours, theirs = memory_stream_pair()
+    server = Channel(ours, timeout=0.05, max_frame=c.CONTROL_MAX_FRAME, decode=c.decode)
+    client = Channel(theirs, timeout=5, max_frame=c.CONTROL_MAX_FRAME, decode=c.decode)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(daemon._subscribe, server, c.Subscribe(topics=()))
+        assert isinstance(await client.receive(), c.Ok)
+        await trio.sleep(0.5)
+        daemon.events.publish(alert("test", "still here"))
+        ev = await client.receive()
+        assert isinstance(ev, c.Alert) and ev.message == "still here"
+        await client.aclose()
+        with trio.fail_after(5):  # the hang-up ends the subscription
+            while daemon.events.subscribers:
+                await trio.sleep(0.01)

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from corestate.node.app import Context, Operation
+from corestate.node.app.ticker import every
 from corestate.node.local import LocalNode
 from corestate.protocol import control as c
 
@@ -321,18 +322,8 @@ def ticking(ctx: Context, make: Callable[[], c.Message]) -> Iterator[None]:
     """A progress event when the block starts, every second while it runs, and when it
     ends (not when it fails: a failed event follows), so every phase is seen to move."""
     ctx.emit(make())
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.wait(1.0):
-            ctx.emit(make())
-    t = threading.Thread(target=loop, daemon=True)
-    t.start()
-    try:
+    with every(1.0, lambda: ctx.emit(make())):
         yield
-    finally:
-        stop.set()
-        t.join()
     ctx.emit(make())
 
 

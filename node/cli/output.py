@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import os
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
+
+from corestate.node.app.ticker import every as _every
 
 
 def _fs(b: bytes) -> str:
@@ -119,23 +120,6 @@ def progress_bar() -> Iterator[Callable[[str, int, int | None, str], None]]:
         progress.update(task, description=desc, completed=done, total=total, detail=detail)
     with progress:
         yield update
-
-
-@contextmanager
-def _every(seconds: float, tick: Callable[[], None]) -> Iterator[None]:
-    """Call ``tick`` from a background thread every ``seconds`` while the block runs."""
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.wait(seconds):
-            tick()
-    t = threading.Thread(target=loop, daemon=True)
-    t.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        t.join()
 
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INCOMPLETE = 0, 1, 2, 3

@@ -239,6 +239,21 @@ async def test_a_slow_subscriber_gets_a_missed_marker_not_unbounded_memory() -> 
     assert len(bus.recent_alerts) == 32
 
 
+async def test_the_default_queue_holds_256_events_and_counts_a_burst_past_it() -> None:
+    # The daemon's real size: a burst of 10,000 events (a long backup's progress and a storm
+    # of alerts) keeps 256 for a subscriber that is not reading, and counts the rest.
+    from corestate.node.runtime.events import QUEUE
+    bus = EventBus()
+    sub = bus.subscribe()
+    for i in range(10_000):
+        bus.publish(alert("test", f"number {i}"))
+    got: list[c.Message] = []
+    with trio.move_on_after(0.5):
+        async for ev in sub:
+            got.append(ev)
+    assert QUEUE == 256 and len(got) == QUEUE and sub.missed == 10_000 - QUEUE
+
+
 def test_listings_through_the_daemon_are_paged_typed_and_keep_raw_names(solo: LocalMesh, tmp_path: Path) -> None:
     # More entries than one page holds, and a name that is not UTF-8: `ls` and `diff`
     # through the daemon answer exactly what the CLI in place answers.

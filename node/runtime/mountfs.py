@@ -193,6 +193,7 @@ class SnapshotFS(pyfuse3.Operations):
                 return [(s.short_id.encode(), self._snap_ino[s.id]) for s in snaps]
         if e.names is None:
             assert e.tree is not None
+            self._locate(e.tree)
             nodes = self.repo.tree(e.tree)
             with self._lock:
                 if e.names is None:
@@ -240,6 +241,12 @@ class SnapshotFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EINVAL)
         return e.node.target
 
+    def _locate(self, blob: bytes) -> None:
+        """Reload the blob locations when ``blob`` is not among them: its pack was indexed
+        after they were read (a backup made while mounted)."""
+        if blob not in self.repo.locations():
+            self.repo.refresh()
+
     def _offsets(self, e: _Entry) -> list[int]:
         if e.offsets is None:
             assert e.node is not None
@@ -254,8 +261,7 @@ class SnapshotFS(pyfuse3.Operations):
     def chunk(self, cid: bytes) -> bytes:
         data = self.chunks.get(cid)
         if data is None:
-            if cid not in self.repo.locations():
-                self.repo.refresh()  # a pack indexed after the mount started
+            self._locate(cid)
             data = self.repo.load_blob(cid)
             self.chunks.put(cid, data)
         return data

@@ -1,0 +1,143 @@
+"""``corestate mount DIR`` on a real FUSE mount, read with ordinary file tools (issue 19 item 4).
+
+Two nodes on loopback with their daemons running. The owner backs up a tree; its data
+packs go to the holder and leave the owner's store (all shares acknowledged), so reading
+a file through the mount fetches the packs through the owner's daemon (``pack-read``). The
+mount runs beside the daemon (no home lock) and is checked with ``ls -l``, ``find``,
+``cat``, ``cmp``, ``readlink`` and reads at random offsets of a 24 MiB file (more packs than
+the daemon caches); a snapshot made while mounted appears; writes fail; SIGINT unmounts.
+Without a daemon, a pack that lives only on the holder reads as an I/O error.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from corestate.node.runtime.localmesh import LocalMesh
+from meshutil import make_mesh, random_tree, store_packs, wait_for
+
+pyfuse3 = pytest.importorskip("pyfuse3", reason="pip install 'corestate[mount]' (needs libfuse3-dev)")
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="no /dev/fuse on this machine"),
+]
+
+BIG = 24 << 20
+
+
+def tool(*argv: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(argv, capture_output=True, timeout=120, check=check)
+
+
+class Mounted:
+    def __init__(self, lm: LocalMesh, where: Path) -> None:
+        self.where = where
+        where.mkdir(exist_ok=True)
+        node = lm.nodes[0]
+        self.proc = subprocess.Popen(
+            [*lm.cmd(node, "mount"), "--passphrase-file", str(lm.pw), str(where)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=lm.env, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert line.startswith("mounted "), line + self.proc.stderr.read()  # type: ignore[union-attr]
+        assert os.path.ismount(where)
+
+    def stop(self) -> tuple[int, str, str]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        out, err = self.proc.communicate(timeout=60)
+        return self.proc.returncode, out, err
+
+
+@pytest.fixture
+def mesh(tmp_path: Path) -> Iterator[LocalMesh]:
+    lm = make_mesh(tmp_path / "mesh", 2)
+    try:
+        yield lm
+    finally:
+        lm.close()
+        for m in tmp_path.glob("mnt*"):
+            if os.path.ismount(m):
+                subprocess.run(["fusermount3", "-u", "-z", str(m)], check=False)
+
+
+def test_browse_and_read_snapshots_through_a_real_mount(mesh: LocalMesh, tmp_path: Path) -> None:
+    lm = mesh
+    owner = lm.nodes[0]
+    src = random_tree(tmp_path / "src", 3, seed=4)
+    rnd = random.Random(19)
+    big = src / "data" / "big.bin"
+    big.write_bytes(rnd.randbytes(BIG))
+    lm.start()
+    before = store_packs(owner.home)
+    lm.run(owner, "backup", str(src))
+    # The data packs went to the holder and left the owner's store.
+    assert len(store_packs(owner.home)) < len(before) + 5, "data packs should have left the store"
+
+    m = Mounted(lm, tmp_path / "mnt")
+    try:
+        mnt = m.where
+        assert os.readlink(mnt / "latest").startswith("snapshots/")
+        snap = mnt / "latest" / str(src).lstrip("/")
+        # ls -l and find list what was backed up, with its sizes and modes.
+        ls = tool("ls", "-l", str(snap / "data")).stdout.decode()
+        assert "big.bin" in ls and str(BIG) in ls
+        found = tool("find", str(snap)).stdout.decode().splitlines()
+        expect = {str(snap / p.relative_to(src)) for p in src.rglob("*")} | {str(snap)}
+        assert set(found) == expect
+        assert tool("stat", "-c", "%a", str(snap / "notes.txt")).stdout.decode().strip() == "640"
+        assert tool("readlink", str(snap / "latest")).stdout.decode().strip() == "data/blob00.bin"
+        assert tool("cat", str(snap / "notes.txt")).stdout == (src / "notes.txt").read_bytes()
+        for p in sorted((src / "data").iterdir()):
+            assert tool("cmp", str(p), str(snap / "data" / p.name), check=False).returncode == 0, p
+        # Random reads of the big file (it spans more packs than the daemon keeps).
+        data = big.read_bytes()
+        with open(snap / "data" / "big.bin", "rb", buffering=0) as f:
+            for _ in range(60):
+                off = rnd.randrange(BIG)
+                n = rnd.choice([1, 4096, 100_000, 3 << 20])
+                assert os.pread(f.fileno(), n, off) == data[off:off + n], (off, n)
+        # Read-only: nothing can be written or made.
+        with pytest.raises(OSError):
+            (snap / "notes.txt").write_text("x")
+        with pytest.raises(OSError):
+            (snap / "new").write_text("x")
+        # A snapshot made while mounted appears, and latest follows it.
+        first = os.readlink(mnt / "latest")
+        (src / "later.txt").write_text("made while mounted\n")
+        lm.run(owner, "backup", str(src))
+        wait_for(lambda: os.readlink(mnt / "latest") != first, 30, "the new snapshot", every=0.5)
+        assert len(os.listdir(mnt / "snapshots")) == 2
+        assert (mnt / "latest" / str(src).lstrip("/") / "later.txt").read_text() == "made while mounted\n"
+    finally:
+        code, out, err = m.stop()
+    assert code == 0, err
+    assert "unmounted" in out
+    assert not os.path.ismount(tmp_path / "mnt")
+
+
+def test_without_a_daemon_packs_only_on_holders_read_as_io_errors(mesh: LocalMesh, tmp_path: Path) -> None:
+    lm = mesh
+    owner = lm.nodes[0]
+    src = random_tree(tmp_path / "src", 2, seed=5)
+    lm.start()
+    lm.run(owner, "backup", str(src))
+    lm.stop(0)
+    m = Mounted(lm, tmp_path / "mnt2")
+    try:
+        snap = m.where / "latest" / str(src).lstrip("/")
+        # The tree (metadata packs stay local) is there; the data is only on the holder.
+        assert sorted(os.listdir(snap / "data")) == ["blob00.bin", "blob01.bin"]
+        p = tool("cat", str(snap / "data" / "blob00.bin"), check=False)
+        assert p.returncode != 0 and b"Input/output error" in p.stderr
+    finally:
+        code, _, err = m.stop()
+    assert code == 0, err
+    assert "not in the store" in err

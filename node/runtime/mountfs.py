@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyfuse3
 import trio
 from corestate.node.engine.repo import Repository, SnapshotInfo
 from corestate.node.engine.store import LocalPackStore
@@ -48,11 +47,18 @@ from corestate.protocol.objects import DIR, FILE, SYMLINK, Node
 
 from corestate.errors import CoreStateError
 
+try:
+    import pyfuse3
+    _Operations: type = pyfuse3.Operations
+except ImportError:  # the optional `mount` extra; `corestate mount` says how to install it
+    pyfuse3 = None  # type: ignore[assignment]
+    _Operations = object
+
 log = logging.getLogger("corestate.mount")
 
 CHUNK_CACHE = 64 << 20  # bytes of decrypted chunks kept
 SNAPSHOT_TTL = 2.0  # seconds a listing of the snapshots is reused
-ROOT = pyfuse3.ROOT_INODE
+ROOT = 1  # FUSE_ROOT_ID (pyfuse3.ROOT_INODE)
 SNAPSHOTS_INO = ROOT + 1
 LATEST_INO = ROOT + 2
 
@@ -134,7 +140,7 @@ class _Chunks:
                 self.size -= len(old)
 
 
-class SnapshotFS(pyfuse3.Operations):
+class SnapshotFS(_Operations):
     """The file system. Every handler runs its blocking part in a worker thread."""
 
     enable_writeback_cache = False

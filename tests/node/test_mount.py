@@ -78,8 +78,10 @@ def test_browse_and_read_snapshots_through_a_real_mount(mesh: LocalMesh, tmp_pat
     lm.start()
     before = store_packs(owner.home)
     lm.run(owner, "backup", str(src))
-    # The data packs went to the holder and left the owner's store.
-    assert len(store_packs(owner.home)) < len(before) + 5, "data packs should have left the store"
+    # The data packs (27 MiB in 1 MiB packs) went to the holder and left the owner's
+    # store; only the metadata packs (trees, the snapshot record) stay.
+    kept = store_packs(owner.home) - before
+    assert len(kept) <= 3, f"{len(kept)} packs stayed local: the reads would not go to the daemon"
 
     m = Mounted(lm, tmp_path / "mnt")
     try:

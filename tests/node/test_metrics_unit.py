@@ -76,3 +76,17 @@ def test_the_mount_chunk_cache_stays_under_its_byte_limit() -> None:
     assert len(cache.items) == 64
     assert cache.get((0).to_bytes(32, "big")) is None  # the oldest went first
     assert cache.get((99).to_bytes(32, "big")) == chunks[99]
+
+
+def test_every_series_the_grafana_dashboard_asks_for_exists() -> None:
+    import json
+    import re
+    from pathlib import Path
+    dash = json.loads((Path(__file__).parents[2] / "contrib" / "grafana" / "corestate.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    exprs.append(dash["templating"]["list"][0]["query"]["query"])
+    wanted = {n for e in exprs for n in re.findall(r"corestate_[a-z_]+", e)}
+    # Every family, also those with no series yet (labelled by what happens): HELP lines.
+    text = generate_latest(Metrics("x").registry).decode()
+    have = set(re.findall(r"^# HELP (corestate_[a-z_]+) ", text, re.M)) | {n for n, _ in samples(Metrics("x"))}
+    assert wanted and wanted <= have, sorted(wanted - have)

@@ -48,7 +48,7 @@ ALERT_KINDS = {
     "catalog-fork": "fork",
 }
 # Which detail of an alert names what it concerns (the first one present wins).
-SUBJECT_KEYS = ("peer", "holder", "pack", "snapshot", "series", "member", "group")
+SUBJECT_KEYS = ("peer", "holder", "author", "pack", "snapshot", "series", "member", "group")
 
 OVERDUE_FACTOR = 2.0
 MAX_KEYS = 4096

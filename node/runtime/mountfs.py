@@ -58,6 +58,7 @@ log = logging.getLogger("corestate.mount")
 
 CHUNK_CACHE = 64 << 20  # bytes of decrypted chunks kept
 SNAPSHOT_TTL = 2.0  # seconds a listing of the snapshots is reused
+READDIR_BATCH = 1024  # folder entries produced per worker-thread trip
 ROOT = 1  # FUSE_ROOT_ID (pyfuse3.ROOT_INODE)
 SNAPSHOTS_INO = ROOT + 1
 LATEST_INO = ROOT + 2
@@ -210,6 +211,23 @@ class SnapshotFS(_Operations):
                     e.names = names
         return list(e.names.items())
 
+    def child_attrs(self, parent: _Entry, name: bytes) -> pyfuse3.EntryAttributes:
+        """A name in a folder (a dict lookup once the folder's tree was read)."""
+        if parent.kind in ("root", "snapshots"):
+            ino = dict(self.children(parent)).get(name)
+        else:
+            if parent.names is None:
+                self.children(parent)
+            assert parent.names is not None
+            ino = parent.names.get(name)
+        if ino is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self.attrs(self.entry(ino))
+
+    def listing(self, e: _Entry, start: int, count: int) -> list[tuple[bytes, pyfuse3.EntryAttributes]]:
+        kids = self.children(e)[start:start + count]
+        return [(name, self.attrs(self.entry(ino))) for name, ino in kids]
+
     def attrs(self, e: _Entry) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
         a.st_ino = e.ino
@@ -306,10 +324,7 @@ class SnapshotFS(_Operations):
             return self.attrs(parent)
         if name == b"..":
             return self.attrs(self.entry(parent.parent))
-        for n, ino in await self._run(self.children, parent):
-            if n == name:
-                return await self._run(self.attrs, self.entry(ino))
-        raise pyfuse3.FUSEError(errno.ENOENT)
+        return await self._run(self.child_attrs, parent, name)
 
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
         return await self._run(self.attrs, self.entry(inode))
@@ -325,11 +340,14 @@ class SnapshotFS(_Operations):
 
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
         e = self.entry(fh)
-        kids = await self._run(self.children, e)
-        for i in range(start_id, len(kids)):
-            name, ino = kids[i]
-            attrs = await self._run(self.attrs, self.entry(ino))
-            if not pyfuse3.readdir_reply(token, name, attrs, i + 1):
+        # One worker-thread trip per batch, not per entry (a folder of 100,000 files).
+        while True:
+            batch = await self._run(self.listing, e, start_id, READDIR_BATCH)
+            for name, attrs in batch:
+                start_id += 1
+                if not pyfuse3.readdir_reply(token, name, attrs, start_id):
+                    return
+            if len(batch) < READDIR_BATCH:
                 return
 
     async def releasedir(self, fh: int) -> None:

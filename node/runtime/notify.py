@@ -5,7 +5,8 @@ A subscriber of the event bus. Each event or alert goes through the pure core
 bounded queue that one delivery task empties, one notification at a time:
 
 - webhook: an HTTP POST of the JSON object (``Content-Type: application/json``);
-- command: ``/bin/sh -c COMMAND`` with the same JSON on its stdin (exit 0 = delivered).
+- command: ``/bin/sh -c COMMAND`` with the same JSON on its stdin and ``CORESTATE_KIND``,
+  ``CORESTATE_SEVERITY``, ``CORESTATE_MESSAGE`` in its environment (exit 0 = delivered).
 
 The JSON object: ``kind``, ``severity``, ``message``, ``node`` (this node's PeerID),
 ``host``, ``time`` (ISO 8601, UTC), ``time_ns`` and ``details`` (strings).
@@ -22,6 +23,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import os
 import socket
 import time
 import urllib.error
@@ -116,7 +118,7 @@ class NotifyService:
                 ok = await self._webhook(self.cfg.notify_webhook, body, notice.kind)
                 self._result("webhook", notice.kind, ok)
             if self.cfg.notify_command:
-                ok = await self._command(self.cfg.notify_command, body, notice.kind)
+                ok = await self._command(self.cfg.notify_command, body, notice)
                 self._result("command", notice.kind, ok)
 
     def _result(self, channel: str, kind: str, ok: bool) -> None:
@@ -152,11 +154,15 @@ class NotifyService:
         log.info("notification %s sent to the webhook (HTTP %d)", kind, status)
         return True
 
-    async def _command(self, command: str, body: bytes, kind: str) -> bool:
+    async def _command(self, command: str, body: bytes, notice: core.Notice) -> bool:
+        kind = notice.kind
+        # The JSON on stdin; the three fields a one-liner needs also in the environment.
+        env = {**os.environ, "CORESTATE_KIND": kind, "CORESTATE_SEVERITY": notice.severity,
+               "CORESTATE_MESSAGE": notice.message}
         try:
             with trio.fail_after(self.cfg.notify_timeout):
                 proc = await trio.run_process(["/bin/sh", "-c", command], stdin=body, check=False,
-                                              capture_stdout=True, capture_stderr=True)
+                                              capture_stdout=True, capture_stderr=True, env=env)
         except trio.TooSlowError:
             log.warning("notification %s: the command did not finish within %gs (killed)", kind,
                         self.cfg.notify_timeout)

@@ -123,7 +123,8 @@ def mesh(tmp_path: Path) -> Iterator[tuple[LocalMesh, Hook, Path, int]]:
     home = lm.nodes[0].home
     edit_config(home, 'listen = ""', f'listen = "127.0.0.1:{port}"')
     edit_config(home, 'webhook = ""', f'webhook = "{hook.url}"')
-    edit_config(home, 'command = ""', f'command = "cat > $(mktemp {notes}/n.XXXXXX)"')
+    edit_config(home, 'command = ""', f'command = "f=$(mktemp {notes}/n.XXXXXX); cat > $f; '
+                f'printf %s $CORESTATE_KIND > {notes}/k.$(basename $f)"')
     edit_config(home, "paths = []", f'paths = ["{tmp_path / "not-there"}"]')
     edit_config(home, "backup_every = 0", 'backup_every = "3s"')
     try:
@@ -157,6 +158,9 @@ def test_metrics_and_notifications_of_a_real_daemon(mesh: tuple[LocalMesh, Hook,
     wait_for(lambda: len(command_notes(notes)) >= 2, 30, "the command's notifications")
     assert [n["kind"] for n in command_notes(notes)][:2] == hook.kinds()[:2]
     assert command_notes(notes)[0] == note
+    wait_for(lambda: len([p for p in notes.glob("k.*") if p.stat().st_size]) >= 2, 30, "the kinds")
+    kinds = sorted(p.read_text() for p in notes.glob("k.*"))
+    assert kinds[:2] == ["backup.failed", "backup.overdue"]  # also in the environment
     assert value(m, "corestate_notifications_total", channel="webhook", kind="backup.failed",
                  result="sent") == 1
     assert value(m, "corestate_alerts_total", alert="backup-overdue", severity="warning") == 1

@@ -996,7 +996,7 @@ MEMBER_MESSAGES: tuple[type[Message], ...] = (
 # ``corestate mount`` decrypts in its own process; what it cannot read from the local store
 # (a pack that lives only on holders) it asks the daemon for, as ciphertext ranges.
 
-PACK_READ_MAX = 512 << 10  # bytes of one PackReadCall (its answer stays under one frame)
+PACK_READ_MAX = 1 << 20  # bytes of one PackReadCall (its answer fits CONTROL_MAX_FRAME)
 
 
 @message

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import concurrent.futures
 import errno
 import logging
 import os
@@ -59,6 +60,8 @@ log = logging.getLogger("corestate.mount")
 CHUNK_CACHE = 64 << 20  # bytes of decrypted chunks kept
 SNAPSHOT_TTL = 2.0  # seconds a listing of the snapshots is reused
 READDIR_BATCH = 1024  # folder entries produced per worker-thread trip
+PREFETCH_CHUNKS = 64  # how far ahead in a file reads look for packs to fetch early
+PREFETCH_PACKS = 2  # remote packs fetched ahead at once (the daemon keeps 8)
 ROOT = 1  # FUSE_ROOT_ID (pyfuse3.ROOT_INODE)
 SNAPSHOTS_INO = ROOT + 1
 LATEST_INO = ROOT + 2
@@ -80,6 +83,16 @@ class MountStore:
         except PackMissing:
             pass
         return self._from_daemon(pack_id, offset, length)
+
+    def is_local(self, pack_id: bytes) -> bool:
+        return self.local.path(pack_id).exists()
+
+    def warm(self, pack_id: bytes) -> None:
+        """Have the daemon fetch a remote pack now (it keeps it for the reads to come)."""
+        try:
+            self._from_daemon(pack_id, 0, 1)
+        except (CoreStateError, OSError) as exc:
+            log.info("prefetch of pack %s: %s", pack_id.hex()[:16], exc)
 
     def _from_daemon(self, pack_id: bytes, offset: int, length: int) -> bytes:
         from corestate.node.runtime.client import call, connect
@@ -161,7 +174,13 @@ class SnapshotFS(_Operations):
         self._snaps_at = -1e9
         self._snap_ino: dict[bytes, int] = {}
         self.chunks = _Chunks(chunk_cache)
+        self._warming: set[bytes] = set()  # packs asked for ahead of reads
+        self._pool = concurrent.futures.ThreadPoolExecutor(PREFETCH_PACKS, thread_name_prefix="prefetch")
         self.started = time.time_ns()
+
+    def close(self) -> None:
+        """Stop reading ahead (a prefetch already asked of the daemon ends by itself)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     # -- the model (worker threads) ---------------------------------------------------------
 
@@ -305,7 +324,30 @@ class SnapshotFS(_Operations):
             hi = min(end - offs[i], len(data))
             out += data[lo:hi]
             i += 1
+        self._prefetch(nd, i)
         return bytes(out)
+
+    def _prefetch(self, nd: Node, i: int) -> None:
+        """Read ahead across packs: the next ``PREFETCH_PACKS`` remote packs this file's
+        following chunks live in are fetched by the daemon in the background (a pack
+        fetch takes a second where a chunk read from a fetched pack takes a millisecond)."""
+        store = self.repo.store
+        if not isinstance(store, MountStore):
+            return
+        locs = self.repo.locations()
+        packs: list[bytes] = []
+        for cid in nd.content[i:i + PREFETCH_CHUNKS]:
+            loc = locs.get(cid)
+            if loc is not None and loc.pack not in packs:
+                packs.append(loc.pack)
+        with self._lock:
+            todo = [p for p in packs if p not in self._warming][:PREFETCH_PACKS]
+            todo = [p for p in todo if not store.is_local(p)]
+            self._warming.update(todo)
+            if len(self._warming) > 4096:
+                self._warming = set(todo)
+        for p in todo:
+            self._pool.submit(store.warm, p)
 
     # -- FUSE handlers -------------------------------------------------------------------------
 
@@ -401,6 +443,7 @@ async def serve(fs: SnapshotFS, mountpoint: Path, *, ready: Any = None, debug: b
                 unmounted = True
     finally:
         pyfuse3.close(unmount=not unmounted)
+        fs.close()
 
 
 __all__ = ["MountStore", "SnapshotFS", "serve"]

@@ -4,8 +4,8 @@ Two nodes on loopback with their daemons running. The owner backs up a tree; its
 packs go to the holder and leave the owner's store (all shares acknowledged), so reading
 a file through the mount fetches the packs through the owner's daemon (``pack-read``). The
 mount runs beside the daemon (no home lock) and is checked with ``ls -l``, ``find``,
-``cat``, ``cmp``, ``readlink`` and reads at random offsets of a 24 MiB file (more packs than
-the daemon caches); a snapshot made while mounted appears; writes fail; SIGINT unmounts.
+``cat``, ``cmp``, ``readlink`` and reads at random offsets of a 24 MiB file (24 packs of 1 MiB,
+fetched ahead by the mount); a snapshot made while mounted appears; writes fail; SIGINT unmounts.
 Without a daemon, a pack that lives only on the holder reads as an I/O error.
 """
 
@@ -99,7 +99,7 @@ def test_browse_and_read_snapshots_through_a_real_mount(mesh: LocalMesh, tmp_pat
         assert tool("cat", str(snap / "notes.txt")).stdout == (src / "notes.txt").read_bytes()
         for p in sorted((src / "data").iterdir()):
             assert tool("cmp", str(p), str(snap / "data" / p.name), check=False).returncode == 0, p
-        # Random reads of the big file (it spans more packs than the daemon keeps).
+        # Random reads of the big file (24 packs, fetched through the daemon as needed).
         data = big.read_bytes()
         with open(snap / "data" / "big.bin", "rb", buffering=0) as f:
             for _ in range(60):

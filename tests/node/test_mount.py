@@ -6,13 +6,16 @@ a file through the mount fetches the packs through the owner's daemon (``pack-re
 mount runs beside the daemon (no home lock) and is checked with ``ls -l``, ``find``,
 ``cat``, ``cmp``, ``readlink`` and reads at random offsets of a 24 MiB file (24 packs of 1 MiB,
 fetched ahead by the mount); a snapshot made while mounted appears; writes fail; SIGINT unmounts.
-Without a daemon, a pack that lives only on the holder reads as an I/O error.
+Without a daemon, a pack that lives only on the holder reads as an I/O error. Ctrl-C in a real
+terminal (tmux) unmounts and exits 0.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import shlex
+import shutil
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -143,3 +146,34 @@ def test_without_a_daemon_packs_only_on_holders_read_as_io_errors(mesh: LocalMes
         code, _, err = m.stop()
     assert code == 0, err
     assert "not in the store" in err
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (apt install tmux)")
+def test_ctrl_c_in_a_terminal_unmounts(tmp_path: Path) -> None:
+    """The mount in a real terminal (tmux), stopped by the keys a person presses."""
+    lm = make_mesh(tmp_path / "solo", 1)
+    session = f"corestate-mount-{os.getpid()}"
+    where = tmp_path / "mnt-tty"
+    where.mkdir()
+    try:
+        src = random_tree(tmp_path / "src", 1, seed=3)
+        lm.run(lm.nodes[0], "backup", str(src))
+        cmd = " ".join(shlex.quote(a) for a in [*lm.cmd(lm.nodes[0], "mount"), "--passphrase-file",
+                                                 str(lm.pw), str(where)])
+        tool("tmux", "new-session", "-d", "-s", session, "-x", "200", "-y", "20",
+             f"{cmd}; echo EXIT=$?; sleep 60")
+        wait_for(lambda: os.path.ismount(where), 60, "the mount")
+        assert (where / "latest" / str(src).lstrip("/") / "notes.txt").read_bytes() == \
+            (src / "notes.txt").read_bytes()
+        tool("tmux", "send-keys", "-t", session, "C-c")
+        def ended() -> str:
+            text = tool("tmux", "capture-pane", "-p", "-t", session).stdout.decode()
+            return text if "EXIT=" in text else ""
+        screen = wait_for(ended, 60, "the mount to end", every=0.2)
+        assert "EXIT=0" in screen and f"unmounted {where}" in screen, screen
+        assert not os.path.ismount(where)
+    finally:
+        tool("tmux", "kill-session", "-t", session, check=False)
+        lm.close()
+        if os.path.ismount(where):
+            subprocess.run(["fusermount3", "-u", "-z", str(where)], check=False)

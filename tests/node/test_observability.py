@@ -12,13 +12,15 @@ HTTP server run by this test, ``[notify] command`` a shell line that saves its s
   the command (the same JSON on stdin);
 - an incomplete backup (the only holder is down) notifies ``backup.incomplete``;
 - a webhook that never answers and a command that hangs cost the backup nothing: the
-  backup ends in its usual time; the failures are logged and counted.
+  backup ends in its usual time; the failures are logged and counted;
+- a metrics address already in use: the daemon logs it and runs without metrics.
 """
 
 from __future__ import annotations
 
 import http.server
 import json
+import socket
 import threading
 import time
 import urllib.request
@@ -229,6 +231,17 @@ def test_a_hanging_webhook_and_command_never_hold_a_backup_back(tmp_path: Path) 
         assert "the webhook did not answer within 2s" in log
         assert "the command did not finish within 2s (killed)" in log
         assert "not sent: the same backup.incomplete was sent" in log
+
+        # A metrics address already taken: the daemon says so and runs without metrics.
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            busy = taken.getsockname()[1]
+            edit_config(lm.nodes[1].home, 'listen = ""', f'listen = "127.0.0.1:{busy}"')
+            lm.start(1)
+            assert lm.run(lm.nodes[1], "node", "info", "--json").returncode == 0
+            log = (lm.nodes[1].home / "daemon.log").read_text()
+            assert f"metrics: cannot listen on 127.0.0.1:{busy}" in log
     finally:
         lm.close()
         hook.close()

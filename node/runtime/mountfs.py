@@ -13,8 +13,8 @@ k shares); decrypted chunks are kept in an LRU of ``CHUNK_CACHE`` bytes.
 
 The mount works beside the daemon: it takes no home lock and opens ``index.db`` read-only
 (SQLite WAL lets a reader beside the writer); new snapshots appear in ``snapshots/``
-within ``SNAPSHOT_TTL`` seconds. Without a daemon, packs only on holders read as EIO (the
-log says to start the daemon).
+within ``SNAPSHOT_TTL`` seconds. Without a daemon the CLI holds the home and gives the
+store a ``remote`` reader that fetches from the holders in process (node/cli/mount.py).
 
 Invariants: nothing is ever written (the mount is ``ro``, every write-opening ``open``
 fails with EROFS); each FUSE request's blocking work (SQLite, pread, decryption, daemon
@@ -34,6 +34,7 @@ import os
 import stat
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,9 +74,11 @@ _TYPE_BITS = {FILE: stat.S_IFREG, DIR: stat.S_IFDIR, SYMLINK: stat.S_IFLNK, "p":
 class MountStore:
     """The pack store as the mount reads it: local pack files, else the daemon."""
 
-    def __init__(self, local: LocalPackStore, home: Path) -> None:
-        self.local, self.home = local, home
-        self.fetched_ranges = 0  # daemon calls made (for tests and the log)
+    def __init__(self, local: LocalPackStore, home: Path,
+                 remote: Callable[[bytes, int, int], bytes] | None = None) -> None:
+        """``remote(pack, offset, length)``: how to read a pack not in the local store
+        (none: ask the home's daemon)."""
+        self.local, self.home, self.remote = local, home, remote
 
     def read_range(self, pack_id: bytes, offset: int, length: int) -> bytes:
         try:
@@ -88,7 +91,8 @@ class MountStore:
         return self.local.path(pack_id).exists()
 
     def warm(self, pack_id: bytes) -> None:
-        """Have the daemon fetch a remote pack now (it keeps it for the reads to come)."""
+        """Fetch a remote pack now (the daemon, or the in-place reader, keeps it for the
+        reads to come)."""
         try:
             self._from_daemon(pack_id, 0, 1)
         except (CoreStateError, OSError) as exc:
@@ -98,17 +102,20 @@ class MountStore:
         from corestate.node.runtime.client import call, connect
         out = bytearray()
         while len(out) < length:
-            s = connect(self.home)
-            if s is None:
-                raise PackMissing(pack_id.hex()) from None
-            with s:
-                n = min(c.PACK_READ_MAX, length - len(out))
-                reply = call(s, c.PackReadCall(pack=pack_id, offset=offset + len(out), length=n))
-            assert isinstance(reply, c.PackReadResult)
-            self.fetched_ranges += 1
-            if not reply.data:
+            n = min(c.PACK_READ_MAX, length - len(out))
+            if self.remote is not None:
+                data = self.remote(pack_id, offset + len(out), n)
+            else:
+                s = connect(self.home)
+                if s is None:
+                    raise PackMissing(pack_id.hex()) from None
+                with s:
+                    reply = call(s, c.PackReadCall(pack=pack_id, offset=offset + len(out), length=n))
+                assert isinstance(reply, c.PackReadResult)
+                data = reply.data
+            if not data:
                 break
-            out += reply.data
+            out += data
         return bytes(out)
 
     def close(self) -> None:

@@ -62,7 +62,7 @@ CHUNK_CACHE = 64 << 20  # bytes of decrypted chunks kept
 SNAPSHOT_TTL = 2.0  # seconds a listing of the snapshots is reused
 READDIR_BATCH = 1024  # folder entries produced per worker-thread trip
 PREFETCH_CHUNKS = 64  # how far ahead in a file reads look for packs to fetch early
-PREFETCH_PACKS = 2  # remote packs fetched ahead at once (the daemon keeps 8)
+PREFETCH_PACKS = 2  # remote packs fetched ahead at once (the daemon keeps 128 MiB of them)
 ROOT = 1  # FUSE_ROOT_ID (pyfuse3.ROOT_INODE)
 SNAPSHOTS_INO = ROOT + 1
 LATEST_INO = ROOT + 2
@@ -72,7 +72,8 @@ _TYPE_BITS = {FILE: stat.S_IFREG, DIR: stat.S_IFDIR, SYMLINK: stat.S_IFLNK, "p":
 
 
 class MountStore:
-    """The pack store as the mount reads it: local pack files, else the daemon."""
+    """The pack store as the mount reads it: local pack files, else ``remote`` (the daemon
+    by default, or the in-place reader of node/cli/mount.py)."""
 
     def __init__(self, local: LocalPackStore, home: Path,
                  remote: Callable[[bytes, int, int], bytes] | None = None) -> None:
@@ -85,7 +86,7 @@ class MountStore:
             return self.local.read_range(pack_id, offset, length)
         except PackMissing:
             pass
-        return self._from_daemon(pack_id, offset, length)
+        return self._remote_range(pack_id, offset, length)
 
     def is_local(self, pack_id: bytes) -> bool:
         return self.local.path(pack_id).exists()
@@ -94,11 +95,11 @@ class MountStore:
         """Fetch a remote pack now (the daemon, or the in-place reader, keeps it for the
         reads to come)."""
         try:
-            self._from_daemon(pack_id, 0, 1)
+            self._remote_range(pack_id, 0, 1)
         except (CoreStateError, OSError) as exc:
             log.info("prefetch of pack %s: %s", pack_id.hex()[:16], exc)
 
-    def _from_daemon(self, pack_id: bytes, offset: int, length: int) -> bytes:
+    def _remote_range(self, pack_id: bytes, offset: int, length: int) -> bytes:
         from corestate.node.runtime.client import call, connect
         out = bytearray()
         while len(out) < length:

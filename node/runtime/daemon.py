@@ -14,6 +14,11 @@ daemon is ready to serve, so a client that finds it can use it. A socket left by
 daemon is stale: nobody answers on it, and the next daemon (holding the home lock, which
 proves no other daemon lives) replaces it.
 
+Watching: with ``[metrics] listen`` it serves Prometheus metrics (node/runtime/metrics.py,
+fed by ``feed_metrics``); its notification service (node/runtime/notify.py) always runs
+(the overdue watch raises ``backup-overdue``) and delivers when ``[notify]`` names a webhook
+or a command. Both are event-bus subscribers: neither can hold a command back.
+
 Shutdown: SIGTERM or SIGINT cancels everything; a running command sees the cancellation
 at its next checkpoint, the engine's packs already durable are kept (resumable), and the
 socket is removed.

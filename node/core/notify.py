@@ -18,8 +18,10 @@ Kinds (the ``kind`` of the JSON a webhook or command receives; issue 19):
 
 Invariants:
 
-- a notice's ``subject`` (a peer, a pack, a snapshot, an error text) with its kind is the
-  deduplication key: the same key is not sent again within ``repeat_after`` seconds;
+- a notice's ``subject`` (a peer, a pack, a snapshot; "" for the backup kinds) with its
+  kind is the deduplication key: the same key is not sent again within ``repeat_after``
+  seconds, unless something resolved it in between (a complete backup resolves the
+  backup kinds: :func:`resolved_by`);
 - at most ``max_per_hour`` notices go out in any sliding hour, whatever their kinds;
 - what is held back is counted, and the next notice that goes out says how many were
   (``details["suppressed"]``): nothing is dropped silently;
@@ -50,6 +52,9 @@ ALERT_KINDS = {
 # Which detail of an alert names what it concerns (the first one present wins).
 SUBJECT_KEYS = ("peer", "holder", "author", "pack", "snapshot", "series", "member", "group")
 
+# A node has one backup: these are deduplicated per kind, whatever the text or the source
+# (the event and an alert about one failure are one notification).
+BACKUP_KINDS = ("backup.failed", "backup.incomplete", "backup.overdue")
 OVERDUE_FACTOR = 2.0
 MAX_KEYS = 4096
 HOUR = 3600.0
@@ -73,7 +78,7 @@ def notice_of(ev: c.Message) -> Notice | None:
     """The notice an event or alert calls for, or None (most events call for none)."""
     if isinstance(ev, c.BackupFailed):
         return Notice("backup.failed", "critical", f"backup failed: {ev.message}"
-                      + (f" ({ev.hint})" if ev.hint else ""), ev.message, ev.time_ns,
+                      + (f" ({ev.hint})" if ev.hint else ""), "", ev.time_ns,
                       {"scheduled": str(ev.scheduled).lower()})
     if isinstance(ev, c.BackupFinished) and ev.code != 0:
         return Notice("backup.incomplete", "warning",
@@ -82,10 +87,19 @@ def notice_of(ev: c.Message) -> Notice | None:
                       "", ev.time_ns, {"snapshot": ev.snapshot_id, "code": str(ev.code),
                                        "errors": str(ev.errors), "scheduled": str(ev.scheduled).lower()})
     if isinstance(ev, c.Alert) and ev.alert in ALERT_KINDS:
-        subject = next((ev.details[k] for k in SUBJECT_KEYS if k in ev.details), "")
-        return Notice(ALERT_KINDS[ev.alert], ev.severity if ev.severity in c.SEVERITIES else "warning",
+        kind = ALERT_KINDS[ev.alert]
+        subject = "" if kind in BACKUP_KINDS else next((ev.details[k] for k in SUBJECT_KEYS if k in ev.details), "")
+        return Notice(kind, ev.severity if ev.severity in c.SEVERITIES else "warning",
                       ev.message, subject, ev.time_ns, dict(ev.details))
     return None
+
+
+def resolved_by(ev: c.Message) -> tuple[str, ...]:
+    """The kinds an event puts an end to: after a complete backup, the next failure is news
+    again (it is not held back as a repeat of the last one)."""
+    if isinstance(ev, c.BackupFinished) and ev.code == 0:
+        return BACKUP_KINDS
+    return ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +139,11 @@ class Policy:
                             notice.time_ns, {**notice.details, "suppressed": str(self.suppressed)})
             self.suppressed = 0
         return Decision(True, "new" if last is None else "repeated after repeat_after", notice)
+
+    def resolve(self, kinds: tuple[str, ...]) -> None:
+        """Forget what was sent of ``kinds``: the next one is new, not a repeat."""
+        if kinds:
+            self._last = {k: t for k, t in self._last.items() if k[0] not in kinds}
 
     def _forget(self, now: float) -> None:
         while self._sent and now - self._sent[0] >= HOUR:
@@ -176,5 +195,5 @@ def _human(seconds: float) -> str:
     return f"{seconds:.0f}s"
 
 
-__all__ = ["ALERT_KINDS", "KINDS", "OVERDUE_FACTOR", "Decision", "Notice", "OverdueWatch", "Policy",
-           "notice_of"]
+__all__ = ["ALERT_KINDS", "BACKUP_KINDS", "KINDS", "OVERDUE_FACTOR", "Decision", "Notice", "OverdueWatch",
+           "Policy", "notice_of", "resolved_by"]

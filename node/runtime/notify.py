@@ -87,6 +87,7 @@ class NotifyService:
             return
         if isinstance(ev, c.BackupFinished):
             self.overdue.snapshot_made(ev.time_ns / 1e9)
+        self.policy.resolve(core.resolved_by(ev))
         notice = core.notice_of(ev)
         if notice is None:
             return

@@ -88,3 +88,19 @@ def test_overdue_counts_from_the_start_when_there_is_no_snapshot_and_never_witho
     assert n is not None and "since the daemon started" in n.message
     off = core.OverdueWatch(every=0, last_snapshot=None, started=0.0)
     assert off.deadline() is None and off.check(10**9) is None
+
+
+def test_a_failure_and_its_alert_are_one_notification_and_a_success_makes_the_next_news() -> None:
+    p = core.Policy(repeat_after=6 * 3600, max_per_hour=100)
+    ev = core.notice_of(c.BackupFailed(time_ns=1, scheduled=True, message="disk gone", hint=""))
+    al = core.notice_of(alert("backup-failed", snapshot="x"))
+    other = core.notice_of(c.BackupFailed(time_ns=2, scheduled=True, message="another reason", hint=""))
+    assert ev is not None and al is not None and other is not None
+    assert p.decide(ev, 0).send
+    assert not p.decide(al, 1).send and not p.decide(other, 60).send
+    p.resolve(core.resolved_by(finished(3)))  # incomplete resolves nothing
+    assert not p.decide(ev, 120).send
+    p.resolve(core.resolved_by(finished(0)))  # a complete backup: the next failure is news
+    again = p.decide(ev, 180)
+    assert again.send and again.notice.details["suppressed"] == "3"
+    assert core.resolved_by(alert("holder-evicted", peer="A")) == ()

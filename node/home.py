@@ -78,6 +78,23 @@ repair_every = "1d"
 # keep_daily = 7
 # keep_weekly = 4
 # keep_monthly = 12
+
+[metrics]
+# Serve Prometheus metrics at http://LISTEN/metrics while the daemon runs, e.g.
+# "127.0.0.1:9184". Empty: no metrics endpoint.
+listen = ""
+
+[notify]
+# Tell a person when something needs them (a failed, incomplete or overdue backup, low
+# redundancy, an evicted holder, an anomaly, a fork): a JSON object POSTed to `webhook`
+# and/or written to the stdin of `command` (run by /bin/sh). Empty: no notification.
+webhook = ""
+command = ""
+# The same notification (kind and subject) is not repeated within `repeat_after`, and at
+# most `max_per_hour` are sent in any hour; each delivery gives up after `timeout`.
+repeat_after = "6h"
+max_per_hour = 20
+timeout = "10s"
 """
 
 
@@ -111,6 +128,13 @@ class Config:
     repair_every: float = 86400.0  # seconds; 0 = no scheduled repairs
     # [retention]: the keep-rules applied after each scheduled backup (empty: none)
     retention: dict[str, str] = field(default_factory=dict)
+    # [metrics] and [notify] (parsed in _observability)
+    metrics_listen: str = ""  # "HOST:PORT"; empty: no metrics endpoint
+    notify_webhook: str = ""
+    notify_command: str = ""
+    notify_repeat_after: float = 6 * 3600.0
+    notify_max_per_hour: int = 20
+    notify_timeout: float = 10.0
 
     @classmethod
     def load(cls, path: Path) -> Config:
@@ -154,6 +178,7 @@ class Config:
                                   "keep_yearly", "keep_within"}
             if unknown:
                 raise ValueError(f"[retention] does not know {sorted(unknown)}")
+            _observability(raw, cfg)
         except (TypeError, ValueError, AttributeError, KeyError) as exc:
             raise ConfigError(str(path), f"bad value: {exc}")
         if not (64 <= cfg.min_size <= cfg.avg_size <= cfg.max_size <= 16 << 20):
@@ -167,6 +192,33 @@ class Config:
         if not (-7 <= cfg.compression_level <= 22):
             raise ConfigError(str(path), "compression_level must be between -7 and 22")
         return cfg
+
+
+def _observability(raw: dict[str, object], cfg: Config) -> None:
+    """``[metrics]`` and ``[notify]``: where the daemon serves metrics, how it notifies."""
+    m, n = raw.get("metrics", {}), raw.get("notify", {})
+    if not isinstance(m, dict) or not isinstance(n, dict):
+        raise ValueError("[metrics] and [notify] must be tables")
+    cfg.metrics_listen = str(m.get("listen", "")).strip()
+    if cfg.metrics_listen:
+        host, sep, port = cfg.metrics_listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"[metrics] listen must be HOST:PORT, not {cfg.metrics_listen!r}")
+    unknown = set(m) - {"listen"}
+    if unknown:
+        raise ValueError(f"[metrics] does not know {sorted(unknown)}")
+    cfg.notify_webhook = str(n.get("webhook", "")).strip()
+    if cfg.notify_webhook and not cfg.notify_webhook.startswith(("http://", "https://")):
+        raise ValueError(f"[notify] webhook must be an http:// or https:// URL, not {cfg.notify_webhook!r}")
+    cfg.notify_command = str(n.get("command", "")).strip()
+    cfg.notify_repeat_after = _duration(n.get("repeat_after", cfg.notify_repeat_after))
+    cfg.notify_max_per_hour = int(n.get("max_per_hour", cfg.notify_max_per_hour))
+    cfg.notify_timeout = _duration(n.get("timeout", cfg.notify_timeout))
+    if cfg.notify_repeat_after < 0 or cfg.notify_max_per_hour < 1 or not 0 < cfg.notify_timeout <= 300:
+        raise ValueError("[notify] needs repeat_after >= 0, max_per_hour >= 1 and 0 < timeout <= 5m")
+    unknown = set(n) - {"webhook", "command", "repeat_after", "max_per_hour", "timeout"}
+    if unknown:
+        raise ValueError(f"[notify] does not know {sorted(unknown)}")
 
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}

@@ -992,6 +992,36 @@ MEMBER_MESSAGES: tuple[type[Message], ...] = (
 )
 
 
+# -- mount --
+# ``corestate mount`` decrypts in its own process; what it cannot read from the local store
+# (a pack that lives only on holders) it asks the daemon for, as ciphertext ranges.
+
+PACK_READ_MAX = 1 << 20  # bytes of one PackReadCall (its answer fits CONTROL_MAX_FRAME)
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class PackReadCall(Message):
+    """``length`` bytes at ``offset`` of a pack of this node (sealed, as stored), fetched
+    from its holders when the pack is not in the local store."""
+
+    TYPE: ClassVar[str] = "pack-read"
+    pack: Annotated[bytes, MaxLen(32)]
+    offset: U63
+    length: Annotated[int, Range(0, PACK_READ_MAX)]
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class PackReadResult(Message):
+    TYPE: ClassVar[str] = "pack-read-result"
+    data: Annotated[bytes, MaxLen(PACK_READ_MAX)]
+    fetched: bool  # the pack came from its holders (not the local store)
+
+
+MOUNT_MESSAGES: tuple[type[Message], ...] = (PackReadCall, PackReadResult)
+
+
 # -- events: one message type per kind; the type is the kind --------------------------------
 
 SEVERITIES = ("info", "warning", "critical")
@@ -1259,6 +1289,7 @@ CONTROL_MESSAGES: tuple[type[Message], ...] = (
     *BACKUP_MESSAGES,
     *MAINTAIN_MESSAGES,
     *MEMBER_MESSAGES,
+    *MOUNT_MESSAGES,
     *EVENTS,
     Ok,  # Ok and Error last: the share service's, listed here too
     Error,

@@ -19,6 +19,7 @@ from corestate.node.cli.group import (
 from corestate.node.cli.inspect import cmd_check, cmd_diff, cmd_ls, cmd_snapshots, cmd_stats
 from corestate.node.cli.keys import cmd_init, cmd_key_passwd
 from corestate.node.cli.maintain import cmd_forget, cmd_prune, cmd_repair
+from corestate.node.cli.mount import cmd_mount
 from corestate.node.cli.nodecmd import (
     cmd_demo,
     cmd_node_events,
@@ -120,6 +121,29 @@ def build_parser() -> argparse.ArgumentParser:
                     help="where to restore; each path comes back below DIR under its full original path")
     sp.add_argument("--path", action="append", metavar="P", help="restore only P (as backed up); repeatable")
     sp.add_argument("--dry-run", action="store_true", help="show what would be restored, write nothing")
+
+    sp = add("mount", cmd_mount, "browse the snapshots as a read-only file system (FUSE) until Ctrl-C",
+             json_flag=False)
+    sp.formatter_class = argparse.RawDescriptionHelpFormatter
+    sp.epilog = """\
+layout:
+  DIR/snapshots/<short id>/<original path>   every snapshot of this node, as backed up
+  DIR/latest                                 a symlink to the newest snapshot's folder
+
+Reading a file fetches and decrypts only the chunks it needs: from the local store, or
+through the running daemon from the holders. Works while the daemon runs (no home lock).
+
+examples:
+  mkdir -p /mnt/backups && corestate mount /mnt/backups
+  ls /mnt/backups/latest/home/me              (in another terminal)
+  cp /mnt/backups/snapshots/3f2a91c0/home/me/notes.txt .
+  diff -r /mnt/backups/latest/home/me/src ~/src
+  fusermount3 -u /mnt/backups                 (or Ctrl-C in the first terminal)
+
+Needs FUSE 3 (Debian: apt install fuse3 libfuse3-dev pkg-config) and pyfuse3
+(pip install 'corestate[mount]')."""
+    sp.add_argument("dir", metavar="DIR", help="an empty folder to mount on")
+    sp.add_argument("--debug", action="store_true", help="log every FUSE request (to stderr)")
 
     sp = add("diff", cmd_diff, "show what changed between two snapshots")
     sp.add_argument("a", metavar="SNAP1")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -79,16 +80,22 @@ class SnapshotInfo:
 
 
 class Repository:
-    def __init__(self, keys: NodeKeys, store: PackStore, db_path: str) -> None:
+    def __init__(self, keys: NodeKeys, store: PackStore, db_path: str, *, readonly: bool = False) -> None:
+        """``readonly``: a reader beside the home's writer (``corestate mount``): the index
+        opened read-only, never created or migrated; ``sync`` and writes must not be called."""
         self.keys = keys
         self.store = store
-        self.db = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
-        columns = {r[1] for r in self.db.execute("PRAGMA table_info(files_cache)")}
-        if "exact" not in columns:  # an index.db from before the column
-            self.db.execute("ALTER TABLE files_cache ADD COLUMN exact INTEGER NOT NULL DEFAULT 1")
+        if readonly:
+            uri = "file:" + urllib.parse.quote(db_path) + "?mode=ro"
+            self.db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        else:
+            self.db = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(SCHEMA)
+            columns = {r[1] for r in self.db.execute("PRAGMA table_info(files_cache)")}
+            if "exact" not in columns:  # an index.db from before the column
+                self.db.execute("ALTER TABLE files_cache ADD COLUMN exact INTEGER NOT NULL DEFAULT 1")
         self.opener = packfmt.BlobOpener(keys)
         self._salts: dict[bytes, bytes] = {}
         self._locs: dict[bytes, BlobLocation] | None = None
@@ -204,6 +211,11 @@ class Repository:
                 )
             }
         return self._locs
+
+    def refresh(self) -> None:
+        """Forget the cached blob locations: a reader beside a writer (``corestate mount``)
+        then sees the packs indexed since."""
+        self._locs = None
 
     def raw_lengths(self, ids: Sequence[bytes]) -> dict[bytes, int]:
         """The plaintext length of each of ``ids`` the index knows (a query per 500 ids:

@@ -14,6 +14,11 @@ daemon is ready to serve, so a client that finds it can use it. A socket left by
 daemon is stale: nobody answers on it, and the next daemon (holding the home lock, which
 proves no other daemon lives) replaces it.
 
+Watching: with ``[metrics] listen`` it serves Prometheus metrics (node/runtime/metrics.py,
+fed by ``feed_metrics``); its notification service (node/runtime/notify.py) always runs
+(the overdue watch raises ``backup-overdue``) and delivers when ``[notify]`` names a webhook
+or a command. Both are event-bus subscribers: neither can hold a command back.
+
 Shutdown: SIGTERM or SIGINT cancels everything; a running command sees the cancellation
 at its next checkpoint, the engine's packs already durable are kept (resumable), and the
 socket is removed.
@@ -46,6 +51,8 @@ from corestate.node.runtime.client import socket_path
 from corestate.node.runtime.events import EventBus
 from corestate.node.runtime.live import DaemonLive
 from corestate.node.runtime.mesh import Mesh
+from corestate.node.runtime.metrics import REFRESH, Metrics, read_gauges
+from corestate.node.runtime.notify import NotifyService
 from corestate.node.runtime.port import MeshPort, open_mesh
 from corestate.protocol import control as c
 from corestate.protocol.errors import PeerTimeout, ProtocolError
@@ -406,6 +413,35 @@ class Daemon:
             up = now
             await trio.sleep(every)
 
+    async def feed_metrics(self, metrics: Metrics, every: float = REFRESH) -> None:
+        """Count the bus's events into ``metrics``, and read the node-state gauges every
+        ``every`` seconds and soon after each command ends."""
+        sub = self.events.subscribe((), size=4096)
+        dirty = trio.Event()
+
+        async def gauges() -> None:
+            nonlocal dirty
+            while True:
+                try:
+                    connected = frozenset(self.mesh.host.connected_peers())
+                    stats = self.mesh.vault.stats()
+                    metrics.refresh(await trio.to_thread.run_sync(read_gauges, self.node, connected, stats))
+                except Exception:  # metrics must never take the daemon down
+                    log.exception("reading the metrics' gauges failed")
+                with trio.move_on_after(every):
+                    await dirty.wait()
+                    await trio.sleep(0.2)  # let the command's last writes land
+                dirty = trio.Event()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(gauges)
+                async for ev in sub:
+                    metrics.observe(ev)
+                    if ev.TYPE.endswith((".finished", ".failed")) or ev.TYPE.startswith("peer."):
+                        dirty.set()
+        finally:
+            sub.close()
+
     async def _advertise(self, groups: Any) -> None:
         if groups.group.in_group:
             await trio.to_thread.run_sync(groups.advertise)
@@ -559,6 +595,7 @@ async def run_daemon(home: Home, passphrase: bytes, listen: list[str] | None, *,
     node = LocalNode.open(home, passphrase, hsm_module=hsm_module)
     events = EventBus()
     journal: Journal | None = None
+    metrics: Metrics | None = None
     try:
         for pid, reason in node.problems:
             log.warning("pack %s could not be read: %s (run `corestate check`)", pid.hex()[:16], reason)
@@ -570,6 +607,11 @@ async def run_daemon(home: Home, passphrase: bytes, listen: list[str] | None, *,
                     path = await nursery.start(daemon.serve_control)
                     nursery.start_soon(daemon.scheduler)
                     nursery.start_soon(daemon.watch_peers)
+                    metrics = _start_metrics(node, daemon, nursery)
+                    last = await trio.to_thread.run_sync(_last_snapshot, node)
+                    notifier = NotifyService(node.cfg, node.keys.peer_id, events, last_snapshot=last,
+                                             on_result=None if metrics is None else metrics.notified)
+                    nursery.start_soon(notifier.run)
                     addrs = mesh.host.addrs()
                     log.info("node %s ready; listening on %s; control socket %s",
                              node.keys.peer_id, " ".join(addrs), path)
@@ -580,10 +622,34 @@ async def run_daemon(home: Home, passphrase: bytes, listen: list[str] | None, *,
                         nursery.cancel_scope.cancel()
                         break
     finally:
+        if metrics is not None:
+            metrics.close()
         if journal is not None:
             journal.stop()
         node.close()
     return 0
+
+
+def _start_metrics(node: LocalNode, daemon: Daemon, nursery: trio.Nursery) -> Metrics | None:
+    """``[metrics] listen``: the endpoint, and the task that feeds it (None: not asked for).
+    An address that cannot be bound is logged, and the daemon runs without metrics."""
+    if not node.cfg.metrics_listen:
+        return None
+    metrics = Metrics(node.keys.peer_id)
+    try:
+        host, port = metrics.serve(node.cfg.metrics_listen)
+    except OSError as exc:
+        log.error("metrics: cannot listen on %s: %s; running without metrics (fix [metrics] listen)",
+                  node.cfg.metrics_listen, exc.strerror or exc)
+        return None
+    log.info("metrics: serving http://%s:%d/metrics", host, port)
+    nursery.start_soon(daemon.feed_metrics, metrics)
+    return metrics
+
+
+def _last_snapshot(node: LocalNode) -> float | None:
+    snaps = node.repo.snapshots()
+    return snaps[-1].record.time_ns / 1e9 if snaps else None
 
 
 __all__ = ["Daemon", "run_daemon"]

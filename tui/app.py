@@ -447,7 +447,7 @@ class CoreStateApp(App[None]):
 
     def render_snapshots(self) -> None:
         table = self.query_one("#snaps", DataTable)
-        keep = table.cursor_row
+        chosen = self.selected_snapshot()
         table.clear()
         prev = 0
         for s in self.snaps:
@@ -461,7 +461,10 @@ class CoreStateApp(App[None]):
                           key=s.short_id)
             prev = s.bytes
         if self.snaps:
-            table.move_cursor(row=min(keep, len(self.snaps) - 1) if keep else len(self.snaps) - 1)
+            # The same snapshot stays selected across refreshes; the newest at first.
+            ids = [s.short_id for s in self.snaps]
+            row = ids.index(chosen.short_id) if chosen and chosen.short_id in ids else len(ids) - 1
+            table.move_cursor(row=row)
 
     def render_peers(self) -> None:
         g, now = self.group, self.clock()
@@ -544,7 +547,7 @@ class CoreStateApp(App[None]):
     @on(TabbedContent.TabActivated)
     def tab_changed(self, event: TabbedContent.TabActivated) -> None:
         self.refresh_bindings()
-        if event.pane.id == "browse" and not self.entries and self.snaps:
+        if event.pane.id == "browse" and self.browse_snapshot is None and self.snaps:
             self.open_browse(self.snaps[-1].short_id)
         main = MAIN_WIDGET.get(event.pane.id or "")
         if main:
@@ -569,9 +572,10 @@ class CoreStateApp(App[None]):
 
     def selected_snapshot(self) -> c.SnapshotSummary | None:
         table = self.query_one("#snaps", DataTable)
-        if not self.snaps or table.row_count == 0:
+        if table.row_count == 0:
             return None
-        return self.snaps[min(table.cursor_row, len(self.snaps) - 1)]
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        return next((s for s in self.snaps if s.short_id == key), None)
 
     @on(DataTable.RowSelected, "#snaps")
     def snapshot_chosen(self, event: DataTable.RowSelected) -> None:

@@ -186,6 +186,7 @@ class RestoreDialog(ModalScreen[None]):
             yield Static("", id="outcome", markup=False)
 
     def on_mount(self) -> None:
+        self.query_one("#bar", ProgressBar).display = False  # shown once something runs
         self.query_one("#target", Input).focus()
 
     def destination(self, target: str) -> Path:
@@ -227,7 +228,9 @@ class RestoreDialog(ModalScreen[None]):
             return
         self.busy = True
         self.say("dry run: counting…" if dry_run else "restoring…")
-        self.query_one("#bar", ProgressBar).update(total=None, progress=0)
+        bar = self.query_one("#bar", ProgressBar)
+        bar.display = True
+        bar.update(total=None, progress=0)
         self.run_worker(self._run(target, dry_run), exclusive=True, group="restore")
 
     async def _run(self, target: str, dry_run: bool) -> None:

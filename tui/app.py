@@ -79,7 +79,7 @@ MAIN_WIDGET = {"dashboard": "#dash-peers", "snapshots": "#snaps", "browse": "#tr
                "peers": "#peer-table", "alerts": "#alert-table", "log": "#log-view"}
 
 CSS = """
-#conn { height: 1; background: $primary-darken-2; color: $text; padding: 0 1; }
+#conn { height: auto; max-height: 3; background: $primary-darken-2; color: $text; padding: 0 1; }
 #conn.down { background: $error-darken-2; }
 #tabs { height: 1fr; }
 #tabs > ContentSwitcher { height: 1fr; }
@@ -104,7 +104,7 @@ ModalScreen { align: center middle; }
           background: $surface; padding: 0 1; }
 .dialog.wide { width: 100; }
 .dialog .title { text-style: bold; margin-bottom: 1; }
-.dialog .detail { height: auto; max-height: 30; }
+.dialog .detail { height: auto; max-height: 70vh; }
 .buttons { height: auto; margin-top: 1; }
 .buttons Button { margin-right: 2; }
 #qr { width: auto; margin-top: 1; }
@@ -183,8 +183,9 @@ class CoreStateApp(App[None]):
                     yield Static("", id="backups", classes="box")
                     yield Static("", id="plots", classes="box")
                 with Vertical(id="live", classes="box"):
+                    # The progress bar is mounted only while a backup runs: a ProgressBar
+                    # ticks (and an indeterminate one animates) even when hidden.
                     yield Static("", id="live-text")
-                    yield ProgressBar(total=None, show_eta=False, id="live-bar")
                 yield DataTable(id="dash-peers", cursor_type="row", classes="box")
                 yield Static("", id="dash-alerts", classes="box")
             with TabPane("2 Snapshots", id="snapshots"):
@@ -338,8 +339,8 @@ class CoreStateApp(App[None]):
         else:
             home = f" --home {self.home}" if self.home else ""
             bar.update(Text.assemble(("✖ disconnected ", "bold red"),
-                                     f"— no daemon answers on {self.socket}. Start one: "
-                                     f"corestate{home} node run   (retrying every {RETRY_S:.0f}s)"))
+                                     f"— start the daemon: corestate{home} node run   "
+                                     f"(retrying every {RETRY_S:.0f}s; nobody answers on {self.socket})"))
             bar.set_class(True, "down")
 
     def render_dashboard(self) -> None:
@@ -425,10 +426,16 @@ class CoreStateApp(App[None]):
     def render_live(self) -> None:
         box = self.query_one("#live")
         box.display = self.backup_running
+        bars = self.query("#live-bar")
         if not self.backup_running:
+            bars.remove()
             return
+        if bars:
+            bar = bars.first(ProgressBar)
+        else:
+            bar = ProgressBar(total=None, show_eta=False, id="live-bar")
+            box.mount(bar)
         p = self.progress
-        bar = self.query_one("#live-bar", ProgressBar)
         if p is None:
             self.query_one("#live-text", Static).update("Backup started…")
             bar.update(total=None)

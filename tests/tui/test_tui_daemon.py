@@ -14,7 +14,7 @@ from corestate.node.runtime.localmesh import LocalMesh
 from corestate.protocol import control as c
 from corestate.tui.app import CoreStateApp
 from corestate.tui.screens import Confirm, Invite, RestoreDialog
-from meshutil import last_json, make_mesh, restored
+from meshutil import last_json, make_mesh, popen, random_tree, restored
 from textual.widgets import DataTable, Input, OptionList, Static
 from tuiutil import run, text_of, until
 
@@ -194,6 +194,40 @@ def test_invite_shows_a_token_and_its_qr_code(solo: tuple[LocalMesh, Path, list[
     with connect(mesh.nodes[0].home) as s:  # type: ignore[union-attr]
         other = call(s, c.GroupInviteCall(admin=False, expires="1h"))
     assert isinstance(other, c.GroupInviteResult) and other.token != token
+
+
+def test_a_backup_shows_live_progress_then_the_new_snapshot(
+        solo: tuple[LocalMesh, Path, list[str]], tmp_path: Path) -> None:
+    """Driven by events: the backup's progress shows while it runs (a CLI backup, not one the
+    TUI asked for), and the new snapshot appears without a key pressed."""
+    mesh, _, _ = solo
+    node = mesh.nodes[0]
+    big = random_tree(tmp_path / "big", 24, seed=11)
+
+    async def scenario() -> None:
+        app = app_for(mesh)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await until(pilot, lambda: app.status is not None and app.snaps, WAIT, "status")
+            before = len(app.snaps)
+            seen: list[str] = []
+            proc = popen(mesh, node, "backup", str(big))
+            try:
+                def watch() -> bool:
+                    if app.query_one("#live").display:
+                        seen.append(text_of(app, "#live-text"))
+                    return len(app.snaps) == before + 1
+                await until(pilot, watch, WAIT * 2, "the new snapshot")
+            finally:
+                _, err = proc.communicate(timeout=WAIT)
+                assert proc.returncode == 0, err
+            assert any(t.startswith("Backup") for t in seen), seen
+            assert any("reading:" in t and "ETA" in t for t in seen), seen
+            assert not app.query_one("#live").display  # gone once it finished
+            new = app.snaps[-1].short_id
+            await until(pilot, lambda: new in text_of(app, "#backups"), WAIT, "the dashboard's last backup")
+            await pilot.press("q")
+
+    run(scenario)
 
 
 def test_disconnected_then_reconnects_by_itself(solo: tuple[LocalMesh, Path, list[str]]) -> None:

@@ -159,7 +159,6 @@ class CoreStateApp(App[None]):
         self.peer_rows: list[c.PeerRow] = []
         self.group: c.GroupView | None = None
         self.alerts: list[c.AlertRecord | c.Alert] = []
-        self.acked: set[tuple[int, str]] = set()
         self.log_lines: collections.deque[tuple[str, Text]] = collections.deque(maxlen=LOG_LINES)
         self.progress: c.BackupProgress | None = None
         self.backup_running = False
@@ -222,7 +221,7 @@ class CoreStateApp(App[None]):
         self.query_one("#members", DataTable).add_columns("member", "role", "me")
         self.query_one("#peer-table", DataTable).add_columns(
             "peer", "trusted", "source", "state", "seen", "holds for us", "we hold")
-        self.query_one("#alert-table", DataTable).add_columns("time", "severity", "alert", "message")
+        self.query_one("#alert-table", DataTable).add_columns("time", "severity", "alert", "seen", "message")
         self.render_all()
         self.connection()
 
@@ -389,8 +388,10 @@ class CoreStateApp(App[None]):
         plots.append("Backup size / change over time\n", "bold")
         sizes = [s.bytes for s in self.snaps]
         changes = [abs(b2 - b1) for b1, b2 in zip([0, *sizes], sizes, strict=False)][1:] if sizes else []
-        plots.append(f"size   {f.sparkline(sizes, 24) or f.DASH} {f.human(sizes[-1]) if sizes else ''}\n", "cyan")
-        plots.append(f"change {f.sparkline(changes, 24) or f.DASH}\n", "magenta")
+        plots.append(f"size   {f.sparkline(sizes, 24) or f.DASH} "
+                     f"{f.human(min(sizes)) + '–' + f.human(max(sizes)) if sizes else ''}\n", "cyan")
+        plots.append(f"change {f.sparkline(changes, 24) or f.DASH} "
+                     f"{'up to ' + f.human(max(changes)) if changes else ''}\n", "magenta")
         peers = st.peers if st else ()
         top = max((p.shares for p in peers), default=0)
         plots.append("Shares over peers\n", "bold")
@@ -414,7 +415,7 @@ class CoreStateApp(App[None]):
 
         al = Text()
         al.append("Recent alerts\n", "bold")
-        shown = [a for a in self.alerts if (a.time_ns, a.alert) not in self.acked][-4:]
+        shown = [a for a in self.alerts if not _opt(a, "acked")][-4:]
         for a in reversed(shown):
             al.append(f"{f.when(a.time_ns)} ", "dim")
             al.append(f"{a.severity:<8}", _severity_style(a.severity))
@@ -501,10 +502,11 @@ class CoreStateApp(App[None]):
         table = self.query_one("#alert-table", DataTable)
         table.clear()
         for a in reversed(self.alerts):
-            if (a.time_ns, a.alert) in self.acked:
-                continue
-            table.add_row(f.when(a.time_ns), Text(a.severity, _severity_style(a.severity)), a.alert,
-                          a.message, key=f"{a.time_ns}:{a.alert}")
+            seen = bool(_opt(a, "acked"))
+            style = "dim" if seen else ""
+            table.add_row(Text(f.when(a.time_ns), style), Text(a.severity, "dim" if seen else _severity_style(a.severity)),
+                          Text(a.alert, style), Text("✓" if seen else "new", style), Text(a.message, style),
+                          key=f"{a.time_ns}:{a.alert}")
         self.render_dashboard_alerts_only()
 
     def render_dashboard_alerts_only(self) -> None:
@@ -682,7 +684,8 @@ class CoreStateApp(App[None]):
 
     def build_tree(self, entries: list[c.Entry], snapshot: str, expand: bool = False) -> None:
         tree = self.query_one("#tree", Tree)
-        tree.reset(f"snapshot {snapshot}", data=None)
+        when = next((f.when(s.time_ns) for s in self.snaps if s.short_id == snapshot), "")
+        tree.reset(f"snapshot {snapshot}  {when}", data=None)
         tree.root.expand()
         nodes: dict[bytes, Any] = {b"": tree.root}
         for e in sorted(entries, key=lambda e: e.path):
@@ -900,15 +903,25 @@ class CoreStateApp(App[None]):
         box.update(Text(f"{a.alert} ({a.severity}) at {f.when(a.time_ns)}\n{a.message}\n"
                         + "\n".join(f"  {k}: {v}" for k, v in details.items())))
 
-    def action_ack(self) -> None:
+    @work(group="action")
+    async def action_ack(self) -> None:
+        """Acknowledge the selected alert at the daemon (every client sees it as seen)."""
         table = self.query_one("#alert-table", DataTable)
         if table.row_count == 0:
             return
         key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
-        for a in self.alerts:
-            if f"{a.time_ns}:{a.alert}" == key:
-                self.acked.add((a.time_ns, a.alert))
-        self.render_alerts()
+        a = next((a for a in self.alerts if f"{a.time_ns}:{a.alert}" == key), None)
+        if a is None:
+            return
+        try:
+            res = await self.client.call(c.AlertAckCall(alerts=(c.AlertKey(time_ns=a.time_ns, alert=a.alert),)))
+        except (DaemonFailure, Disconnected) as exc:
+            self.failed(exc)
+            return
+        if isinstance(res, c.AlertAckResult) and res.acked == 0:
+            self.notify("The daemon no longer keeps that alert (it keeps the most recent ones)",
+                        severity="warning")
+        self.mark_stale("status")
 
     # -- words for failures ----------------------------------------------------------------
 

@@ -62,15 +62,16 @@ def path_text(p: bytes) -> str:
 
 
 def sparkline(values: Sequence[float], width: int) -> str:
-    """The last ``width`` values as block characters, scaled to the largest one."""
+    """The last ``width`` values as block characters, from the smallest (one eighth) to the
+    largest (a full block): the shape over time, as the numbers beside it say the scale."""
     vals = list(values)[-width:]
     if not vals:
         return ""
-    top = max(vals)
-    if top <= 0:
-        return BLOCKS[1] * len(vals)
-    return "".join(BLOCKS[max(1, round(v / top * (len(BLOCKS) - 1)))] if v > 0 else BLOCKS[0]
-                   for v in vals)
+    low, top = min(vals), max(vals)
+    if top == low:
+        return BLOCKS[4] * len(vals)
+    steps = len(BLOCKS) - 2  # 1..8
+    return "".join(BLOCKS[1 + round((v - low) / (top - low) * steps)] for v in vals)
 
 
 def bar(value: float, top: float, width: int) -> str:

@@ -96,7 +96,7 @@ class Help(ModalScreen[None]):
   u                   untrust the selected peer (confirm)
 
 [b]Alerts / Log[/b]
-  k                   acknowledge the selected alert (hidden in this TUI until restart)
+  k                   acknowledge the selected alert (seen, for every client of the daemon)
   /                   filter the log
 
 The mouse works too: click tabs, rows and buttons."""

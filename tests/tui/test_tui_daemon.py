@@ -250,6 +250,17 @@ def test_disconnected_then_reconnects_by_itself(solo: tuple[LocalMesh, Path, lis
     run(scenario)
 
 
+def test_the_daemon_answers_an_alert_ack(solo: tuple[LocalMesh, Path, list[str]]) -> None:
+    """The call travels to a real daemon and back: no alert is known by that key."""
+    mesh, _, _ = solo
+    with connect(mesh.nodes[0].home) as s:  # type: ignore[union-attr]
+        res = call(s, c.AlertAckCall(alerts=(c.AlertKey(time_ns=1, alert="failed-audit"),)))
+    assert res == c.AlertAckResult(acked=0)
+    with connect(mesh.nodes[0].home) as s:  # type: ignore[union-attr]
+        st = call(s, c.StatusCall())
+    assert isinstance(st, c.StatusResult) and all(not a.acked for a in st.alerts)
+
+
 def _snapshots(mesh: LocalMesh) -> list[str]:
     p = mesh.run(mesh.nodes[0], "snapshots", "--json")
     return [s["id"] for s in last_json(p)]

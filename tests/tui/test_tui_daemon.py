@@ -5,17 +5,18 @@ and QR code, and the live disconnect → reconnect."""
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from corestate.node.runtime.client import call, connect
-from corestate.node.runtime.localmesh import LocalMesh
+from corestate.node.runtime.localmesh import LocalMesh, free_port
 from corestate.protocol import control as c
 from corestate.tui.app import CoreStateApp
-from corestate.tui.screens import Confirm, Invite, RestoreDialog
+from corestate.tui.screens import AskText, Confirm, Invite, RestoreDialog, TextView
 from meshutil import last_json, make_mesh, popen, random_tree, restored
-from textual.widgets import DataTable, Input, OptionList, Static
+from textual.widgets import DataTable, Input, Label, OptionList, Static
 from tuiutil import run, text_of, until
 
 pytestmark = pytest.mark.slow
@@ -245,6 +246,58 @@ def test_disconnected_then_reconnects_by_itself(solo: tuple[LocalMesh, Path, lis
                 mesh.start(0)
             await until(pilot, lambda: app.connected and "● connected" in text_of(app, "#conn"), WAIT,
                         "the reconnect")
+            await pilot.press("q")
+
+    run(scenario)
+
+
+def test_diff_of_two_snapshots(solo: tuple[LocalMesh, Path, list[str]]) -> None:
+    mesh, _, _ = solo
+
+    async def scenario() -> None:
+        app = app_for(mesh)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await until(pilot, lambda: len(app.snaps) >= 2, WAIT, "the snapshots")
+            await pilot.press("2")
+            # Select the second snapshot: D diffs it against the one before.
+            table = app.query_one("#snaps", DataTable)
+            table.move_cursor(row=1)
+            await pilot.press("D")
+            await until(pilot, lambda: isinstance(app.screen, TextView), WAIT, "the diff")
+            body = text_of(app.screen, "#text")
+            assert "M /" in body and body.strip().endswith("docs/report.txt"), body
+            assert "1 modified" in str(app.screen.query_one(".title", Label).content)
+            await pilot.press("escape", "q")
+
+    run(scenario)
+
+
+def test_trust_then_untrust_a_peer(solo: tuple[LocalMesh, Path, list[str]], tmp_path: Path) -> None:
+    mesh, _, _ = solo
+    other = tmp_path / "other"
+    p = subprocess.run([*mesh.cmd(mesh.nodes[0], "init")[:4], "--home", str(other), "init", "--json",
+                        "--passphrase-file", str(mesh.pw)], capture_output=True, text=True, env=mesh.env)
+    assert p.returncode == 0, p.stderr
+    peer = last_json(p.stdout)["peer_id"]
+    addr = f"/ip4/127.0.0.1/tcp/{free_port()}/p2p/{peer}"  # nobody listens there
+
+    async def scenario() -> None:
+        app = app_for(mesh)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await until(pilot, lambda: app.status is not None, WAIT, "status")
+            await pilot.press("4", "t")
+            await until(pilot, lambda: isinstance(app.screen, AskText), WAIT, "the address question")
+            await pilot.press(*addr, "enter")
+            await until(pilot, lambda: any(r.peer == peer for r in app.peer_rows), WAIT, "the new peer")
+            assert next(r for r in app.peer_rows if r.peer == peer).trusted
+            pt = app.query_one("#peer-table", DataTable)
+            pt.focus()
+            pt.move_cursor(row=[r.peer for r in app.peer_rows].index(peer))
+            await pilot.press("u")
+            await until(pilot, lambda: isinstance(app.screen, Confirm), WAIT, "the question")
+            await pilot.press("y")
+            await until(pilot, lambda: not any(r.peer == peer and r.trusted for r in app.peer_rows),
+                        WAIT, "the peer untrusted")
             await pilot.press("q")
 
     run(scenario)

@@ -811,8 +811,9 @@ class CoreStateApp(App[None]):
                 return
             dialog.progress(1, 1)
             verb = "would restore" if s.dry_run else "restored"
-            words = (f"{verb} {s.files} files, {s.dirs} folders, {f.human(s.bytes)} in {s.seconds}s"
-                     + ("" if s.dry_run else f" below {target}"))
+            words = (f"{verb} {f.plural(s.files, 'file')}, {f.plural(s.dirs, 'folder')}, "
+                     f"{f.human(s.bytes)} in {float(s.seconds):.2f}s"
+                     + ("" if s.dry_run else f"\n→ {dialog.destination(target)}"))
             for i in issues[:5]:
                 words += f"\nfailed: {f.path_text(i.path)}: {i.message}"
             dialog.say(words)

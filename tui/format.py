@@ -56,6 +56,11 @@ def ago(ns: int | None, now_ns: int) -> str:
     return f"{duration(d)} ago" if d >= 0 else f"in {duration(d)}"
 
 
+def plural(n: int, word: str) -> str:
+    """``1 file``, ``2 files``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def path_text(p: bytes) -> str:
     """A path from the file system (not always UTF-8) as text; undecodable bytes escaped."""
     return p.decode("utf-8", "backslashreplace")
@@ -144,5 +149,5 @@ def qr_text(data: str) -> str:
     return "\n".join(out)
 
 
-__all__ = ["DASH", "ago", "bar", "duration", "fuzzy_score", "human", "path_text", "qr_text",
+__all__ = ["DASH", "ago", "bar", "duration", "fuzzy_score", "human", "path_text", "plural", "qr_text",
            "rank", "short_peer", "sparkline", "when"]

@@ -8,6 +8,7 @@ the home and hands it over. It starts even when no daemon runs: the screen then 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -22,6 +23,11 @@ def cmd_tui(args: argparse.Namespace, out: Out) -> int:
         raise CoreStateError("the TUI needs a terminal",
                              hint="run it in a terminal; scripts use `corestate status --json`")
     home = Path(args.home).expanduser()
+    term = os.environ.get("TERM", "")
+    if term in ("", "dumb", "unknown") or term.startswith(("vt", "linux")):
+        # A terminal that says little of itself gets the 16 standard colours, never
+        # true colour (Textual's own guess); one that says more is trusted.
+        os.environ.setdefault("TEXTUAL_COLOR_SYSTEM", "standard")
     from corestate.tui.app import run
     run(socket_path(home), home)
     return EXIT_OK

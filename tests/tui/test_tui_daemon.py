@@ -114,12 +114,12 @@ def test_restore_a_file_from_an_earlier_snapshot(solo: tuple[LocalMesh, Path, li
             assert dialog.query_one("#target", Input).value == str(target)
             # A dry run writes nothing.
             await pilot.click("#dry")
-            await until(pilot, lambda: "would restore 1 files" in text_of(dialog, "#outcome"), WAIT,
+            await until(pilot, lambda: "would restore 1 file," in text_of(dialog, "#outcome"), WAIT,
                         "the dry run")
             assert not target.exists()
             dialog.query_one("#target", Input).focus()
             await pilot.press("enter")
-            await until(pilot, lambda: "restored 1 files" in text_of(dialog, "#outcome"), WAIT,
+            await until(pilot, lambda: "restored 1 file," in text_of(dialog, "#outcome"), WAIT,
                         "the restore")
             back = restored(target, src) / "docs" / "report.txt"
             assert back.read_text() == want

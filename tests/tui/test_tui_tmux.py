@@ -92,3 +92,22 @@ def test_the_real_command_in_tmux(tmp_path: Path, session: str) -> None:
     finally:
         mesh.close()
     print(f"idle CPU: {used:.3%} of a core over {IDLE_SECONDS:.0f}s")
+
+
+@pytest.mark.parametrize("term", ["dumb", "xterm", "linux"])
+def test_colours_degrade_on_a_plain_terminal(tmp_path: Path, session: str, term: str) -> None:
+    """On a dumb or 16-colour terminal the TUI sends only the 16 standard colours (SGR 30-37,
+    40-47, 90-97, 100-107), never 256-colour or true-colour codes."""
+    mesh = make_mesh(tmp_path / "m", 1)
+    env = {**clean_env(), "TERM": term}
+    env.pop("COLORTERM", None)
+    cmd = [sys.executable, "-P", "-m", "corestate.node.cli", "--home", str(mesh.nodes[0].home), "tui"]
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "80", "-y", "24",
+                    "env -u COLORTERM TERM=" + term + " " + subprocess.list2cmdline(cmd)], check=True, env=env)
+    wait_for(lambda: shows(session, "disconnected"), WAIT, "the screen")
+    time.sleep(0.5)
+    coloured = subprocess.run(["tmux", "capture-pane", "-p", "-e", "-t", session],
+                              capture_output=True, text=True).stdout
+    assert "\x1b[" in coloured  # it does use colour
+    assert "38;2;" not in coloured and "48;2;" not in coloured, "true colour on a plain terminal"
+    assert "38;5;" not in coloured and "48;5;" not in coloured, "256 colours on a plain terminal"

@@ -16,7 +16,7 @@ from corestate.protocol import control as c
 from corestate.tui.app import CoreStateApp
 from corestate.tui.screens import AskText, Confirm, Invite, RestoreDialog, TextView
 from meshutil import last_json, make_mesh, popen, random_tree, restored
-from textual.widgets import DataTable, Input, Label, OptionList, Static
+from textual.widgets import DataTable, Input, Label, OptionList, RichLog, Static
 from tuiutil import run, text_of, until
 
 pytestmark = pytest.mark.slow
@@ -180,7 +180,18 @@ def test_invite_shows_a_token_and_its_qr_code(solo: tuple[LocalMesh, Path, list[
             await pilot.press("4")
             assert "home-lab" in text_of(app, "#group-head")
             assert app.query_one("#members", DataTable).row_count == 1
-            await pilot.press("i")
+            # Removing a member asks first; no leaves it.
+            app.query_one("#members", DataTable).focus()
+            await pilot.press("x")
+            await until(pilot, lambda: isinstance(app.screen, Confirm), WAIT, "the question")
+            await pilot.press("n")
+            await pilot.pause(0.5)
+            assert app.group is not None and len(app.group.members) == 1
+            # The command palette finds the invite by name too.
+            await pilot.press("ctrl+p")
+            await pilot.press(*"invite a")
+            await pilot.pause(0.5)
+            await pilot.press("enter")
             await until(pilot, lambda: isinstance(app.screen, Invite), WAIT, "the invite")
             token = text_of(app.screen, "#token")
             qr = text_of(app.screen, "#qr")
@@ -226,6 +237,16 @@ def test_a_backup_shows_live_progress_then_the_new_snapshot(
             assert not app.query_one("#live").display  # gone once it finished
             new = app.snaps[-1].short_id
             await until(pilot, lambda: new in text_of(app, "#backups"), WAIT, "the dashboard's last backup")
+            # The log has the daemon's events; a filter keeps the matching lines only.
+            await pilot.press("6")
+            log = app.query_one("#log-view", RichLog)
+            everything = len(log.lines)
+            await pilot.press("slash", *"finished")
+            await until(pilot, lambda: 0 < len(log.lines) < everything, WAIT, "the filtered log")
+            assert all("finished" in "".join(seg.text for seg in line) for line in log.lines)
+            await pilot.press("escape")
+            app.query_one("#log-filter", Input).value = ""
+            await until(pilot, lambda: len(log.lines) == everything, WAIT, "the whole log again")
             await pilot.press("q")
 
     run(scenario)

@@ -420,8 +420,10 @@ class CoreStateApp(App[None]):
             al.append(f"{f.when(a.time_ns)} ", "dim")
             al.append(f"{a.severity:<8}", _severity_style(a.severity))
             al.append(f" {a.alert}: {a.message}\n")
-        if not shown:
-            al.append("none", "green") if st is not None else al.append(f.DASH)
+        if not shown and st is not None:
+            al.append("none", "green")
+        elif not shown:
+            al.append(f.DASH)
         self.query_one("#dash-alerts", Static).update(al)
 
     def render_live(self) -> None:

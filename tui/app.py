@@ -86,7 +86,8 @@ CSS = """
 TabPane { height: 1fr; padding: 0; }
 .row { height: auto; }
 .box { border: round $primary-lighten-1; padding: 0 1; height: auto; }
-#node, #safety, #backups, #plots { width: 1fr; }
+#left, #safety, #plots, #dash-alerts { width: 1fr; }
+#left { height: auto; }
 #dash-peers { height: auto; max-height: 12; }
 #live { height: auto; }
 .hint { color: $text-muted; height: 1; }
@@ -175,18 +176,20 @@ class CoreStateApp(App[None]):
         yield Static("", id="conn")
         with TabbedContent(id="tabs", initial="dashboard"):
             with TabPane("1 Dashboard", id="dashboard"), VerticalScroll():
-                with Horizontal(classes="row"):
-                    yield Static("", id="node", classes="box")
-                    yield Static("", id="safety", classes="box")
-                with Horizontal(classes="row"):
-                    yield Static("", id="backups", classes="box")
-                    yield Static("", id="plots", classes="box")
+                # The most asked first: what runs now, who this is, is the data safe.
                 with Vertical(id="live", classes="box"):
                     # The progress bar is mounted only while a backup runs: a ProgressBar
                     # ticks (and an indeterminate one animates) even when hidden.
                     yield Static("", id="live-text")
+                with Horizontal(classes="row"):
+                    with Vertical(id="left", classes="box"):
+                        yield Static("", id="node")
+                        yield Static("", id="backups")
+                    yield Static("", id="safety", classes="box")
+                with Horizontal(classes="row"):
+                    yield Static("", id="plots", classes="box")
+                    yield Static("", id="dash-alerts", classes="box")
                 yield DataTable(id="dash-peers", cursor_type="row", classes="box")
-                yield Static("", id="dash-alerts", classes="box")
             with TabPane("2 Snapshots", id="snapshots"):
                 yield DataTable(id="snaps", cursor_type="row", zebra_stripes=True)
                 yield Static("enter browse · m mark · D diff · f forget", classes="hint")
@@ -357,7 +360,7 @@ class CoreStateApp(App[None]):
                 node.append(f"up       {f.duration(self.info.uptime_ms / 1000)}, "
                             f"{len(self.info.connected)} connected\n")
                 h = self.info.held_for_peers
-                node.append(f"holding  {h.shares} shares, {f.human(h.bytes)} for {h.senders} peer(s)")
+                node.append(f"holding  {f.human(h.bytes)} for {f.plural(h.senders, 'peer')}")
         self.query_one("#node", Static).update(node)
 
         safety = Text()
@@ -376,11 +379,11 @@ class CoreStateApp(App[None]):
         self.query_one("#safety", Static).update(safety)
 
         b = Text()
-        b.append("Backups\n", "bold")
         if st is not None:
             last = st.last_backup
             b.append(f"last     {last.short_id + '  ' + f.ago(last.time_ns, now) if last else 'none yet'}\n")
-            b.append(f"next     {f.when(st.next_backup) + '  ' + f.ago(st.next_backup, now) if st.next_backup else 'not scheduled'}\n")
+            nxt = st.next_backup
+            b.append(f"next     {f.ago(nxt, now) + ' (' + f.when(nxt)[5:] + ')' if nxt else 'not scheduled'}\n")
             b.append(f"snaps    {st.snapshots}")
         self.query_one("#backups", Static).update(b)
 

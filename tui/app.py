@@ -805,7 +805,8 @@ class CoreStateApp(App[None]):
             try:
                 pages = await self.client.paged(
                     c.RestoreCall(snapshot=snapshot, target=os.fsencode(target),
-                                  paths=(path,) if path else (), dry_run=dry_run), on_event=progress)
+                                  paths=(path,) if path else (), dry_run=dry_run), on_event=progress,
+                    on_notice=lambda n: dialog.say(n.message if isinstance(n, c.Notice) else ""))
             except (DaemonFailure, Disconnected) as exc:
                 dialog.say(f"failed: {exc}\n{exc.hint}")
                 return

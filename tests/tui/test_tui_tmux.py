@@ -111,3 +111,11 @@ def test_colours_degrade_on_a_plain_terminal(tmp_path: Path, session: str, term:
     assert "\x1b[" in coloured  # it does use colour
     assert "38;2;" not in coloured and "48;2;" not in coloured, "true colour on a plain terminal"
     assert "38;5;" not in coloured and "48;5;" not in coloured, "256 colours on a plain terminal"
+
+
+def test_without_a_terminal_it_says_so(tmp_path: Path) -> None:
+    mesh = make_mesh(tmp_path / "m", 1)
+    p = subprocess.run([sys.executable, "-P", "-m", "corestate.node.cli", "--home", str(mesh.nodes[0].home),
+                        "tui"], capture_output=True, text=True, stdin=subprocess.DEVNULL, env=clean_env(),
+                       timeout=WAIT)
+    assert p.returncode == 1 and "needs a terminal" in p.stderr and "status --json" in p.stderr, p.stderr

@@ -101,6 +101,10 @@ class ScriptedDaemon:
         self.path = path
         self.server: asyncio.AbstractServer | None = None
         self.acked: set[tuple[int, str]] = set()
+        self.listing = entries()  # what ls answers (a test may put a huge tree here)
+        self.ls_calls: list[c.LsCall] = []
+        self.completed: list[str] = []  # requests answered in full
+        self.hung_up: list[str] = []  # requests whose client hung up before the end
 
     async def _send(self, w: asyncio.StreamWriter, msg: c.Message) -> None:
         w.write(wire.encode_frame(c.encode(msg)))
@@ -117,6 +121,7 @@ class ScriptedDaemon:
                 dec.feed(data)
             return c.decode(frame)
 
+        req: c.Message | None = None
         try:
             if not isinstance(await receive(), c.Hello):
                 return
@@ -141,11 +146,18 @@ class ScriptedDaemon:
             elif isinstance(req, c.GroupMembersCall):
                 answers = [c.GroupMembersResult(view=group())]
             elif isinstance(req, c.LsCall):
-                answers = [c.LsPage(entries=tuple(entries())), c.Done(items=len(entries()))]
+                listing = self.listing if req.recursive else [
+                    e for e in self.listing if e.path.rpartition(b"/")[0] == req.path.rstrip(b"/")]
+                answers = [c.LsPage(entries=tuple(listing[i:i + 4096])) for i in range(0, len(listing), 4096)]
+                answers.append(c.Done(items=len(listing)))
+                self.ls_calls.append(req)
             else:
                 answers = [c.Failure(kind="bad-request", message="not scripted", hint="", retryable=False)]
             for a in answers:
                 await self._send(w, a)
+            self.completed.append(type(req).__name__)
+        except (ConnectionError, BrokenPipeError):
+            self.hung_up.append(type(req).__name__ if req is not None else "?")
         finally:
             w.close()
 

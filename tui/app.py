@@ -54,7 +54,7 @@ from textual.widgets.option_list import Option
 RETRY_S = 2.0  # the issue asks for at least every 5 s
 REFRESH_DELAY_S = 0.3  # events in a burst (a backup's end) cause one refresh
 LOG_LINES = 2000
-MAX_TREE_ENTRIES = 200_000
+MAX_ENTRIES = 100_000  # names held for the search; past it folders are listed when opened
 SEARCH_RESULTS = 200
 
 TABS = ("dashboard", "snapshots", "browse", "peers", "alerts", "log")
@@ -165,6 +165,10 @@ class CoreStateApp(App[None]):
         self.backup_running = False
         self.browse_snapshot: str | None = None
         self.entries: list[c.Entry] = []
+        self.entries_complete = True
+        self.folders: dict[bytes, list[c.Entry]] = {}
+        self.cut_folders: set[bytes] = set()
+        self.held_dirs: set[bytes] = set()
         self.marked: str | None = None
         self._stale: set[str] = set()
         self._refresh_timer: Any = None
@@ -676,51 +680,88 @@ class CoreStateApp(App[None]):
 
     @work(exclusive=True, group="tree")
     async def load_tree(self, snapshot: str) -> None:
+        """The snapshot's listing (for the search, up to MAX_ENTRIES names) and the top of
+        its tree; folders fill in when opened, so a tree of a million files costs only what
+        is shown."""
         tree = self.query_one("#tree", Tree)
         tree.reset(f"snapshot {snapshot} (loading…)")
         try:
-            pages = await self.client.paged(c.LsCall(snapshot=snapshot, path=b"", recursive=True))
+            pages, self.entries_complete = await self.client.paged_upto(
+                c.LsCall(snapshot=snapshot, path=b"", recursive=True), MAX_ENTRIES)
         except (DaemonFailure, Disconnected) as exc:
             self.failed(exc)
             tree.reset(f"snapshot {snapshot}: {exc}")
             return
-        self.entries = [e for p in pages if isinstance(p, c.LsPage) for e in p.entries][:MAX_TREE_ENTRIES]
+        self.entries = [e for p in pages if isinstance(p, c.LsPage) for e in p.entries][:MAX_ENTRIES]
         self.build_tree(self.entries, snapshot)
 
-    def build_tree(self, entries: list[c.Entry], snapshot: str, expand: bool = False) -> None:
+    def build_tree(self, entries: list[c.Entry], snapshot: str) -> None:
+        self.folders = collections.defaultdict(list)
+        # The listing is depth first, parents before children: when it was cut, the folders
+        # held only in part are the ones the last entry held lies in (and it, if a folder).
+        self.cut_folders = set()
+        if not self.entries_complete and entries:
+            path = entries[-1].path if entries[-1].type == "d" else entries[-1].path.rpartition(b"/")[0]
+            while path:
+                self.cut_folders.add(path)
+                path = path.rpartition(b"/")[0]
+        dirs = self.held_dirs = {e.path for e in entries if e.type == "d"}
+        for e in entries:
+            parent = e.path.rstrip(b"/").rpartition(b"/")[0]
+            self.folders[parent].append(e)
+            # A folder the listing does not name (it can begin below /): make it up.
+            while parent and parent not in dirs:
+                dirs.add(parent)
+                up = parent.rpartition(b"/")[0]
+                self.folders[up].append(c.Entry(path=parent, type="d", mode=0, uid=0, gid=0,
+                                                 mtime_ns=0, size=0, target=None))
+                parent = up
         tree = self.query_one("#tree", Tree)
         when = next((f.when(s.time_ns) for s in self.snaps if s.short_id == snapshot), "")
         tree.reset(f"snapshot {snapshot}  {when}", data=None)
+        self.fill(tree.root, self.folders.get(b"", []))
         tree.root.expand()
-        nodes: dict[bytes, Any] = {b"": tree.root}
-        for e in sorted(entries, key=lambda e: e.path):
-            parent_path, _, name = e.path.rstrip(b"/").rpartition(b"/")
-            parent = nodes.get(parent_path)
-            if parent is None:  # a folder the listing did not name (the backed-up path's parents)
-                parent = self._ensure(nodes, parent_path)
-            label = f.path_text(name) + ("/" if e.type == "d" else "")
-            if e.type == "d":
-                node = parent.add(label, data=e, expand=expand)
-                nodes[e.path.rstrip(b"/")] = node
-            else:
-                parent.add_leaf(label, data=e)
         # Open the chain of lone folders down to the backed-up paths (/home/me/src).
         node = tree.root
         while len(node.children) == 1 and node.children[0].allow_expand:
             node = node.children[0]
+            self.open_folder(node)
             node.expand()
         self.show_details(None)
 
-    def _ensure(self, nodes: dict[bytes, Any], path: bytes) -> Any:
-        if path in nodes:
-            return nodes[path]
-        up, _, name = path.rpartition(b"/")
-        parent = self._ensure(nodes, up)
-        node = parent.add(f.path_text(name) + "/", data=c.Entry(path=path, type="d", mode=0, uid=0, gid=0,
-                                                                   mtime_ns=0, size=0, target=None),
-                          expand=True)
-        nodes[path] = node
-        return node
+    def fill(self, node: Any, entries: Iterable[c.Entry]) -> None:
+        for e in sorted(entries, key=lambda e: e.path):
+            name = f.path_text(e.path.rstrip(b"/").rpartition(b"/")[2])
+            if e.type == "d":
+                node.add(name + "/", data=e, allow_expand=True)
+            else:
+                node.add_leaf(name + (f" → {f.path_text(e.target)}" if e.target else ""), data=e)
+
+    def open_folder(self, node: Any) -> None:
+        """Fill a folder when first opened: from the listing held, or from the daemon (one
+        folder's entries) for a folder the cut at MAX_ENTRIES went through or never reached."""
+        e = node.data
+        if not isinstance(e, c.Entry) or e.type != "d" or node.children:
+            return
+        if e.path in self.cut_folders or (not self.entries_complete and e.path not in self.held_dirs):
+            self.fetch_folder(node, e.path)
+        else:
+            self.fill(node, self.folders.get(e.path, []))
+
+    @work(group="tree")
+    async def fetch_folder(self, node: Any, path: bytes) -> None:
+        try:
+            pages = await self.client.paged(c.LsCall(snapshot=self.browse_snapshot or "latest", path=path,
+                                                     recursive=False))
+        except (DaemonFailure, Disconnected) as exc:
+            self.failed(exc)
+            return
+        if not node.children:
+            self.fill(node, [e for p in pages if isinstance(p, c.LsPage) for e in p.entries])
+
+    @on(Tree.NodeExpanded, "#tree")
+    def folder_opened(self, event: Tree.NodeExpanded) -> None:
+        self.open_folder(event.node)
 
     @on(Tree.NodeHighlighted, "#tree")
     def entry_highlighted(self, event: Tree.NodeHighlighted) -> None:
@@ -729,7 +770,10 @@ class CoreStateApp(App[None]):
     def show_details(self, e: c.Entry | None) -> None:
         box = self.query_one("#details", Static)
         if e is None:
-            box.update(f"snapshot {self.browse_snapshot}\n{len(self.entries)} entries")
+            held = f"{len(self.entries):,} entries" if self.entries_complete else (
+                f"more than {MAX_ENTRIES:,} entries: the search covers the first {len(self.entries):,}; "
+                "folders list in full when opened")
+            box.update(f"snapshot {self.browse_snapshot}\n{held}")
             return
         kind = {"f": "file", "d": "folder", "l": "symlink"}.get(e.type, e.type)
         t = Text()

@@ -127,10 +127,20 @@ class Client:
         """A typed call answered in pages: the pages, in order, up to ``Done``."""
         return await self._request(request, on_event, on_notice, paged=True)
 
+    async def paged_upto(self, request: c.Message, max_items: int) -> tuple[list[c.Message], bool]:
+        """Like :meth:`paged`, but stop reading once the pages hold ``max_items`` records
+        (the call is cancelled and the connection closed: a listing of millions of files
+        is not held whole). Returns the pages and whether the answer was complete."""
+        cut: list[bool] = []
+        pages = await self._request(request, None, None, paged=True, max_items=max_items, cut=cut)
+        return pages, not cut
+
     async def _request(self, request: c.Message, on_event: EventHandler | None,
-                       on_notice: EventHandler | None, *, paged: bool) -> list[c.Message]:
+                       on_notice: EventHandler | None, *, paged: bool, max_items: int | None = None,
+                       cut: list[bool] | None = None) -> list[c.Message]:
         conn = await _Conn.open(self.path)
         pages: list[c.Message] = []
+        items = 0
         try:
             await conn.send(request)
             while True:
@@ -147,6 +157,13 @@ class Client:
                     return pages
                 elif paged and not isinstance(msg, c.StatusResult):
                     pages.append(msg)
+                    items += _records(msg)
+                    if max_items is not None and items >= max_items:
+                        if cut is not None:
+                            cut.append(True)
+                        with contextlib.suppress(Exception):
+                            await asyncio.wait_for(conn.send(c.Cancel()), 1.0)
+                        return pages
                 else:
                     return [msg]
         except asyncio.CancelledError:
@@ -178,6 +195,11 @@ class Client:
             yield conn.welcome, events()
         finally:
             conn.close()
+
+
+def _records(page: c.Message) -> int:
+    """How many records a page carries (its one tuple field)."""
+    return sum(len(v) for name in page.SPECS if isinstance(v := getattr(page, name), tuple))
 
 
 __all__ = ["CLIENT_NAME", "Client", "DaemonFailure", "Disconnected"]

@@ -12,7 +12,10 @@ failure names it) to compare in a browser.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -101,3 +104,64 @@ def test_acknowledge_an_alert(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
     acked = run(scenario)
     assert acked == {(NOW_NS - 20 * 60 * 10**9, "failed-audit")}
+
+
+def test_a_snapshot_past_the_listing_limit_browses_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A snapshot of 130,000 files (more than MAX_ENTRIES, the names held for the search):
+    the TUI stops reading the listing at the limit (the call is cancelled), the tree shows
+    without a node per file (folders fill in when opened), a folder past the limit lists in full when opened (asked of the daemon), and
+    the details say the search covers only the first names."""
+    from corestate.protocol import control as c
+    from corestate.tui.app import MAX_ENTRIES
+    from textual.widgets import Tree
+    monkeypatch.chdir(tmp_path)
+    folders, per = 1300, 99
+    assert folders * (per + 1) > MAX_ENTRIES
+
+    def entry(path: str, kind: str) -> c.Entry:
+        return c.Entry(path=path.encode(), type=kind, mode=0o644, uid=1000, gid=1000, mtime_ns=NOW_NS,
+                       size=4096, target=None)
+    big = [entry("/srv", "d")]
+    for d in range(folders):
+        big.append(entry(f"/srv/d{d:04d}", "d"))
+        big += [entry(f"/srv/d{d:04d}/f{i:02d}.txt", "f") for i in range(per)]
+
+    async def scenario() -> None:
+        async with scripted(Path("control.sock")) as daemon:
+            daemon.listing = big
+            app = CoreStateApp(Path("control.sock"), None, clock=lambda: NOW_NS)
+            async with app.run_test(size=(120, 40)) as pilot:
+                await until(pilot, lambda: app.snaps, 30, "the snapshots")
+                t0 = time.monotonic()
+                await pilot.press("3")
+                tree = app.query_one("#tree", Tree)
+                await until(pilot, lambda: len(app.entries) > 0 and len(tree.root.children) == 1, 60, "the tree")
+                took = time.monotonic() - t0
+                assert not app.entries_complete and len(app.entries) == MAX_ENTRIES
+                assert "search covers the first 100,000" in str(app.query_one("#details").content)
+                srv = tree.root.children[0]
+                # /srv opens by itself (it is alone); the cut went through it: asked in full.
+                await until(pilot, lambda: len(srv.children) == folders, 30, "/srv in full")
+                first = srv.children[0]  # d0000: held in full, opened from what is held
+                calls = len(daemon.ls_calls)
+                first.expand()
+                await pilot.pause(0.2)
+                assert len(first.children) == per and len(daemon.ls_calls) == calls
+                last = srv.children[-1]  # d1299: its files lie past the limit
+                last.expand()
+                await until(pilot, lambda: len(last.children) == per, 30, "the folder past the limit")
+                assert daemon.ls_calls[-1] == c.LsCall(snapshot=app.browse_snapshot or "", path=b"/srv/d1299",
+                                                       recursive=False)
+                await pilot.press("q")
+            # The big listing was not read to its end.
+            await until_true(lambda: "LsCall" in daemon.hung_up, 10)
+        print(f"tree of {len(big):,} entries shown in {took:.1f}s")
+
+    run(scenario)
+
+
+async def until_true(pred: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)

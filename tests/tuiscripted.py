@@ -102,6 +102,8 @@ class ScriptedDaemon:
         self.server: asyncio.AbstractServer | None = None
         self.acked: set[tuple[int, str]] = set()
         self.listing = entries()  # what ls answers (a test may put a huge tree here)
+        self.events: list[c.Message] = []  # sent to each subscriber at once
+        self.silent = False  # True: a StatsCall is never answered
         self.ls_calls: list[c.LsCall] = []
         self.completed: list[str] = []  # requests answered in full
         self.hung_up: list[str] = []  # requests whose client hung up before the end
@@ -130,7 +132,12 @@ class ScriptedDaemon:
             answers: list[c.Message] = []
             if isinstance(req, c.Subscribe):
                 await self._send(w, c.Ok())
+                for ev in self.events:
+                    await self._send(w, ev)
                 await receive()  # until the client hangs up
+                return
+            if isinstance(req, c.StatsCall) and self.silent:
+                await receive()  # a daemon that never answers
                 return
             if isinstance(req, c.StatusCall):
                 answers = [status(frozenset(self.acked))]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -36,6 +37,7 @@ from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import (
     DataTable,
@@ -251,6 +253,8 @@ class CoreStateApp(App[None]):
                         self.on_daemon_event(ev)
             except (Disconnected, DaemonFailure, RemoteProtocolError, OSError) as exc:
                 self.last_error = str(exc)
+            except NoMatches:  # the app is closing while an event came in
+                return
             if self.connected:
                 self.log_line("disconnected", "the daemon went away")
             self.connected = False
@@ -299,7 +303,8 @@ class CoreStateApp(App[None]):
             return
         except DaemonFailure as exc:
             self.notify(f"{exc}\n{exc.hint}", title="the daemon refused", severity="error")
-        self.render_all()
+        with contextlib.suppress(NoMatches):  # the app closed while the answer came
+            self.render_all()
 
     def on_daemon_event(self, ev: c.Message) -> None:
         if isinstance(ev, c.Missed):
@@ -528,9 +533,12 @@ class CoreStateApp(App[None]):
         stamp = time.strftime("%H:%M:%S", time.localtime(self.clock() / 1e9))
         line = Text.assemble((stamp + " ", "dim"), (f"{kind:<18}", "bold"), words)
         self.log_lines.append((f"{kind} {words}".lower(), line))
-        flt = self.query_one("#log-filter", Input).value.strip().lower()
-        if not flt or flt in self.log_lines[-1][0]:
-            self.query_one("#log-view", RichLog).write(line)
+        try:
+            flt = self.query_one("#log-filter", Input).value.strip().lower()
+            if not flt or flt in self.log_lines[-1][0]:
+                self.query_one("#log-view", RichLog).write(line)
+        except NoMatches:  # the app is closing: the event is kept, nothing to show it on
+            pass
 
     @on(Input.Changed, "#log-filter")
     def filter_log(self, event: Input.Changed) -> None:

@@ -138,6 +138,7 @@ class CoreStateApp(App[None]):
         Binding("t", "trust", "trust"),
         Binding("u", "untrust", "untrust"),
         Binding("k", "ack", "ack"),
+        Binding("escape", "leave_input", "back", show=False),
         Binding("1,d", "tab('dashboard')", "dash", show=False),
         Binding("2,s", "tab('snapshots')", "snaps", show=False),
         Binding("3,b", "tab('browse')", "browse", show=False),
@@ -521,10 +522,7 @@ class CoreStateApp(App[None]):
             table.add_row(Text(f.when(a.time_ns), style), Text(a.severity, "dim" if seen else _severity_style(a.severity)),
                           Text(a.alert, style), Text("✓" if seen else "new", style), Text(a.message, style),
                           key=f"{a.time_ns}:{a.alert}")
-        self.render_dashboard_alerts_only()
-
-    def render_dashboard_alerts_only(self) -> None:
-        if self.status is not None:
+        if self.status is not None:  # the dashboard lists the recent ones not yet seen
             self.render_dashboard()
 
     # -- the log -------------------------------------------------------------------------
@@ -793,6 +791,17 @@ class CoreStateApp(App[None]):
             t.append(f"→ {f.path_text(e.target)}\n")
         t.append("\nR restore this", "dim")
         box.update(t)
+
+    def action_leave_input(self) -> None:
+        """Esc in the search box: clear it and go back to the tree; in the log filter: keep
+        the filter, back to the log."""
+        focused = self.focused
+        if not isinstance(focused, Input):
+            return
+        if focused.id == "search":
+            focused.value = ""
+        tab = self.query_one("#tabs", TabbedContent).active
+        self.query_one(MAIN_WIDGET.get(tab, "#tabs")).focus()
 
     def action_search(self) -> None:
         tab = self.query_one("#tabs", TabbedContent).active

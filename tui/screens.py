@@ -4,6 +4,7 @@ forget preview. Each dismisses with what the person chose; the app does the call
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import ClassVar
 
@@ -167,7 +168,8 @@ class RestoreDialog(ModalScreen[None]):
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "close", "close")]
 
-    def __init__(self, snapshot: str, path: bytes, default_target: str, run: object) -> None:
+    def __init__(self, snapshot: str, path: bytes, default_target: str,
+                 run: Callable[[str, bool], Awaitable[None]]) -> None:
         super().__init__()
         self.snapshot, self.path, self.default_target, self.run = snapshot, path, default_target, run
         self.busy = False
@@ -235,7 +237,7 @@ class RestoreDialog(ModalScreen[None]):
 
     async def _run(self, target: str, dry_run: bool) -> None:
         try:
-            await self.run(target, dry_run)  # type: ignore[operator]
+            await self.run(target, dry_run)
         finally:
             self.busy = False
 

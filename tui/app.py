@@ -291,6 +291,9 @@ class CoreStateApp(App[None]):
             if "snapshots" in what:
                 pages = await self.client.paged(c.SnapshotsCall())
                 self.snaps = [s for p in pages if isinstance(p, c.SnapshotsPage) for s in p.snapshots]
+                if (self.browse_snapshot is None and self.snaps
+                        and self.query_one("#tabs", TabbedContent).active == "browse"):
+                    self.open_browse(self.snaps[-1].short_id)  # Browse was opened before they came
             if "peers" in what:
                 pages = await self.client.paged(c.PeerListCall())
                 self.peer_rows = [r for p in pages if isinstance(p, c.PeerListPage) for r in p.peers]

@@ -58,6 +58,7 @@ def test_the_log_keeps_the_newest_lines_and_the_search_the_best_matches(
                 # "connected", then 2,500 events: the newest 2,000 are kept.
                 assert f"peer{burst - LOG_LINES:05d}" in app.log_lines[0][0]
                 # Search: thousands match, the best SEARCH_RESULTS are listed.
+                await until(pilot, lambda: app.snaps, 30, "the snapshots")
                 await pilot.press("3")
                 await until(pilot, lambda: len(app.entries) == 5000, 30, "the listing")
                 app.query_one("#search", Input).value = "file"

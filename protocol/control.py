@@ -179,6 +179,9 @@ class AlertRecord(Record):
     alert: Name
     severity: Annotated[str, MaxLen(16)]
     message: Text
+    acked: bool = False  # a person acknowledged it (AlertAckCall)
+    details: Annotated[dict[Name, Annotated[str, MaxLen(1024)]], MaxItems(16)] = field(
+        default_factory=dict)  # as in the Alert event (peer, pack, reasons, ...)
 
 
 @message
@@ -1022,6 +1025,50 @@ class PackReadResult(Message):
 MOUNT_MESSAGES: tuple[type[Message], ...] = (PackReadCall, PackReadResult)
 
 
+# -- alerts: acknowledge --------------------------------------------------------------------
+# (answered by the daemon itself, like status: the recent alerts live in its memory only)
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class AlertKey(Record):
+    """Names one alert: its time and name, as status lists it."""
+
+    time_ns: TimeNs
+    alert: Name
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class AlertAckCall(Message):
+    """A person saw these alerts: status marks them ``acked`` (the TUI stops showing them as
+    new). Keys of alerts the daemon no longer keeps are ignored."""
+
+    TYPE: ClassVar[str] = "alert-ack"
+    alerts: Annotated[tuple[AlertKey, ...], MaxItems(64)]
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class AlertAckResult(Message):
+    TYPE: ClassVar[str] = "alert-ack-result"
+    acked: U63  # how many of the keys named a recent alert
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class AlertAcked(Message):
+    """Alerts were acknowledged (by any client): other screens update too."""
+
+    TYPE: ClassVar[str] = "alert.acked"
+    time_ns: TimeNs
+    alerts: Annotated[tuple[AlertKey, ...], MaxItems(64)]
+
+
+ALERTS_MESSAGES: tuple[type[Message], ...] = (AlertAckCall, AlertAckResult)
+ALERTS_EVENTS: tuple[type[Message], ...] = (AlertAcked,)
+
+
 # -- events: one message type per kind; the type is the kind --------------------------------
 
 SEVERITIES = ("info", "warning", "critical")
@@ -1233,6 +1280,7 @@ EVENTS: tuple[type[Message], ...] = (
     CheckFinished, RepairStarted, RepairFinished, RetentionFinished,
     *MAINTAIN_EVENTS,
     PeerUp, PeerDown, PeerDiscovered, GroupChanged, Alert, ScheduleNext,
+    *ALERTS_EVENTS,
 )
 EVENT_KINDS = frozenset(e.TYPE for e in EVENTS)
 
@@ -1290,6 +1338,7 @@ CONTROL_MESSAGES: tuple[type[Message], ...] = (
     *MAINTAIN_MESSAGES,
     *MEMBER_MESSAGES,
     *MOUNT_MESSAGES,
+    *ALERTS_MESSAGES,
     *EVENTS,
     Ok,  # Ok and Error last: the share service's, listed here too
     Error,

@@ -23,6 +23,7 @@ class Live:
     connected: frozenset[str] = frozenset()
     next_backup: int | None = None
     alerts: Sequence[c.Alert] = field(default_factory=tuple)
+    acked: frozenset[tuple[int, str]] = frozenset()  # (time_ns, alert) a person acknowledged
 
 
 def status(node: LocalNode, live: Live | None = None) -> c.StatusResult:
@@ -50,7 +51,9 @@ def status(node: LocalNode, live: Live | None = None) -> c.StatusResult:
         snapshots=len(snaps),
         redundancy=redundancy(node),
         alerts=tuple(c.AlertRecord(time_ns=a.time_ns, alert=a.alert, severity=a.severity,
-                                   message=a.message) for a in (live.alerts if live else ())[-64:]),
+                                   message=a.message, acked=live is not None and (a.time_ns, a.alert) in live.acked,
+                                   details=dict(a.details))
+                     for a in (live.alerts if live else ())[-64:]),
     )
 
 

@@ -29,6 +29,7 @@ from corestate.node.cli.nodecmd import (
 )
 from corestate.node.cli.peer import cmd_peer_add, cmd_peer_list, cmd_peer_remove
 from corestate.node.cli.restore import cmd_restore
+from corestate.node.cli.tuicmd import cmd_tui
 from corestate.node.home import default_home
 
 # -- parser -----------------------------------------------------------------------------
@@ -246,6 +247,14 @@ Needs FUSE 3 (Debian: apt install fuse3 libfuse3-dev pkg-config) and pyfuse3
         spx.add_argument("--json", action="store_true", help="machine-readable output")
 
     add("status", cmd_status, "this node at a glance: peers, last and next backup, redundancy, alerts")
+
+    sp = add("tui", cmd_tui, "the terminal UI: the node and its group at a glance, browse and restore",
+             key=False, json_flag=False)
+    sp.epilog = ("keys: 1-6 switch screens, ? shows every key, ctrl+p the command palette, q quits.\n"
+                 "examples:\n  corestate tui                  the daemon of the default home\n"
+                 "  corestate --home /srv/cs tui   the daemon of another home\n"
+                 "It needs a running daemon (`corestate node run`); started without one it waits for it.")
+    sp.formatter_class = argparse.RawDescriptionHelpFormatter
 
     sp = add("demo", cmd_demo, "a guided run: back up a sample tree, change it, restore and verify",
              key=False)

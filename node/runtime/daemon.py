@@ -133,6 +133,8 @@ class Daemon:
                     await self._subscribe(ch, msg)
                 elif isinstance(msg, c.StatusCall):
                     await ch.send(await self._status())
+                elif isinstance(msg, c.AlertAckCall):  # the recent alerts live here only
+                    await ch.send(c.AlertAckResult(acked=self.events.acknowledge(msg.alerts, time.time_ns())))
                 elif type(msg) in OPERATIONS:
                     await self._call(ch, msg, OPERATIONS[type(msg)])
                 else:
@@ -314,7 +316,7 @@ class Daemon:
         at = self.schedule_next.get("backup")
         live = Live(connected=frozenset(self.mesh.host.connected_peers()),
                     next_backup=None if at is None else int(at * 1e9),
-                    alerts=tuple(self.events.recent_alerts))
+                    alerts=tuple(self.events.recent_alerts), acked=frozenset(self.events.acked))
         return await trio.to_thread.run_sync(status, self.node, live)
 
     def _scheduled_backup(self) -> int:

@@ -8,7 +8,8 @@ Invariants:
 - a subscriber gets only the kinds of its topics (a kind's first word), all when none;
 - events may be published from the event loop or from a worker thread (commands run in
   threads): :meth:`EventBus.publish` hands the latter to the loop;
-- the last ``RECENT_ALERTS`` alerts are kept for ``status``.
+- the last ``RECENT_ALERTS`` alerts are kept for ``status``, with the ones a person
+  acknowledged (``AlertAckCall``).
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ class EventBus:
     def __init__(self) -> None:
         self._subs: set[Subscription] = set()
         self.recent_alerts: collections.deque[c.Alert] = collections.deque(maxlen=RECENT_ALERTS)
+        self.acked: set[tuple[int, str]] = set()  # (time_ns, alert) of recent alerts a person saw
         try:
             self._token: trio.lowlevel.TrioToken | None = trio.lowlevel.current_trio_token()
         except RuntimeError:  # built outside a loop (a test, a tool): publish in place
@@ -105,6 +107,17 @@ class EventBus:
         for sub in list(self._subs):
             if sub.wants(ev.TYPE):
                 sub.offer(ev)
+
+    def acknowledge(self, keys: tuple[c.AlertKey, ...], now_ns: int) -> int:
+        """Mark recent alerts as seen by a person (``alert.acked`` tells every subscriber);
+        how many of ``keys`` named one. Only keys of alerts still kept are remembered, so
+        the set stays as small as the recent alerts."""
+        recent = {(a.time_ns, a.alert) for a in self.recent_alerts}
+        hit = tuple(k for k in keys if (k.time_ns, k.alert) in recent)
+        self.acked = (self.acked & recent) | {(k.time_ns, k.alert) for k in hit}
+        if hit:
+            self._publish(c.AlertAcked(time_ns=now_ns, alerts=hit))
+        return len(hit)
 
     def subscribe(self, topics: tuple[str, ...] = (), size: int = QUEUE) -> Subscription:
         sub = Subscription(self, topics, size)

@@ -1,0 +1,198 @@
+"""The anomaly model's state in a node's home: ``HOME/anomaly.json``.
+
+What it holds: the per-node baseline (serialised by ``node/core/anomaly``, kept opaque
+here), one finding per judged backup (verdict, score, reasons, the numbers behind them,
+the snapshot an alert protects, whether a person acknowledged it), and a short history of
+each backup's volumes, which ``advise`` reads.
+
+Invariants:
+
+- the file is replaced atomically (a temporary file, fsynced, renamed over it, the folder
+  fsynced): a crash leaves the old state or the new one, never half of one;
+- a damaged or unreadable file never stops a backup or a command: it is set aside as
+  ``anomaly.json.damaged``, the model starts from a fresh baseline, and ``load`` says so
+  in words (the caller warns);
+- an alert that stands (not acknowledged) protects the last snapshot of its series taken
+  before the anomaly; ``protected()`` is the one place that answers which snapshots are
+  protected and ``paused_series()`` which series retention must not touch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+STATE_FILE = "anomaly.json"
+FORMAT = 1
+# Bounds: findings of about a year of hourly backups; the history the optimizer reads.
+MAX_FINDINGS = 10_000
+MAX_HISTORY = 20_000
+MAX_DETAIL_FILES = 20
+
+Series = tuple[bytes, ...]
+
+
+def series_key(paths: list[bytes] | tuple[bytes, ...]) -> Series:
+    """A series: the backups of one set of paths (as retention judges them)."""
+    return tuple(sorted(paths))
+
+
+def _enc(paths: Series) -> list[str]:
+    return [os.fsdecode(p) for p in paths]
+
+
+def _dec(paths: list[str]) -> Series:
+    return tuple(sorted(os.fsencode(p) for p in paths))
+
+
+@dataclass(slots=True)
+class Finding:
+    """The model's verdict on one backup."""
+
+    snapshot: str  # hex id
+    time_ns: int
+    series: list[str]  # the protected paths, sorted (file system encoding)
+    verdict: str  # ok, suspect, alert
+    score: float
+    reasons: list[str]
+    details: dict[str, Any] = field(default_factory=dict)  # the numbers behind each reason
+    files: list[str] = field(default_factory=list)  # the files most responsible
+    protects: str | None = None  # the snapshot an alert protects (hex), None if none before it
+    acked_ns: int | None = None  # when a person said it was expected
+    silent: list[str] = field(default_factory=list)  # files changed under an unchanged stat
+    features: dict[str, float] = field(default_factory=dict)  # what the baseline learns on ack
+
+    @property
+    def standing(self) -> bool:
+        """An alert nobody acknowledged yet."""
+        return self.verdict == "alert" and self.acked_ns is None
+
+    def series_key(self) -> Series:
+        return _dec(self.series)
+
+
+@dataclass(slots=True)
+class Volume:
+    """One backup's volumes, for the optimizer (node/core/advise.py)."""
+
+    time_ns: int
+    bytes_changed: int  # bytes of new and changed files read
+    bytes_new: int  # plaintext bytes of new chunks
+    bytes_added: int  # bytes of packs written to the store
+    store_bytes: int  # the local store after the backup
+    files_changed: int
+    seconds: float
+
+
+@dataclass(slots=True)
+class AnomalyState:
+    baseline: Any = None  # node/core/anomaly's serialised baseline; None: fresh
+    findings: list[Finding] = field(default_factory=list)
+    history: list[Volume] = field(default_factory=list)
+
+    # -- what the rest of the node asks -------------------------------------------------
+
+    def protected(self) -> dict[str, Finding]:
+        """Protected snapshot (hex id) -> the standing alert that protects it."""
+        return {f.protects: f for f in self.findings if f.standing and f.protects}
+
+    def paused_series(self) -> set[Series]:
+        """Series with a standing alert: scheduled retention leaves them alone."""
+        return {f.series_key() for f in self.findings if f.standing}
+
+    def finding(self, snapshot_hex: str) -> Finding | None:
+        for f in reversed(self.findings):
+            if f.snapshot == snapshot_hex:
+                return f
+        return None
+
+    def add(self, f: Finding, volume: Volume | None = None) -> None:
+        self.findings.append(f)
+        if len(self.findings) > MAX_FINDINGS:
+            # Drop the oldest findings, never a standing alert (it still protects).
+            keep_from = len(self.findings) - MAX_FINDINGS
+            old, new = self.findings[:keep_from], self.findings[keep_from:]
+            self.findings = [x for x in old if x.standing] + new
+        if volume is not None:
+            self.history.append(volume)
+            del self.history[:-MAX_HISTORY]
+
+    # -- the file ------------------------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": FORMAT, "baseline": self.baseline,
+                "findings": [asdict(f) for f in self.findings],
+                "history": [asdict(v) for v in self.history]}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> AnomalyState:
+        if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+            raise ValueError("not an anomaly state of format 1")
+        findings = []
+        for x in obj.get("findings", []):
+            f = Finding(**x)
+            if f.verdict not in ("ok", "suspect", "alert") or not isinstance(f.score, (int, float)):
+                raise ValueError(f"a finding of {f.snapshot!r} has no valid verdict")
+            if not isinstance(f.reasons, list) or not isinstance(f.series, list):
+                raise ValueError(f"a finding of {f.snapshot!r} is malformed")
+            findings.append(f)
+        history = [Volume(**v) for v in obj.get("history", [])]
+        return cls(obj.get("baseline"), findings, history)
+
+
+def state_path(home: Path) -> Path:
+    return home / STATE_FILE
+
+
+def load(home: Path) -> tuple[AnomalyState, str | None]:
+    """The state in ``home`` and, when it could not be used, why in words (then a fresh
+    state, and the damaged file kept aside for a person to look at)."""
+    path = state_path(home)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return AnomalyState(), None
+    except OSError as exc:
+        return AnomalyState(), (f"cannot read {path} ({exc.strerror}): the anomaly model starts "
+                                "from a fresh baseline this time")
+    try:
+        return AnomalyState.from_json(json.loads(raw)), None
+    except (ValueError, TypeError, KeyError, RecursionError) as exc:
+        aside = path.with_name(STATE_FILE + ".damaged")
+        try:
+            os.replace(path, aside)
+            kept = f"kept as {aside}"
+        except OSError:
+            kept = "left in place"
+        return AnomalyState(), (f"{path} is damaged ({str(exc)[:200]}); {kept}. The anomaly model "
+                                "starts from a fresh baseline: it relearns this node's usual "
+                                "changes over the next backups, and alerts acknowledged before "
+                                "are forgotten")
+
+
+def save(home: Path, state: AnomalyState) -> None:
+    """Replace the state file atomically."""
+    path = state_path(home)
+    tmp = path.with_name(f".{STATE_FILE}.{os.getpid()}.tmp")
+    data = json.dumps(state.to_json(), separators=(",", ":"), allow_nan=False).encode()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(home, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+__all__ = ["MAX_DETAIL_FILES", "AnomalyState", "Finding", "Series", "Volume", "load", "save",
+           "series_key", "state_path"]

@@ -1,0 +1,130 @@
+"""The small global model: logistic regression over a snapshot's features, seen against the
+node's baseline.
+
+:func:`model_inputs` turns (features, baseline) into the model's input vector (names in
+:data:`INPUT_NAMES`): mostly the *excess* of each per-file signal over what this node
+usually shows, on a log scale, and a few shares. :class:`GlobalModel` holds the weights and
+scores an input vector to a probability that the snapshot shows an attack.
+
+The weights are trained by ``simulations/anomaly`` on its synthetic corpus and shipped as
+``weights.json`` in this package (a few hundred bytes, versioned: :data:`MODEL_FORMAT`
+names the input layout; a weights file for another layout is refused). Reading the shipped
+file is the one resource this pure package touches (:func:`load_default`, cached); callers
+may pass their own :class:`GlobalModel` instead.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+import numpy as np
+
+from .baseline import AnomalyStateError, Baseline
+from .observe import SIGNAL_WEIGHTS, Features
+
+MODEL_FORMAT = 1
+
+_SIGNAL_FIELDS = tuple(s.replace("-", "_") for s in SIGNAL_WEIGHTS)
+
+INPUT_NAMES: tuple[str, ...] = (
+    "suspicious_excess_log",
+    "suspicious_share",
+    "suspicious_pct_of_tree",
+    *(f"{f}_excess_log" for f in _SIGNAL_FIELDS),
+    "new_ext_top_excess_log",
+    "note_folders_log",
+    "note_words",
+    "chunks_replaced",
+    "compress_ratio",
+    "churn_z",
+)
+
+
+def excess(features: Features, baseline: Baseline, name: str) -> float:
+    """How far a count stands above this node's usual (median + 2 MAD; 0 when new)."""
+    x = float(getattr(features, name))
+    col = baseline.column(name) if baseline.count else None
+    if col is None or col.size == 0:
+        return x
+    med = float(np.median(col))
+    mad = float(np.median(np.abs(col - med)))
+    return max(0.0, x - med - 2.0 * mad)
+
+
+def model_inputs(features: Features, baseline: Baseline) -> np.ndarray:
+    f = features
+    touched = f.added + f.changed + f.renamed
+    churn_z = baseline.z("churn", f.churn) if baseline.count else f.churn / 0.02
+    row = [
+        math.log1p(excess(f, baseline, "suspicious")),
+        f.suspicious_share,
+        100.0 * f.suspicious / max(1.0, f.files),
+        *(math.log1p(excess(f, baseline, name)) for name in _SIGNAL_FIELDS),
+        math.log1p(excess(f, baseline, "new_ext_top")),
+        math.log1p(f.note_folders),
+        min(f.note_words, 5.0),
+        (1.0 - f.kept_share) if f.changed else 0.0,
+        f.compress_ratio if touched else 0.0,
+        max(-3.0, min(10.0, churn_z)) / 10.0,
+    ]
+    return np.asarray(row, dtype=np.float64)
+
+
+@dataclass(frozen=True, slots=True)
+class GlobalModel:
+    """Logistic regression: p = sigmoid(w . (x - mean) / scale + b)."""
+
+    weights: tuple[float, ...]
+    bias: float
+    mean: tuple[float, ...]
+    scale: tuple[float, ...]
+    version: str = "untrained"
+
+    def logit(self, x: np.ndarray) -> float:
+        z = (x - np.asarray(self.mean)) / np.asarray(self.scale)
+        return float(np.dot(np.asarray(self.weights), z) + self.bias)
+
+    def score(self, x: np.ndarray) -> float:
+        t = self.logit(x)
+        return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, t))))
+
+    def contributions(self, x: np.ndarray) -> list[tuple[str, float]]:
+        """Each input's share of the logit, largest first (for explain)."""
+        z = (x - np.asarray(self.mean)) / np.asarray(self.scale)
+        parts = np.asarray(self.weights) * z
+        order = np.argsort(-parts)
+        return [(INPUT_NAMES[i], float(parts[i])) for i in order]
+
+    def to_json(self) -> str:
+        return json.dumps({"format": MODEL_FORMAT, "version": self.version,
+                           "inputs": list(INPUT_NAMES), "weights": list(self.weights),
+                           "bias": self.bias, "mean": list(self.mean),
+                           "scale": list(self.scale)}, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> GlobalModel:
+        try:
+            d = json.loads(text)
+            if d.get("format") != MODEL_FORMAT or tuple(d["inputs"]) != INPUT_NAMES:
+                raise AnomalyStateError(
+                    f"model weights of format {d.get('format')}, this code reads {MODEL_FORMAT}")
+            n = len(INPUT_NAMES)
+            w, m, s = (tuple(float(v) for v in d[k]) for k in ("weights", "mean", "scale"))
+            if not (len(w) == len(m) == len(s) == n) or min(s) <= 0:
+                raise AnomalyStateError("model weights of the wrong shape")
+            return cls(w, float(d["bias"]), m, s, str(d.get("version", "")))
+        except (ValueError, KeyError, TypeError) as e:
+            raise AnomalyStateError(f"unreadable model weights ({e})")
+
+
+@lru_cache(maxsize=1)
+def load_default() -> GlobalModel | None:
+    """The model shipped in the package (``weights.json``), or None when none is shipped."""
+    res = resources.files(__package__).joinpath("weights.json")
+    if not res.is_file():
+        return None
+    return GlobalModel.from_json(res.read_text())

@@ -89,7 +89,9 @@ class Volume:
 
 @dataclass(slots=True)
 class AnomalyState:
-    baseline: Any = None  # node/core/anomaly's serialised baseline; None: fresh
+    # Per series (``key``): "baseline", node/core/anomaly's serialised Baseline (base64),
+    # and "exts", the file extensions its snapshots had.
+    series: dict[str, dict[str, Any]] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
     history: list[Volume] = field(default_factory=list)
 
@@ -123,7 +125,7 @@ class AnomalyState:
     # -- the file ------------------------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": FORMAT, "baseline": self.baseline,
+        return {"format": FORMAT, "series": self.series,
                 "findings": [asdict(f) for f in self.findings],
                 "history": [asdict(v) for v in self.history]}
 
@@ -140,7 +142,58 @@ class AnomalyState:
                 raise ValueError(f"a finding of {f.snapshot!r} is malformed")
             findings.append(f)
         history = [Volume(**v) for v in obj.get("history", [])]
-        return cls(obj.get("baseline"), findings, history)
+        series = obj.get("series", {})
+        if not isinstance(series, dict) or not all(isinstance(v, dict) for v in series.values()):
+            raise ValueError("the per-series models are malformed")
+        return cls(series, findings, history)
+
+
+def key_of(series: Series) -> str:
+    """A series as a JSON object key."""
+    return json.dumps(_enc(series))
+
+
+class ProbeStore:
+    """The content probe of each file's last probed version (``HOME/anomaly-probes.db``),
+    so the next backup can compare a changed file's new version with its old one without
+    reading the old bytes. Rows of deleted files go with them. Not precious: a damaged file
+    is replaced by an empty one (the model then knows no old versions for a while)."""
+
+    def __init__(self, home: Path) -> None:
+        import sqlite3
+        path = home / "anomaly-probes.db"
+        try:
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self.db.execute("CREATE TABLE IF NOT EXISTS probes (path BLOB PRIMARY KEY, probe TEXT NOT NULL)")
+        except sqlite3.DatabaseError:
+            path.unlink(missing_ok=True)
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self.db.execute("CREATE TABLE IF NOT EXISTS probes (path BLOB PRIMARY KEY, probe TEXT NOT NULL)")
+        self.upserts: list[tuple[bytes, str]] = []
+        self.deletes: list[bytes] = []
+
+    def get(self, path: bytes) -> list[Any] | None:
+        import sqlite3
+        try:
+            row = self.db.execute("SELECT probe FROM probes WHERE path = ?", (path,)).fetchone()
+            return json.loads(row[0]) if row else None
+        except (sqlite3.DatabaseError, ValueError):
+            return None
+
+    def flush(self) -> None:
+        import sqlite3
+        try:
+            self.db.execute("BEGIN")
+            self.db.executemany("DELETE FROM probes WHERE path = ?", [(p,) for p in self.deletes])
+            self.db.executemany("INSERT OR REPLACE INTO probes (path, probe) VALUES (?, ?)", self.upserts)
+            self.db.execute("COMMIT")
+        except sqlite3.DatabaseError:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+        self.upserts, self.deletes = [], []
+
+    def close(self) -> None:
+        self.db.close()
 
 
 def state_path(home: Path) -> Path:
@@ -194,5 +247,5 @@ def save(home: Path, state: AnomalyState) -> None:
         os.close(dfd)
 
 
-__all__ = ["MAX_DETAIL_FILES", "AnomalyState", "Finding", "Series", "Volume", "load", "save",
-           "series_key", "state_path"]
+__all__ = ["MAX_DETAIL_FILES", "AnomalyState", "Finding", "ProbeStore", "Series", "Volume", "key_of",
+           "load", "save", "series_key", "state_path"]

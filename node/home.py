@@ -78,6 +78,16 @@ repair_every = "1d"
 # keep_daily = 7
 # keep_weekly = 4
 # keep_monthly = 12
+
+[anomaly]
+# Each backup re-reads a few files the files cache vouched for, to find content that changed
+# under an unchanged size and mtime (silent corruption): at most this many files, and at
+# most the larger of these bytes and this share of the bytes the backup read.
+resample_files = 32
+resample_bytes = "8 MiB"
+resample_share = 0.01
+# Data written this long ago and still needed is "cold" for `corestate advise tiering`.
+cold_after = "90d"
 """
 
 
@@ -111,6 +121,11 @@ class Config:
     repair_every: float = 86400.0  # seconds; 0 = no scheduled repairs
     # [retention]: the keep-rules applied after each scheduled backup (empty: none)
     retention: dict[str, str] = field(default_factory=dict)
+    # [anomaly]: the silent-corruption re-read budget per backup; the optimizer's "cold"
+    anomaly_resample_files: int = 32
+    anomaly_resample_bytes: int = 8 << 20
+    anomaly_resample_share: float = 0.01
+    anomaly_cold_after: float = 90 * 86400.0
 
     @classmethod
     def load(cls, path: Path) -> Config:
@@ -154,6 +169,7 @@ class Config:
                                   "keep_yearly", "keep_within"}
             if unknown:
                 raise ValueError(f"[retention] does not know {sorted(unknown)}")
+            _anomaly_section(cfg, raw.get("anomaly", {}))
         except (TypeError, ValueError, AttributeError, KeyError) as exc:
             raise ConfigError(str(path), f"bad value: {exc}")
         if not (64 <= cfg.min_size <= cfg.avg_size <= cfg.max_size <= 16 << 20):
@@ -167,6 +183,19 @@ class Config:
         if not (-7 <= cfg.compression_level <= 22):
             raise ConfigError(str(path), "compression_level must be between -7 and 22")
         return cfg
+
+
+def _anomaly_section(cfg: Config, a: dict) -> None:
+    """[anomaly] (issue 14): parsed here and nowhere else."""
+    unknown = set(a) - {"resample_files", "resample_bytes", "resample_share", "cold_after"}
+    if unknown:
+        raise ValueError(f"[anomaly] does not know {sorted(unknown)}")
+    cfg.anomaly_resample_files = int(a.get("resample_files", cfg.anomaly_resample_files))
+    cfg.anomaly_resample_bytes = _size(a.get("resample_bytes", cfg.anomaly_resample_bytes))
+    cfg.anomaly_resample_share = float(a.get("resample_share", cfg.anomaly_resample_share))
+    cfg.anomaly_cold_after = _duration(a.get("cold_after", cfg.anomaly_cold_after))
+    if not 0 <= cfg.anomaly_resample_files <= 100_000 or not 0 <= cfg.anomaly_resample_share <= 1:
+        raise ValueError("[anomaly] resample_files must be 0..100000 and resample_share 0..1")
 
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}

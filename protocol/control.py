@@ -1066,13 +1066,24 @@ class AnomalyNumber(Record):
     usual: Annotated[str, MaxLen(128)]  # "" when the model has no usual value for it
 
 
+@record
+@dataclass(frozen=True, slots=True)
+class AnomalyFile(Record):
+    """One of the files most responsible for a verdict, with what it showed."""
+
+    path: PathBytes
+    change: Annotated[str, MaxLen(16)]  # added, changed, deleted, renamed
+    score: Score
+    signals: Annotated[tuple[Annotated[str, MaxLen(64)], ...], MaxItems(16)]
+
+
 @message
 @dataclass(frozen=True, slots=True)
 class AnomalyExplainResult(Message):
     TYPE: ClassVar[str] = "anomaly-explain-result"
     row: AnomalyRow
     numbers: Annotated[tuple[AnomalyNumber, ...], MaxItems(256)]
-    files: Annotated[tuple[PathBytes, ...], MaxItems(64)]  # the files most responsible
+    files: Annotated[tuple[AnomalyFile, ...], MaxItems(64)]  # the files most responsible
     silent: Annotated[tuple[PathBytes, ...], MaxItems(64)]  # silent corruption found
 
 

@@ -314,6 +314,10 @@ class Backup:
         # a journal token taken under other settings: see fingerprint_salt).
         self._fp_salt = repr(("fp3", cfg.min_size, cfg.avg_size, cfg.max_size, sorted(exclude))).encode()
 
+    def read_paths(self) -> set[bytes]:
+        """The files this run read and cached (a check of cache hits can skip them)."""
+        return {u[0] for u in self._cache_upserts}
+
     @property
     def fingerprint_salt(self) -> bytes:
         return blake3.blake3(self._fp_salt).digest()

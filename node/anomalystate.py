@@ -64,6 +64,9 @@ class Finding:
     acked_ns: int | None = None  # when a person said it was expected
     silent: list[str] = field(default_factory=list)  # files changed under an unchanged stat
     features: dict[str, float] = field(default_factory=dict)  # what the baseline learns on ack
+    # Silent corruption found, path -> content digest (hex): the next backups do not report
+    # the same content of the same file again.
+    silent_digests: dict[str, str] = field(default_factory=dict)
 
     @property
     def standing(self) -> bool:

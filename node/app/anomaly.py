@@ -69,6 +69,13 @@ class Watch(Observer):
         self.hold = hold_adds
         self.held: dict[bytes, tuple[FileChange, Any]] = {}
         self.silent: list[bytes] = []
+        self.silent_digests: dict[str, str] = {}
+        # Reported before (the cache still holds the older content until it can vouch for
+        # the new one): path -> digest of the content reported.
+        self.reported: dict[str, str] = {}
+        for f in state.findings:
+            if f.series_key() == series:
+                self.reported.update(f.silent_digests)
         self.changed_bytes = 0
         self.changed_files = 0
         self.exts: set[str] = set(exts)
@@ -80,7 +87,10 @@ class Watch(Observer):
         self.changed_files += 1
         self.changed_bytes += ch.size
         if ch.silent and len(self.silent) < 10_000:
-            self.silent.append(ch.path)
+            key = _text(ch.path)
+            if self.reported.get(key) != ch.digest.hex():
+                self.silent.append(ch.path)
+                self.silent_digests[key] = ch.digest.hex()
         new = model.ContentProbe.from_record(ch.probe) if ch.probe is not None else None
         if ch.probe is not None:
             self.probes.upserts.append((ch.path, _json(ch.probe)))
@@ -205,14 +215,15 @@ def assess(node: LocalNode, ctx: Context, state: st.AnomalyState, watch: Watch,
         v = model.Verdict("suspect", v.score, ["the first backup of these paths: " + r for r in v.reasons],
                           v.details)
     protects = prev[-1].id.hex() if v.verdict == "alert" and prev else None
-    silent = list(watch.silent) + list(getattr(resampled, "mismatches", []))
+    silent = list(watch.silent) + [p for p in getattr(resampled, "mismatches", []) if p not in watch.silent]
     details = dict(v.details)
     files = [f.get("path", "") for f in details.get("files", []) if isinstance(f, dict)]
     finding = st.Finding(
         snapshot=sid, time_ns=result.snapshot.time_ns, series=[_text(p) for p in series],
         verdict=v.verdict, score=float(v.score), reasons=[r[:1024] for r in v.reasons][:32],
         details=details, files=files[:st.MAX_DETAIL_FILES], protects=protects,
-        silent=[_text(p) for p in silent[:MAX_SILENT]], features=features.as_dict())
+        silent=[_text(p) for p in silent[:MAX_SILENT]], features=features.as_dict(),
+        silent_digests=dict(list(watch.silent_digests.items())[:MAX_SILENT]))
     stats = result.stats
     volume = st.Volume(time_ns=result.snapshot.time_ns, bytes_changed=watch.changed_bytes,
                        bytes_new=stats.bytes_new, bytes_added=stats.bytes_added,

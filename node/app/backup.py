@@ -153,7 +153,7 @@ def _anomaly_end(node: LocalNode, ctx: Context, watch: tuple[Any, Any] | None, r
     except Exception as exc:  # the model never stops a backup
         ctx.warn(f"the anomaly model could not judge this backup: {exc}")
         verdict = None
-    silent = list(obs.silent) + (list(resampled.mismatches) if resampled else [])
+    silent = list(obs.silent) + [p for p in (resampled.mismatches if resampled else []) if p not in obs.silent]
     return verdict, silent, resampled.checked if resampled else 0
 
 

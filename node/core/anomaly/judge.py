@@ -40,6 +40,7 @@ STREAM_ALERT_FILES = 4     # suspicious files beyond the node's usual, mid-backu
 # (feature field, words for one file, words for many) for the per-file signal counts.
 _SIGNAL_WORDS: tuple[tuple[str, str], ...] = (
     ("encrypted_looking", "look encrypted (random bytes, unlike compression)"),
+    ("body_encrypted", "kept their header but the rest looks encrypted"),
     ("intermittent", "are partly encrypted (random blocks inside a non-random file)"),
     ("base64_output", "turned into base64-looking text (masked ciphertext)"),
     ("magic_lost", "lost the format their previous version had"),

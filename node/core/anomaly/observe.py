@@ -24,7 +24,15 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field, fields
 from typing import Literal
 
-from .features import COMPRESSED_TYPES, EXTENSION_TYPES, ContentProbe, extension_agrees
+from .features import (
+    BLOCK,
+    BODY_MIN,
+    COMPRESSED_TYPES,
+    ENCRYPTED_EXTENSIONS,
+    EXTENSION_TYPES,
+    ContentProbe,
+    extension_agrees,
+)
 
 Change = Literal["added", "changed", "deleted", "renamed"]
 
@@ -69,6 +77,7 @@ class FileObs:
 # Per-file signals: name -> weight. A file whose weights sum to at least 1 is "suspicious".
 SIGNAL_WEIGHTS: dict[str, float] = {
     "encrypted-looking": 1.0,  # the sample is random like ciphertext, not like compression
+    "body-encrypted": 1.0,     # the head is intact, the blocks after it look like ciphertext
     "magic-lost": 0.6,         # the old version had a known format, this one another/none
     "extension-mismatch": 0.6,  # the content's format is not what the extension says
     "intermittent": 1.0,       # a share of blocks look like ciphertext in a non-random type
@@ -107,9 +116,19 @@ def file_signals(obs: FileObs, paired_old: ContentProbe | None = None,
     ext = split_ext(obs.path)[2]
     expected = _expected_type(ext)
     compressed_type = bool(expected & COMPRESSED_TYPES) or new.magic in COMPRESSED_TYPES
+    # Ciphertext by design (a password safe, a .gpg file) is no news, unless the file was
+    # just renamed into such an extension.
+    cipher_ok = ext in ENCRYPTED_EXTENSIONS and not renamed_ext
+    was_random = old is not None and old.random_like
     out: list[str] = []
-    if new.random_like:
+    if (new.random_like and not cipher_ok and not was_random
+            and not (compressed_type and new.sampled < BODY_MIN + BLOCK)):
+        # A small compressed file cannot be told from ciphertext by its bytes alone; its
+        # lost header shows an encryption instead (magic-lost, extension-mismatch).
         out.append("encrypted-looking")
+    if (not new.random_like and new.body_random and not cipher_ok
+            and not (old is not None and old.body_random)):
+        out.append("body-encrypted")
     if (old is not None and old.magic and old.magic != new.magic
             and extension_agrees(ext, new.magic) is not True):
         # A new format the extension names (x.avi -> x.mp4, a transcode) is no loss.
@@ -156,6 +175,7 @@ class Features:
     suspicious: float = 0.0     # files whose signals sum to >= 1
     suspicious_share: float = 0.0  # of the added+changed+renamed files
     encrypted_looking: float = 0.0
+    body_encrypted: float = 0.0
     magic_lost: float = 0.0
     extension_mismatch: float = 0.0
     intermittent: float = 0.0

@@ -64,6 +64,10 @@ MAGIC: tuple[tuple[str, int, bytes], ...] = (
     ("git-pack", 0, b"PACK"),
     ("git-idx", 0, b"\xfftOc"),
     ("pem", 0, b"-----BEGIN"),
+    ("zlib", 0, b"\x78\x01"),  # zlib streams (git loose objects): levels 0-1, 2-5, 6, 7-9
+    ("zlib", 0, b"\x78\x5e"),
+    ("zlib", 0, b"\x78\x9c"),
+    ("zlib", 0, b"\x78\xda"),
     ("kdbx", 0, b"\x03\xd9\xa2\x9a"),
     ("age", 0, b"age-encryption.org/"),
     ("pgp", 0, b"-----BEGIN PGP MESSAGE"),
@@ -94,9 +98,10 @@ EXTENSION_TYPES: dict[str, frozenset[str]] = {
                                         "cfg", "log", "tex", "svg", "css", "sql", "rst")},
 }
 
-# Formats whose bytes are compressed by design: high entropy there is no news.
+# Formats whose bytes are compressed (or random) by design: high entropy there is no news.
 COMPRESSED_TYPES = frozenset({"zip", "png", "jpeg", "gif", "gzip", "zstd", "xz", "bzip2", "7z",
-                              "mp4", "mkv", "mp3", "flac", "ogg", "git-pack"})
+                              "mp4", "mkv", "mp3", "flac", "ogg", "git-pack", "zlib",
+                              "git-idx", "kdbx", "age"})  # and hash tables, ciphertext
 
 # Extensions whose content is ciphertext by design (a password safe, an encrypted file the
 # user made): random bytes there are no news, unless the file was renamed into them.

@@ -136,9 +136,14 @@ def file_signals(obs: FileObs, paired_old: ContentProbe | None = None,
     if (extension_agrees(ext, new.magic) is False and new.magic != "text") or (
             new.magic == "" and expected and new.entropy > 7.0):
         out.append("extension-mismatch")
-    if (not new.random_like and new.random_blocks >= 0.25
-            and (old is None or old.random_blocks < 0.1)
-            and not compressed_type):
+    # Intermittent encryption: blocks of ciphertext between intact ones. Against the old
+    # version (any type): the share of random-looking blocks jumped. Without one: only in
+    # a type that is not compressed (a compressed format's blocks may look random alone).
+    if not new.random_like and (
+            (old is not None and new.random_blocks >= 0.4
+             and new.random_blocks - old.random_blocks >= 0.3)
+            or (old is None and new.random_blocks >= 0.25 and not compressed_type
+                and bool(expected))):
         out.append("intermittent")
     if new.base64 and not (old is not None and old.base64):
         out.append("base64-output")

@@ -184,6 +184,12 @@ class Overlay:
     end: int
     mode: str   # "plain" (new content of the file's kind), "cipher", "base64"
     seed: int
+    period: int = 0  # > 0: only every other ``period`` bytes from ``start`` (stripes)
+
+    def covers(self, off: int) -> bool:
+        if not self.start <= off < self.end:
+            return False
+        return self.period == 0 or ((off - self.start) // self.period) % 2 == 0
 
 
 @dataclass(slots=True)
@@ -195,7 +201,9 @@ class Content:
     literal: bytes | None = None  # small files with exact bytes (notes, INSTALLER files)
 
     def copy(self) -> Content:
-        return Content(self.kind, self.seed, self.size, list(self.overlays), self.literal)
+        # At most 16 overlays: older edits fall back to the file's base content (the probe
+        # of the old version is kept, so nothing the model sees changes).
+        return Content(self.kind, self.seed, self.size, list(self.overlays[-16:]), self.literal)
 
 
 def _mix(*xs: int) -> int:
@@ -238,7 +246,7 @@ def unit(c: Content, u: int) -> bytes:
     overlays are unit aligned except the head, which an overlay starting past 0 keeps)."""
     off = u * UNIT
     for ov in reversed(c.overlays):
-        if ov.start <= off < ov.end or (off < ov.start < off + UNIT <= ov.end):
+        if ov.covers(off) or (off < ov.start < off + UNIT <= ov.end):
             if ov.mode == "plain":
                 data = _plain_unit(c.kind, ov.seed, u)
             elif ov.mode == "cipher":

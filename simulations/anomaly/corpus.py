@@ -96,21 +96,92 @@ def probe_of(c: Content) -> tuple[an.ContentProbe, float]:
     return an.probe(blocks), min(1.05, ratio)
 
 
+class Bag:
+    """A list with O(1) add and remove and a deterministic order (sets of str are not,
+    across runs), for picking files at random."""
+
+    __slots__ = ("items", "pos")
+
+    def __init__(self, items: list[str] | None = None) -> None:
+        self.items: list[str] = list(items or [])
+        self.pos = {p: i for i, p in enumerate(self.items)}
+
+    def add(self, p: str) -> None:
+        if p not in self.pos:
+            self.pos[p] = len(self.items)
+            self.items.append(p)
+
+    def remove(self, p: str) -> None:
+        i = self.pos.pop(p, None)
+        if i is None:
+            return
+        last = self.items.pop()
+        if i < len(self.items):
+            self.items[i] = last
+            self.pos[last] = i
+
+    def copy(self) -> Bag:
+        return Bag(self.items)
+
+
+def category(path: str) -> str:
+    """The index a file is kept in, for the churn to find it fast."""
+    ext = ext_of(path)
+    if ext == "log":
+        return "log"
+    if ext in ("sqlite", "db"):
+        return "db"
+    if ext in ("kdbx", "qcow2", "img", "avi", "mkv", "mov", "mp3"):
+        return ext
+    if path.startswith("src/project/.git/objects/") and not ext:
+        return "loose"
+    if path.startswith(".local/"):
+        return "venv"
+    if path.startswith(("Documents/", "src/project/d")):
+        return "docs"
+    if path.startswith(("Pictures/", "Downloads/")):
+        return "pictures"
+    return "other"
+
+
 @dataclass(slots=True)
 class Tree:
     files: dict[str, File]
     rng: random.Random
     seed_counter: int = 1
+    index: dict[str, Bag] = field(default_factory=dict)
+    ext_count: dict[str, int] = field(default_factory=dict)
 
     def fork(self, seed: int) -> Tree:
-        return Tree(dict(self.files), random.Random(seed), self.seed_counter + 1_000_000)
+        return Tree(dict(self.files), random.Random(seed), self.seed_counter + 1_000_000,
+                    {k: b.copy() for k, b in self.index.items()}, dict(self.ext_count))
 
     def new_seed(self) -> int:
         self.seed_counter += 1
         return self.rng.getrandbits(48) ^ self.seed_counter
 
+    def put(self, f: File) -> None:
+        if f.path not in self.files:
+            self.index.setdefault(category(f.path), Bag()).add(f.path)
+            e = ext_of(f.path)
+            self.ext_count[e] = self.ext_count.get(e, 0) + 1
+        self.files[f.path] = f
+
+    def remove(self, path: str) -> File:
+        f = self.files.pop(path)
+        self.index[category(path)].remove(path)
+        e = ext_of(path)
+        self.ext_count[e] -= 1
+        if not self.ext_count[e]:
+            del self.ext_count[e]
+        return f
+
+    def cat(self, name: str) -> list[str]:
+        b = self.index.get(name)
+        return b.items if b is not None else []
+
     def exts(self) -> frozenset[str]:
-        return frozenset(ext_of(p) for p in self.files)
+        return frozenset(self.ext_count)
 
     def known_probe(self, f: File) -> an.ContentProbe:
         if f.probe is None:
@@ -140,7 +211,7 @@ def make_tree(seed: int, n_files: int) -> Tree:
             sub = f"{folder}/d{rng.randrange(subdirs)}"
             name = f"f{i:05d}" + (f".{ext}" if ext else "")
             path = f"{sub}/{name}"
-            t.files[path] = File(path, new_content(rng, ext, t.new_seed()))
+            t.put(File(path, new_content(rng, ext, t.new_seed())))
     return t
 
 
@@ -194,7 +265,7 @@ class Recorder:
                         c.seed.to_bytes(8, "little")) if size <= 64 * KiB else b"",
         )
         self.snap.obs.append(obs)
-        self.t.files[path] = File(path, c, p)
+        self.t.put(File(path, c, p))
         if target is not None:
             self.snap.attacked[path] = target
 
@@ -207,23 +278,21 @@ class Recorder:
         self._new_obs(path, "changed", c, old, ranges, target)
 
     def delete(self, path: str, target: str | None = None) -> None:
-        old = self.t.files.pop(path)
+        probe = self.t.known_probe(self.t.files[path])
+        old = self.t.remove(path)
         self.snap.obs.append(an.FileObs(path=path, change="deleted",
-                                        size_old=old.content.size,
-                                        old=self.t.known_probe(old)))
-        self.t.files.pop(path, None)
+                                        size_old=old.content.size, old=probe))
         if target is not None:
             self.snap.attacked[path] = target
 
     def rename(self, old_path: str, new_path: str) -> None:
         """A rename the pipeline recognises (same content, new path)."""
-        f = self.t.files.pop(old_path)
-        probe = self.t.known_probe(f) if f.probe is None else f.probe
-        self.t.files.pop(old_path, None)
+        probe = self.t.known_probe(self.t.files[old_path])
+        f = self.t.remove(old_path)
         self.snap.obs.append(an.FileObs(path=new_path, change="renamed", old_path=old_path,
                                         size_old=f.content.size, size_new=f.content.size,
                                         old=probe, new=probe, kept_share=1.0))
-        self.t.files[new_path] = File(new_path, f.content, probe)
+        self.t.put(File(new_path, f.content, probe))
 
     def done(self) -> Snapshot:
         self.snap.sort()
@@ -256,7 +325,7 @@ def ordinary_hour(r: Recorder, rng: random.Random, hour: int, weekday: int) -> N
     t = r.t
     lam = hourly_rate(hour, weekday)
     n_edit = _poisson(rng, lam)
-    docs = [p for p in t.files if p.startswith(("Documents/", "src/project/d"))]
+    docs = t.cat("docs")
     for p in rng.sample(docs, min(len(docs), n_edit)):
         f = t.files[p]
         c = f.content.copy()
@@ -271,7 +340,7 @@ def ordinary_hour(r: Recorder, rng: random.Random, hour: int, weekday: int) -> N
                                       "plain", t.new_seed()))
             r.change(p, c, [(a, a + grow + 1)])
     # logs append every hour
-    for p in [p for p in t.files if ext_of(p) == "log"][:3]:
+    for p in list(t.cat("log")[:3]):
         c = t.files[p].content.copy()
         add = rng.randrange(1 * KiB, 200 * KiB)
         c.overlays.append(Overlay(c.size - c.size % UNIT, c.size + add, "plain", t.new_seed()))
@@ -279,7 +348,7 @@ def ordinary_hour(r: Recorder, rng: random.Random, hour: int, weekday: int) -> N
         r.change(p, c, [(c.size - add, c.size)])
     # browser databases: a few pages
     if 8 <= hour < 24:
-        for p in [p for p in t.files if ext_of(p) in ("sqlite", "db")][:2]:
+        for p in list(t.cat("db")[:2]):
             c = t.files[p].content.copy()
             ranges = []
             for _ in range(rng.randrange(1, 12)):
@@ -292,14 +361,15 @@ def ordinary_hour(r: Recorder, rng: random.Random, hour: int, weekday: int) -> N
         path = f"Downloads/dl{t.new_seed() % 10**8}.{ext}"
         r.add(path, new_content(rng, ext, t.new_seed()))
     if rng.random() < lam / 15:  # a deletion
-        for p in _pick(t, rng, lambda p: p.startswith(("Downloads/", "Documents/")), 1):
-            r.delete(p)
+        pool = t.cat(rng.choice(["docs", "pictures"]))
+        if pool:
+            r.delete(rng.choice(pool))
     if rng.random() < lam / 10:  # a git commit: a few loose objects
         for _ in range(rng.randrange(2, 12)):
             path = f"src/project/.git/objects/{t.new_seed() % 256:02x}/{t.new_seed():012x}"
             r.add(path, new_content(rng, "", t.new_seed()))
     if rng.random() < 0.02:  # the password safe is saved
-        for p in [p for p in t.files if ext_of(p) == "kdbx"][:1]:
+        for p in list(t.cat("kdbx")[:1]):
             c = t.files[p].content
             r.change(p, Content(c.kind, t.new_seed(), c.size + rng.randrange(-500, 900)), None)
     if rng.random() < 0.01:  # an encrypted file the user makes (gpg)
@@ -320,10 +390,10 @@ def _poisson(rng: random.Random, lam: float) -> int:
 
 def vm_rewrite(r: Recorder, rng: random.Random) -> None:
     t = r.t
-    vms = [p for p in t.files if ext_of(p) in ("qcow2", "img")]
+    vms = t.cat("qcow2") + t.cat("img")
     if not vms:
         vms = [f"vms/disk{t.new_seed() % 1000}.qcow2"]
-        t.files[vms[0]] = File(vms[0], new_content(rng, "qcow2", t.new_seed()))
+        t.put(File(vms[0], new_content(rng, "qcow2", t.new_seed())))
     for p in vms[:2]:
         c = t.files[p].content.copy()
         ranges = []
@@ -358,12 +428,12 @@ def photo_import(r: Recorder, rng: random.Random) -> None:
 
 def transcode(r: Recorder, rng: random.Random) -> None:
     t = r.t
-    vids = _pick(t, rng, lambda p: ext_of(p) in ("avi", "mkv", "mov", "mp3"), rng.randrange(5, 60))
+    vids = t.cat("avi") + t.cat("mkv") + t.cat("mov") + t.cat("mp3")
+    vids = rng.sample(vids, min(len(vids), rng.randrange(5, 60)))
     if not vids:
-        vids = []
         for i in range(10):
-            p = f"Videos/old{i}.avi"
-            t.files[p] = File(p, new_content(rng, "avi", t.new_seed()))
+            p = f"Videos/old{t.new_seed() % 10**6}-{i}.avi"
+            t.put(File(p, new_content(rng, "avi", t.new_seed())))
             vids.append(p)
     for p in vids:
         target = {"mp3": "ogg"}.get(ext_of(p), "mp4")
@@ -394,18 +464,18 @@ def bulk_rename(r: Recorder, rng: random.Random) -> None:
 
 def git_gc(r: Recorder, rng: random.Random) -> None:
     t = r.t
-    loose = [p for p in t.files if p.startswith("src/project/.git/objects/") and not ext_of(p)]
+    loose = list(t.cat("loose"))
+    size = max(64 * KiB, sum(t.files[p].content.size for p in loose) // 2)
     for p in loose:
         r.delete(p)
     name = f"src/project/.git/objects/pack/pack-{t.new_seed():016x}"
-    size = max(64 * KiB, sum(t.files[p].content.size for p in loose if p in t.files) // 2)
     r.add(name + ".pack", Content("git-pack", t.new_seed(), max(size, 200 * KiB)))
     r.add(name + ".idx", Content("git-idx", t.new_seed(), 40 * KiB))
 
 
 def package_upgrade(r: Recorder, rng: random.Random) -> None:
     t = r.t
-    old = [p for p in t.files if p.startswith(".local/lib/venv/")]
+    old = t.cat("venv")
     for p in rng.sample(old, min(len(old), rng.randrange(50, 400))):
         r.delete(p)
     for k in range(rng.randrange(5, 40)):
@@ -426,14 +496,14 @@ def package_upgrade(r: Recorder, rng: random.Random) -> None:
 
 def db_vacuum(r: Recorder, rng: random.Random) -> None:
     t = r.t
-    for p in [p for p in t.files if ext_of(p) in ("sqlite", "db")]:
+    for p in list(t.cat("db")):
         c = t.files[p].content
         r.change(p, Content(c.kind, t.new_seed(), int(c.size * rng.uniform(0.6, 1.0))), None)
 
 
 def log_rotation(r: Recorder, rng: random.Random) -> None:
     t = r.t
-    for p in [p for p in t.files if ext_of(p) == "log"]:
+    for p in list(t.cat("log")):
         c = t.files[p].content
         r.add(f"{p}.{t.new_seed() % 1000}.gz", Content("gzip", t.new_seed(),
                                                        max(1 * KiB, c.size // 8)))
@@ -457,7 +527,7 @@ BENIGN_HARD: dict[str, Callable[[Recorder, random.Random], None]] = {
 
 def _victims(t: Tree, rng: random.Random, share: float) -> list[str]:
     """User files an attack goes for (not the git objects or the venv)."""
-    pool = [p for p in t.files if not p.startswith(("src/project/.git/", ".local/"))]
+    pool = sorted(p for p in t.files if not p.startswith(("src/project/.git/", ".local/")))
     rng.shuffle(pool)
     return pool[:max(1, round(share * len(t.files)))]
 
@@ -500,10 +570,9 @@ def attack_intermittent(r: Recorder, rng: random.Random, share: float = 0.05) ->
         c = t.files[p].content.copy()
         seed = t.new_seed()
         # header kept: block 0 plain, then every other block encrypted
-        for a in range(block, max(c.size, block + 1), 2 * block):
-            c.overlays.append(Overlay(a, a + block, "cipher", seed))
+        c.overlays.append(Overlay(block, 1 << 62, "cipher", seed, period=block))
         if c.size <= block:  # a small file: all but the head
-            c.overlays.append(Overlay(min(c.size - 1, 512), c.size, "cipher", seed))
+            c.overlays.append(Overlay(min(c.size - 1, 512), 1 << 62, "cipher", seed))
         r.change(p, c, [(block, c.size)] if c.size > block else None, target=p)
 
 

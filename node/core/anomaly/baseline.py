@@ -105,6 +105,12 @@ class Baseline:
         col = self.column(name)
         return float(col.max()) if col.size else 0.0
 
+    def usual_high(self, name: str) -> float:
+        """The 99th percentile of a feature in this node's history (0 when new): a
+        snapshot or two that went wrong once do not raise the bar for ever."""
+        col = self.column(name)
+        return float(np.percentile(col, 99)) if col.size else 0.0
+
     def z(self, name: str, value: float) -> float:
         """Robust z-score of a value against this node's history."""
         return (value - self.centre(name)) / self.spread(name)

@@ -63,13 +63,17 @@ def recent_excess(features: Features, baseline: Baseline) -> float:
     """Suspicious files beyond the usual in this snapshot and the RECENT before it: a slow
     attack that stays under the bar in each snapshot adds up here. (The earlier snapshots are
     in the baseline only if they were learnt: ok and suspect verdicts are.)"""
-    now = excess(features, baseline, "suspicious")
+    return excess(features, baseline, "suspicious") + history_excess(baseline)
+
+
+def history_excess(baseline: Baseline) -> float:
+    """Suspicious files beyond the usual in the RECENT last snapshots of the baseline."""
     if baseline.count <= RECENT:
-        return now
+        return 0.0
     col = baseline.column("suspicious")
     med = float(np.median(col))
     mad = float(np.median(np.abs(col - med)))
-    return now + float(np.clip(col[-RECENT:] - med - 2.0 * mad, 0.0, None).sum())
+    return float(np.clip(col[-RECENT:] - med - 2.0 * mad, 0.0, None).sum())
 
 
 def model_inputs(features: Features, baseline: Baseline) -> np.ndarray:

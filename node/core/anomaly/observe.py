@@ -82,7 +82,7 @@ SIGNAL_WEIGHTS: dict[str, float] = {
     "extension-mismatch": 0.6,  # the content's format is not what the extension says
     "intermittent": 1.0,       # a share of blocks look like ciphertext in a non-random type
     "base64-output": 0.8,      # the content turned into base64-looking text
-    "entropy-jump": 0.4,       # entropy rose by more than 1.5 bits per byte
+    "entropy-jump": 0.4,       # entropy rose by more than 1 bit per byte
     "rewritten-in-place": 0.3,  # same size, every chunk new, in a type rarely edited in place
     "incompressible": 0.3,     # new chunks do not compress, in a type that usually does
     "renamed-extension": 0.4,  # a deleted file came back under the same stem, new extension
@@ -129,9 +129,11 @@ def file_signals(obs: FileObs, paired_old: ContentProbe | None = None,
     if (not new.random_like and new.body_random and not cipher_ok
             and not (old is not None and old.body_random)):
         out.append("body-encrypted")
-    if (old is not None and old.magic and old.magic != new.magic
-            and extension_agrees(ext, new.magic) is not True):
-        # A new format the extension names (x.avi -> x.mp4, a transcode) is no loss.
+    if old is not None and ((old.magic and old.magic != new.magic
+                             and extension_agrees(ext, new.magic) is not True)
+                            or (old.text and not new.text)):
+        # A new format the extension names (x.avi -> x.mp4, a transcode) is no loss; text
+        # that stopped being text (its head kept) is.
         out.append("magic-lost")
     if (extension_agrees(ext, new.magic) is False and new.magic != "text") or (
             new.magic == "" and expected and new.entropy > 7.0):
@@ -139,15 +141,15 @@ def file_signals(obs: FileObs, paired_old: ContentProbe | None = None,
     # Intermittent encryption: blocks of ciphertext between intact ones. Against the old
     # version (any type): the share of random-looking blocks jumped. Without one: only in
     # a type that is not compressed (a compressed format's blocks may look random alone).
-    if not new.random_like and (
-            (old is not None and new.random_blocks >= 0.4
-             and new.random_blocks - old.random_blocks >= 0.3)
-            or (old is None and new.random_blocks >= 0.25 and not compressed_type
-                and bool(expected))):
+    if "encrypted-looking" not in out and (
+            (old is not None and new.random_blocks >= 0.25
+             and new.random_blocks - old.random_blocks >= 0.2)
+            or (old is None and not new.random_like and new.random_blocks >= 0.25
+                and not compressed_type and bool(expected))):
         out.append("intermittent")
     if new.base64 and not (old is not None and old.base64):
         out.append("base64-output")
-    if old is not None and new.entropy - old.entropy > 1.5:
+    if old is not None and new.entropy - old.entropy > 1.0:
         out.append("entropy-jump")
     if (obs.change == "changed" and obs.kept_share is not None and obs.kept_share < 0.05
             and obs.size_old > 0 and abs(obs.size_new - obs.size_old) <= 0.02 * obs.size_old

@@ -38,6 +38,7 @@ WARM = 12          # below this many snapshots the baseline is cold
 # it has): counts of odd files are rare, churn varies.
 PRIOR_SPREAD: dict[str, float] = {
     "added": 20.0, "changed": 20.0, "deleted": 20.0, "renamed": 5.0, "churn": 0.02,
+    "loss_churn": 0.02,
     "bytes_log": 3.0,
 }
 MIN_SPREAD = 1.0

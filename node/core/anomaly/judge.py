@@ -105,11 +105,14 @@ def _reasons(f: Features, b: Baseline) -> list[Reason]:
         out.append(Reason("kept_share", f"changed files kept {f.kept_share:.0%} of their old "
                           f"chunks (usual here: {b.centre('kept_share'):.0%})",
                           f.kept_share, b.centre("kept_share")))
-    z = b.z("churn", f.churn) if b.count else 0.0
+    # Additions alone (an import) are no cause for suspicion; changing, deleting or
+    # renaming far more files than this node ever does is, even with no file suspicious.
+    z = b.z("loss_churn", f.loss_churn) if b.count else 0.0
     if b.count and z >= CHURN_SUSPECT_Z:
-        out.append(Reason("churn", f"{f.churn:.1%} of the files changed (usual here: "
-                          f"{b.centre('churn'):.1%} +- {b.spread('churn'):.1%})",
-                          f.churn, b.centre("churn"), b.spread("churn")))
+        out.append(Reason("churn", f"{f.loss_churn:.1%} of the files changed, were deleted "
+                          f"or renamed (usual here: {b.centre('loss_churn'):.1%} "
+                          f"+- {b.spread('loss_churn'):.1%})",
+                          f.loss_churn, b.centre("loss_churn"), b.spread("loss_churn")))
     return out
 
 

@@ -178,6 +178,7 @@ class Features:
     deleted: float = 0.0
     renamed: float = 0.0
     churn: float = 0.0          # (added+changed+deleted+renamed) / files before
+    loss_churn: float = 0.0     # (changed+deleted+renamed) / files before: additions aside
     bytes_log: float = 0.0      # log2(1 + bytes of new chunks)
     suspicious: float = 0.0     # files whose signals sum to >= 1
     suspicious_share: float = 0.0  # of the added+changed+renamed files
@@ -327,6 +328,7 @@ class Accumulator:
             added=float(c["added"]), changed=float(c["changed"]),
             deleted=float(c["deleted"]), renamed=float(c["renamed"]),
             churn=(touched + c["deleted"]) / max(1, self.files_before),
+            loss_churn=(c["changed"] + c["deleted"] + c["renamed"]) / max(1, self.files_before),
             bytes_log=math.log2(1 + self.new_bytes),
             suspicious=float(self.suspicious_files),
             suspicious_share=self.suspicious_files / max(1, touched),

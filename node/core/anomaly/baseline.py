@@ -38,6 +38,7 @@ WARM = 12          # below this many snapshots the baseline is cold
 # it has): counts of odd files are rare, churn varies.
 PRIOR_SPREAD: dict[str, float] = {
     "added": 20.0, "changed": 20.0, "deleted": 20.0, "renamed": 5.0, "churn": 0.02,
+    "loss_churn": 0.02,
     "bytes_log": 3.0,
 }
 MIN_SPREAD = 1.0
@@ -104,6 +105,12 @@ class Baseline:
         """The most this node has seen of a feature (its history's maximum), 0 when new."""
         col = self.column(name)
         return float(col.max()) if col.size else 0.0
+
+    def usual_high(self, name: str) -> float:
+        """The 99th percentile of a feature in this node's history (0 when new): a
+        snapshot or two that went wrong once do not raise the bar for ever."""
+        col = self.column(name)
+        return float(np.percentile(col, 99)) if col.size else 0.0
 
     def z(self, name: str, value: float) -> float:
         """Robust z-score of a value against this node's history."""

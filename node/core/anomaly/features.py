@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -63,6 +64,13 @@ MAGIC: tuple[tuple[str, int, bytes], ...] = (
     ("git-pack", 0, b"PACK"),
     ("git-idx", 0, b"\xfftOc"),
     ("pem", 0, b"-----BEGIN"),
+    ("zlib", 0, b"\x78\x01"),  # zlib streams (git loose objects): levels 0-1, 2-5, 6, 7-9
+    ("zlib", 0, b"\x78\x5e"),
+    ("zlib", 0, b"\x78\x9c"),
+    ("zlib", 0, b"\x78\xda"),
+    ("kdbx", 0, b"\x03\xd9\xa2\x9a"),
+    ("age", 0, b"age-encryption.org/"),
+    ("pgp", 0, b"-----BEGIN PGP MESSAGE"),
 )
 
 # Extension (lower case, no dot) -> the formats its content may have. An extension absent
@@ -83,15 +91,26 @@ EXTENSION_TYPES: dict[str, frozenset[str]] = {
     "mkv": frozenset({"mkv"}), "webm": frozenset({"mkv"}), "mp3": frozenset({"mp3"}),
     "flac": frozenset({"flac"}), "ogg": frozenset({"ogg"}), "pack": frozenset({"git-pack"}),
     "idx": frozenset({"git-idx"}), "so": frozenset({"elf"}), "o": frozenset({"elf"}),
+    "kdbx": frozenset({"kdbx"}), "age": frozenset({"age"}),
     **{e: frozenset({"text"}) for e in ("txt", "md", "csv", "tsv", "json", "xml", "html",
                                         "htm", "py", "c", "h", "js", "ts", "go", "rs",
                                         "java", "rb", "sh", "yaml", "yml", "toml", "ini",
                                         "cfg", "log", "tex", "svg", "css", "sql", "rst")},
 }
 
-# Formats whose bytes are compressed by design: high entropy there is no news.
+# Formats whose bytes are compressed (or random) by design: high entropy there is no news.
 COMPRESSED_TYPES = frozenset({"zip", "png", "jpeg", "gif", "gzip", "zstd", "xz", "bzip2", "7z",
-                              "mp4", "mkv", "mp3", "flac", "ogg", "git-pack"})
+                              "mp4", "mkv", "mp3", "flac", "ogg", "git-pack", "zlib",
+                              "git-idx", "kdbx", "age"})  # and hash tables, ciphertext
+
+# Extensions whose content is ciphertext by design (a password safe, an encrypted file the
+# user made): random bytes there are no news, unless the file was renamed into them.
+ENCRYPTED_EXTENSIONS = frozenset({"gpg", "pgp", "asc", "age", "kdbx", "kdb", "p12", "pfx",
+                                  "keystore", "jks", "luks", "vc", "hc", "tc", "aes256"})
+
+# Below this many sampled bytes past the head, a compressed body cannot be told from
+# ciphertext by its chi-square (the skew of compression needs bytes to show).
+BODY_MIN = 32 * 1024
 
 # A block of 4 KiB of ciphertext has entropy ~7.95 and chi-square ~255 +- 23.
 RANDOM_BLOCK_ENTROPY = 7.90
@@ -228,6 +247,9 @@ class ContentProbe:
     text: bool              # the sampled bytes are text
     base64: bool            # the sampled bytes (past the head) look like base64 output
     note_words: int = 0     # ransom-note phrases (text files only)
+    sampled: int = 0        # bytes sampled (0 in records made before this field existed)
+    body_entropy: float = 0.0  # the same measures over the blocks after the head
+    body_chi2: float = 0.0
 
     @property
     def random_like(self) -> bool:
@@ -235,20 +257,34 @@ class ContentProbe:
         # The chi-square of random data does not grow with the sample size: one bound fits.
         return self.entropy > 7.9 and self.chi2 < RANDOM_CHI2
 
+    @property
+    def body_random(self) -> bool:
+        """The blocks after the head look like ciphertext (and there are enough of them to
+        tell): what "header kept, the rest encrypted" leaves."""
+        return (self.sampled - BLOCK >= BODY_MIN and self.body_entropy > 7.9
+                and self.body_chi2 < RANDOM_CHI2)
+
     def to_record(self) -> list[object]:
         """A compact list for the node to keep with the file (CBOR/JSON friendly)."""
         return [self.magic, round(self.entropy, 3), round(self.chi2, 1),
-                round(self.random_blocks, 3), self.text, self.base64, self.note_words]
+                round(self.random_blocks, 3), self.text, self.base64, self.note_words,
+                self.sampled, round(self.body_entropy, 3), round(self.body_chi2, 1)]
 
     @classmethod
     def from_record(cls, rec: Sequence[object]) -> ContentProbe:
-        """Inverse of :meth:`to_record`; raises ValueError on anything else."""
-        if not isinstance(rec, (list, tuple)) or len(rec) != 7:
+        """Inverse of :meth:`to_record` (also reads the 7-field records of the first
+        version); raises ValueError on anything else."""
+        if not isinstance(rec, (list, tuple)) or len(rec) not in (7, 10):
             raise ValueError("not a content probe record")
-        magic, ent, c2, rb, text, b64, nw = rec
+        magic, ent, c2, rb, text, b64, nw, *body = rec
         if not (isinstance(magic, str) and isinstance(text, bool) and isinstance(b64, bool)):
             raise ValueError("not a content probe record")
-        return cls(magic, float(ent), float(c2), float(rb), text, b64, int(nw))  # type: ignore[arg-type]
+        nums: list[Any] = [ent, c2, rb, nw, *(body or (0, 0.0, 0.0))]
+        try:
+            return cls(magic, float(nums[0]), float(nums[1]), float(nums[2]), text, b64,
+                       int(nums[3]), int(nums[4]), float(nums[5]), float(nums[6]))
+        except (TypeError, ValueError):
+            raise ValueError("not a content probe record")
 
 
 def probe(blocks: Sequence[bytes]) -> ContentProbe:
@@ -257,11 +293,14 @@ def probe(blocks: Sequence[bytes]) -> ContentProbe:
         return ContentProbe("", 0.0, 0.0, 0.0, False, False, 0)
     head = blocks[0]
     total = np.zeros(256, dtype=np.int64)
+    body = np.zeros(256, dtype=np.int64)
     rnd = 0
     counted = 0
-    for b in blocks:
+    for i, b in enumerate(blocks):
         c = histogram(b)
         total += c
+        if i:
+            body += c
         if len(b) >= 1024:
             counted += 1
             # Entropy measured on n bytes of random data falls short of 8 by ~255/(2n ln 2).
@@ -271,8 +310,7 @@ def probe(blocks: Sequence[bytes]) -> ContentProbe:
     magic = detect_magic(head)
     joined = b"".join(blocks)
     text = magic == "text" and looks_like_text(joined[:65536])
-    body = joined[64:] if len(joined) > 320 else joined
-    b64 = looks_like_base64(body)
+    b64 = looks_like_base64(joined[64:] if len(joined) > 320 else joined)
     return ContentProbe(
         magic=magic,
         entropy=entropy_of(total),
@@ -281,4 +319,7 @@ def probe(blocks: Sequence[bytes]) -> ContentProbe:
         text=text,
         base64=b64,
         note_words=note_words(joined) if text else 0,
+        sampled=len(joined),
+        body_entropy=entropy_of(body),
+        body_chi2=chi2_of(body),
     )

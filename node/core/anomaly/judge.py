@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from .baseline import Baseline
-from .model import GlobalModel, load_default, model_inputs
+from .model import GlobalModel, history_excess, load_default, model_inputs
 from .observe import Features, FileSignals
 
 Tier = Literal["ok", "suspect", "alert"]
@@ -36,16 +36,18 @@ SUSPECT = 0.5
 ALERT = 0.9
 CHURN_SUSPECT_Z = 8.0      # change volume this many robust sigmas above usual: suspect
 STREAM_ALERT_FILES = 4     # suspicious files beyond the node's usual, mid-backup: alert
+STREAM_MIN_FILES = 2       # ... and never fewer than this many in one backup
 
 # (feature field, words for one file, words for many) for the per-file signal counts.
 _SIGNAL_WORDS: tuple[tuple[str, str], ...] = (
     ("encrypted_looking", "look encrypted (random bytes, unlike compression)"),
+    ("body_encrypted", "kept their header but the rest looks encrypted"),
     ("intermittent", "are partly encrypted (random blocks inside a non-random file)"),
     ("base64_output", "turned into base64-looking text (masked ciphertext)"),
-    ("magic_lost", "lost the format their previous version had"),
+    ("magic_lost", "lost the format (or the text) their previous version had"),
     ("extension_mismatch", "have content that does not match their extension"),
     ("renamed_extension", "reappeared under the same name with a new extension"),
-    ("entropy_jump", "jumped in entropy by more than 1.5 bits per byte"),
+    ("entropy_jump", "jumped in entropy by more than 1 bit per byte"),
     ("rewritten_in_place", "were rewritten whole at the same size (a type rarely edited)"),
     ("incompressible", "wrote new chunks that do not compress (in a type that should)"),
 )
@@ -103,18 +105,21 @@ def _reasons(f: Features, b: Baseline) -> list[Reason]:
         out.append(Reason("kept_share", f"changed files kept {f.kept_share:.0%} of their old "
                           f"chunks (usual here: {b.centre('kept_share'):.0%})",
                           f.kept_share, b.centre("kept_share")))
-    z = b.z("churn", f.churn) if b.count else 0.0
+    # Additions alone (an import) are no cause for suspicion; changing, deleting or
+    # renaming far more files than this node ever does is, even with no file suspicious.
+    z = b.z("loss_churn", f.loss_churn) if b.count else 0.0
     if b.count and z >= CHURN_SUSPECT_Z:
-        out.append(Reason("churn", f"{f.churn:.1%} of the files changed (usual here: "
-                          f"{b.centre('churn'):.1%} +- {b.spread('churn'):.1%})",
-                          f.churn, b.centre("churn"), b.spread("churn")))
+        out.append(Reason("churn", f"{f.loss_churn:.1%} of the files changed, were deleted "
+                          f"or renamed (usual here: {b.centre('loss_churn'):.1%} "
+                          f"+- {b.spread('loss_churn'):.1%})",
+                          f.loss_churn, b.centre("loss_churn"), b.spread("loss_churn")))
     return out
 
 
 def rule_score(f: Features, b: Baseline) -> float:
     """The score without a trained model: grows with the suspicious files beyond the
     node's usual, weighted by their share of the changed files."""
-    usual = b.usual_max("suspicious") if b.count else 0.0
+    usual = b.usual_high("suspicious") if b.count else 0.0
     extra = max(0.0, f.suspicious - usual)
     share = f.suspicious_share
     notes = 2.0 if f.note_folders >= 3 and f.note_words >= 1 else 0.0
@@ -173,9 +178,13 @@ class StreamCheck:
 
     @property
     def allowance(self) -> int:
-        """Suspicious files a snapshot of this node may hold before the alert: its
-        history's maximum, plus the margin."""
-        return int(self.baseline.usual_max("suspicious")) + STREAM_ALERT_FILES
+        """Suspicious files a snapshot of this node may hold before the alert: its usual
+        high (99th percentile) plus the margin, less what the last snapshots had beyond
+        the usual (a slow attack spread over snapshots adds up), but never below
+        :data:`STREAM_MIN_FILES`."""
+        b = self.baseline
+        return max(STREAM_MIN_FILES, math.ceil(b.usual_high("suspicious")) + STREAM_ALERT_FILES
+                   - math.floor(history_excess(b)))
 
     def feed(self, signals: Sequence[FileSignals]) -> bool:
         """Count the signals ``Accumulator.add`` returned; True exactly once: when the

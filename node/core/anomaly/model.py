@@ -34,6 +34,7 @@ INPUT_NAMES: tuple[str, ...] = (
     "suspicious_excess_log",
     "suspicious_share",
     "suspicious_pct_of_tree",
+    "recent_suspicious_excess_log",
     *(f"{f}_excess_log" for f in _SIGNAL_FIELDS),
     "new_ext_top_excess_log",
     "note_folders_log",
@@ -55,6 +56,26 @@ def excess(features: Features, baseline: Baseline, name: str) -> float:
     return max(0.0, x - med - 2.0 * mad)
 
 
+RECENT = 2  # earlier snapshots a slow (throttled) attack is summed over
+
+
+def recent_excess(features: Features, baseline: Baseline) -> float:
+    """Suspicious files beyond the usual in this snapshot and the RECENT before it: a slow
+    attack that stays under the bar in each snapshot adds up here. (The earlier snapshots are
+    in the baseline only if they were learnt: ok and suspect verdicts are.)"""
+    return excess(features, baseline, "suspicious") + history_excess(baseline)
+
+
+def history_excess(baseline: Baseline) -> float:
+    """Suspicious files beyond the usual in the RECENT last snapshots of the baseline."""
+    if baseline.count <= RECENT:
+        return 0.0
+    col = baseline.column("suspicious")
+    med = float(np.median(col))
+    mad = float(np.median(np.abs(col - med)))
+    return float(np.clip(col[-RECENT:] - med - 2.0 * mad, 0.0, None).sum())
+
+
 def model_inputs(features: Features, baseline: Baseline) -> np.ndarray:
     f = features
     touched = f.added + f.changed + f.renamed
@@ -63,6 +84,7 @@ def model_inputs(features: Features, baseline: Baseline) -> np.ndarray:
         math.log1p(excess(f, baseline, "suspicious")),
         f.suspicious_share,
         100.0 * f.suspicious / max(1.0, f.files),
+        math.log1p(recent_excess(f, baseline)),
         *(math.log1p(excess(f, baseline, name)) for name in _SIGNAL_FIELDS),
         math.log1p(excess(f, baseline, "new_ext_top")),
         math.log1p(f.note_folders),

@@ -24,7 +24,15 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field, fields
 from typing import Literal
 
-from .features import COMPRESSED_TYPES, EXTENSION_TYPES, ContentProbe, extension_agrees
+from .features import (
+    BLOCK,
+    BODY_MIN,
+    COMPRESSED_TYPES,
+    ENCRYPTED_EXTENSIONS,
+    EXTENSION_TYPES,
+    ContentProbe,
+    extension_agrees,
+)
 
 Change = Literal["added", "changed", "deleted", "renamed"]
 
@@ -69,11 +77,12 @@ class FileObs:
 # Per-file signals: name -> weight. A file whose weights sum to at least 1 is "suspicious".
 SIGNAL_WEIGHTS: dict[str, float] = {
     "encrypted-looking": 1.0,  # the sample is random like ciphertext, not like compression
+    "body-encrypted": 1.0,     # the head is intact, the blocks after it look like ciphertext
     "magic-lost": 0.6,         # the old version had a known format, this one another/none
     "extension-mismatch": 0.6,  # the content's format is not what the extension says
     "intermittent": 1.0,       # a share of blocks look like ciphertext in a non-random type
     "base64-output": 0.8,      # the content turned into base64-looking text
-    "entropy-jump": 0.4,       # entropy rose by more than 1.5 bits per byte
+    "entropy-jump": 0.4,       # entropy rose by more than 1 bit per byte
     "rewritten-in-place": 0.3,  # same size, every chunk new, in a type rarely edited in place
     "incompressible": 0.3,     # new chunks do not compress, in a type that usually does
     "renamed-extension": 0.4,  # a deleted file came back under the same stem, new extension
@@ -107,23 +116,40 @@ def file_signals(obs: FileObs, paired_old: ContentProbe | None = None,
     ext = split_ext(obs.path)[2]
     expected = _expected_type(ext)
     compressed_type = bool(expected & COMPRESSED_TYPES) or new.magic in COMPRESSED_TYPES
+    # Ciphertext by design (a password safe, a .gpg file) is no news, unless the file was
+    # just renamed into such an extension.
+    cipher_ok = ext in ENCRYPTED_EXTENSIONS and not renamed_ext
+    was_random = old is not None and old.random_like
     out: list[str] = []
-    if new.random_like:
+    if (new.random_like and not cipher_ok and not was_random
+            and not (compressed_type and new.sampled < BODY_MIN + BLOCK)):
+        # A small compressed file cannot be told from ciphertext by its bytes alone; its
+        # lost header shows an encryption instead (magic-lost, extension-mismatch).
         out.append("encrypted-looking")
-    if (old is not None and old.magic and old.magic != new.magic
-            and extension_agrees(ext, new.magic) is not True):
-        # A new format the extension names (x.avi -> x.mp4, a transcode) is no loss.
+    if (not new.random_like and new.body_random and not cipher_ok
+            and not (old is not None and old.body_random)):
+        out.append("body-encrypted")
+    if old is not None and ((old.magic and old.magic != new.magic
+                             and extension_agrees(ext, new.magic) is not True)
+                            or (old.text and not new.text)):
+        # A new format the extension names (x.avi -> x.mp4, a transcode) is no loss; text
+        # that stopped being text (its head kept) is.
         out.append("magic-lost")
     if (extension_agrees(ext, new.magic) is False and new.magic != "text") or (
             new.magic == "" and expected and new.entropy > 7.0):
         out.append("extension-mismatch")
-    if (not new.random_like and new.random_blocks >= 0.25
-            and (old is None or old.random_blocks < 0.1)
-            and not compressed_type):
+    # Intermittent encryption: blocks of ciphertext between intact ones. Against the old
+    # version (any type): the share of random-looking blocks jumped. Without one: only in
+    # a type that is not compressed (a compressed format's blocks may look random alone).
+    if "encrypted-looking" not in out and (
+            (old is not None and new.random_blocks >= 0.25
+             and new.random_blocks - old.random_blocks >= 0.2)
+            or (old is None and not new.random_like and new.random_blocks >= 0.25
+                and not compressed_type and bool(expected))):
         out.append("intermittent")
     if new.base64 and not (old is not None and old.base64):
         out.append("base64-output")
-    if old is not None and new.entropy - old.entropy > 1.5:
+    if old is not None and new.entropy - old.entropy > 1.0:
         out.append("entropy-jump")
     if (obs.change == "changed" and obs.kept_share is not None and obs.kept_share < 0.05
             and obs.size_old > 0 and abs(obs.size_new - obs.size_old) <= 0.02 * obs.size_old
@@ -152,10 +178,12 @@ class Features:
     deleted: float = 0.0
     renamed: float = 0.0
     churn: float = 0.0          # (added+changed+deleted+renamed) / files before
+    loss_churn: float = 0.0     # (changed+deleted+renamed) / files before: additions aside
     bytes_log: float = 0.0      # log2(1 + bytes of new chunks)
     suspicious: float = 0.0     # files whose signals sum to >= 1
     suspicious_share: float = 0.0  # of the added+changed+renamed files
     encrypted_looking: float = 0.0
+    body_encrypted: float = 0.0
     magic_lost: float = 0.0
     extension_mismatch: float = 0.0
     intermittent: float = 0.0
@@ -300,6 +328,7 @@ class Accumulator:
             added=float(c["added"]), changed=float(c["changed"]),
             deleted=float(c["deleted"]), renamed=float(c["renamed"]),
             churn=(touched + c["deleted"]) / max(1, self.files_before),
+            loss_churn=(c["changed"] + c["deleted"] + c["renamed"]) / max(1, self.files_before),
             bytes_log=math.log2(1 + self.new_bytes),
             suspicious=float(self.suspicious_files),
             suspicious_share=self.suspicious_files / max(1, touched),

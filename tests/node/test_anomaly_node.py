@@ -282,3 +282,82 @@ def test_content_changed_under_the_same_size_and_mtime_is_reported(cli: Cli, tmp
     with open(files[4], "ab") as f:
         f.write(b"more\n")
     assert backup(cli, src)["silent_corruption"] == []
+
+
+# -- through a daemon: events, scheduled retention paused, ack ------------------------------------
+
+
+class Follower:
+    """The daemon's events, read in a thread."""
+
+    def __init__(self, home: Path, topics: tuple[str, ...]) -> None:
+        import threading
+
+        from corestate.node.runtime.client import connect, subscribe
+        from meshutil import wait_for
+        self.sock = wait_for(lambda: connect(home, timeout=10), 30, "the daemon to accept")
+        self.events: list = []
+        stream = subscribe(self.sock, topics)
+        self.thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self.thread.start()
+
+    def _read(self, stream: object) -> None:
+        try:
+            for ev in stream:  # type: ignore[attr-defined]
+                self.events.append(ev)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        import socket
+        self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self.thread.join(10)
+
+
+@pytest.mark.slow
+def test_a_daemon_alerts_pauses_scheduled_retention_and_ack_lifts_it(tmp_path: Path) -> None:
+    from corestate.protocol import control as c
+    from meshutil import edit_config, make_mesh, wait_for
+    src = tmp_path / "src"
+    make_home_tree(src, files=100)
+    mesh = make_mesh(tmp_path / "m", 1)
+    home = mesh.nodes[0].home
+    edit_config(home, "paths = []", f'paths = ["{src}"]')
+    edit_config(home, "backup_every = 0", 'backup_every = "2s"')
+    edit_config(home, "# keep_last = 10", "keep_last = 1")
+    cli = Cli(home, mesh.pw)
+    mesh.start(0)
+    try:
+        follower = Follower(home, ("alert", "backup", "retention"))
+        try:
+            def finished() -> int:
+                return sum(isinstance(e, c.RetentionFinished) for e in follower.events)
+            wait_for(lambda: finished() >= 2, 120, "two scheduled backups with their retention")
+            snaps = cli.json("snapshots")
+            assert isinstance(snaps, list) and len(snaps) == 1  # keep_last = 1 at work
+            encrypt_and_rename(src, 0.1)
+            alert = wait_for(lambda: next((e for e in follower.events if isinstance(e, c.Alert)
+                                           and e.alert == "anomaly" and e.details.get("snapshot", "")
+                                           not in ("", "in progress")), None), 120, "the anomaly alert")
+            assert alert.severity == "critical" and alert.details["protected"]
+            protected = alert.details["protected"]
+            # Two more scheduled rounds: retention leaves the series alone while the alert stands.
+            seen = finished()
+            wait_for(lambda: finished() >= seen + 2, 120, "two more retention rounds")
+            snaps = cli.json("snapshots")
+            assert isinstance(snaps, list) and len(snaps) >= 3
+            assert [s["id"] for s in snaps if s["protected"]] == [protected]
+            rows = cli.json("anomaly", "list")
+            assert isinstance(rows, list) and any(r["snapshot_id"] == alert.details["snapshot"] for r in rows)
+            # Acknowledged through the daemon: the next retention round forgets again.
+            acked = cli.json("anomaly", "ack", alert.details["snapshot"][:8], "--yes")
+            assert acked["unprotected"] == protected  # type: ignore[index]
+            seen = finished()
+            wait_for(lambda: finished() >= seen + 1, 120, "a retention round after the ack")
+            snaps = cli.json("snapshots")
+            assert isinstance(snaps, list) and len(snaps) <= 2 and protected not in {s["id"] for s in snaps}
+        finally:
+            follower.close()
+    finally:
+        mesh.close()

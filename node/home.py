@@ -84,7 +84,7 @@ repair_every = "1d"
 # under an unchanged size and mtime (silent corruption): at most this many files, and at
 # most the larger of these bytes and this share of the bytes the backup read.
 resample_files = 32
-resample_bytes = "8 MiB"
+resample_bytes = "1 MiB"
 resample_share = 0.01
 # Data written this long ago and still needed is "cold" for `corestate advise tiering`.
 cold_after = "90d"
@@ -123,7 +123,7 @@ class Config:
     retention: dict[str, str] = field(default_factory=dict)
     # [anomaly]: the silent-corruption re-read budget per backup; the optimizer's "cold"
     anomaly_resample_files: int = 32
-    anomaly_resample_bytes: int = 8 << 20
+    anomaly_resample_bytes: int = 1 << 20
     anomaly_resample_share: float = 0.01
     anomaly_cold_after: float = 90 * 86400.0
 

@@ -56,15 +56,16 @@ class Watch(Observer):
     """Feeds one backup's file changes to the model (on the backup's walking thread)."""
 
     def __init__(self, node: LocalNode, ctx: Context, state: st.AnomalyState, series: st.Series,
-                 files_before: int, hold_adds: bool) -> None:
+                 files_before: int, hold_adds: bool, before: list[Any] | None = None) -> None:
         self.ctx = ctx
+        self.before = before or []  # the series' snapshots before this backup (oldest first)
         self.series = series
         self.key = st.key_of(series)
         entry = state.series.get(self.key, {})
         self.baseline = _baseline(entry, ctx)
         exts = entry.get("exts", [])
         self.acc = model.Accumulator(files_before=files_before, known_exts=frozenset(exts))
-        self.stream = model.StreamCheck(self.baseline)
+        self.stream = _Stream(self.baseline)
         self.probes = st.ProbeStore(node.home.path)
         self.hold = hold_adds
         self.held: dict[bytes, tuple[FileChange, Any]] = {}
@@ -86,6 +87,12 @@ class Watch(Observer):
     def file(self, ch: FileChange) -> None:
         self.changed_files += 1
         self.changed_bytes += ch.size
+        if ch.probe is None and not self.hold and not ch.silent:
+            # The first backup of a series, a file not probed: no signal is possible (no
+            # old version, no deletion to pair with), so only the counts move. Kept cheap:
+            # a first backup feeds every file of the tree.
+            self._count_added(ch)
+            return
         if ch.silent and len(self.silent) < 10_000:
             key = _text(ch.path)
             if self.reported.get(key) != ch.digest.hex():
@@ -112,6 +119,20 @@ class Watch(Observer):
                                  size_new=ch.size, old=old, new=new, new_bytes=ch.new_bytes,
                                  new_compressed=ch.stored_bytes, kept_share=ch.kept,
                                  content_id=ch.digest))
+
+    def _count_added(self, ch: FileChange) -> None:
+        acc = self.acc
+        acc.counts["added"] += 1
+        acc.new_bytes += ch.new_bytes
+        acc.new_compressed += ch.stored_bytes
+        name = ch.path.rpartition(b"/")[2]
+        stem, dot, ext_b = name.rpartition(b".")
+        if dot and stem:
+            ext = os.fsdecode(ext_b).lower()
+            if ext not in acc.known_exts:
+                acc.new_exts[ext] += 1
+            if len(self.exts) < 5000:
+                self.exts.add(ext)
 
     def gone(self, path: bytes, size: int, digest: bytes) -> None:
         old = self._old_probe(path)
@@ -153,6 +174,8 @@ class Watch(Observer):
 
     def _feed(self, obs: model.FileObs) -> None:
         signals = self.acc.add(obs)
+        if not any(x.suspicious for x in signals):
+            return  # nothing for the streaming check to count
         # The first backup of a series is never an alert (see assess): no stream alert either.
         if self.stream.feed(signals) and self.hold and not self.stream_alerted:
             self.stream_alerted = True
@@ -163,6 +186,21 @@ class Watch(Observer):
                          f"({self.stream.suspicious} so far, e.g. {paths})"[:4096]),
                 details={"snapshot": "in progress", "series": _series_text(self.series),
                          "score": "", "reasons": "mid-backup: suspicious files beyond this node's usual"}))
+
+
+class _Stream(model.StreamCheck):
+    """The streaming check with its bar computed once per backup (the baseline does not
+    change during one; the bar costs percentiles over the history)."""
+
+    def __init__(self, baseline: model.Baseline) -> None:
+        super().__init__(baseline)
+        self._bar: int | None = None
+
+    @property
+    def allowance(self) -> int:
+        if self._bar is None:
+            self._bar = model.StreamCheck.allowance.fget(self)  # type: ignore[attr-defined]
+        return self._bar
 
 
 def _json(v: Any) -> str:
@@ -193,7 +231,7 @@ def begin(node: LocalNode, ctx: Context, paths: list[bytes]) -> tuple[st.Anomaly
     series = st.series_key([os.fsencode(os.path.abspath(p)) for p in paths])
     prev = [s for s in node.repo.snapshots() if st.series_key(s.record.paths) == series]
     files_before = prev[-1].record.files if prev else 0
-    return state, Watch(node, ctx, state, series, files_before, hold_adds=bool(prev))
+    return state, Watch(node, ctx, state, series, files_before, hold_adds=bool(prev), before=prev)
 
 
 def assess(node: LocalNode, ctx: Context, state: st.AnomalyState, watch: Watch,
@@ -205,9 +243,7 @@ def assess(node: LocalNode, ctx: Context, state: st.AnomalyState, watch: Watch,
     features = watch.acc.features(hour=when.tm_hour, weekday=when.tm_wday)
     v = model.judge(features, watch.baseline, top=watch.acc.top_files(), stream_alert=watch.stream_alerted)
     sid = result.snapshot_id.hex()
-    prev = [s for s in node.repo.snapshots()
-            if st.series_key(s.record.paths) == series and s.id != result.snapshot_id
-            and s.record.time_ns <= result.snapshot.time_ns]
+    prev = [s for s in watch.before if s.id != result.snapshot_id and s.record.time_ns <= result.snapshot.time_ns]
     if v.verdict == "alert" and not prev:
         # The first backup of these paths: nothing changed *between* snapshots, and there
         # is no snapshot to protect; what looks encrypted was so before this node knew it

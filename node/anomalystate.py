@@ -1,12 +1,16 @@
 """The anomaly model's state in a node's home: ``HOME/anomaly.json``.
 
-What it holds: the per-node baseline (serialised by ``node/core/anomaly``, kept opaque
-here), one finding per judged backup (verdict, score, reasons, the numbers behind them,
-the snapshot an alert protects, whether a person acknowledged it), and a short history of
-each backup's volumes, which ``advise`` reads.
+What it holds: the per-series baseline (serialised by ``node/core/anomaly``, kept opaque
+here) and one finding per judged backup (verdict, score, reasons, the numbers behind them,
+the snapshot an alert protects, whether a person acknowledged it). ``HOME/anomaly.db``
+(``AnomalyDB``, sqlite) holds what grows with every file or backup: each file's last
+content probe, and each backup's volumes, which ``advise`` reads.
 
 Invariants:
 
+- the file stays small (it is rewritten after every backup): only alerts and the last
+  ``DETAILED`` findings keep their numbers, ok findings are at most ``MAX_OK``, and other
+  findings at most ``MAX_FINDINGS``, of which a standing alert is never dropped;
 - the file is replaced atomically (a temporary file, fsynced, renamed over it, the folder
   fsynced): a crash leaves the old state or the new one, never half of one;
 - a damaged or unreadable file never stops a backup or a command: it is set aside as
@@ -19,6 +23,7 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -27,8 +32,11 @@ from typing import Any
 
 STATE_FILE = "anomaly.json"
 FORMAT = 1
-# Bounds: findings of about a year of hourly backups; the history the optimizer reads.
-MAX_FINDINGS = 10_000
+# Bounds: findings other than ok; ok findings; findings that keep their numbers; the
+# volumes the optimizer reads (a year of hourly backups and more).
+MAX_FINDINGS = 5_000
+MAX_OK = 2_000
+DETAILED = 50
 MAX_HISTORY = 20_000
 MAX_DETAIL_FILES = 20
 
@@ -96,7 +104,6 @@ class AnomalyState:
     # and "exts", the file extensions its snapshots had.
     series: dict[str, dict[str, Any]] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
-    history: list[Volume] = field(default_factory=list)
 
     # -- what the rest of the node asks -------------------------------------------------
 
@@ -114,23 +121,37 @@ class AnomalyState:
                 return f
         return None
 
-    def add(self, f: Finding, volume: Volume | None = None) -> None:
+    def add(self, f: Finding) -> None:
         self.findings.append(f)
-        if len(self.findings) > MAX_FINDINGS:
-            # Drop the oldest findings, never a standing alert (it still protects).
-            keep_from = len(self.findings) - MAX_FINDINGS
-            old, new = self.findings[:keep_from], self.findings[keep_from:]
-            self.findings = [x for x in old if x.standing] + new
-        if volume is not None:
-            self.history.append(volume)
-            del self.history[:-MAX_HISTORY]
+        if len(self.findings) > DETAILED:
+            old = self.findings[-DETAILED - 1]
+            if old.verdict != "alert" and not old.silent:
+                old.details, old.files, old.features = {}, [], {}
+        if len(self.findings) % 256 == 0:
+            self.compact()
+
+    def compact(self) -> None:
+        """Apply the bounds (``add`` does every 256 findings, ``save`` always)."""
+        oks = [x for x in self.findings if x.verdict == "ok"]
+        others = [x for x in self.findings if x.verdict != "ok"]
+        if len(oks) <= MAX_OK and len(others) <= MAX_FINDINGS:
+            return
+        # Drop the oldest, never a standing alert (it still protects).
+        drop = {id(x) for x in oks[:-MAX_OK]}
+        over = len(others) - MAX_FINDINGS
+        for x in others:
+            if over <= 0:
+                break
+            if not x.standing:
+                drop.add(id(x))
+                over -= 1
+        self.findings = [x for x in self.findings if id(x) not in drop]
 
     # -- the file ------------------------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "series": self.series,
-                "findings": [asdict(f) for f in self.findings],
-                "history": [asdict(v) for v in self.history]}
+                "findings": [asdict(f) for f in self.findings]}
 
     @classmethod
     def from_json(cls, obj: Any) -> AnomalyState:
@@ -144,11 +165,10 @@ class AnomalyState:
             if not isinstance(f.reasons, list) or not isinstance(f.series, list):
                 raise ValueError(f"a finding of {f.snapshot!r} is malformed")
             findings.append(f)
-        history = [Volume(**v) for v in obj.get("history", [])]
         series = obj.get("series", {})
         if not isinstance(series, dict) or not all(isinstance(v, dict) for v in series.values()):
             raise ValueError("the per-series models are malformed")
-        return cls(series, findings, history)
+        return cls(series, findings)
 
 
 def key_of(series: Series) -> str:
@@ -156,24 +176,56 @@ def key_of(series: Series) -> str:
     return json.dumps(_enc(series))
 
 
-class ProbeStore:
-    """The content probe of each file's last probed version (``HOME/anomaly-probes.db``),
-    so the next backup can compare a changed file's new version with its old one without
-    reading the old bytes. Rows of deleted files go with them. Not precious: a damaged file
-    is replaced by an empty one (the model then knows no old versions for a while)."""
+_DB_SCHEMA = """
+CREATE TABLE IF NOT EXISTS probes (path BLOB PRIMARY KEY, probe TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS volumes (
+    time_ns INTEGER NOT NULL, bytes_changed INTEGER NOT NULL, bytes_new INTEGER NOT NULL,
+    bytes_added INTEGER NOT NULL, store_bytes INTEGER NOT NULL, files_changed INTEGER NOT NULL,
+    seconds REAL NOT NULL
+);
+"""
+
+
+class AnomalyDB:
+    """``HOME/anomaly.db``: the content probe of each file's last probed version, so the
+    next backup can compare a changed file's new version with its old one without reading
+    the old bytes (rows of deleted files go with them); and each backup's volumes for the
+    optimizer (the last MAX_HISTORY). Not precious: a damaged file is replaced by an empty
+    one (the model then knows no old versions, the optimizer no history, for a while)."""
 
     def __init__(self, home: Path) -> None:
         import sqlite3
-        path = home / "anomaly-probes.db"
+        path = home / "anomaly.db"
         try:
             self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self.db.execute("CREATE TABLE IF NOT EXISTS probes (path BLOB PRIMARY KEY, probe TEXT NOT NULL)")
+            # Not precious: WAL without a sync per commit (a crash may lose the last rows).
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(_DB_SCHEMA)
         except sqlite3.DatabaseError:
+            with contextlib.suppress(Exception):
+                self.db.close()
             path.unlink(missing_ok=True)
             self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self.db.execute("CREATE TABLE IF NOT EXISTS probes (path BLOB PRIMARY KEY, probe TEXT NOT NULL)")
+            self.db.executescript(_DB_SCHEMA)
         self.upserts: list[tuple[bytes, str]] = []
         self.deletes: list[bytes] = []
+
+    def add_volume(self, v: Volume) -> None:
+        import sqlite3
+        with contextlib.suppress(sqlite3.DatabaseError):
+            self.db.execute("INSERT INTO volumes VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            (v.time_ns, v.bytes_changed, v.bytes_new, v.bytes_added, v.store_bytes,
+                             v.files_changed, v.seconds))
+            self.db.execute("DELETE FROM volumes WHERE rowid <= (SELECT MAX(rowid) FROM volumes) - ?",
+                            (MAX_HISTORY,))
+
+    def volumes(self) -> list[Volume]:
+        import sqlite3
+        try:
+            return [Volume(*r) for r in self.db.execute("SELECT * FROM volumes ORDER BY time_ns")]
+        except sqlite3.DatabaseError:
+            return []
 
     def get(self, path: bytes) -> list[Any] | None:
         import sqlite3
@@ -231,6 +283,7 @@ def load(home: Path) -> tuple[AnomalyState, str | None]:
 
 def save(home: Path, state: AnomalyState) -> None:
     """Replace the state file atomically."""
+    state.compact()
     path = state_path(home)
     tmp = path.with_name(f".{STATE_FILE}.{os.getpid()}.tmp")
     data = json.dumps(state.to_json(), separators=(",", ":"), allow_nan=False).encode()
@@ -250,5 +303,16 @@ def save(home: Path, state: AnomalyState) -> None:
         os.close(dfd)
 
 
-__all__ = ["MAX_DETAIL_FILES", "AnomalyState", "Finding", "ProbeStore", "Series", "Volume", "key_of",
-           "load", "save", "series_key", "state_path"]
+__all__ = [
+    "MAX_DETAIL_FILES",
+    "AnomalyDB",
+    "AnomalyState",
+    "Finding",
+    "Series",
+    "Volume",
+    "key_of",
+    "load",
+    "save",
+    "series_key",
+    "state_path",
+]

@@ -26,19 +26,21 @@ TOPICS = ("schedule", "capacity", "tiering")
 def advise(node: LocalNode, call: c.AdviseCall, ctx: Context) -> c.AdviseResult:
     if call.topic not in TOPICS:
         raise CoreStateError(f"no advice on {call.topic!r}", hint="ask for one of: " + ", ".join(TOPICS))
-    state, problem = st.load(node.home.path)
-    if problem:
-        ctx.warn(problem)
+    db = st.AnomalyDB(node.home.path)
+    try:
+        history = db.volumes()
+    finally:
+        db.close()
     now = time.time_ns()
     if call.topic == "schedule":
-        backups = [(v.time_ns, v.bytes_changed) for v in state.history]
+        backups = [(v.time_ns, v.bytes_changed) for v in history]
         every = node.cfg.backup_every
         per_day = max(1, min(4, round(86400 / every))) if every else 1
         offset = time.localtime(now / 1e9).tm_gmtoff
         a = core.schedule(backups, offset, per_day)
         a.numbers["backups_per_day_now"] = str(per_day)
     elif call.topic == "capacity":
-        sizes = [(v.time_ns, v.store_bytes) for v in state.history]
+        sizes = [(v.time_ns, v.store_bytes) for v in history]
         store = node.home.store_dir(node.cfg)
         if call.quota:
             cap, what = call.quota, f"quota of {call.quota} bytes"

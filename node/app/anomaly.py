@@ -66,7 +66,7 @@ class Watch(Observer):
         exts = entry.get("exts", [])
         self.acc = model.Accumulator(files_before=files_before, known_exts=frozenset(exts))
         self.stream = _Stream(self.baseline)
-        self.probes = st.ProbeStore(node.home.path)
+        self.probes = st.AnomalyDB(node.home.path)
         self.hold = hold_adds
         self.held: dict[bytes, tuple[FileChange, Any]] = {}
         self.silent: list[bytes] = []
@@ -161,7 +161,6 @@ class Watch(Observer):
                                      content_id=ch.digest))
         self.held.clear()
         self.probes.flush()
-        self.probes.close()
 
     def _old_probe(self, path: bytes) -> model.ContentProbe | None:
         rec = self.probes.get(path)
@@ -199,7 +198,7 @@ class _Stream(model.StreamCheck):
     @property
     def allowance(self) -> int:
         if self._bar is None:
-            self._bar = model.StreamCheck.allowance.fget(self)  # type: ignore[attr-defined]
+            self._bar = model.StreamCheck.allowance.fget(self)
         return self._bar
 
 
@@ -265,7 +264,9 @@ def assess(node: LocalNode, ctx: Context, state: st.AnomalyState, watch: Watch,
                        bytes_new=stats.bytes_new, bytes_added=stats.bytes_added,
                        store_bytes=_store_bytes(node), files_changed=watch.changed_files,
                        seconds=round(result.seconds, 3))
-    state.add(finding, volume)
+    state.add(finding)
+    watch.probes.add_volume(volume)
+    watch.probes.close()
     entry = state.series.setdefault(watch.key, {})
     if v.verdict != "alert":
         watch.baseline.learn(features)

@@ -76,12 +76,13 @@ RACY_NS = 2_000_000_000
 TICK_NS = 20_000_000
 SMALL_BATCH_BYTES = 4 << 20
 # Content probes for the anomaly model (node/core/anomaly/features.py): blocks sampled per
-# file, and the CPU they may take. Each worker probes its first PROBE_FREE files, then only
-# while its probing time stays under PROBE_SHARE of its reading time (target: <= 3% extra
-# CPU on a backup, measured with tests/bench/bench_backup.py).
+# file, and the CPU they may take. A file whose cheap signs point at encryption (see
+# ``_wants_probe``) is always probed; of the others, each worker probes its first PROBE_FREE,
+# then only while its probing time stays under PROBE_SHARE of its reading time (target:
+# <= 3% extra CPU on a backup, tests/bench/bench_anomaly.py).
 PROBE_BLOCKS = 8
-PROBE_FREE = 64
-PROBE_SHARE = 0.02
+PROBE_FREE = 16
+PROBE_SHARE = 0.015
 SMALL_BATCH_FILES = 128
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
 _OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -991,11 +992,13 @@ class Backup:
             r.new_stored = self._new_stored - before_stored
             t1 = time.perf_counter_ns()
             self._busy_ns += t1 - t0
-            if (self.observer is not None and r.st is not None and r.error is None and r.span is None
-                    and (self._probes < PROBE_FREE or self._probe_ns < PROBE_SHARE * self._busy_ns)):
-                r.probe = _probe(path, r.size)
-                self._probes += 1
-                self._probe_ns += time.perf_counter_ns() - t1
+            if self.observer is not None and r.st is not None and r.error is None and r.span is None:
+                budget = self._probes < PROBE_FREE or self._probe_ns < PROBE_SHARE * self._busy_ns
+                if budget or _wants_probe(path, r):
+                    r.probe = _probe(path, r.size)
+                    if budget:
+                        self._probes += 1
+                        self._probe_ns += time.perf_counter_ns() - t1
             out.append(r)
         return out
 
@@ -1309,6 +1312,39 @@ def _stitch(parts: list[_Read], size: int) -> _Read | None:
     first.new_chunks = sum(p.new_chunks for p in parts)
     first.new_bytes = sum(p.new_bytes for p in parts)
     return first
+
+
+def _wants_probe(path: bytes, r: _Read) -> bool:
+    """Whether what the backup already knows of a file read points at encryption, so the
+    model must see its bytes whatever the budget: its new chunks do not compress although
+    its extension names a format that does (or names nothing: ``x.docx.locked``), or they
+    compress worse than text does in a text file (partly encrypted, base64-masked), or its
+    first bytes are not the format its extension names. Costs no more than a 512-byte read."""
+    from corestate.node.core.anomaly.features import COMPRESSED_TYPES, EXTENSION_TYPES, MAGIC
+    if r.new_bytes < 1024:
+        return False  # nothing (or next to nothing) new: its content was stored before
+    ratio = r.new_stored / r.new_bytes
+    name = path.rpartition(b"/")[2]
+    stem, dot, ext = name.rpartition(b".")
+    types = EXTENSION_TYPES.get(os.fsdecode(ext).lower()) if dot and stem else None
+    if types is None:
+        return ratio > 0.95
+    if "text" in types:
+        return ratio > 0.5
+    wanted = [(off, sig) for fmt, off, sig in MAGIC if fmt in types]
+    if not wanted:
+        return not (types & COMPRESSED_TYPES) and ratio > 0.95
+    try:
+        fd = os.open(path, _OPEN)
+    except OSError:
+        return False
+    try:
+        head = os.pread(fd, 512, 0)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return not any(head[off:off + len(sig)] == sig for off, sig in wanted)
 
 
 def _probe(path: bytes, size: int) -> list[Any] | None:

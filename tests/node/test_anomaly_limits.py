@@ -118,15 +118,36 @@ def test_the_resample_budget_bounds_files_and_bytes(tmp_path: Path, monkeypatch:
     assert not everything.mismatches and everything.checked >= 250
 
 
-def test_findings_are_bounded_but_a_standing_alert_is_never_dropped() -> None:
+def test_findings_are_bounded_but_a_standing_alert_is_never_dropped(tmp_path: Path) -> None:
+    """Three years of hourly backups: the state file stays small, the alert that stands
+    survives, and the optimizer's history keeps its last MAX_HISTORY volumes."""
     state = st.AnomalyState()
     state.add(st.Finding("a" * 64, 1, ["/x"], "alert", 0.99, ["r"], protects="b" * 64))
     for i in range(st.MAX_FINDINGS + 50):
-        state.add(st.Finding(f"{i:064x}", i + 2, ["/x"], "ok", 0.01, []),
-                  st.Volume(i, 1, 1, 1, 1, 1, 0.1))
-    assert len(state.findings) == st.MAX_FINDINGS + 1
+        state.add(st.Finding(f"{i:064x}", i + 2, ["/x"], "suspect", 0.6, ["odd"], details={"n": [1] * 50}))
+    for i in range(26_280):
+        state.add(st.Finding(f"{i:064x}", i + 2, ["/x"], "ok", 0.01, ["fine"], details={"n": [1] * 50},
+                             features={"added": 1.0}))
+    state.compact()
+    oks = [f for f in state.findings if f.verdict == "ok"]
+    others = [f for f in state.findings if f.verdict != "ok"]
+    assert len(oks) == st.MAX_OK and len(others) == st.MAX_FINDINGS and others[0].standing
     assert state.protected() == {"b" * 64: state.findings[0]}
     assert state.paused_series() == {(b"/x",)}
+    assert sum(1 for f in state.findings if f.details) == st.DETAILED  # and the alert's
+    assert state.findings[0].details == {} or state.findings[0].verdict == "alert"
+    st.save(tmp_path, state)
+    assert st.state_path(tmp_path).stat().st_size < 4 << 20
+    again, problem = st.load(tmp_path)
+    assert problem is None and len(again.findings) == len(state.findings)
+    db = st.AnomalyDB(tmp_path)
+    for i in range(st.MAX_HISTORY + 100):
+        db.add_volume(st.Volume(i, 1, 1, 1, 1, 1, 0.1))
+    vols = db.volumes()
+    assert len(vols) == st.MAX_HISTORY and vols[0].time_ns == 100
+    db.close()
+    (tmp_path / "anomaly.db").write_bytes(b"not a database" * 100)
+    assert st.AnomalyDB(tmp_path).volumes() == []  # a damaged one starts empty
 
 
 # -- true bit rot on ext4 ----------------------------------------------------------------------

@@ -81,7 +81,8 @@ SMALL_BATCH_BYTES = 4 << 20
 # then only while its probing time stays under PROBE_SHARE of its reading time (target:
 # <= 3% extra CPU on a backup, tests/bench/bench_anomaly.py).
 PROBE_BLOCKS = 8
-PROBE_FREE = 16
+PROBE_FREE = 8
+HEAD_BYTES = 512  # a file's first bytes, kept from its read for the format check
 PROBE_SHARE = 0.015
 SMALL_BATCH_FILES = 128
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
@@ -281,6 +282,7 @@ class Backup:
         self._probes = 0
         self._probe_ns = 0
         self._busy_ns = 0
+        self._head = b""  # in a worker: the first bytes of the file it read last
         self.state_dir = state_dir
         self.allow_providers = allow_providers
         self.sessions: list = []
@@ -981,6 +983,7 @@ class Backup:
             before, before_bytes, before_stored = self._new_chunks, self._new_bytes, self._new_stored
             t0 = time.perf_counter_ns()
             r = None
+            self._head = b""
             if plan is not None:
                 r = self._read_increment(path, st, *plan)
                 if r is None and len(plan) > 2:  # a part: the whole file is not ours to read
@@ -994,7 +997,7 @@ class Backup:
             self._busy_ns += t1 - t0
             if self.observer is not None and r.st is not None and r.error is None and r.span is None:
                 budget = self._probes < PROBE_FREE or self._probe_ns < PROBE_SHARE * self._busy_ns
-                if budget or _wants_probe(path, r):
+                if budget or _wants_probe(path, r, self._head):
                     r.probe = _probe(path, r.size)
                     if budget:
                         self._probes += 1
@@ -1192,6 +1195,7 @@ class Backup:
                 while b := os.read(fd, 1 << 20):
                     parts.append(b)
                 data = b"".join(parts)
+            self._head = data[:HEAD_BYTES]
             if len(data) <= self.cfg.max_size:
                 if data:
                     content.append(self._chunk(data))
@@ -1203,6 +1207,8 @@ class Backup:
             chunks = (c.data for c in self._chunker().cut_stream(io.FileIO(fd, closefd=False)))
         n = 0
         for data in chunks:
+            if not n:
+                self._head = bytes(data[:HEAD_BYTES])
             content.append(self._chunk(data))
             n += len(data)
         return content, n
@@ -1314,13 +1320,21 @@ def _stitch(parts: list[_Read], size: int) -> _Read | None:
     return first
 
 
-def _wants_probe(path: bytes, r: _Read) -> bool:
+_FORMATS: Any = None  # (EXTENSION_TYPES, COMPRESSED_TYPES, MAGIC), imported on first use
+
+
+def _wants_probe(path: bytes, r: _Read, head: bytes) -> bool:
     """Whether what the backup already knows of a file read points at encryption, so the
     model must see its bytes whatever the budget: its new chunks do not compress although
     its extension names a format that does (or names nothing: ``x.docx.locked``), or they
     compress worse than text does in a text file (partly encrypted, base64-masked), or its
-    first bytes are not the format its extension names. Costs no more than a 512-byte read."""
-    from corestate.node.core.anomaly.features import COMPRESSED_TYPES, EXTENSION_TYPES, MAGIC
+    first bytes (``head``, kept from the read; a 512-byte read when the read kept none) are
+    not the format its extension names."""
+    global _FORMATS
+    if _FORMATS is None:
+        from corestate.node.core.anomaly.features import COMPRESSED_TYPES, EXTENSION_TYPES, MAGIC
+        _FORMATS = (EXTENSION_TYPES, COMPRESSED_TYPES, MAGIC)
+    EXTENSION_TYPES, COMPRESSED_TYPES, MAGIC = _FORMATS
     if r.new_bytes < 1024:
         return False  # nothing (or next to nothing) new: its content was stored before
     ratio = r.new_stored / r.new_bytes
@@ -1328,23 +1342,34 @@ def _wants_probe(path: bytes, r: _Read) -> bool:
     stem, dot, ext = name.rpartition(b".")
     types = EXTENSION_TYPES.get(os.fsdecode(ext).lower()) if dot and stem else None
     if types is None:
-        return ratio > 0.95
+        # Incompressible, and no extension that says why: unless the first bytes name a
+        # compressed format (git's loose objects are zlib streams without an extension).
+        if ratio <= 0.95:
+            return False
+        wanted = [(off, sig) for fmt, off, sig in MAGIC if fmt in COMPRESSED_TYPES]
+        head = head or _head(path)
+        return not any(head[off:off + len(sig)] == sig for off, sig in wanted)
     if "text" in types:
         return ratio > 0.5
     wanted = [(off, sig) for fmt, off, sig in MAGIC if fmt in types]
     if not wanted:
         return not (types & COMPRESSED_TYPES) and ratio > 0.95
+    head = head or _head(path)
+    return not any(head[off:off + len(sig)] == sig for off, sig in wanted)
+
+
+def _head(path: bytes) -> bytes:
+    """The first bytes of a file (when its read kept none: a block-level increment)."""
     try:
         fd = os.open(path, _OPEN)
     except OSError:
-        return False
+        return b""
     try:
-        head = os.pread(fd, 512, 0)
+        return os.pread(fd, HEAD_BYTES, 0)
     except OSError:
-        return False
+        return b""
     finally:
         os.close(fd)
-    return not any(head[off:off + len(sig)] == sig for off, sig in wanted)
 
 
 def _probe(path: bytes, size: int) -> list[Any] | None:

@@ -105,20 +105,21 @@ class Watch(Observer):
         if ext and len(self.exts) < 5000:
             self.exts.add(ext)
         if ch.old_size is None:
-            if self.hold and len(self.held) < MAX_HELD_ADDS and ch.digest not in self.held:
-                self.held[ch.digest] = (ch, new)
+            digest = ch.digest if self.hold else b""
+            if self.hold and len(self.held) < MAX_HELD_ADDS and digest not in self.held:
+                self.held[digest] = (ch, new)
                 return
             if self.hold and ch.new_bytes == 0:
                 return  # nothing new in it (see finish)
             self._feed(model.FileObs(path=_text(ch.path), change="added", size_new=ch.size, new=new,
                                      new_bytes=ch.new_bytes, new_compressed=ch.stored_bytes,
-                                     content_id=ch.digest))
+                                     content_id=ch.digest if new is not None else b""))
             return
         old = self._old_probe(ch.path)
         self._feed(model.FileObs(path=_text(ch.path), change="changed", size_old=ch.old_size,
                                  size_new=ch.size, old=old, new=new, new_bytes=ch.new_bytes,
                                  new_compressed=ch.stored_bytes, kept_share=ch.kept,
-                                 content_id=ch.digest))
+                                 content_id=ch.digest if new is not None else b""))
 
     def _count_added(self, ch: FileChange) -> None:
         acc = self.acc
@@ -158,9 +159,13 @@ class Watch(Observer):
                 continue
             self._feed(model.FileObs(path=_text(ch.path), change="added", size_new=ch.size, new=new,
                                      new_bytes=ch.new_bytes, new_compressed=ch.stored_bytes,
-                                     content_id=ch.digest))
+                                     content_id=ch.digest if new is not None else b""))
         self.held.clear()
         self.probes.flush()
+
+    def close(self) -> None:
+        """Let go of the probe database (a failed or cancelled backup: nothing is kept)."""
+        self.probes.close()
 
     def _old_probe(self, path: bytes) -> model.ContentProbe | None:
         rec = self.probes.get(path)

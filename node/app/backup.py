@@ -97,6 +97,10 @@ def _backup(node: LocalNode, call: c.BackupCall, ctx: Context) -> Iterator[Backu
     try:
         with ticking(ctx, lambda: progress.event("files")):
             result = engine.run(paths)
+    except BaseException:
+        if watch is not None:
+            watch[1].close()
+        raise
     finally:
         stop.set()
     if journal is not None:

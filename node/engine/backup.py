@@ -81,9 +81,9 @@ SMALL_BATCH_BYTES = 4 << 20
 # then only while its probing time stays under PROBE_SHARE of its reading time (target:
 # <= 3% extra CPU on a backup, tests/bench/bench_anomaly.py).
 PROBE_BLOCKS = 8
-PROBE_FREE = 8
+PROBE_FREE = 4
 HEAD_BYTES = 512  # a file's first bytes, kept from its read for the format check
-PROBE_SHARE = 0.015
+PROBE_SHARE = 0.005
 SMALL_BATCH_FILES = 128
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
 _OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -127,10 +127,15 @@ class FileChange:
     new_bytes: int  # plaintext bytes of chunks first stored now
     stored_bytes: int  # the same after compression: the zstd probe's verdict
     probe: list[Any] | None  # a ContentProbe record, or None when the budget said no
-    digest: bytes  # of the content ids: same content, same digest
+    content: list[bytes]  # the chunk ids
     # The content changed while size and mtime did not (the cache vouched for the old
     # content: its stat was settled): bit rot, or a writer that put the mtime back.
     silent: bool = False
+
+    @property
+    def digest(self) -> bytes:
+        """Of the content ids: same content, same digest."""
+        return content_digest(self.content)
 
 
 class Observer:
@@ -829,7 +834,7 @@ class Backup:
         self.observer.file(FileChange(
             path=path, size=r.size, mtime_ns=node.mtime_ns, old_size=None if old is None else old[1],
             kept=kept, new_bytes=r.new_bytes, stored_bytes=r.new_stored, probe=r.probe,
-            digest=content_digest(r.content), silent=silent))
+            content=r.content, silent=silent))
 
     def _settled(self, ctime_ns: int, seen_ns: int) -> bool:
         """Whether a change at ``ctime_ns``, seen at ``seen_ns``, is old enough that any later
@@ -1335,9 +1340,11 @@ def _wants_probe(path: bytes, r: _Read, head: bytes) -> bool:
         from corestate.node.core.anomaly.features import COMPRESSED_TYPES, EXTENSION_TYPES, MAGIC
         _FORMATS = (EXTENSION_TYPES, COMPRESSED_TYPES, MAGIC)
     EXTENSION_TYPES, COMPRESSED_TYPES, MAGIC = _FORMATS
-    if r.new_bytes < 1024:
-        return False  # nothing (or next to nothing) new: its content was stored before
+    if r.new_bytes < 4096:
+        return False  # too little new to tell (small files compress poorly anyway)
     ratio = r.new_stored / r.new_bytes
+    if ratio <= 0.5:
+        return False  # it compresses: not ciphertext, nor mostly ciphertext
     name = path.rpartition(b"/")[2]
     stem, dot, ext = name.rpartition(b".")
     types = EXTENSION_TYPES.get(os.fsdecode(ext).lower()) if dot and stem else None

@@ -361,3 +361,58 @@ def test_a_daemon_alerts_pauses_scheduled_retention_and_ack_lifts_it(tmp_path: P
             follower.close()
     finally:
         mesh.close()
+
+
+# -- advise --------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_advise_answers_from_the_nodes_history_with_its_numbers(cli: Cli, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    make_home_tree(src, files=40)
+    early = cli.json("advise", "schedule")
+    assert isinstance(early, dict) and "at least" in early["advice"][0]
+    rng = random.Random(5)
+    for step in range(7):
+        if step:
+            benign_churn(src, rng, step)
+        backup(cli, src)
+    sched = cli.json("advise", "schedule")
+    assert isinstance(sched, dict) and sched["numbers"]["backups"] == "7"
+    assert len(sched["rows"]) == 24 and sched["columns"][:2] == ["hour", "mean/day"]
+    assert sched["advice"][0].startswith("back up at")
+    cap = cli.json("advise", "capacity", "--quota", "1GiB")
+    assert isinstance(cap, dict) and int(cap["numbers"]["capacity_bytes"]) == 1 << 30
+    assert int(cap["numbers"]["points"]) == 7 and float(cap["numbers"]["growth_bytes_per_day"]) > 0
+    assert "fills in about" in cap["advice"][0]
+    disk = cli.json("advise", "capacity")
+    assert isinstance(disk, dict) and "disk of" in " ".join(disk["advice"])
+    tier = cli.json("advise", "tiering")
+    # Nothing is 90 days old on a new node: no cold data, and the numbers say so.
+    assert isinstance(tier, dict) and tier["numbers"]["cold_bytes"] == "0" and int(tier["numbers"]["packs"]) > 0
+    text = cli.run("advise", "tiering").stdout
+    assert "nothing is cold yet" in text and "the numbers:" in text
+
+
+@pytest.mark.slow
+def test_an_unusual_volume_of_benign_change_is_suspect_not_alert(cli: Cli, tmp_path: Path) -> None:
+    """A dozen quiet hours, then most text files edited at once (a search-and-replace over
+    the tree): recorded and shown as suspect; nothing is protected, retention goes on."""
+    src = tmp_path / "src"
+    files = make_home_tree(src, files=200)
+    rng = random.Random(11)
+    texts = [p for p in files if p.suffix in (".txt", ".py", ".csv")]
+    verdicts = []
+    for step in range(12):
+        if step:
+            with open(rng.choice(texts), "ab") as f:
+                f.write(_text(rng, 30))
+        verdicts.append(backup(cli, src)["anomaly"]["verdict"])
+    assert "alert" not in verdicts
+    for p in texts:
+        p.write_bytes(p.read_bytes().replace(b"the ", b"THE "))
+    s = backup(cli, src)
+    assert s["anomaly"]["verdict"] == "suspect", s["anomaly"]
+    assert not any(x["protected"] for x in cli.json("snapshots"))  # type: ignore[union-attr]
+    rows = cli.json("anomaly", "list")
+    assert isinstance(rows, list) and rows[-1]["verdict"] == "suspect" and rows[-1]["protects"] is None

@@ -292,25 +292,29 @@ def probe(blocks: Sequence[bytes]) -> ContentProbe:
     if not blocks or not blocks[0]:
         return ContentProbe("", 0.0, 0.0, 0.0, False, False, 0)
     head = blocks[0]
-    total = np.zeros(256, dtype=np.int64)
-    body = np.zeros(256, dtype=np.int64)
-    rnd = 0
-    counted = 0
-    for i, b in enumerate(blocks):
-        c = histogram(b)
-        total += c
-        if i:
-            body += c
-        if len(b) >= 1024:
-            counted += 1
-            # Entropy measured on n bytes of random data falls short of 8 by ~255/(2n ln 2).
-            floor = RANDOM_BLOCK_ENTROPY - 255.0 / (2 * len(b) * 0.6931) + 255.0 / (2 * BLOCK * 0.6931)
-            if entropy_of(c) > floor and chi2_of(c) < RANDOM_BLOCK_CHI2:
-                rnd += 1
-    magic = detect_magic(head)
     joined = b"".join(blocks)
+    counts = np.stack([histogram(b) for b in blocks])  # row i: block i's byte histogram
+    lengths = counts.sum(axis=1)
+    total = counts.sum(axis=0)
+    body = total - counts[0]
+    full = lengths >= 1024
+    counted = int(full.sum())
+    rnd = 0
+    if counted:
+        c = counts[full].astype(np.float64)
+        n = lengths[full].astype(np.float64)[:, None]
+        p = c / n
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ent = -np.where(c > 0, p * np.log2(p), 0.0).sum(axis=1)
+        chi = ((c - n / 256.0) ** 2 / (n / 256.0)).sum(axis=1)
+        # Entropy measured on n bytes of random data falls short of 8 by ~255/(2n ln 2).
+        floor = RANDOM_BLOCK_ENTROPY - 255.0 / (2 * n[:, 0] * 0.6931) + 255.0 / (2 * BLOCK * 0.6931)
+        rnd = int(((ent > floor) & (chi < RANDOM_BLOCK_CHI2)).sum())
+    magic = detect_magic(head)
     text = magic == "text" and looks_like_text(joined[:65536])
-    b64 = looks_like_base64(joined[64:] if len(joined) > 320 else joined)
+    # Base64 output is base64 past the head: check the cheap histogram test first.
+    b64 = (len(blocks) == 1 or not body[~_B64].any()) and looks_like_base64(
+        joined[64:] if len(joined) > 320 else joined)
     return ContentProbe(
         magic=magic,
         entropy=entropy_of(total),

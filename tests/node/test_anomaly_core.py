@@ -8,7 +8,6 @@ import random
 import zlib
 
 import pytest
-
 from corestate.node.core import anomaly as an
 
 

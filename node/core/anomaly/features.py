@@ -64,6 +64,8 @@ MAGIC: tuple[tuple[str, int, bytes], ...] = (
     ("git-pack", 0, b"PACK"),
     ("git-idx", 0, b"\xfftOc"),
     ("pem", 0, b"-----BEGIN"),
+    ("tiff", 0, b"II*\x00"),  # TIFF, and the raw photo formats built on it (cr2, nef, dng)
+    ("tiff", 0, b"MM\x00*"),
     ("zlib", 0, b"\x78\x01"),  # zlib streams (git loose objects): levels 0-1, 2-5, 6, 7-9
     ("zlib", 0, b"\x78\x5e"),
     ("zlib", 0, b"\x78\x9c"),
@@ -92,6 +94,7 @@ EXTENSION_TYPES: dict[str, frozenset[str]] = {
     "flac": frozenset({"flac"}), "ogg": frozenset({"ogg"}), "pack": frozenset({"git-pack"}),
     "idx": frozenset({"git-idx"}), "so": frozenset({"elf"}), "o": frozenset({"elf"}),
     "kdbx": frozenset({"kdbx"}), "age": frozenset({"age"}),
+    **{e: frozenset({"tiff"}) for e in ("tif", "tiff", "cr2", "nef", "arw", "dng", "orf")},
     **{e: frozenset({"text"}) for e in ("txt", "md", "csv", "tsv", "json", "xml", "html",
                                         "htm", "py", "c", "h", "js", "ts", "go", "rs",
                                         "java", "rb", "sh", "yaml", "yml", "toml", "ini",
@@ -101,7 +104,7 @@ EXTENSION_TYPES: dict[str, frozenset[str]] = {
 # Formats whose bytes are compressed (or random) by design: high entropy there is no news.
 COMPRESSED_TYPES = frozenset({"zip", "png", "jpeg", "gif", "gzip", "zstd", "xz", "bzip2", "7z",
                               "mp4", "mkv", "mp3", "flac", "ogg", "git-pack", "zlib",
-                              "git-idx", "kdbx", "age"})  # and hash tables, ciphertext
+                              "git-idx", "kdbx", "age", "tiff"})  # and hash tables, ciphertext
 
 # Extensions whose content is ciphertext by design (a password safe, an encrypted file the
 # user made): random bytes there are no news, unless the file was renamed into them.

@@ -121,13 +121,17 @@ def file_signals(obs: FileObs, paired_old: ContentProbe | None = None,
     cipher_ok = ext in ENCRYPTED_EXTENSIONS and not renamed_ext
     was_random = old is not None and old.random_like
     out: list[str] = []
-    if (new.random_like and not cipher_ok and not was_random
-            and not (compressed_type and new.sampled < BODY_MIN + BLOCK)):
-        # A small compressed file cannot be told from ciphertext by its bytes alone; its
-        # lost header shows an encryption instead (magic-lost, extension-mismatch).
+    # A compressed format is judged against its own previous version only: some codecs
+    # (and every AES-encrypted archive) look random by themselves, and a small compressed
+    # file cannot be told from ciphertext at all; an encryption that loses the header
+    # shows anyway (magic-lost, extension-mismatch).
+    judged_alone = not compressed_type or (old is not None and new.magic in expected
+                                           and new.sampled >= BODY_MIN + BLOCK)
+    if new.random_like and not cipher_ok and not was_random and judged_alone:
         out.append("encrypted-looking")
     if (not new.random_like and new.body_random and not cipher_ok
-            and not (old is not None and old.body_random)):
+            and not (old is not None and old.body_random)
+            and (not compressed_type or old is not None)):
         out.append("body-encrypted")
     if old is not None and ((old.magic and old.magic != new.magic
                              and extension_agrees(ext, new.magic) is not True)

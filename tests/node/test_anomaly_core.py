@@ -267,3 +267,19 @@ def test_model_weights_of_another_layout_are_refused() -> None:
                 m.to_json().replace('"weights": [', '"weights": [2.0, ')):
         with pytest.raises(an.AnomalyStateError):
             an.GlobalModel.from_json(bad)
+
+
+def test_a_slow_attack_adds_up_over_snapshots_in_the_stream_check() -> None:
+    from corestate.node.core.anomaly.judge import STREAM_ALERT_FILES, STREAM_MIN_FILES
+    base = an.Baseline()
+    for _ in range(30):
+        base.learn(an.Features(changed=5.0))
+    fresh = an.StreamCheck(base)
+    assert fresh.allowance == STREAM_ALERT_FILES
+    # two snapshots, each under the bar with 3 suspicious files, learnt as ok
+    for _ in range(2):
+        base.learn(an.Features(changed=8.0, suspicious=3.0))
+    slow = an.StreamCheck(base)
+    assert slow.allowance == STREAM_MIN_FILES
+    one = an.FileSignals("a/x.docx", "changed", ("encrypted-looking",), 1.0)
+    assert not slow.feed([one]) and slow.feed([one])

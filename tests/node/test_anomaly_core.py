@@ -84,7 +84,7 @@ def _obs(path: str, change: str, old: bytes | None, new: bytes | None,
     po = an.probe(_blocks(old)) if old is not None else None
     pn = an.probe(_blocks(new)) if new is not None else None
     raw = len(new) if new is not None else 0
-    return an.FileObs(path=path, change=change,  # type: ignore[arg-type]
+    return an.FileObs(path=path, change=change,
                       size_old=len(old) if old else 0, size_new=raw, old=po, new=pn,
                       new_bytes=raw, new_compressed=len(zlib.compress(new, 1)) if new else 0,
                       kept_share=kept, content_id=bytes(8) if new and len(new) < 2000 else b"")

@@ -604,8 +604,9 @@ def attack_base64(r: Recorder, rng: random.Random, share: float = 0.05) -> None:
     head = rng.choice([0, 0, 4 * KiB])  # sometimes the header is kept too
     for p in _victims(t, rng, share):
         f = t.files[p]
-        c = Content(f.content.kind, f.content.seed, f.content.size * 4 // 3 + 4,
-                    [*f.content.overlays, Overlay(head, 1 << 62, "base64", t.new_seed())])
+        start = min(head, f.content.size // 2)
+        c = Content(f.content.kind, f.content.seed, start + (f.content.size - start) * 4 // 3 + 4,
+                    [*f.content.overlays, Overlay(start, 1 << 62, "base64", t.new_seed())])
         if rename:
             r.delete(p, target=p)
             r.add(f"{p}.b64", c, target=p)

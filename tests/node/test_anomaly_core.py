@@ -260,10 +260,11 @@ def test_the_baseline_keeps_a_window_of_2000_snapshots() -> None:
 
 
 def test_model_weights_of_another_layout_are_refused() -> None:
+    from corestate.node.core.anomaly.model import MODEL_FORMAT
     m = an.GlobalModel(tuple([1.0] * len(an.INPUT_NAMES)), 0.0,
                        tuple([0.0] * len(an.INPUT_NAMES)), tuple([1.0] * len(an.INPUT_NAMES)))
     assert an.GlobalModel.from_json(m.to_json()) == m
-    for bad in ("{}", "not json", m.to_json().replace('"format": 1', '"format": 9'),
+    for bad in ("{}", "not json", m.to_json().replace(f'"format": {MODEL_FORMAT}', '"format": 9'),
                 m.to_json().replace('"weights": [', '"weights": [2.0, ')):
         with pytest.raises(an.AnomalyStateError):
             an.GlobalModel.from_json(bad)
@@ -283,3 +284,14 @@ def test_a_slow_attack_adds_up_over_snapshots_in_the_stream_check() -> None:
     assert slow.allowance == STREAM_MIN_FILES
     one = an.FileSignals("a/x.docx", "changed", ("encrypted-looking",), 1.0)
     assert not slow.feed([one]) and slow.feed([one])
+
+
+def test_base64_output_counts_only_for_a_file_that_turned_into_it() -> None:
+    rng = random.Random(12)
+    old = _text(rng, 3000)
+    masked = old[:1500] + base64.encodebytes(_cipher(rng, 1200))  # header kept, small file
+    acc = an.Accumulator(files_before=10)
+    (s,) = acc.add(_obs("a/notes.txt", "changed", old, masked))
+    assert "base64-output" in s.signals and s.suspicious
+    # a new base64 file (a key, a mail attachment) is no signal
+    assert not acc.add(_obs("a/key.asc", "added", None, base64.encodebytes(_cipher(rng, 3000))))

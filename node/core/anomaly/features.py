@@ -315,9 +315,17 @@ def probe(blocks: Sequence[bytes]) -> ContentProbe:
         rnd = int(((ent > floor) & (chi < RANDOM_BLOCK_CHI2)).sum())
     magic = detect_magic(head)
     text = magic == "text" and looks_like_text(joined[:65536])
-    # Base64 output is base64 past the head: check the cheap histogram test first.
-    b64 = (len(blocks) == 1 or not body[~_B64].any()) and looks_like_base64(
-        joined[64:] if len(joined) > 320 else joined)
+    # Base64 output: the blocks past the head (which may be kept) are base64; a file of
+    # one block is judged past its first 64 bytes. The cheap histogram test goes first.
+    past_head = b"".join(blocks[1:])
+    if len(past_head) < 1024:
+        b64 = looks_like_base64(joined[64:] if len(joined) > 320 else joined)
+    else:
+        b64 = not body[~_B64].any() and looks_like_base64(past_head)
+    if (not b64 and len(joined) >= 512
+            and _B64[np.frombuffer(joined[-64:], dtype=np.uint8)].all()):
+        # A kept header as long as half a small file: the second half is base64.
+        b64 = looks_like_base64(joined[len(joined) // 2:])
     return ContentProbe(
         magic=magic,
         entropy=entropy_of(total),

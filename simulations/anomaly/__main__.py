@@ -30,15 +30,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hours", type=int, default=120,
                     help="benign hours of each node's history before the warm cases")
     ap.add_argument("--reps", type=int, default=4, help="cases per family and checkpoint")
-    ap.add_argument("--long-hours", type=int, default=26_280,
-                    help="hours of the long benign run (default: three years)")
+    ap.add_argument("--long-hours", type=int, default=None,
+                    help="hours of the long benign run (default: three years, 26,280; "
+                    "0 skips it)")
     ap.add_argument("--seed", type=int, default=14)
     ap.add_argument("--l2", type=float, default=1.0)
     ap.add_argument("--quick", action="store_true", help="a small run (smoke test)")
     ap.add_argument("--write", action="store_true", help=f"write the weights to {WEIGHTS}")
     a = ap.parse_args(argv)
     if a.quick:
-        a.nodes, a.hours, a.reps, a.long_hours = 2, 24, 1, 200
+        a.nodes, a.hours, a.reps = 2, 24, 1
+    if a.long_hours is None:
+        a.long_hours = 200 if a.quick else 26_280
     log = E._stderr
     t0 = time.monotonic()
     cases = E.generate(nodes=a.nodes, hours=a.hours, reps=a.reps, seed=a.seed, log=log)

@@ -141,6 +141,8 @@ _HEADERS: dict[str, bytes] = {
     "ogg": b"OggS\x00\x02",
     "heic": b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00",
     "git-idx": b"\xfftOc\x00\x00\x00\x02",
+    "7z": b"7z\xbc\xaf\x27\x1c\x00\x04",
+    "tiff": b"II*\x00\x10\x00\x00\x00CR\x02\x00",
 }
 
 KINDS: dict[str, tuple[str, tuple[tuple[str, float], ...]]] = {
@@ -167,7 +169,7 @@ KINDS: dict[str, tuple[str, tuple[tuple[str, float], ...]]] = {
     "git-pack": ("git-pack", (("deflate", 1.0),)),
     "loose": ("loose", (("deflate", 1.0),)),
     "kdbx": ("kdbx", (("cipher", 1.0),)),
-    "raw-photo": ("raw", (("jpeg", 0.9), ("binary", 0.1))),
+    "raw-photo": ("tiff", (("jpeg", 0.9), ("binary", 0.1))),
     "mp3": ("mp3", (("media", 1.0),)),
     "ogg": ("ogg", (("media", 1.0),)),
     "heic": ("heic", (("media", 1.0),)),
@@ -175,6 +177,8 @@ KINDS: dict[str, tuple[str, tuple[tuple[str, float], ...]]] = {
     "vm-raw": ("raw", (("zero", 0.3), ("binary", 0.25), ("text-prose", 0.15),
                        ("text-log", 0.1), ("deflate", 0.1), ("jpeg", 0.05), ("zstd", 0.05))),
     "tiny": ("", (("text-prose", 1.0),)),
+    "aes-zip": ("zip", (("cipher", 1.0),)),
+    "aes-7z": ("7z", (("cipher", 1.0),)),
 }
 
 

@@ -372,6 +372,11 @@ def ordinary_hour(r: Recorder, rng: random.Random, hour: int, weekday: int) -> N
         for p in list(t.cat("kdbx")[:1]):
             c = t.files[p].content
             r.change(p, Content(c.kind, t.new_seed(), c.size + rng.randrange(-500, 900)), None)
+    if rng.random() < 0.005:  # an encrypted archive downloaded (AES zip / 7z: random)
+        ext = rng.choice(["zip", "7z"])
+        r.add(f"Downloads/secure{t.new_seed() % 10**6}.{ext}",
+              Content("aes-zip" if ext == "zip" else "aes-7z", t.new_seed(),
+                      rng.randrange(100 * KiB, 50 * MiB)))
     if rng.random() < 0.01:  # an encrypted file the user makes (gpg)
         r.add(f"Documents/tax-{t.new_seed() % 10**6}.pdf.gpg",
               Content("kdbx", t.new_seed(), rng.randrange(50 * KiB, 5 * MiB)))
@@ -525,9 +530,16 @@ BENIGN_HARD: dict[str, Callable[[Recorder, random.Random], None]] = {
 
 # -- attacks --
 
+MEDIA = ("jpg", "jpeg", "png", "heic", "mp4", "mov", "mkv", "avi", "mp3", "cr2", "zip",
+         "docx", "xlsx", "pptx", "odt", "gz", "zst")
+
+
 def _victims(t: Tree, rng: random.Random, share: float) -> list[str]:
-    """User files an attack goes for (not the git objects or the venv)."""
-    pool = sorted(p for p in t.files if not p.startswith(("src/project/.git/", ".local/")))
+    """User files an attack goes for (not the git objects or the venv); one attack in four
+    goes for compressed files only (photos, videos, office files: the hardest to tell)."""
+    media_only = rng.random() < 0.25
+    pool = sorted(p for p in t.files if not p.startswith(("src/project/.git/", ".local/"))
+                  and (not media_only or ext_of(p) in MEDIA))
     rng.shuffle(pool)
     return pool[:max(1, round(share * len(t.files)))]
 
@@ -565,7 +577,7 @@ def attack_in_place(r: Recorder, rng: random.Random, share: float = 0.05) -> Non
 
 def attack_intermittent(r: Recorder, rng: random.Random, share: float = 0.05) -> None:
     t = r.t
-    block = rng.choice([16 * KiB, 64 * KiB, 256 * KiB, 1 * MiB])
+    block = rng.choice([4 * KiB, 16 * KiB, 64 * KiB, 256 * KiB, 1 * MiB])
     for p in _victims(t, rng, share):
         c = t.files[p].content.copy()
         seed = t.new_seed()
@@ -589,10 +601,12 @@ def attack_header_kept(r: Recorder, rng: random.Random, share: float = 0.05) -> 
 def attack_base64(r: Recorder, rng: random.Random, share: float = 0.05) -> None:
     t = r.t
     rename = rng.random() < 0.5
+    head = rng.choice([0, 0, 4 * KiB])  # sometimes the header is kept too
     for p in _victims(t, rng, share):
         f = t.files[p]
-        c = Content(f.content.kind, t.new_seed(), f.content.size * 4 // 3 + 4,
-                    [Overlay(0, 1 << 62, "base64", t.new_seed())])
+        start = min(head, f.content.size // 2)
+        c = Content(f.content.kind, f.content.seed, start + (f.content.size - start) * 4 // 3 + 4,
+                    [*f.content.overlays, Overlay(start, 1 << 62, "base64", t.new_seed())])
         if rename:
             r.delete(p, target=p)
             r.add(f"{p}.b64", c, target=p)

@@ -139,20 +139,23 @@ class Outcome:
     affected_before: int | None
 
 
-def outcome(model: an.GlobalModel, case: Case) -> Outcome:
+def outcome(model: an.GlobalModel, case: Case, *, stream: bool = True) -> Outcome:
+    """The case's verdict as the node would give it; ``stream=False``: by the model's
+    score alone (without the mid-backup check), to show what each layer does."""
     within = THROTTLED_WITHIN if case.family == C.THROTTLED else 1
     before = 0
     worst = "ok"
     for i, s in enumerate(case.steps):
         score = model.score(s.x)
-        alert = s.stream_fired is not None or score >= an.ALERT
+        fired = s.stream_fired if stream else None
+        alert = fired is not None or score >= an.ALERT
         tier = "alert" if alert else "suspect" if (
             score >= an.SUSPECT or s.churn_suspect) else "ok"
         if case.kind != "attack":
             worst = max(worst, tier, key=("ok", "suspect", "alert").index)
             continue
         if alert:
-            n = before + (s.stream_fired if s.stream_fired is not None else s.affected)
+            n = before + (fired if fired is not None else s.affected)
             return Outcome("alert", i < within, n)
         worst = max(worst, tier, key=("ok", "suspect", "alert").index)
         before += s.affected
@@ -169,17 +172,21 @@ class Row:
     suspect: int = 0
     alert: int = 0
     detected: int = 0
+    model_alone: int = 0      # attacks alerted in time by the model's score alone
     affected: list[int] = field(default_factory=list)
 
 
 def table(rows: list[Row]) -> str:
     out = ["| family | history | cases | ok | suspect | alert | alerted in time | "
-           "median files before alert |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+           "by the model alone | median files before alert |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        det = f"{r.detected / r.n:.1%}" if r.kind == "attack" and r.n else "—"
+        att = r.kind == "attack" and r.n
+        det = f"{r.detected / r.n:.1%}" if att else "—"
+        alone = f"{r.model_alone / r.n:.1%}" if att else "—"
         med = f"{statistics.median(r.affected):g}" if r.affected else "—"
         out.append(f"| {r.family} | {r.history} | {r.n} | {r.ok} | {r.suspect} | {r.alert} | "
-                   f"{det} | {med} |")
+                   f"{det} | {alone} | {med} |")
     return "\n".join(out)
 
 
@@ -193,6 +200,8 @@ def score_cases(model: an.GlobalModel, cases: list[Case], rows: dict[tuple[str, 
         setattr(row, o.tier, getattr(row, o.tier) + 1)
         if o.detected:
             row.detected += 1
+        if c.kind == "attack" and outcome(model, c, stream=False).detected:
+            row.model_alone += 1
         if o.affected_before is not None and c.kind == "attack":
             row.affected.append(o.affected_before)
 

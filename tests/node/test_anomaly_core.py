@@ -8,7 +8,6 @@ import random
 import zlib
 
 import pytest
-
 from corestate.node.core import anomaly as an
 
 
@@ -85,7 +84,7 @@ def _obs(path: str, change: str, old: bytes | None, new: bytes | None,
     po = an.probe(_blocks(old)) if old is not None else None
     pn = an.probe(_blocks(new)) if new is not None else None
     raw = len(new) if new is not None else 0
-    return an.FileObs(path=path, change=change,  # type: ignore[arg-type]
+    return an.FileObs(path=path, change=change,
                       size_old=len(old) if old else 0, size_new=raw, old=po, new=pn,
                       new_bytes=raw, new_compressed=len(zlib.compress(new, 1)) if new else 0,
                       kept_share=kept, content_id=bytes(8) if new and len(new) < 2000 else b"")
@@ -190,3 +189,109 @@ def test_baseline_round_trips_and_refuses_damaged_state() -> None:
         with pytest.raises(an.AnomalyStateError) as e:
             an.Baseline.from_bytes(bad)
         assert e.value.hint and "fresh baseline" in e.value.hint
+
+
+def test_a_rename_pairs_with_its_deletion_in_either_order() -> None:
+    rng = random.Random(8)
+    old, new = _text(rng, 30_000), _cipher(rng, 30_016)
+    for order in ("delete-first", "add-first"):
+        acc = an.Accumulator(files_before=100, known_exts=frozenset({"txt"}))
+        d = _obs("a/report.txt", "deleted", old, None)
+        a = _obs("a/report.txt.crypt", "added", None, new)
+        sigs = acc.add(d) + acc.add(a) if order == "delete-first" else acc.add(a) + acc.add(d)
+        last = sigs[-1]
+        assert "renamed-extension" in last.signals and "magic-lost" in last.signals, order
+        f = acc.features()
+        assert f.renamed_extension == 1 and f.suspicious == 1 and f.new_ext_top == 1, order
+
+
+def test_ciphertext_by_design_and_resaved_documents_are_not_suspicious() -> None:
+    rng = random.Random(9)
+    acc = an.Accumulator(files_before=100)
+    safe = b"\x03\xd9\xa2\x9a" + _cipher(rng, 200_000)
+    sig = acc.add(_obs("secrets/p.kdbx", "changed", b"\x03\xd9\xa2\x9a" + _cipher(rng, 200_000),
+                       safe))
+    assert not sig
+    doc_old = b"PK\x03\x04" + zlib.compress(_text(rng, 600_000), 6)
+    doc_new = b"PK\x03\x04" + zlib.compress(_text(rng, 620_000), 6)
+    assert not any(s.suspicious for s in acc.add(_obs("d/r.docx", "changed", doc_old, doc_new,
+                                                      kept=0.0)))
+    # ... but the same safe renamed *into* an encrypted-looking extension from a document is
+    enc = acc.add(_obs("d/plan.docx", "deleted", doc_old, None)) + acc.add(
+        _obs("d/plan.docx.gpg", "added", None, _cipher(rng, 90_000)))
+    assert enc and enc[-1].suspicious
+
+
+def test_header_kept_and_intermittent_encryption_are_seen_against_the_old_version() -> None:
+    rng = random.Random(10)
+    old = b"%PDF-1.7\n" + _text(rng, 300_000)
+    head_kept = old[:4096] + _cipher(rng, len(old) - 4096)
+    stripes = bytearray(old)
+    for a in range(65536, len(old), 2 * 65536):
+        stripes[a:a + 65536] = _cipher(rng, len(stripes[a:a + 65536]))
+    for new, want in ((head_kept, "body-encrypted"), (bytes(stripes), "intermittent")):
+        acc = an.Accumulator(files_before=10)
+        (s,) = acc.add(_obs("d/x.pdf", "changed", old, new, kept=0.0))
+        assert want in s.signals and s.suspicious, s
+
+
+def test_explain_details_carry_the_numbers_and_are_plain_data() -> None:
+    import json
+    rng = random.Random(11)
+    base = _warm_baseline(rng)
+    acc = an.Accumulator(files_before=500)
+    _attack(rng, acc, 12)
+    v = an.judge(acc.features(hour=2, weekday=6), base, top=acc.top_files(5))
+    d = json.loads(json.dumps(v.details))
+    assert d["baseline"] == {"snapshots": 20, "warm": True}
+    enc = next(r for r in d["reasons"] if r["code"] == "encrypted_looking")
+    assert enc["value"] == 12 and enc["usual"] == 0
+    assert len(d["files"]) == 5 and all(f["signals"] for f in d["files"])
+    assert d["features"]["suspicious"] == 12
+
+
+def test_the_baseline_keeps_a_window_of_2000_snapshots() -> None:
+    base = an.Baseline()
+    for i in range(2100):
+        base.learn(an.Features(changed=float(i)))
+    assert base.count == 2000 and base.learnt == 2100
+    assert base.column("changed")[0] == 100 and base.centre("changed") == pytest.approx(1099.5)
+    assert an.Baseline.from_bytes(base.to_bytes()).count == 2000
+
+
+def test_model_weights_of_another_layout_are_refused() -> None:
+    from corestate.node.core.anomaly.model import MODEL_FORMAT
+    m = an.GlobalModel(tuple([1.0] * len(an.INPUT_NAMES)), 0.0,
+                       tuple([0.0] * len(an.INPUT_NAMES)), tuple([1.0] * len(an.INPUT_NAMES)))
+    assert an.GlobalModel.from_json(m.to_json()) == m
+    for bad in ("{}", "not json", m.to_json().replace(f'"format": {MODEL_FORMAT}', '"format": 9'),
+                m.to_json().replace('"weights": [', '"weights": [2.0, ')):
+        with pytest.raises(an.AnomalyStateError):
+            an.GlobalModel.from_json(bad)
+
+
+def test_a_slow_attack_adds_up_over_snapshots_in_the_stream_check() -> None:
+    from corestate.node.core.anomaly.judge import STREAM_ALERT_FILES, STREAM_MIN_FILES
+    base = an.Baseline()
+    for _ in range(30):
+        base.learn(an.Features(changed=5.0))
+    fresh = an.StreamCheck(base)
+    assert fresh.allowance == STREAM_ALERT_FILES
+    # two snapshots, each under the bar with 3 suspicious files, learnt as ok
+    for _ in range(2):
+        base.learn(an.Features(changed=8.0, suspicious=3.0))
+    slow = an.StreamCheck(base)
+    assert slow.allowance == STREAM_MIN_FILES
+    one = an.FileSignals("a/x.docx", "changed", ("encrypted-looking",), 1.0)
+    assert not slow.feed([one]) and slow.feed([one])
+
+
+def test_base64_output_counts_only_for_a_file_that_turned_into_it() -> None:
+    rng = random.Random(12)
+    old = _text(rng, 3000)
+    masked = old[:1500] + base64.encodebytes(_cipher(rng, 1200))  # header kept, small file
+    acc = an.Accumulator(files_before=10)
+    (s,) = acc.add(_obs("a/notes.txt", "changed", old, masked))
+    assert "base64-output" in s.signals and s.suspicious
+    # a new base64 file (a key, a mail attachment) is no signal
+    assert not acc.add(_obs("a/key.asc", "added", None, base64.encodebytes(_cipher(rng, 3000))))

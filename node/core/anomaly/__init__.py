@@ -26,7 +26,25 @@ How the node uses it (the interface; extended, never broken):
    ``baseline.to_bytes()`` and ``Baseline.from_bytes(blob)``, which raises
    ``AnomalyStateError`` for a damaged or foreign blob (start ``Baseline()`` afresh then).
 
-The global model (``model.py``, ``weights.json``) is trained by ``simulations/anomaly``.
+Decisions (and why):
+
+- Per-file signals first (``observe.SIGNAL_WEIGHTS``: encrypted-looking, body encrypted
+  with the header kept, intermittent, base64 output, format lost, extension mismatch,
+  entropy jump, renamed to a new extension, rewritten in place, incompressible); a file
+  whose signals weigh 1 or more is *suspicious*. Snapshot features count them, so the
+  model sees "how many files look attacked, beyond this node's usual", whatever the
+  attack's trick.
+- Compressed formats (zip/docx, jpeg, mp4, ...) are judged for randomness only against
+  their own previous version: some codecs and every AES archive look random alone.
+- Streaming: the alert goes out mid-backup after ``STREAM_ALERT_FILES`` suspicious files
+  beyond the node's usual (fewer when the last snapshots already had some: a slow attack
+  adds up), so with hourly snapshots a handful of attacked files are processed before the
+  alert, not the whole hour's worth.
+- The baseline is robust (median / MAD / 99th percentile over the last 2,000 snapshots)
+  and never learns a standing alert; cold (under 12 snapshots) it leans on priors.
+
+The global model (``model.py``, ``weights.json``) is trained by ``simulations/anomaly``:
+``python -m corestate.simulations.anomaly --write``.
 """
 
 from __future__ import annotations

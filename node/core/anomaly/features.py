@@ -64,6 +64,8 @@ MAGIC: tuple[tuple[str, int, bytes], ...] = (
     ("git-pack", 0, b"PACK"),
     ("git-idx", 0, b"\xfftOc"),
     ("pem", 0, b"-----BEGIN"),
+    ("tiff", 0, b"II*\x00"),  # TIFF, and the raw photo formats built on it (cr2, nef, dng)
+    ("tiff", 0, b"MM\x00*"),
     ("zlib", 0, b"\x78\x01"),  # zlib streams (git loose objects): levels 0-1, 2-5, 6, 7-9
     ("zlib", 0, b"\x78\x5e"),
     ("zlib", 0, b"\x78\x9c"),
@@ -92,6 +94,7 @@ EXTENSION_TYPES: dict[str, frozenset[str]] = {
     "flac": frozenset({"flac"}), "ogg": frozenset({"ogg"}), "pack": frozenset({"git-pack"}),
     "idx": frozenset({"git-idx"}), "so": frozenset({"elf"}), "o": frozenset({"elf"}),
     "kdbx": frozenset({"kdbx"}), "age": frozenset({"age"}),
+    **{e: frozenset({"tiff"}) for e in ("tif", "tiff", "cr2", "nef", "arw", "dng", "orf")},
     **{e: frozenset({"text"}) for e in ("txt", "md", "csv", "tsv", "json", "xml", "html",
                                         "htm", "py", "c", "h", "js", "ts", "go", "rs",
                                         "java", "rb", "sh", "yaml", "yml", "toml", "ini",
@@ -101,7 +104,7 @@ EXTENSION_TYPES: dict[str, frozenset[str]] = {
 # Formats whose bytes are compressed (or random) by design: high entropy there is no news.
 COMPRESSED_TYPES = frozenset({"zip", "png", "jpeg", "gif", "gzip", "zstd", "xz", "bzip2", "7z",
                               "mp4", "mkv", "mp3", "flac", "ogg", "git-pack", "zlib",
-                              "git-idx", "kdbx", "age"})  # and hash tables, ciphertext
+                              "git-idx", "kdbx", "age", "tiff"})  # and hash tables, ciphertext
 
 # Extensions whose content is ciphertext by design (a password safe, an encrypted file the
 # user made): random bytes there are no news, unless the file was renamed into them.
@@ -292,25 +295,37 @@ def probe(blocks: Sequence[bytes]) -> ContentProbe:
     if not blocks or not blocks[0]:
         return ContentProbe("", 0.0, 0.0, 0.0, False, False, 0)
     head = blocks[0]
-    total = np.zeros(256, dtype=np.int64)
-    body = np.zeros(256, dtype=np.int64)
-    rnd = 0
-    counted = 0
-    for i, b in enumerate(blocks):
-        c = histogram(b)
-        total += c
-        if i:
-            body += c
-        if len(b) >= 1024:
-            counted += 1
-            # Entropy measured on n bytes of random data falls short of 8 by ~255/(2n ln 2).
-            floor = RANDOM_BLOCK_ENTROPY - 255.0 / (2 * len(b) * 0.6931) + 255.0 / (2 * BLOCK * 0.6931)
-            if entropy_of(c) > floor and chi2_of(c) < RANDOM_BLOCK_CHI2:
-                rnd += 1
-    magic = detect_magic(head)
     joined = b"".join(blocks)
+    counts = np.stack([histogram(b) for b in blocks])  # row i: block i's byte histogram
+    lengths = counts.sum(axis=1)
+    total = counts.sum(axis=0)
+    body = total - counts[0]
+    full = lengths >= 1024
+    counted = int(full.sum())
+    rnd = 0
+    if counted:
+        c = counts[full].astype(np.float64)
+        n = lengths[full].astype(np.float64)[:, None]
+        p = c / n
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ent = -np.where(c > 0, p * np.log2(p), 0.0).sum(axis=1)
+        chi = ((c - n / 256.0) ** 2 / (n / 256.0)).sum(axis=1)
+        # Entropy measured on n bytes of random data falls short of 8 by ~255/(2n ln 2).
+        floor = RANDOM_BLOCK_ENTROPY - 255.0 / (2 * n[:, 0] * 0.6931) + 255.0 / (2 * BLOCK * 0.6931)
+        rnd = int(((ent > floor) & (chi < RANDOM_BLOCK_CHI2)).sum())
+    magic = detect_magic(head)
     text = magic == "text" and looks_like_text(joined[:65536])
-    b64 = looks_like_base64(joined[64:] if len(joined) > 320 else joined)
+    # Base64 output: the blocks past the head (which may be kept) are base64; a file of
+    # one block is judged past its first 64 bytes. The cheap histogram test goes first.
+    past_head = b"".join(blocks[1:])
+    if len(past_head) < 1024:
+        b64 = looks_like_base64(joined[64:] if len(joined) > 320 else joined)
+    else:
+        b64 = not body[~_B64].any() and looks_like_base64(past_head)
+    if (not b64 and len(joined) >= 512
+            and _B64[np.frombuffer(joined[-64:], dtype=np.uint8)].all()):
+        # A kept header as long as half a small file: the second half is base64.
+        b64 = looks_like_base64(joined[len(joined) // 2:])
     return ContentProbe(
         magic=magic,
         entropy=entropy_of(total),

@@ -81,7 +81,7 @@ SIGNAL_WEIGHTS: dict[str, float] = {
     "magic-lost": 0.6,         # the old version had a known format, this one another/none
     "extension-mismatch": 0.6,  # the content's format is not what the extension says
     "intermittent": 1.0,       # a share of blocks look like ciphertext in a non-random type
-    "base64-output": 0.8,      # the content turned into base64-looking text
+    "base64-output": 1.0,      # the content (known before) turned into base64-looking text
     "entropy-jump": 0.4,       # entropy rose by more than 1 bit per byte
     "rewritten-in-place": 0.3,  # same size, every chunk new, in a type rarely edited in place
     "incompressible": 0.3,     # new chunks do not compress, in a type that usually does
@@ -121,13 +121,17 @@ def file_signals(obs: FileObs, paired_old: ContentProbe | None = None,
     cipher_ok = ext in ENCRYPTED_EXTENSIONS and not renamed_ext
     was_random = old is not None and old.random_like
     out: list[str] = []
-    if (new.random_like and not cipher_ok and not was_random
-            and not (compressed_type and new.sampled < BODY_MIN + BLOCK)):
-        # A small compressed file cannot be told from ciphertext by its bytes alone; its
-        # lost header shows an encryption instead (magic-lost, extension-mismatch).
+    # A compressed format is judged against its own previous version only: some codecs
+    # (and every AES-encrypted archive) look random by themselves, and a small compressed
+    # file cannot be told from ciphertext at all; an encryption that loses the header
+    # shows anyway (magic-lost, extension-mismatch).
+    judged_alone = not compressed_type or (old is not None and new.magic in expected
+                                           and new.sampled >= BODY_MIN + BLOCK)
+    if new.random_like and not cipher_ok and not was_random and judged_alone:
         out.append("encrypted-looking")
     if (not new.random_like and new.body_random and not cipher_ok
-            and not (old is not None and old.body_random)):
+            and not (old is not None and old.body_random)
+            and (not compressed_type or old is not None)):
         out.append("body-encrypted")
     if old is not None and ((old.magic and old.magic != new.magic
                              and extension_agrees(ext, new.magic) is not True)
@@ -147,7 +151,8 @@ def file_signals(obs: FileObs, paired_old: ContentProbe | None = None,
             or (old is None and not new.random_like and new.random_blocks >= 0.25
                 and not compressed_type and bool(expected))):
         out.append("intermittent")
-    if new.base64 and not (old is not None and old.base64):
+    if new.base64 and old is not None and not old.base64:
+        # Only a file that turned into base64 counts: new base64 files (keys, mail) are common.
         out.append("base64-output")
     if old is not None and new.entropy - old.entropy > 1.0:
         out.append("entropy-jump")

@@ -71,14 +71,6 @@ backup_every = 0
 # The daemon audits the holders of this node's shares and rebuilds lost ones this often.
 repair_every = "1d"
 
-[retention]
-# After each scheduled backup the daemon forgets the snapshots no rule keeps and frees
-# what only they used (`corestate forget --keep-... --prune`). No rule: nothing is forgotten.
-# keep_last = 10
-# keep_daily = 7
-# keep_weekly = 4
-# keep_monthly = 12
-
 [anomaly]
 # Each backup re-reads a few files the files cache vouched for, to find content that changed
 # under an unchanged size and mtime (silent corruption): at most this many files, and at
@@ -88,6 +80,14 @@ resample_bytes = "1 MiB"
 resample_share = 0.01
 # Data written this long ago and still needed is "cold" for `corestate advise tiering`.
 cold_after = "90d"
+
+[retention]
+# After each scheduled backup the daemon forgets the snapshots no rule keeps and frees
+# what only they used (`corestate forget --keep-... --prune`). No rule: nothing is forgotten.
+# keep_last = 10
+# keep_daily = 7
+# keep_weekly = 4
+# keep_monthly = 12
 """
 
 

@@ -46,6 +46,9 @@ if TYPE_CHECKING:
 # same content (a rename); past this many they are judged as they come.
 MAX_HELD_ADDS = 100_000
 MAX_SILENT = 64  # silent-corruption paths kept per finding
+# An alert protects a snapshot and pauses retention: it needs at least this many files that
+# look encrypted or mangled. Fewer (one new random file in a small tree) is a suspect.
+MIN_ALERT_FILES = 3
 
 
 def _text(p: bytes) -> str:
@@ -248,6 +251,11 @@ def assess(node: LocalNode, ctx: Context, state: st.AnomalyState, watch: Watch,
     v = model.judge(features, watch.baseline, top=watch.acc.top_files(), stream_alert=watch.stream_alerted)
     sid = result.snapshot_id.hex()
     prev = [s for s in watch.before if s.id != result.snapshot_id and s.record.time_ns <= result.snapshot.time_ns]
+    if v.verdict == "alert" and features.suspicious < MIN_ALERT_FILES and not watch.stream_alerted:
+        n = int(features.suspicious)
+        v = model.Verdict("suspect", v.score, [f"only {n} suspicious file{'s' if n != 1 else ''} (an alert needs "
+                                               f"{MIN_ALERT_FILES}): recorded, nothing protected", *v.reasons],
+                          v.details)
     if v.verdict == "alert" and not prev:
         # The first backup of these paths: nothing changed *between* snapshots, and there
         # is no snapshot to protect; what looks encrypted was so before this node knew it

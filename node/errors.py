@@ -245,3 +245,18 @@ class AmbiguousGroup(MembershipError):
     def __init__(self, groups: int) -> None:
         super().__init__(f"cannot tell which group to evaluate: the ops name {groups} groups")
         self.groups = groups
+
+
+class SnapshotProtected(NodeError):
+    """A snapshot an anomaly alert protects was named to be forgotten."""
+
+    retryable = False
+
+    def __init__(self, snapshot: str, alert_snapshot: str) -> None:
+        super().__init__(
+            f"snapshot {snapshot[:8]} is protected: it is the last one before the anomaly alert "
+            f"on snapshot {alert_snapshot[:8]}, and that alert stands",
+            hint=f"see why with `corestate anomaly explain {alert_snapshot[:8]}`; if the change was "
+                 f"expected, `corestate anomaly ack {alert_snapshot[:8]}` lifts the protection",
+        )
+        self.snapshot, self.alert_snapshot = snapshot, alert_snapshot

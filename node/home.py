@@ -71,6 +71,16 @@ backup_every = 0
 # The daemon audits the holders of this node's shares and rebuilds lost ones this often.
 repair_every = "1d"
 
+[anomaly]
+# Each backup re-reads a few files the files cache vouched for, to find content that changed
+# under an unchanged size and mtime (silent corruption): at most this many files, and at
+# most the larger of these bytes and this share of the bytes the backup read.
+resample_files = 32
+resample_bytes = "1 MiB"
+resample_share = 0.01
+# Data written this long ago and still needed is "cold" for `corestate advise tiering`.
+cold_after = "90d"
+
 [retention]
 # After each scheduled backup the daemon forgets the snapshots no rule keeps and frees
 # what only they used (`corestate forget --keep-... --prune`). No rule: nothing is forgotten.
@@ -135,6 +145,11 @@ class Config:
     notify_repeat_after: float = 6 * 3600.0
     notify_max_per_hour: int = 20
     notify_timeout: float = 10.0
+    # [anomaly]: the silent-corruption re-read budget per backup; the optimizer's "cold"
+    anomaly_resample_files: int = 32
+    anomaly_resample_bytes: int = 1 << 20
+    anomaly_resample_share: float = 0.01
+    anomaly_cold_after: float = 90 * 86400.0
 
     @classmethod
     def load(cls, path: Path) -> Config:
@@ -179,6 +194,7 @@ class Config:
             if unknown:
                 raise ValueError(f"[retention] does not know {sorted(unknown)}")
             _observability(raw, cfg)
+            _anomaly_section(cfg, raw.get("anomaly", {}))
         except (TypeError, ValueError, AttributeError, KeyError) as exc:
             raise ConfigError(str(path), f"bad value: {exc}")
         if not (64 <= cfg.min_size <= cfg.avg_size <= cfg.max_size <= 16 << 20):
@@ -219,6 +235,17 @@ def _observability(raw: dict[str, object], cfg: Config) -> None:
     unknown = set(n) - {"webhook", "command", "repeat_after", "max_per_hour", "timeout"}
     if unknown:
         raise ValueError(f"[notify] does not know {sorted(unknown)}")
+def _anomaly_section(cfg: Config, a: dict) -> None:
+    """[anomaly] (issue 14): parsed here and nowhere else."""
+    unknown = set(a) - {"resample_files", "resample_bytes", "resample_share", "cold_after"}
+    if unknown:
+        raise ValueError(f"[anomaly] does not know {sorted(unknown)}")
+    cfg.anomaly_resample_files = int(a.get("resample_files", cfg.anomaly_resample_files))
+    cfg.anomaly_resample_bytes = _size(a.get("resample_bytes", cfg.anomaly_resample_bytes))
+    cfg.anomaly_resample_share = float(a.get("resample_share", cfg.anomaly_resample_share))
+    cfg.anomaly_cold_after = _duration(a.get("cold_after", cfg.anomaly_cold_after))
+    if not 0 <= cfg.anomaly_resample_files <= 100_000 or not 0 <= cfg.anomaly_resample_share <= 1:
+        raise ValueError("[anomaly] resample_files must be 0..100000 and resample_share 0..1")
 
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}

@@ -238,6 +238,10 @@ class SnapshotSummary(Record):
     torn: U63
     errors: U63
     provider: Annotated[str, MaxLen(32)]
+    # An anomaly alert that stands protects it: forget refuses it, retention keeps it.
+    protected: bool = False
+    # The anomaly model's verdict on the backup that made it (ok, suspect, alert); "" unjudged.
+    verdict: Annotated[str, MaxLen(16)] = ""
 
 
 @message
@@ -400,6 +404,17 @@ class PushSummary(Record):
 
 @record
 @dataclass(frozen=True, slots=True)
+class AnomalyVerdict(Record):
+    """The anomaly model's verdict on one backup (issue 14; the rest of it is in the
+    ``anomaly`` section below). Defined here because ``BackupSummary`` holds it."""
+
+    verdict: Annotated[str, MaxLen(16)]  # ok, suspect, alert
+    score: Annotated[str, MaxLen(32)]  # decimal, e.g. "0.873" (no floats on the wire)
+    reasons: Annotated[tuple[Annotated[str, MaxLen(1024)], ...], MaxItems(32)]
+
+
+@record
+@dataclass(frozen=True, slots=True)
 class BackupSummary(Record):
     """The last record of a backup's answer."""
 
@@ -420,6 +435,11 @@ class BackupSummary(Record):
     journal: JournalUse | None  # None: no change journal offered
     seconds: Seconds
     mesh: PushSummary | None  # None: a standalone node
+    anomaly: AnomalyVerdict | None = None  # None: the model did not run (its state unusable)
+    # Files whose content changed under an unchanged size and mtime (BackupIssue records
+    # of kind "silent-corruption" sent before), and how many cache hits were re-read.
+    silent_corruption: U63 = 0
+    resampled: U63 = 0
 
 
 @message
@@ -1069,6 +1089,130 @@ ALERTS_MESSAGES: tuple[type[Message], ...] = (AlertAckCall, AlertAckResult)
 ALERTS_EVENTS: tuple[type[Message], ...] = (AlertAcked,)
 
 
+# -- anomaly model and advice (issue 14) ------------------------------------------------------
+# The model's verdicts on backups, the protection an alert gives the last snapshot before
+# it, and the optimizer's advice from the node's own history. ``AnomalyVerdict`` (what a
+# backup's summary carries) is defined above, with ``BackupSummary``.
+
+Score = Annotated[str, MaxLen(32)]  # decimal (no floats on the wire)
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class AnomalyListCall(Message):
+    """The model's findings, oldest first (``all``: the ``ok`` ones too)."""
+
+    TYPE: ClassVar[str] = "anomaly-list"
+    all: bool = False
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class AnomalyRow(Record):
+    snapshot_id: HexId
+    short_id: ShortId
+    time_ns: TimeNs
+    paths: Annotated[tuple[PathBytes, ...], MaxItems(256)]  # the series
+    verdict: Annotated[str, MaxLen(16)]
+    score: Score
+    reasons: Annotated[tuple[Annotated[str, MaxLen(1024)], ...], MaxItems(32)]
+    protects: HexId | None  # the snapshot this alert protects while it stands
+    acked_ns: TimeNs | None  # when a person acknowledged it
+    silent_corruption: U63  # files found changed under an unchanged stat
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class AnomalyListPage(Message):
+    TYPE: ClassVar[str] = "anomaly-list-page"
+    rows: Annotated[tuple[AnomalyRow, ...], MaxItems(4096)]
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class AnomalyExplainCall(Message):
+    TYPE: ClassVar[str] = "anomaly-explain"
+    snapshot: Annotated[str, MaxLen(256)]  # id, prefix, latest, latest~N
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class AnomalyNumber(Record):
+    """One number behind a verdict: what it measures, its value, what is usual."""
+
+    name: Annotated[str, MaxLen(128)]
+    value: Annotated[str, MaxLen(64)]
+    usual: Annotated[str, MaxLen(128)]  # "" when the model has no usual value for it
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class AnomalyFile(Record):
+    """One of the files most responsible for a verdict, with what it showed."""
+
+    path: PathBytes
+    change: Annotated[str, MaxLen(16)]  # added, changed, deleted, renamed
+    score: Score
+    signals: Annotated[tuple[Annotated[str, MaxLen(64)], ...], MaxItems(16)]
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class AnomalyExplainResult(Message):
+    TYPE: ClassVar[str] = "anomaly-explain-result"
+    row: AnomalyRow
+    numbers: Annotated[tuple[AnomalyNumber, ...], MaxItems(256)]
+    files: Annotated[tuple[AnomalyFile, ...], MaxItems(64)]  # the files most responsible
+    silent: Annotated[tuple[PathBytes, ...], MaxItems(64)]  # silent corruption found
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class AnomalyAckCall(Message):
+    """An expected change: teach the baseline, lift the protection."""
+
+    TYPE: ClassVar[str] = "anomaly-ack"
+    snapshot: Annotated[str, MaxLen(256)]
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class AnomalyAckResult(Message):
+    TYPE: ClassVar[str] = "anomaly-ack-result"
+    snapshot_id: HexId
+    verdict: Annotated[str, MaxLen(16)]
+    unprotected: HexId | None  # the snapshot no longer protected
+    learned: bool  # the baseline took this backup as usual
+    already: bool  # acknowledged before: nothing changed
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class AdviseCall(Message):
+    """The optimizer: ``schedule``, ``capacity`` or ``tiering``."""
+
+    TYPE: ClassVar[str] = "advise"
+    topic: Annotated[str, MaxLen(16)]
+    quota: U63 = 0  # capacity: the quota to forecast against (0: the store's disk)
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class AdviseResult(Message):
+    TYPE: ClassVar[str] = "advise-result"
+    topic: Annotated[str, MaxLen(16)]
+    advice: Annotated[tuple[Text, ...], MaxItems(32)]  # in words, most useful first
+    columns: Annotated[tuple[Annotated[str, MaxLen(64)], ...], MaxItems(16)]
+    rows: Annotated[tuple[Annotated[tuple[Annotated[str, MaxLen(128)], ...], MaxItems(16)], ...], MaxItems(512)]
+    numbers: Annotated[dict[Name, Annotated[str, MaxLen(128)]], MaxItems(64)]
+
+
+ANOMALY_MESSAGES: tuple[type[Message], ...] = (
+    AnomalyListCall, AnomalyListPage, AnomalyExplainCall, AnomalyExplainResult,
+    AnomalyAckCall, AnomalyAckResult, AdviseCall, AdviseResult,
+)
+
+
 # -- events: one message type per kind; the type is the kind --------------------------------
 
 SEVERITIES = ("info", "warning", "critical")
@@ -1339,6 +1483,7 @@ CONTROL_MESSAGES: tuple[type[Message], ...] = (
     *MEMBER_MESSAGES,
     *MOUNT_MESSAGES,
     *ALERTS_MESSAGES,
+    *ANOMALY_MESSAGES,
     *EVENTS,
     Ok,  # Ok and Error last: the share service's, listed here too
     Error,

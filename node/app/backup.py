@@ -80,27 +80,33 @@ def _backup(node: LocalNode, call: c.BackupCall, ctx: Context) -> Iterator[Backu
     if call.estimate:
         threading.Thread(target=_scan_totals, args=(paths, stats, stop), daemon=True).start()
     journal = _journal_for(ctx, paths)
+    watch = _anomaly_begin(node, ctx, paths)
     prev: list[str | None] = [None]
     engine = Backup(node.repo, node.cfg, skip_dirs=node.skip_dirs(),
                     exclude=node.cfg.exclude + list(call.exclude), stats=stats,
                     state_dir=node.home.path / "snapshots",
                     changes=None if journal is None else lambda: journal.changes_since(prev[0]),
-                    check=ctx.check)
+                    check=ctx.check, observer=watch[1] if watch else None)
     new_token = ""
     if journal is not None:
         prev[0] = _journal_token(node, engine.fingerprint_salt)
         new_token = journal.mark()  # before any snapshot is taken (kernel/journal.py)
     ctx.emit(c.BackupStarted(time_ns=time.time_ns(), scheduled=ctx.scheduled,
                              paths=tuple(text(p) for p in paths[:256])))
-    watch = _Watch(stats)
+    progress = _Watch(stats)
     try:
-        with ticking(ctx, lambda: watch.event("files")):
+        with ticking(ctx, lambda: progress.event("files")):
             result = engine.run(paths)
+    except BaseException:
+        if watch is not None:
+            watch[1].close()
+        raise
     finally:
         stop.set()
     if journal is not None:
         _save_journal_token(node, new_token, engine.fingerprint_salt)
-    pushed = _push(node, call, ctx, watch)
+    anomaly, silent, resampled = _anomaly_end(node, ctx, watch, result, engine)
+    pushed = _push(node, call, ctx, progress)
     _record(node, ctx, result, pushed)
     st = result.stats
     code = 3 if st.errors or (pushed is not None and not pushed.safe) else 0
@@ -112,15 +118,51 @@ def _backup(node: LocalNode, call: c.BackupCall, ctx: Context) -> Iterator[Backu
         yield c.BackupIssue(kind="error", path=path[:65536], message=clip(msg))
     for path in st.torn:
         yield c.BackupIssue(kind="torn", path=path[:65536], message="")
+    for path in silent:
+        yield c.BackupIssue(kind="silent", path=path[:65536],
+                            message="content changed while size and mtime did not (silent corruption?)")
     if call.skipped:
         for path, msg in st.warnings:
             yield c.BackupIssue(kind="skipped", path=path[:65536], message=clip(msg))
     for pack, placed, k, n in pushed.degraded if pushed is not None else ():
         yield c.DegradedPack(pack=pack, placed=placed, k=k, n=n)
-    yield _summary(result, code, pushed)
+    yield _summary(result, code, pushed, anomaly, len(silent), resampled)
 
 
-def _summary(result: BackupResult, code: int, pushed: PushResult | None) -> c.BackupSummary:
+def _anomaly_begin(node: LocalNode, ctx: Context, paths: list[Path]) -> tuple[Any, Any] | None:
+    """The anomaly model's state and observer for this backup (node/app/anomaly.py), or
+    None when the model cannot run (the backup goes on without a verdict)."""
+    from corestate.node.app import anomaly
+    try:
+        return anomaly.begin(node, ctx, [os.fsencode(p) for p in paths])
+    except Exception as exc:  # the model never stops a backup
+        ctx.warn(f"the anomaly model did not run: {exc}")
+        return None
+
+
+def _anomaly_end(node: LocalNode, ctx: Context, watch: tuple[Any, Any] | None, result: BackupResult,
+                 engine: Any) -> tuple[c.AnomalyVerdict | None, list[bytes], int]:
+    """The verdict, the silently corrupted paths, and how many cache hits were re-read."""
+    from corestate.node.app import anomaly
+    resampled = None
+    try:
+        resampled = anomaly.resample_cache(node, result, engine.read_paths())
+    except Exception as exc:
+        ctx.warn(f"the silent-corruption check did not run: {exc}")
+    if watch is None:
+        return None, list(resampled.mismatches) if resampled else [], resampled.checked if resampled else 0
+    state, obs = watch
+    try:
+        verdict = anomaly.assess(node, ctx, state, obs, result, resampled)
+    except Exception as exc:  # the model never stops a backup
+        ctx.warn(f"the anomaly model could not judge this backup: {exc}")
+        verdict = None
+    silent = list(obs.silent) + [p for p in (resampled.mismatches if resampled else []) if p not in obs.silent]
+    return verdict, silent, resampled.checked if resampled else 0
+
+
+def _summary(result: BackupResult, code: int, pushed: PushResult | None, anomaly: c.AnomalyVerdict | None = None,
+             silent: int = 0, resampled: int = 0) -> c.BackupSummary:
     st = result.stats
     mesh = None
     if pushed is not None:
@@ -138,7 +180,8 @@ def _summary(result: BackupResult, code: int, pushed: PushResult | None) -> c.Ba
         paths_visited=st.paths_visited, errors=len(st.errors), torn=len(st.torn),
         journal=None if st.journal is None else c.JournalUse(used=st.journal[0] == "used",
                                                              detail=clip(st.journal[1])),
-        seconds=f"{result.seconds:.9f}", mesh=mesh)
+        seconds=f"{result.seconds:.9f}", mesh=mesh, anomaly=anomaly, silent_corruption=silent,
+        resampled=resampled)
 
 
 class _Watch:

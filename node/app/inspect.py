@@ -13,12 +13,19 @@ from corestate.protocol import control as c
 
 
 def snapshots(node: LocalNode, call: c.SnapshotsCall, ctx: Context) -> Iterator[c.SnapshotSummary]:
+    from corestate.node import anomalystate
+    state, problem = anomalystate.load(node.home.path)
+    if problem:
+        ctx.warn(problem)
+    protected = state.protected()
+    verdicts = {f.snapshot: f.verdict for f in state.findings}
     for s in node.repo.snapshots():
         r = s.record
         yield c.SnapshotSummary(
             snapshot_id=s.id.hex(), short_id=s.short_id, time_ns=r.time_ns, host=r.hostname[:256],
             paths=tuple(r.paths), files=r.files, bytes=r.size, torn=len(r.torn),
-            errors=len(r.errors), provider=r.provider)
+            errors=len(r.errors), provider=r.provider, protected=s.id.hex() in protected,
+            verdict=verdicts.get(s.id.hex(), ""))
 
 
 def ls(node: LocalNode, call: c.LsCall, ctx: Context) -> Iterator[c.Entry]:

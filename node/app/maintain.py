@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from corestate.node.app import Context, Operation
 from corestate.node.core.redundancy import classify
 from corestate.node.core.repair import Verdict
+from corestate.node.errors import SnapshotProtected
 from corestate.node.local import LocalNode
 from corestate.protocol import control as c
 from corestate.protocol.messages import Message
@@ -346,17 +347,33 @@ def _forget(node: LocalNode, call: c.ForgetCall, ctx: Context) -> list[c.PruneIt
                                   "`--keep-daily 7 --keep-weekly 4 --keep-monthly 12`")
     snaps = node.repo.snapshots()
     reasons: dict[bytes, tuple[str, ...]] = {}
+    # Anomaly alerts that stand protect a snapshot each; on the schedule, their series
+    # are left alone altogether (node/anomalystate.py).
+    protected, paused = _anomaly_guard(node, ctx)
     if call.snapshots:
         gone = {node.repo.resolve(ref).id for ref in call.snapshots}
+        for sid in sorted(gone):
+            if sid.hex() in protected:
+                raise SnapshotProtected(sid.hex(), protected[sid.hex()])
     else:
+        judged = [s for s in snaps if not (ctx.scheduled and tuple(sorted(s.record.paths)) in paused)]
         try:
             verdicts = apply_policy([
                 Snap(s.id, datetime.fromtimestamp(s.record.time_ns / 1e9).astimezone(),
-                     tuple(sorted(s.record.paths))) for s in snaps], policy)
+                     tuple(sorted(s.record.paths))) for s in judged], policy) if judged else []
         except PolicyError as exc:
             raise CoreStateError(str(exc)) from None
-        gone = {v.id for v in verdicts if not v.keep}
+        gone = {v.id for v in verdicts if not v.keep and v.id.hex() not in protected}
         reasons = {v.id: v.reasons for v in verdicts}
+        for s in snaps:
+            extra: tuple[str, ...] = ()
+            if s.id.hex() in protected:
+                extra = (f"protected by the anomaly alert on {protected[s.id.hex()][:8]} "
+                         "(`corestate anomaly ack` lifts it)",)
+            elif s not in judged:
+                extra = ("retention paused for this series: an anomaly alert stands",)
+            if extra:
+                reasons[s.id] = reasons.get(s.id, ()) + extra
     plan = prunemod.plan(node.repo, gone, prune=call.prune, movable=_movable(node))
     deleted = _delete_packs(node, ctx, plan, gone) if not call.dry_run else None
     return _prune_items(snaps, gone, reasons, plan, deleted, dry_run=call.dry_run,
@@ -370,6 +387,15 @@ def prune(node: LocalNode, call: c.PruneCall, ctx: Context) -> Iterator[c.PruneI
     plan = prunemod.plan(node.repo, (), prune=True, movable=_movable(node))
     deleted = _delete_packs(node, ctx, plan, set()) if not call.dry_run else None
     return iter(_prune_items(snaps, set(), {}, plan, deleted, dry_run=call.dry_run, by_policy=False))
+
+
+def _anomaly_guard(node: LocalNode, ctx: Context) -> tuple[dict[str, str], set[tuple[bytes, ...]]]:
+    """Protected snapshot (hex) -> the alert's snapshot (hex); the paused series."""
+    from corestate.node import anomalystate
+    state, problem = anomalystate.load(node.home.path)
+    if problem:
+        ctx.warn(problem)
+    return {k: f.snapshot for k, f in state.protected().items()}, state.paused_series()
 
 
 def retention_call(rules: Mapping[str, str]) -> c.ForgetCall:

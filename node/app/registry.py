@@ -7,7 +7,17 @@ itself, which adds what only it knows: node/app/status.py.)
 
 from __future__ import annotations
 
-from corestate.node.app import Operation, backup, inspect, maintain, members, mount, restore
+from corestate.node.app import (
+    Operation,
+    advise,
+    anomaly,
+    backup,
+    inspect,
+    maintain,
+    members,
+    mount,
+    restore,
+)
 from corestate.protocol import control as c
 from corestate.protocol.messages import Message
 
@@ -21,6 +31,7 @@ OPERATIONS: dict[type[Message], Operation] = {op.call: op for op in (
     *maintain.OPERATIONS,
     *members.OPERATIONS,
     *mount.OPERATIONS,
+    *anomaly.OPERATIONS, *advise.OPERATIONS,
 )}
 
 

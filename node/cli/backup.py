@@ -56,6 +56,8 @@ def cmd_backup(args: argparse.Namespace, out: Out) -> int:
             out.warn(f"{_fs(i.path)}: {i.message} (not backed up)")
         elif i.kind == "torn":
             out.warn(f"{_fs(i.path)}: changed while it was read; stored as read and marked torn")
+        elif i.kind == "silent":
+            out.warn(f"{_fs(i.path)}: SILENT CORRUPTION? its content changed while its size and mtime did not")
         else:
             out.warn(f"{_fs(i.path)}: {i.message}")
     seconds = float(s.seconds)
@@ -72,6 +74,10 @@ def cmd_backup(args: argparse.Namespace, out: Out) -> int:
             "change_journal": None if s.journal is None else {"used": s.journal.used, "detail": s.journal.detail},
             "seconds": round(seconds, 3), "complete": s.code == 0,
             "mesh": _push_json(s.mesh, degraded),
+            "anomaly": None if s.anomaly is None else {
+                "verdict": s.anomaly.verdict, "score": float(s.anomaly.score), "reasons": list(s.anomaly.reasons)},
+            "silent_corruption": [_fs(i.path) for i in issues if i.kind == "silent"],
+            "resampled": s.resampled,
         })
         return s.code
     rate = s.bytes_total / seconds / 1e6 if seconds else 0.0
@@ -83,7 +89,24 @@ def cmd_backup(args: argparse.Namespace, out: Out) -> int:
         out.say(f"  INCOMPLETE: {s.errors} path(s) could not be read (listed above)")
     if s.mesh is not None:
         _say_push(out, s.mesh, degraded)
+    _say_anomaly(out, s)
     return s.code
+
+
+def _say_anomaly(out: Out, s: c.BackupSummary) -> None:
+    a = s.anomaly
+    if a is not None and a.verdict != "ok":
+        head = ("ALERT: this backup looks like ransomware or mass damage"
+                if a.verdict == "alert" else "unusual backup (suspect)")
+        out.say(f"  anomaly: {head} (score {float(a.score):.2f})")
+        for r in a.reasons:
+            out.say(f"    {r}")
+        if a.verdict == "alert":
+            out.say(f"  the snapshot before it is protected; `corestate anomaly explain {s.snapshot_id[:8]}`, "
+                    f"then `corestate anomaly ack {s.snapshot_id[:8]}` if the change was expected")
+    if s.silent_corruption:
+        out.say(f"  silent corruption: {s.silent_corruption} file(s) changed under an unchanged size and mtime "
+                "(listed above)")
 
 
 def request(cls: type[c.Message], hint: str, **fields: Any) -> Any:

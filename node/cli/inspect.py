@@ -19,7 +19,7 @@ def cmd_snapshots(args: argparse.Namespace, out: Out) -> int:
         out.obj([{
             "id": s.snapshot_id, "short_id": s.short_id, "time_ns": s.time_ns, "host": s.host,
             "paths": [_fs(p) for p in s.paths], "files": s.files, "bytes": s.bytes, "torn": s.torn,
-            "errors": s.errors, "provider": s.provider,
+            "errors": s.errors, "provider": s.provider, "protected": s.protected, "verdict": s.verdict or None,
         } for s in snaps])
         return EXIT_OK
     if not snaps:
@@ -29,8 +29,11 @@ def cmd_snapshots(args: argparse.Namespace, out: Out) -> int:
     for s in snaps:
         t = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.time_ns / 1e9))
         out.say(f"{s.short_id:<9} {t:<20} {s.host[:16]:<16} {s.files:>8} "
-                f"{_human(s.bytes):>10}  {', '.join(_fs(p) for p in s.paths)}")
+                f"{_human(s.bytes):>10}  {', '.join(_fs(p) for p in s.paths)}"
+                + ("  [protected: anomaly alert]" if s.protected else ""))
     out.say(f"{len(snaps)} snapshot(s)")
+    if any(s.protected for s in snaps):
+        out.say("protected snapshots are kept while an anomaly alert stands: `corestate anomaly list`")
     return EXIT_OK
 
 

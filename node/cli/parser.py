@@ -6,6 +6,12 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
+from corestate.node.cli.anomaly import (
+    cmd_advise,
+    cmd_anomaly_ack,
+    cmd_anomaly_explain,
+    cmd_anomaly_list,
+)
 from corestate.node.cli.backup import cmd_backup
 from corestate.node.cli.group import (
     cmd_group_create,
@@ -255,6 +261,55 @@ Needs FUSE 3 (Debian: apt install fuse3 libfuse3-dev pkg-config) and pyfuse3
                  "  corestate --home /srv/cs tui   the daemon of another home\n"
                  "It needs a running daemon (`corestate node run`); started without one it waits for it.")
     sp.formatter_class = argparse.RawDescriptionHelpFormatter
+    anomp = sub.add_parser(
+        "anomaly", help="the anomaly model's verdicts: ransomware-like change, silent corruption",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Each backup is judged against this node's usual changes: ok, suspect (recorded), or "
+                    "alert (the last snapshot before it is protected from forget and prune, retention "
+                    "pauses for those paths, an `anomaly` alert goes out). The model never deletes or "
+                    "blocks your files.",
+        epilog="examples:\n"
+               "  corestate anomaly list                 the suspect and alerting backups\n"
+               "  corestate anomaly explain latest       the numbers behind the verdict, the files most responsible\n"
+               "  corestate anomaly ack 3f2a1b9c         it was me (a big re-encode, an archive): learn it, "
+               "lift the protection\n")
+    asub = anomp.add_subparsers(dest="anomaly_command", metavar="COMMAND")
+    al = asub.add_parser("list", help="backups judged suspect or alert (--all: every judged backup)")
+    al.set_defaults(fn=cmd_anomaly_list)
+    al.add_argument("--all", action="store_true", help="the ok backups too")
+    ae = asub.add_parser("explain", help="why a backup was judged as it was: reasons, numbers, files")
+    ae.set_defaults(fn=cmd_anomaly_explain)
+    ae.add_argument("snapshot", metavar="SNAP", help="a snapshot id, prefix, latest or latest~N")
+    aa = asub.add_parser("ack", help="an expected change: teach the model, lift the protection "
+                                     "(asks on a terminal; --yes otherwise)")
+    aa.set_defaults(fn=cmd_anomaly_ack)
+    aa.add_argument("snapshot", metavar="SNAP", help="the snapshot the verdict is about")
+    aa.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    for spx in (al, ae, aa):
+        spx.add_argument("--passphrase-file", metavar="F", help="read the passphrase from the first line of F")
+        _hsm_option(spx)
+        spx.add_argument("--json", action="store_true", help="machine-readable output")
+
+    advp = sub.add_parser(
+        "advise", help="advice from this node's history: backup times, when storage fills, cheaper codes",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="The optimizer reads this node's own history (each backup's volumes, the store's "
+                    "growth, the age of its data) and shows the numbers behind each piece of advice.",
+        epilog="examples:\n"
+               "  corestate advise schedule              when files change; the backup times that leave the least waiting\n"
+               "  corestate advise capacity --quota 500GiB   when the store reaches 500 GiB at its growth rate\n"
+               "  corestate advise tiering               data untouched for 90 days and a cheaper code for it\n")
+    vsub = advp.add_subparsers(dest="advise_command", metavar="TOPIC")
+    for topic, text in (("schedule", "change volume by hour of week, and suggested backup times"),
+                        ("capacity", "store growth, and when a quota or the disk fills"),
+                        ("tiering", "cold data, and a cheaper erasure code for it")):
+        vp = vsub.add_parser(topic, help=text)
+        vp.set_defaults(fn=cmd_advise, topic=topic)
+        if topic == "capacity":
+            vp.add_argument("--quota", metavar="SIZE", help="forecast against this size (e.g. 500GiB) instead of the disk")
+        vp.add_argument("--passphrase-file", metavar="F", help="read the passphrase from the first line of F")
+        _hsm_option(vp)
+        vp.add_argument("--json", action="store_true", help="machine-readable output")
 
     sp = add("demo", cmd_demo, "a guided run: back up a sample tree, change it, restore and verify",
              key=False)

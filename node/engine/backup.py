@@ -75,6 +75,15 @@ RACY_NS = 2_000_000_000
 # Longer than the kernel's coarse clock tick (1-10 ms, by HZ) that stamps file times.
 TICK_NS = 20_000_000
 SMALL_BATCH_BYTES = 4 << 20
+# Content probes for the anomaly model (node/core/anomaly/features.py): blocks sampled per
+# file, and the CPU they may take. A file whose cheap signs point at encryption (see
+# ``_wants_probe``) is always probed; of the others, each worker probes its first PROBE_FREE,
+# then only while its probing time stays under PROBE_SHARE of its reading time (target:
+# <= 3% extra CPU on a backup, tests/bench/bench_anomaly.py).
+PROBE_BLOCKS = 8
+PROBE_FREE = 4
+HEAD_BYTES = 512  # a file's first bytes, kept from its read for the format check
+PROBE_SHARE = 0.005
 SMALL_BATCH_FILES = 128
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
 _OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -103,6 +112,44 @@ class BackupStats:
     # Filled by an optional concurrent scan, for the ETA.
     estimate_files: int | None = None
     estimate_bytes: int | None = None
+
+
+@dataclass(slots=True)
+class FileChange:
+    """What the anomaly model learns of one file read in this backup (new or changed),
+    from what the backup did anyway: no byte is read for it but the probe's few blocks."""
+
+    path: bytes  # the original path
+    size: int
+    mtime_ns: int
+    old_size: int | None  # None: a new file (the files cache did not know it)
+    kept: float | None  # the share of the old version's chunks still in the file
+    new_bytes: int  # plaintext bytes of chunks first stored now
+    stored_bytes: int  # the same after compression: the zstd probe's verdict
+    probe: list[Any] | None  # a ContentProbe record, or None when the budget said no
+    content: list[bytes]  # the chunk ids
+    # The content changed while size and mtime did not (the cache vouched for the old
+    # content: its stat was settled): bit rot, or a writer that put the mtime back.
+    silent: bool = False
+
+    @property
+    def digest(self) -> bytes:
+        """Of the content ids: same content, same digest."""
+        return content_digest(self.content)
+
+
+class Observer:
+    """Receives what a backup sees change, on the walking thread (it may use sqlite)."""
+
+    def file(self, change: FileChange) -> None:
+        pass
+
+    def gone(self, path: bytes, size: int, digest: bytes) -> None:
+        """A file of the last backup that is no longer there."""
+
+
+def content_digest(ids: list[bytes] | bytes) -> bytes:
+    return blake3.blake3(ids if isinstance(ids, bytes) else b"".join(ids)).digest(16)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +183,8 @@ class _Read:
     warning: str | None = None
     new_chunks: int = 0
     new_bytes: int = 0
+    new_stored: int = 0  # new_bytes after compression (what the pack writer kept)
+    probe: list[Any] | None = None  # the anomaly model's content probe (a record)
     cacheable: bool = True
     bytes_read: int | None = None  # when less than size was read (block-level increments)
     # One part of a block-level increment split over workers: where it began and ended,
@@ -195,8 +244,10 @@ class Backup:
         allow_providers: tuple[str, ...] = ("btrfs", "reflink", "plain"),
         changes: Callable[[], ChangeSet] | None = None,
         check: Callable[[], None] | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.repo = repo
+        self.observer = observer
         # Called before each file is read; what it raises stops the walk like any error
         # there (packs already landed stay, no snapshot is written): a cancel's safe point.
         self._check = check
@@ -231,6 +282,12 @@ class Backup:
         self._known: set[bytes] = set()
         self._new_chunks = 0
         self._new_bytes = 0
+        self._new_stored = 0
+        # In each worker: the probing budget (see PROBE_SHARE).
+        self._probes = 0
+        self._probe_ns = 0
+        self._busy_ns = 0
+        self._head = b""  # in a worker: the first bytes of the file it read last
         self.state_dir = state_dir
         self.allow_providers = allow_providers
         self.sessions: list = []
@@ -264,6 +321,10 @@ class Backup:
         # Anything that changes how a tree is built must change every fingerprint (and void
         # a journal token taken under other settings: see fingerprint_salt).
         self._fp_salt = repr(("fp3", cfg.min_size, cfg.avg_size, cfg.max_size, sorted(exclude))).encode()
+
+    def read_paths(self) -> set[bytes]:
+        """The files this run read and cached (a check of cache hits can skip them)."""
+        return {u[0] for u in self._cache_upserts}
 
     @property
     def fingerprint_salt(self) -> bytes:
@@ -328,6 +389,10 @@ class Backup:
         # A file or folder not seen is stale unless a folder above it was reused whole.
         # (Files below vanished directories go with them, by prefix, in update_files_cache.)
         stale = [p for p in self._cache if p not in self._seen and under(p) and not covered(p)]
+        if self.observer is not None:
+            for p in stale:
+                row = self._cache[p]
+                self.observer.gone(p, row[1], content_digest(row[4]))
         stale_dirs = [p for p in self._dir_cache
                       if p not in self._seen_dirs and under(p) and not covered(p)]
         self.repo.update_files_cache(self._cache_upserts, stale, self._dir_upserts, stale_dirs)
@@ -738,6 +803,8 @@ class Backup:
                         b"".join(r.content), _encode_xattrs(node.xattrs), int(node.sparse),
                         int(exact),
                     ))
+            if self.observer is not None:
+                self._observe(path, node, r)
             if st1.st_ctime_ns > pend.newest_ns:
                 pend.newest_ns = st1.st_ctime_ns
         for node, child in pend.subdirs:
@@ -752,6 +819,22 @@ class Backup:
         pend.subdirs.clear()
         pend.nodes = []
         self._drain()
+
+    def _observe(self, path: bytes, node: Node, r: _Read) -> None:
+        assert self.observer is not None
+        old = self._cache.get(path)
+        kept: float | None = None
+        silent = False
+        if old is not None:
+            old_ids = _split_ids(old[4])
+            if old_ids:
+                now = set(r.content)
+                kept = sum(1 for x in old_ids if x in now) / len(old_ids)
+            silent = bool(old[7]) and old[1] == r.size and old[2] == node.mtime_ns and b"".join(r.content) != old[4]
+        self.observer.file(FileChange(
+            path=path, size=r.size, mtime_ns=node.mtime_ns, old_size=None if old is None else old[1],
+            kept=kept, new_bytes=r.new_bytes, stored_bytes=r.new_stored, probe=r.probe,
+            content=r.content, silent=silent))
 
     def _settled(self, ctime_ns: int, seen_ns: int) -> bool:
         """Whether a change at ``ctime_ns``, seen at ``seen_ns``, is old enough that any later
@@ -902,8 +985,10 @@ class Backup:
     def _read_files(self, files: list[tuple[bytes, os.stat_result, tuple | None]]) -> list[_Read]:
         out = []
         for path, st, plan in files:
-            before, before_bytes = self._new_chunks, self._new_bytes
+            before, before_bytes, before_stored = self._new_chunks, self._new_bytes, self._new_stored
+            t0 = time.perf_counter_ns()
             r = None
+            self._head = b""
             if plan is not None:
                 r = self._read_increment(path, st, *plan)
                 if r is None and len(plan) > 2:  # a part: the whole file is not ours to read
@@ -912,6 +997,16 @@ class Backup:
                 r = self._read_file(path, st)
             r.new_chunks = self._new_chunks - before
             r.new_bytes = self._new_bytes - before_bytes
+            r.new_stored = self._new_stored - before_stored
+            t1 = time.perf_counter_ns()
+            self._busy_ns += t1 - t0
+            if self.observer is not None and r.st is not None and r.error is None and r.span is None:
+                budget = self._probes < PROBE_FREE or self._probe_ns < PROBE_SHARE * self._busy_ns
+                if budget or _wants_probe(path, r, self._head):
+                    r.probe = _probe(path, r.size)
+                    if budget:
+                        self._probes += 1
+                        self._probe_ns += time.perf_counter_ns() - t1
             out.append(r)
         return out
 
@@ -1105,6 +1200,7 @@ class Backup:
                 while b := os.read(fd, 1 << 20):
                     parts.append(b)
                 data = b"".join(parts)
+            self._head = data[:HEAD_BYTES]
             if len(data) <= self.cfg.max_size:
                 if data:
                     content.append(self._chunk(data))
@@ -1116,6 +1212,8 @@ class Backup:
             chunks = (c.data for c in self._chunker().cut_stream(io.FileIO(fd, closefd=False)))
         n = 0
         for data in chunks:
+            if not n:
+                self._head = bytes(data[:HEAD_BYTES])
             content.append(self._chunk(data))
             n += len(data)
         return content, n
@@ -1127,7 +1225,8 @@ class Backup:
             self._known.add(cid)
             self._new_chunks += 1
             self._new_bytes += len(data)
-            self._pack(packfmt.KIND_CHUNK, cid, data)
+            entry = self._pack(packfmt.KIND_CHUNK, cid, data)
+            self._new_stored += entry.length - packfmt.TAG_BYTES
         return cid
 
     # -- packing (any thread: each has its own open pack) --------------------------------------
@@ -1143,12 +1242,13 @@ class Backup:
                 self._writers.append(w)
         return w
 
-    def _pack(self, kind: str, blob_id: bytes, data: bytes | memoryview) -> None:
+    def _pack(self, kind: str, blob_id: bytes, data: bytes | memoryview) -> packfmt.BlobEntry:
         w = self._writer()
-        w.add(kind, blob_id, data)
+        entry = w.add(kind, blob_id, data)
         if len(w) >= self.cfg.pack_size:
             self._local.writer = None
             self._land(w)
+        return entry
 
     def _land(self, w: packfmt.PackWriter) -> None:
         if self._write_behind is not None:
@@ -1223,6 +1323,77 @@ def _stitch(parts: list[_Read], size: int) -> _Read | None:
     first.new_chunks = sum(p.new_chunks for p in parts)
     first.new_bytes = sum(p.new_bytes for p in parts)
     return first
+
+
+_FORMATS: Any = None  # (EXTENSION_TYPES, COMPRESSED_TYPES, MAGIC), imported on first use
+
+
+def _wants_probe(path: bytes, r: _Read, head: bytes) -> bool:
+    """Whether what the backup already knows of a file read points at encryption, so the
+    model must see its bytes whatever the budget: its new chunks do not compress although
+    its extension names a format that does (or names nothing: ``x.docx.locked``), or they
+    compress worse than text does in a text file (partly encrypted, base64-masked), or its
+    first bytes (``head``, kept from the read; a 512-byte read when the read kept none) are
+    not the format its extension names."""
+    global _FORMATS
+    if _FORMATS is None:
+        from corestate.node.core.anomaly.features import COMPRESSED_TYPES, EXTENSION_TYPES, MAGIC
+        _FORMATS = (EXTENSION_TYPES, COMPRESSED_TYPES, MAGIC)
+    EXTENSION_TYPES, COMPRESSED_TYPES, MAGIC = _FORMATS
+    if r.new_bytes < 4096:
+        return False  # too little new to tell (small files compress poorly anyway)
+    ratio = r.new_stored / r.new_bytes
+    if ratio <= 0.5:
+        return False  # it compresses: not ciphertext, nor mostly ciphertext
+    name = path.rpartition(b"/")[2]
+    stem, dot, ext = name.rpartition(b".")
+    types = EXTENSION_TYPES.get(os.fsdecode(ext).lower()) if dot and stem else None
+    if types is None:
+        # Incompressible, and no extension that says why: unless the first bytes name a
+        # compressed format (git's loose objects are zlib streams without an extension).
+        if ratio <= 0.95:
+            return False
+        wanted = [(off, sig) for fmt, off, sig in MAGIC if fmt in COMPRESSED_TYPES]
+        head = head or _head(path)
+        return not any(head[off:off + len(sig)] == sig for off, sig in wanted)
+    if "text" in types:
+        return ratio > 0.5
+    wanted = [(off, sig) for fmt, off, sig in MAGIC if fmt in types]
+    if not wanted:
+        return not (types & COMPRESSED_TYPES) and ratio > 0.95
+    head = head or _head(path)
+    return not any(head[off:off + len(sig)] == sig for off, sig in wanted)
+
+
+def _head(path: bytes) -> bytes:
+    """The first bytes of a file (when its read kept none: a block-level increment)."""
+    try:
+        fd = os.open(path, _OPEN)
+    except OSError:
+        return b""
+    try:
+        return os.pread(fd, HEAD_BYTES, 0)
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
+
+
+def _probe(path: bytes, size: int) -> list[Any] | None:
+    """The anomaly model's content probe of a file just read (its blocks are in the page
+    cache): a few blocks at the offsets the model names, never the whole file."""
+    from corestate.node.core.anomaly.features import probe, sample_plan
+    try:
+        fd = os.open(path, _OPEN)
+    except OSError:
+        return None
+    try:
+        blocks = [os.pread(fd, n, off) for off, n in sample_plan(size, max_blocks=PROBE_BLOCKS)]
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return probe(blocks).to_record()
 
 
 def _describe_error(exc: BaseException) -> tuple[str, Any]:

@@ -224,15 +224,32 @@ def test_ciphertext_by_design_and_resaved_documents_are_not_suspicious() -> None
 
 def test_header_kept_and_intermittent_encryption_are_seen_against_the_old_version() -> None:
     rng = random.Random(10)
-    old = b"%PDF-1.7\n" + _text(rng, 300_000)
+    old = _text(rng, 300_000)  # a big CSV, say
     head_kept = old[:4096] + _cipher(rng, len(old) - 4096)
     stripes = bytearray(old)
     for a in range(65536, len(old), 2 * 65536):
         stripes[a:a + 65536] = _cipher(rng, len(stripes[a:a + 65536]))
     for new, want in ((head_kept, "body-encrypted"), (bytes(stripes), "intermittent")):
         acc = an.Accumulator(files_before=10)
-        (s,) = acc.add(_obs("d/x.pdf", "changed", old, new, kept=0.0))
+        (s,) = acc.add(_obs("d/x.csv", "changed", old, new, kept=0.0))
         assert want in s.signals and s.suspicious, s
+
+
+def test_a_compressed_format_that_loses_its_end_of_file_structure() -> None:
+    rng = random.Random(13)
+    body = zlib.compress(_text(rng, 900_000), 6)
+    old = b"PK\x03\x04" + body + b"PK\x05\x06" + bytes(18)  # a docx, central directory last
+    assert an.probe(_blocks(old)).trailer == 1
+    stripes = bytearray(old)
+    for a in range(len(old) - 16384, 16384, -2 * 16384):  # every other block, the last one too
+        stripes[a:a + 16384] = _cipher(rng, 16384)
+    acc = an.Accumulator(files_before=10)
+    (s,) = acc.add(_obs("d/report.docx", "changed", old, bytes(stripes), kept=0.0))
+    assert "trailer-lost" in s.signals and s.suspicious, s
+    # re-saved, the same document keeps it: not suspicious
+    again = b"PK\x03\x04" + zlib.compress(_text(rng, 900_000), 6) + b"PK\x05\x06" + bytes(18)
+    assert not any(s.suspicious for s in acc.add(_obs("d/other.docx", "changed", old, again,
+                                                      kept=0.0)))
 
 
 def test_explain_details_carry_the_numbers_and_are_plain_data() -> None:

@@ -75,6 +75,16 @@ MAGIC: tuple[tuple[str, int, bytes], ...] = (
     ("pgp", 0, b"-----BEGIN PGP MESSAGE"),
 )
 
+# Formats with an end-of-file structure: format -> (bytes, how far from the end they may
+# be). The last block of :func:`sample_plan` always ends at the end of the file, so the
+# probe sees it; an encryption that keeps the header rarely keeps this too.
+TRAILERS: dict[str, tuple[bytes, int]] = {
+    "zip": (b"PK\x05\x06", 4096),   # end of central directory (docx, xlsx, jar, epub ...)
+    "pdf": (b"%%EOF", 1024),
+    "png": (b"IEND", 12),
+    "jpeg": (b"\xff\xd9", 512),
+}
+
 # Extension (lower case, no dot) -> the formats its content may have. An extension absent
 # here expects nothing (agreement is "unknown", never a mismatch).
 EXTENSION_TYPES: dict[str, frozenset[str]] = {
@@ -85,14 +95,14 @@ EXTENSION_TYPES: dict[str, frozenset[str]] = {
     "gz": frozenset({"gzip"}), "tgz": frozenset({"gzip"}), "zst": frozenset({"zstd"}),
     "xz": frozenset({"xz"}), "bz2": frozenset({"bzip2"}), "7z": frozenset({"7z"}),
     "sqlite": frozenset({"sqlite"}), "sqlite3": frozenset({"sqlite"}),
-    "db": frozenset({"sqlite"}), "doc": frozenset({"ole"}), "xls": frozenset({"ole"}),
+    "doc": frozenset({"ole"}), "xls": frozenset({"ole"}),
     "ppt": frozenset({"ole"}), "qcow2": frozenset({"qcow"}),
     "mp4": frozenset({"mp4"}), "m4a": frozenset({"mp4"}), "mov": frozenset({"mp4"}),
     "heic": frozenset({"mp4"}), "tar": frozenset({"tar"}),
     "wav": frozenset({"riff"}), "avi": frozenset({"riff"}), "webp": frozenset({"riff"}),
     "mkv": frozenset({"mkv"}), "webm": frozenset({"mkv"}), "mp3": frozenset({"mp3"}),
     "flac": frozenset({"flac"}), "ogg": frozenset({"ogg"}), "pack": frozenset({"git-pack"}),
-    "idx": frozenset({"git-idx"}), "so": frozenset({"elf"}), "o": frozenset({"elf"}),
+    "idx": frozenset({"git-idx"}), "so": frozenset({"elf", "text"}), "o": frozenset({"elf"}),
     "kdbx": frozenset({"kdbx"}), "age": frozenset({"age"}),
     **{e: frozenset({"tiff"}) for e in ("tif", "tiff", "cr2", "nef", "arw", "dng", "orf")},
     **{e: frozenset({"text"}) for e in ("txt", "md", "csv", "tsv", "json", "xml", "html",
@@ -104,7 +114,7 @@ EXTENSION_TYPES: dict[str, frozenset[str]] = {
 # Formats whose bytes are compressed (or random) by design: high entropy there is no news.
 COMPRESSED_TYPES = frozenset({"zip", "png", "jpeg", "gif", "gzip", "zstd", "xz", "bzip2", "7z",
                               "mp4", "mkv", "mp3", "flac", "ogg", "git-pack", "zlib",
-                              "git-idx", "kdbx", "age", "tiff"})  # and hash tables, ciphertext
+                              "git-idx", "kdbx", "age", "tiff", "pdf"})  # and hash tables, ciphertext
 
 # Extensions whose content is ciphertext by design (a password safe, an encrypted file the
 # user made): random bytes there are no news, unless the file was renamed into them.
@@ -195,16 +205,10 @@ def looks_like_text(data: bytes) -> bool:
     counts = histogram(data)
     if counts[0]:
         return False
-    if counts[~_TEXT].sum() > 0.02 * len(data):
-        return False
-    if counts[128:].sum():
-        try:
-            bytes(data).decode("utf-8")
-        except UnicodeDecodeError as e:
-            # A block cut mid-character is still text.
-            if e.start < len(data) - 4:
-                return False
-    return True
+    # Control bytes (not tab, CR, LF, FF) at most 2%; bytes >= 128 are allowed whatever
+    # the encoding (UTF-8, Latin-1, CP1252 text): random or compressed data has ~11%
+    # control bytes and NULs, so it never passes.
+    return not counts[~_TEXT].sum() > 0.02 * len(data)
 
 
 def looks_like_base64(data: bytes) -> bool:
@@ -253,6 +257,7 @@ class ContentProbe:
     sampled: int = 0        # bytes sampled (0 in records made before this field existed)
     body_entropy: float = 0.0  # the same measures over the blocks after the head
     body_chi2: float = 0.0
+    trailer: int = -1       # the format's end-of-file structure: 1 there, 0 missing, -1 n/a
 
     @property
     def random_like(self) -> bool:
@@ -271,27 +276,31 @@ class ContentProbe:
         """A compact list for the node to keep with the file (CBOR/JSON friendly)."""
         return [self.magic, round(self.entropy, 3), round(self.chi2, 1),
                 round(self.random_blocks, 3), self.text, self.base64, self.note_words,
-                self.sampled, round(self.body_entropy, 3), round(self.body_chi2, 1)]
+                self.sampled, round(self.body_entropy, 3), round(self.body_chi2, 1),
+                self.trailer]
 
     @classmethod
     def from_record(cls, rec: Sequence[object]) -> ContentProbe:
         """Inverse of :meth:`to_record` (also reads the 7-field records of the first
         version); raises ValueError on anything else."""
-        if not isinstance(rec, (list, tuple)) or len(rec) not in (7, 10):
+        if not isinstance(rec, (list, tuple)) or len(rec) not in (7, 10, 11):
             raise ValueError("not a content probe record")
         magic, ent, c2, rb, text, b64, nw, *body = rec
         if not (isinstance(magic, str) and isinstance(text, bool) and isinstance(b64, bool)):
             raise ValueError("not a content probe record")
-        nums: list[Any] = [ent, c2, rb, nw, *(body or (0, 0.0, 0.0))]
+        nums: list[Any] = [ent, c2, rb, nw, *(body or (0, 0.0, 0.0)),
+                           *((-1,) if len(body) < 4 else ())]
         try:
             return cls(magic, float(nums[0]), float(nums[1]), float(nums[2]), text, b64,
-                       int(nums[3]), int(nums[4]), float(nums[5]), float(nums[6]))
+                       int(nums[3]), int(nums[4]), float(nums[5]), float(nums[6]),
+                       int(nums[7]))
         except (TypeError, ValueError):
             raise ValueError("not a content probe record")
 
 
 def probe(blocks: Sequence[bytes]) -> ContentProbe:
-    """Probe a file version from the blocks :func:`sample_plan` names, head block first."""
+    """Probe a file version from the blocks :func:`sample_plan` names, head block first
+    (the last one ends at the end of the file)."""
     if not blocks or not blocks[0]:
         return ContentProbe("", 0.0, 0.0, 0.0, False, False, 0)
     head = blocks[0]
@@ -337,4 +346,13 @@ def probe(blocks: Sequence[bytes]) -> ContentProbe:
         sampled=len(joined),
         body_entropy=entropy_of(body),
         body_chi2=chi2_of(body),
+        trailer=_trailer(magic, blocks[-1]),
     )
+
+
+def _trailer(magic: str, tail: bytes) -> int:
+    t = TRAILERS.get(magic)
+    if t is None:
+        return -1
+    sig, within = t
+    return int(sig in tail[-within:])

@@ -42,6 +42,8 @@ STREAM_MIN_FILES = 2       # ... and never fewer than this many in one backup
 _SIGNAL_WORDS: tuple[tuple[str, str], ...] = (
     ("encrypted_looking", "look encrypted (random bytes, unlike compression)"),
     ("body_encrypted", "kept their header but the rest looks encrypted"),
+    ("trailer_lost", "lost the end-of-file structure of their format (zip directory, "
+                     "PDF %%EOF, PNG IEND, JPEG end marker)"),
     ("intermittent", "are partly encrypted (random blocks inside a non-random file)"),
     ("base64_output", "turned into base64-looking text (masked ciphertext)"),
     ("magic_lost", "lost the format (or the text) their previous version had"),

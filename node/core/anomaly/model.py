@@ -26,7 +26,7 @@ import numpy as np
 from .baseline import AnomalyStateError, Baseline
 from .observe import Features
 
-MODEL_FORMAT = 2
+MODEL_FORMAT = 3
 
 # Only the strong per-file signals get inputs of their own (each says "this content became
 # ciphertext-like or lost its format"); the weak ones (a rename, an entropy rise, a file
@@ -34,7 +34,8 @@ MODEL_FORMAT = 2
 # showed why: given them one by one, the model learnt a rename to a new extension as an
 # attack and alerted on a media transcode it had not seen.
 STRONG_SIGNALS: tuple[str, ...] = ("encrypted_looking", "body_encrypted", "intermittent",
-                                   "base64_output", "magic_lost", "extension_mismatch")
+                                   "base64_output", "magic_lost", "extension_mismatch",
+                                   "trailer_lost")
 
 INPUT_NAMES: tuple[str, ...] = (
     "suspicious_excess_log",

@@ -78,6 +78,7 @@ class FileObs:
 SIGNAL_WEIGHTS: dict[str, float] = {
     "encrypted-looking": 1.0,  # the sample is random like ciphertext, not like compression
     "body-encrypted": 1.0,     # the head is intact, the blocks after it look like ciphertext
+    "trailer-lost": 1.0,       # the format's end-of-file structure (zip directory, %%EOF) went
     "magic-lost": 0.6,         # the old version had a known format, this one another/none
     "extension-mismatch": 0.6,  # the content's format is not what the extension says
     "intermittent": 1.0,       # a share of blocks look like ciphertext in a non-random type
@@ -110,7 +111,8 @@ def file_signals(obs: FileObs, paired_old: ContentProbe | None = None,
                  renamed_ext: bool = False) -> FileSignals:
     """The signals of one added/changed/renamed file (a deletion has none)."""
     new = obs.new
-    if obs.change == "deleted" or new is None:
+    if obs.change == "deleted" or new is None or (new.sampled == 0 and obs.size_new == 0):
+        # (an emptied file says nothing about its content)
         return FileSignals(obs.path, obs.change, (), 0.0)
     old = obs.old if obs.old is not None else paired_old
     ext = split_ext(obs.path)[2]
@@ -142,15 +144,20 @@ def file_signals(obs: FileObs, paired_old: ContentProbe | None = None,
     if (extension_agrees(ext, new.magic) is False and new.magic != "text") or (
             new.magic == "" and expected and new.entropy > 7.0):
         out.append("extension-mismatch")
-    # Intermittent encryption: blocks of ciphertext between intact ones. Against the old
-    # version (any type): the share of random-looking blocks jumped. Without one: only in
-    # a type that is not compressed (a compressed format's blocks may look random alone).
-    if "encrypted-looking" not in out and (
+    # Intermittent encryption: blocks of ciphertext between intact ones: the share of
+    # random-looking blocks jumped against the old version (or, without one, is high in a
+    # type whose blocks never look random).
+    # Not in a compressed format: real deflate, JPEG or video blocks look random alone
+    # (measured on real .gz files: all of their 4 KiB blocks do); there the end-of-file
+    # structure (trailer-lost) and the other signals speak instead.
+    if "encrypted-looking" not in out and not compressed_type and (
             (old is not None and new.random_blocks >= 0.25
              and new.random_blocks - old.random_blocks >= 0.2)
             or (old is None and not new.random_like and new.random_blocks >= 0.25
-                and not compressed_type and bool(expected))):
+                and bool(expected))):
         out.append("intermittent")
+    if old is not None and old.trailer == 1 and new.trailer == 0:
+        out.append("trailer-lost")
     if new.base64 and old is not None and not old.base64:
         # Only a file that turned into base64 counts: new base64 files (keys, mail) are common.
         out.append("base64-output")
@@ -189,6 +196,7 @@ class Features:
     suspicious_share: float = 0.0  # of the added+changed+renamed files
     encrypted_looking: float = 0.0
     body_encrypted: float = 0.0
+    trailer_lost: float = 0.0
     magic_lost: float = 0.0
     extension_mismatch: float = 0.0
     intermittent: float = 0.0

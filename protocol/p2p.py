@@ -19,6 +19,10 @@ at EOF, ``send_all``, ``aclose``), never a libp2p type. Invariants:
   once. Retries belong to the caller, so libp2p's own per-address retries are off.
 - A peer killed mid-stream looks like a clean EOF here (yamux cannot tell); the lengths
   and hashes of the wire protocol catch it (``Channel.receive_bulk``).
+- A protocol-negotiation (multistream-select) message longer than
+  ``NEGOTIATION_MAX_BYTES`` is refused before its body is read: libp2p 0.8.1 reads it
+  with no limit (advisory GHSA-hmjq-g7pp-rw3x, fixed in 0.8.2), so a stranger could make
+  a host allocate what its length prefix claims. See :func:`_cap_negotiation`.
 """
 
 from __future__ import annotations
@@ -41,15 +45,20 @@ from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.discovery.events.peerDiscovery import peerDiscovery
 from libp2p.discovery.mdns.mdns import MDNSDiscovery
+from libp2p.exceptions import ParseError
 from libp2p.host.basic_host import BasicHost
+from libp2p.io.exceptions import IOException
 from libp2p.network.config import RetryConfig
 from libp2p.network.stream.exceptions import StreamError
 from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
+from libp2p.protocol_muxer.exceptions import MultiselectCommunicatorError
+from libp2p.protocol_muxer.multiselect_communicator import MultiselectCommunicator
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.utils.varint import read_varint_prefixed_bytes_limited
 
 if TYPE_CHECKING:
     from corestate.protocol.streams import Stream
@@ -69,6 +78,35 @@ CLOSE_TIMEOUT = 5.0
 ADDR_TTL = 24 * 3600
 # Happy eyeballs: the next address is tried when the previous one failed or after this.
 NEXT_ADDR_DELAY = 0.25
+# The longest multistream-select message we read (go-multistream refuses more than 1 KiB
+# too); a protocol id of ours is a few dozen bytes.
+NEGOTIATION_MAX_BYTES = 1024
+
+
+async def _capped_negotiation_read(self: MultiselectCommunicator) -> str:
+    """``MultiselectCommunicator.read`` with the length prefix checked before the body."""
+    try:
+        data = await read_varint_prefixed_bytes_limited(self.read_writer, NEGOTIATION_MAX_BYTES)
+    except (ParseError, IOException) as e:  # MessageTooLarge is an IOException
+        raise MultiselectCommunicatorError(f"refused negotiation message: {e}") from e
+    if not data or data[-1:] != b"\n":
+        raise MultiselectCommunicatorError("negotiation message not delimited by a newline")
+    return data[:-1].decode()
+
+
+def _cap_negotiation() -> None:
+    """Put the size cap into libp2p's multistream reader, for every user of it (the
+    security and muxer negotiation of each connection, the protocol of each stream).
+
+    Pinned to libp2p 0.8.1 (``pyproject.toml``): its ``MultiselectCommunicator.read``
+    is the one reader of negotiation messages, and ``read_writer`` its byte stream.
+    There is no public hook for this; replacing the method on the class is the smallest
+    change that covers the hosts libp2p builds internally.
+    """
+    MultiselectCommunicator.read = _capped_negotiation_read  # type: ignore[method-assign]
+
+
+_cap_negotiation()
 
 
 class P2PStream:

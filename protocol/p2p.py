@@ -23,14 +23,31 @@ at EOF, ``send_all``, ``aclose``), never a libp2p type. Invariants:
   ``NEGOTIATION_MAX_BYTES`` is refused before its body is read: libp2p 0.8.1 reads it
   with no limit (advisory GHSA-hmjq-g7pp-rw3x, fixed in 0.8.2), so a stranger could make
   a host allocate what its length prefix claims. See :func:`_cap_negotiation`.
+
+Relays and hole punching (circuit relay v2, DCUtR; :class:`RelayOptions`):
+
+- Every host accepts relayed connections (the STOP side) and can dial through a relay
+  (:meth:`P2PHost.open_stream` with a ``/p2p-circuit`` address; libp2p's swarm skips
+  those, so we dial them through the relay transport ourselves, after the direct ones).
+- A host with ``hop`` relays for the peers its policy admits (:meth:`set_relay_policy`,
+  the group's members) and for no one else: a reservation or connect from anyone else is
+  answered PERMISSION_DENIED before its message is read.
+- Only the side that *accepted* a relayed connection starts DCUtR (libp2p would start
+  it on both ends; the two sessions collide on the listen port). Once a direct
+  connection exists, libp2p picks it for new streams; the relayed one stays open
+  (libp2p closes it 60 s later) and is dialed again when the direct one drops.
+- A stream carried by a relayed connection is rate-limited to ``relayed_rate`` bytes/s
+  when sending (bulk over a member's uplink must not starve it).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import ifaddr
@@ -39,6 +56,7 @@ import trio
 from corestate.protocol.errors import PeerUnreachable, ProtocolError
 from libp2p import new_host
 from libp2p.abc import INetStream, PeerInfo
+from libp2p.connection_types import ConnectionType
 from libp2p.crypto.ed25519 import Ed25519PrivateKey
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
@@ -54,16 +72,27 @@ from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.protocol_muxer.exceptions import MultiselectCommunicatorError
 from libp2p.protocol_muxer.multiselect_communicator import MultiselectCommunicator
+from libp2p.rcmgr.metrics import Direction
+from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
+from libp2p.relay.circuit_v2.dcutr import DCUtRProtocol
+from libp2p.relay.circuit_v2.pb.circuit_pb2 import HopMessage
+from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as HOP_PROTOCOL_ID
+from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol
+from libp2p.relay.circuit_v2.protocol_buffer import StatusCode, to_proto_status
+from libp2p.relay.circuit_v2.resources import RelayLimits
+from libp2p.relay.circuit_v2.transport import CircuitV2Transport
+from libp2p.relay.circuit_v2.utils import write_delimited_msg
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.tools.anyio_service import background_trio_service
 from libp2p.utils.varint import read_varint_prefixed_bytes_limited
 
 if TYPE_CHECKING:
     from corestate.protocol.streams import Stream
 
-__all__ = ["CLOSE_TIMEOUT", "P2PHost", "P2PStream", "open_host"]
+__all__ = ["CLOSE_TIMEOUT", "P2PHost", "P2PStream", "RelayOptions", "open_host"]
 
 log = logging.getLogger("corestate.p2p")
 
@@ -108,6 +137,93 @@ def _cap_negotiation() -> None:
 
 _cap_negotiation()
 
+CIRCUIT = "/p2p-circuit"
+# DCUtR's direct dials: libp2p waits 10 s on an unreachable address by default; a hole
+# punch either works within a round trip or two, or not at all.
+HOLE_PUNCH_DIAL_TIMEOUT = 3
+HOLE_PUNCH_ATTEMPTS = 3
+HOLE_PUNCH_POLL = 1.0
+
+
+@dataclass(frozen=True)
+class RelayOptions:
+    """What a host does about relays (config ``[relay]``).
+
+    ``hop``: relay for admitted peers; the limits apply to each circuit through us
+    (``circuit_bytes`` both directions together, ``circuit_seconds`` from its start) and
+    to us as a whole (``max_reservations``, ``max_circuits`` per reserved peer).
+    ``relayed_rate``: bytes/s a stream of ours may send over a relayed connection
+    (0: no limit). ``hole_punch``: run DCUtR.
+    """
+
+    hop: bool = False
+    circuit_bytes: int = 4 * 2**30
+    circuit_seconds: int = 2 * 3600
+    reservation_seconds: int = 3600
+    max_reservations: int = 32
+    max_circuits: int = 8
+    relayed_rate: int = 0
+    hole_punch: bool = True
+
+
+class _TokenBucket:
+    """``rate`` bytes per second, bursts of one second's worth; shared by a host's
+    relayed streams."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self._tokens = float(rate)
+        self._stamp = time.monotonic()
+        self._lock = trio.Lock()
+
+    async def take(self, n: int) -> None:
+        async with self._lock:
+            while True:
+                now = time.monotonic()
+                self._tokens = min(float(self.rate), self._tokens + (now - self._stamp) * self.rate)
+                self._stamp = now
+                if self._tokens >= min(n, self.rate):
+                    self._tokens -= n  # may go negative for a large write: paid later
+                    return
+                await trio.sleep((min(n, self.rate) - self._tokens) / self.rate)
+
+
+class _InboundOnlyDCUtR(DCUtRProtocol):
+    """DCUtR started only by the side that accepted the relayed connection.
+
+    libp2p 0.8.1's own drive loop starts a hole punch from both ends, and the two
+    sessions collide on the listen port; this replaces that loop (the one override) and
+    keeps libp2p's session, dial and verification code.
+    """
+
+    async def _auto_drive_loop(self) -> None:
+        while True:
+            await trio.sleep(HOLE_PUNCH_POLL)
+            swarm = self.host.get_network()
+            for pid, conns in list(getattr(swarm, "connections", {}).items()):
+                if pid in self._in_progress or pid in self._direct_connections:
+                    continue
+                if self._hole_punch_attempts.get(pid, 0) >= HOLE_PUNCH_ATTEMPTS:
+                    continue
+                live = [c for c in conns if not c.is_closed]
+                if any(not _is_relayed(c) for c in live):
+                    continue
+                if not any(_is_relayed(c) and c.direction == Direction.INBOUND for c in live):
+                    continue
+                try:
+                    await self.initiate_hole_punch(pid)
+                except Exception:
+                    log.debug("hole punch to %s failed", pid, exc_info=True)
+
+
+def _is_relayed(conn: Any) -> bool:
+    try:
+        if conn.get_connection_type() == ConnectionType.RELAYED:
+            return True
+        return any(CIRCUIT in str(a) for a in conn.get_transport_addresses())
+    except Exception:
+        return False
+
 
 class P2PStream:
     """Our ``Stream`` over a libp2p stream; ``remote_peer`` is the authenticated PeerID.
@@ -118,10 +234,12 @@ class P2PStream:
     ``trio.ClosedResourceError``.
     """
 
-    def __init__(self, net_stream: INetStream) -> None:
+    def __init__(self, net_stream: INetStream, relayed_bucket: _TokenBucket | None = None) -> None:
         self._net = net_stream
         self.remote_peer = str(net_stream.muxed_conn.peer_id)
         self._closed = False
+        self.relayed = _is_relayed(net_stream.muxed_conn)
+        self._bucket = relayed_bucket if self.relayed else None
 
     async def receive_some(self, max_bytes: int = 65536) -> bytes:
         if self._closed:
@@ -138,6 +256,8 @@ class P2PStream:
             raise trio.ClosedResourceError("stream was closed")
         if not data:
             return
+        if self._bucket is not None:
+            await self._bucket.take(len(data))
         try:
             await self._net.write(bytes(data))
         except StreamError as e:
@@ -170,12 +290,21 @@ class P2PStream:
 class P2PHost:
     """A running libp2p host (make one with :func:`open_host`)."""
 
-    def __init__(self, host: BasicHost, peer_id: str) -> None:
+    def __init__(self, host: BasicHost, peer_id: str, relay: RelayOptions | None = None) -> None:
         self._host = host
         swarm = host.get_network()
         assert isinstance(swarm, Swarm)
         self._swarm = swarm
         self.peer_id = peer_id
+        self.relay_options = relay or RelayOptions()
+        self._bucket = (
+            _TokenBucket(self.relay_options.relayed_rate) if self.relay_options.relayed_rate else None
+        )
+        self._relay_allow: Callable[[str], bool] = lambda peer: False
+        self._relay_proto: CircuitV2Protocol | None = None
+        self._relay_transport: CircuitV2Transport | None = None
+        self._nursery: trio.Nursery | None = None
+        self._reservations: dict[str, float] = {}  # relay peer -> expiry (unix time)
         self._dial_locks: dict[str, trio.Lock] = {}
         self._discovery_cbs: list[DiscoveryCallback] = []
         self._trio_token: trio.lowlevel.TrioToken | None = None
@@ -217,7 +346,7 @@ class P2PHost:
         """
 
         async def serve(net_stream: INetStream) -> None:
-            stream = P2PStream(net_stream)
+            stream = P2PStream(net_stream, self._bucket)
             try:
                 await handler(stream)
             except Exception:
@@ -269,7 +398,7 @@ class P2PHost:
                     await self._ensure_connected(pid, given)
             if net_stream is None:
                 net_stream = await self._new_stream(pid, protocol_id, peer_id)
-            return P2PStream(net_stream)
+            return P2PStream(net_stream, self._bucket)
         assert scope.cancelled_caught
         tried = ", ".join(str(a) for a in self._candidates(pid, given)) or "no known address"
         raise PeerUnreachable(
@@ -313,7 +442,8 @@ class P2PHost:
         for addr in [*given, *known]:
             if str(addr) not in {str(a) for a in out}:
                 out.append(addr)
-        return out
+        # Direct and LAN addresses first, relayed ones after (stable otherwise).
+        return sorted(out, key=lambda a: CIRCUIT in str(a))
 
     async def _dial_any(self, pid: ID, candidates: list[multiaddr.Multiaddr]) -> None:
         """Dial the addresses in order, each one started when the previous one failed or
@@ -326,7 +456,10 @@ class P2PHost:
             async def attempt(addr: multiaddr.Multiaddr, failed: trio.Event) -> None:
                 nonlocal won
                 try:
-                    await self._swarm.dial_addr(addr, pid)
+                    if CIRCUIT in str(addr):
+                        await self._dial_circuit(addr)
+                    else:
+                        await self._swarm.dial_addr(addr, pid)
                 except Exception as e:
                     errors.append(f"{addr}: {_describe(e)}")
                     failed.set()
@@ -341,6 +474,94 @@ class P2PHost:
                     await failed.wait()
         if not won:
             raise PeerUnreachable(f"peer {pid} unreachable: " + "; ".join(errors), peer=str(pid))
+
+    async def _dial_circuit(self, addr: multiaddr.Multiaddr) -> None:
+        """A relayed connection through the relay named in ``addr`` (whose own address,
+        if ``addr`` carries one, is dialed first)."""
+        if self._relay_transport is None:
+            raise ProtocolError("this host does not dial through relays")
+        relay_part = str(addr).partition(CIRCUIT)[0]
+        relay_maddr = multiaddr.Multiaddr(relay_part)
+        relay_id = relay_maddr.value_for_protocol("p2p")
+        if relay_id == self.peer_id:
+            raise PeerUnreachable("a circuit through ourselves", peer=str(relay_id))
+        if relay_id and str(relay_maddr) != f"/p2p/{relay_id}":
+            await self._ensure_connected(
+                _parse_peer_id(relay_id), [_transport_addr(relay_part, relay_id)]
+            )
+        await self._relay_transport.dial(addr)
+
+    # -- relays ------------------------------------------------------------------------
+
+    def set_relay_policy(self, allow: Callable[[str], bool]) -> None:
+        """Relay (hop) only for the peers ``allow(peer_id)`` admits; refuse all others."""
+        self._relay_allow = allow
+
+    async def reserve(self, relay_peer: str, addrs: Sequence[str] = (), *, timeout: float = 10.0) -> list[str]:
+        """Reserve a slot on ``relay_peer`` (or refresh ours); return our circuit
+        addresses through it, one per direct address of the relay we know.
+
+        Raises ``PeerUnreachable`` when the relay cannot be reached or refuses.
+        """
+        if self._relay_transport is None or self._nursery is None:
+            raise ProtocolError("relays are off on this host")
+        pid = _parse_peer_id(relay_peer)
+        given = [_transport_addr(a, relay_peer) for a in addrs if CIRCUIT not in a]
+        if given:
+            self._host.get_peerstore().add_addrs(pid, given, ADDR_TTL)
+        with trio.move_on_after(timeout):
+            await self._ensure_connected(pid, given)
+            stream = await self._host.new_stream(pid, [HOP_PROTOCOL_ID])
+            try:
+                ok = await self._relay_transport.reserve(stream, pid, self._nursery)
+            finally:
+                with trio.move_on_after(CLOSE_TIMEOUT):
+                    try:
+                        await stream.close()
+                    except Exception:
+                        pass
+            if not ok:
+                raise PeerUnreachable(f"relay {relay_peer} refused a reservation", peer=relay_peer)
+            self._reservations[relay_peer] = time.time() + self.relay_options.reservation_seconds
+            direct = [
+                a for a in self._candidates(pid, given) if CIRCUIT not in str(a) and not _is_wildcard(str(a))
+            ]
+            return [f"{a}/p2p/{relay_peer}{CIRCUIT}/p2p/{self.peer_id}" for a in direct]
+        raise PeerUnreachable(f"relay {relay_peer}: no reservation within {timeout:g} s", peer=relay_peer)
+
+    def connection(self, peer_id: str) -> str:
+        """``"direct"``, ``"relayed"`` or ``"none"``: our best live connection to the peer."""
+        try:
+            pid = _parse_peer_id(peer_id)
+        except ValueError:
+            return "none"
+        live = [c for c in self._swarm.connections.get(pid, []) if not c.is_closed]
+        if not live:
+            return "none"
+        return "relayed" if all(_is_relayed(c) for c in live) else "direct"
+
+    async def _serve_hop(self, net_stream: INetStream) -> None:
+        """The hop protocol for admitted peers only (module docstring)."""
+        proto = self._relay_proto
+        peer = str(net_stream.muxed_conn.peer_id)
+        try:
+            if proto is None or not self._relay_allow(peer):
+                log.info("relay refused to %s: not a member", peer)
+                refusal = HopMessage(
+                    type=HopMessage.STATUS, status=to_proto_status(StatusCode.PERMISSION_DENIED)
+                )
+                with trio.move_on_after(CLOSE_TIMEOUT):
+                    await write_delimited_msg(net_stream, refusal)
+                    await net_stream.close()
+                return
+            await proto._handle_hop_stream(net_stream)
+        except Exception:
+            log.warning("relay hop stream from %s failed", peer, exc_info=True)
+            with trio.move_on_after(1):
+                try:
+                    await net_stream.reset()
+                except Exception:
+                    pass
 
     async def _close_connections(self) -> None:
         # libp2p's shutdown cancels its connections without closing the sockets of the
@@ -421,10 +642,13 @@ async def open_host(
     listen: Sequence[str] = ("/ip4/0.0.0.0/tcp/0",),
     *,
     mdns: bool = False,
+    relay: RelayOptions | None = None,
 ) -> AsyncIterator[P2PHost]:
     """Run a host with the identity of ``identity_seed``, listening on ``listen``.
 
     Must be entered inside trio; on exit the listeners and all connections are closed.
+    ``relay`` says whether we relay for others, our rate over relays and whether we
+    punch holes (module docstring); relayed connections are always accepted and dialed.
     """
     key_pair = _key_pair(identity_seed)
     listen_addrs = [multiaddr.Multiaddr(a) for a in listen]
@@ -445,20 +669,42 @@ async def open_host(
     # One attempt per address: retrying is the caller's decision, and libp2p's backoff
     # (0.1 + 0.2 + 0.4 s per address) would only delay a PeerUnreachable.
     swarm.retry_config = RetryConfig(max_retries=0)
-    p2p = P2PHost(host, str(host.get_id()))
-    async with host.run(listen_addrs):
+    options = relay or RelayOptions()
+    p2p = P2PHost(host, str(host.get_id()), options)
+    limits = RelayLimits(
+        duration=options.circuit_seconds,
+        data=options.circuit_bytes,
+        max_circuit_conns=options.max_circuits,
+        max_reservations=options.max_reservations,
+        reservation_ttl=options.reservation_seconds,
+    )
+    proto = CircuitV2Protocol(host, limits=limits, allow_hop=options.hop)
+    # STOP only: the transport must not reserve on a relay it dials through.
+    transport = CircuitV2Transport(host, proto, RelayConfig(roles=RelayRole.STOP, limits=limits))
+    p2p._relay_proto, p2p._relay_transport = proto, transport
+    async with host.run(listen_addrs), trio.open_nursery() as nursery:
         if len(swarm.listeners) < len(listen_addrs):
             bound = [str(a) for a in host.get_transport_addrs()]
             raise ProtocolError(
                 f"cannot listen on {', '.join(listen)} (bound: {', '.join(bound) or 'none'})",
                 hint="is another daemon using the port?",
             )
-        p2p._start(mdns)
-        try:
-            yield p2p
-        finally:
-            p2p._stop()
-            await p2p._close_connections()
+        p2p._nursery = nursery
+        async with AsyncExitStack() as services:
+            await services.enter_async_context(background_trio_service(proto))
+            await proto.event_started.wait()
+            if options.hop:  # replaces libp2p's handler with the gated one
+                host.set_stream_handler(HOP_PROTOCOL_ID, p2p._serve_hop)
+            if options.hole_punch:
+                dcutr = _InboundOnlyDCUtR(host, dial_timeout=HOLE_PUNCH_DIAL_TIMEOUT)
+                await services.enter_async_context(background_trio_service(dcutr))
+            p2p._start(mdns)
+            try:
+                yield p2p
+            finally:
+                p2p._stop()
+                await p2p._close_connections()
+                nursery.cancel_scope.cancel()
 
 
 def _key_pair(seed: bytes) -> KeyPair:
@@ -476,7 +722,17 @@ def _parse_peer_id(peer_id: str) -> ID:
 
 
 def _transport_addr(addr: str, peer_id: str) -> multiaddr.Multiaddr:
-    """``addr`` without its ``/p2p/<id>`` part, which must name ``peer_id`` if present."""
+    """``addr`` without its ``/p2p/<id>`` part, which must name ``peer_id`` if present.
+
+    A circuit address (``<relay>/p2p/<relay id>/p2p-circuit/p2p/<peer>``) is kept whole:
+    its last ``/p2p`` must name ``peer_id``, or is added."""
+    if CIRCUIT in addr:
+        relay_part, _, target = addr.partition(CIRCUIT)
+        target = target.strip("/")
+        if target and target != f"p2p/{peer_id}":
+            raise ValueError(f"circuit address {addr} leads to another peer than {peer_id}")
+        multiaddr.Multiaddr(relay_part)  # a malformed relay part fails here
+        return multiaddr.Multiaddr(f"{relay_part}{CIRCUIT}/p2p/{peer_id}")
     maddr = multiaddr.Multiaddr(addr)
     try:
         named = maddr.value_for_protocol("p2p")

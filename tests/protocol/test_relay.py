@@ -1,0 +1,102 @@
+"""Circuit relay v2 and DCUtR through corestate.protocol.p2p, on loopback.
+
+A relay serves the peers its policy admits and refuses the others; a peer with a
+reservation is reachable through its circuit address alone; the connection is reported
+relayed, then direct once DCUtR upgraded it (on loopback nothing stands in the way).
+The NAT lab (tests/node/test_nat_lab.py) does the same across real NATs.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import trio
+from corestate.protocol.errors import PeerUnreachable
+from corestate.protocol.keys import NodeKeys
+from corestate.protocol.p2p import RelayOptions, open_host
+from corestate.protocol.streams import Stream
+
+LOOPBACK = ("/ip4/127.0.0.1/tcp/0",)
+ECHO = "/corestate/test-echo/1"
+
+
+def seed(n: int) -> bytes:
+    return NodeKeys.from_root(bytes([n]) * 32).identity_seed
+
+
+async def echo(stream: Stream) -> None:
+    while data := await stream.receive_some():
+        await stream.send_all(data)
+
+
+async def roundtrip(stream: Stream, payload: bytes) -> bytes:
+    await stream.send_all(payload)
+    got = bytearray()
+    while len(got) < len(payload):
+        data = await stream.receive_some(65536)
+        assert data, f"EOF after {len(got)} of {len(payload)} bytes"
+        got += data
+    return bytes(got)
+
+
+async def test_a_member_is_reachable_through_its_circuit_and_strangers_are_refused() -> None:
+    no_punch = RelayOptions(hole_punch=False)
+    async with (
+        open_host(seed(1), LOOPBACK, relay=RelayOptions(hop=True)) as relay,
+        open_host(seed(2), LOOPBACK, relay=no_punch) as a,
+        open_host(seed(3), LOOPBACK, relay=no_punch) as b,
+        open_host(seed(4), LOOPBACK, relay=no_punch) as stranger,
+    ):
+        members = {a.peer_id, b.peer_id}
+        relay.set_relay_policy(lambda peer: peer in members)
+        a.set_handler(ECHO, echo)
+        with trio.fail_after(30):
+            circuits = await a.reserve(relay.peer_id, relay.addrs())
+        assert circuits and all("/p2p-circuit/p2p/" + a.peer_id in c for c in circuits)
+        assert all("/ip4/0.0.0.0/" not in c for c in circuits)
+
+        with pytest.raises(PeerUnreachable, match="refused"):
+            await stranger.reserve(relay.peer_id, relay.addrs(), timeout=20)
+        # A stranger cannot use the relay to reach a member either.
+        with pytest.raises(PeerUnreachable):
+            await stranger.open_stream(a.peer_id, ECHO, addrs=circuits, timeout=10)
+
+        with trio.fail_after(30):
+            stream = await b.open_stream(a.peer_id, ECHO, addrs=circuits)
+            payload = bytes(range(256)) * 4096  # 1 MiB through the relay
+            assert await roundtrip(stream, payload) == payload
+            await stream.aclose()
+        assert b.connection(a.peer_id) == "relayed"
+        assert a.connection(b.peer_id) == "relayed"
+        assert b.connection(stranger.peer_id) == "none"
+
+
+# libp2p 0.8.1 sometimes leaves the socket of a hole-punch dial that lost the race to the
+# garbage collector (seen 1 run in ~6 on loopback); the connections we hold are closed.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_dcutr_upgrades_a_relayed_connection_and_streams_go_direct() -> None:
+    async with (
+        open_host(seed(1), LOOPBACK, relay=RelayOptions(hop=True)) as relay,
+        open_host(seed(2), LOOPBACK) as a,
+        open_host(seed(3), LOOPBACK) as b,
+    ):
+        relay.set_relay_policy(lambda peer: True)
+        a.set_handler(ECHO, echo)
+        with trio.fail_after(30):
+            circuits = await a.reserve(relay.peer_id, relay.addrs())
+            stream = await b.open_stream(a.peer_id, ECHO, addrs=circuits)
+            assert await roundtrip(stream, b"x" * 1000) == b"x" * 1000
+        assert b.connection(a.peer_id) == "relayed"
+        started = time.monotonic()
+        with trio.fail_after(30):
+            while b.connection(a.peer_id) != "direct":
+                await trio.sleep(0.1)
+        print(f"direct after {time.monotonic() - started:.2f} s")
+        with trio.fail_after(30):
+            fresh = await b.open_stream(a.peer_id, ECHO)
+            assert not getattr(fresh, "relayed", True)
+            assert await roundtrip(fresh, b"y" * 100_000) == b"y" * 100_000
+        # The old stream over the relay still works (the relayed path is the fallback).
+        with trio.fail_after(30):
+            assert await roundtrip(stream, b"z" * 1000) == b"z" * 1000

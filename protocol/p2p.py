@@ -523,9 +523,11 @@ class P2PHost:
             if not ok:
                 raise PeerUnreachable(f"relay {relay_peer} refused a reservation", peer=relay_peer)
             self._reservations[relay_peer] = time.time() + self.relay_options.reservation_seconds
-            direct = [
-                a for a in self._candidates(pid, given) if CIRCUIT not in str(a) and not _is_wildcard(str(a))
-            ]
+            direct: list[str] = []
+            for a in self._candidates(pid, given):
+                text = str(a).removesuffix(f"/p2p/{relay_peer}")
+                if CIRCUIT not in text and not _is_wildcard(text) and text not in direct:
+                    direct.append(text)
             return [f"{a}/p2p/{relay_peer}{CIRCUIT}/p2p/{self.peer_id}" for a in direct]
         raise PeerUnreachable(f"relay {relay_peer}: no reservation within {timeout:g} s", peer=relay_peer)
 

@@ -138,6 +138,9 @@ def _cap_negotiation() -> None:
 _cap_negotiation()
 
 CIRCUIT = "/p2p-circuit"
+DIAL_BACK_PROTOCOL = "/corestate/dial-back/1"
+DIAL_BACK_TIMEOUT = 5.0
+DIAL_BACK_MAX_PORTS = 4
 # DCUtR's direct dials: libp2p waits 10 s on an unreachable address by default; a hole
 # punch either works within a round trip or two, or not at all.
 HOLE_PUNCH_DIAL_TIMEOUT = 3
@@ -214,6 +217,16 @@ class _InboundOnlyDCUtR(DCUtRProtocol):
                     await self.initiate_hole_punch(pid)
                 except Exception:
                     log.debug("hole punch to %s failed", pid, exc_info=True)
+
+
+async def _read_exactly(stream: Any, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        data = await stream.read(n - len(buf))
+        if not data:
+            raise EOFError(f"EOF after {len(buf)} of {n} bytes")
+        buf += data
+    return buf
 
 
 def _is_relayed(conn: Any) -> bool:
@@ -304,7 +317,8 @@ class P2PHost:
         self._relay_proto: CircuitV2Protocol | None = None
         self._relay_transport: CircuitV2Transport | None = None
         self._nursery: trio.Nursery | None = None
-        self._reservations: dict[str, float] = {}  # relay peer -> expiry (unix time)
+        self._circuits: dict[str, list[str]] = {}  # relay peer -> our circuit addresses through it
+        self._public: list[str] = []  # addresses members dialed back (dial_back), with /p2p
         self._dial_locks: dict[str, trio.Lock] = {}
         self._discovery_cbs: list[DiscoveryCallback] = []
         self._trio_token: trio.lowlevel.TrioToken | None = None
@@ -313,14 +327,26 @@ class P2PHost:
     # -- addresses -------------------------------------------------------------------
 
     def addrs(self) -> list[str]:
-        """Our listen addresses, ports resolved, wildcards expanded, with ``/p2p/<id>``."""
+        """Where peers can reach us, each with ``/p2p/<id>``: our listen addresses (ports
+        resolved, wildcards expanded), the public addresses members dialed back, our
+        circuit addresses through relays that hold a reservation for us; loopback last."""
         out: list[str] = []
         for addr in self._host.get_transport_addrs():
             for concrete in _expand_wildcard(addr):
                 full = f"{concrete}/p2p/{self.peer_id}"
                 if full not in out:
                     out.append(full)
-        return out
+        extra = [a for a in [*self._public, *(c for cs in self._circuits.values() for c in cs)] if a not in out]
+        loop = [a for a in out if _is_loopback(a)]
+        return [a for a in out if not _is_loopback(a)] + extra + loop
+
+    def listen_addrs(self) -> list[str]:
+        """Our listen addresses only (``addrs`` without public and circuit ones)."""
+        return [a for a in self.addrs() if a not in self._public and CIRCUIT not in a]
+
+    def set_public_addrs(self, addrs: Sequence[str]) -> None:
+        """Addresses members reached us at from outside (see :meth:`dial_back`)."""
+        self._public = [a if "/p2p/" in a else f"{a}/p2p/{self.peer_id}" for a in addrs]
 
     def add_addrs(self, peer_id: str, addrs: Sequence[str]) -> None:
         """Remember addresses of ``peer_id`` (``/p2p/<peer_id>`` suffix allowed)."""
@@ -521,15 +547,112 @@ class P2PHost:
                     except Exception:
                         pass
             if not ok:
+                self._circuits.pop(relay_peer, None)
                 raise PeerUnreachable(f"relay {relay_peer} refused a reservation", peer=relay_peer)
-            self._reservations[relay_peer] = time.time() + self.relay_options.reservation_seconds
             direct: list[str] = []
             for a in self._candidates(pid, given):
                 text = str(a).removesuffix(f"/p2p/{relay_peer}")
                 if CIRCUIT not in text and not _is_wildcard(text) and text not in direct:
                     direct.append(text)
-            return [f"{a}/p2p/{relay_peer}{CIRCUIT}/p2p/{self.peer_id}" for a in direct]
+            circuits = [f"{a}/p2p/{relay_peer}{CIRCUIT}/p2p/{self.peer_id}" for a in direct]
+            self._circuits[relay_peer] = circuits
+            return circuits
         raise PeerUnreachable(f"relay {relay_peer}: no reservation within {timeout:g} s", peer=relay_peer)
+
+    def drop_reservation(self, relay_peer: str) -> None:
+        """Stop advertising circuits through ``relay_peer`` (it expired or went away)."""
+        self._circuits.pop(relay_peer, None)
+
+    def relays(self) -> list[str]:
+        """The relays we hold a reservation on (and advertise circuits through)."""
+        return list(self._circuits)
+
+    # -- reachability (a dial back, AutoNAT's idea on a protocol of ours) ----------------
+
+    def serve_dial_back(self, allow: Callable[[str], bool]) -> None:
+        """Answer admitted peers' :meth:`dial_back` requests: a fresh TCP connection to
+        each port they name, at the address their connection to us comes from (never
+        another address: a member cannot aim us at a third party)."""
+
+        async def serve(net_stream: INetStream) -> None:
+            peer = str(net_stream.muxed_conn.peer_id)
+            try:
+                if not allow(peer) or _is_relayed(net_stream.muxed_conn):
+                    await net_stream.write(bytes([0]))
+                    return
+                with trio.fail_after(DIAL_BACK_TIMEOUT):
+                    count = (await _read_exactly(net_stream, 1))[0]
+                    raw = await _read_exactly(net_stream, 2 * min(count, DIAL_BACK_MAX_PORTS))
+                ports = [int.from_bytes(raw[i : i + 2], "big") for i in range(0, len(raw), 2)]
+                remote = net_stream.get_remote_address()
+                results = bytearray([len(ports)])
+                for port in ports:
+                    ok = False
+                    if remote is not None and 0 < port < 65536:
+                        with trio.move_on_after(DIAL_BACK_TIMEOUT):
+                            try:
+                                sock = await trio.open_tcp_stream(remote[0], port)
+                                await sock.aclose()
+                                ok = True
+                            except OSError:
+                                pass
+                    results.append(1 if ok else 0)
+                if remote is not None:
+                    results += remote[0].encode()[:64]
+                await net_stream.write(bytes(results))
+            except Exception:
+                log.debug("dial-back for %s failed", peer, exc_info=True)
+            finally:
+                with trio.move_on_after(CLOSE_TIMEOUT):
+                    try:
+                        await net_stream.close()
+                    except Exception:
+                        pass
+
+        self._host.set_stream_handler(TProtocol(DIAL_BACK_PROTOCOL), serve)
+
+    async def dial_back(self, peer_id: str, *, timeout: float = 15.0) -> list[str] | None:
+        """Ask ``peer_id`` (over a direct connection) to dial our listen ports at the
+        address it sees us at. The addresses it reached, ``[]`` when none, or None when
+        it could not tell (not directly connected, refused, no answer)."""
+        if self.connection(peer_id) != "direct":
+            return None
+        ports: list[int] = []
+        for a in self.listen_addrs():
+            if _is_loopback(a):
+                continue
+            port = int(multiaddr.Multiaddr(a).value_for_protocol("tcp") or 0)
+            if port and port not in ports:
+                ports.append(port)
+        if not ports:
+            return None
+        ports = ports[:DIAL_BACK_MAX_PORTS]
+        with trio.move_on_after(timeout):
+            try:
+                stream = await self._host.new_stream(_parse_peer_id(peer_id), [TProtocol(DIAL_BACK_PROTOCOL)])
+            except Exception:
+                return None
+            try:
+                await stream.write(bytes([len(ports)]) + b"".join(p.to_bytes(2, "big") for p in ports))
+                head = await _read_exactly(stream, 1)
+                if head[0] != len(ports):
+                    return None
+                flags = await _read_exactly(stream, len(ports))
+                seen = b""
+                while len(seen) < 64 and (more := await stream.read(64 - len(seen))):
+                    seen += more
+                ip = ipaddress.ip_address(seen.decode())
+            except Exception:
+                return None
+            finally:
+                with trio.move_on_after(CLOSE_TIMEOUT):
+                    try:
+                        await stream.close()
+                    except Exception:
+                        pass
+            proto = "ip4" if ip.version == 4 else "ip6"
+            return [f"/{proto}/{ip}/tcp/{p}" for p, ok in zip(ports, flags, strict=True) if ok]
+        return None
 
     def connection(self, peer_id: str) -> str:
         """``"direct"``, ``"relayed"`` or ``"none"``: our best live connection to the peer."""

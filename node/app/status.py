@@ -8,7 +8,7 @@ holders acknowledged at upload, asking nobody: ``check`` asks them).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from corestate.node.core.redundancy import Redundancy, classify
@@ -23,6 +23,8 @@ class Live:
     connected: frozenset[str] = frozenset()
     next_backup: int | None = None
     alerts: Sequence[c.Alert] = field(default_factory=tuple)
+    reachability: str = "unknown"
+    connections: Mapping[str, str] = field(default_factory=dict)  # peer -> direct / relayed
 
 
 def status(node: LocalNode, live: Live | None = None) -> c.StatusResult:
@@ -37,7 +39,8 @@ def status(node: LocalNode, live: Live | None = None) -> c.StatusResult:
         peers.append(c.PeerStatus(
             peer_id=peer, online=None if live is None else peer in live.connected,
             trusted=bool(e and e.trusted), member=peer in members,
-            last_seen_ns=(e.seen_ns or None) if e else None, shares=held.get(peer, (0, 0))[0]))
+            last_seen_ns=(e.seen_ns or None) if e else None, shares=held.get(peer, (0, 0))[0],
+            connection="none" if live is None else live.connections.get(peer, "none")))
     snaps = node.repo.snapshots()
     last = snaps[-1] if snaps else None
     return c.StatusResult(
@@ -51,6 +54,7 @@ def status(node: LocalNode, live: Live | None = None) -> c.StatusResult:
         redundancy=redundancy(node),
         alerts=tuple(c.AlertRecord(time_ns=a.time_ns, alert=a.alert, severity=a.severity,
                                    message=a.message) for a in (live.alerts if live else ())[-64:]),
+        reachability="unknown" if live is None else live.reachability,
     )
 
 

@@ -619,8 +619,6 @@ class P2PHost:
             return None
         ports: list[int] = []
         for a in self.listen_addrs():
-            if _is_loopback(a):
-                continue
             port = int(multiaddr.Multiaddr(a).value_for_protocol("tcp") or 0)
             if port and port not in ports:
                 ports.append(port)
@@ -631,6 +629,7 @@ class P2PHost:
             try:
                 stream = await self._host.new_stream(_parse_peer_id(peer_id), [TProtocol(DIAL_BACK_PROTOCOL)])
             except Exception:
+                log.debug("no dial-back stream to %s", peer_id, exc_info=True)
                 return None
             try:
                 await stream.write(bytes([len(ports)]) + b"".join(p.to_bytes(2, "big") for p in ports))
@@ -639,10 +638,17 @@ class P2PHost:
                     return None
                 flags = await _read_exactly(stream, len(ports))
                 seen = b""
-                while len(seen) < 64 and (more := await stream.read(64 - len(seen))):
+                while len(seen) < 64:
+                    try:
+                        more = await stream.read(64 - len(seen))
+                    except StreamError:  # EOF: the answer is complete
+                        break
+                    if not more:
+                        break
                     seen += more
                 ip = ipaddress.ip_address(seen.decode())
             except Exception:
+                log.debug("dial-back by %s failed", peer_id, exc_info=True)
                 return None
             finally:
                 with trio.move_on_after(CLOSE_TIMEOUT):

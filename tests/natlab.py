@@ -238,3 +238,40 @@ def relay_and_punch(lab: NatLab, python: str, *, size: int, wait: float) -> dict
     out = first_line(b, 120 + wait)
     out["circuits"] = ainfo["circuits"]
     return out
+
+
+# -- real daemons in the lab ------------------------------------------------------------------
+
+MESH_PORT = 4101
+PLACES = ("pub", "a", "b")  # node 1, 2, 3
+
+
+def nat_mesh(lab: NatLab, base: Any, *, config: str = "") -> Any:
+    """A created (not started) ``LocalMesh`` of three homes whose daemons run in the lab:
+    node 1 on the public host, node 2 at site A, node 3 at site B, each listening on its
+    lab address only. Their address books are empty: they meet through invites."""
+    from corestate.node.peers import AddressBook
+    from corestate.node.runtime.localmesh import LocalMesh, MeshNode
+
+    class NatMesh(LocalMesh):
+        def cmd(self, node: MeshNode, *args: str) -> list[str]:
+            base_cmd = super().cmd(node, *args)
+            if args[:2] == ("node", "run"):
+                return ["ip", "netns", "exec", lab.ns(PLACES[node.index]), *base_cmd]
+            return base_cmd
+
+    mesh = NatMesh(base, 3, config=config)
+    mesh.create()
+    for n in mesh.nodes:
+        n.port = MESH_PORT
+        cfg = n.home / "config.toml"
+        text = cfg.read_text()
+        old = next(line for line in text.splitlines() if line.startswith("listen = ["))
+        cfg.write_text(text.replace(old, f'listen = ["/ip4/{lab.ip(PLACES[n.index])}/tcp/{MESH_PORT}"]', 1))
+        book = AddressBook(n.home / "peers.db")
+        try:
+            for e in book.all():
+                book.remove(e.peer)
+        finally:
+            book.close()
+    return mesh

@@ -41,7 +41,8 @@ def judge(probes: Mapping[str, list[str] | None]) -> Verdict:
 
 def relays_to_try(members: Iterable[str], me: str, have: Iterable[str], failed: Mapping[str, float],
                   now: float, want: int, retry_after: float = 60.0) -> list[str]:
-    """Members to ask for a reservation now, in a stable order, enough to reach ``want``."""
+    """Members to ask for a reservation now, in a stable order (the caller stops once it
+    holds ``want``); none when it holds enough already."""
     held = set(have)
     need = want - len(held)
     if need <= 0:

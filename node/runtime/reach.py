@@ -35,6 +35,7 @@ PROBES = 3
 FAST = 5.0
 SLOW = 120.0
 RESERVE_TIMEOUT = 15.0
+RETRY_RELAY = 15.0  # a member that refused a slot (not public yet, perhaps) is asked again after this
 
 
 class ReachService:
@@ -101,7 +102,8 @@ class ReachService:
                 self._reserved_at.pop(relay, None)
             elif now - self._reserved_at.get(relay, now) >= self.reservation_seconds / 2:
                 await self._reserve(relay, now)  # a refresh
-        for relay in core.relays_to_try(members, self.group.me, self.host.relays(), self._failed, now, self.want):
+        for relay in core.relays_to_try(members, self.group.me, self.host.relays(), self._failed, now, self.want,
+                                        retry_after=RETRY_RELAY):
             if len(self.host.relays()) >= self.want:
                 break
             await self._reserve(relay, now)

@@ -100,3 +100,23 @@ async def test_dcutr_upgrades_a_relayed_connection_and_streams_go_direct() -> No
         # The old stream over the relay still works (the relayed path is the fallback).
         with trio.fail_after(30):
             assert await roundtrip(stream, b"z" * 1000) == b"z" * 1000
+
+
+async def test_dial_back_reports_what_the_peer_reached_and_refuses_strangers() -> None:
+    async with (
+        open_host(seed(1), LOOPBACK) as a,
+        open_host(seed(2), LOOPBACK) as b,
+        open_host(seed(3), LOOPBACK) as stranger,
+    ):
+        a.serve_dial_back(lambda peer: peer == b.peer_id)
+        b.serve_dial_back(lambda peer: peer == a.peer_id)
+        with trio.fail_after(30):
+            assert await b.dial_back(a.peer_id) is None  # not connected: cannot tell
+            a.set_handler(ECHO, echo)
+            s1 = await b.open_stream(a.peer_id, ECHO, addrs=a.addrs())
+            await s1.aclose()
+            reached = await b.dial_back(a.peer_id)
+            assert reached == [b.addrs()[0].rsplit("/p2p/", 1)[0]]
+            s2 = await stranger.open_stream(a.peer_id, ECHO, addrs=a.addrs())
+            await s2.aclose()
+            assert await stranger.dial_back(a.peer_id) is None  # refused: not admitted

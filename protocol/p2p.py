@@ -44,9 +44,10 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -86,7 +87,7 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
-from libp2p.tools.anyio_service import background_trio_service
+from libp2p.tools.anyio_service import TrioManager
 from libp2p.utils.varint import read_varint_prefixed_bytes_limited
 
 if TYPE_CHECKING:
@@ -110,6 +111,9 @@ NEXT_ADDR_DELAY = 0.25
 # The longest multistream-select message we read (go-multistream refuses more than 1 KiB
 # too); a protocol id of ours is a few dozen bytes.
 NEGOTIATION_MAX_BYTES = 1024
+# The piece size of relayed traffic: what the relay pump reads at once, and what a paced
+# stream sends at once.
+RELAY_CHUNK = 1 << 16
 
 
 async def _capped_negotiation_read(self: MultiselectCommunicator) -> str:
@@ -153,13 +157,15 @@ class RelayOptions:
     """What a host does about relays (config ``[relay]``).
 
     ``hop``: relay for admitted peers; the limits apply to each circuit through us
-    (``circuit_bytes`` both directions together, ``circuit_seconds`` from its start) and
+    (``circuit_bytes`` both directions together, ``circuit_seconds`` from its start,
+    ``circuit_rate`` bytes/s each way, 0: no limit) and
     to us as a whole (``max_reservations``, ``max_circuits`` per reserved peer).
     ``relayed_rate``: bytes/s a stream of ours may send over a relayed connection
     (0: no limit). ``hole_punch``: run DCUtR.
     """
 
     hop: bool = False
+    circuit_rate: int = 0
     circuit_bytes: int = 4 * 2**30
     circuit_seconds: int = 2 * 3600
     reservation_seconds: int = 3600
@@ -185,10 +191,64 @@ class _TokenBucket:
                 now = time.monotonic()
                 self._tokens = min(float(self.rate), self._tokens + (now - self._stamp) * self.rate)
                 self._stamp = now
-                if self._tokens >= min(n, self.rate):
-                    self._tokens -= n  # may go negative for a large write: paid later
+                need = min(n, self.rate)  # a piece larger than a second's worth waits for a full bucket
+                if self._tokens >= need:
+                    self._tokens -= need
                     return
-                await trio.sleep((min(n, self.rate) - self._tokens) / self.rate)
+                await trio.sleep((need - self._tokens) / self.rate)
+
+
+class _MemberRelay(CircuitV2Protocol):
+    """libp2p's circuit relay v2 with our own byte pump (the one override).
+
+    libp2p 0.8.1's pump files each circuit under the peer's id alone and, when a circuit
+    ends, closes the streams filed under that id: with two circuits between the same
+    members (each dialed the other at once) the end of one resets the other. Ours closes
+    only its own two streams, and applies the per-circuit rate.
+    """
+
+    circuit_rate = 0
+
+    async def _relay_data(self, src_stream: INetStream, dst_stream: INetStream, peer_id: ID,
+                          deadline: float | None = None, circuit_data_limit: list[int] | None = None) -> None:
+        bucket = _TokenBucket(self.circuit_rate) if self.circuit_rate else None
+        clean = False
+        try:
+            while True:
+                data = b""
+                with trio.move_on_at(math.inf if deadline is None else trio.current_time() + deadline - time.monotonic()):
+                    try:
+                        data = await src_stream.read(RELAY_CHUNK)
+                    except StreamError:
+                        data = b""
+                    clean = not data
+                if not data:
+                    break  # EOF (clean) or past the circuit's time limit
+                if circuit_data_limit is not None:
+                    if len(data) > circuit_data_limit[0]:
+                        log.info("relayed circuit of %s ended: its byte limit is spent", peer_id)
+                        clean = False
+                        break
+                    circuit_data_limit[0] -= len(data)
+                if bucket is not None:
+                    await bucket.take(len(data))
+                with trio.fail_after(self.write_timeout):
+                    await dst_stream.write(data)
+        except (StreamError, trio.TooSlowError):
+            clean = False
+        except Exception:
+            log.debug("relay pump for %s failed", peer_id, exc_info=True)
+            clean = False
+        finally:
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_TIMEOUT):
+                try:
+                    if clean:
+                        await dst_stream.close()  # our half: the other direction goes on
+                    else:
+                        await src_stream.reset()
+                        await dst_stream.reset()
+                except Exception:
+                    log.debug("closing a relayed circuit of %s failed", peer_id, exc_info=True)
 
 
 class _InboundOnlyDCUtR(DCUtRProtocol):
@@ -268,6 +328,11 @@ class P2PStream:
         if self._closed:
             raise trio.ClosedResourceError("stream was closed")
         if not data:
+            return
+        if self._bucket is not None and len(data) > RELAY_CHUNK:
+            view = memoryview(data)
+            for at in range(0, len(view), RELAY_CHUNK):
+                await self.send_all(view[at : at + RELAY_CHUNK])
             return
         if self._bucket is not None:
             await self._bucket.take(len(data))
@@ -809,7 +874,8 @@ async def open_host(
         max_reservations=options.max_reservations,
         reservation_ttl=options.reservation_seconds,
     )
-    proto = CircuitV2Protocol(host, limits=limits, allow_hop=options.hop)
+    proto = _MemberRelay(host, limits=limits, allow_hop=options.hop)
+    proto.circuit_rate = options.circuit_rate
     # STOP only: the transport must not reserve on a relay it dials through.
     transport = CircuitV2Transport(host, proto, RelayConfig(roles=RelayRole.STOP, limits=limits))
     p2p._relay_proto, p2p._relay_transport = proto, transport
@@ -821,21 +887,32 @@ async def open_host(
                 hint="is another daemon using the port?",
             )
         p2p._nursery = nursery
-        async with AsyncExitStack() as services:
-            await services.enter_async_context(background_trio_service(proto))
+        # libp2p's services run under managers in our nursery (not its
+        # background_trio_service, whose exit swallows an exception of the body).
+        managers: list[TrioManager] = []
+
+        async def start(service: Any) -> None:
+            manager = TrioManager(service)
+            service._manager = manager
+            nursery.start_soon(manager.run)
+            await manager.wait_started()
+            managers.append(manager)
+
+        try:
+            await start(proto)
             await proto.event_started.wait()
             if options.hop:  # replaces libp2p's handler with the gated one
                 host.set_stream_handler(HOP_PROTOCOL_ID, p2p._serve_hop)
             if options.hole_punch:
-                dcutr = _InboundOnlyDCUtR(host, dial_timeout=HOLE_PUNCH_DIAL_TIMEOUT)
-                await services.enter_async_context(background_trio_service(dcutr))
+                await start(_InboundOnlyDCUtR(host, dial_timeout=HOLE_PUNCH_DIAL_TIMEOUT))
             p2p._start(mdns)
-            try:
-                yield p2p
-            finally:
-                p2p._stop()
-                await p2p._close_connections()
-                nursery.cancel_scope.cancel()
+            yield p2p
+        finally:
+            p2p._stop()
+            await p2p._close_connections()
+            for manager in managers:
+                manager.cancel()
+            nursery.cancel_scope.cancel()
 
 
 def _key_pair(seed: bytes) -> KeyPair:

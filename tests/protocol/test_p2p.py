@@ -439,3 +439,13 @@ async def test_an_oversized_negotiation_message_is_refused_without_memory_growth
         # The cap leaves room for real negotiation: the host still serves others.
         assert NEGOTIATION_MAX_BYTES >= 256
         await assert_echo(b, a)
+
+
+async def test_an_error_in_the_hosts_block_reaches_the_caller() -> None:
+    """The relay and DCUtR services run beside the block: they must not swallow its error
+    (libp2p's background_trio_service did, hiding failures of everything above)."""
+    with pytest.raises(BaseException) as caught:
+        async with open_host(seed(1), LOOPBACK):
+            raise ValueError("boom")
+    assert "boom" in repr(caught.value) or any(
+        "boom" in repr(e) for e in getattr(caught.value, "exceptions", ()))

@@ -9,6 +9,7 @@ The NAT lab (tests/node/test_nat_lab.py) does the same across real NATs.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 import trio
@@ -120,3 +121,59 @@ async def test_dial_back_reports_what_the_peer_reached_and_refuses_strangers() -
             s2 = await stranger.open_stream(a.peer_id, ECHO, addrs=a.addrs())
             await s2.aclose()
             assert await stranger.dial_back(a.peer_id) is None  # refused: not admitted
+
+
+async def test_relay_limits_cut_a_circuit_past_its_bytes_and_pace_it_at_its_rate() -> None:
+    """A circuit carries at most ``circuit_bytes`` (both ways together) at ``circuit_rate``
+    each way; a client paces what it sends over relays at ``relayed_rate``. A relay
+    without limits, in the same test, shows what the limits change."""
+    no_punch = RelayOptions(hole_punch=False)
+    mib = 2**20
+    async with (
+        open_host(seed(1), LOOPBACK, relay=RelayOptions(hop=True, circuit_bytes=3 * mib)) as small,
+        open_host(seed(5), LOOPBACK, relay=RelayOptions(hop=True, circuit_rate=mib // 4)) as slow_relay,
+        open_host(seed(6), LOOPBACK, relay=RelayOptions(hop=True)) as free,
+        open_host(seed(2), LOOPBACK, relay=no_punch) as a,
+        open_host(seed(3), LOOPBACK, relay=no_punch) as b,
+        open_host(seed(7), LOOPBACK, relay=no_punch) as c,
+        open_host(seed(8), LOOPBACK, relay=no_punch) as d,
+        open_host(seed(4), LOOPBACK, relay=RelayOptions(hole_punch=False, relayed_rate=mib // 4)) as paced,
+    ):
+        # One client per relay: a client connected to A already would reuse that connection.
+        payload = b"p" * mib
+        for relay in (small, slow_relay, free):
+            relay.set_relay_policy(lambda peer: True)
+        a.set_handler(ECHO, echo)
+        with trio.fail_after(120):
+            through = {r.peer_id: await a.reserve(r.peer_id, r.addrs()) for r in (small, slow_relay, free)}
+
+            async def timed_roundtrips(relay: Any, client: Any, count: int) -> list[float]:
+                stream = await client.open_stream(a.peer_id, ECHO, addrs=through[relay.peer_id])
+                times = []
+                for _ in range(count):
+                    started = time.monotonic()
+                    assert await roundtrip(stream, payload) == payload
+                    times.append(time.monotonic() - started)
+                await stream.aclose()
+                return times
+
+            # No limits: three round trips of 1 MiB each way (6 MiB) go through.
+            free_times = await timed_roundtrips(free, b, 3)
+            # 3 MiB: the first round trip (2 MiB) passes, the second is cut.
+            stream = await c.open_stream(a.peer_id, ECHO, addrs=through[small.peer_id])
+            assert await roundtrip(stream, payload) == payload
+            with pytest.raises((AssertionError, trio.BrokenResourceError)):
+                await roundtrip(stream, payload)
+            # 256 KiB/s each way: 1 MiB takes over 3 s (a second's burst, then the rate).
+            (paced_trip,) = await timed_roundtrips(slow_relay, d, 1)
+            assert paced_trip >= 2.5 > max(free_times), (paced_trip, free_times)
+
+            # The client's own pace over relays: 1 MiB at 256 KiB/s.
+            pace = await paced.open_stream(a.peer_id, ECHO, addrs=through[free.peer_id])
+            assert pace.relayed  # type: ignore[attr-defined]
+            started = time.monotonic()
+            await pace.send_all(payload)
+            paced_send = time.monotonic() - started
+            print(f"free {free_times}, relay-paced round trip {paced_trip:.2f} s, client-paced send {paced_send:.2f} s")
+            assert paced_send >= 2.5
+            await pace.reset()  # type: ignore[attr-defined]

@@ -156,7 +156,8 @@ async def open_mesh(node: LocalNode, *, listen: list[str] | None = None, mdns: b
         own_host = host is None
         if host is None:
             from corestate.protocol.p2p import RelayOptions, open_host
-            relay = RelayOptions(hop=cfg.relay_serve, circuit_bytes=cfg.relay_circuit_bytes,
+            relay = RelayOptions(hop=cfg.relay_serve, circuit_rate=cfg.relay_circuit_rate,
+                                 circuit_bytes=cfg.relay_circuit_bytes,
                                  circuit_seconds=int(cfg.relay_circuit_duration),
                                  relayed_rate=cfg.relayed_rate, hole_punch=cfg.hole_punch)
             hosting: AbstractAsyncContextManager[Host] = open_host(node.keys.identity_seed, addrs, mdns=mdns,

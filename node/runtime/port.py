@@ -191,7 +191,8 @@ async def open_mesh(node: LocalNode, *, listen: list[str] | None = None, mdns: b
                     groups = mesh.groups
                     mesh.reach = ReachService(host, node.group, node.book, serve=cfg.relay_serve,
                                               use=cfg.relay_use, want=cfg.relays,
-                                              reservation_seconds=3600, on_addrs=groups.kick)
+                                              reservation_seconds=3600, on_addrs=groups.kick,
+                                              upnp=cfg.upnp)
                     services.start_soon(mesh.reach.run)
                 try:
                     yield mesh

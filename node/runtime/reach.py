@@ -10,6 +10,8 @@ Every ``interval`` seconds (``fast`` while the node is not public and holds no r
    not (its relay would reach only its own network);
 3. a private node (``[relay] use``) holds reservations on up to ``[relay] relays`` members,
    refreshed at half their lifetime, and advertises its circuits through them;
+0. with ``[network] upnp``, ask the router to forward our listen port (node/runtime/upnp.py);
+   the dial-back then tells whether it does;
 4. when what we advertise changed, ``on_addrs`` runs (the group service writes our
    address advert and spreads it at once).
 
@@ -21,6 +23,7 @@ the next one retries.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -40,14 +43,18 @@ RETRY_RELAY = 15.0  # a member that refused a slot (not public yet, perhaps) is 
 
 class ReachService:
     def __init__(self, host: Any, group: Any, book: Any, *, serve: bool, use: bool, want: int,
-                 reservation_seconds: float, on_addrs: Callable[[], None] | None = None) -> None:
+                 reservation_seconds: float, on_addrs: Callable[[], None] | None = None,
+                 upnp: bool = False) -> None:
         self.host, self.group, self.book = host, group, book
+        self.upnp = upnp
+        self.mapping: Any = None  # a upnp.PortMapping while the router forwards our port
         self.serve, self.use, self.want = serve, use, want
         self.reservation_seconds = reservation_seconds
         self.on_addrs = on_addrs
         self.state = "unknown"
         self.reason = "not probed yet"
         self._reserved_at: dict[str, float] = {}
+        self._mapped_at = -math.inf
         self._failed: dict[str, float] = {}
         host.serve_dial_back(self._is_other_member)
         host.set_relay_policy(self._may_relay)
@@ -64,13 +71,38 @@ class ReachService:
         return sorted(p for p in self.group.members() if p != self.group.me)
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self.step()
-            except (ProtocolError, CoreStateError, OSError) as exc:
-                log.info("reachability round failed: %s", exc)
-            pause = FAST if self.state != "public" and not self.host.relays() else SLOW
-            await trio.sleep(pause)
+        try:
+            while True:
+                try:
+                    await self._keep_mapping()
+                    await self.step()
+                except (ProtocolError, CoreStateError, OSError) as exc:
+                    log.info("reachability round failed: %s", exc)
+                pause = FAST if self.state != "public" and not self.host.relays() else SLOW
+                await trio.sleep(pause)
+        finally:
+            if self.mapping is not None:
+                from corestate.node.runtime import upnp
+                port = self.mapping.port
+                with trio.CancelScope(shield=True, deadline=trio.current_time() + 5):
+                    await trio.to_thread.run_sync(upnp.unmap_port, port, cancellable=True)
+
+    async def _keep_mapping(self) -> None:
+        """UPnP (``[network] upnp``): the router forwards our listen port, renewed at half
+        its lease; tried again every ``SLOW`` seconds while it fails."""
+        if not self.upnp:
+            return
+        now = trio.current_time()
+        if self.mapping is not None and now - self._mapped_at < self.mapping.lease / 2:
+            return
+        if self.mapping is None and now - self._mapped_at < SLOW:
+            return
+        from corestate.node.runtime import upnp
+        ports = sorted({int(a.split("/tcp/")[1].split("/")[0]) for a in self.host.listen_addrs()
+                        if "/tcp/" in a and not a.startswith(("/ip4/127.", "/ip6/::1/"))})
+        self._mapped_at = now
+        if ports:
+            self.mapping = await trio.to_thread.run_sync(upnp.map_port, ports[0], cancellable=True)
 
     async def step(self) -> None:
         before = self.host.addrs()

@@ -13,6 +13,10 @@ Layout (``<tag>`` carries the test process's pid, so runs never collide):
 - ``<tag>-a`` / ``<tag>-b``: a member at each site, 10.1.0.2 / 10.2.0.2, default route
   through its router.
 
+``NatLab(upnp=True)`` also runs Debian's ``miniupnpd`` (nftables backend) on both routers,
+a UPnP IGD that forwards ports for its LAN; then the internet is 11.17.0.0/24 instead
+(miniupnpd refuses to map on a reserved WAN address; no packet leaves the namespaces).
+
 ``run(name, argv)`` starts a process inside a namespace; ``close()`` kills what it started
 and deletes the namespaces, even after a failure; a new lab first deletes the namespaces
 of runs whose process is gone. No packet leaves the namespaces.
@@ -38,7 +42,7 @@ def unavailable(upnp: bool = False) -> str | None:
     if os.geteuid() != 0:
         return "the NAT lab needs root (network namespaces)"
     for tool, package in (("ip", "iproute2"), ("iptables", "iptables")) + (
-        (("miniupnpd", "miniupnpd"),) if upnp else ()
+        (("miniupnpd", "miniupnpd"), ("nft", "nftables")) if upnp else ()
     ):
         if shutil.which(tool) is None:
             return f"`{tool}` is missing (Debian package {package}; ./run-tests installs it)"
@@ -87,21 +91,25 @@ def remove_stale() -> None:
 class NatLab:
     """The namespaces and links of the module docstring; a context manager."""
 
-    def __init__(self, *, random: bool = False) -> None:
+    def __init__(self, *, random: bool = False, upnp: bool = False) -> None:
         self.random = random
+        self.upnp = upnp
+        self.inet = "11.17.0" if upnp else INET
+        self.public_ip = f"{self.inet}.10"
         self.tag = f"{PREFIX}{os.getpid()}"
         self._made: list[str] = []
         self._procs: list[subprocess.Popen[Any]] = []
+        self._dirs: list[str] = []
 
     def ns(self, name: str) -> str:
         return f"{self.tag}-{name}"
 
     def ip(self, name: str) -> str:
         """The address a member listens on: ``pub``, ``a`` or ``b``."""
-        return PUBLIC_IP if name == "pub" else f"{SITES[name][1]}.2"
+        return self.public_ip if name == "pub" else f"{SITES[name][1]}.2"
 
     def wan_ip(self, site: str) -> str:
-        return f"{INET}.{SITES[site][0]}"
+        return f"{self.inet}.{SITES[site][0]}"
 
     def __enter__(self) -> NatLab:
         remove_stale()
@@ -141,10 +149,10 @@ class NatLab:
             self._ns_ip(ns, "link", "set", dev, "up")
 
         pub = self._add_ns("pub")
-        uplink(pub, "eth0", "ppub", f"{PUBLIC_IP}/24")
+        uplink(pub, "eth0", "ppub", f"{self.public_ip}/24")
         for site, (wan_host, lan) in SITES.items():
             router = self._add_ns(f"r{site}")
-            uplink(router, "wan", f"p{site}", f"{INET}.{wan_host}/24")
+            uplink(router, "wan", f"p{site}", f"{self.inet}.{wan_host}/24")
             member = self._add_ns(site)
             _run("ip", "link", "add", "eth0", "netns", member, "type", "veth", "peer", "lan", "netns", router)
             self._ns_ip(router, "addr", "add", f"{lan}.1/24", "dev", "lan")
@@ -162,7 +170,40 @@ class NatLab:
             for chain in ("FORWARD", "INPUT"):
                 self._iptables(router, "-A", chain, "-i", "wan", "-m", "conntrack",
                                "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT")
+                if self.upnp and chain == "FORWARD":  # what the IGD forwarded passes
+                    self._iptables(router, "-A", chain, "-i", "wan", "-m", "conntrack",
+                                   "--ctstate", "DNAT", "-j", "ACCEPT")
                 self._iptables(router, "-A", chain, "-i", "wan", "-j", "DROP")
+            if self.upnp:
+                self._start_igd(site, router, lan)
+
+    def _start_igd(self, site: str, router: str, lan: str) -> None:
+        import tempfile
+        import time
+
+        work = tempfile.mkdtemp(prefix=f"{self.tag}-igd-")
+        self._dirs.append(work)
+        rules = os.path.join(work, "rules.nft")
+        with open(rules, "w") as f:  # the chains miniupnpd fills (its nftables backend)
+            f.write("table inet miniupnpd {\n"
+                    "  chain forward { type filter hook forward priority 0; policy accept; jump miniupnpd; }\n"
+                    "  chain miniupnpd { }\n"
+                    "  chain prerouting { type nat hook prerouting priority -100; policy accept;"
+                    " jump prerouting_miniupnpd; }\n"
+                    "  chain postrouting { type nat hook postrouting priority 100; policy accept;"
+                    " jump postrouting_miniupnpd; }\n"
+                    "  chain prerouting_miniupnpd { }\n  chain postrouting_miniupnpd { }\n}\n")
+        _run("ip", "netns", "exec", router, "nft", "-f", rules)
+        conf = os.path.join(work, "miniupnpd.conf")
+        with open(conf, "w") as f:
+            f.write(f"ext_ifname=wan\nlistening_ip=lan\nhttp_port=0\nenable_upnp=yes\n"
+                    f"enable_natpmp=no\nsecure_mode=yes\nsystem_uptime=yes\n"
+                    f"upnp_table_name=miniupnpd\nupnp_nat_table_name=miniupnpd\n"
+                    f"uuid=3e5a1b3c-0d6f-4b0a-9b1e-00000000001{SITES[site][0]}\n"
+                    f"allow 1024-65535 {lan}.0/24 1024-65535\ndeny 0-65535 0.0.0.0/0 0-65535\n")
+        self.run(f"r{site}", ["miniupnpd", "-d", "-f", conf],
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)  # it binds its SSDP and HTTP sockets
 
     def run(self, name: str, argv: Sequence[str], **kw: Any) -> subprocess.Popen[Any]:
         """Start ``argv`` inside the namespace of ``name`` (``pub``, ``a``, ``b``, ``ra``...)."""
@@ -190,6 +231,9 @@ class NatLab:
         for ns in reversed(self._made):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         self._made.clear()
+        for d in self._dirs:
+            shutil.rmtree(d, ignore_errors=True)
+        self._dirs.clear()
 
 
 # -- the adapter on its own: relay on the public host, listener at A, dialer at B --------
@@ -227,7 +271,7 @@ def relay_and_punch(lab: NatLab, python: str, *, size: int, wait: float) -> dict
         return result
 
     members = [_peer_id(2), _peer_id(3)]
-    relay = start("pub", "relay", {"seed": 1, "listen": f"/ip4/{PUBLIC_IP}/tcp/4001", "members": members})
+    relay = start("pub", "relay", {"seed": 1, "listen": f"/ip4/{lab.public_ip}/tcp/4001", "members": members})
     rinfo = first_line(relay, 60)
     a = start("a", "listen", {"seed": 2, "listen": f"/ip4/{lab.ip('a')}/tcp/4001",
                               "relay": rinfo["peer_id"], "relay_addrs": rinfo["addrs"]})

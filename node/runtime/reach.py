@@ -78,6 +78,8 @@ class ReachService:
                     await self.step()
                 except (ProtocolError, CoreStateError, OSError) as exc:
                     log.info("reachability round failed: %s", exc)
+                except Exception:  # a bug here must not stop the daemon: the next round retries
+                    log.warning("reachability round failed", exc_info=True)
                 pause = FAST if self.state != "public" and not self.host.relays() else SLOW
                 await trio.sleep(pause)
         finally:
@@ -85,7 +87,7 @@ class ReachService:
                 from corestate.node.runtime import upnp
                 port = self.mapping.port
                 with trio.CancelScope(shield=True, deadline=trio.current_time() + 5):
-                    await trio.to_thread.run_sync(upnp.unmap_port, port, cancellable=True)
+                    await trio.to_thread.run_sync(upnp.unmap_port, port)
 
     async def _keep_mapping(self) -> None:
         """UPnP (``[network] upnp``): the router forwards our listen port, renewed at half
@@ -102,7 +104,7 @@ class ReachService:
                         if "/tcp/" in a and not a.startswith(("/ip4/127.", "/ip6/::1/"))})
         self._mapped_at = now
         if ports:
-            self.mapping = await trio.to_thread.run_sync(upnp.map_port, ports[0], cancellable=True)
+            self.mapping = await trio.to_thread.run_sync(upnp.map_port, ports[0])
 
     async def step(self) -> None:
         before = self.host.addrs()

@@ -92,3 +92,39 @@ def test_members_behind_nat_back_up_and_restore_through_each_other(random: bool,
                 log = n.log.read_text()[-4000:] if n.log and n.log.exists() else ""
                 print(f"--- daemon log of node {n.index + 1} ---\n{log}")
             shutil.rmtree(tmp_path / "mesh", ignore_errors=True)
+
+
+def test_upnp_makes_a_member_public_and_can_be_turned_off(tmp_path: Path) -> None:
+    """Both routers offer UPnP (miniupnpd). A (``upnp = true``, the default) gets its port
+    forwarded: members reach it at its router's address, it is public and needs no relay,
+    and B connects to it directly. B (``upnp = false``) leaves its router alone: private."""
+    why = natlab.unavailable(upnp=True)
+    if why:
+        pytest.skip(why)
+    with natlab.NatLab(upnp=True) as lab:
+        mesh = natlab.nat_mesh(lab, tmp_path / "mesh")
+        try:
+            pub, a, b = mesh.nodes
+            edit_config(b.home, "upnp = true", "upnp = false")
+            mesh.start()
+            mesh.run(pub, "group", "create", "upnp-lab")
+            for n in (a, b):
+                token = mesh.run(pub, "group", "invite").stdout.strip().splitlines()[-1]
+                mesh.run(n, "group", "join", token)
+            mapped = f"/ip4/{lab.wan_ip('a')}/tcp/{natlab.MESH_PORT}/p2p/{a.peer_id}"
+            wait_for(lambda: _info(mesh, 1).get("reachability") == "public", 60, "A to be public", every=0.5)
+            info = _info(mesh, 1)
+            assert mapped in info["addrs"] and not any("/p2p-circuit" in x for x in info["addrs"])
+            wait_for(lambda: _info(mesh, 2).get("reachability") == "private", 60, "B to be private", every=0.5)
+            assert not any(lab.wan_ip("b") in x for x in _info(mesh, 2)["addrs"])
+
+            def b_reaches_a() -> bool:
+                mesh.run(b, "group", "sync", check=False, timeout=60)
+                return _connection(mesh, 2, a.peer_id) == "direct"
+            wait_for(b_reaches_a, 60, "B to connect to A directly", every=1)
+        finally:
+            mesh.close()
+            for n in mesh.nodes:
+                log = n.log.read_text()[-4000:] if n.log and n.log.exists() else ""
+                print(f"--- daemon log of node {n.index + 1} ---\n{log}")
+            shutil.rmtree(tmp_path / "mesh", ignore_errors=True)

@@ -530,7 +530,11 @@ class P2PHost:
         except Exception:  # PeerStoreError: nothing known about the peer
             known = []
         out: list[multiaddr.Multiaddr] = []
+        suffix = f"/p2p/{pid}"
         for addr in [*given, *known]:
+            text = str(addr)
+            if CIRCUIT not in text and text.endswith(suffix):  # identify stores some with /p2p
+                addr = multiaddr.Multiaddr(text.removesuffix(suffix))
             if str(addr) not in {str(a) for a in out}:
                 out.append(addr)
         # Direct and LAN addresses first, relayed ones after (stable otherwise).

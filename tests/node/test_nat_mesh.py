@@ -48,8 +48,9 @@ def test_members_behind_nat_back_up_and_restore_through_each_other(random: bool,
             pub, a, b = mesh.nodes
             mesh.run(pub, "group", "create", "nat-lab")
             joined = time.monotonic()
-            for n in (a, b):
-                token = mesh.run(pub, "group", "invite").stdout.strip().splitlines()[-1]
+            for n in (a, b):  # A as a second admin: its own invites must carry its circuits
+                role = ["--admin"] if n is a else []
+                token = mesh.run(pub, "group", "invite", *role).stdout.strip().splitlines()[-1]
                 mesh.run(n, "group", "join", token)
 
             wait_for(lambda: _info(mesh, 0).get("reachability") == "public", 60, "node 1 to be public", every=0.5)
@@ -64,7 +65,13 @@ def test_members_behind_nat_back_up_and_restore_through_each_other(random: bool,
                 return _connection(mesh, 1, b.peer_id) != "none"
             wait_for(a_b_connected, 60, "A to reach B", every=1)
             reached_s = time.monotonic() - joined
-            assert reached_s < 60 + 30, f"A reached B {reached_s:.0f} s after the joins"
+            print(f"A reached B {reached_s:.1f} s after the joins began")
+            assert reached_s < 60, f"A reached B {reached_s:.0f} s after the joins (issue 17: within 60 s)"
+
+            # An invite from a member behind NAT carries its circuit addresses.
+            from corestate.node.group import Invite
+            token = mesh.run(a, "group", "invite").stdout.strip().splitlines()[-1]
+            assert any("/p2p-circuit/p2p/" + a.peer_id in x for x in Invite.parse(token).addrs)
 
             src = random_tree(tmp_path / "src", 3, seed=17)
             p = mesh.run(a, "backup", str(src), "--k", "1", "--n", "2", "--json", timeout=300)

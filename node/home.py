@@ -81,8 +81,9 @@ relays = 2
 # Per relayed circuit through this node: bytes (both directions) and time.
 circuit_bytes = "4 GiB"
 circuit_duration = "2h"
-# Per relayed circuit through this node, each way, per second; 0 = no limit.
-circuit_rate = 0
+# Per relayed circuit through this node, each way, per second (bulk backup traffic must
+# not starve this member's uplink); 0 = no limit.
+circuit_rate = "10 MiB"
 # What this node sends over a relayed connection, per second; 0 = no limit.
 relayed_rate = 0
 # Try to turn relayed connections into direct ones (DCUtR hole punching).
@@ -137,7 +138,7 @@ class Config:
     relays: int = 2
     relay_circuit_bytes: int = 4 << 30
     relay_circuit_duration: float = 7200.0
-    relay_circuit_rate: int = 0
+    relay_circuit_rate: int = 10 << 20
     relayed_rate: int = 0
     hole_punch: bool = True
     # [schedule]
@@ -224,7 +225,7 @@ def _network(cfg: Config, net: dict[str, object], relay: dict[str, object]) -> N
     cfg.relay_circuit_bytes = _size(relay.get("circuit_bytes", cfg.relay_circuit_bytes))
     cfg.relay_circuit_duration = _duration(relay.get("circuit_duration", cfg.relay_circuit_duration))
     cfg.relayed_rate = _size(relay.get("relayed_rate", 0))
-    cfg.relay_circuit_rate = _size(relay.get("circuit_rate", 0))
+    cfg.relay_circuit_rate = _size(relay.get("circuit_rate", cfg.relay_circuit_rate))
     if cfg.relay_circuit_bytes < 1 << 20 or cfg.relay_circuit_duration < 60 or min(cfg.relayed_rate,
                                                                                      cfg.relay_circuit_rate) < 0:
         raise ValueError("[relay] needs circuit_bytes >= 1 MiB, circuit_duration >= 60s, rates >= 0")

@@ -20,14 +20,14 @@ def test_defaults_carry_backup_sized_circuits_and_upnp_on(tmp_path: Path) -> Non
     assert cfg.listen_port == 0 and cfg.upnp is True
     assert cfg.relay_serve and cfg.relay_use and cfg.relays == 2 and cfg.hole_punch
     assert cfg.relay_circuit_bytes >= 1 << 30 and cfg.relay_circuit_duration >= 3600
-    assert cfg.relay_circuit_rate == 0 and cfg.relayed_rate == 0
+    assert cfg.relay_circuit_rate == 10 << 20 and cfg.relayed_rate == 0  # the relay paces bulk traffic
 
 
 def test_values_and_turning_things_off(tmp_path: Path) -> None:
     text = DEFAULT_CONFIG.replace("port = 0", "port = 4101").replace("upnp = true", "upnp = false")
     text = text.replace('circuit_bytes = "4 GiB"', 'circuit_bytes = "2 GiB"').replace(
         'circuit_duration = "2h"', 'circuit_duration = "90m"').replace(
-        "circuit_rate = 0", 'circuit_rate = "20 MiB"').replace("hole_punch = true", "hole_punch = false")
+        'circuit_rate = "10 MiB"', 'circuit_rate = "20 MiB"').replace("hole_punch = true", "hole_punch = false")
     cfg = load(tmp_path, text)
     assert (cfg.listen_port, cfg.upnp, cfg.hole_punch) == (4101, False, False)
     assert cfg.relay_circuit_bytes == 2 << 30 and cfg.relay_circuit_duration == 5400

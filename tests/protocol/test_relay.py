@@ -177,3 +177,22 @@ async def test_relay_limits_cut_a_circuit_past_its_bytes_and_pace_it_at_its_rate
             print(f"free {free_times}, relay-paced round trip {paced_trip:.2f} s, client-paced send {paced_send:.2f} s")
             assert paced_send >= 2.5
             await pace.reset()  # type: ignore[attr-defined]
+
+
+async def test_a_circuit_ends_at_its_time_limit() -> None:
+    """``circuit_seconds``: a circuit older than its limit is cut, even an idle one."""
+    no_punch = RelayOptions(hole_punch=False)
+    async with (
+        open_host(seed(1), LOOPBACK, relay=RelayOptions(hop=True, circuit_seconds=2)) as relay,
+        open_host(seed(2), LOOPBACK, relay=no_punch) as a,
+        open_host(seed(3), LOOPBACK, relay=no_punch) as b,
+    ):
+        relay.set_relay_policy(lambda peer: True)
+        a.set_handler(ECHO, echo)
+        with trio.fail_after(60):
+            circuits = await a.reserve(relay.peer_id, relay.addrs())
+            stream = await b.open_stream(a.peer_id, ECHO, addrs=circuits)
+            assert await roundtrip(stream, b"early" * 1000) == b"early" * 1000
+            await trio.sleep(3)
+            with pytest.raises((AssertionError, trio.BrokenResourceError)):
+                await roundtrip(stream, b"late" * 1000)

@@ -18,6 +18,13 @@ from corestate.protocol.keys import NodeKeys
 from corestate.protocol.p2p import RelayOptions, open_host
 from corestate.protocol.streams import Stream
 
+# libp2p 0.8.1 sometimes leaves the socket of a cancelled dial (a hole punch or a direct
+# attempt that lost the race) to the garbage collector, which may run in a later test
+# (seen about 1 run in 5 here); the connections we hold are all closed. Only that warning
+# is ignored.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning")
+
 LOOPBACK = ("/ip4/127.0.0.1/tcp/0",)
 ECHO = "/corestate/test-echo/1"
 
@@ -73,9 +80,6 @@ async def test_a_member_is_reachable_through_its_circuit_and_strangers_are_refus
         assert b.connection(stranger.peer_id) == "none"
 
 
-# libp2p 0.8.1 sometimes leaves the socket of a hole-punch dial that lost the race to the
-# garbage collector (seen 1 run in ~6 on loopback); the connections we hold are closed.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 async def test_dcutr_upgrades_a_relayed_connection_and_streams_go_direct() -> None:
     async with (
         open_host(seed(1), LOOPBACK, relay=RelayOptions(hop=True)) as relay,

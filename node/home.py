@@ -65,6 +65,30 @@ global_quota = "64 MiB"
 mdns = true
 peer_timeout = 20
 
+[network]
+# The TCP port the daemon listens on when [mesh] listen is empty (all interfaces);
+# 0 = an ephemeral port. Behind a NAT, fix it and forward it, or let UPnP map it.
+port = 0
+# Ask the router (UPnP IGD) to forward the port; false leaves the router alone.
+upnp = true
+
+[relay]
+# A member that other members can reach from outside relays for them (members only).
+serve = true
+# Behind a NAT, reserve slots on this many relay members and advertise the circuits.
+use = true
+relays = 2
+# Per relayed circuit through this node: bytes (both directions) and time.
+circuit_bytes = "4 GiB"
+circuit_duration = "2h"
+# Per relayed circuit through this node, each way, per second (bulk backup traffic must
+# not starve this member's uplink); 0 = no limit.
+circuit_rate = "10 MiB"
+# What this node sends over a relayed connection, per second; 0 = no limit.
+relayed_rate = 0
+# Try to turn relayed connections into direct ones (DCUtR hole punching).
+hole_punch = true
+
 [schedule]
 # The daemon backs up [backup] paths this often ("30m", "6h", "1d"); 0 = never.
 backup_every = 0
@@ -133,6 +157,17 @@ class Config:
     global_quota: int = 64 << 20  # what all other peers together may store here
     mdns: bool = True
     peer_timeout: float = 20.0
+    # [network], [relay]: parsed by _network (one place)
+    listen_port: int = 0
+    upnp: bool = True
+    relay_serve: bool = True
+    relay_use: bool = True
+    relays: int = 2
+    relay_circuit_bytes: int = 4 << 30
+    relay_circuit_duration: float = 7200.0
+    relay_circuit_rate: int = 10 << 20
+    relayed_rate: int = 0
+    hole_punch: bool = True
     # [schedule]
     backup_every: float = 0.0  # seconds; 0 = no scheduled backups
     repair_every: float = 86400.0  # seconds; 0 = no scheduled repairs
@@ -178,6 +213,7 @@ class Config:
             cfg.global_quota = _size(mesh.get("global_quota", cfg.global_quota))
             cfg.mdns = bool(mesh.get("mdns", True))
             cfg.peer_timeout = float(mesh.get("peer_timeout", cfg.peer_timeout))
+            _network(cfg, raw.get("network", {}), raw.get("relay", {}))
             cfg.backup_every = _duration(sched.get("backup_every", 0))
             cfg.repair_every = _duration(sched.get("repair_every", cfg.repair_every))
             ret = raw.get("retention", {})
@@ -235,6 +271,8 @@ def _observability(raw: dict[str, object], cfg: Config) -> None:
     unknown = set(n) - {"webhook", "command", "repeat_after", "max_per_hour", "timeout"}
     if unknown:
         raise ValueError(f"[notify] does not know {sorted(unknown)}")
+
+
 def _anomaly_section(cfg: Config, a: dict) -> None:
     """[anomaly] (issue 14): parsed here and nowhere else."""
     unknown = set(a) - {"resample_files", "resample_bytes", "resample_share", "cold_after"}
@@ -246,6 +284,38 @@ def _anomaly_section(cfg: Config, a: dict) -> None:
     cfg.anomaly_cold_after = _duration(a.get("cold_after", cfg.anomaly_cold_after))
     if not 0 <= cfg.anomaly_resample_files <= 100_000 or not 0 <= cfg.anomaly_resample_share <= 1:
         raise ValueError("[anomaly] resample_files must be 0..100000 and resample_share 0..1")
+
+
+def _network(cfg: Config, net: dict[str, object], relay: dict[str, object]) -> None:
+    """``[network]`` and ``[relay]`` into ``cfg`` (ValueError for a bad value)."""
+    unknown = set(net) - {"port", "upnp"} | set(relay) - {
+        "serve", "use", "relays", "circuit_bytes", "circuit_duration", "circuit_rate", "relayed_rate",
+        "hole_punch"}
+    if unknown:
+        raise ValueError(f"[network]/[relay] do not know {sorted(unknown)}")
+    cfg.listen_port = int(str(net.get("port", 0)))
+    if not 0 <= cfg.listen_port < 65536:
+        raise ValueError("[network] port must be between 0 and 65535")
+    cfg.upnp = _bool(net.get("upnp", True), "[network] upnp")
+    cfg.relay_serve = _bool(relay.get("serve", True), "[relay] serve")
+    cfg.relay_use = _bool(relay.get("use", True), "[relay] use")
+    cfg.hole_punch = _bool(relay.get("hole_punch", True), "[relay] hole_punch")
+    cfg.relays = int(str(relay.get("relays", 2)))
+    if not 0 <= cfg.relays <= 8:
+        raise ValueError("[relay] relays must be between 0 and 8")
+    cfg.relay_circuit_bytes = _size(relay.get("circuit_bytes", cfg.relay_circuit_bytes))
+    cfg.relay_circuit_duration = _duration(relay.get("circuit_duration", cfg.relay_circuit_duration))
+    cfg.relayed_rate = _size(relay.get("relayed_rate", 0))
+    cfg.relay_circuit_rate = _size(relay.get("circuit_rate", cfg.relay_circuit_rate))
+    if cfg.relay_circuit_bytes < 1 << 20 or cfg.relay_circuit_duration < 60 or min(cfg.relayed_rate,
+                                                                                     cfg.relay_circuit_rate) < 0:
+        raise ValueError("[relay] needs circuit_bytes >= 1 MiB, circuit_duration >= 60s, rates >= 0")
+
+
+def _bool(v: object, name: str) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError(f"{name} must be true or false")
+    return v
 
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}

@@ -141,6 +141,11 @@ class StatusCall(Message):
     TYPE: ClassVar[str] = "status"
 
 
+# Issue 17: how a peer is connected, and whether members reach this node from outside.
+Connection = Annotated[str, MaxLen(16)]  # "direct" | "relayed" | "none"
+Reachability = Annotated[str, MaxLen(16)]  # "public" | "private" | "unknown"
+
+
 @record
 @dataclass(frozen=True, slots=True)
 class PeerStatus(Record):
@@ -150,6 +155,7 @@ class PeerStatus(Record):
     member: bool  # a member of this node's group
     last_seen_ns: TimeNs | None
     shares: U63  # shares of this node it holds
+    connection: Connection = "none"  # direct, relayed (through a relay member), none
 
 
 @record
@@ -197,6 +203,7 @@ class StatusResult(Message):
     snapshots: U63
     redundancy: Redundancy
     alerts: Annotated[tuple[AlertRecord, ...], MaxItems(64)]
+    reachability: Reachability = "unknown"  # can members reach this node from outside its network
 
 
 # -- answers in pages ------------------------------------------------------------------------
@@ -813,6 +820,7 @@ class PeerRow(Record):
     shares_held_for_us: U63
     bytes_held_for_us: U63
     bytes_we_hold: U63 | None  # None: no daemon runs
+    connection: Connection = "none"  # direct, relayed (through a relay member), none
 
 
 @message
@@ -1004,6 +1012,7 @@ class NodeInfoResult(Message):
     uptime_ms: U63
     connected: Annotated[tuple[PeerId, ...], MaxItems(4096)]
     held_for_peers: VaultStats
+    reachability: Reachability = "unknown"  # public, private (behind a NAT or firewall), unknown
 
 
 MEMBER_MESSAGES: tuple[type[Message], ...] = (

@@ -42,6 +42,8 @@ class Running(Protocol):
     def uptime_ms(self) -> int: ...
     def addrs(self) -> list[str]: ...  # where its host listens, each ending in /p2p/<id>
     def connected(self) -> list[str]: ...  # peers connected now
+    def reachability(self) -> str: ...  # "public", "private", "unknown" (node/core/reach.py)
+    def connection(self, peer: str) -> str: ...  # "direct", "relayed", "none"
     def vault_stats(self) -> dict[str, int]: ...  # shares, bytes, senders held for peers
     def held_for(self, peer: str) -> int: ...  # bytes held for ``peer``
     def set_quota(self, peer: str, quota: int | None) -> None: ...  # None: back to the pool

@@ -77,7 +77,8 @@ def peer_list(node: LocalNode, call: c.PeerListCall, ctx: Context) -> Iterator[c
             domains=tuple(e.domains[:64]), seen_ns=max(0, e.seen_ns),
             connected=None if connected is None else e.peer in connected,
             shares_held_for_us=held.get(e.peer, (0, 0))[0], bytes_held_for_us=held.get(e.peer, (0, 0))[1] or 0,
-            bytes_we_hold=live.held_for(e.peer) if live is not None else None)
+            bytes_we_hold=live.held_for(e.peer) if live is not None else None,
+            connection=live.connection(e.peer) if live is not None else "none")
 
 
 # -- groups -----------------------------------------------------------------------------------
@@ -208,7 +209,8 @@ def node_info(node: LocalNode, call: c.NodeInfoCall, ctx: Context) -> c.NodeInfo
         peer_id=node.keys.peer_id, addrs=tuple(live.addrs()[:64]), home=os.fsencode(node.home.path),
         uptime_ms=live.uptime_ms(), connected=tuple(live.connected()[:4096]),
         held_for_peers=c.VaultStats(shares=vault.get("shares", 0), bytes=vault.get("bytes", 0),
-                                    senders=vault.get("senders", 0)))
+                                    senders=vault.get("senders", 0)),
+        reachability=live.reachability())
 
 
 OPERATIONS: tuple[Operation, ...] = (

@@ -8,7 +8,7 @@ holders acknowledged at upload, asking nobody: ``check`` asks them).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from corestate.node.core.redundancy import Redundancy, classify
@@ -24,6 +24,8 @@ class Live:
     next_backup: int | None = None
     alerts: Sequence[c.Alert] = field(default_factory=tuple)
     acked: frozenset[tuple[int, str]] = frozenset()  # (time_ns, alert) a person acknowledged
+    reachability: str = "unknown"
+    connections: Mapping[str, str] = field(default_factory=dict)  # peer -> direct / relayed
 
 
 def status(node: LocalNode, live: Live | None = None) -> c.StatusResult:
@@ -38,7 +40,8 @@ def status(node: LocalNode, live: Live | None = None) -> c.StatusResult:
         peers.append(c.PeerStatus(
             peer_id=peer, online=None if live is None else peer in live.connected,
             trusted=bool(e and e.trusted), member=peer in members,
-            last_seen_ns=(e.seen_ns or None) if e else None, shares=held.get(peer, (0, 0))[0]))
+            last_seen_ns=(e.seen_ns or None) if e else None, shares=held.get(peer, (0, 0))[0],
+            connection="none" if live is None else live.connections.get(peer, "none")))
     snaps = node.repo.snapshots()
     last = snaps[-1] if snaps else None
     return c.StatusResult(
@@ -54,6 +57,7 @@ def status(node: LocalNode, live: Live | None = None) -> c.StatusResult:
                                    message=a.message, acked=live is not None and (a.time_ns, a.alert) in live.acked,
                                    details=dict(a.details))
                      for a in (live.alerts if live else ())[-64:]),
+        reachability="unknown" if live is None else live.reachability,
     )
 
 

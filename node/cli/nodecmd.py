@@ -55,7 +55,7 @@ def cmd_node_info(args: argparse.Namespace, out: Out) -> int:
     vault = c.result_fields(res.held_for_peers)
     info = {"peer_id": res.peer_id, "addrs": list(res.addrs), "home": _fs(res.home),
             "uptime_s": round(res.uptime_ms / 1000, 1), "connected": list(res.connected),
-            "held_for_peers": vault}
+            "held_for_peers": vault, "reachability": res.reachability}
     if out.json:
         out.obj(info)
         return EXIT_OK
@@ -64,9 +64,17 @@ def cmd_node_info(args: argparse.Namespace, out: Out) -> int:
         out.say(f"address   {a}")
     out.say(f"home      {info['home']}")
     out.say(f"uptime    {info['uptime_s']:.0f}s, {len(res.connected)} peer(s) connected")
+    out.say(f"reachable {_REACH.get(res.reachability, res.reachability)}")
     held = res.held_for_peers
     out.say(f"holding   {held.shares} share(s), {_human(held.bytes)} for {held.senders} peer(s)")
     return EXIT_OK
+
+
+_REACH = {
+    "public": "public: members reach this node directly",
+    "private": "private (behind a NAT or firewall): members reach it through a relay member",
+    "unknown": "unknown (no member has checked yet)",
+}
 
 
 def cmd_status(args: argparse.Namespace, out: Out) -> int:
@@ -97,6 +105,8 @@ def _say_status(out: Out, st: Any) -> None:
     out.say(f"node       {st.peer_id}" + ("" if st.daemon else "  (no daemon runs: `corestate node run`)"))
     if st.group:
         out.say(f"group      {st.group[:16]}")
+    if st.daemon:
+        out.say(f"reachable  {_REACH.get(st.reachability, st.reachability)}")
     last = st.last_backup
     out.say(f"snapshots  {st.snapshots}; last {last.short_id + ' at ' + when(last.time_ns) if last else 'none yet'}")
     if st.daemon:
@@ -108,6 +118,8 @@ def _say_status(out: Out, st: Any) -> None:
     out.say(f"peers      {len(st.peers)}" + (f", {online} online" if st.daemon else ""))
     for p in st.peers:
         state = "-" if p.online is None else ("online" if p.online else "offline")
+        if p.online and p.connection == "relayed":
+            state = "relayed"
         role = "member" if p.member else "trusted"
         out.say(f"  {short(p.peer_id):<10} {role:<8} {state:<8} {p.shares:>6} shares  seen {when(p.last_seen_ns)}")
     for a in st.alerts[-10:]:

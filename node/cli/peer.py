@@ -47,7 +47,7 @@ def cmd_peer_list(args: argparse.Namespace, out: Out) -> int:
         "peer": e.peer, "addrs": list(e.addrs), "trusted": e.trusted, "source": e.source,
         "domains": list(e.domains), "seen_ns": e.seen_ns, "connected": e.connected,
         "shares_held_for_us": e.shares_held_for_us, "bytes_held_for_us": e.bytes_held_for_us,
-        "bytes_we_hold": e.bytes_we_hold,
+        "bytes_we_hold": e.bytes_we_hold, "connection": e.connection,
     } for e in peers]
     if out.json:
         out.obj(rows)
@@ -58,6 +58,8 @@ def cmd_peer_list(args: argparse.Namespace, out: Out) -> int:
     out.say(f"{'PEER':<10} {'TRUST':<8} {'ONLINE':<7} {'SHARES':>7} {'HELD':>10}  ADDRESS")
     for r in rows:
         online = "-" if r["connected"] is None else ("yes" if r["connected"] else "no")
+        if r["connection"] == "relayed":
+            online = "relayed"
         trust = "trusted" if r["trusted"] else r["source"]
         out.say(f"{short(r['peer']):<10} {trust:<8} {online:<7} {r['shares_held_for_us']:>7} "
                 f"{_human(r['bytes_held_for_us']):>10}  {(r['addrs'] or ['?'])[0]}")

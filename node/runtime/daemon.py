@@ -314,9 +314,13 @@ class Daemon:
     async def _status(self) -> c.StatusResult:
         from corestate.node.app.status import Live, status
         at = self.schedule_next.get("backup")
-        live = Live(connected=frozenset(self.mesh.host.connected_peers()),
+        running = DaemonLive(self)
+        connected = frozenset(self.mesh.host.connected_peers())
+        live = Live(connected=connected,
                     next_backup=None if at is None else int(at * 1e9),
-                    alerts=tuple(self.events.recent_alerts), acked=frozenset(self.events.acked))
+                    alerts=tuple(self.events.recent_alerts), acked=frozenset(self.events.acked),
+                    reachability=running.reachability(),
+                    connections={p: running.connection(p) for p in connected})
         return await trio.to_thread.run_sync(status, self.node, live)
 
     def _scheduled_backup(self) -> int:
@@ -601,7 +605,7 @@ async def run_daemon(home: Home, passphrase: bytes, listen: list[str] | None, *,
     try:
         for pid, reason in node.problems:
             log.warning("pack %s could not be read: %s (run `corestate check`)", pid.hex()[:16], reason)
-        async with open_mesh(node, listen=listen, mdns=node.cfg.mdns, events=events) as mesh:
+        async with open_mesh(node, listen=listen, mdns=node.cfg.mdns, events=events, reach=True) as mesh:
             daemon = Daemon(node, mesh, events)
             journal = daemon.journal = await trio.to_thread.run_sync(_start_journal, node)
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

@@ -21,7 +21,9 @@ When and with whom is the scheduler core's decision (node/core/scheduler.py): th
 scheduler drives it (``on_kick`` routes kicks there); ``run`` drives a scheduler of its own
 for a host without a daemon (the test kit).
 Each member advertises its listen addresses in its own partition (``records.AddressAdvert``), so
-members find each other without a coordinator.
+members find each other without a coordinator; a member behind a NAT also advertises its
+circuit addresses through relay members (``.../p2p/<relay>/p2p-circuit/p2p/<member>``) and
+the public addresses members reached it at (``node/runtime/reach.py``).
 """
 
 from __future__ import annotations
@@ -326,7 +328,9 @@ class GroupService:
 
     def advertise(self) -> None:
         """Write this node's listen addresses into its partition (when they changed)."""
-        value = records.AddressAdvert(tuple(a.rsplit("/p2p/", 1)[0] for a in self.host.addrs())).value()
+        # A circuit address keeps its /p2p/<us> end (its relay's /p2p comes before it).
+        value = records.AddressAdvert(tuple(a if "/p2p-circuit" in a else a.rsplit("/p2p/", 1)[0]
+                                            for a in self.host.addrs())).value()
         cur = self.group.catalog.get(self.group.me, records.ADDRS_KEY)
         if self.group.in_group and (cur is None or cur.value != value):
             self.group.write({records.ADDRS_KEY: value})

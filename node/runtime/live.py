@@ -31,6 +31,16 @@ class DaemonLive:
     def connected(self) -> list[str]:
         return list(self._daemon.mesh.host.connected_peers())
 
+    def reachability(self) -> str:
+        reach = self._daemon.mesh.reach
+        return "unknown" if reach is None else str(reach.state)
+
+    def connection(self, peer: str) -> str:
+        how = getattr(self._daemon.mesh.host, "connection", None)
+        if how is None:  # a host without relays (the test kit's memory host)
+            return "direct" if peer in self.connected() else "none"
+        return str(how(peer))
+
     def vault_stats(self) -> dict[str, int]:
         return self._daemon.mesh.vault.stats()
 

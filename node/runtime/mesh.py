@@ -125,6 +125,7 @@ class Mesh:
         self.in_group = in_group or (lambda: False)
         self.trusted = trusted or (lambda: [e.peer for e in book.trusted()])
         self.groups: GroupService | None = None  # set by open_mesh
+        self.reach: Any = None  # a ReachService (node/runtime/reach.py), set by open_mesh for a daemon
         self.admission = Admission()
         self._room = trio.lowlevel.ParkingLot()  # members waiting for admission
         self._member_scans = trio.CapacityLimiter(MEMBER_SCANS)

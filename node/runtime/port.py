@@ -113,12 +113,17 @@ class TransientMeshPort:
 
 @asynccontextmanager
 async def open_mesh(node: LocalNode, *, listen: list[str] | None = None, mdns: bool = False,
-                    events: EventBus | None = None, host: Host | None = None) -> AsyncIterator[Mesh]:
+                    events: EventBus | None = None, host: Host | None = None,
+                    reach: bool = False) -> AsyncIterator[Mesh]:
     """The node's libp2p host, share vault and mesh service, for as long as the block runs.
+
+    ``reach`` (a daemon): also run the reachability and relay service
+    (``node/runtime/reach.py``) on the libp2p host, as ``[relay]`` says.
 
     ``host``: a running host to serve on instead of a libp2p host of our own (the
     in-process test kit, ``node.runtime.testkit``, passes a ``MemoryHost``); its owner
     starts and stops it, ``listen`` and ``mdns`` are then unused."""
+    import trio
     from corestate.node.runtime.events import EventBus
     from corestate.node.runtime.mesh import Mesh
     from corestate.node.runtime.vault import ShareVault
@@ -147,10 +152,16 @@ async def open_mesh(node: LocalNode, *, listen: list[str] | None = None, mdns: b
             granted[:] = [want]
     try:
         apply_quotas()
-        addrs = listen if listen is not None else (cfg.listen or ["/ip4/0.0.0.0/tcp/0"])
+        addrs = listen if listen is not None else (cfg.listen or [f"/ip4/0.0.0.0/tcp/{cfg.listen_port}"])
+        own_host = host is None
         if host is None:
-            from corestate.protocol.p2p import open_host
-            hosting: AbstractAsyncContextManager[Host] = open_host(node.keys.identity_seed, addrs, mdns=mdns)
+            from corestate.protocol.p2p import RelayOptions, open_host
+            relay = RelayOptions(hop=cfg.relay_serve, circuit_rate=cfg.relay_circuit_rate,
+                                 circuit_bytes=cfg.relay_circuit_bytes,
+                                 circuit_seconds=int(cfg.relay_circuit_duration),
+                                 relayed_rate=cfg.relayed_rate, hole_punch=cfg.hole_punch)
+            hosting: AbstractAsyncContextManager[Host] = open_host(node.keys.identity_seed, addrs, mdns=mdns,
+                                                                   relay=relay)
         else:
             hosting = nullcontext(host)
         async with hosting as host:
@@ -174,10 +185,20 @@ async def open_mesh(node: LocalNode, *, listen: list[str] | None = None, mdns: b
 
             host.on_peer_discovered(lambda peer, paddrs: discovered(node.book, bus, host.peer_id, peer, paddrs))
             _quiet_libp2p()  # its submodules made loggers of their own while starting
-            try:
-                yield mesh
-            finally:
-                node.group.on_members.remove(members_changed)
+            async with trio.open_nursery() as services:
+                if reach and own_host:
+                    from corestate.node.runtime.reach import ReachService
+                    groups = mesh.groups
+                    mesh.reach = ReachService(host, node.group, node.book, serve=cfg.relay_serve,
+                                              use=cfg.relay_use, want=cfg.relays,
+                                              reservation_seconds=3600, on_addrs=groups.kick,
+                                              upnp=cfg.upnp)
+                    services.start_soon(mesh.reach.run)
+                try:
+                    yield mesh
+                finally:
+                    node.group.on_members.remove(members_changed)
+                    services.cancel_scope.cancel()
     finally:
         vault.close()
 

@@ -388,3 +388,64 @@ async def test_mdns_discovery() -> None:
             await stream.send_all(b"hi")
             assert await receive_exactly(stream, 2) == b"hi"
             await stream.aclose()
+
+
+async def test_an_oversized_negotiation_message_is_refused_without_memory_growth() -> None:
+    """GHSA-hmjq-g7pp-rw3x: libp2p 0.8.1 reads a multistream message of any announced
+    length. A stranger announces 256 MiB and sends 4 MiB of it: the host must drop the
+    connection after the length prefix and allocate nothing near the claim."""
+    import tracemalloc
+
+    from corestate.protocol.p2p import NEGOTIATION_MAX_BYTES
+
+    claimed = 256 * 2**20
+
+    def uvarint(n: int) -> bytes:
+        out = bytearray()
+        while True:
+            byte = n & 0x7F
+            n >>= 7
+            if n:
+                out.append(byte | 0x80)
+            else:
+                out.append(byte)
+                return bytes(out)
+
+    async with open_host(seed(1), LOOPBACK) as a, open_host(seed(2), LOOPBACK) as b:
+        a.set_handler(ECHO, echo)
+        port = loopback_port(a)
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            tracemalloc.reset_peak()
+            attacker = await trio.open_tcp_stream("127.0.0.1", port)
+            sent = 0
+            with trio.move_on_after(20):
+                try:
+                    await attacker.send_all(uvarint(claimed))
+                    chunk = b"x" * 65536
+                    while sent < 4 * 2**20:
+                        await attacker.send_all(chunk)
+                        sent += len(chunk)
+                except trio.BrokenResourceError:
+                    pass
+            _, closed = await read_until_closed(attacker, 10)
+            await attacker.aclose()
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert closed, "the host kept a connection that announced a 256 MiB negotiation message"
+        assert peak - before < 8 * 2**20, f"memory grew by {(peak - before) / 2**20:.1f} MiB"
+        # The cap leaves room for real negotiation: the host still serves others.
+        assert NEGOTIATION_MAX_BYTES >= 256
+        await assert_echo(b, a)
+
+
+async def test_an_error_in_the_hosts_block_reaches_the_caller() -> None:
+    """The relay and DCUtR services run beside the block: they must not swallow its error
+    (libp2p's background_trio_service did, hiding failures of everything above)."""
+    with pytest.raises(BaseException) as caught:
+        async with open_host(seed(1), LOOPBACK):
+            raise ValueError("boom")
+    assert "boom" in repr(caught.value) or any(
+        "boom" in repr(e) for e in getattr(caught.value, "exceptions", ()))

@@ -349,6 +349,7 @@ class Daemon:
         core = sched.Scheduler(
             sched.ScheduleConfig(backup_every=cfg.backup_every, has_paths=bool(cfg.paths),
                                  retention=bool(cfg.retention), repair_every=cfg.repair_every,
+                                 audit_every=cfg.audit_every or None,
                                  sync_every=groups.interval if groups is not None else 0),
             now=trio.current_time(), rng=random.Random())
         pending: list[sched.Event] = [sched.HoldingsChanged(self._placed())]
@@ -454,7 +455,12 @@ class Daemon:
                 why = why or "; ".join(i.problem for i in items if isinstance(i, c.ShareNotDeleted))
                 log.warning("scheduled retention did not finish cleanly: %s", why[:500])
             return code
-        code, items, why = await self._scheduled_call(c.RepairCall(dry_run=False))  # repair, audit
+        if job == sched.Job.AUDIT:
+            code, items, why = await self._scheduled_call(c.AuditCall())
+            if why:
+                log.warning("scheduled audit failed: %s", why[:500])
+            return code
+        code, items, why = await self._scheduled_call(c.RepairCall(dry_run=False))
         if code != 0:
             why = why or "; ".join([f"{len([i for i in items if isinstance(i, c.Unrepairable)])} "
                                     "pack(s) not repairable now",

@@ -110,13 +110,11 @@ def _alert(ctx: Context, d: hc.AlertDecision) -> None:
 def audit(node: LocalNode, call: c.AuditCall, ctx: Context) -> c.AuditResult:
     from corestate.erasure import share as sharefmt
     from corestate.node.core.repair import share_blocks
-    now = wall_time()
     book = load_book(node)
     coded = node.ledger.all()
     rows = {(r.pack, r.index, r.peer): r for cp in coded.values() for r in cp.shares}
     port = ctx.mesh()
     events: list[hb.HolderEvent] = []
-    early: list[hb.StateChanged] = []
     challenges: list[hb.Challenge] = []
     found: list[tuple[hb.Challenge, bool, str]] = []
     answered: set[str] = set()
@@ -130,10 +128,9 @@ def audit(node: LocalNode, call: c.AuditCall, ctx: Context) -> c.AuditResult:
         refs = [hb.ShareRef(r.pack, r.index, r.peer,
                             share_blocks(r.size, sharefmt.HEADER_SIZE, sharefmt.DEFAULT_BLOCK_SIZE))
                 for r in rows.values()]
-        # The holders' states before this round (who is lost by now) choose whom to
-        # audit; an unpredictable draw (a holder that could guess the block could keep
+        # The holders' states as last saved choose whom to audit (who is lost by now is
+        # decided after this round's answers); an unpredictable draw (a holder that could guess the block could keep
         # only it).
-        early = learn(node, book, ctx, [], now)
         challenges = planner.plan(refs, book.states(), random.SystemRandom())
         node.ledger.set_meta(_CURSOR, planner.cursor.to_bytes(8, "big"))
         # Every holder not evicted is asked (a lost one too: it may be back).
@@ -143,7 +140,7 @@ def audit(node: LocalNode, call: c.AuditCall, ctx: Context) -> c.AuditResult:
         events += [hb.Answered(p) for p in sorted(answered)]
         events += [hb.Audited(ch.share.peer, ok, what) for ch, ok, what in found]
         events += [hb.Unanswered(p) for p in sorted(silent)]
-    changes = early + learn(node, book, ctx, events, wall_time())
+    changes = learn(node, book, ctx, events, wall_time())
     refresh_levels(node, ctx, book.states())
     passed = sum(1 for _, ok, _ in found if ok)
     failed = len(found) - passed

@@ -55,7 +55,8 @@ Interface (all times are seconds on one monotonic scale, passed in):
   ``next_deadline() -> float | None`` (the next time a holder would turn lost),
   ``state(peer)``, ``records()`` (to persist; ``HolderBook(config, records)`` resumes).
 - Events: :class:`Known` (a holder got a share: starts its clock), :class:`Answered`,
-  :class:`Unanswered`, :class:`Audited` (``passed``), :class:`Tick`.
+  :class:`Unanswered`, :class:`Audited` (``passed``), :class:`Tick`. Only a ``Tick``
+  turns holders lost: feed a round's answers, then a ``Tick``.
 - Commands: :class:`StateChanged` (old, new, reason) and :class:`Returned`.
 - ``AuditPlanner(config, cursor=0)``, ``plan(shares, states, now, rng) -> list[Challenge]``.
 
@@ -235,7 +236,10 @@ class HolderBook:
         elif isinstance(event, Unanswered) and event.peer not in self._holders:
             # First heard of by not answering: its clock starts now, it is not lost yet.
             self._holders[event.peer] = self._fresh(event.peer, now)
-        self._expire(now, out)
+        elif isinstance(event, Tick):
+            # Only a Tick turns holders lost: a driver feeds a round's answers first, then
+            # a Tick, so a holder is never counted lost just before its answer is read.
+            self._expire(now, out)
         return out
 
     # -- rules ---------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 from corestate.node.app import Local
 from corestate.node.app import health as hmod
 from corestate.node.local import LocalNode
@@ -126,3 +127,106 @@ async def test_a_lost_holder_is_rebuilt_elsewhere_and_its_surplus_deleted_on_ret
 def _share_count(home: Path) -> int:
     return sum(1 for sub in (home / "shares").iterdir() if sub.is_dir() and len(sub.name) == 2
                for p in sub.iterdir() if len(p.name) == 64)
+
+
+async def _lose(kit: MemoryMesh, wall: list[float], owner: int, victim: int, events: list[Any]) -> None:
+    """Kill ``victim`` and let ``owner``'s audits count it lost."""
+    await op(kit, owner, c.AuditCall(), events)
+    await kit.kill(victim)
+    wall[0] += 31
+    res = await op(kit, owner, c.AuditCall(), events)
+    assert [(x.peer, x.new) for x in res.changes] == [(kit.nodes[victim].peer_id, "lost")]
+
+
+async def test_shares_rotting_on_a_holder_are_found_by_audits_and_rebuilt(
+        tmp_path: Path, homes: Path, clock: VirtualClock, wall: list[float]) -> None:
+    async with memory_mesh(homes, 6) as kit:
+        src = small_tree(tmp_path / "src", mib=3, files=4, seed=6)
+        b = await kit.backup(0, [src], k=2, n=4)
+        assert b.pushed is not None and b.pushed.safe
+        victim = kit.nodes[2]
+        ledger = kit.nodes[0].local().ledger
+        mine = [(p, r.index) for p, cp in ledger.all().items() for r in cp.shares if r.peer == victim.peer_id]
+        assert len(mine) >= 2
+        files = [f for sub in (victim.home / "shares").iterdir() if sub.is_dir() and len(sub.name) == 2
+                 for f in sub.iterdir() if len(f.name) == 64]
+        for f in files:  # the disk rots: a few bytes flipped in the middle of each share file
+            data = bytearray(f.read_bytes())
+            data[len(data) // 2] ^= 0xFF
+            f.write_bytes(bytes(data))
+        events: list[Any] = []
+        res = await op(kit, 0, c.AuditCall(), events)
+        assert res.failed >= 1 and res.code == 3
+        h = await op(kit, 0, c.HealthCall())
+        state = holder(h, victim.peer_id).state
+        assert state in ("suspect", "evicted") and holder(h, victim.peer_id).audits_failed == res.failed
+        assert alerts(events, "failed-audit") or res.failed  # the mesh raised it on the bus, too
+        while holder(h, victim.peer_id).state != "evicted":
+            await op(kit, 0, c.AuditCall(), events)
+            h = await op(kit, 0, c.HealthCall())
+        assert len(alerts(events, "holder-evicted")) == 1
+        items = await op(kit, 0, c.RepairCall(dry_run=False), events)
+        assert items[-1].complete, items
+        placed = {peer for r in items if isinstance(r, c.Rebuilt) for _, peer in r.placed}
+        assert placed and victim.peer_id not in placed  # an evicted holder gets no new shares
+        h = await op(kit, 0, c.HealthCall())
+        assert h.packs.degraded == h.packs.at_risk == h.packs.lost == 0
+        assert holder(h, victim.peer_id).state == "evicted" and holder(h, victim.peer_id).shares == 0
+
+
+async def test_a_holder_that_kept_only_a_few_blocks_is_caught(
+        tmp_path: Path, homes: Path, clock: VirtualClock, wall: list[float]) -> None:
+    """The holder throws away all but the first two blocks of every share and answers
+    audits from what it kept: for any other block it can only send a proof of a block it
+    has, which does not check (the block index is bound into the leaf)."""
+    from corestate.node.errors import ShareNotFound
+    async with memory_mesh(homes, 6) as kit:
+        src = small_tree(tmp_path / "src", mib=3, files=4, seed=7)
+        b = await kit.backup(0, [src], k=2, n=4)
+        assert b.pushed is not None and b.pushed.safe
+        victim = kit.nodes[3]
+        vault = victim.mesh.vault  # type: ignore[union-attr]
+        honest = vault.prove
+
+        def prove(sender: str, pack: bytes, index: int, block: int) -> bytes:
+            return honest(sender, pack, index, block if block < 2 else 0)
+
+        def open_share(sender: str, pack: bytes, index: int, offset: int = 0, length: int = -1) -> Any:
+            raise ShareNotFound(pack, index, "kept only two blocks")
+        vault.prove = prove  # type: ignore[method-assign]
+        vault.open_share = open_share  # type: ignore[method-assign]
+        events: list[Any] = []
+        rounds = 0
+        h = await op(kit, 0, c.HealthCall())
+        while holder(h, victim.peer_id).state != "evicted":
+            rounds += 1
+            assert rounds <= 10, h
+            await op(kit, 0, c.AuditCall(), events)
+            h = await op(kit, 0, c.HealthCall())
+        items = await op(kit, 0, c.RepairCall(dry_run=False), events)
+        assert items[-1].complete
+        h = await op(kit, 0, c.HealthCall())
+        assert h.packs.degraded == h.packs.at_risk == h.packs.lost == 0
+
+
+async def test_repair_bandwidth_caps_the_rate(tmp_path: Path, homes: Path, clock: VirtualClock,
+                                              wall: list[float]) -> None:
+    async with memory_mesh(homes, 6, start=False) as kit:
+        kit.edit_config(0, 'holder_lost_after = "3d"', 'holder_lost_after = "30s"')
+        kit.edit_config(0, "repair_bandwidth = 0", 'repair_bandwidth = "1 MiB/s"')
+        await kit.start()
+        src = small_tree(tmp_path / "src", mib=4, files=4, seed=8)
+        b = await kit.backup(0, [src], k=2, n=4)
+        assert b.pushed is not None and b.pushed.safe
+        events: list[Any] = []
+        await _lose(kit, wall, 0, 1, events)
+        h = await op(kit, 0, c.HealthCall())
+        assert h.repair.bytes > 2 << 20  # more than two seconds' worth at the cap
+        assert h.repair.eta_s is not None and h.repair.eta_s >= h.repair.bytes // (1 << 20)
+        t0 = trio.current_time()
+        items = await op(kit, 0, c.RepairCall(dry_run=False), events)
+        took = trio.current_time() - t0
+        assert items[-1].complete
+        moved = h.repair.bytes
+        assert took >= 0.95 * moved / (1 << 20), (took, moved)
+        assert took <= 3 * moved / (1 << 20) + 10

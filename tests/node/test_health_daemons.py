@@ -1,0 +1,124 @@
+"""Health without a user, with real daemons on loopback (issue 15, "Must hold").
+
+The owner's daemon audits every 5 s and repairs every 10 s; a holder unreachable for 30 s
+counts as lost. Nobody types a command but ``corestate health`` to look:
+
+- a holder killed for good: every pack is back at full redundancy within a couple of
+  minutes;
+- a holder whose share files rot on disk is found by the audits, shown suspect or
+  evicted, and its shares are rebuilt.
+
+One five-node mesh for the module (an owner and four holders, 1 MiB packs), backups coded
+k=2 of n=3, so each pack leaves a holder free for a rebuilt share.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from corestate.node.runtime.localmesh import LocalMesh
+from meshutil import (
+    edit_config,
+    last_json,
+    ledger_rows,
+    make_mesh,
+    random_tree,
+    share_files,
+    start_missing,
+    wait_for,
+)
+
+pytestmark = pytest.mark.slow
+
+OWNER = 0
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
+    lm = make_mesh(tmp_path_factory.mktemp("health"), 5)
+    home = lm.nodes[OWNER].home
+    edit_config(home, 'repair_every = "1d"', 'repair_every = "10s"')
+    edit_config(home, 'audit_every = "1h"', 'audit_every = "5s"')
+    edit_config(home, 'holder_lost_after = "3d"', 'holder_lost_after = "30s"')
+    try:
+        lm.start()
+        yield lm
+    finally:
+        lm.close()
+
+
+@pytest.fixture(autouse=True)
+def all_running(mesh: LocalMesh) -> Iterator[None]:
+    start_missing(mesh)
+    yield
+    start_missing(mesh)
+
+
+def health(mesh: LocalMesh) -> dict:
+    p = mesh.run(mesh.nodes[OWNER], "health", "--json", check=False)
+    assert p.returncode in (0, 3), p.stdout + p.stderr
+    return last_json(p)
+
+
+def state_of(h: dict, peer: str) -> str | None:
+    return next((x["state"] for x in h["holders"] if x["peer"] == peer), None)
+
+
+def full(h: dict) -> bool:
+    p = h["packs"]
+    return p["full"] > 0 and p["degraded"] == p["at_risk"] == p["lost"] == 0
+
+
+def when(h: dict, ok: Callable[[dict], bool]) -> dict | None:
+    return h if ok(h) else None
+
+
+def backup(mesh: LocalMesh, src: Path) -> dict:
+    p = mesh.run(mesh.nodes[OWNER], "backup", str(src), "--k", "2", "--n", "3", "--json", check=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    out = last_json(p)
+    assert out["mesh"]["safe"], out
+    return out
+
+
+def test_a_holder_killed_for_good_is_rebuilt_without_a_user(mesh: LocalMesh, tmp_path: Path) -> None:
+    backup(mesh, random_tree(tmp_path / "src", 4, seed=31))
+    h = health(mesh)
+    assert set(h) >= {"packs", "holders", "repair"} and full(h), h
+    assert all(isinstance(h["packs"][k], int) for k in ("full", "degraded", "at_risk", "lost"))
+    dead = mesh.nodes[1]
+    hit = {r.pack for r in ledger_rows(mesh.nodes[OWNER].home) if r.peer == dead.peer_id}
+    assert hit, "holder 1 got no share"
+    t0 = time.monotonic()
+    mesh.kill(1)
+    # A minute is well past lost (30 s) + an audit (5 s) + a repair (10 s) and its work.
+    def done(x: dict) -> bool:
+        return (full(x) and state_of(x, dead.peer_id) == "lost"
+                and not any(r.peer == dead.peer_id for r in ledger_rows(mesh.nodes[OWNER].home)))
+    h = wait_for(lambda: when(health(mesh), done), 150,
+                 "full redundancy again with holder 1 counted lost, its shares placed elsewhere", every=1.0)
+    took = time.monotonic() - t0
+    assert took >= 30, "counted lost before holder_lost_after"
+    assert h["repair"]["packs"] == 0 and h["repair"]["eta_s"] == 0
+    log = (mesh.nodes[OWNER].home / "daemon.log").read_text()
+    assert "alert holder-lost" in log
+    print(f"holder killed -> full again in {took:.0f} s")
+
+
+def test_a_holder_whose_shares_rot_is_found_and_its_shares_rebuilt(mesh: LocalMesh, tmp_path: Path) -> None:
+    backup(mesh, random_tree(tmp_path / "src", 4, seed=32))
+    rotten = mesh.nodes[2]
+    mine = {(r.pack, r.index) for r in ledger_rows(mesh.nodes[OWNER].home) if r.peer == rotten.peer_id}
+    assert mine
+    for f in share_files(rotten.home):  # bytes flipped in the middle of every share file
+        data = bytearray(f.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        f.write_bytes(bytes(data))
+    h = wait_for(lambda: when(health(mesh), lambda x: state_of(x, rotten.peer_id) in ("suspect", "evicted")
+                                 and full(x)), 90, "the rotten holder found and its shares rebuilt", every=1.0)
+    assert next(x for x in h["holders"] if x["peer"] == rotten.peer_id)["audits_failed"] >= 1
+    now = {(r.pack, r.index) for r in ledger_rows(mesh.nodes[OWNER].home) if r.peer == rotten.peer_id}
+    assert not (now & mine)  # none of the rotten copies counts any more

@@ -1100,7 +1100,29 @@ class AuditFinished(Message):
     failed: U63
 
 
-HEALTH_MESSAGES: tuple[type[Message], ...] = (HealthCall, HealthResult, AuditCall, AuditResult)
+@message
+@dataclass(frozen=True, slots=True)
+class MemberRepairCall(Message):
+    """Repair the packs of group members that are away (node/app/rescue.py); the daemon
+    runs it after its own scheduled repair."""
+
+    TYPE: ClassVar[str] = "member-repair"
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class MemberRepairResult(Message):
+    TYPE: ClassVar[str] = "member-repair-result"
+    code: Annotated[int, Range(0, 255)]  # 0 done (or nothing to do), 3 some packs left short
+    owners_away: Annotated[tuple[PeerId, ...], MaxItems(4096)]
+    packs_repaired: U63  # by this member, under its lease
+    packs_deferred: U63  # another member holds the lease
+    shares_placed: U63
+    problems: Annotated[tuple[Text, ...], MaxItems(4096)]
+
+
+HEALTH_MESSAGES: tuple[type[Message], ...] = (HealthCall, HealthResult, AuditCall, AuditResult,
+                                              MemberRepairCall, MemberRepairResult)
 HEALTH_EVENTS: tuple[type[Message], ...] = (AuditFinished,)
 
 

@@ -57,7 +57,9 @@ def learn(node: LocalNode, book: hb.HolderBook, ctx: Context, events: Iterable[h
     """Feed ``events`` (and the time) to ``book``, save it, raise the holder alerts."""
     out: list[hb.HolderCommand] = []
     for peer in sorted({r.peer for cp in node.ledger.all().values() for r in cp.shares}):
-        out += book.handle(hb.Known(peer), now)
+        # When it last answered anything (a capacity request, a catalog sync), if known.
+        e = node.book.get(peer)
+        out += book.handle(hb.Seen(peer, e.seen_ns / 1e9) if e is not None and e.seen_ns else hb.Known(peer), now)
     for ev in events:
         out += book.handle(ev, now)
     out += book.handle(hb.Tick(), now)

@@ -55,7 +55,7 @@ Interface (all times are seconds on one monotonic scale, passed in):
   ``next_deadline() -> float | None`` (the next time a holder would turn lost),
   ``state(peer)``, ``records()`` (to persist; ``HolderBook(config, records)`` resumes).
 - Events: :class:`Known` (a holder got a share: starts its clock), :class:`Answered`,
-  :class:`Unanswered`, :class:`Audited` (``passed``), :class:`Tick`. Only a ``Tick``
+  :class:`Unanswered`, :class:`Seen` (heard from at some time by other means), :class:`Audited` (``passed``), :class:`Tick`. Only a ``Tick``
   turns holders lost: feed a round's answers, then a ``Tick``.
 - Commands: :class:`StateChanged` (old, new, reason) and :class:`Returned`.
 - ``AuditPlanner(config, cursor=0)``, ``plan(shares, states, now, rng) -> list[Challenge]``.
@@ -144,6 +144,15 @@ class Unanswered:
 
 
 @dataclass(frozen=True, slots=True)
+class Seen:
+    """``peer`` was heard from at time ``at`` by other means (a catalog sync, a capacity
+    request): its absence is timed from then, if that is later than what the book knew."""
+
+    peer: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class Audited:
     """An audit of ``peer`` ended: ``passed`` (proof checks) or not (bad proof, a share it
     should have and says it has not, a whole share that does not verify). ``what`` names
@@ -159,7 +168,7 @@ class Tick:
     pass
 
 
-HolderEvent = Known | Answered | Unanswered | Audited | Tick
+HolderEvent = Known | Answered | Unanswered | Audited | Seen | Tick
 
 
 # -- commands -----------------------------------------------------------------------------
@@ -233,6 +242,12 @@ class HolderBook:
         elif isinstance(event, Audited):
             self._answered(event.peer, now, out)
             self._audited(event, out)
+        elif isinstance(event, Seen):
+            r = self._holders.get(event.peer)
+            if r is None:
+                self._holders[event.peer] = self._fresh(event.peer, min(now, event.at))
+            elif r.last_seen is None or event.at > r.last_seen:
+                self._answered(event.peer, min(now, event.at), out)
         elif isinstance(event, Unanswered) and event.peer not in self._holders:
             # First heard of by not answering: its clock starts now, it is not lost yet.
             self._holders[event.peer] = self._fresh(event.peer, now)
@@ -399,5 +414,5 @@ def _words(seconds: float) -> str:
 __all__ = [
     "COUNTS", "DEFAULT_LOST_AFTER", "DEFAULT_WHOLE_CYCLE", "Answered", "AuditConfig", "AuditPlanner",
     "Audited", "Challenge", "HolderBook", "HolderCommand", "HolderConfig", "HolderEvent", "HolderRecord",
-    "HolderState", "Known", "Returned", "ShareRef", "StateChanged", "Tick", "Unanswered",
+    "HolderState", "Known", "Returned", "Seen", "ShareRef", "StateChanged", "Tick", "Unanswered",
 ]

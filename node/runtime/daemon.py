@@ -331,6 +331,18 @@ class Daemon:
                         "".join(f"; {p}" for p in summary.mesh.problems) if summary.mesh else "")
         return summary.code
 
+    def _adopt(self) -> None:
+        """Take in the placements members made for this node's packs while it was away
+        (node/app/rescue.py); a worker thread."""
+        from corestate.node.app.rescue import adopt
+        try:
+            n = adopt(self.node)
+        except (CoreStateError, OSError) as exc:
+            log.warning("adopting members' placements failed: %s", exc)
+            return
+        if n:
+            log.info("adopted %d share placement(s) that members made while this node was away", n)
+
     def _placed(self) -> bool:
         return self.node.ledger.has_any()
 
@@ -419,6 +431,7 @@ class Daemon:
             while self._sync_wanted:
                 peers, self._sync_wanted = tuple(sorted(self._sync_wanted)), set()
                 await groups.round(peers)
+                await trio.to_thread.run_sync(self._adopt)
         finally:
             self._syncing = False
 
@@ -456,11 +469,18 @@ class Daemon:
                 log.warning("scheduled retention did not finish cleanly: %s", why[:500])
             return code
         if job == sched.Job.AUDIT:
+            await trio.to_thread.run_sync(self._adopt)
             code, items, why = await self._scheduled_call(c.AuditCall())
             if why:
                 log.warning("scheduled audit failed: %s", why[:500])
             return code
+        await trio.to_thread.run_sync(self._adopt)
         code, items, why = await self._scheduled_call(c.RepairCall(dry_run=False))
+        if self.node.group.in_group:
+            # Then the packs of members that are away (node/app/rescue.py).
+            mcode, _, mwhy = await self._scheduled_call(c.MemberRepairCall())
+            if mcode != 0:
+                log.warning("scheduled repair of absent members' packs incomplete: %s", mwhy[:500])
         if code != 0:
             why = why or "; ".join([f"{len([i for i in items if isinstance(i, c.Unrepairable)])} "
                                     "pack(s) not repairable now",

@@ -560,11 +560,15 @@ class Mesh:
         if coded is None or not coded.shares:
             raise MeshError(f"pack {pack.hex()[:16]}: no record of where its shares went",
                             hint="the share ledger of this home is missing it; see `corestate check`")
-        k = coded.k
+        return await self.fetch_rows(pack, coded.k, coded.shares, coded.owner, rate=rate)
+
+    async def fetch_rows(self, pack: bytes, k: int, rows: Sequence[ShareRow], owner: str = "", *,
+                         rate: RateLimiter | None = None) -> bytes:
+        """:meth:`fetch` from the holders ``rows`` name (filed under ``owner``; "" = us):
+        a member repairing another owner's pack reads the rows from the catalog."""
         # Data shares first: with a systematic code they are the pack itself.
-        owner = coded.owner
-        queue: list[ShareRow] = sorted(coded.shares, key=lambda r: (r.index >= k, r.index))
-        roots = {r.index: r.root for r in coded.shares}
+        queue: list[ShareRow] = sorted(rows, key=lambda r: (r.index >= k, r.index))
+        roots = {r.index: r.root for r in rows}
         got: dict[int, bytes] = {}
         problems: list[str] = []
         busy: set[int] = set()
@@ -608,8 +612,12 @@ class Mesh:
     async def _fetch_share(self, row: ShareRow, got: dict[int, bytes], problems: list[str],
                            owner: str = "") -> None:
         try:
-            _, data = await self.request(row.peer, m.GetShare(pack=row.pack, index=row.index, offset=0, length=-1,
-                                                               owner=owner), expect_size=row.size)
+            if row.peer == self.peer_id and owner:
+                # A member repairing another owner's pack holds one of its shares itself.
+                data = await trio.to_thread.run_sync(self.vault.get, owner, row.pack, row.index)
+            else:
+                _, data = await self.request(row.peer, m.GetShare(pack=row.pack, index=row.index, offset=0,
+                                                                   length=-1, owner=owner), expect_size=row.size)
             assert data is not None
             sharefmt.verify_share(data, root=row.root, pack_id=row.pack, index=row.index)
         except CorruptShare as exc:
@@ -619,7 +627,7 @@ class Mesh:
             log.warning("peer %s returned a corrupt share %d of %s: %s",
                         row.peer, row.index, row.pack.hex()[:12], exc.reason)
             return
-        except (ProtocolError, MeshError, AssertionError) as exc:
+        except (ProtocolError, MeshError, AssertionError, ShareNotFound) as exc:
             problems.append(f"share {row.index} from {short(row.peer)}: {exc}")
             return
         got[row.index] = data
@@ -768,6 +776,58 @@ class Mesh:
                                     index=c.share.index)
         return found, answered, silent - answered
 
+    async def probe_foreign(self, rows: Sequence[ShareRow], owner: str) -> dict[tuple[bytes, int, str], Verdict]:
+        """Whether each holder in ``rows`` still has its share of ``owner``'s pack (a member
+        looking after an absent owner): a GET of the share's header, which an honest holder
+        serves only after verifying the whole share against its root, compared with the
+        root recorded in the catalog. Holders are asked in parallel, each in turn."""
+        out: dict[tuple[bytes, int, str], Verdict] = {}
+        by_peer: dict[str, list[ShareRow]] = {}
+        for r in rows:
+            by_peer.setdefault(r.peer, []).append(r)
+
+        def held_here(r: ShareRow) -> Verdict:
+            try:
+                with self.vault.open_share(owner, r.pack, r.index, 0, sharefmt.HEADER_SIZE) as held:
+                    header = held.read(sharefmt.HEADER_SIZE)
+            except ShareNotFound:
+                return Verdict.MISSING
+            return Verdict.OK if sharefmt.read_header(header).root == r.root else Verdict.CORRUPT
+
+        async def one(peer: str, mine: list[ShareRow]) -> None:
+            for r in mine:
+                key = (r.pack, r.index, r.peer)
+                if peer == self.peer_id:  # this member holds it itself: its own vault says
+                    out[key] = await trio.to_thread.run_sync(held_here, r)
+                    continue
+                try:
+                    _, data = await self.request(peer, m.GetShare(pack=r.pack, index=r.index, offset=0,
+                                                                  length=sharefmt.HEADER_SIZE, owner=owner),
+                                                 timeout=min(self.timeout, 10.0))
+                    ok = data is not None and sharefmt.read_header(data).root == r.root
+                    out[key] = Verdict.OK if ok else Verdict.CORRUPT
+                except PeerRefused as exc:
+                    out[key] = Verdict.MISSING if exc.code == "not-found" else Verdict.UNREACHABLE
+                except (ProtocolError, MeshError):
+                    for rest in mine:
+                        out.setdefault((rest.pack, rest.index, rest.peer), Verdict.UNREACHABLE)
+                    return
+                except CoreStateError:  # a header that does not parse
+                    out[key] = Verdict.CORRUPT
+        async with trio.open_nursery() as nursery:
+            for peer, mine in by_peer.items():
+                nursery.start_soon(one, peer, mine)
+        return out
+
+    async def ping(self, peer: str, timeout: float = 5.0) -> bool:
+        """Whether ``peer`` answers a capacity request now (noted in the address book)."""
+        try:
+            await self.request(peer, m.Capacity(), timeout=min(self.timeout, timeout))
+        except (ProtocolError, MeshError):
+            return False
+        await trio.to_thread.run_sync(self.book.seen, peer)
+        return True
+
     async def _put_share(self, peer: str, pack: bytes, index: int, share: bytes, *, owner: str = "") -> None:
         """PUT one share; record it in the ledger once the holder acknowledged it (only
         for this node's own packs: a share put for another ``owner`` is recorded by the
@@ -779,10 +839,13 @@ class Mesh:
 
     async def rebuild(self, pack: bytes, data: bytes, k: int, n: int, indexes: Sequence[int],
                       holders: Sequence[tuple[int, str]], candidates: list[Candidate],
-                      *, rate: RateLimiter | None = None, owner: str = "") -> dict[int, str]:
+                      *, rate: RateLimiter | None = None, owner: str = "",
+                      roots: dict[int, bytes] | None = None) -> dict[int, str]:
         """Make shares ``indexes`` of ``pack`` (whose bytes are ``data``) and put each on a
         peer that holds no other share of it, the next-ranked one after a refusal. Returns
-        index -> new holder for the shares acknowledged (each recorded in the ledger)."""
+        index -> new holder for the shares acknowledged (each recorded in the ledger, or,
+        for another ``owner``'s pack, filed under it by the holder and its root put in
+        ``roots`` for the caller's catalog record)."""
         if blake3.blake3(data).digest() != pack:
             raise MeshError(f"pack {pack.hex()[:16]}: its bytes do not match its id")
         shares = await trio.to_thread.run_sync(
@@ -811,6 +874,8 @@ class Mesh:
                     log.info("repair: share %d of %s to %s failed: %s", i, pack.hex()[:12], short(peer), exc)
                     continue
                 placed[i] = peer
+                if roots is not None:
+                    roots[i] = sharefmt.read_header(shares[i]).root
                 return
         async with trio.open_nursery() as nursery:
             for i in indexes:

@@ -101,6 +101,18 @@ def test_a_lost_holder_that_answers_again_returns() -> None:
     assert book.state(A) is hb.HolderState.OK and book.next_deadline() == 130
 
 
+def test_seen_by_other_means_times_absence_from_then() -> None:
+    book = hb.HolderBook(hb.HolderConfig(holder_lost_after=30))
+    book.handle(hb.Seen(A, 10), 50)  # first heard of now, last seen at 10
+    assert book.next_deadline() == 40
+    book.handle(hb.Seen(A, 5), 50)  # older news changes nothing
+    assert book.next_deadline() == 40
+    book.handle(hb.Seen(A, 45), 50)
+    assert book.next_deadline() == 75
+    book.handle(hb.Seen(A, 99), 60)  # never in the future
+    assert book.next_deadline() == 90
+
+
 def test_the_book_resumes_from_its_records() -> None:
     book = hb.HolderBook(hb.HolderConfig(holder_lost_after=30))
     book.handle(hb.Known(A), 0)

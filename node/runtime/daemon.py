@@ -344,7 +344,10 @@ class Daemon:
             log.info("adopted %d share placement(s) that members made while this node was away", n)
 
     def _placed(self) -> bool:
-        return self.node.ledger.has_any()
+        """Whether repair and audit have anything to look after: shares this node placed,
+        or, in a group with other members, their packs (repaired while they are away)."""
+        group = self.node.group
+        return self.node.ledger.has_any() or (group.in_group and len(group.members()) > 1)
 
     def notify(self, event: sched.Event) -> None:
         """Tell the scheduler core something happened (from the event loop)."""

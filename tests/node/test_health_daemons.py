@@ -8,8 +8,12 @@ counts as lost. Nobody types a command but ``corestate health`` to look:
 - a holder whose share files rot on disk is found by the audits, shown suspect or
   evicted, and its shares are rebuilt.
 
-One five-node mesh for the module (an owner and four holders, 1 MiB packs), backups coded
-k=2 of n=3, so each pack leaves a holder free for a rebuilt share.
+- with ``owner_away_after = "20s"``: the owner goes offline, then a holder dies; the other
+  members rebuild the owner's packs; the owner comes back with its repair schedule at a
+  day, sees full redundancy at once (it adopts the members' placements) and restores.
+
+One five-node group for the module (an owner and four members, 1 MiB packs), backups
+coded k=2 of n=3, so each pack leaves a member free for a rebuilt share.
 """
 
 from __future__ import annotations
@@ -20,12 +24,14 @@ from pathlib import Path
 
 import pytest
 from corestate.node.runtime.localmesh import LocalMesh
+from corestate.node.treecompare import differences
 from meshutil import (
     edit_config,
     last_json,
     ledger_rows,
     make_mesh,
     random_tree,
+    restored,
     share_files,
     start_missing,
     wait_for,
@@ -39,12 +45,20 @@ OWNER = 0
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
     lm = make_mesh(tmp_path_factory.mktemp("health"), 5)
-    home = lm.nodes[OWNER].home
-    edit_config(home, 'repair_every = "1d"', 'repair_every = "10s"')
-    edit_config(home, 'audit_every = "1h"', 'audit_every = "5s"')
-    edit_config(home, 'holder_lost_after = "3d"', 'holder_lost_after = "30s"')
+    for n in lm.nodes:
+        edit_config(n.home, 'repair_every = "1d"', 'repair_every = "10s"')
+        edit_config(n.home, 'audit_every = "1h"', 'audit_every = "5s"')
+        edit_config(n.home, 'holder_lost_after = "3d"', 'holder_lost_after = "30s"')
+        edit_config(n.home, 'owner_away_after = "3d"', 'owner_away_after = "20s"')
     try:
         lm.start()
+        # One group: members hold each other's shares and repair for an absent owner.
+        lm.run(lm.nodes[0], "group", "create", "office")
+        for n in lm.nodes[1:]:
+            token = lm.run(lm.nodes[0], "group", "invite").stdout.strip().splitlines()[-1]
+            lm.run(n, "group", "join", token)
+        for n in reversed(lm.nodes):
+            lm.run(n, "group", "sync", check=False)
         yield lm
     finally:
         lm.close()
@@ -122,3 +136,51 @@ def test_a_holder_whose_shares_rot_is_found_and_its_shares_rebuilt(mesh: LocalMe
     assert next(x for x in h["holders"] if x["peer"] == rotten.peer_id)["audits_failed"] >= 1
     now = {(r.pack, r.index) for r in ledger_rows(mesh.nodes[OWNER].home) if r.peer == rotten.peer_id}
     assert not (now & mine)  # none of the rotten copies counts any more
+
+
+def test_members_repair_while_the_owner_is_away_and_it_adopts_on_return(
+        mesh: LocalMesh, tmp_path: Path) -> None:
+    src = random_tree(tmp_path / "src", 3, seed=33)
+    backup(mesh, src)
+    owner = mesh.nodes[OWNER]
+    mesh.run(owner, "group", "sync", check=False)  # the placements reach every member now
+    rows = ledger_rows(owner.home)
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.peer] = counts.get(r.peer, 0) + 1
+    victim = next(n for n in mesh.nodes if n.peer_id == max(sorted(counts), key=lambda p: counts[p]))
+    held = {r.pack for r in rows if r.peer == victim.peer_id}
+    # The owner goes offline (its repair schedule set to a day for its return), then a
+    # holder dies for good.
+    mesh.stop(OWNER)
+    edit_config(owner.home, 'repair_every = "10s"', 'repair_every = "1d"')
+    edit_config(owner.home, 'audit_every = "5s"', 'audit_every = "1h"')
+    mesh.kill(victim.index)
+    members = [n for n in mesh.nodes if n.index not in (OWNER, victim.index)]
+
+    def repaired() -> int:
+        total = 0
+        for n in members:
+            p = mesh.run(n, "health", "--json", check=False)
+            total += last_json(p)["repair"]["member_repairs"]
+        return total
+    t0 = time.monotonic()
+    wait_for(lambda: repaired() >= len(held), 150, "the members rebuilt the absent owner's packs", every=2.0)
+    print(f"owner away, holder dead -> members repaired in {time.monotonic() - t0:.0f} s")
+    # The owner comes back: its first sync brings the members' placements; it adopts them.
+    t1 = time.monotonic()
+    mesh.start(OWNER)
+    h = wait_for(lambda: when(health(mesh), full), 30, "the owner sees full redundancy", every=0.5)
+    print(f"owner back -> full in {time.monotonic() - t1:.1f} s")
+    assert not any(r.peer == victim.peer_id and r.pack in held and
+                   not any(o.index == r.index and o.pack == r.pack and o.peer != victim.peer_id
+                           for o in ledger_rows(owner.home))
+                   for r in ledger_rows(owner.home))
+    assert h["packs"]["lost"] == 0
+    out = tmp_path / "out"
+    p = mesh.run(owner, "restore", "latest", "--target", str(out), "--json", check=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert differences(src, restored(out, src)) == []
+    edit_config(owner.home, 'repair_every = "1d"', 'repair_every = "10s"')
+    edit_config(owner.home, 'audit_every = "1h"', 'audit_every = "5s"')
+    mesh.stop(OWNER)  # the next test starts it again with its schedule back

@@ -1029,8 +1029,8 @@ class HolderHealth(Record):
     peer: PeerId
     state: Name  # ok, suspect, evicted, lost
     last_seen_ns: TimeNs | None  # its last answer (None: never asked yet)
-    audits_passed: U63
-    audits_failed: U63
+    audits_passed: U63  # audit rounds (and repair surveys) it passed: every share asked checked
+    audits_failed: U63  # ... it failed: some share missing, spoiled, or its proof wrong
     shares: U63  # shares of this node's packs it holds (ledger rows)
     score: Annotated[str, MaxLen(16)]  # audit score in [0, 1], decimal ("0.950")
 

@@ -72,6 +72,28 @@ def learn(node: LocalNode, book: hb.HolderBook, ctx: Context, events: Iterable[h
     return changes
 
 
+def per_holder(found: Iterable[tuple[str, bool, str]]) -> list[hb.HolderEvent]:
+    """One audit per holder per round (or repair survey): passed when every share it was
+    asked about checked, else failed, naming the first share that did not. So one bad
+    moment (a disk swapped, a burst of rot) makes a holder suspect, not evicted at once:
+    eviction takes failing rounds in a row (node/core/holders.py), while the shares that
+    failed are rebuilt right away by repair."""
+    verdict: dict[str, tuple[bool, str, int]] = {}
+    for peer, ok, what in found:
+        prior = verdict.get(peer)
+        if prior is None:
+            verdict[peer] = (ok, what, 1)
+        elif prior[0] and not ok:
+            verdict[peer] = (False, what, prior[2] + 1)
+        else:
+            verdict[peer] = (prior[0], prior[1], prior[2] + 1)
+    out: list[hb.HolderEvent] = []
+    for peer in sorted(verdict):
+        ok, what, n = verdict[peer]
+        out.append(hb.Audited(peer, ok, f"{n} share(s) checked" if ok else f"{what}; {n} share(s) checked"))
+    return out
+
+
 def pack_views(node: LocalNode) -> list[hc.PackView]:
     store = node.repo.store
     views = []
@@ -140,7 +162,7 @@ def audit(node: LocalNode, call: c.AuditCall, ctx: Context) -> c.AuditResult:
                        | {p for p, st in book.states().items() if st is hb.HolderState.LOST})
         found, answered, silent = port.call(lambda mesh: mesh.audit_round(challenges, rows, peers))
         events += [hb.Answered(p) for p in sorted(answered)]
-        events += [hb.Audited(ch.share.peer, ok, what) for ch, ok, what in found]
+        events += per_holder([(ch.share.peer, ok, what) for ch, ok, what in found])
         events += [hb.Unanswered(p) for p in sorted(silent)]
     changes = learn(node, book, ctx, events, wall_time())
     refresh_levels(node, ctx, book.states())
@@ -242,4 +264,4 @@ OPERATIONS: tuple[Operation, ...] = (
 
 
 __all__ = ["OPERATIONS", "audit", "count_member_repairs", "health", "learn", "load_book", "measured_rate",
-           "note_repair", "pack_views", "refresh_levels", "set_running", "shunned", "wall_time"]
+           "note_repair", "pack_views", "per_holder", "refresh_levels", "set_running", "shunned", "wall_time"]

@@ -311,19 +311,20 @@ def _repair(node: LocalNode, call: c.RepairCall, ctx: Context) -> list[c.RepairI
 
 
 def _holder_events(rows: Mapping[tuple[bytes, int, str], Verdict]) -> list[Any]:
-    """A survey's verdicts as holder-book events: each audited share a pass or a failure,
-    each holder that answered anything seen, the others unanswered."""
+    """A survey's verdicts as holder-book events: for each holder that answered, one audit
+    (node/app/health.py ``per_holder``), the others unanswered."""
+    from corestate.node.app.health import per_holder
     from corestate.node.core import holders as hb
-    events: list[Any] = []
-    answered: set[str] = set()
+    found: list[tuple[str, bool, str]] = []
     silent: set[str] = set()
     for (pack, index, peer), v in sorted(rows.items()):
         if v is Verdict.UNREACHABLE:
             silent.add(peer)
             continue
-        answered.add(peer)
         what = f"share {index} of {pack.hex()[:12]}"
-        events.append(hb.Audited(peer, v is Verdict.OK, what if v is Verdict.OK else f"{what}: {v.value}"))
+        found.append((peer, v is Verdict.OK, what if v is Verdict.OK else f"{what}: {v.value}"))
+    events: list[Any] = per_holder(found)
+    answered = {peer for peer, _, _ in found}
     events += [hb.Unanswered(p) for p in sorted(silent - answered)]
     return events
 

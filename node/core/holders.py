@@ -17,7 +17,9 @@ A holder that kept only some blocks of a share is caught by the spot checks with
 unpredictable ``rng`` (a CSPRNG: a holder that could predict the block could keep only it);
 tests and the simulator pass a seeded one.
 
-**Reputation** (:class:`HolderBook`). Each audit result moves a holder's score, a beta
+**Reputation** (:class:`HolderBook`). Each audit result moves a holder's score (the
+daemon reports one per holder per audit round or repair survey: failed if any share it was
+asked about failed — node/app/health.py ``per_holder``), a beta
 reputation with forgetting in the spirit of Storj's audit score: ``alpha <- lam * alpha +
 pass``, ``beta <- lam * beta + fail``, ``score = alpha / (alpha + beta)``, starting at
 ``alpha = 1 / (1 - lam)`` (as if it had always passed), ``lam = 0.95``. States:

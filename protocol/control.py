@@ -170,6 +170,9 @@ class Redundancy(Record):
     degraded: U63  # at least k shares, fewer than n
     at_risk: U63  # fewer than k
     local: U63  # kept only in the local store (no peers, or not yet placed)
+    # Of ``packs``: fewer than k share indexes on holders that count (lost and evicted
+    # holders do not; node/core/health.py) and no local copy: cannot be restored now.
+    lost: U63 = 0
 
 
 @record

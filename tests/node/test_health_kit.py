@@ -359,3 +359,31 @@ async def test_two_members_racing_for_one_pack_repair_it_once(
                         files[(pack, idx)] = files.get((pack, idx), 0) + 1
         assert all(v == 1 for v in files.values()), files
         assert len(files) == 3 * len(held)
+
+
+async def test_packs_below_k_are_lost_and_alerted_once(tmp_path: Path, homes: Path, clock: VirtualClock,
+                                                      wall: list[float]) -> None:
+    async with memory_mesh(homes, 5, start=False) as kit:
+        kit.edit_config(0, 'holder_lost_after = "3d"', 'holder_lost_after = "30s"')
+        await kit.start()
+        src = small_tree(tmp_path / "src", mib=3, files=4, seed=10)
+        b = await kit.backup(0, [src], k=2, n=3)
+        assert b.pushed is not None and b.pushed.safe
+        events: list[Any] = []
+        await op(kit, 0, c.AuditCall(), events)
+        ledger = kit.nodes[0].local().ledger
+        remote = {p: cp for p, cp in ledger.all().items() if not cp.local}
+        pack, cp = sorted(remote.items())[0]
+        dead = sorted({r.peer for r in cp.shares})[:2]  # two of its three holders
+        await kit.kill(*(kn.index for kn in kit.nodes if kn.peer_id in dead))
+        wall[0] += 31
+        res = await op(kit, 0, c.AuditCall(), events)
+        assert sorted(x.peer for x in res.changes if x.new == "lost") == dead
+        lost_alerts = alerts(events, "pack-lost")
+        assert pack.hex() in {a.details["pack"] for a in lost_alerts}
+        assert all(a.severity == "critical" for a in lost_alerts)
+        h = await op(kit, 0, c.HealthCall())
+        assert h.packs.lost == len(lost_alerts) and h.repair.unrepairable == h.packs.lost
+        assert kit.status(0).redundancy.lost == h.packs.lost
+        await op(kit, 0, c.AuditCall(), events)  # still lost: no second alert
+        assert len(alerts(events, "pack-lost")) == len(lost_alerts)

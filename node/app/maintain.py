@@ -199,6 +199,8 @@ def repair(node: LocalNode, call: c.RepairCall, ctx: Context) -> Iterator[c.Repa
         assert isinstance(summary, c.RepairSummary)
         code = summary.code
     finally:
+        from corestate.node.app.health import set_running
+        set_running(node, False)  # also when it failed half way (health says what runs)
         ctx.emit(c.RepairFinished(time_ns=time.time_ns(), scheduled=ctx.scheduled, code=code))
     return iter(items)
 
@@ -291,7 +293,6 @@ def _repair(node: LocalNode, call: c.RepairCall, ctx: Context) -> list[c.RepairI
             # Where the shares are now, for the members (the owner's partition).
             node.group.write(meshops.placement_items(node, changed))
             tell_members(node, ctx)
-        hmod.set_running(node, False)
         hmod.refresh_levels(node, ctx, hmod.load_book(node).states())
         ctx.check()
     complete = not failed and not plan.unrepairable and all(

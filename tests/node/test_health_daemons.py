@@ -136,6 +136,12 @@ def test_a_holder_whose_shares_rot_is_found_and_its_shares_rebuilt(mesh: LocalMe
     assert next(x for x in h["holders"] if x["peer"] == rotten.peer_id)["audits_failed"] >= 1
     now = {(r.pack, r.index) for r in ledger_rows(mesh.nodes[OWNER].home) if r.peer == rotten.peer_id}
     assert not (now & mine)  # none of the rotten copies counts any more
+    # The text a person reads: the levels, each holder with its state and audits.
+    p = mesh.run(mesh.nodes[OWNER], "health", check=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "0 degraded, 0 at risk, 0 lost" in p.stdout and "audits" in p.stdout
+    line = next(x for x in p.stdout.splitlines() if rotten.peer_id[-10:] in x)
+    assert " 0 failed" not in line, line  # (its state may be ok again by now: passes since)
 
 
 def test_members_repair_while_the_owner_is_away_and_it_adopts_on_return(

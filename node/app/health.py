@@ -95,11 +95,14 @@ def per_holder(found: Iterable[tuple[str, bool, str]]) -> list[hb.HolderEvent]:
 
 
 def pack_views(node: LocalNode) -> list[hc.PackView]:
+    """Each coded pack and its holders, less the shares whose last audit failed."""
     store = node.repo.store
+    bad = node.ledger.bad()
     views = []
     for pid, cp in node.ledger.all().items():
         share = max((r.size for r in cp.shares), default=cp.size // max(1, cp.k))
-        views.append(hc.PackView(pid, cp.k, cp.n, share, tuple((r.index, r.peer) for r in cp.shares),
+        views.append(hc.PackView(pid, cp.k, cp.n, share,
+                                 tuple((r.index, r.peer) for r in cp.shares if (pid, r.index, r.peer) not in bad),
                                  bool(cp.local or store.has_local(pid))))
     return views
 
@@ -163,6 +166,7 @@ def audit(node: LocalNode, call: c.AuditCall, ctx: Context) -> c.AuditResult:
         found, answered, silent = port.call(lambda mesh: mesh.audit_round(challenges, rows, peers))
         events += [hb.Answered(p) for p in sorted(answered)]
         events += per_holder([(ch.share.peer, ok, what) for ch, ok, what in found])
+        node.ledger.mark([ch.share.key for ch, ok, _ in found if not ok], [ch.share.key for ch, ok, _ in found if ok])
         events += [hb.Unanswered(p) for p in sorted(silent)]
     changes = learn(node, book, ctx, events, wall_time())
     refresh_levels(node, ctx, book.states())

@@ -68,8 +68,10 @@ def redundancy(node: LocalNode) -> c.Redundancy:
     book = load_book(node)
     book.handle(hb.Tick(), wall_time())
     states = book.states()
+    bad = node.ledger.bad()
     lost = sum(1 for cp in coded.values() if not cp.local and len({
-        r.index for r in cp.shares if states.get(r.peer, hb.HolderState.OK) in hb.COUNTS}) < cp.k)
+        r.index for r in cp.shares if states.get(r.peer, hb.HolderState.OK) in hb.COUNTS
+        and (cp.pack, r.index, r.peer) not in bad}) < cp.k)
     return c.Redundancy(packs=sum(tally.values()), full=tally[Redundancy.FULL],
                         degraded=tally[Redundancy.DEGRADED], at_risk=tally[Redundancy.AT_RISK],
                         local=tally[Redundancy.LOCAL_ONLY], lost=lost)

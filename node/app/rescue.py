@@ -321,6 +321,7 @@ def adopt(node: LocalNode) -> int:
     cat = node.group.catalog
     adopted = 0
     changed: set[bytes] = set()
+    vouched: dict[str, float] = {}  # holder -> when a member's signed record says it took a share
     for author in cat.authors():
         if author == me:
             continue
@@ -348,10 +349,20 @@ def adopt(node: LocalNode) -> int:
                     node.ledger.record_share(rec.pack, h.index, h.peer, h.root, h.size)
                     adopted += 1
                     changed.add(rec.pack)
+                    at = (e.hlc >> 16) / 1000  # the HLC's physical part: ms since the epoch
+                    vouched[h.peer] = max(vouched.get(h.peer, 0.0), at)
             node.ledger.set_meta(mark, str(e.seq).encode())
     if changed:
         from corestate.node.runtime import meshops  # lazy: the runtime's record builder
         node.group.write(meshops.placement_items(node, changed))
+    if vouched:
+        # A holder a member put a share on was there then: a holder this node had counted
+        # lost while away is back (its old copies are surplus: doomed, deleted on answer).
+        book = hmod.load_book(node)
+        now = hmod.wall_time()
+        for peer, at in sorted(vouched.items()):
+            book.handle(hb.Seen(peer, at), now)
+        node.ledger.save_holders(book.records())
     return adopted
 
 

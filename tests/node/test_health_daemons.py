@@ -178,7 +178,15 @@ def test_members_repair_while_the_owner_is_away_and_it_adopts_on_return(
     # The owner comes back: its first sync brings the members' placements; it adopts them.
     t1 = time.monotonic()
     mesh.start(OWNER)
-    h = wait_for(lambda: when(health(mesh), full), 30, "the owner sees full redundancy", every=0.5)
+    seen: list[dict] = []
+
+    def back() -> dict | None:
+        seen[:] = [health(mesh)]
+        return when(seen[0], full)
+    try:
+        h = wait_for(back, 30, "the owner sees full redundancy", every=0.5)
+    except AssertionError:
+        raise AssertionError(f"not full 30 s after the owner came back: {seen}") from None
     print(f"owner back -> full in {time.monotonic() - t1:.1f} s")
     assert not any(r.peer == victim.peer_id and r.pack in held and
                    not any(o.index == r.index and o.pack == r.pack and o.peer != victim.peer_id

@@ -162,10 +162,10 @@ def outlook(packs: Iterable[PackView], states: Mapping[str, HolderState], rate: 
 
 def summarize(packs: Sequence[PackView], holders: Iterable[HolderRecord],
               states: Mapping[str, HolderState], snapshots: Iterable[tuple[str, Iterable[bytes]]] = (),
-              *, rate: float | None = None, now: float | None = None) -> Summary:
-    """Per pack its level, in total and per snapshot (a pack a snapshot names but nobody
-    coded counts as at_risk when ``local``, else lost); per holder its standing."""
-    del now  # the summary states facts; ages are the caller's rendering
+              *, rate: float | None = None) -> Summary:
+    """Per pack its level, in total and per snapshot (a pack a snapshot names that is not
+    among ``packs`` counts as at_risk: the caller passes every pack it knows, local-only
+    ones as a 1-of-1 code held by nobody, with ``local``); per holder its standing."""
     levels = {p.pack: pack_level(p, states) for p in packs}
     total = Tally()
     for lv in levels.values():

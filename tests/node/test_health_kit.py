@@ -390,3 +390,34 @@ async def test_packs_below_k_are_lost_and_alerted_once(tmp_path: Path, homes: Pa
         assert kit.status(0).redundancy.lost == h.packs.lost
         await op(kit, 0, c.AuditCall(), events)  # still lost: no second alert
         assert len(alerts(events, "pack-lost")) == len(lost_alerts)
+
+
+async def test_shares_for_another_owner_are_taken_from_members_for_members_only(
+        tmp_path: Path, homes: Path, clock: VirtualClock) -> None:
+    """``PutShare.owner``: a member may file a share under another member (repair for an
+    absent owner); for a non-member owner, or outside a group, the holder refuses."""
+    import blake3
+    from corestate.erasure import share as sharefmt
+    from corestate.node.runtime.mesh import PeerRefused
+    from corestate.protocol import messages as m
+    data = bytes(range(256)) * 300
+    pack = blake3.blake3(data).digest()
+    share = sharefmt.make_shares(data, 2, 3, pack_id=pack)[1]
+
+    def put(owner: str) -> m.PutShare:
+        return m.PutShare(pack=pack, index=1, size=len(share), digest=blake3.blake3(share).digest(), owner=owner)
+    async with memory_mesh(homes, 4, start=True) as kit:  # trusted, not yet a group
+        holder, sender = kit.nodes[0], kit.nodes[1]
+        assert sender.mesh is not None and holder.mesh is not None
+        with pytest.raises(PeerRefused) as no_group:
+            await sender.mesh.request(holder.peer_id, put(kit.nodes[2].peer_id), bulk=share)
+        assert no_group.value.code == "refused"
+        await kit.form_group(0, [1, 2])  # node 3 stays outside
+        with pytest.raises(PeerRefused) as outsider:
+            await sender.mesh.request(holder.peer_id, put(kit.nodes[3].peer_id), bulk=share)
+        assert outsider.value.code == "refused"
+        assert holder.mesh.vault.sizes(kit.nodes[3].peer_id, [(pack, 1)]) == [-1]
+        await sender.mesh.request(holder.peer_id, put(kit.nodes[2].peer_id), bulk=share)
+        # Filed under the owner: the owner sees it as its own, the sender has nothing there.
+        assert holder.mesh.vault.sizes(kit.nodes[2].peer_id, [(pack, 1)]) == [len(share)]
+        assert holder.mesh.vault.sizes(sender.peer_id, [(pack, 1)]) == [-1]

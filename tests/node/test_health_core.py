@@ -306,3 +306,31 @@ def test_lease_record_round_trip_and_rejects() -> None:
             records.RepairLease.decode(rec.key, bad)
     with pytest.raises(records.CorruptRecord):
         records.RepairLease.decode(b"k" + b"z" * 32, rec.value())
+
+
+# -- the [health] config ------------------------------------------------------------------------
+
+
+def test_health_config(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from corestate.node.errors import ConfigError
+    from corestate.node.home import DEFAULT_CONFIG, Config, HealthConfig
+    assert isinstance(tmp_path, Path)
+    cfg_path = tmp_path / "config.toml"
+    cfg_path.write_text(DEFAULT_CONFIG)
+    cfg = Config.load(cfg_path)
+    assert cfg.audit_every == 3600 and cfg.health == HealthConfig(3 * DAY, 3 * DAY, 30 * DAY, 0)
+    text = DEFAULT_CONFIG.replace('holder_lost_after = "3d"', 'holder_lost_after = "30s"').replace(
+        "repair_bandwidth = 0", 'repair_bandwidth = "10 MiB/s"').replace('audit_every = "1h"', 'audit_every = "5s"')
+    cfg_path.write_text(text)
+    cfg = Config.load(cfg_path)
+    assert cfg.audit_every == 5 and cfg.health.holder_lost_after == 30
+    assert cfg.health.repair_bandwidth == 10 << 20
+    for bad in ('holder_lost_after = "0s"', 'repair_bandwidth = -1', 'holder_lost_afer = "3d"'):
+        cfg_path.write_text(DEFAULT_CONFIG.replace('holder_lost_after = "3d"', bad))
+        with pytest.raises(ConfigError):
+            Config.load(cfg_path)
+    # A home from before this section: the defaults.
+    cfg_path.write_text("[backup]\npaths = []\n")
+    assert Config.load(cfg_path).health == HealthConfig() and Config.load(cfg_path).audit_every == 0

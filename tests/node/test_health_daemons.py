@@ -144,6 +144,10 @@ def test_a_holder_whose_shares_rot_is_found_and_its_shares_rebuilt(mesh: LocalMe
     assert "0 degraded, 0 at risk, 0 lost" in p.stdout and "audits" in p.stdout
     line = next(x for x in p.stdout.splitlines() if rotten.peer_id[-10:] in x)
     assert " 0 failed" not in line, line  # (its state may be ok again by now: passes since)
+    # An audit round on demand, through the daemon: every share it asks about proves good.
+    p = mesh.run(mesh.nodes[OWNER], "audit", "--json", check=False)
+    res = last_json(p)
+    assert p.returncode == 0 and res["challenges"] > 0 and res["failed"] == 0, p.stdout + p.stderr
 
 
 def test_members_repair_while_the_owner_is_away_and_it_adopts_on_return(

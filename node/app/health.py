@@ -52,6 +52,20 @@ def load_book(node: LocalNode) -> hb.HolderBook:
                          node.ledger.holders())
 
 
+def current_book(node: LocalNode) -> hb.HolderBook:
+    """The holder book as of now, without asking anyone: what was saved, what the address
+    book heard since (catalog syncs, capacity requests), and who is lost by now. For reading
+    (health, status, whom to give shares): not saved."""
+    book = load_book(node)
+    now = wall_time()
+    for r in book.records():
+        e = node.book.get(r.peer)
+        if e is not None and e.seen_ns:
+            book.handle(hb.Seen(r.peer, e.seen_ns / 1e9), now)
+    book.handle(hb.Tick(), now)
+    return book
+
+
 def learn(node: LocalNode, book: hb.HolderBook, ctx: Context, events: Iterable[hb.HolderEvent],
           now: float) -> list[hb.StateChanged]:
     """Feed ``events`` (and the time) to ``book``, save it, raise the holder alerts."""
@@ -209,9 +223,7 @@ def measured_rate(node: LocalNode) -> tuple[float | None, float | None]:
 
 def health(node: LocalNode, call: c.HealthCall, ctx: Context) -> c.HealthResult:
     from corestate.node.runtime.meshops import packs_of  # lazy: the runtime's tree walk
-    now = wall_time()
-    book = load_book(node)
-    book.handle(hb.Tick(), now)  # who is lost by now (not saved: health changes nothing)
+    book = current_book(node)  # not saved: health changes nothing
     states = book.states()
     views = pack_views(node)
     coded = {v.pack for v in views}
@@ -254,10 +266,9 @@ def set_running(node: LocalNode, running: bool) -> None:
     node.ledger.set_meta(_RUNNING, b"1" if running else b"0")
 
 
-def shunned(node: LocalNode, now: float | None = None) -> set[str]:
+def shunned(node: LocalNode) -> set[str]:
     """Peers that get no new shares: evicted ones, and lost ones while they are lost."""
-    book = load_book(node)
-    book.handle(hb.Tick(), wall_time() if now is None else now)
+    book = current_book(node)
     return {p for p, st in book.states().items() if st in (hb.HolderState.EVICTED, hb.HolderState.LOST)}
 
 
@@ -267,5 +278,5 @@ OPERATIONS: tuple[Operation, ...] = (
 )
 
 
-__all__ = ["OPERATIONS", "audit", "count_member_repairs", "health", "learn", "load_book", "measured_rate",
+__all__ = ["OPERATIONS", "audit", "count_member_repairs", "current_book", "health", "learn", "load_book", "measured_rate",
            "note_repair", "pack_views", "per_holder", "refresh_levels", "set_running", "shunned", "wall_time"]

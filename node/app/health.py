@@ -39,6 +39,7 @@ _LEVELS = "health.levels"
 _RATE = "repair.rate"  # bytes/s the last repair moved (cbor [bytes, seconds, time])
 _MEMBER = "repair.member"  # packs of absent owners repaired for them (count)
 _RUNNING = "repair.running"
+ALERTS_PER_KIND = 4  # more packs than this falling at once: one alert for them all
 
 
 def wall_time() -> float:
@@ -133,7 +134,8 @@ def refresh_levels(node: LocalNode, ctx: Context, states: dict[str, hb.HolderSta
         except (ValueError, TypeError, cbor2.CBORDecodeError):
             before = {}
     # Packs not in ``before`` were full when last looked at (only the others are kept).
-    for decision in hc.alerts({p: before.get(p, hc.Level.FULL) for p in levels}, levels):
+    for decision in hc.batch(hc.alerts({p: before.get(p, hc.Level.FULL) for p in levels}, levels),
+                             ALERTS_PER_KIND):
         _alert(ctx, decision)
     node.ledger.set_meta(_LEVELS, cbor2.dumps({p: lv.value for p, lv in levels.items()
                                                if lv is not hc.Level.FULL}, canonical=True))

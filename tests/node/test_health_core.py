@@ -251,6 +251,17 @@ def test_alerts_once_per_fall() -> None:
 # -- owner away and repair leases -----------------------------------------------------------------
 
 
+def test_many_packs_falling_at_once_make_one_alert() -> None:
+    falls = h.alerts({bytes([i]) * 32: h.Level.FULL for i in range(10)},
+                     {bytes([i]) * 32: h.Level.AT_RISK if i < 7 else h.Level.LOST for i in range(10)})
+    out = h.batch(falls, 4)
+    assert [(a.name, dict(a.details).get("packs")) for a in out] == [("pack-lost", None)] * 3 + [
+        ("redundancy-low", "7")]
+    low = dict(out[-1].details)
+    assert low["pack0"] == (bytes([0]) * 32).hex() and "pack7" not in low and out[-1].severity == "warning"
+    assert h.batch(falls[:2], 4) == falls[:2]
+
+
 def test_owner_away() -> None:
     assert ls.owner_away(0.0, 19.0, 20.0)[0] is False
     away, why = ls.owner_away(0.0, 20.0, 20.0)

@@ -383,11 +383,17 @@ async def test_packs_below_k_are_lost_and_alerted_once(tmp_path: Path, homes: Pa
         res = await op(kit, 0, c.AuditCall(), events)
         assert sorted(x.peer for x in res.changes if x.new == "lost") == dead
         lost_alerts = alerts(events, "pack-lost")
-        assert pack.hex() in {a.details["pack"] for a in lost_alerts}
+        named = {v for a in lost_alerts for key, v in a.details.items() if key.startswith("pack") and len(v) == 64}
+        assert pack.hex() in named
         assert all(a.severity == "critical" for a in lost_alerts)
+        counted = sum(int(a.details.get("packs", "1")) for a in lost_alerts)  # one alert for many
         h = await op(kit, 0, c.HealthCall())
-        assert h.packs.lost == len(lost_alerts) and h.repair.unrepairable == h.packs.lost
+        assert h.packs.lost == counted and h.repair.unrepairable == h.packs.lost
+        assert len(lost_alerts) <= hmod.ALERTS_PER_KIND or len(lost_alerts) == 1
         assert kit.status(0).redundancy.lost == h.packs.lost
+        low = alerts(events, "redundancy-low")  # the packs left with exactly k
+        assert sum(int(a.details.get("packs", "1")) for a in low) == h.packs.at_risk > 0
+        assert len(low) <= hmod.ALERTS_PER_KIND or len(low) == 1
         await op(kit, 0, c.AuditCall(), events)  # still lost: no second alert
         assert len(alerts(events, "pack-lost")) == len(lost_alerts)
 

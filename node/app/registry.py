@@ -12,10 +12,12 @@ from corestate.node.app import (
     advise,
     anomaly,
     backup,
+    health,
     inspect,
     maintain,
     members,
     mount,
+    rescue,
     restore,
 )
 from corestate.protocol import control as c
@@ -32,6 +34,7 @@ OPERATIONS: dict[type[Message], Operation] = {op.call: op for op in (
     *members.OPERATIONS,
     *mount.OPERATIONS,
     *anomaly.OPERATIONS, *advise.OPERATIONS,
+    *health.OPERATIONS, *rescue.OPERATIONS,
 )}
 
 

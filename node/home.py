@@ -118,14 +118,6 @@ resample_share = 0.01
 # Data written this long ago and still needed is "cold" for `corestate advise tiering`.
 cold_after = "90d"
 
-[retention]
-# After each scheduled backup the daemon forgets the snapshots no rule keeps and frees
-# what only they used (`corestate forget --keep-... --prune`). No rule: nothing is forgotten.
-# keep_last = 10
-# keep_daily = 7
-# keep_weekly = 4
-# keep_monthly = 12
-
 [metrics]
 # Serve Prometheus metrics at http://LISTEN/metrics while the daemon runs, e.g.
 # "127.0.0.1:9184". Empty: no metrics endpoint.
@@ -142,6 +134,15 @@ command = ""
 repeat_after = "6h"
 max_per_hour = 20
 timeout = "10s"
+
+# [retention] stays last: keep rules appended to the file land in it.
+[retention]
+# After each scheduled backup the daemon forgets the snapshots no rule keeps and frees
+# what only they used (`corestate forget --keep-... --prune`). No rule: nothing is forgotten.
+# keep_last = 10
+# keep_daily = 7
+# keep_weekly = 4
+# keep_monthly = 12
 """
 
 

@@ -32,8 +32,22 @@ def snapshots() -> list[c.SnapshotSummary]:
         out.append(c.SnapshotSummary(
             snapshot_id=sid[:64], short_id=sid[:8], time_ns=NOW_NS - (len(sizes) - i) * 360 * MIN,
             host="homeserver", paths=(b"/home/ada/Documents", b"/home/ada/Photos"),
-            files=4200 + i * 37, bytes=mib << 20, torn=0, errors=0, provider="btrfs"))
+            files=4200 + i * 37, bytes=mib << 20, torn=0, errors=0, provider="btrfs",
+            verdict="suspect" if i == 5 else "ok", protected=False))
     return out
+
+
+def health() -> c.HealthResult:
+    levels = c.PackLevels(full=1062, degraded=31, at_risk=2, lost=0)
+    return c.HealthResult(
+        packs=levels, snapshots=(),
+        holders=tuple(c.HolderHealth(peer=p, state=st, last_seen_ns=NOW_NS - ago * MIN, audits_passed=40,
+                                     audits_failed=fails, shares=n, score=score)
+                      for p, st, ago, fails, n, score in (
+                          (PEERS[0], "suspect", 1, 1, 1450, "0.950"), (PEERS[1], "ok", 1, 0, 1210, "1.000"),
+                          (PEERS[2], "lost", 130, 0, 640, "1.000"))),
+        repair=c.RepairStatus(running=True, packs=33, shares=41, bytes=41 * (4 << 20), unrepairable=0,
+                              eta_s=540, reason="PI4OFF lost", last_ns=NOW_NS - 60 * MIN, member_repairs=0))
 
 
 def status(acked: frozenset[tuple[int, str]] = frozenset()) -> c.StatusResult:
@@ -41,15 +55,16 @@ def status(acked: frozenset[tuple[int, str]] = frozenset()) -> c.StatusResult:
     return c.StatusResult(
         peer_id=ME, daemon=True, group=GROUP,
         peers=(c.PeerStatus(peer_id=PEERS[0], online=True, trusted=True, member=True,
-                            last_seen_ns=NOW_NS - 10**9, shares=1450),
+                            last_seen_ns=NOW_NS - 10**9, shares=1450, connection="direct"),
                c.PeerStatus(peer_id=PEERS[1], online=True, trusted=True, member=True,
-                            last_seen_ns=NOW_NS - 4 * 10**9, shares=1210),
+                            last_seen_ns=NOW_NS - 4 * 10**9, shares=1210, connection="relayed"),
                c.PeerStatus(peer_id=PEERS[2], online=False, trusted=True, member=True,
                             last_seen_ns=NOW_NS - 130 * MIN, shares=640)),
         last_backup=c.SnapshotRef(snapshot_id=snaps[-1].snapshot_id, short_id=snaps[-1].short_id,
                                   time_ns=snaps[-1].time_ns),
         next_backup=NOW_NS + 222 * MIN, snapshots=len(snaps),
-        redundancy=c.Redundancy(packs=1100, full=1062, degraded=31, at_risk=2, local=5),
+        redundancy=c.Redundancy(packs=1100, full=1062, degraded=31, at_risk=2, local=5, lost=0),
+        reachability="private",
         alerts=tuple(
             c.AlertRecord(time_ns=t, alert=name, severity=sev, message=text,
                           acked=(t, name) in acked, details=details)
@@ -144,6 +159,8 @@ class ScriptedDaemon:
             elif isinstance(req, c.AlertAckCall):
                 self.acked |= {(k.time_ns, k.alert) for k in req.alerts}
                 answers = [c.AlertAckResult(acked=len(req.alerts))]
+            elif isinstance(req, c.HealthCall):
+                answers = [health()]
             elif isinstance(req, c.NodeInfoCall):
                 answers = [node_info()]
             elif isinstance(req, c.SnapshotsCall):

@@ -114,6 +114,19 @@ ModalScreen { align: center middle; }
 """
 
 
+def _repair_line(rep: c.RepairStatus | None) -> str:
+    """What repair does, as the data-safety box says it: an honest ETA or why there is none."""
+    if rep is None:
+        return f.DASH
+    if rep.running or rep.shares:
+        eta = "ETA unknown" if rep.eta_s is None else f"done in ~{f.duration(rep.eta_s)}"
+        what = f"{rep.shares} shares of {f.plural(rep.packs, 'pack')}"
+        return f"{'running' if rep.running else 'due'}: {what}, {eta}"
+    if rep.unrepairable:
+        return f"{f.plural(rep.unrepairable, 'pack')} wait for holders"
+    return "nothing to do"
+
+
 def _opt(obj: object, name: str) -> Any:
     """A field that only newer daemons send, or None."""
     return getattr(obj, name, None)
@@ -159,6 +172,7 @@ class CoreStateApp(App[None]):
         self.welcome: c.Welcome | None = None
         self.status: c.StatusResult | None = None
         self.info: c.NodeInfoResult | None = None
+        self.health: c.HealthResult | None = None  # packs lost, repair ETA (`corestate health`)
         self.snaps: list[c.SnapshotSummary] = []
         self.peer_rows: list[c.PeerRow] = []
         self.group: c.GroupView | None = None
@@ -284,6 +298,11 @@ class CoreStateApp(App[None]):
                 if isinstance(st, c.StatusResult):
                     self.status = st
                     self.alerts = list(st.alerts)
+                try:  # the holders' standing and repair: read from the node, asks nobody
+                    h = await self.client.call(c.HealthCall())
+                    self.health = h if isinstance(h, c.HealthResult) else None
+                except DaemonFailure:
+                    self.health = None  # a daemon without health (an older one)
             if "info" in what:
                 info = await self.client.call(c.NodeInfoCall())
                 if isinstance(info, c.NodeInfoResult):
@@ -384,11 +403,11 @@ class CoreStateApp(App[None]):
             safety.append(f"full     {r.full}\n", "green")
             safety.append(f"degraded {r.degraded}\n", "yellow" if r.degraded else "")
             safety.append(f"at risk  {r.at_risk}\n", "bold red" if r.at_risk else "")
-            lost = _opt(r, "lost")
+            hl = self.health
+            lost = hl.packs.lost if hl is not None else _opt(r, "lost")
             safety.append(f"lost     {f.DASH if lost is None else lost}\n", "bold red" if lost else "")
             safety.append(f"local    {r.local} (only on this node)\n")
-            eta = _opt(st, "repair_eta_s")
-            safety.append(f"repair   {f.DASH if eta is None else 'done in ~' + f.duration(eta)}")
+            safety.append(f"repair   {_repair_line(hl.repair if hl is not None else None)}")
         self.query_one("#safety", Static).update(safety)
 
         b = Text()

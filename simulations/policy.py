@@ -1,0 +1,402 @@
+"""Who repairs, and where shares go: the validation models, or the node's real cores.
+
+**Validation models** (``[repair]`` present) do exactly what the issue states, nothing more:
+initial placement on n distinct nodes drawn uniformly; ``exponential``: when a pack has
+``repair_at`` or fewer live shares (and at least k), a repair completes after an
+exponential time of mean ``mean_days`` and restores all n shares on live nodes that hold
+none of that pack; ``none``: nothing is ever repaired.
+
+**The real policy** (no ``[repair]`` table) drives the node's own pure cores, one per node:
+
+- ``node.core.scheduler.Scheduler`` decides when each node runs its repair, audit and backup
+  jobs (the same object the daemon drives; its clock is the simulated one, in seconds).
+  A node's timers only fire while it is online (its daemon runs only then); coming back
+  online is a ``Tick``. A job's end is a ``JobFinished`` after the time its traffic takes
+  on the node's upload and download bandwidth.
+- A repair job surveys the node's own packs (repair runs on the owner only, as today) and
+  hands each pack that has a share to rebuild to ``node.core.repair.plan_repair``, with
+  each holder's verdict: ``OK`` online with the share, ``UNREACHABLE`` offline, ``MISSING``
+  no share any more (its disk was lost) or counted lost by the lost-holder rule. Packs in
+  which every holder answered OK are full: the core would plan nothing for them, so they
+  are not built into objects (the only batching; it changes no decision).
+- **Lost-holder rule** (:func:`lost_holders`): a holder offline for ``holder_lost_after`` or
+  longer counts as lost (``MISSING``: forgotten, its share rebuilt elsewhere); a shorter
+  absence is ``UNREACHABLE`` and its index is not rebuilt yet. This is the hook for the
+  health core (issue 15, branch ``health``), which is not merged yet: when it lands,
+  :func:`lost_holders` calls its policy instead. ``holder_lost_after = "0s"`` approximates
+  today's code, which rebuilds every index without an OK answer (today the unreachable
+  row is also kept; here its copy is dropped, so today's durability is slightly
+  understated and its traffic counted right).
+- New holders come from ``node.core.placement.replace`` (rebuilt shares) and
+  ``node.core.placement.place`` (packs of new backups), ranking a random sample of
+  ``[policy] candidates`` online nodes (0: all of them) with their free capacity and their
+  site as failure domain. The packs present at the start are laid out by a vectorised
+  equivalent (n distinct nodes, capacity-weighted, one per site while sites last) because
+  calling ``place`` a million times costs minutes before the first event.
+- Audits (``audit_every``, or riding on the repair survey) cost one block per share
+  reachable; the world has no silent corruption yet, so they find nothing beyond what the
+  survey sees.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+from corestate.node.core import placement as placement_core
+from corestate.node.core import scheduler as sched
+from corestate.node.core.repair import PackHealth, ShareState, Verdict, plan_repair
+from corestate.simulations.scenario import DAY
+
+if TYPE_CHECKING:
+    from corestate.simulations.world import World
+
+POLICY = 4  # the world's event kind for policy events
+_REPAIR_DONE, _TIMER, _JOB_DONE = 0, 1, 2
+
+
+def make_policy(world: World) -> ValidationPolicy | RealPolicy:
+    if world.sc.repair is not None:
+        return ValidationPolicy(world)
+    return RealPolicy(world)
+
+
+def spread(world: World, count: int, weights: np.ndarray | None = None) -> np.ndarray:
+    """``count`` rows of n distinct nodes (capacity-weighted when ``weights``), one node
+    per site while there are at least n sites: redrawn row by row until valid."""
+    n, N = world.n, world.N
+    gen = world.draws.gen
+    p = None if weights is None else weights / weights.sum()
+    out = gen.choice(N, size=(count, n), p=p).astype(np.int32)
+    sites = world.sc.world.sites
+    by_site = sites >= n
+    for _ in range(10_000):
+        key = world.site[out] if by_site else out
+        s = np.sort(key, axis=1)
+        bad = np.flatnonzero((s[:, 1:] == s[:, :-1]).any(axis=1)) if n > 1 else np.zeros(0, dtype=np.int64)
+        if len(bad) == 0:
+            return out
+        out[bad] = gen.choice(N, size=(len(bad), n), p=p)
+    raise RuntimeError("could not spread shares over distinct nodes")  # pragma: no cover
+
+
+class ValidationPolicy:
+    """``[repair] model = "exponential"`` or ``"none"``: the issue's exact models."""
+
+    def __init__(self, world: World) -> None:
+        self.w = world
+        rp = world.sc.repair
+        assert rp is not None
+        self.model = rp.model
+        self.repair_at = rp.repair_at
+        self.mean = rp.mean_days
+        self.pending = np.zeros(world.P, dtype=bool)
+
+    def start(self) -> None:
+        return None
+
+    def place_new(self, packs: np.ndarray) -> None:
+        w = self.w
+        rows = spread(w, len(packs))
+        w.add_shares(np.repeat(packs, w.n), np.tile(np.arange(w.n), len(packs)), rows.reshape(-1))
+
+    def on_online(self, node: int, online: bool) -> None:
+        return None
+
+    def on_lost_shares(self, packs: np.ndarray) -> None:
+        if self.model != "exponential":
+            return
+        w = self.w
+        lv = w.live[packs]
+        due = packs[(lv <= self.repair_at) & (lv >= w.k) & ~self.pending[packs] & ~w.lost[packs]]
+        now = w.engine.now
+        for q in due.tolist():
+            self.pending[q] = True
+            w.engine.push(now + w.draws.exp(self.mean), POLICY, q, _REPAIR_DONE)
+
+    def on_event(self, kind: int, a: int, b: int) -> None:
+        w = self.w
+        q = a
+        self.pending[q] = False
+        if w.lost[q]:
+            return
+        row = w.loc[q]
+        empty = np.flatnonzero(row < 0)
+        held = set(row[row >= 0].tolist())
+        new: list[int] = []
+        while len(new) < len(empty):
+            y = w.draws.below(w.N)
+            if y not in held:
+                held.add(y)
+                new.append(y)
+        w.add_shares(np.full(len(empty), q, dtype=np.int64), empty, np.array(new, dtype=np.int32))
+        w.repairs += 1
+        w.shares_rebuilt += len(empty)
+        w.repair_bytes += float(w.share_size * (w.k + len(empty)))
+
+
+def lost_holders(offline: np.ndarray, away_days: np.ndarray, holder_lost_after: float) -> np.ndarray:
+    """The lost-holder rule (the hook for issue 15's core), for a batch of holders: an
+    unreachable holder counts as lost once it has been away ``holder_lost_after`` or
+    longer (with 0, at once)."""
+    return offline & (away_days >= holder_lost_after)
+
+
+def peer(x: int) -> str:
+    return f"n{x}"
+
+
+@dataclass(slots=True)
+class _Job:
+    job: sched.Job
+    then: tuple[sched.Job, ...]
+    moves: list[tuple[int, int, int, int, int]]  # pack, slot, old holder, new holder, its failures
+
+
+class RealPolicy:
+    """The node's real cores: scheduler, repair planner, placement (see the module doc)."""
+
+    def __init__(self, world: World) -> None:
+        self.w = world
+        pol = world.sc.policy
+        self.pol = pol
+        bk = world.sc.backups
+        self.cfg = sched.ScheduleConfig(
+            backup_every=(bk.backup_every * DAY) if bk and bk.packs_per_day > 0 else 0.0,
+            has_paths=bk is not None,
+            repair_every=pol.repair_every * DAY,
+            audit_every=None if pol.audit_every is None else pol.audit_every * DAY,
+            sync_every=0.0,
+        )
+        self.scheds: list[sched.Scheduler] = []
+        self.timer_at: list[float | None] = [None] * world.N
+        self.jobs: dict[int, _Job] = {}
+        self.owned: list[list[np.ndarray]] = [[] for _ in range(world.N)]
+        self.backlog = np.zeros(world.N)  # fractional packs due from backups
+        self.jobs_run = 0
+        self.unrepairable = 0
+        self._initial = True
+
+    # -- placement -----------------------------------------------------------------------
+
+    def _free(self, x: int) -> int:
+        return int(self.w.sc.world.capacity - self.w.used[x] * self.w.share_size)
+
+    def _candidates(self) -> list[placement_core.Candidate]:
+        w = self.w
+        on = np.flatnonzero(w.online)
+        c = self.pol.candidates
+        if c and len(on) > c:
+            on = w.draws.gen.choice(on, size=c, replace=False)
+        sites = w.sc.world.sites
+        return [placement_core.Candidate(peer(int(y)), self._free(int(y)),
+                                         (f"s{int(w.site[y])}",) if sites else ())
+                for y in on.tolist()]
+
+    def place_new(self, packs: np.ndarray) -> None:
+        w = self.w
+        if len(packs) == 0:
+            return
+        for q in packs.tolist():
+            self.owned[int(w.owner[q])].append(np.array([q], dtype=np.int64))
+        if self._initial:
+            rows = spread(w, len(packs), np.maximum(w.sc.world.capacity - w.used * w.share_size, 1).astype(float))
+            w.add_shares(np.repeat(packs, w.n), np.tile(np.arange(w.n), len(packs)), rows.reshape(-1))
+            return
+        cands = self._candidates()
+        P, S, X = [], [], []
+        for q in packs.tolist():
+            pl = placement_core.place(q.to_bytes(8, "big"), w.n, cands)
+            for i, name in enumerate(pl.peers):
+                P.append(q)
+                S.append(i)
+                X.append(int(name[1:]))
+        w.backup_bytes += float(len(P) * w.share_size)
+        w.add_shares(np.array(P, dtype=np.int64), np.array(S, dtype=np.int64), np.array(X, dtype=np.int32))
+
+    # -- scheduler driving ---------------------------------------------------------------
+
+    def start(self) -> None:
+        w = self.w
+        self._initial = False
+        for x in range(w.N):
+            s = sched.Scheduler(self.cfg, now=0.0, rng=random.Random(w.seed * 1_000_003 + x))
+            self.scheds.append(s)
+            self._do(x, s.handle(sched.HoldingsChanged(placed=True), 0.0))
+
+    def _arm(self, x: int) -> None:
+        d = self.scheds[x].next_deadline()
+        if d is None:
+            self.timer_at[x] = None
+            return
+        if self.timer_at[x] != d:
+            self.timer_at[x] = d
+            self.w.engine.push(max(d / DAY, self.w.engine.now), POLICY, x, _TIMER)
+
+    def _do(self, x: int, cmds: list[sched.Command]) -> None:
+        for cmd in cmds:
+            if isinstance(cmd, sched.RunJob):
+                self._run_job(x, cmd)
+        self._arm(x)
+
+    def on_online(self, node: int, online: bool) -> None:
+        if online and self.scheds:
+            s = self.scheds[node]
+            self._do(node, s.handle(sched.Tick(), self.w.engine.now * DAY))
+
+    def on_lost_shares(self, packs: np.ndarray) -> None:
+        return None  # owners find out at their next survey
+
+    def on_event(self, kind: int, a: int, b: int) -> None:
+        w = self.w
+        x = a
+        now_s = w.engine.now * DAY
+        if b == _TIMER:
+            due = self.timer_at[x]
+            if due is None or abs(due / DAY - w.engine.now) > 1e-9:
+                return  # superseded
+            self.timer_at[x] = None
+            if not w.online[x]:
+                return  # the daemon is down: the timer fires when it is back (a Tick)
+            # The deadline itself, not now * DAY: a rounding below it would not fire.
+            self._do(x, self.scheds[x].handle(sched.Tick(), max(now_s, due)))
+        elif b == _JOB_DONE:
+            job = self.jobs.pop(x)
+            self._apply(job)
+            s = self.scheds[x]
+            cmds = s.handle(sched.JobFinished(job.job, 0), now_s)
+            for j in job.then:
+                cmds += s.handle(sched.JobFinished(j, 0), now_s)
+            self._do(x, cmds)
+
+    # -- jobs ----------------------------------------------------------------------------
+
+    def _run_job(self, x: int, cmd: sched.RunJob) -> None:
+        w = self.w
+        self.jobs_run += 1
+        up = down = 0.0
+        moves: list[tuple[int, int, int, int, int]] = []
+        if cmd.job == sched.Job.REPAIR:
+            up, down, moves = self._repair(x, audit=self.cfg.audit_every is None)
+        elif cmd.job == sched.Job.AUDIT:
+            up = self._audit(x)
+        elif cmd.job == sched.Job.BACKUP:
+            up = self._backup(x)
+        secs = up / w.sc.world.upload + down / w.sc.world.download + 1.0
+        self.jobs[x] = _Job(cmd.job, cmd.then, moves)
+        w.engine.push(w.engine.now + secs / DAY, POLICY, x, _JOB_DONE)
+
+    def _own(self, x: int) -> np.ndarray:
+        ch = self.owned[x]
+        if not ch:
+            return np.zeros(0, dtype=np.int64)
+        ps = np.concatenate(ch) if len(ch) > 1 else ch[0]
+        ps = ps[~self.w.lost[ps]]
+        self.owned[x] = [ps]
+        return ps
+
+    def _audit(self, x: int) -> float:
+        w = self.w
+        ps = self._own(x)
+        L = w.loc[ps]
+        on = (L >= 0) & w.online[np.maximum(L, 0)]
+        b = float(np.count_nonzero(on) * self.pol.audit_block)
+        w.audit_bytes += b
+        return b
+
+    def _backup(self, x: int) -> float:
+        w = self.w
+        bk = w.sc.backups
+        assert bk is not None
+        self.backlog[x] += bk.packs_per_day * bk.backup_every / w.N
+        count = int(self.backlog[x])
+        self.backlog[x] -= count
+        before = w.backup_bytes
+        w.create_packs(count, np.full(count, x, dtype=np.int32))
+        return w.backup_bytes - before
+
+    def _repair(self, x: int, *, audit: bool) -> tuple[float, float, list[tuple[int, int, int, int, int]]]:
+        w = self.w
+        now = w.engine.now
+        hla = self.pol.holder_lost_after
+        ps = self._own(x)
+        if len(ps) == 0:
+            return 0.0, 0.0, []
+        L = w.loc[ps]
+        has = L >= 0
+        Lc = np.maximum(L, 0)
+        on = has & w.online[Lc]
+        away = now - w.offline_since[Lc]
+        lost = lost_holders(has & ~on, away, hla)
+        if audit:
+            w.audit_bytes += float(np.count_nonzero(on) * self.pol.audit_block)
+        rows = np.flatnonzero((~has | lost).any(axis=1))
+        if len(rows) == 0:
+            return 0.0, 0.0, []
+        healths = []
+        for r in rows.tolist():
+            shares = []
+            for i in range(w.n):
+                if not has[r, i]:
+                    continue  # its holder lost the disk: the row was forgotten
+                v = Verdict.OK if on[r, i] else (Verdict.MISSING if lost[r, i] else Verdict.UNREACHABLE)
+                shares.append(ShareState(i, peer(int(L[r, i])), v))
+            # A disk-lost holder answers "missing" once; model it as a recorded row.
+            healths.append(PackHealth(int(ps[r]).to_bytes(8, "big"), w.k, w.n, tuple(shares), False))
+        row_of = {int(ps[r]): r for r in rows.tolist()}
+        plan = plan_repair(healths)
+        self.unrepairable += len(plan.unrepairable)
+        cands = self._candidates() if plan.rebuilds else []
+        up = down = 0.0
+        moves: list[tuple[int, int, int, int, int]] = []
+        for rb in plan.rebuilds:
+            q = int.from_bytes(rb.pack, "big")
+            r = row_of[q]
+            # Today's core rebuilds every index without an OK answer; the lost-holder
+            # rule holds back the ones whose holder is only briefly away.
+            todo = [i for i in rb.indexes if not has[r, i] or lost[r, i]]
+            if not todo:
+                continue
+            peers: list[str | None] = [peer(int(L[r, i])) if has[r, i] and not lost[r, i] else None
+                                       for i in range(w.n)]
+            done = 0
+            for i in todo:
+                name = placement_core.replace(rb.pack, peers, i, cands)
+                if name is None:
+                    break
+                y = int(name[1:])
+                peers[i] = name
+                moves.append((q, i, int(L[r, i]) if has[r, i] else -1, y, int(w.disk_losses[y])))
+                done += 1
+            if done:
+                down += w.k * w.share_size
+                up += done * w.share_size
+                w.repairs += 1
+                w.shares_rebuilt += done
+        w.repair_bytes += up + down
+        return up, down, moves
+
+    def _apply(self, job: _Job) -> None:
+        """Record what a finished repair placed (skipping what changed meanwhile)."""
+        w = self.w
+        P: list[int] = []
+        S: list[int] = []
+        X: list[int] = []
+        taken: set[tuple[int, int]] = set()
+        for q, i, old, y, g in job.moves:
+            if w.lost[q] or w.disk_losses[y] != g:
+                continue
+            cur = int(w.loc[q, i])
+            if cur >= 0 and cur != old:
+                continue
+            if y in w.loc[q] or (q, y) in taken:
+                continue  # never two shares of one pack on one node
+            taken.add((q, y))
+            if cur >= 0:
+                w.move_off(q, i, check=False)
+            P.append(q)
+            S.append(i)
+            X.append(y)
+        w.add_shares(np.array(P, dtype=np.int64), np.array(S, dtype=np.int64), np.array(X, dtype=np.int32))

@@ -123,7 +123,7 @@ class ValidationPolicy:
         if w.lost[q]:
             return
         row = w.loc[q]
-        empty = np.flatnonzero(row < 0)
+        empty = np.flatnonzero(row < 0).tolist()
         held = set(row[row >= 0].tolist())
         new: list[int] = []
         while len(new) < len(empty):
@@ -131,7 +131,7 @@ class ValidationPolicy:
             if y not in held:
                 held.add(y)
                 new.append(y)
-        w.add_shares(np.full(len(empty), q, dtype=np.int64), empty, np.array(new, dtype=np.int32))
+        w.put_one(q, empty, new)
         w.repairs += 1
         w.shares_rebuilt += len(empty)
         w.repair_bytes += float(w.share_size * (w.k + len(empty)))

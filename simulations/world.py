@@ -171,6 +171,26 @@ class World:
             self.repair_times.extend((self.engine.now - self.degraded_since[fp]).tolist())
             self.degraded_since[fp] = np.nan
 
+    def put_one(self, pack: int, slots: list[int], nodes: list[int]) -> None:
+        """:meth:`add_shares` for one pack, with scalar steps (a repair event's size)."""
+        k, n = self.k, self.n
+        before = int(self.onl[pack])
+        on = 0
+        for s, y in zip(slots, nodes, strict=True):
+            key = pack * n + s
+            self.locf[key] = y
+            self.used[y] += 1
+            self._chunks[y].append(np.array([key], dtype=np.int64))
+            self._packs.pop(y, None)
+            on += bool(self.online[y])
+        self.live[pack] += len(slots)
+        self.onl[pack] = before + on
+        if before < k <= before + on and pack < self.created:
+            self.unavail -= 1
+        if self.live[pack] == n and not np.isnan(self.degraded_since[pack]):
+            self.repair_times.append(self.engine.now - float(self.degraded_since[pack]))
+            self.degraded_since[pack] = np.nan
+
     def move_off(self, pack: int, slot: int, *, check: bool = True) -> None:
         """Forget the holder of one share (a holder counted lost): its copy is surplus
         from now on and never counted. ``check=False``: a new holder takes the slot at
@@ -396,7 +416,10 @@ class World:
         self.engine.push(0.0, SAMPLE)
         next_progress = 0.0
         eng = self.engine
+        growth = sc.backups is not None and sc.backups.packs_per_day > 0
         while True:
+            if self.packs_lost == self.created and not growth and self.created:
+                break  # every pack is lost and none will come: nothing left to happen
             ev = eng.pop(horizon)
             if ev is None:
                 break

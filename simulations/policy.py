@@ -63,9 +63,11 @@ def make_policy(world: World) -> ValidationPolicy | RealPolicy:
     return RealPolicy(world)
 
 
-def spread(world: World, count: int, weights: np.ndarray | None = None) -> np.ndarray:
+def spread(world: World, count: int, weights: np.ndarray | None = None,
+           owners: np.ndarray | None = None) -> np.ndarray:
     """``count`` rows of n distinct nodes (capacity-weighted when ``weights``), one node
-    per site while there are at least n sites: redrawn row by row until valid."""
+    per site while there are at least n sites, never the row's owner (``owners``, when
+    given: a node does not hold shares of its own packs): redrawn row by row until valid."""
     n, N = world.n, world.N
     gen = world.draws.gen
     p = None if weights is None else weights / weights.sum()
@@ -75,7 +77,10 @@ def spread(world: World, count: int, weights: np.ndarray | None = None) -> np.nd
     for _ in range(10_000):
         key = world.site[out] if by_site else out
         s = np.sort(key, axis=1)
-        bad = np.flatnonzero((s[:, 1:] == s[:, :-1]).any(axis=1)) if n > 1 else np.zeros(0, dtype=np.int64)
+        dup = (s[:, 1:] == s[:, :-1]).any(axis=1) if n > 1 else np.zeros(len(out), dtype=bool)
+        if owners is not None:
+            dup |= (out == owners[:, None]).any(axis=1)
+        bad = np.flatnonzero(dup)
         if len(bad) == 0:
             return out
         out[bad] = gen.choice(N, size=(len(bad), n), p=p)
@@ -202,13 +207,14 @@ class RealPolicy:
         for q in packs.tolist():
             self.owned[int(w.owner[q])].append(np.array([q], dtype=np.int64))
         if self._initial:
-            rows = spread(w, len(packs), np.maximum(w.sc.world.capacity - w.used * w.share_size, 1).astype(float))
+            rows = spread(w, len(packs), np.maximum(w.sc.world.capacity - w.used * w.share_size, 1).astype(float),
+                          owners=w.owner[packs])
             w.add_shares(np.repeat(packs, w.n), np.tile(np.arange(w.n), len(packs)), rows.reshape(-1))
             return
         cands = self._candidates()
         P, S, X = [], [], []
         for q in packs.tolist():
-            pl = placement_core.place(q.to_bytes(8, "big"), w.n, cands)
+            pl = placement_core.place(q.to_bytes(8, "big"), w.n, cands, exclude={peer(int(w.owner[q]))})
             for i, name in enumerate(pl.peers):
                 P.append(q)
                 S.append(i)
@@ -363,7 +369,7 @@ class RealPolicy:
                                        for i in range(w.n)]
             done = 0
             for i in todo:
-                name = placement_core.replace(rb.pack, peers, i, cands)
+                name = placement_core.replace(rb.pack, peers, i, cands, exclude={peer(x)})
                 if name is None:
                     break
                 y = int(name[1:])

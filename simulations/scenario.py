@@ -208,6 +208,9 @@ def parse(doc: Mapping[str, Any], *, name: str = "scenario", base: Path | None =
         raise ScenarioError("[code]", f"k={code.k} n={code.n} is not possible", hint="use 1 <= k <= n <= 255")
     if code.n > world.nodes:
         raise ScenarioError("[code] n", f"{code.n} shares need at least {code.n} nodes, the world has {world.nodes}")
+    if "repair" not in doc and code.n > world.nodes - 1:
+        raise ScenarioError("[code] n", f"the real policy places shares on other nodes than the owner: "
+                            f"n={code.n} needs at least {code.n + 1} nodes")
     failures = None
     if "failures" in doc:
         f = doc["failures"]

@@ -28,6 +28,7 @@ from corestate.node.cli.nodecmd import (
 )
 from corestate.node.cli.peer import cmd_peer_add, cmd_peer_list, cmd_peer_remove
 from corestate.node.cli.restore import cmd_restore
+from corestate.node.cli.sim import add_parser as add_sim_parser
 from corestate.node.home import default_home
 
 # -- parser -----------------------------------------------------------------------------
@@ -227,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
              key=False)
     sp.add_argument("--dir", type=Path, help="work in DIR instead of a temporary folder")
     sp.add_argument("--keep", action="store_true", help="keep the demo's files for you to explore")
+
+    # -- sim --
+    add_sim_parser(sub)
     return p
 
 

@@ -402,6 +402,11 @@ class World:
             "audit_bytes": self.audit_bytes,
         })
 
+    def kill_at(self, day: float, node: int) -> None:
+        """Make ``node`` lose its disk at ``day`` (once, besides the failure process):
+        for experiments and tests. Call before :meth:`run`."""
+        self.engine.push(day, FAIL, node, 1)
+
     def run(self) -> dict[str, Any]:
         """Play the scenario to its horizon; the summary (see :func:`summary`)."""
         from corestate.simulations.policy import make_policy
@@ -435,7 +440,8 @@ class World:
                 self._churn(a, b)
             elif kind == FAIL:
                 self.fail(a)
-                eng.push(t + self._life(), FAIL, a)
+                if b == 0 and sc.failures is not None and sc.failures.node_mttf_days > 0:
+                    eng.push(t + self._life(), FAIL, a)
             elif kind == SITE_FAIL:
                 self.site_failures += 1
                 for x in np.flatnonzero(self.site == a).tolist():

@@ -178,6 +178,9 @@ class RealPolicy:
         self.scheds: list[sched.Scheduler] = []
         self.timer_at: list[float | None] = [None] * world.N
         self.jobs: dict[int, _Job] = {}
+        self.missed = np.zeros(world.N, dtype=bool)
+        self._away_at = -1.0
+        self._attention = np.zeros(world.N, dtype=bool)
         self.owned: list[list[np.ndarray]] = [[] for _ in range(world.N)]
         self.backlog = np.zeros(world.N)  # fractional packs due from backups
         self.jobs_run = 0
@@ -186,9 +189,6 @@ class RealPolicy:
 
     # -- placement -----------------------------------------------------------------------
 
-    def _free(self, x: int) -> int:
-        return int(self.w.sc.world.capacity - self.w.used[x] * self.w.share_size)
-
     def _candidates(self) -> list[placement_core.Candidate]:
         w = self.w
         on = np.flatnonzero(w.online)
@@ -196,9 +196,9 @@ class RealPolicy:
         if c and len(on) > c:
             on = w.draws.gen.choice(on, size=c, replace=False)
         sites = w.sc.world.sites
-        return [placement_core.Candidate(peer(int(y)), self._free(int(y)),
-                                         (f"s{int(w.site[y])}",) if sites else ())
-                for y in on.tolist()]
+        free = (w.sc.world.capacity - w.used[on] * w.share_size).tolist()
+        return [placement_core.Candidate(peer(y), f, (f"s{int(w.site[y])}",) if sites else ())
+                for y, f in zip(on.tolist(), free, strict=True)]
 
     def place_new(self, packs: np.ndarray) -> None:
         w = self.w
@@ -220,7 +220,8 @@ class RealPolicy:
                 S.append(i)
                 X.append(int(name[1:]))
         w.backup_bytes += float(len(P) * w.share_size)
-        w.add_shares(np.array(P, dtype=np.int64), np.array(S, dtype=np.int64), np.array(X, dtype=np.int32))
+        if P:
+            w.add_shares(np.array(P, dtype=np.int64), np.array(S, dtype=np.int64), np.array(X, dtype=np.int32))
 
     # -- scheduler driving ---------------------------------------------------------------
 
@@ -248,7 +249,10 @@ class RealPolicy:
         self._arm(x)
 
     def on_online(self, node: int, online: bool) -> None:
-        if online and self.scheds:
+        # Only a timer that came due while the node was down has anything to fire; any
+        # other Tick would change nothing in the scheduler.
+        if online and self.missed[node]:
+            self.missed[node] = False
             s = self.scheds[node]
             self._do(node, s.handle(sched.Tick(), self.w.engine.now * DAY))
 
@@ -265,17 +269,22 @@ class RealPolicy:
                 return  # superseded
             self.timer_at[x] = None
             if not w.online[x]:
+                self.missed[x] = True
                 return  # the daemon is down: the timer fires when it is back (a Tick)
             # The deadline itself, not now * DAY: a rounding below it would not fire.
             self._do(x, self.scheds[x].handle(sched.Tick(), max(now_s, due)))
         elif b == _JOB_DONE:
-            job = self.jobs.pop(x)
-            self._apply(job)
-            s = self.scheds[x]
-            cmds = s.handle(sched.JobFinished(job.job, 0), now_s)
-            for j in job.then:
-                cmds += s.handle(sched.JobFinished(j, 0), now_s)
-            self._do(x, cmds)
+            self._finish(x)
+
+    def _finish(self, x: int) -> None:
+        now_s = self.w.engine.now * DAY
+        job = self.jobs.pop(x)
+        self._apply(job)
+        s = self.scheds[x]
+        cmds = s.handle(sched.JobFinished(job.job, 0), now_s)
+        for j in job.then:
+            cmds += s.handle(sched.JobFinished(j, 0), now_s)
+        self._do(x, cmds)
 
     # -- jobs ----------------------------------------------------------------------------
 
@@ -290,9 +299,12 @@ class RealPolicy:
             up = self._audit(x)
         elif cmd.job == sched.Job.BACKUP:
             up = self._backup(x)
-        secs = up / w.sc.world.upload + down / w.sc.world.download + 1.0
+        secs = up / w.sc.world.upload + down / w.sc.world.download
         self.jobs[x] = _Job(cmd.job, cmd.then, moves)
-        w.engine.push(w.engine.now + secs / DAY, POLICY, x, _JOB_DONE)
+        if secs > 0:
+            w.engine.push(w.engine.now + secs / DAY, POLICY, x, _JOB_DONE)
+        else:
+            self._finish(x)  # nothing to send: done at once (no event)
 
     def _own(self, x: int) -> np.ndarray:
         ch = self.owned[x]
@@ -323,6 +335,23 @@ class RealPolicy:
         w.create_packs(count, np.full(count, x, dtype=np.int32))
         return w.backup_bytes - before
 
+    def _needs_work(self, x: int, ps: np.ndarray) -> bool:
+        """Whether an owner's packs may need a rebuild: a share without holder, or a holder
+        away ``holder_lost_after`` or longer. A cheap pre-filter (the owners with such
+        holders are found once per churn step), never a decision."""
+        w = self.w
+        if bool((w.live[ps] < w.n).any()):
+            return True
+        now = w.engine.now
+        if now - self._away_at >= max(w.churn_step, 1e-9) or self._away_at < 0:
+            self._away_at = now
+            away = np.flatnonzero(lost_holders(~w.online, now - w.offline_since, self.pol.holder_lost_after))
+            self._attention[:] = False
+            if len(away):
+                packs = np.concatenate([w.packs_of(int(y)) for y in away.tolist()])
+                self._attention[w.owner[packs]] = True
+        return bool(self._attention[x])
+
     def _repair(self, x: int, *, audit: bool) -> tuple[float, float, list[tuple[int, int, int, int, int]]]:
         w = self.w
         now = w.engine.now
@@ -330,14 +359,16 @@ class RealPolicy:
         ps = self._own(x)
         if len(ps) == 0:
             return 0.0, 0.0, []
+        if audit:  # one block from every reachable share
+            w.audit_bytes += float(int(w.onl[ps].sum()) * self.pol.audit_block)
+        if not self._needs_work(x, ps):
+            return 0.0, 0.0, []  # every share has a holder not counted lost: nothing to plan
         L = w.loc[ps]
         has = L >= 0
         Lc = np.maximum(L, 0)
         on = has & w.online[Lc]
         away = now - w.offline_since[Lc]
         lost = lost_holders(has & ~on, away, hla)
-        if audit:
-            w.audit_bytes += float(np.count_nonzero(on) * self.pol.audit_block)
         rows = np.flatnonzero((~has | lost).any(axis=1))
         if len(rows) == 0:
             return 0.0, 0.0, []
@@ -405,4 +436,5 @@ class RealPolicy:
             P.append(q)
             S.append(i)
             X.append(y)
-        w.add_shares(np.array(P, dtype=np.int64), np.array(S, dtype=np.int64), np.array(X, dtype=np.int32))
+        if P:
+            w.add_shares(np.array(P, dtype=np.int64), np.array(S, dtype=np.int64), np.array(X, dtype=np.int32))

@@ -91,7 +91,7 @@ class Policy:
     repair_every: float = 1.0  # days (the scheduler's default, 1 day)
     audit_every: float | None = None
     holder_lost_after: float = 3.0  # days
-    candidates: int = 32
+    candidates: int = 16
     audit_block: int = 64 * 1024
 
 
@@ -261,7 +261,7 @@ def parse(doc: Mapping[str, Any], *, name: str = "scenario", base: Path | None =
         repair_every=duration("[policy] repair_every", p.get("repair_every", "1d")),
         audit_every=None if audit is None else duration("[policy] audit_every", audit),
         holder_lost_after=duration("[policy] holder_lost_after", p.get("holder_lost_after", "3d")),
-        candidates=_num("[policy] candidates", p.get("candidates", 32), integer=True),
+        candidates=_num("[policy] candidates", p.get("candidates", 16), integer=True),
         audit_block=size("[policy] audit_block", p.get("audit_block", 64 * 1024)),
     )
     backups = None

@@ -70,6 +70,19 @@ peer_timeout = 20
 backup_every = 0
 # The daemon audits the holders of this node's shares and rebuilds lost ones this often.
 repair_every = "1d"
+# Spot audits of random share blocks (and the slow whole-share cycle) this often; 0 = only
+# within repair's survey.
+audit_every = "1h"
+
+[health]
+# A holder unreachable this long counts as lost: its shares are rebuilt on others.
+holder_lost_after = "3d"
+# In a group: when a member's owner has been away this long, the other members repair its packs.
+owner_away_after = "3d"
+# Every share is verified whole (not just one block) once in this cycle.
+whole_audit_every = "30d"
+# Cap on the bytes per second repair moves ("10 MiB/s"); 0 = no cap.
+repair_bandwidth = 0
 
 [retention]
 # After each scheduled backup the daemon forgets the snapshots no rule keeps and frees
@@ -109,6 +122,9 @@ class Config:
     # [schedule]
     backup_every: float = 0.0  # seconds; 0 = no scheduled backups
     repair_every: float = 86400.0  # seconds; 0 = no scheduled repairs
+    audit_every: float = 0.0  # seconds; 0 = audits only within repair's survey
+    # [health] (node/core/holders.py, node/core/lease.py)
+    health: HealthConfig = field(default_factory=lambda: HealthConfig())
     # [retention]: the keep-rules applied after each scheduled backup (empty: none)
     retention: dict[str, str] = field(default_factory=dict)
 
@@ -141,6 +157,8 @@ class Config:
             cfg.peer_timeout = float(mesh.get("peer_timeout", cfg.peer_timeout))
             cfg.backup_every = _duration(sched.get("backup_every", 0))
             cfg.repair_every = _duration(sched.get("repair_every", cfg.repair_every))
+            cfg.audit_every = _duration(sched.get("audit_every", cfg.audit_every))
+            cfg.health = HealthConfig.parse(raw.get("health", {}))
             ret = raw.get("retention", {})
             for key in ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly",
                         "keep_yearly"):
@@ -166,6 +184,37 @@ class Config:
             raise ConfigError(str(path), "[mesh] peer_timeout must be between 1 and 600 seconds")
         if not (-7 <= cfg.compression_level <= 22):
             raise ConfigError(str(path), "compression_level must be between -7 and 22")
+        return cfg
+
+
+@dataclass(frozen=True, slots=True)
+class HealthConfig:
+    """``[health]``: when a holder counts as lost, when an owner counts as away (its packs
+    then repaired by the other members), the whole-share audit cycle, the repair rate cap."""
+
+    holder_lost_after: float = 3 * 86400.0  # why three days: node/core/holders.py
+    owner_away_after: float = 3 * 86400.0
+    whole_audit_every: float = 30 * 86400.0
+    repair_bandwidth: int = 0  # bytes per second; 0 = no cap
+
+    @classmethod
+    def parse(cls, raw: object) -> HealthConfig:
+        if not isinstance(raw, dict):
+            raise ValueError("[health] must be a table")
+        unknown = set(raw) - {"holder_lost_after", "owner_away_after", "whole_audit_every", "repair_bandwidth"}
+        if unknown:
+            raise ValueError(f"[health] does not know {sorted(unknown)}")
+        d = cls()
+        rate = raw.get("repair_bandwidth", 0)
+        cfg = cls(_duration(raw.get("holder_lost_after", d.holder_lost_after)),
+                  _duration(raw.get("owner_away_after", d.owner_away_after)),
+                  _duration(raw.get("whole_audit_every", d.whole_audit_every)),
+                  _size(str(rate).strip().removesuffix("/s")) if not isinstance(rate, int) else rate)
+        for name in ("holder_lost_after", "owner_away_after", "whole_audit_every"):
+            if getattr(cfg, name) <= 0:
+                raise ValueError(f"[health] {name} must be a positive duration like \"3d\"")
+        if cfg.repair_bandwidth < 0:
+            raise ValueError("[health] repair_bandwidth must be 0 (no cap) or bytes per second like \"10 MiB/s\"")
         return cfg
 
 

@@ -21,6 +21,8 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from corestate.node.core.holders import HolderRecord
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS shares (
     pack BLOB NOT NULL, idx INTEGER NOT NULL, peer TEXT NOT NULL, root BLOB NOT NULL,
@@ -32,6 +34,12 @@ CREATE TABLE IF NOT EXISTS coded (
     local INTEGER NOT NULL,  -- 1 while this node keeps a local copy
     owner TEXT NOT NULL DEFAULT ''  -- the PeerID holders filed the shares under; '' = this identity
 );
+CREATE TABLE IF NOT EXISTS holders (  -- each holder's standing (node/core/holders.py)
+    peer TEXT PRIMARY KEY, alpha REAL NOT NULL, beta REAL NOT NULL, passed INTEGER NOT NULL,
+    failed INTEGER NOT NULL, last_seen REAL,  -- wall-clock seconds of its last answer
+    evicted INTEGER NOT NULL, lost INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v BLOB);
 CREATE TABLE IF NOT EXISTS doomed (  -- shares of deleted packs a holder has not yet deleted
     pack BLOB NOT NULL, idx INTEGER NOT NULL, peer TEXT NOT NULL,
     PRIMARY KEY (pack, idx, peer)
@@ -158,6 +166,32 @@ class Ledger:
     def deleted(self, rows: Iterable[tuple[bytes, int, str]]) -> None:
         with self._lock:
             self.db.executemany("DELETE FROM doomed WHERE pack = ? AND idx = ? AND peer = ?", list(rows))
+
+    # -- holders' standing (node/core/holders.py), saved after each audit or repair ------
+
+    def holders(self) -> list[HolderRecord]:
+        with self._lock:
+            rows = self.db.execute("SELECT peer, alpha, beta, passed, failed, last_seen, evicted, lost "
+                                   "FROM holders ORDER BY peer").fetchall()
+        return [HolderRecord(p, a, b, pa, fa, ls, bool(ev), bool(lo)) for p, a, b, pa, fa, ls, ev, lo in rows]
+
+    def save_holders(self, records: Iterable[HolderRecord]) -> None:
+        with self._lock:
+            self.db.execute("BEGIN")
+            self.db.executemany(
+                "INSERT OR REPLACE INTO holders VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(r.peer, r.alpha, r.beta, r.passed, r.failed, r.last_seen, int(r.evicted), int(r.lost))
+                 for r in records])
+            self.db.execute("COMMIT")
+
+    def meta(self, key: str) -> bytes | None:
+        with self._lock:
+            row = self.db.execute("SELECT v FROM meta WHERE k = ?", (key,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def set_meta(self, key: str, value: bytes) -> None:
+        with self._lock:
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     def drop_packs(self, packs: Iterable[bytes]) -> None:
         """Forget packs entirely (they left the repository)."""

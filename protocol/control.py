@@ -170,6 +170,9 @@ class Redundancy(Record):
     degraded: U63  # at least k shares, fewer than n
     at_risk: U63  # fewer than k
     local: U63  # kept only in the local store (no peers, or not yet placed)
+    # Of ``packs``: fewer than k share indexes on holders that count (lost and evicted
+    # holders do not; node/core/health.py) and no local copy: cannot be restored now.
+    lost: U63 = 0
 
 
 @record
@@ -992,6 +995,140 @@ MEMBER_MESSAGES: tuple[type[Message], ...] = (
 )
 
 
+# -- health --------------------------------------------------------------------------------
+# `corestate health` (node/app/health.py): how safe the packs are over time, each holder's
+# standing, what repair does; and the daemon's scheduled audit round.
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class HealthCall(Message):
+    TYPE: ClassVar[str] = "health"
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class PackLevels(Record):
+    """Packs by level (node/core/health.py): full, degraded (k < good < n), at risk (good ==
+    k, or below k with a local copy), lost (below k, no local copy)."""
+
+    full: U63
+    degraded: U63
+    at_risk: U63
+    lost: U63
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class SnapshotLevels(Record):
+    snapshot_id: Annotated[str, MaxLen(64)]  # hex
+    short_id: Annotated[str, MaxLen(16)]
+    packs: PackLevels
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class HolderHealth(Record):
+    peer: PeerId
+    state: Name  # ok, suspect, evicted, lost
+    last_seen_ns: TimeNs | None  # its last answer (None: never asked yet)
+    audits_passed: U63  # audit rounds (and repair surveys) it passed: every share asked checked
+    audits_failed: U63  # ... it failed: some share missing, spoiled, or its proof wrong
+    shares: U63  # shares of this node's packs it holds (ledger rows)
+    score: Annotated[str, MaxLen(16)]  # audit score in [0, 1], decimal ("0.950")
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class RepairStatus(Record):
+    running: bool  # a repair runs now
+    packs: U63  # packs below full that can be repaired now
+    shares: U63  # share indexes to rebuild
+    bytes: U63  # bytes to move for that
+    unrepairable: U63  # packs that wait for holders to return
+    eta_s: U63 | None  # seconds to full redundancy (None: unknown)
+    reason: Text
+    last_ns: TimeNs | None  # when the last repair finished
+    member_repairs: U63  # packs of absent owners this node repaired for them
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class HealthResult(Message):
+    TYPE: ClassVar[str] = "health-result"
+    packs: PackLevels
+    snapshots: Annotated[tuple[SnapshotLevels, ...], MaxItems(4096)]
+    holders: Annotated[tuple[HolderHealth, ...], MaxItems(4096)]
+    repair: RepairStatus
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class AuditCall(Message):
+    """One audit round now (what the daemon runs every ``[schedule] audit_every``)."""
+
+    TYPE: ClassVar[str] = "audit"
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class HolderChange(Record):
+    peer: PeerId
+    old: Name
+    new: Name
+    reason: Text
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class AuditResult(Message):
+    TYPE: ClassVar[str] = "audit-result"
+    code: Annotated[int, Range(0, 255)]  # 0 all passed, 3 some failed or holders silent
+    challenges: U63  # block and whole-share checks asked
+    passed: U63
+    failed: U63
+    answered: U63  # holders that answered
+    silent: U63  # holders that did not
+    changes: Annotated[tuple[HolderChange, ...], MaxItems(4096)]
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class AuditFinished(Message):
+    TYPE: ClassVar[str] = "audit.finished"
+    time_ns: TimeNs
+    scheduled: bool
+    code: Annotated[int, Range(0, 255)]
+    passed: U63
+    failed: U63
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class MemberRepairCall(Message):
+    """Repair the packs of group members that are away (node/app/rescue.py); the daemon
+    runs it after its own scheduled repair."""
+
+    TYPE: ClassVar[str] = "member-repair"
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class MemberRepairResult(Message):
+    TYPE: ClassVar[str] = "member-repair-result"
+    code: Annotated[int, Range(0, 255)]  # 0 done (or nothing to do), 3 some packs left short
+    owners_away: Annotated[tuple[PeerId, ...], MaxItems(4096)]
+    packs_repaired: U63  # by this member, under its lease
+    packs_deferred: U63  # another member holds the lease
+    shares_placed: U63
+    problems: Annotated[tuple[Text, ...], MaxItems(4096)]
+
+
+HEALTH_MESSAGES: tuple[type[Message], ...] = (HealthCall, HealthResult, AuditCall, AuditResult,
+                                              MemberRepairCall, MemberRepairResult)
+HEALTH_EVENTS: tuple[type[Message], ...] = (AuditFinished,)
+
+
 # -- events: one message type per kind; the type is the kind --------------------------------
 
 SEVERITIES = ("info", "warning", "critical")
@@ -1202,6 +1339,7 @@ EVENTS: tuple[type[Message], ...] = (
     RestoreStarted, RestoreProgress, RestoreFinished, RestoreFailed,
     CheckFinished, RepairStarted, RepairFinished, RetentionFinished,
     *MAINTAIN_EVENTS,
+    *HEALTH_EVENTS,
     PeerUp, PeerDown, PeerDiscovered, GroupChanged, Alert, ScheduleNext,
 )
 EVENT_KINDS = frozenset(e.TYPE for e in EVENTS)
@@ -1259,6 +1397,7 @@ CONTROL_MESSAGES: tuple[type[Message], ...] = (
     *BACKUP_MESSAGES,
     *MAINTAIN_MESSAGES,
     *MEMBER_MESSAGES,
+    *HEALTH_MESSAGES,
     *EVENTS,
     Ok,  # Ok and Error last: the share service's, listed here too
     Error,

@@ -526,6 +526,10 @@ class PutShare(Message):
     index: ShareIndex
     size: ShareSize
     digest: Bytes32  # BLAKE3 of the share bytes
+    # The PeerID to file the share under; "" = the sender. A member repairing an absent
+    # owner's pack puts the rebuilt shares under the owner (accepted from members of the
+    # holder's group only, for a member owner), so the owner finds them as its own.
+    owner: Annotated[str, MaxLen(128)] = ""
 
 
 @message

@@ -199,6 +199,8 @@ def repair(node: LocalNode, call: c.RepairCall, ctx: Context) -> Iterator[c.Repa
         assert isinstance(summary, c.RepairSummary)
         code = summary.code
     finally:
+        from corestate.node.app.health import set_running
+        set_running(node, False)  # also when it failed half way (health says what runs)
         ctx.emit(c.RepairFinished(time_ns=time.time_ns(), scheduled=ctx.scheduled, code=code))
     return iter(items)
 
@@ -212,19 +214,36 @@ def _repair(node: LocalNode, call: c.RepairCall, ctx: Context) -> list[c.RepairI
                                 forgotten=0, shares_deleted=0, shares_left=0, seconds="0.000")]
     tick = Ticks(ctx, lambda d, t: c.RepairProgress(time_ns=time.time_ns(), packs_done=d, packs=t))
     tick(0, 0)
+    from corestate.node.app import health as hmod
+    from corestate.node.core import holders as hb
     coded = node.ledger.all()
     rows: dict[tuple[bytes, int, str], Verdict] = {}
     port.call(lambda mesh: mesh.survey(list(coded), audit=True, per_holder=rows))
+    # What the survey saw moves the holders' standing (node/core/holders.py); a holder
+    # evicted or lost counts for nothing: its shares are rebuilt elsewhere.
+    book = hmod.load_book(node)
+    hmod.learn(node, book, ctx, _holder_events(rows), hmod.wall_time())
+    states = book.states()
+    gone = {p for p, st in states.items() if st in (hb.HolderState.EVICTED, hb.HolderState.LOST)}
+
+    def verdict(pid: bytes, index: int, peer: str) -> Verdict:
+        v = rows.get((pid, index, peer), Verdict.UNREACHABLE)
+        return Verdict.MISSING if peer in gone else v
     store = node.repo.store
     plan = plan_repair(
-        PackHealth(pid, cp.k, cp.n, tuple(ShareState(r.index, r.peer, rows.get((pid, r.index, r.peer), Verdict.UNREACHABLE))
+        PackHealth(pid, cp.k, cp.n, tuple(ShareState(r.index, r.peer, verdict(pid, r.index, r.peer))
                                           for r in cp.shares), store.has_local(pid))
         for pid, cp in coded.items())
     placed: dict[bytes, dict[int, str]] = {}
     failed: list[str] = []
     forgotten = deletes_done = deletes_left = 0
     if not call.dry_run:
+        from corestate.node.runtime.mesh import RateLimiter  # lazy: a trio object
+        rate = RateLimiter(node.cfg.health.repair_bandwidth)
+        t_move = time.monotonic()
+        hmod.set_running(node, True)
         cands, _ = port.call(lambda mesh: mesh.candidates())
+        cands = [cd for cd in cands if cd.peer not in gone]  # evicted or lost: no new shares
         work = [r for r in plan.rebuilds if r.indexes]
         tick(0, len(work))
         done = 0
@@ -233,10 +252,10 @@ def _repair(node: LocalNode, call: c.RepairCall, ctx: Context) -> list[c.RepairI
                 break  # between packs: what was placed is recorded below, then Cancelled
             try:
                 data = store.get(r.pack) if r.source == "local" else port.call(
-                    lambda mesh, pack=r.pack: mesh.fetch(pack))
+                    lambda mesh, pack=r.pack: mesh.fetch(pack, rate=rate))
 
                 async def put(mesh: Mesh, r: Any = r, data: bytes = data) -> dict[int, str]:
-                    return await mesh.rebuild(r.pack, data, r.k, r.n, r.indexes, r.holders, cands)
+                    return await mesh.rebuild(r.pack, data, r.k, r.n, r.indexes, r.holders, cands, rate=rate)
                 placed[r.pack] = port.call(put)
             except CoreStateError as exc:
                 failed.append(f"pack {r.pack.hex()[:12]}: {exc}")
@@ -257,11 +276,16 @@ def _repair(node: LocalNode, call: c.RepairCall, ctx: Context) -> list[c.RepairI
                     if got.get(index) == peer:
                         continue  # the holder that lost the share took the rebuilt one
                     node.ledger.forget(r.pack, index, peer)
+                    if peer in gone or rows.get((r.pack, index, peer)) is Verdict.CORRUPT:
+                        # Its copy may still be there (a lost holder that comes back, a
+                        # spoiled copy): surplus now, deleted (signed) when it answers.
+                        node.ledger.doom([(r.pack, index, peer)])
                     forgotten += 1
+        hmod.note_repair(node, rate.bytes, time.monotonic() - t_move)
         # Shares of pruned packs whose holders were out of reach then: ask again.
         if node.ledger.doomed() and not ctx.cancelled():
             from corestate.node.runtime import meshops  # lazy: deleting runs trio tasks
-            deletes_done, _ = meshops.delete_shares(node, port)
+            deletes_done, _ = meshops.delete_shares(node, port, skip=hmod.shunned(node) - _evicted(states))
             deletes_left = len(node.ledger.doomed())
         changed = [p for p, got in placed.items() if got] + [r.pack for r in plan.rebuilds if not r.indexes]
         if changed and node.group.in_group:
@@ -269,6 +293,7 @@ def _repair(node: LocalNode, call: c.RepairCall, ctx: Context) -> list[c.RepairI
             # Where the shares are now, for the members (the owner's partition).
             node.group.write(meshops.placement_items(node, changed))
             tell_members(node, ctx)
+        hmod.refresh_levels(node, ctx, hmod.load_book(node).states())
         ctx.check()
     complete = not failed and not plan.unrepairable and all(
         set(r.indexes) <= set(placed.get(r.pack, {})) for r in plan.rebuilds)
@@ -284,6 +309,30 @@ def _repair(node: LocalNode, call: c.RepairCall, ctx: Context) -> list[c.RepairI
         packs_full=plan.full, complete=complete, forgotten=forgotten, shares_deleted=deletes_done,
         shares_left=deletes_left, seconds=f"{time.monotonic() - t0:.3f}"))
     return items
+
+
+def _holder_events(rows: Mapping[tuple[bytes, int, str], Verdict]) -> list[Any]:
+    """A survey's verdicts as holder-book events: for each holder that answered, one audit
+    (node/app/health.py ``per_holder``), the others unanswered."""
+    from corestate.node.app.health import per_holder
+    from corestate.node.core import holders as hb
+    found: list[tuple[str, bool, str]] = []
+    silent: set[str] = set()
+    for (pack, index, peer), v in sorted(rows.items()):
+        if v is Verdict.UNREACHABLE:
+            silent.add(peer)
+            continue
+        what = f"share {index} of {pack.hex()[:12]}"
+        found.append((peer, v is Verdict.OK, what if v is Verdict.OK else f"{what}: {v.value}"))
+    events: list[Any] = per_holder(found)
+    answered = {peer for peer, _, _ in found}
+    events += [hb.Unanswered(p) for p in sorted(silent - answered)]
+    return events
+
+
+def _evicted(states: Mapping[str, Any]) -> set[str]:
+    from corestate.node.core import holders as hb
+    return {p for p, st in states.items() if st is hb.HolderState.EVICTED}
 
 
 def tell_members(node: LocalNode, ctx: Context) -> None:

@@ -7,7 +7,16 @@ itself, which adds what only it knows: node/app/status.py.)
 
 from __future__ import annotations
 
-from corestate.node.app import Operation, backup, inspect, maintain, members, restore
+from corestate.node.app import (
+    Operation,
+    backup,
+    health,
+    inspect,
+    maintain,
+    members,
+    rescue,
+    restore,
+)
 from corestate.protocol import control as c
 from corestate.protocol.messages import Message
 
@@ -20,6 +29,7 @@ OPERATIONS: dict[type[Message], Operation] = {op.call: op for op in (
     *restore.OPERATIONS,
     *maintain.OPERATIONS,
     *members.OPERATIONS,
+    *health.OPERATIONS, *rescue.OPERATIONS,
 )}
 
 

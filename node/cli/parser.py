@@ -16,6 +16,7 @@ from corestate.node.cli.group import (
     cmd_group_remove,
     cmd_group_sync,
 )
+from corestate.node.cli.health import cmd_health
 from corestate.node.cli.inspect import cmd_check, cmd_diff, cmd_ls, cmd_snapshots, cmd_stats
 from corestate.node.cli.keys import cmd_init, cmd_key_passwd
 from corestate.node.cli.maintain import cmd_forget, cmd_prune, cmd_repair
@@ -45,6 +46,7 @@ examples:
   corestate forget --keep-daily 7 --keep-weekly 4 --prune --dry-run
                                           what a retention policy would forget, and why
   corestate repair                        rebuild shares lost with dead or faulty peers
+  corestate health                        packs full/degraded/at risk/lost, holders, repair ETA
   corestate demo                          a guided run on a sample tree
 
 The home is $CORESTATE_HOME or --home (default: %s). Commands that need the key read the
@@ -223,6 +225,20 @@ def build_parser() -> argparse.ArgumentParser:
         spx.add_argument("--json", action="store_true", help="machine-readable output")
 
     add("status", cmd_status, "this node at a glance: peers, last and next backup, redundancy, alerts")
+
+    sp = add("health", cmd_health, "how safe the data is over time: packs full, degraded, at risk or lost, "
+             "per snapshot; each holder's state (ok, suspect, evicted, lost), audits and shares; what "
+             "repair does and an ETA to full redundancy")
+    sp.formatter_class = argparse.RawDescriptionHelpFormatter
+    sp.epilog = """examples:
+  corestate health             the summary; exit 0 when every pack is at full redundancy, else 3
+  corestate health --json      {"packs": {"full": .., "degraded": .., "at_risk": .., "lost": ..},
+                               "holders": [{"peer": .., "state": .., ...}], "repair": {...}, ...}
+
+It asks nobody: it shows what the daemon's audits ([schedule] audit_every) and repairs
+([schedule] repair_every) learned. A holder unreachable longer than [health]
+holder_lost_after counts as lost; one that fails audits turns suspect, then evicted; the
+shares of either are rebuilt on others."""
 
     sp = add("demo", cmd_demo, "a guided run: back up a sample tree, change it, restore and verify",
              key=False)

@@ -7,7 +7,11 @@ A partition (node/core/catalog.py) maps keys to values; these are the kinds of k
 - ``b"k"`` + 32-byte pack id: a :class:`Placement`, the pack's code and every holder of a
   share, with the share's root as recorded at upload;
 - ``b"s"`` + snapshot id: a snapshot record sealed to its owner (``catalog.seal_value``);
-  only the owner reads it, so it has no type here beyond its key.
+  only the owner reads it, so it has no type here beyond its key;
+- ``b"l"`` + 32-byte pack id: a :class:`RepairLease`, written by a member that repairs the
+  pack of an absent owner (node/core/lease.py): whose pack, and until when (wall-clock ms).
+  The placements such a repairer makes are :class:`Placement` records in its own partition,
+  ``owner`` naming the pack's owner (the holders file the shares under the owner).
 
 Values are canonical CBOR arrays (positional, because a node may record a million
 placements); these layouts are fixed by SPEC 10.4 and signed into the catalog, so they only
@@ -28,6 +32,7 @@ from corestate.errors import CoreStateError
 
 ADDRS_KEY = b"a"
 PACK_PREFIX = b"k"
+LEASE_PREFIX = b"l"  # not b"r": the catalog core reserves it (NS_RETENTION)
 MAX_ADDRS = 8
 MAX_HOLDERS = 255 * 4  # every index of a 255-share code, a few holders each
 
@@ -40,6 +45,7 @@ class Kind(enum.Enum):
     ADDRS = "addrs"
     PLACEMENT = "placement"
     SNAPSHOT = "snapshot"
+    LEASE = "lease"
     UNKNOWN = "unknown"
 
 
@@ -50,6 +56,8 @@ def kind(key: bytes) -> Kind:
         return Kind.PLACEMENT
     if key[:1] == SNAPSHOT_PREFIX and len(key) == 33:
         return Kind.SNAPSHOT
+    if key[:1] == LEASE_PREFIX and len(key) == 33:
+        return Kind.LEASE
     return Kind.UNKNOWN
 
 
@@ -118,6 +126,39 @@ class Placement:
         return cls(key[1:], k, n, size, tuple(holders), owner)
 
 
+def lease_key(pack: bytes) -> bytes:
+    if len(pack) != 32:
+        raise ValueError("a pack id is 32 bytes")
+    return LEASE_PREFIX + pack
+
+
+@dataclass(frozen=True, slots=True)
+class RepairLease:
+    """The partition's author repairs ``pack`` of ``owner`` until ``until_ms`` (wall clock,
+    milliseconds since the epoch). Value: ``[owner, until_ms]``."""
+
+    pack: bytes
+    owner: str
+    until_ms: int
+
+    @property
+    def key(self) -> bytes:
+        return lease_key(self.pack)
+
+    def value(self) -> bytes:
+        return cbor2.dumps([self.owner, self.until_ms], canonical=True)
+
+    @classmethod
+    def decode(cls, key: bytes, value: bytes) -> RepairLease:
+        if kind(key) != Kind.LEASE:
+            raise CorruptRecord(f"{key[:1]!r}... is not a lease key")
+        obj = _loads(value)
+        if not (isinstance(obj, list) and len(obj) == 2 and isinstance(obj[0], str)
+                and 0 < len(obj[0]) <= 128 and _uint(obj[1])):
+            raise CorruptRecord("a repair lease is [owner PeerID, until_ms]")
+        return cls(key[1:], obj[0], obj[1])
+
+
 @dataclass(frozen=True, slots=True)
 class AddressAdvert:
     """The listen addresses (multiaddrs without /p2p) a node advertises to its group."""
@@ -148,5 +189,18 @@ def _uint(v: object) -> bool:
     return type(v) is int and 0 <= v < 1 << 63
 
 
-__all__ = ["ADDRS_KEY", "PACK_PREFIX", "SNAPSHOT_PREFIX", "AddressAdvert", "CorruptRecord", "Holder",
-           "Kind", "Placement", "kind", "placement_key"]
+__all__ = [
+    "ADDRS_KEY",
+    "LEASE_PREFIX",
+    "PACK_PREFIX",
+    "SNAPSHOT_PREFIX",
+    "AddressAdvert",
+    "CorruptRecord",
+    "Holder",
+    "Kind",
+    "Placement",
+    "RepairLease",
+    "kind",
+    "lease_key",
+    "placement_key",
+]

@@ -331,8 +331,23 @@ class Daemon:
                         "".join(f"; {p}" for p in summary.mesh.problems) if summary.mesh else "")
         return summary.code
 
+    def _adopt(self) -> None:
+        """Take in the placements members made for this node's packs while it was away
+        (node/app/rescue.py); a worker thread."""
+        from corestate.node.app.rescue import adopt
+        try:
+            n = adopt(self.node)
+        except (CoreStateError, OSError) as exc:
+            log.warning("adopting members' placements failed: %s", exc)
+            return
+        if n:
+            log.info("adopted %d share placement(s) that members made while this node was away", n)
+
     def _placed(self) -> bool:
-        return self.node.ledger.has_any()
+        """Whether repair and audit have anything to look after: shares this node placed,
+        or, in a group with other members, their packs (repaired while they are away)."""
+        group = self.node.group
+        return self.node.ledger.has_any() or (group.in_group and len(group.members()) > 1)
 
     def notify(self, event: sched.Event) -> None:
         """Tell the scheduler core something happened (from the event loop)."""
@@ -349,6 +364,7 @@ class Daemon:
         core = sched.Scheduler(
             sched.ScheduleConfig(backup_every=cfg.backup_every, has_paths=bool(cfg.paths),
                                  retention=bool(cfg.retention), repair_every=cfg.repair_every,
+                                 audit_every=cfg.audit_every or None,
                                  sync_every=groups.interval if groups is not None else 0),
             now=trio.current_time(), rng=random.Random())
         pending: list[sched.Event] = [sched.HoldingsChanged(self._placed())]
@@ -418,6 +434,7 @@ class Daemon:
             while self._sync_wanted:
                 peers, self._sync_wanted = tuple(sorted(self._sync_wanted)), set()
                 await groups.round(peers)
+                await trio.to_thread.run_sync(self._adopt)
         finally:
             self._syncing = False
 
@@ -454,7 +471,19 @@ class Daemon:
                 why = why or "; ".join(i.problem for i in items if isinstance(i, c.ShareNotDeleted))
                 log.warning("scheduled retention did not finish cleanly: %s", why[:500])
             return code
-        code, items, why = await self._scheduled_call(c.RepairCall(dry_run=False))  # repair, audit
+        if job == sched.Job.AUDIT:
+            await trio.to_thread.run_sync(self._adopt)
+            code, items, why = await self._scheduled_call(c.AuditCall())
+            if why:
+                log.warning("scheduled audit failed: %s", why[:500])
+            return code
+        await trio.to_thread.run_sync(self._adopt)
+        code, items, why = await self._scheduled_call(c.RepairCall(dry_run=False))
+        if self.node.group.in_group:
+            # Then the packs of members that are away (node/app/rescue.py).
+            mcode, _, mwhy = await self._scheduled_call(c.MemberRepairCall())
+            if mcode != 0:
+                log.warning("scheduled repair of absent members' packs incomplete: %s", mwhy[:500])
         if code != 0:
             why = why or "; ".join([f"{len([i for i in items if isinstance(i, c.Unrepairable)])} "
                                     "pack(s) not repairable now",

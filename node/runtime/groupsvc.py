@@ -129,6 +129,7 @@ class GroupService:
                 await ch.send(m.Error(code="refused", message=str(exc)[:1000], retryable=False))
                 return
             await ch.send(reply)
+            await self._thread(self.book.seen, peer)  # it is there (see _exchange)
             push = await self._decode(ch)
             if isinstance(push, gw.SyncPush) and (push.ops or push.catalog):
                 verdicts = await self._thread(self.group.sync_absorb, peer, push)
@@ -229,6 +230,9 @@ class GroupService:
                 await ch.aclose()
         self._report(peer, verdicts)
         self._learn_addrs()
+        # It answered: when members last heard of each other tells an owner away
+        # (node/core/lease.py) and a holder lost (node/core/holders.py).
+        await self._thread(self.book.seen, peer)
         return more, verdicts
 
     def _finish(self, reply: gw.SyncReply) -> tuple[gw.SyncPush, list[Any], bool]:

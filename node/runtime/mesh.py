@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import random
 import time
@@ -41,6 +42,7 @@ import trio
 from corestate.erasure import share as sharefmt
 from corestate.erasure.errors import CorruptShare, InvalidParameters, NotEnoughShares
 from corestate.node.core.admission import Admission
+from corestate.node.core.holders import Challenge, ShareRef
 from corestate.node.core.placement import Candidate, place, replace
 from corestate.node.core.repair import Audit, Verdict, audit_block, best, judge_share, share_blocks
 from corestate.node.errors import QuotaExceeded, ShareNotFound, ShareRejected, StoreError
@@ -92,6 +94,25 @@ def _first_leaf(group: BaseExceptionGroup) -> BaseException:
     return exc
 
 
+class RateLimiter:
+    """Bytes per second for repair traffic (``[health] repair_bandwidth``): each transfer
+    first waits until the bytes before it, at ``rate``, would have gone. ``rate`` 0: no cap.
+    One limiter for every repair transfer of the node, so parallel puts share the cap."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self._next = -math.inf
+        self.bytes = 0
+
+    async def take(self, n: int) -> None:
+        self.bytes += n
+        if self.rate <= 0:
+            return
+        now = trio.current_time()
+        self._next = max(now, self._next) + n / self.rate
+        await trio.sleep_until(self._next)
+
+
 class MeshError(CoreStateError):
     """A mesh operation could not be completed."""
 
@@ -125,6 +146,8 @@ class Mesh:
         self.in_group = in_group or (lambda: False)
         self.trusted = trusted or (lambda: [e.peer for e in book.trusted()])
         self.groups: GroupService | None = None  # set by open_mesh
+        # Peers that get no new shares (evicted or lost holders; node/app/health.py).
+        self.shunned: Callable[[], set[str]] = set
         self.admission = Admission()
         self._room = trio.lowlevel.ParkingLot()  # members waiting for admission
         self._member_scans = trio.CapacityLimiter(MEMBER_SCANS)
@@ -301,6 +324,13 @@ class Mesh:
     async def _serve_put(self, ch: Channel, sender: str, stranger: bool, msg: m.PutShare,
                          deadline: trio.CancelScope) -> None:
         v = self.vault
+        if msg.owner and msg.owner != sender:
+            if not (self.in_group() and self.authorized(sender) and self.authorized(msg.owner)):
+                await ch.send(m.Error(code="refused", message="shares for another owner are taken from group "
+                                      "members for members only", retryable=False))
+                await self._drain(ch, msg)
+                return
+            sender = msg.owner  # filed (and counted against the quota) as the owner's
         try:
             # Reserved before a byte of the body is read: concurrent PUTs cannot together
             # pass the quota, and a refusal costs no body.
@@ -428,8 +458,10 @@ class Mesh:
 
     async def candidates(self) -> tuple[list[Candidate], list[str]]:
         """Trusted peers that answer a capacity request now, weighted by what they can
-        take for us; and the trusted peers that did not answer."""
-        trusted = [p for p in self.trusted() if p != self.peer_id]
+        take for us; and the trusted peers that did not answer. Holders evicted or counted
+        lost (``shunned``) are not asked: they get no new shares."""
+        shun = await trio.to_thread.run_sync(self.shunned)
+        trusted = [p for p in self.trusted() if p != self.peer_id and p not in shun]
         found: list[Candidate] = []
         missing: list[str] = []
 
@@ -520,7 +552,7 @@ class Mesh:
         result.placed = final.placed if final else 0
         return result
 
-    async def fetch(self, pack: bytes) -> bytes:
+    async def fetch(self, pack: bytes, *, rate: RateLimiter | None = None) -> bytes:
         """Rebuild a pack from its holders: data shares first, each share checked against
         the root recorded at upload; corrupt or missing holders are excluded (and named
         in an alert) and the next tried."""
@@ -528,11 +560,15 @@ class Mesh:
         if coded is None or not coded.shares:
             raise MeshError(f"pack {pack.hex()[:16]}: no record of where its shares went",
                             hint="the share ledger of this home is missing it; see `corestate check`")
-        k = coded.k
+        return await self.fetch_rows(pack, coded.k, coded.shares, coded.owner, rate=rate)
+
+    async def fetch_rows(self, pack: bytes, k: int, rows: Sequence[ShareRow], owner: str = "", *,
+                         rate: RateLimiter | None = None) -> bytes:
+        """:meth:`fetch` from the holders ``rows`` name (filed under ``owner``; "" = us):
+        a member repairing another owner's pack reads the rows from the catalog."""
         # Data shares first: with a systematic code they are the pack itself.
-        owner = coded.owner
-        queue: list[ShareRow] = sorted(coded.shares, key=lambda r: (r.index >= k, r.index))
-        roots = {r.index: r.root for r in coded.shares}
+        queue: list[ShareRow] = sorted(rows, key=lambda r: (r.index >= k, r.index))
+        roots = {r.index: r.root for r in rows}
         got: dict[int, bytes] = {}
         problems: list[str] = []
         busy: set[int] = set()
@@ -549,6 +585,8 @@ class Mesh:
                     queue.remove(row)
                     busy.add(row.index)
                 try:
+                    if rate is not None:
+                        await rate.take(row.size)
                     await self._fetch_share(row, got, problems, owner)
                 finally:
                     busy.discard(row.index)
@@ -574,8 +612,12 @@ class Mesh:
     async def _fetch_share(self, row: ShareRow, got: dict[int, bytes], problems: list[str],
                            owner: str = "") -> None:
         try:
-            _, data = await self.request(row.peer, m.GetShare(pack=row.pack, index=row.index, offset=0, length=-1,
-                                                               owner=owner), expect_size=row.size)
+            if row.peer == self.peer_id and owner:
+                # A member repairing another owner's pack holds one of its shares itself.
+                data = await trio.to_thread.run_sync(self.vault.get, owner, row.pack, row.index)
+            else:
+                _, data = await self.request(row.peer, m.GetShare(pack=row.pack, index=row.index, offset=0,
+                                                                   length=-1, owner=owner), expect_size=row.size)
             assert data is not None
             sharefmt.verify_share(data, root=row.root, pack_id=row.pack, index=row.index)
         except CorruptShare as exc:
@@ -585,7 +627,7 @@ class Mesh:
             log.warning("peer %s returned a corrupt share %d of %s: %s",
                         row.peer, row.index, row.pack.hex()[:12], exc.reason)
             return
-        except (ProtocolError, MeshError, AssertionError) as exc:
+        except (ProtocolError, MeshError, AssertionError, ShareNotFound) as exc:
             problems.append(f"share {row.index} from {short(row.peer)}: {exc}")
             return
         got[row.index] = data
@@ -652,17 +694,158 @@ class Mesh:
                 nursery.start_soon(ask, peer, rows)
         return verdicts
 
-    async def _put_share(self, peer: str, pack: bytes, index: int, share: bytes) -> None:
-        """PUT one share; record it in the ledger once the holder acknowledged it."""
+    async def audit_round(self, challenges: Sequence[Challenge], rows: dict[tuple[bytes, int, str], ShareRow],
+                          peers: Sequence[str]) -> tuple[list[tuple[Challenge, bool, str]], set[str], set[str]]:
+        """One audit round (node/core/holders.py planned it): each holder in ``peers`` is
+        asked HAS for every share ``rows`` records on it (an answer proves it is there; a
+        share it says it lacks is a failed audit), then its ``challenges``: a spot check
+        asks AUDIT for one block and checks the Merkle path against the root recorded at
+        upload; a whole-share check GETs the share and verifies every block against it.
+        Returns (challenge or HAS finding, passed, what), the peers that answered, and the
+        peers that did not. Holders are asked in parallel, each one's requests in turn."""
+        found: list[tuple[Challenge, bool, str]] = []
+        answered: set[str] = set()
+        silent: set[str] = set()
+        by_peer: dict[str, list[Challenge]] = {p: [] for p in peers}
+        for ch in challenges:
+            by_peer.setdefault(ch.share.peer, []).append(ch)
+        held: dict[str, list[ShareRow]] = {}
+        for key, row in rows.items():
+            held.setdefault(key[2], []).append(row)
+
+        async def one(peer: str, todo: list[Challenge]) -> None:
+            mine = sorted(held.get(peer, []), key=lambda r: (r.pack, r.index))
+            try:
+                sizes: list[int] = []
+                if not mine:  # a holder of nothing of ours now (counted lost): is it back?
+                    await self.request(peer, m.Capacity(), timeout=min(self.timeout, 10.0))
+                for i in range(0, len(mine), 4096):
+                    part = mine[i:i + 4096]
+                    reply, _ = await self.request(peer, m.HasShares(items=[[r.pack, r.index] for r in part]),
+                                                  timeout=min(self.timeout, 10.0))
+                    sizes.extend(reply.sizes)
+            except PeerRefused:
+                answered.add(peer)  # it is there, but will not say: the challenges will tell
+                sizes = [r.size for r in mine]
+            except (ProtocolError, MeshError):
+                silent.add(peer)
+                return
+            answered.add(peer)
+            gone: set[tuple[bytes, int]] = set()
+            if len(sizes) == len(mine):
+                for r, size in zip(mine, sizes, strict=True):
+                    if size != r.size:
+                        gone.add((r.pack, r.index))
+                        ref = ShareRef(r.pack, r.index, peer, 0)
+                        found.append((Challenge(ref, None, "presence"), False,
+                                      f"share {r.index} of {r.pack.hex()[:12]}: holder says it has none"))
+            for c in todo:
+                if (c.share.pack, c.share.index) in gone:
+                    continue
+                row = rows.get(c.share.key)
+                if row is None:
+                    continue
+                what = f"share {row.index} of {row.pack.hex()[:12]}"
+                try:
+                    if c.block is not None:
+                        reply, _ = await self.request(peer, m.AuditShare(pack=row.pack, index=row.index, block=c.block))
+                        ok = sharefmt.verify_proof(row.root, c.block, reply.proof)
+                        found.append((c, ok, f"{what} block {c.block}" + ("" if ok else ": proof does not check")))
+                    else:
+                        _, data = await self.request(peer, m.GetShare(pack=row.pack, index=row.index, offset=0,
+                                                                      length=-1), expect_size=row.size)
+                        assert data is not None
+                        try:
+                            sharefmt.verify_share(data, root=row.root, pack_id=row.pack, index=row.index)
+                            found.append((c, True, f"{what} whole"))
+                        except CorruptShare as exc:
+                            found.append((c, False, f"{what} whole: {exc.reason}"))
+                except PeerRefused as exc:
+                    if exc.code in ("not-found", "bad-block"):
+                        found.append((c, False, f"{what}: {exc.code}"))
+                    # busy and the like: no finding either way
+                except (ProtocolError, MeshError, AssertionError):
+                    silent.add(peer)
+                    return
+        async with trio.open_nursery() as nursery:
+            for peer, todo in by_peer.items():
+                nursery.start_soon(one, peer, todo)
+        for c, ok, _ in found:
+            if not ok:
+                self.events.publish("alert", what="failed-audit", peer=c.share.peer, pack=c.share.pack.hex(),
+                                    index=c.share.index)
+        return found, answered, silent - answered
+
+    async def probe_foreign(self, rows: Sequence[ShareRow], owner: str) -> dict[tuple[bytes, int, str], Verdict]:
+        """Whether each holder in ``rows`` still has its share of ``owner``'s pack (a member
+        looking after an absent owner): a GET of the share's header, which an honest holder
+        serves only after verifying the whole share against its root, compared with the
+        root recorded in the catalog. Holders are asked in parallel, each in turn."""
+        out: dict[tuple[bytes, int, str], Verdict] = {}
+        by_peer: dict[str, list[ShareRow]] = {}
+        for r in rows:
+            by_peer.setdefault(r.peer, []).append(r)
+
+        def held_here(r: ShareRow) -> Verdict:
+            try:
+                with self.vault.open_share(owner, r.pack, r.index, 0, sharefmt.HEADER_SIZE) as held:
+                    header = held.read(sharefmt.HEADER_SIZE)
+            except ShareNotFound:
+                return Verdict.MISSING
+            return Verdict.OK if sharefmt.read_header(header).root == r.root else Verdict.CORRUPT
+
+        async def one(peer: str, mine: list[ShareRow]) -> None:
+            for r in mine:
+                key = (r.pack, r.index, r.peer)
+                if peer == self.peer_id:  # this member holds it itself: its own vault says
+                    out[key] = await trio.to_thread.run_sync(held_here, r)
+                    continue
+                try:
+                    _, data = await self.request(peer, m.GetShare(pack=r.pack, index=r.index, offset=0,
+                                                                  length=sharefmt.HEADER_SIZE, owner=owner),
+                                                 timeout=min(self.timeout, 10.0))
+                    ok = data is not None and sharefmt.read_header(data).root == r.root
+                    out[key] = Verdict.OK if ok else Verdict.CORRUPT
+                except PeerRefused as exc:
+                    out[key] = Verdict.MISSING if exc.code == "not-found" else Verdict.UNREACHABLE
+                except (ProtocolError, MeshError):
+                    for rest in mine:
+                        out.setdefault((rest.pack, rest.index, rest.peer), Verdict.UNREACHABLE)
+                    return
+                except CoreStateError:  # a header that does not parse
+                    out[key] = Verdict.CORRUPT
+        async with trio.open_nursery() as nursery:
+            for peer, mine in by_peer.items():
+                nursery.start_soon(one, peer, mine)
+        return out
+
+    async def ping(self, peer: str, timeout: float = 5.0) -> bool:
+        """Whether ``peer`` answers a capacity request now (noted in the address book)."""
+        try:
+            await self.request(peer, m.Capacity(), timeout=min(self.timeout, timeout))
+        except (ProtocolError, MeshError):
+            return False
+        await trio.to_thread.run_sync(self.book.seen, peer)
+        return True
+
+    async def _put_share(self, peer: str, pack: bytes, index: int, share: bytes, *, owner: str = "") -> None:
+        """PUT one share; record it in the ledger once the holder acknowledged it (only
+        for this node's own packs: a share put for another ``owner`` is recorded by the
+        caller, in the catalog)."""
         await self.request(peer, m.PutShare(pack=pack, index=index, size=len(share),
-                                            digest=blake3.blake3(share).digest()), bulk=share)
-        self.ledger.record_share(pack, index, peer, sharefmt.read_header(share).root, len(share))
+                                            digest=blake3.blake3(share).digest(), owner=owner), bulk=share)
+        if not owner:
+            self.ledger.record_share(pack, index, peer, sharefmt.read_header(share).root, len(share))
 
     async def rebuild(self, pack: bytes, data: bytes, k: int, n: int, indexes: Sequence[int],
-                      holders: Sequence[tuple[int, str]], candidates: list[Candidate]) -> dict[int, str]:
+                      holders: Sequence[tuple[int, str]], candidates: list[Candidate],
+                      *, rate: RateLimiter | None = None, owner: str = "",
+                      roots: dict[int, bytes] | None = None) -> dict[int, str]:
         """Make shares ``indexes`` of ``pack`` (whose bytes are ``data``) and put each on a
         peer that holds no other share of it, the next-ranked one after a refusal. Returns
-        index -> new holder for the shares acknowledged (each recorded in the ledger)."""
+        index -> new holder for the shares acknowledged (each recorded in the ledger, or,
+        for another ``owner``'s pack, filed under it by the holder and its root put in
+        ``roots`` for the caller's catalog record)."""
         if blake3.blake3(data).digest() != pack:
             raise MeshError(f"pack {pack.hex()[:16]}: its bytes do not match its id")
         shares = await trio.to_thread.run_sync(
@@ -684,11 +867,15 @@ class Mesh:
                         return
                     tried.add(peer)
                 try:
-                    await self._put_share(peer, pack, i, shares[i])
+                    if rate is not None:
+                        await rate.take(len(shares[i]))
+                    await self._put_share(peer, pack, i, shares[i], owner=owner)
                 except (ProtocolError, MeshError) as exc:
                     log.info("repair: share %d of %s to %s failed: %s", i, pack.hex()[:12], short(peer), exc)
                     continue
                 placed[i] = peer
+                if roots is not None:
+                    roots[i] = sharefmt.read_header(shares[i]).root
                 return
         async with trio.open_nursery() as nursery:
             for i in indexes:

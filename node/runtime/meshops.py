@@ -11,7 +11,7 @@ A node with no trusted peer is a standalone repository: nothing here runs.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import TYPE_CHECKING
 
 from corestate.node.core import records
@@ -107,14 +107,15 @@ def drop_fetched(node: LocalNode, packs: Iterable[bytes]) -> None:
             node.repo.store.delete(p)
 
 
-def delete_shares(node: LocalNode, port: MeshPort, rows: Iterable[tuple[bytes, int, str]] = ()
-                  ) -> tuple[int, list[str]]:
+def delete_shares(node: LocalNode, port: MeshPort, rows: Iterable[tuple[bytes, int, str]] = (),
+                  *, skip: Collection[str] = ()) -> tuple[int, list[str]]:
     """Ask each holder to delete a share (signed): ``rows`` and every earlier one still
-    doomed in the ledger. Returns (deleted, problems). A holder out of reach keeps its copy
-    until a later prune or repair asks again (the ledger remembers)."""
+    doomed in the ledger, but not on the holders in ``skip`` (counted lost: asked again once
+    they answer). Returns (deleted, problems). A holder out of reach keeps its copy until a
+    later prune or repair asks again (the ledger remembers)."""
     import trio
     node.ledger.doom(rows)
-    todo = node.ledger.doomed()
+    todo = [row for row in node.ledger.doomed() if row[2] not in skip]
     problems: list[str] = []
     done: list[tuple[bytes, int, str]] = []
 

@@ -157,6 +157,8 @@ async def open_mesh(node: LocalNode, *, listen: list[str] | None = None, mdns: b
             mesh = Mesh(host, node.keys, vault, node.book, node.ledger, bus, timeout=cfg.peer_timeout,
                         authorized=node.authorized, in_group=lambda: node.group.in_group,
                         trusted=node.trusted_peers)
+            from corestate.node.app.health import shunned
+            mesh.shunned = lambda: shunned(node)  # evicted and lost holders get no new shares
             from corestate.node.runtime.groupsvc import GroupService
 
             def changed() -> None:

@@ -190,14 +190,16 @@ def test_each_message_type_round_trips(cls: type[Message]) -> None:
 
 def test_golden_encodings() -> None:
     put = messages.PutShare(pack=bytes(32), index=7, size=1000, digest=b"\xff" * 32)
-    # Pinned by hand: the keys in canonical order (shorter first): t, v, pack, size, index, digest.
+    # Pinned by hand: the keys in canonical order (shorter first): t, v, pack, size, index,
+    # owner ("" = the sender, still encoded), digest.
     assert messages.encode(put) == bytes.fromhex(
-        "a6"
+        "a7"
         "6174" "63707574"
         "6176" "01"
         "647061636b" "5820" + "00" * 32 +
         "6473697a65" "1903e8"
         "65696e646578" "07"
+        "656f776e6572" "60"
         "66646967657374" "5820" + "ff" * 32
     )
     assert messages.encode(messages.Ok()) == bytes.fromhex("a2617462" "6f6b" "617601")

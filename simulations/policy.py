@@ -19,14 +19,15 @@ none of that pack; ``none``: nothing is ever repaired.
   no share any more (its disk was lost) or counted lost by the lost-holder rule. Packs in
   which every holder answered OK are full: the core would plan nothing for them, so they
   are not built into objects (the only batching; it changes no decision).
-- **Lost-holder rule** (:func:`lost_holders`): a holder offline for ``holder_lost_after`` or
-  longer counts as lost (``MISSING``: forgotten, its share rebuilt elsewhere); a shorter
-  absence is ``UNREACHABLE`` and its index is not rebuilt yet. This is the hook for the
-  health core (issue 15, branch ``health``), which is not merged yet: when it lands,
-  :func:`lost_holders` calls its policy instead. ``holder_lost_after = "0s"`` approximates
-  today's code, which rebuilds every index without an OK answer (today the unreachable
-  row is also kept; here its copy is dropped, so today's durability is slightly
-  understated and its traffic counted right).
+- **Lost holders**: each owner keeps the health core's holder book
+  (``node.core.holders.HolderBook``, issue 15): after each survey, online holders
+  ``Answered``, offline ones were ``Seen`` when they went down (a daemon hears from its
+  peers all the time through sync), then a ``Tick``; a holder the book counts ``lost`` (or
+  ``evicted``) is ``MISSING`` to the planner (forgotten, its share rebuilt elsewhere); one
+  briefly away is ``UNREACHABLE`` and its index is not rebuilt yet. With more than 100
+  nodes (or ``[policy] holder_book = false``) the same rule runs vectorised
+  (:func:`lost_holders`: away ``holder_lost_after`` or longer), since 10,000 books fed
+  every day cost hours; ``tests/simulations/test_policy.py`` checks both give the same run.
 - New holders come from ``node.core.placement.replace`` (rebuilt shares) and
   ``node.core.placement.place`` (packs of new backups), ranking a random sample of
   ``[policy] candidates`` online nodes (0: all of them) with their free capacity and their
@@ -45,6 +46,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+from corestate.node.core import holders as holders_core
 from corestate.node.core import placement as placement_core
 from corestate.node.core import scheduler as sched
 from corestate.node.core.repair import PackHealth, ShareState, Verdict, plan_repair
@@ -179,6 +181,9 @@ class RealPolicy:
         self.timer_at: list[float | None] = [None] * world.N
         self.jobs: dict[int, _Job] = {}
         self.missed = np.zeros(world.N, dtype=bool)
+        use = pol.holder_book if pol.holder_book is not None else world.N <= 100
+        cfg = holders_core.HolderConfig(holder_lost_after=max(pol.holder_lost_after, 1e-9) * DAY)
+        self.books = [holders_core.HolderBook(cfg) for _ in range(world.N)] if use else None
         self._away_at = -1.0
         self._attention = np.zeros(world.N, dtype=bool)
         self.owned: list[list[np.ndarray]] = [[] for _ in range(world.N)]
@@ -352,6 +357,22 @@ class RealPolicy:
                 self._attention[w.owner[packs]] = True
         return bool(self._attention[x])
 
+    def _book_lost(self, x: int, holders: np.ndarray, now: float) -> np.ndarray:
+        """Owner ``x``'s holder book (node/core/holders.py, issue 15's core) after this
+        survey: online holders answered; an offline one was last seen when it went down
+        (the daemon hears from its peers all the time, through sync). The holders it
+        counts lost or evicted."""
+        assert self.books is not None
+        book, w, now_s = self.books[x], self.w, now * DAY
+        for y in holders.tolist():
+            if w.online[y]:
+                book.handle(holders_core.Answered(peer(y)), now_s)
+            else:
+                book.handle(holders_core.Seen(peer(y), float(w.offline_since[y]) * DAY), now_s)
+        book.handle(holders_core.Tick(), now_s)
+        gone = (holders_core.HolderState.LOST, holders_core.HolderState.EVICTED)
+        return np.array([y for y in holders.tolist() if book.state(peer(y)) in gone], dtype=np.int64)
+
     def _repair(self, x: int, *, audit: bool) -> tuple[float, float, list[tuple[int, int, int, int, int]]]:
         w = self.w
         now = w.engine.now
@@ -361,14 +382,17 @@ class RealPolicy:
             return 0.0, 0.0, []
         if audit:  # one block from every reachable share
             w.audit_bytes += float(int(w.onl[ps].sum()) * self.pol.audit_block)
-        if not self._needs_work(x, ps):
+        if self.books is None and not self._needs_work(x, ps):
             return 0.0, 0.0, []  # every share has a holder not counted lost: nothing to plan
         L = w.loc[ps]
         has = L >= 0
         Lc = np.maximum(L, 0)
         on = has & w.online[Lc]
         away = now - w.offline_since[Lc]
-        lost = lost_holders(has & ~on, away, hla)
+        if self.books is not None:
+            lost = has & ~on & np.isin(L, self._book_lost(x, np.unique(L[has]), now))
+        else:
+            lost = lost_holders(has & ~on, away, hla)
         rows = np.flatnonzero((~has | lost).any(axis=1))
         if len(rows) == 0:
             return 0.0, 0.0, []

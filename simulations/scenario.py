@@ -93,6 +93,7 @@ class Policy:
     holder_lost_after: float = 3.0  # days
     candidates: int = 16
     audit_block: int = 64 * 1024
+    holder_book: bool | None = None  # None: the health core's book when nodes <= 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +160,8 @@ _KEYS: dict[str, set[str]] = {
     "failures": {"model", "node_mttf_days", "shape", "site_mttf_days"},
     "repair": {"model", "repair_at", "mean_days"},
     "churn": {"model", "mean_online_hours", "mean_offline_hours", "shape", "file", "step"},
-    "policy": {"repair_every", "audit_every", "holder_lost_after", "candidates", "audit_block"},
+    "policy": {"repair_every", "audit_every", "holder_lost_after", "candidates", "audit_block",
+               "holder_book"},
     "backups": {"packs_per_day", "backup_every"},
     "scenario": {"name"},
 }
@@ -171,6 +173,12 @@ def _num(where: str, v: Any, *, lo: float = 0.0, integer: bool = False) -> Any:
     if v < lo:
         raise ScenarioError(where, f"{v} is below {lo:g}")
     return v
+
+
+def _flag(where: str, v: Any) -> bool | None:
+    if v is None or isinstance(v, bool):
+        return v
+    raise ScenarioError(where, f"{v!r} is not true or false")
 
 
 def parse(doc: Mapping[str, Any], *, name: str = "scenario", base: Path | None = None) -> Scenario:
@@ -263,6 +271,7 @@ def parse(doc: Mapping[str, Any], *, name: str = "scenario", base: Path | None =
         holder_lost_after=duration("[policy] holder_lost_after", p.get("holder_lost_after", "3d")),
         candidates=_num("[policy] candidates", p.get("candidates", 16), integer=True),
         audit_block=size("[policy] audit_block", p.get("audit_block", 64 * 1024)),
+        holder_book=_flag("[policy] holder_book", p.get("holder_book")),
     )
     backups = None
     if "backups" in doc:

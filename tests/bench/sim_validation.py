@@ -110,10 +110,32 @@ def candidates() -> None:
               f"{rb[0]:.1f} ± {rb[1]:.1f} | {tr[0]:.2f} ± {tr[1]:.2f} |")
 
 
+def findings(sweep_json: Path, mttf: float = 1000.0) -> None:
+    """The group-of-10 table: per (k, n, holder_lost_after) the simulated availability,
+    repair traffic and mean time to repair (real policy, `corestate sim sweep` output), and
+    the yearly loss of the Markov chain with that measured repair time (repair at n-1)."""
+    import json
+    rows = json.loads(sweep_json.read_text())
+    print("\n### A group of 10: loss per pack-year from the measured repair times\n")
+    print("| k | n | holder_lost_after | packs lost (sim) | availability | repair MiB/node/day "
+          "| mean time to repair h | P(loss)/year, chain at measured repair |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        k, n = int(r["code.k"]), int(r["code.n"])
+        if k >= n:
+            continue
+        ttr = r["mean_time_to_repair_days"]
+        p = exact.loss_probability(k, n, 1 / mttf, 1 / ttr, n - 1, 365.0) if ttr and ttr == ttr else float("nan")
+        print(f"| {k} | {n} | {r['policy.holder_lost_after']} | {r['packs_lost']:.1f} | {r['availability']:.5f} | "
+              f"{r['repair_bytes_per_node_day'] / 2**20:.0f} ± {r['repair_bytes_per_node_day_ci95'] / 2**20:.0f} | "
+              f"{ttr * 24:.1f} | {p:.2e} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=Path("simulations/validation"))
-    ap.add_argument("--only", choices=["markov", "availability", "mttdl", "candidates"])
+    ap.add_argument("--only", choices=["markov", "availability", "mttdl", "candidates", "findings"])
+    ap.add_argument("--sweep", type=Path, help="with --only findings: the sweep.json of group10-sweep.toml")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.only in (None, "markov"):
@@ -124,6 +146,8 @@ def main() -> None:
         mttdl()
     if args.only in (None, "candidates"):
         candidates()
+    if args.only == "findings" and args.sweep:
+        findings(args.sweep)
 
 
 if __name__ == "__main__":

@@ -86,7 +86,7 @@ def test_the_health_cores_holder_book_and_the_vectorised_rule_give_the_same_run(
     # Churn with long absences (mean 20 h away, holder_lost_after 1 day) and disk losses:
     # holders turn lost, return, fail. The per-owner HolderBook (issue 15's core) and the
     # vectorised rule used at scale must decide the same rebuilds, hence the same run.
-    base = {"world": {"nodes": 30, "packs": 600, "days": 20},
+    base = {"world": {"nodes": 20, "packs": 300, "days": 10},
             "code": {"k": 3, "n": 6},
             "failures": {"model": "exponential", "node_mttf_days": 60},
             "churn": {"model": "exponential", "mean_online_hours": 30, "mean_offline_hours": 20},

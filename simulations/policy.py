@@ -194,16 +194,32 @@ class RealPolicy:
 
     # -- placement -----------------------------------------------------------------------
 
-    def _candidates(self) -> list[placement_core.Candidate]:
+    def _candidates(self, owner: int) -> list[placement_core.Candidate]:
+        """The online nodes placement ranks: all of them, or a random sample of
+        ``[policy] candidates`` that holds one node of every site first (so that a sample
+        never hides a failure domain from the spreading rule), then random others. Never
+        the ``owner`` itself (it holds no shares of its own packs)."""
         w = self.w
         on = np.flatnonzero(w.online)
+        on = on[on != owner]
         c = self.pol.candidates
-        if c and len(on) > c:
-            on = w.draws.gen.choice(on, size=c, replace=False)
         sites = w.sc.world.sites
+        if c and len(on) > c:
+            shuffled = w.draws.gen.permutation(on)
+            if sites:
+                _, first = np.unique(w.site[shuffled], return_index=True)
+                first = np.sort(first)
+                rest = np.setdiff1d(np.arange(len(shuffled)), first, assume_unique=True)
+                shuffled = shuffled[np.concatenate([first, rest])]
+            on = shuffled[: max(c, min(sites, len(shuffled)))]
         free = (w.sc.world.capacity - w.used[on] * w.share_size).tolist()
         return [placement_core.Candidate(peer(y), f, (f"s{int(w.site[y])}",) if sites else ())
                 for y, f in zip(on.tolist(), free, strict=True)]
+
+    def _candidate(self, y: int) -> placement_core.Candidate:
+        w = self.w
+        return placement_core.Candidate(peer(y), int(w.sc.world.capacity - w.used[y] * w.share_size),
+                                        (f"s{int(w.site[y])}",) if w.sc.world.sites else ())
 
     def place_new(self, packs: np.ndarray) -> None:
         w = self.w
@@ -216,7 +232,7 @@ class RealPolicy:
                           owners=w.owner[packs])
             w.add_shares(np.repeat(packs, w.n), np.tile(np.arange(w.n), len(packs)), rows.reshape(-1))
             return
-        cands = self._candidates()
+        cands = self._candidates(int(w.owner[packs[0]]))
         P, S, X = [], [], []
         for q in packs.tolist():
             pl = placement_core.place(q.to_bytes(8, "big"), w.n, cands, exclude={peer(int(w.owner[q]))})
@@ -409,7 +425,7 @@ class RealPolicy:
         row_of = {int(ps[r]): r for r in rows.tolist()}
         plan = plan_repair(healths)
         self.unrepairable += len(plan.unrepairable)
-        cands = self._candidates() if plan.rebuilds else []
+        cands = self._candidates(x) if plan.rebuilds else []
         up = down = 0.0
         moves: list[tuple[int, int, int, int, int]] = []
         for rb in plan.rebuilds:
@@ -422,9 +438,16 @@ class RealPolicy:
                 continue
             peers: list[str | None] = [peer(int(L[r, i])) if has[r, i] and not lost[r, i] else None
                                        for i in range(w.n)]
+            # The pack's other holders are candidates too (never chosen again: they hold a
+            # share), as in the runtime: placement spreads against their sites only if it
+            # knows them.
+            listed = {c.peer for c in cands}
+            extra = [self._candidate(int(L[r, j])) for j in range(w.n)
+                     if has[r, j] and not lost[r, j] and peer(int(L[r, j])) not in listed]
+            pool = cands + extra if extra else cands
             done = 0
             for i in todo:
-                name = placement_core.replace(rb.pack, peers, i, cands, exclude={peer(x)})
+                name = placement_core.replace(rb.pack, peers, i, pool, exclude={peer(x)})
                 if name is None:
                     break
                 y = int(name[1:])

@@ -407,6 +407,10 @@ class World:
         for experiments and tests. Call before :meth:`run`."""
         self.engine.push(day, FAIL, node, 1)
 
+    def kill_site_at(self, day: float, site: int) -> None:
+        """Make every node of ``site`` lose its disk at ``day`` (once)."""
+        self.engine.push(day, SITE_FAIL, site, 1)
+
     def run(self) -> dict[str, Any]:
         """Play the scenario to its horizon; the summary (see :func:`summary`)."""
         from corestate.simulations.policy import make_policy
@@ -446,8 +450,8 @@ class World:
                 self.site_failures += 1
                 for x in np.flatnonzero(self.site == a).tolist():
                     self.fail(x)
-                assert sc.failures is not None
-                eng.push(t + self.draws.exp(sc.failures.site_mttf_days), SITE_FAIL, a)
+                if b == 0 and sc.failures is not None and sc.failures.site_mttf_days > 0:
+                    eng.push(t + self.draws.exp(sc.failures.site_mttf_days), SITE_FAIL, a)
             elif kind == SAMPLE:
                 self._sample()
                 if t + every <= horizon:

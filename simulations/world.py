@@ -354,7 +354,10 @@ class World:
                     onl[p] = c - 1
             self.online[due] = going_up
             self.offline_since[due[~going_up]] = t
-            self.next_toggle[due] = t + self._sessions(going_up)
+            # From the exact switch time, not the tick: the batching delays when a switch
+            # is applied, never the sessions' lengths (else on and off would both grow by
+            # half a step and the online fraction would drift).
+            self.next_toggle[due] = self.next_toggle[due] + self._sessions(going_up)
             for x in due[going_up].tolist():
                 self.policy.on_online(x, True)
         step = self.churn_step

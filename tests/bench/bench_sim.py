@@ -28,6 +28,7 @@ def run(name: str, seed: int) -> dict:
     file, budget = RUNS[name]
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
+        c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         r = subprocess.run([sys.executable, "-m", "corestate.node.cli", "sim", "run", str(SCENARIOS / file),
                             "--seed", str(seed), "--out", out, "--no-plots", "--json"],
                            capture_output=True, text=True, stdin=subprocess.DEVNULL)
@@ -35,8 +36,10 @@ def run(name: str, seed: int) -> dict:
     if r.returncode != 0:
         raise SystemExit(f"{name}: {r.stderr}")
     s = json.loads(r.stdout.strip().splitlines()[-1])
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB -> GiB
-    return {"run": name, "wall_s": round(wall, 1), "budget_s": budget, "events": s["events"],
+    c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime)  # wall on a quiet machine
+    rss = c1.ru_maxrss / 2**20  # KiB -> GiB
+    return {"run": name, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "budget_s": budget, "events": s["events"],
             "events_per_s": s["events_per_second"], "peak_rss_gib": round(rss, 2),
             "packs": s["packs"], "packs_lost": s["packs_lost"], "availability": round(s["availability"], 6),
             "repair_mib_per_node_day": round(s["repair_bytes_per_node_day"] / 2**20, 1)}

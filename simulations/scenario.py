@@ -278,6 +278,9 @@ def parse(doc: Mapping[str, Any], *, name: str = "scenario", base: Path | None =
         b = doc["backups"]
         backups = Backups(float(_num("[backups] packs_per_day", b.get("packs_per_day", 0.0))),
                           duration("[backups] backup_every", b.get("backup_every", "1d")))
+    if backups is not None and repair is not None:
+        raise ScenarioError("[backups]", "backups are run by the owners' schedulers, i.e. the real policy: "
+                            "remove the [repair] table or this one")
     name = str(doc.get("scenario", {}).get("name", name))
     return Scenario(world, code, failures, repair, churn, policy, backups, name)
 

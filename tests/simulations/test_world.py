@@ -60,3 +60,10 @@ def test_scenario_errors_name_the_table_and_key() -> None:
         scenario.parse({**good, "policy": {"holder_lost_after": "three days"}})
     with pytest.raises(ScenarioError, match=r"\[code\] n"):
         scenario.parse({"world": {"nodes": 4, "packs": 1, "days": 1}, "code": {"k": 2, "n": 4}})
+
+
+def test_backups_need_the_real_policy() -> None:
+    doc = {"world": {"nodes": 10, "packs": 1, "days": 1}, "code": {"k": 2, "n": 4},
+           "repair": {"model": "none"}, "backups": {"packs_per_day": 5}}
+    with pytest.raises(ScenarioError, match=r"\[backups\]"):
+        scenario.parse(doc)

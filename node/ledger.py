@@ -40,6 +40,10 @@ CREATE TABLE IF NOT EXISTS holders (  -- each holder's standing (node/core/holde
     evicted INTEGER NOT NULL, lost INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v BLOB);
+CREATE TABLE IF NOT EXISTS bad (  -- shares whose last audit failed (not counted until repaired)
+    pack BLOB NOT NULL, idx INTEGER NOT NULL, peer TEXT NOT NULL,
+    PRIMARY KEY (pack, idx, peer)
+);
 CREATE TABLE IF NOT EXISTS doomed (  -- shares of deleted packs a holder has not yet deleted
     pack BLOB NOT NULL, idx INTEGER NOT NULL, peer TEXT NOT NULL,
     PRIMARY KEY (pack, idx, peer)
@@ -106,11 +110,26 @@ class Ledger:
             self.db.execute(
                 "INSERT OR REPLACE INTO shares VALUES (?, ?, ?, ?, ?, ?)",
                 (pack, index, peer, root, size, time.time_ns()))
+            self.db.execute("DELETE FROM bad WHERE pack = ? AND idx = ? AND peer = ?", (pack, index, peer))
 
     def forget(self, pack: bytes, index: int, peer: str) -> None:
         with self._lock:
             self.db.execute("DELETE FROM shares WHERE pack = ? AND idx = ? AND peer = ?",
                             (pack, index, peer))
+            self.db.execute("DELETE FROM bad WHERE pack = ? AND idx = ? AND peer = ?", (pack, index, peer))
+
+    def mark(self, failed: Iterable[tuple[bytes, int, str]], passed: Iterable[tuple[bytes, int, str]]) -> None:
+        """What the last audit of each share said: ``failed`` ones do not count (health)
+        until repair replaces them or they pass again."""
+        with self._lock:
+            self.db.execute("BEGIN")
+            self.db.executemany("INSERT OR IGNORE INTO bad VALUES (?, ?, ?)", list(failed))
+            self.db.executemany("DELETE FROM bad WHERE pack = ? AND idx = ? AND peer = ?", list(passed))
+            self.db.execute("COMMIT")
+
+    def bad(self) -> set[tuple[bytes, int, str]]:
+        with self._lock:
+            return {(bytes(p), int(i), str(peer)) for p, i, peer in self.db.execute("SELECT pack, idx, peer FROM bad")}
 
     def set_local(self, pack: bytes, local: bool) -> None:
         with self._lock:

@@ -1067,7 +1067,7 @@ class HealthResult(Message):
 class AuditCall(Message):
     """One audit round now (what the daemon runs every ``[schedule] audit_every``)."""
 
-    TYPE: ClassVar[str] = "audit"
+    TYPE: ClassVar[str] = "audit-round"  # not "audit": the share service's AuditShare has it
 
 
 @record
@@ -1082,7 +1082,7 @@ class HolderChange(Record):
 @message
 @dataclass(frozen=True, slots=True)
 class AuditResult(Message):
-    TYPE: ClassVar[str] = "audit-result"
+    TYPE: ClassVar[str] = "audit-round-result"
     code: Annotated[int, Range(0, 255)]  # 0 all passed, 3 some failed or holders silent
     challenges: U63  # block and whole-share checks asked
     passed: U63

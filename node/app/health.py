@@ -39,6 +39,7 @@ _LEVELS = "health.levels"
 _RATE = "repair.rate"  # bytes/s the last repair moved (cbor [bytes, seconds, time])
 _MEMBER = "repair.member"  # packs of absent owners repaired for them (count)
 _RUNNING = "repair.running"
+ALERTS_PER_KIND = 4  # more packs than this falling at once: one alert for them all
 
 
 def wall_time() -> float:
@@ -50,6 +51,20 @@ def wall_time() -> float:
 def load_book(node: LocalNode) -> hb.HolderBook:
     return hb.HolderBook(hb.HolderConfig(holder_lost_after=node.cfg.health.holder_lost_after),
                          node.ledger.holders())
+
+
+def current_book(node: LocalNode) -> hb.HolderBook:
+    """The holder book as of now, without asking anyone: what was saved, what the address
+    book heard since (catalog syncs, capacity requests), and who is lost by now. For reading
+    (health, status, whom to give shares): not saved."""
+    book = load_book(node)
+    now = wall_time()
+    for r in book.records():
+        e = node.book.get(r.peer)
+        if e is not None and e.seen_ns:
+            book.handle(hb.Seen(r.peer, e.seen_ns / 1e9), now)
+    book.handle(hb.Tick(), now)
+    return book
 
 
 def learn(node: LocalNode, book: hb.HolderBook, ctx: Context, events: Iterable[hb.HolderEvent],
@@ -95,11 +110,14 @@ def per_holder(found: Iterable[tuple[str, bool, str]]) -> list[hb.HolderEvent]:
 
 
 def pack_views(node: LocalNode) -> list[hc.PackView]:
+    """Each coded pack and its holders, less the shares whose last audit failed."""
     store = node.repo.store
+    bad = node.ledger.bad()
     views = []
     for pid, cp in node.ledger.all().items():
         share = max((r.size for r in cp.shares), default=cp.size // max(1, cp.k))
-        views.append(hc.PackView(pid, cp.k, cp.n, share, tuple((r.index, r.peer) for r in cp.shares),
+        views.append(hc.PackView(pid, cp.k, cp.n, share,
+                                 tuple((r.index, r.peer) for r in cp.shares if (pid, r.index, r.peer) not in bad),
                                  bool(cp.local or store.has_local(pid))))
     return views
 
@@ -116,7 +134,8 @@ def refresh_levels(node: LocalNode, ctx: Context, states: dict[str, hb.HolderSta
         except (ValueError, TypeError, cbor2.CBORDecodeError):
             before = {}
     # Packs not in ``before`` were full when last looked at (only the others are kept).
-    for decision in hc.alerts({p: before.get(p, hc.Level.FULL) for p in levels}, levels):
+    for decision in hc.batch(hc.alerts({p: before.get(p, hc.Level.FULL) for p in levels}, levels),
+                             ALERTS_PER_KIND):
         _alert(ctx, decision)
     node.ledger.set_meta(_LEVELS, cbor2.dumps({p: lv.value for p, lv in levels.items()
                                                if lv is not hc.Level.FULL}, canonical=True))
@@ -163,6 +182,7 @@ def audit(node: LocalNode, call: c.AuditCall, ctx: Context) -> c.AuditResult:
         found, answered, silent = port.call(lambda mesh: mesh.audit_round(challenges, rows, peers))
         events += [hb.Answered(p) for p in sorted(answered)]
         events += per_holder([(ch.share.peer, ok, what) for ch, ok, what in found])
+        node.ledger.mark([ch.share.key for ch, ok, _ in found if not ok], [ch.share.key for ch, ok, _ in found if ok])
         events += [hb.Unanswered(p) for p in sorted(silent)]
     changes = learn(node, book, ctx, events, wall_time())
     refresh_levels(node, ctx, book.states())
@@ -205,9 +225,7 @@ def measured_rate(node: LocalNode) -> tuple[float | None, float | None]:
 
 def health(node: LocalNode, call: c.HealthCall, ctx: Context) -> c.HealthResult:
     from corestate.node.runtime.meshops import packs_of  # lazy: the runtime's tree walk
-    now = wall_time()
-    book = load_book(node)
-    book.handle(hb.Tick(), now)  # who is lost by now (not saved: health changes nothing)
+    book = current_book(node)  # not saved: health changes nothing
     states = book.states()
     views = pack_views(node)
     coded = {v.pack for v in views}
@@ -250,10 +268,9 @@ def set_running(node: LocalNode, running: bool) -> None:
     node.ledger.set_meta(_RUNNING, b"1" if running else b"0")
 
 
-def shunned(node: LocalNode, now: float | None = None) -> set[str]:
+def shunned(node: LocalNode) -> set[str]:
     """Peers that get no new shares: evicted ones, and lost ones while they are lost."""
-    book = load_book(node)
-    book.handle(hb.Tick(), wall_time() if now is None else now)
+    book = current_book(node)
     return {p for p, st in book.states().items() if st in (hb.HolderState.EVICTED, hb.HolderState.LOST)}
 
 
@@ -263,5 +280,5 @@ OPERATIONS: tuple[Operation, ...] = (
 )
 
 
-__all__ = ["OPERATIONS", "audit", "count_member_repairs", "health", "learn", "load_book", "measured_rate",
+__all__ = ["OPERATIONS", "audit", "count_member_repairs", "current_book", "health", "learn", "load_book", "measured_rate",
            "note_repair", "pack_views", "per_holder", "refresh_levels", "set_running", "shunned", "wall_time"]

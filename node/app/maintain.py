@@ -223,6 +223,8 @@ def _repair(node: LocalNode, call: c.RepairCall, ctx: Context) -> list[c.RepairI
     # evicted or lost counts for nothing: its shares are rebuilt elsewhere.
     book = hmod.load_book(node)
     hmod.learn(node, book, ctx, _holder_events(rows), hmod.wall_time())
+    node.ledger.mark([k for k, v in rows.items() if v in (Verdict.MISSING, Verdict.CORRUPT)],
+                     [k for k, v in rows.items() if v is Verdict.OK])
     states = book.states()
     gone = {p for p, st in states.items() if st in (hb.HolderState.EVICTED, hb.HolderState.LOST)}
 

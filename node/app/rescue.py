@@ -206,6 +206,12 @@ def member_repair(node: LocalNode, call: c.MemberRepairCall, ctx: Context) -> c.
             continue
         if d.action is not ls.Action.REPAIR:
             continue
+        now_ms = int(hmod.wall_time() * 1000)
+        mine = next((le for le in known if le.pack == pack and le.repairer == me), None)
+        if mine is not None and ls.renew_due(mine, now_ms, int(LEASE_FOR * 1000)):
+            # A long round: keep the lease ahead of the work (the next sync spreads it).
+            node.group.write({records.lease_key(pack): records.RepairLease(
+                pack, f.owner, now_ms + int(LEASE_FOR * 1000)).value()})
         if cands is None:
             found, _ = port.call(lambda mesh: mesh.candidates())
             cands = [cd for cd in found if cd.peer not in gone and cd.peer not in away]
@@ -321,14 +327,19 @@ def adopt(node: LocalNode) -> int:
     cat = node.group.catalog
     adopted = 0
     changed: set[bytes] = set()
+    vouched: dict[str, float] = {}  # holder -> when a member's signed record says it took a share
     for author in cat.authors():
-        if author == me:
+        head = cat.head(author)
+        if author == me or head is None:
             continue
+        # Only entries newer than what was looked at last time (per author: epoch, seq), so
+        # a sync round costs what it brought, and a record is adopted once.
+        mark = f"adopted.{author}"
+        raw = node.ledger.meta(mark)
+        epoch, seen = (int(x) for x in raw.decode().split(":")) if raw else (-1, -1)
+        since = seen if epoch == head[0] else -1
         for key, e in cat.entries(author).items():
-            if e.value is None or records.kind(key) != records.Kind.PLACEMENT:
-                continue
-            mark = f"adopted.{author}.{key.hex()}"
-            if node.ledger.meta(mark) == str(e.seq).encode():
+            if e.seq <= since or e.value is None or records.kind(key) != records.Kind.PLACEMENT:
                 continue
             try:
                 rec = records.Placement.decode(key, e.value)
@@ -348,10 +359,20 @@ def adopt(node: LocalNode) -> int:
                     node.ledger.record_share(rec.pack, h.index, h.peer, h.root, h.size)
                     adopted += 1
                     changed.add(rec.pack)
-            node.ledger.set_meta(mark, str(e.seq).encode())
+                    at = (e.hlc >> 16) / 1000  # the HLC's physical part: ms since the epoch
+                    vouched[h.peer] = max(vouched.get(h.peer, 0.0), at)
+        node.ledger.set_meta(mark, f"{head[0]}:{head[1]}".encode())
     if changed:
         from corestate.node.runtime import meshops  # lazy: the runtime's record builder
         node.group.write(meshops.placement_items(node, changed))
+    if vouched:
+        # A holder a member put a share on was there then: a holder this node had counted
+        # lost while away is back (its old copies are surplus: doomed, deleted on answer).
+        book = hmod.load_book(node)
+        now = hmod.wall_time()
+        for peer, at in sorted(vouched.items()):
+            book.handle(hb.Seen(peer, at), now)
+        node.ledger.save_holders(book.records())
     return adopted
 
 

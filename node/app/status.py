@@ -63,13 +63,13 @@ def redundancy(node: LocalNode) -> c.Redundancy:
     metadata = node.metadata_packs()
     uncoded = sum(1 for p in node.repo.store.local_ids() if p not in coded and p not in metadata)
     tally[Redundancy.LOCAL_ONLY] += uncoded
-    from corestate.node.app.health import load_book, wall_time
+    from corestate.node.app.health import current_book
     from corestate.node.core import holders as hb
-    book = load_book(node)
-    book.handle(hb.Tick(), wall_time())
-    states = book.states()
+    states = current_book(node).states()
+    bad = node.ledger.bad()
     lost = sum(1 for cp in coded.values() if not cp.local and len({
-        r.index for r in cp.shares if states.get(r.peer, hb.HolderState.OK) in hb.COUNTS}) < cp.k)
+        r.index for r in cp.shares if states.get(r.peer, hb.HolderState.OK) in hb.COUNTS
+        and (cp.pack, r.index, r.peer) not in bad}) < cp.k)
     return c.Redundancy(packs=sum(tally.values()), full=tally[Redundancy.FULL],
                         degraded=tally[Redundancy.DEGRADED], at_risk=tally[Redundancy.AT_RISK],
                         local=tally[Redundancy.LOCAL_ONLY], lost=lost)

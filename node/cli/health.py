@@ -54,6 +54,23 @@ def cmd_health(args: argparse.Namespace, out: Out) -> int:
     return code
 
 
+def cmd_audit(args: argparse.Namespace, out: Out) -> int:
+    """One audit round now (what the daemon does every ``[schedule] audit_every``)."""
+    res = invoke(args, out, c.AuditCall())
+    if not isinstance(res, c.AuditResult):
+        raise CoreStateError(f"audit was answered with {res.TYPE}", hint="report this as a bug")
+    if out.json:
+        out.obj(c.result_fields(res))
+        return res.code
+    out.say(f"audit      {res.challenges} challenge(s): {res.passed} passed, {res.failed} failed; "
+            f"{res.answered} holder(s) answered, {res.silent} silent")
+    for ch in res.changes:
+        out.say(f"  {ch.peer[-10:]:<10} {ch.old} -> {ch.new}: {ch.reason}")
+    if res.failed:
+        out.say("           the failed shares are rebuilt by the next repair (`corestate repair` does it now)")
+    return res.code
+
+
 def _levels(p: c.PackLevels) -> str:
     return f"{p.full} full, {p.degraded} degraded, {p.at_risk} at risk, {p.lost} lost"
 
@@ -65,4 +82,4 @@ def _ago(seconds: float) -> str:
     return f"{max(0.0, seconds):.0f}s"
 
 
-__all__ = ["cmd_health"]
+__all__ = ["cmd_audit", "cmd_health"]

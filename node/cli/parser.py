@@ -16,7 +16,7 @@ from corestate.node.cli.group import (
     cmd_group_remove,
     cmd_group_sync,
 )
-from corestate.node.cli.health import cmd_health
+from corestate.node.cli.health import cmd_audit, cmd_health
 from corestate.node.cli.inspect import cmd_check, cmd_diff, cmd_ls, cmd_snapshots, cmd_stats
 from corestate.node.cli.keys import cmd_init, cmd_key_passwd
 from corestate.node.cli.maintain import cmd_forget, cmd_prune, cmd_repair
@@ -239,6 +239,15 @@ It asks nobody: it shows what the daemon's audits ([schedule] audit_every) and r
 ([schedule] repair_every) learned. A holder unreachable longer than [health]
 holder_lost_after counts as lost; one that fails audits turns suspect, then evicted; the
 shares of either are rebuilt on others."""
+    sp = add("audit", cmd_audit, "audit the holders of this node's shares now: random blocks proved against "
+             "the roots recorded at upload, a few shares read whole; updates each holder's standing")
+    sp.formatter_class = argparse.RawDescriptionHelpFormatter
+    sp.epilog = """examples:
+  corestate audit              one round now; exit 0 when every check passed, else 3
+  corestate audit --json       {"challenges": .., "passed": .., "failed": .., "changes": [...]}
+
+The daemon runs the same round every [schedule] audit_every; `corestate health` shows
+what the rounds found."""
 
     sp = add("demo", cmd_demo, "a guided run: back up a sample tree, change it, restore and verify",
              key=False)

@@ -25,7 +25,8 @@ when no rate is known or a pack cannot be repaired now.
 
 Alerts (:func:`alerts`), decided from a pack's level before and after:
 ``redundancy-low`` (warning) when a pack falls to ``low`` or below (default at_risk),
-``pack-lost`` (critical) when it becomes lost; each once per fall, not on every report.
+``pack-lost`` (critical) when it becomes lost; each once per fall, not on every report;
+many at once are one alert (:func:`batch`).
 Holder alerts (``holder-evicted``, ``holder-lost``) come from the holder book's
 ``StateChanged`` commands (:func:`holder_alert`).
 
@@ -162,10 +163,10 @@ def outlook(packs: Iterable[PackView], states: Mapping[str, HolderState], rate: 
 
 def summarize(packs: Sequence[PackView], holders: Iterable[HolderRecord],
               states: Mapping[str, HolderState], snapshots: Iterable[tuple[str, Iterable[bytes]]] = (),
-              *, rate: float | None = None, now: float | None = None) -> Summary:
-    """Per pack its level, in total and per snapshot (a pack a snapshot names but nobody
-    coded counts as at_risk when ``local``, else lost); per holder its standing."""
-    del now  # the summary states facts; ages are the caller's rendering
+              *, rate: float | None = None) -> Summary:
+    """Per pack its level, in total and per snapshot (a pack a snapshot names that is not
+    among ``packs`` counts as at_risk: the caller passes every pack it knows, local-only
+    ones as a 1-of-1 code held by nobody, with ``local``); per holder its standing."""
     levels = {p.pack: pack_level(p, states) for p in packs}
     total = Tally()
     for lv in levels.values():
@@ -223,6 +224,23 @@ def alerts(before: Mapping[bytes, Level], after: Mapping[bytes, Level], *,
     return out
 
 
+def batch(decisions: Sequence[AlertDecision], per_kind: int) -> list[AlertDecision]:
+    """At most ``per_kind`` alerts of one name: more packs than that falling at once (a
+    holder of thousands of shares went) make one alert that counts them (``packs``) and
+    names the first eight (``pack0``...)."""
+    out: list[AlertDecision] = []
+    for name in sorted({d.name for d in decisions}):
+        same = [d for d in decisions if d.name == name]
+        if len(same) <= per_kind:
+            out += same
+            continue
+        first = same[0]
+        out.append(AlertDecision(
+            name, first.severity, f"{len(same)} packs: {first.message} (and {len(same) - 1} more)",
+            (("packs", str(len(same))), *((f"pack{i}", dict(d.details)["pack"]) for i, d in enumerate(same[:8])))))
+    return out
+
+
 def holder_alert(change: StateChanged) -> AlertDecision | None:
     """The alert for a holder's change of state, if it deserves one."""
     details = (("peer", change.peer), ("was", change.old.value), ("reason", change.reason))
@@ -237,5 +255,5 @@ def holder_alert(change: StateChanged) -> AlertDecision | None:
     return None
 
 
-__all__ = ["AlertDecision", "Level", "PackView", "RepairOutlook", "Summary", "Tally", "alerts", "counted",
+__all__ = ["AlertDecision", "Level", "PackView", "RepairOutlook", "Summary", "Tally", "alerts", "batch", "counted",
            "holder_alert", "level", "outlook", "pack_level", "summarize", "surplus"]

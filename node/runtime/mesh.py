@@ -146,6 +146,8 @@ class Mesh:
         self.in_group = in_group or (lambda: False)
         self.trusted = trusted or (lambda: [e.peer for e in book.trusted()])
         self.groups: GroupService | None = None  # set by open_mesh
+        # Members of this node's group (set by open_mesh): who may put shares for whom.
+        self.is_member: Callable[[str], bool] = lambda peer: False
         # Peers that get no new shares (evicted or lost holders; node/app/health.py).
         self.shunned: Callable[[], set[str]] = set
         self.admission = Admission()
@@ -325,7 +327,7 @@ class Mesh:
                          deadline: trio.CancelScope) -> None:
         v = self.vault
         if msg.owner and msg.owner != sender:
-            if not (self.in_group() and self.authorized(sender) and self.authorized(msg.owner)):
+            if not (self.in_group() and self.is_member(sender) and self.is_member(msg.owner)):
                 await ch.send(m.Error(code="refused", message="shares for another owner are taken from group "
                                       "members for members only", retryable=False))
                 await self._drain(ch, msg)

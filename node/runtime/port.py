@@ -159,6 +159,7 @@ async def open_mesh(node: LocalNode, *, listen: list[str] | None = None, mdns: b
                         trusted=node.trusted_peers)
             from corestate.node.app.health import shunned
             mesh.shunned = lambda: shunned(node)  # evicted and lost holders get no new shares
+            mesh.is_member = node.group.is_member
             from corestate.node.runtime.groupsvc import GroupService
 
             def changed() -> None:

@@ -251,6 +251,17 @@ def test_alerts_once_per_fall() -> None:
 # -- owner away and repair leases -----------------------------------------------------------------
 
 
+def test_many_packs_falling_at_once_make_one_alert() -> None:
+    falls = h.alerts({bytes([i]) * 32: h.Level.FULL for i in range(10)},
+                     {bytes([i]) * 32: h.Level.AT_RISK if i < 7 else h.Level.LOST for i in range(10)})
+    out = h.batch(falls, 4)
+    assert [(a.name, dict(a.details).get("packs")) for a in out] == [("pack-lost", None)] * 3 + [
+        ("redundancy-low", "7")]
+    low = dict(out[-1].details)
+    assert low["pack0"] == (bytes([0]) * 32).hex() and "pack7" not in low and out[-1].severity == "warning"
+    assert h.batch(falls[:2], 4) == falls[:2]
+
+
 def test_owner_away() -> None:
     assert ls.owner_away(0.0, 19.0, 20.0)[0] is False
     away, why = ls.owner_away(0.0, 20.0, 20.0)
@@ -306,3 +317,31 @@ def test_lease_record_round_trip_and_rejects() -> None:
             records.RepairLease.decode(rec.key, bad)
     with pytest.raises(records.CorruptRecord):
         records.RepairLease.decode(b"k" + b"z" * 32, rec.value())
+
+
+# -- the [health] config ------------------------------------------------------------------------
+
+
+def test_health_config(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from corestate.node.errors import ConfigError
+    from corestate.node.home import DEFAULT_CONFIG, Config, HealthConfig
+    assert isinstance(tmp_path, Path)
+    cfg_path = tmp_path / "config.toml"
+    cfg_path.write_text(DEFAULT_CONFIG)
+    cfg = Config.load(cfg_path)
+    assert cfg.audit_every == 3600 and cfg.health == HealthConfig(3 * DAY, 3 * DAY, 30 * DAY, 0)
+    text = DEFAULT_CONFIG.replace('holder_lost_after = "3d"', 'holder_lost_after = "30s"').replace(
+        "repair_bandwidth = 0", 'repair_bandwidth = "10 MiB/s"').replace('audit_every = "1h"', 'audit_every = "5s"')
+    cfg_path.write_text(text)
+    cfg = Config.load(cfg_path)
+    assert cfg.audit_every == 5 and cfg.health.holder_lost_after == 30
+    assert cfg.health.repair_bandwidth == 10 << 20
+    for bad in ('holder_lost_after = "0s"', 'repair_bandwidth = -1', 'holder_lost_afer = "3d"'):
+        cfg_path.write_text(DEFAULT_CONFIG.replace('holder_lost_after = "3d"', bad))
+        with pytest.raises(ConfigError):
+            Config.load(cfg_path)
+    # A home from before this section: the defaults.
+    cfg_path.write_text("[backup]\npaths = []\n")
+    assert Config.load(cfg_path).health == HealthConfig() and Config.load(cfg_path).audit_every == 0

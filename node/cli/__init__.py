@@ -40,7 +40,7 @@ NETWORKED = {"backup", "restore", "check", "repair", "forget", "prune", "peer ad
 
 def _command_name(args: argparse.Namespace) -> str:
     sub = (getattr(args, "node_command", None) or getattr(args, "peer_command", None)
-           or getattr(args, "group_command", None))
+           or getattr(args, "group_command", None) or getattr(args, "sim_command", None))
     return f"{args.command} {sub}" if sub else args.command
 
 
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "fn", None):
-        if args.command in ("node", "peer", "key", "group"):
+        if args.command in ("node", "peer", "key", "group", "sim"):
             parser.parse_args([args.command, "--help"])  # prints that command's help, exits 0
         parser.print_help()
         return EXIT_USAGE

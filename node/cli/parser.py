@@ -36,6 +36,7 @@ from corestate.node.cli.nodecmd import (
 )
 from corestate.node.cli.peer import cmd_peer_add, cmd_peer_list, cmd_peer_remove
 from corestate.node.cli.restore import cmd_restore
+from corestate.node.cli.sim import add_parser as add_sim_parser
 from corestate.node.cli.tuicmd import cmd_tui
 from corestate.node.home import default_home
 
@@ -339,6 +340,9 @@ what the rounds found."""
              key=False)
     sp.add_argument("--dir", type=Path, help="work in DIR instead of a temporary folder")
     sp.add_argument("--keep", action="store_true", help="keep the demo's files for you to explore")
+
+    # -- sim --
+    add_sim_parser(sub)
     return p
 
 

@@ -1,0 +1,487 @@
+"""Who repairs, and where shares go: the validation models, or the node's real cores.
+
+**Validation models** (``[repair]`` present) do exactly what the issue states, nothing more:
+initial placement on n distinct nodes drawn uniformly; ``exponential``: when a pack has
+``repair_at`` or fewer live shares (and at least k), a repair completes after an
+exponential time of mean ``mean_days`` and restores all n shares on live nodes that hold
+none of that pack; ``none``: nothing is ever repaired.
+
+**The real policy** (no ``[repair]`` table) drives the node's own pure cores, one per node:
+
+- ``node.core.scheduler.Scheduler`` decides when each node runs its repair, audit and backup
+  jobs (the same object the daemon drives; its clock is the simulated one, in seconds).
+  A node's timers only fire while it is online (its daemon runs only then); coming back
+  online is a ``Tick``. A job's end is a ``JobFinished`` after the time its traffic takes
+  on the node's upload and download bandwidth.
+- A repair job surveys the node's own packs (repair runs on the owner only, as today) and
+  hands each pack that has a share to rebuild to ``node.core.repair.plan_repair``, with
+  each holder's verdict: ``OK`` online with the share, ``UNREACHABLE`` offline, ``MISSING``
+  no share any more (its disk was lost) or counted lost by the lost-holder rule. Packs in
+  which every holder answered OK are full: the core would plan nothing for them, so they
+  are not built into objects (the only batching; it changes no decision).
+- **Lost holders**: each owner keeps the health core's holder book
+  (``node.core.holders.HolderBook``, issue 15): after each survey, online holders
+  ``Answered``, offline ones were ``Seen`` when they went down (a daemon hears from its
+  peers all the time through sync), then a ``Tick``; a holder the book counts ``lost`` (or
+  ``evicted``) is ``MISSING`` to the planner (forgotten, its share rebuilt elsewhere); one
+  briefly away is ``UNREACHABLE`` and its index is not rebuilt yet. With more than 100
+  nodes (or ``[policy] holder_book = false``) the same rule runs vectorised
+  (:func:`lost_holders`: away ``holder_lost_after`` or longer), since 10,000 books fed
+  every day cost hours; ``tests/simulations/test_policy.py`` checks both give the same run.
+- New holders come from ``node.core.placement.replace`` (rebuilt shares) and
+  ``node.core.placement.place`` (packs of new backups), ranking a random sample of
+  ``[policy] candidates`` online nodes (0: all of them) with their free capacity and their
+  site as failure domain. The packs present at the start are laid out by a vectorised
+  equivalent (n distinct nodes, capacity-weighted, one per site while sites last) because
+  calling ``place`` a million times costs minutes before the first event.
+- Audits (``audit_every``, or riding on the repair survey) cost one block per share
+  reachable; the world has no silent corruption yet, so they find nothing beyond what the
+  survey sees.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+from corestate.node.core import holders as holders_core
+from corestate.node.core import placement as placement_core
+from corestate.node.core import scheduler as sched
+from corestate.node.core.repair import PackHealth, ShareState, Verdict, plan_repair
+from corestate.simulations.scenario import DAY
+
+if TYPE_CHECKING:
+    from corestate.simulations.world import World
+
+POLICY = 4  # the world's event kind for policy events
+_REPAIR_DONE, _TIMER, _JOB_DONE = 0, 1, 2
+
+
+def make_policy(world: World) -> ValidationPolicy | RealPolicy:
+    if world.sc.repair is not None:
+        return ValidationPolicy(world)
+    return RealPolicy(world)
+
+
+def spread(world: World, count: int, weights: np.ndarray | None = None,
+           owners: np.ndarray | None = None) -> np.ndarray:
+    """``count`` rows of n distinct nodes (capacity-weighted when ``weights``), one node
+    per site while there are at least n sites, never the row's owner (``owners``, when
+    given: a node does not hold shares of its own packs): redrawn row by row until valid."""
+    n, N = world.n, world.N
+    gen = world.draws.gen
+    p = None if weights is None else weights / weights.sum()
+    out = gen.choice(N, size=(count, n), p=p).astype(np.int32)
+    sites = world.sc.world.sites
+    by_site = sites >= n
+    for _ in range(10_000):
+        key = world.site[out] if by_site else out
+        s = np.sort(key, axis=1)
+        dup = (s[:, 1:] == s[:, :-1]).any(axis=1) if n > 1 else np.zeros(len(out), dtype=bool)
+        if owners is not None:
+            dup |= (out == owners[:, None]).any(axis=1)
+        bad = np.flatnonzero(dup)
+        if len(bad) == 0:
+            return out
+        out[bad] = gen.choice(N, size=(len(bad), n), p=p)
+    raise RuntimeError("could not spread shares over distinct nodes")  # pragma: no cover
+
+
+class ValidationPolicy:
+    """``[repair] model = "exponential"`` or ``"none"``: the issue's exact models."""
+
+    def __init__(self, world: World) -> None:
+        self.w = world
+        rp = world.sc.repair
+        assert rp is not None
+        self.model = rp.model
+        self.repair_at = rp.repair_at
+        self.mean = rp.mean_days
+        self.pending = np.zeros(world.P, dtype=bool)
+
+    def start(self) -> None:
+        return None
+
+    def place_new(self, packs: np.ndarray) -> None:
+        w = self.w
+        rows = spread(w, len(packs))
+        w.add_shares(np.repeat(packs, w.n), np.tile(np.arange(w.n), len(packs)), rows.reshape(-1))
+
+    def on_online(self, node: int, online: bool) -> None:
+        return None
+
+    def on_lost_shares(self, packs: np.ndarray) -> None:
+        if self.model != "exponential":
+            return
+        w = self.w
+        lv = w.live[packs]
+        due = packs[(lv <= self.repair_at) & (lv >= w.k) & ~self.pending[packs] & ~w.lost[packs]]
+        now = w.engine.now
+        for q in due.tolist():
+            self.pending[q] = True
+            w.engine.push(now + w.draws.exp(self.mean), POLICY, q, _REPAIR_DONE)
+
+    def on_event(self, kind: int, a: int, b: int) -> None:
+        w = self.w
+        q = a
+        self.pending[q] = False
+        if w.lost[q]:
+            return
+        row = w.loc[q]
+        empty = np.flatnonzero(row < 0).tolist()
+        held = set(row[row >= 0].tolist())
+        new: list[int] = []
+        while len(new) < len(empty):
+            y = w.draws.below(w.N)
+            if y not in held:
+                held.add(y)
+                new.append(y)
+        w.put_one(q, empty, new)
+        w.repairs += 1
+        w.shares_rebuilt += len(empty)
+        w.repair_bytes += float(w.share_size * (w.k + len(empty)))
+
+
+def lost_holders(offline: np.ndarray, away_days: np.ndarray, holder_lost_after: float) -> np.ndarray:
+    """The lost-holder rule (the hook for issue 15's core), for a batch of holders: an
+    unreachable holder counts as lost once it has been away ``holder_lost_after`` or
+    longer (with 0, at once)."""
+    return offline & (away_days >= holder_lost_after)
+
+
+def peer(x: int) -> str:
+    return f"n{x}"
+
+
+@dataclass(slots=True)
+class _Job:
+    job: sched.Job
+    then: tuple[sched.Job, ...]
+    moves: list[tuple[int, int, int, int, int]]  # pack, slot, old holder, new holder, its failures
+
+
+class RealPolicy:
+    """The node's real cores: scheduler, repair planner, placement (see the module doc)."""
+
+    def __init__(self, world: World) -> None:
+        self.w = world
+        pol = world.sc.policy
+        self.pol = pol
+        bk = world.sc.backups
+        self.cfg = sched.ScheduleConfig(
+            backup_every=(bk.backup_every * DAY) if bk and bk.packs_per_day > 0 else 0.0,
+            has_paths=bk is not None,
+            repair_every=pol.repair_every * DAY,
+            audit_every=None if pol.audit_every is None else pol.audit_every * DAY,
+            sync_every=0.0,
+        )
+        self.scheds: list[sched.Scheduler] = []
+        self.timer_at: list[float | None] = [None] * world.N
+        self.jobs: dict[int, _Job] = {}
+        self.missed = np.zeros(world.N, dtype=bool)
+        use = pol.holder_book if pol.holder_book is not None else world.N <= 100
+        cfg = holders_core.HolderConfig(holder_lost_after=max(pol.holder_lost_after, 1e-9) * DAY)
+        self.books = [holders_core.HolderBook(cfg) for _ in range(world.N)] if use else None
+        self._away_at = -1.0
+        self._attention = np.zeros(world.N, dtype=bool)
+        self.owned: list[list[np.ndarray]] = [[] for _ in range(world.N)]
+        self.backlog = np.zeros(world.N)  # fractional packs due from backups
+        self.jobs_run = 0
+        self.unrepairable = 0
+        self._initial = True
+
+    # -- placement -----------------------------------------------------------------------
+
+    def _candidates(self, owner: int) -> list[placement_core.Candidate]:
+        """The online nodes placement ranks: all of them, or a random sample of
+        ``[policy] candidates`` that holds one node of every site first (so that a sample
+        never hides a failure domain from the spreading rule), then random others. Never
+        the ``owner`` itself (it holds no shares of its own packs)."""
+        w = self.w
+        on = np.flatnonzero(w.online)
+        on = on[on != owner]
+        c = self.pol.candidates
+        sites = w.sc.world.sites
+        if c and len(on) > c:
+            shuffled = w.draws.gen.permutation(on)
+            if sites:
+                _, first = np.unique(w.site[shuffled], return_index=True)
+                first = np.sort(first)
+                rest = np.setdiff1d(np.arange(len(shuffled)), first, assume_unique=True)
+                shuffled = shuffled[np.concatenate([first, rest])]
+            on = shuffled[: max(c, min(sites, len(shuffled)))]
+        free = (w.sc.world.capacity - w.used[on] * w.share_size).tolist()
+        return [placement_core.Candidate(peer(y), f, (f"s{int(w.site[y])}",) if sites else ())
+                for y, f in zip(on.tolist(), free, strict=True)]
+
+    def _candidate(self, y: int) -> placement_core.Candidate:
+        w = self.w
+        return placement_core.Candidate(peer(y), int(w.sc.world.capacity - w.used[y] * w.share_size),
+                                        (f"s{int(w.site[y])}",) if w.sc.world.sites else ())
+
+    def place_new(self, packs: np.ndarray) -> None:
+        w = self.w
+        if len(packs) == 0:
+            return
+        for q in packs.tolist():
+            self.owned[int(w.owner[q])].append(np.array([q], dtype=np.int64))
+        if self._initial:
+            rows = spread(w, len(packs), np.maximum(w.sc.world.capacity - w.used * w.share_size, 1).astype(float),
+                          owners=w.owner[packs])
+            w.add_shares(np.repeat(packs, w.n), np.tile(np.arange(w.n), len(packs)), rows.reshape(-1))
+            return
+        cands = self._candidates(int(w.owner[packs[0]]))
+        P, S, X = [], [], []
+        for q in packs.tolist():
+            pl = placement_core.place(q.to_bytes(8, "big"), w.n, cands, exclude={peer(int(w.owner[q]))})
+            for i, name in enumerate(pl.peers):
+                P.append(q)
+                S.append(i)
+                X.append(int(name[1:]))
+        w.backup_bytes += float(len(P) * w.share_size)
+        if P:
+            w.add_shares(np.array(P, dtype=np.int64), np.array(S, dtype=np.int64), np.array(X, dtype=np.int32))
+
+    # -- scheduler driving ---------------------------------------------------------------
+
+    def start(self) -> None:
+        w = self.w
+        self._initial = False
+        for x in range(w.N):
+            s = sched.Scheduler(self.cfg, now=0.0, rng=random.Random(w.seed * 1_000_003 + x))
+            self.scheds.append(s)
+            self._do(x, s.handle(sched.HoldingsChanged(placed=True), 0.0))
+
+    def _arm(self, x: int) -> None:
+        d = self.scheds[x].next_deadline()
+        if d is None:
+            self.timer_at[x] = None
+            return
+        if self.timer_at[x] != d:
+            self.timer_at[x] = d
+            self.w.engine.push(max(d / DAY, self.w.engine.now), POLICY, x, _TIMER)
+
+    def _do(self, x: int, cmds: list[sched.Command]) -> None:
+        for cmd in cmds:
+            if isinstance(cmd, sched.RunJob):
+                self._run_job(x, cmd)
+        self._arm(x)
+
+    def on_online(self, node: int, online: bool) -> None:
+        # Only a timer that came due while the node was down has anything to fire; any
+        # other Tick would change nothing in the scheduler.
+        if online and self.missed[node]:
+            self.missed[node] = False
+            s = self.scheds[node]
+            self._do(node, s.handle(sched.Tick(), self.w.engine.now * DAY))
+
+    def on_lost_shares(self, packs: np.ndarray) -> None:
+        return None  # owners find out at their next survey
+
+    def on_event(self, kind: int, a: int, b: int) -> None:
+        w = self.w
+        x = a
+        now_s = w.engine.now * DAY
+        if b == _TIMER:
+            due = self.timer_at[x]
+            if due is None or abs(due / DAY - w.engine.now) > 1e-9:
+                return  # superseded
+            self.timer_at[x] = None
+            if not w.online[x]:
+                self.missed[x] = True
+                return  # the daemon is down: the timer fires when it is back (a Tick)
+            # The deadline itself, not now * DAY: a rounding below it would not fire.
+            self._do(x, self.scheds[x].handle(sched.Tick(), max(now_s, due)))
+        elif b == _JOB_DONE:
+            self._finish(x)
+
+    def _finish(self, x: int) -> None:
+        now_s = self.w.engine.now * DAY
+        job = self.jobs.pop(x)
+        self._apply(job)
+        s = self.scheds[x]
+        cmds = s.handle(sched.JobFinished(job.job, 0), now_s)
+        for j in job.then:
+            cmds += s.handle(sched.JobFinished(j, 0), now_s)
+        self._do(x, cmds)
+
+    # -- jobs ----------------------------------------------------------------------------
+
+    def _run_job(self, x: int, cmd: sched.RunJob) -> None:
+        w = self.w
+        self.jobs_run += 1
+        up = down = 0.0
+        moves: list[tuple[int, int, int, int, int]] = []
+        if cmd.job == sched.Job.REPAIR:
+            up, down, moves = self._repair(x, audit=self.cfg.audit_every is None)
+        elif cmd.job == sched.Job.AUDIT:
+            up = self._audit(x)
+        elif cmd.job == sched.Job.BACKUP:
+            up = self._backup(x)
+        secs = up / w.sc.world.upload + down / w.sc.world.download
+        self.jobs[x] = _Job(cmd.job, cmd.then, moves)
+        if secs > 0:
+            w.engine.push(w.engine.now + secs / DAY, POLICY, x, _JOB_DONE)
+        else:
+            self._finish(x)  # nothing to send: done at once (no event)
+
+    def _own(self, x: int) -> np.ndarray:
+        ch = self.owned[x]
+        if not ch:
+            return np.zeros(0, dtype=np.int64)
+        ps = np.concatenate(ch) if len(ch) > 1 else ch[0]
+        ps = ps[~self.w.lost[ps]]
+        self.owned[x] = [ps]
+        return ps
+
+    def _audit(self, x: int) -> float:
+        w = self.w
+        ps = self._own(x)
+        L = w.loc[ps]
+        on = (L >= 0) & w.online[np.maximum(L, 0)]
+        b = float(np.count_nonzero(on) * self.pol.audit_block)
+        w.audit_bytes += b
+        return b
+
+    def _backup(self, x: int) -> float:
+        w = self.w
+        bk = w.sc.backups
+        assert bk is not None
+        self.backlog[x] += bk.packs_per_day * bk.backup_every / w.N
+        count = int(self.backlog[x])
+        self.backlog[x] -= count
+        before = w.backup_bytes
+        w.create_packs(count, np.full(count, x, dtype=np.int32))
+        return w.backup_bytes - before
+
+    def _needs_work(self, x: int, ps: np.ndarray) -> bool:
+        """Whether an owner's packs may need a rebuild: a share without holder, or a holder
+        away ``holder_lost_after`` or longer. A cheap pre-filter (the owners with such
+        holders are found once per churn step), never a decision."""
+        w = self.w
+        if bool((w.live[ps] < w.n).any()):
+            return True
+        now = w.engine.now
+        if now - self._away_at >= max(w.churn_step, 1e-9) or self._away_at < 0:
+            self._away_at = now
+            away = np.flatnonzero(lost_holders(~w.online, now - w.offline_since, self.pol.holder_lost_after))
+            self._attention[:] = False
+            if len(away):
+                packs = np.concatenate([w.packs_of(int(y)) for y in away.tolist()])
+                self._attention[w.owner[packs]] = True
+        return bool(self._attention[x])
+
+    def _book_lost(self, x: int, holders: np.ndarray, now: float) -> np.ndarray:
+        """Owner ``x``'s holder book (node/core/holders.py, issue 15's core) after this
+        survey: online holders answered; an offline one was last seen when it went down
+        (the daemon hears from its peers all the time, through sync). The holders it
+        counts lost or evicted."""
+        assert self.books is not None
+        book, w, now_s = self.books[x], self.w, now * DAY
+        for y in holders.tolist():
+            if w.online[y]:
+                book.handle(holders_core.Answered(peer(y)), now_s)
+            else:
+                book.handle(holders_core.Seen(peer(y), float(w.offline_since[y]) * DAY), now_s)
+        book.handle(holders_core.Tick(), now_s)
+        gone = (holders_core.HolderState.LOST, holders_core.HolderState.EVICTED)
+        return np.array([y for y in holders.tolist() if book.state(peer(y)) in gone], dtype=np.int64)
+
+    def _repair(self, x: int, *, audit: bool) -> tuple[float, float, list[tuple[int, int, int, int, int]]]:
+        w = self.w
+        now = w.engine.now
+        hla = self.pol.holder_lost_after
+        ps = self._own(x)
+        if len(ps) == 0:
+            return 0.0, 0.0, []
+        if audit:  # one block from every reachable share
+            w.audit_bytes += float(int(w.onl[ps].sum()) * self.pol.audit_block)
+        if self.books is None and not self._needs_work(x, ps):
+            return 0.0, 0.0, []  # every share has a holder not counted lost: nothing to plan
+        L = w.loc[ps]
+        has = L >= 0
+        Lc = np.maximum(L, 0)
+        on = has & w.online[Lc]
+        away = now - w.offline_since[Lc]
+        if self.books is not None:
+            lost = has & ~on & np.isin(L, self._book_lost(x, np.unique(L[has]), now))
+        else:
+            lost = lost_holders(has & ~on, away, hla)
+        rows = np.flatnonzero((~has | lost).any(axis=1))
+        if len(rows) == 0:
+            return 0.0, 0.0, []
+        healths = []
+        for r in rows.tolist():
+            shares = []
+            for i in range(w.n):
+                if not has[r, i]:
+                    continue  # its holder lost the disk: the row was forgotten
+                v = Verdict.OK if on[r, i] else (Verdict.MISSING if lost[r, i] else Verdict.UNREACHABLE)
+                shares.append(ShareState(i, peer(int(L[r, i])), v))
+            # A disk-lost holder answers "missing" once; model it as a recorded row.
+            healths.append(PackHealth(int(ps[r]).to_bytes(8, "big"), w.k, w.n, tuple(shares), False))
+        row_of = {int(ps[r]): r for r in rows.tolist()}
+        plan = plan_repair(healths)
+        self.unrepairable += len(plan.unrepairable)
+        cands = self._candidates(x) if plan.rebuilds else []
+        up = down = 0.0
+        moves: list[tuple[int, int, int, int, int]] = []
+        for rb in plan.rebuilds:
+            q = int.from_bytes(rb.pack, "big")
+            r = row_of[q]
+            # Today's core rebuilds every index without an OK answer; the lost-holder
+            # rule holds back the ones whose holder is only briefly away.
+            todo = [i for i in rb.indexes if not has[r, i] or lost[r, i]]
+            if not todo:
+                continue
+            peers: list[str | None] = [peer(int(L[r, i])) if has[r, i] and not lost[r, i] else None
+                                       for i in range(w.n)]
+            # The pack's other holders are candidates too (never chosen again: they hold a
+            # share), as in the runtime: placement spreads against their sites only if it
+            # knows them.
+            listed = {c.peer for c in cands}
+            extra = [self._candidate(int(L[r, j])) for j in range(w.n)
+                     if has[r, j] and not lost[r, j] and peer(int(L[r, j])) not in listed]
+            pool = cands + extra if extra else cands
+            done = 0
+            for i in todo:
+                name = placement_core.replace(rb.pack, peers, i, pool, exclude={peer(x)})
+                if name is None:
+                    break
+                y = int(name[1:])
+                peers[i] = name
+                moves.append((q, i, int(L[r, i]) if has[r, i] else -1, y, int(w.disk_losses[y])))
+                done += 1
+            if done:
+                down += w.k * w.share_size
+                up += done * w.share_size
+                w.repairs += 1
+                w.shares_rebuilt += done
+        w.repair_bytes += up + down
+        return up, down, moves
+
+    def _apply(self, job: _Job) -> None:
+        """Record what a finished repair placed (skipping what changed meanwhile)."""
+        w = self.w
+        P: list[int] = []
+        S: list[int] = []
+        X: list[int] = []
+        taken: set[tuple[int, int]] = set()
+        for q, i, old, y, g in job.moves:
+            if w.lost[q] or w.disk_losses[y] != g:
+                continue
+            cur = int(w.loc[q, i])
+            if cur >= 0 and cur != old:
+                continue
+            if y in w.loc[q] or (q, y) in taken:
+                continue  # never two shares of one pack on one node
+            taken.add((q, y))
+            if cur >= 0:
+                w.move_off(q, i, check=False)
+            P.append(q)
+            S.append(i)
+            X.append(y)
+        if P:
+            w.add_shares(np.array(P, dtype=np.int64), np.array(S, dtype=np.int64), np.array(X, dtype=np.int32))

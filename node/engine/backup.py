@@ -195,8 +195,13 @@ class Backup:
         allow_providers: tuple[str, ...] = ("btrfs", "reflink", "plain"),
         changes: Callable[[], ChangeSet] | None = None,
         check: Callable[[], None] | None = None,
+        on_pack: Callable[[bytes, bool], None] | None = None,
     ) -> None:
         self.repo = repo
+        # Told of each pack once it is durable and indexed, with whether it holds chunks
+        # only (a data pack), from the walking thread: a mesh node's upload starts there.
+        # It may block (back-pressure when holders are slow); what it raises stops the run.
+        self._on_pack = on_pack
         # Called before each file is read; what it raises stops the walk like any error
         # there (packs already landed stay, no snapshot is written): a cancel's safe point.
         self._check = check
@@ -313,6 +318,8 @@ class Backup:
             [(sid, record)],
         )
         self.stats.bytes_added += landed.size
+        if self._on_pack is not None:
+            self._on_pack(landed.pack_id, False)
 
         def under(p: bytes) -> bool:
             return any(p == r or p.startswith(r.rstrip(b"/") + b"/") for r in roots)
@@ -787,6 +794,8 @@ class Backup:
                 break
             self.repo.record_pack(landed.pack_id, landed.salt, landed.size, landed.header_offset, landed.entries)
             self.stats.bytes_added += landed.size
+            if self._on_pack is not None:
+                self._on_pack(landed.pack_id, all(e.kind == packfmt.KIND_CHUNK for e in landed.entries))
 
     # -- files (worker threads) -----------------------------------------------------------
 

@@ -31,7 +31,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -483,6 +483,38 @@ class Mesh:
                 nursery.start_soon(one, p)
         report.seconds = time.monotonic() - t0
         return report
+
+    async def upload_stream(self, read_pack: Callable[[bytes], bytes],
+                            next_pack: Callable[[], Awaitable[bytes | None]], k: int, n: int,
+                            candidates: list[Candidate], report: UploadReport,
+                            placed: Callable[[PackResult], Awaitable[None]] | None = None) -> None:
+        """Upload packs as ``next_pack`` hands them over (None: no more), at most
+        ``uploads_in_flight`` at once: the next one is asked for only when one of those
+        is done, so a slow holder holds back whoever feeds ``next_pack``. ``report``
+        fills as packs finish (its ``first_put``/``last_ack`` span the uploads);
+        ``placed`` hears of each."""
+        limit = trio.Semaphore(self.uploads_in_flight)
+
+        async def one(pack: bytes) -> None:
+            try:
+                res = await self._upload_pack(read_pack, pack, k, n, candidates, report)
+                report.packs.append(res)
+                if placed is not None:
+                    await placed(res)
+            finally:
+                limit.release()
+        async with trio.open_nursery() as nursery:
+            while True:
+                await limit.acquire()
+                pack = await next_pack()
+                if pack is None:
+                    limit.release()
+                    break
+                if report.first_put is None:
+                    report.first_put = time.monotonic()
+                nursery.start_soon(one, pack)
+        if report.first_put is not None:
+            report.last_ack = time.monotonic()
 
     async def _upload_pack(self, read_pack: Callable[[bytes], bytes], pack: bytes, k: int, n: int,
                            candidates: list[Candidate], report: UploadReport) -> PackResult:

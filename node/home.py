@@ -95,6 +95,11 @@ command = ""
 repeat_after = "6h"
 max_per_hour = 20
 timeout = "10s"
+
+[restore]
+# Packs that live only on peers are fetched into memory as a restore needs them, never
+# staged on disk; at most this much of them is held at once (at least one pack at a time).
+buffer = "128 MiB"
 """
 
 
@@ -135,6 +140,8 @@ class Config:
     notify_repeat_after: float = 6 * 3600.0
     notify_max_per_hour: int = 20
     notify_timeout: float = 10.0
+    # [restore] (parsed in _restore)
+    restore_buffer: int = 128 << 20  # bytes of remote packs held in memory at once
 
     @classmethod
     def load(cls, path: Path) -> Config:
@@ -179,6 +186,7 @@ class Config:
             if unknown:
                 raise ValueError(f"[retention] does not know {sorted(unknown)}")
             _observability(raw, cfg)
+            _restore(raw, cfg)
         except (TypeError, ValueError, AttributeError, KeyError) as exc:
             raise ConfigError(str(path), f"bad value: {exc}")
         if not (64 <= cfg.min_size <= cfg.avg_size <= cfg.max_size <= 16 << 20):
@@ -219,6 +227,19 @@ def _observability(raw: dict[str, object], cfg: Config) -> None:
     unknown = set(n) - {"webhook", "command", "repeat_after", "max_per_hour", "timeout"}
     if unknown:
         raise ValueError(f"[notify] does not know {sorted(unknown)}")
+
+
+def _restore(raw: dict[str, object], cfg: Config) -> None:
+    """``[restore]``: how much of the remote packs a restore holds in memory at once."""
+    r = raw.get("restore", {})
+    if not isinstance(r, dict):
+        raise ValueError("[restore] must be a table")
+    cfg.restore_buffer = _size(r.get("buffer", cfg.restore_buffer))
+    if not 1 << 20 <= cfg.restore_buffer <= 64 << 30:
+        raise ValueError("[restore] buffer must be between 1 MiB and 64 GiB")
+    unknown = set(r) - {"buffer"}
+    if unknown:
+        raise ValueError(f"[restore] does not know {sorted(unknown)}")
 
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}

@@ -36,6 +36,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from corestate.kernel.linux import open_beneath, syncfs
 from corestate.node.engine.repo import Repository, SnapshotInfo
@@ -62,10 +63,39 @@ class RestoreStats:
     current: bytes = b""
 
 
+class PackFeed(Protocol):
+    """Packs that are not in the local store, handed to a restore in memory, wave by wave
+    (a mesh node's packs that live only on peers: node/runtime/meshops.py)."""
+
+    def remote(self) -> set[bytes]:
+        """The packs this feed brings (the restore reads every other pack from the store)."""
+        ...
+
+    def start(self, waves: list[list[bytes]]) -> None:
+        """Begin bringing the packs of each wave, in order; a wave may reuse the one before."""
+        ...
+
+    def next_wave(self) -> dict[bytes, bytes]:
+        """The next wave's packs (pack id -> bytes, each checked against its id), once they
+        are all here. The wave before it is no longer needed."""
+        ...
+
+    def close(self) -> None:
+        """Stop (also mid-way, on a failure) and free what is held."""
+        ...
+
+
 class Restore:
     def __init__(self, repo: Repository, *, workers: int | None = None,
-                 stats: RestoreStats | None = None, check: Callable[[], None] | None = None) -> None:
+                 stats: RestoreStats | None = None, check: Callable[[], None] | None = None,
+                 feed: PackFeed | None = None, buffer: int = 128 << 20) -> None:
         self.repo = repo
+        # Remote packs come from ``feed`` in waves of consecutive batches, each wave's packs
+        # at most buffer / 2 bytes (but one pack at least): one wave is written while the
+        # next is fetched, so at most ``buffer`` of them is held in memory, none on disk.
+        self._feed = feed
+        self._wave_bytes = max(1, buffer // 2)
+        self._mem: dict[bytes, bytes] = {}
         # Called between batches of files: what it raises (a cancel) stops the restore
         # there, the files written so far left in place.
         self._check = check or (lambda: None)
@@ -118,7 +148,10 @@ class Restore:
                     size = 0
                 batches[-1].append(job)
                 size += job[1].size
-            self._write_batches(batches)
+            if self._feed is None:
+                self._write_batches(batches)
+            else:
+                self._write_waves(batches, self._feed)
             for src, dst in self._links:
                 self._link(src, dst)
             # _dirs is in post-order (a directory is added once its subtree is planned), so
@@ -317,6 +350,58 @@ class Restore:
         finally:
             _ACTIVE = None
 
+    def _write_waves(self, batches: list[list[tuple[bytes, Node]]], feed: PackFeed) -> None:
+        """Write the batches in waves: consecutive batches whose remote packs together fit
+        the wave size; each wave's packs are in memory (``_mem``, inherited by the forked
+        workers) while it is written, and the next wave's are fetched meanwhile."""
+        remote = feed.remote()
+        locs = self.repo.locations()
+        sizes = {pid: size for pid, _, size, _ in self.repo.packs()}
+        waves: list[tuple[list[list[tuple[bytes, Node]]], list[bytes]]] = []
+        cur: list[list[tuple[bytes, Node]]] = []
+        packs: dict[bytes, None] = {}  # the current wave's packs, in first-use order
+        held = 0
+        for b in batches:
+            need: dict[bytes, None] = {}
+            for _, node in b:
+                for cid in node.content:
+                    loc = locs.get(cid)
+                    if loc is not None and loc.pack in remote:
+                        need[loc.pack] = None
+            more = [p for p in need if p not in packs]
+            extra = sum(sizes.get(p, 0) for p in more)
+            if cur and held + extra > self._wave_bytes:
+                waves.append((cur, list(packs)))
+                cur, packs, held = [], {}, 0
+                more, extra = list(need), sum(sizes.get(p, 0) for p in need)
+            cur.append(b)
+            packs.update(dict.fromkeys(more))
+            held += extra
+        if cur:
+            waves.append((cur, list(packs)))
+        feed.start([w[1] for w in waves])
+        try:
+            for wave_batches, _ in waves:
+                self._check()
+                self._mem = {}
+                self._mem = feed.next_wave()
+                self._write_batches(wave_batches)
+        finally:
+            self._mem = {}
+            feed.close()
+
+    def _load(self, blob_id: bytes) -> bytes:
+        """A chunk's plaintext: from a pack of the current wave in memory, else the store.
+        Verified alike (AEAD, then the keyed hash of the plaintext against its id)."""
+        loc = self.repo.locations().get(blob_id) if self._mem else None
+        if loc is None or loc.pack not in self._mem:
+            return self.repo.load_blob(blob_id)
+        sealed = self._mem[loc.pack][loc.offset:loc.offset + loc.length]
+        if len(sealed) != loc.length:
+            raise CorruptObject(f"pack {loc.pack.hex()}", "is shorter than its index says")
+        return self.repo.opener.open(self.repo.salt(loc.pack), loc.kind, blob_id, loc.index, loc.codec,
+                                     loc.raw_length, sealed)
+
     def _write_files(self, batch: list[tuple[bytes, Node]]) -> None:
         for dpath, node in batch:
             # Each file opens its directory afresh (one openat2): a directory swapped after
@@ -343,7 +428,7 @@ class Restore:
         try:
             written = 0
             for cid in node.content:
-                data = self.repo.load_blob(cid)
+                data = self._load(cid)
                 if node.sparse:
                     _write_sparse(fd, data)
                 else:

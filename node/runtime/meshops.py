@@ -1,6 +1,7 @@
 """What the commands do with the mesh: synchronous steps that call into it via a port.
 
 - ``fetch``: bring back the remote-only packs a restore (or a full read) needs.
+- ``MeshPackFeed``: remote-only packs, in memory, as a restore writes (streaming restore);
 - ``fetch_headers``: index remote packs from their sealed headers alone (recovery);
 - ``delete_shares``: ask holders to delete the shares of pruned packs.
 
@@ -12,6 +13,7 @@ A node with no trusted peer is a standalone repository: nothing here runs.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -203,6 +205,89 @@ async def _header_of(mesh: Mesh, keys: NodeKeys, pack: bytes) -> tuple[int, pack
     return view.size, header, nbytes
 
 
+class MeshPackFeed:
+    """The restore engine's ``PackFeed`` on a mesh node: remote-only packs fetched from any
+    k holders (``Mesh.fetch``: every share checked against its recorded root, the pack
+    against its id) into memory, ``parallel`` at once, one wave ahead of the writer and no
+    further (so at most two waves are held); nothing is staged on disk."""
+
+    def __init__(self, node: LocalNode, port: MeshPort, parallel: int = 4) -> None:
+        self.port, self.parallel = port, parallel
+        store = node.repo.store
+        self._remote = {p for p in node.ledger.remote_only() if not store.has_local(p)}
+        self._ready: queue.Queue[dict[bytes, bytes] | BaseException] = queue.Queue(maxsize=1)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.packs_done = 0
+        self.packs_total = 0
+        self.bytes_fetched = 0
+
+    def remote(self) -> set[bytes]:
+        return set(self._remote)
+
+    def start(self, waves: list[list[bytes]]) -> None:
+        self.packs_total = len({p for w in waves for p in w})
+        self._thread = threading.Thread(target=self._run, args=(waves,), name="pack-feed", daemon=True)
+        self._thread.start()
+
+    def next_wave(self) -> dict[bytes, bytes]:
+        got = self._ready.get()
+        self._ready.task_done()  # taken: the fetcher may begin the wave after it
+        if isinstance(got, BaseException):
+            raise got
+        return got
+
+    def close(self) -> None:
+        self._stop.set()
+        while True:  # unblock a fetcher waiting to hand over
+            try:
+                self._ready.get_nowait()
+                self._ready.task_done()
+            except queue.Empty:
+                break
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self, waves: list[list[bytes]]) -> None:
+        try:
+            self.port.call(lambda mesh: self._fetch_waves(mesh, waves))
+        except BaseException as exc:  # handed to the writer, which raises it
+            if not self._stop.is_set():
+                self._ready.put(exc)
+
+    async def _fetch_waves(self, mesh: Mesh, waves: list[list[bytes]]) -> None:
+        import trio
+        prev: dict[bytes, bytes] = {}
+        limit = trio.Semaphore(self.parallel)
+        for packs in waves:
+            if self._stop.is_set():
+                return
+            got = {p: prev[p] for p in packs if p in prev}  # shared with the wave before
+
+            async def one(p: bytes, got: dict[bytes, bytes] = got) -> None:
+                async with limit:
+                    data = await mesh.fetch(p)
+                    got[p] = data
+                    self.packs_done += 1
+                    self.bytes_fetched += len(data)
+            async with trio.open_nursery() as nursery:
+                for p in packs:
+                    if p not in got:
+                        nursery.start_soon(one, p)
+            prev = {}
+            # Hand it over, then wait until the writer took it (it then lets go of the
+            # wave before): so no more than two waves are ever held.
+            while not self._stop.is_set():
+                try:
+                    self._ready.put_nowait(got)
+                    break
+                except queue.Full:
+                    await trio.sleep(0.02)
+            while not self._stop.is_set() and self._ready.unfinished_tasks:
+                await trio.sleep(0.02)
+            prev = got
+
+
 def drop_fetched(node: LocalNode, packs: Iterable[bytes]) -> None:
     remote = node.ledger.remote_only()
     for p in packs:
@@ -269,5 +354,5 @@ def catalog_items(node: LocalNode, snapshot_id: bytes, packs: Iterable[bytes]) -
     return items
 
 
-__all__ = ["HeaderFetch", "catalog_items", "delete_shares", "drop_fetched", "fetch", "fetch_headers", "is_mesh_node",
+__all__ = ["HeaderFetch", "MeshPackFeed", "catalog_items", "delete_shares", "drop_fetched", "fetch", "fetch_headers", "is_mesh_node",
            "packs_of", "placement_items", "short"]

@@ -157,3 +157,49 @@ def test_a_stalled_holder_holds_the_engine_back(mesh: LocalMesh, tmp_path: Path)
     target = tmp_path / "r"
     mesh.run(owner, "restore", out["snapshot_id"], "--target", str(target))
     assert differences(src, restored(target, src)) == []
+
+
+def home_bytes(home: Path) -> int:
+    """What the home holds on disk (the test harness's daemon log aside)."""
+    total = 0
+    for p in home.rglob("*"):
+        try:
+            if p.is_file() and p.name != "daemon.log":
+                total += p.stat().st_size
+        except OSError:
+            pass  # a temporary file gone meanwhile
+    return total
+
+
+def test_restore_streams_with_a_small_buffer(mesh: LocalMesh, tmp_path: Path) -> None:
+    owner = mesh.nodes[OWNER]
+    src = random_tree(tmp_path / "src", 64, seed=13)
+    p = mesh.run(owner, "backup", str(src), "--k", "2", "--n", "3", "--json", check=False)
+    assert p.returncode == 0, p.stderr
+    out = last_json(p)
+    # A buffer of 8 MiB for 64 MiB of remote packs; a fresh daemon, so that its peak memory
+    # is this restore's.
+    mesh.stop(OWNER)
+    cfg = owner.home / "config.toml"
+    cfg.write_text(cfg.read_text().replace('buffer = "128 MiB"', 'buffer = "8 MiB"'))
+    mesh.start(OWNER)
+    base = home_bytes(owner.home)
+    target = tmp_path / "r"
+    t0 = time.monotonic()
+    proc = popen(mesh, owner, "restore", out["snapshot_id"], "--target", str(target))
+    most = base
+    while proc.poll() is None:
+        most = max(most, home_bytes(owner.home))
+        time.sleep(0.02)
+    took = time.monotonic() - t0
+    stdout, stderr = proc.communicate()
+    assert proc.returncode == 0, stdout + stderr
+    assert differences(src, restored(target, src)) == []
+    assert owner.proc is not None
+    hwm = vm_hwm_kib(owner.proc.pid)
+    print(f"restore of 64 MiB: {took:.1f} s; home grew by at most {(most - base) / 2**20:.2f} MiB; "
+          f"owner VmHWM {hwm / 1024:.0f} MiB")
+    # Nothing staged: the home grows by its databases' bookkeeping at most, far below the
+    # buffer (and the 64 MiB restored).
+    assert most - base <= 2 << 20, most - base
+    assert hwm <= 256 << 10, hwm  # the issue's bound for the owner daemon, in KiB

@@ -99,7 +99,7 @@ timeout = "10s"
 [restore]
 # Packs that live only on peers are fetched into memory as a restore needs them, never
 # staged on disk; at most this much of them is held at once (at least one pack at a time).
-buffer = "128 MiB"
+buffer = "64 MiB"
 """
 
 
@@ -141,7 +141,7 @@ class Config:
     notify_max_per_hour: int = 20
     notify_timeout: float = 10.0
     # [restore] (parsed in _restore)
-    restore_buffer: int = 128 << 20  # bytes of remote packs held in memory at once
+    restore_buffer: int = 64 << 20  # bytes of remote packs held in memory at once
 
     @classmethod
     def load(cls, path: Path) -> Config:

@@ -88,7 +88,7 @@ class PackFeed(Protocol):
 class Restore:
     def __init__(self, repo: Repository, *, workers: int | None = None,
                  stats: RestoreStats | None = None, check: Callable[[], None] | None = None,
-                 feed: PackFeed | None = None, buffer: int = 128 << 20) -> None:
+                 feed: PackFeed | None = None, buffer: int = 64 << 20) -> None:
         self.repo = repo
         # Remote packs come from ``feed`` in waves of consecutive batches, each wave's packs
         # at most buffer / 2 bytes (but one pack at least): one wave is written while the

@@ -211,7 +211,7 @@ class MeshPackFeed:
     against its id) into memory, ``parallel`` at once, one wave ahead of the writer and no
     further (so at most two waves are held); nothing is staged on disk."""
 
-    def __init__(self, node: LocalNode, port: MeshPort, parallel: int = 4) -> None:
+    def __init__(self, node: LocalNode, port: MeshPort, parallel: int = 2) -> None:
         self.port, self.parallel = port, parallel
         store = node.repo.store
         self._remote = {p for p in node.ledger.remote_only() if not store.has_local(p)}

@@ -181,7 +181,9 @@ def test_restore_streams_with_a_small_buffer(mesh: LocalMesh, tmp_path: Path) ->
     # is this restore's.
     mesh.stop(OWNER)
     cfg = owner.home / "config.toml"
-    cfg.write_text(cfg.read_text().replace('buffer = "128 MiB"', 'buffer = "8 MiB"'))
+    text = cfg.read_text()
+    assert '\nbuffer = "64 MiB"' in text
+    cfg.write_text(text.replace('\nbuffer = "64 MiB"', '\nbuffer = "8 MiB"'))
     mesh.start(OWNER)
     base = home_bytes(owner.home)
     target = tmp_path / "r"

@@ -27,11 +27,13 @@ out of them or let that owner swap them. One ``syncfs`` at the end makes it dura
 from __future__ import annotations
 
 import errno
+import logging
 import multiprocessing
 import os
 import secrets
 import stat
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -43,6 +45,8 @@ from corestate.node.engine.repo import Repository, SnapshotInfo
 from corestate.node.errors import PathNotInSnapshot, RestoreTargetError
 from corestate.protocol.errors import CorruptObject
 from corestate.protocol.objects import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node
+
+log = logging.getLogger("corestate.restore")
 
 BATCH_BYTES = 8 << 20
 BATCH_FILES = 256
@@ -91,8 +95,9 @@ class Restore:
                  feed: PackFeed | None = None, buffer: int = 64 << 20) -> None:
         self.repo = repo
         # Remote packs come from ``feed`` in waves of consecutive batches, each wave's packs
-        # at most buffer / 2 bytes (but one pack at least): one wave is written while the
-        # next is fetched, so at most ``buffer`` of them is held in memory, none on disk.
+        # at most buffer / 2 bytes (but at least what one batch needs): one wave is written
+        # while the next is fetched, so about ``buffer`` of them is held in memory, none on
+        # disk.
         self._feed = feed
         self._wave_bytes = max(1, buffer // 2)
         self._mem: dict[bytes, bytes] = {}
@@ -140,6 +145,8 @@ class Restore:
             self._plan(snap.record.tree, b"", tb, not self.includes)
             # Files go to the workers in batches: one hand-off per file would cost a thread
             # wake-up (and a GIL hand-off) each, which dominates when files are small.
+            if self._feed is not None:
+                self._by_pack(self._feed.remote())
             batches: list[list[tuple[bytes, Node]]] = [[]]
             size = 0
             for job in self._jobs:
@@ -350,6 +357,22 @@ class Restore:
         finally:
             _ACTIVE = None
 
+    def _by_pack(self, remote: set[bytes]) -> None:
+        """Order the files by where their data lies (the pack and offset of their first
+        remote chunk): the files of one pack are then written together, and each pack is
+        needed by one run of consecutive batches, so it is fetched once. (Files are
+        independent of each other; directory metadata and hard links come after all.)"""
+        locs = self.repo.locations()
+        rank: dict[bytes, int] = {}
+
+        def key(job: tuple[bytes, Node]) -> tuple[int, int]:
+            for cid in job[1].content:
+                loc = locs.get(cid)
+                if loc is not None and loc.pack in remote:
+                    return rank.setdefault(loc.pack, len(rank)), loc.offset
+            return -1, 0
+        self._jobs.sort(key=key)
+
     def _write_waves(self, batches: list[list[tuple[bytes, Node]]], feed: PackFeed) -> None:
         """Write the batches in waves: consecutive batches whose remote packs together fit
         the wave size; each wave's packs are in memory (``_mem``, inherited by the forked
@@ -370,7 +393,9 @@ class Restore:
                         need[loc.pack] = None
             more = [p for p in need if p not in packs]
             extra = sum(sizes.get(p, 0) for p in more)
-            if cur and held + extra > self._wave_bytes:
+            # A batch that needs no pack beyond the wave's joins it whatever the wave
+            # holds already (one batch may need more than the wave size on its own).
+            if cur and more and held + extra > self._wave_bytes:
                 waves.append((cur, list(packs)))
                 cur, packs, held = [], {}, 0
                 more, extra = list(need), sum(sizes.get(p, 0) for p in need)
@@ -380,15 +405,22 @@ class Restore:
         if cur:
             waves.append((cur, list(packs)))
         feed.start([w[1] for w in waves])
+        waited = wrote = 0.0
         try:
             for wave_batches, _ in waves:
                 self._check()
                 self._mem = {}
+                t0 = time.monotonic()
                 self._mem = feed.next_wave()
+                t1 = time.monotonic()
                 self._write_batches(wave_batches)
+                waited, wrote = waited + t1 - t0, wrote + time.monotonic() - t1
         finally:
             self._mem = {}
             feed.close()
+            log.info("restore: %d batches in %d waves needing %d remote packs (%d distinct); "
+                     "%.2f s waiting for packs, %.2f s writing", len(batches), len(waves),
+                     sum(len(w[1]) for w in waves), len({p for w in waves for p in w[1]}), waited, wrote)
 
     def _load(self, blob_id: bytes) -> bytes:
         """A chunk's plaintext: from a pack of the current wave in memory, else the store.

@@ -252,6 +252,8 @@ class MeshPackFeed:
         try:
             self.port.call(lambda mesh: self._fetch_waves(mesh, waves))
         except BaseException as exc:  # handed to the writer, which raises it
+            while isinstance(exc, BaseExceptionGroup):  # the first failure says why
+                exc = exc.exceptions[0]
             if not self._stop.is_set():
                 self._ready.put(exc)
 

@@ -6,18 +6,28 @@
   (``meshops.fetch_headers``): the same blob locations as before, with a small fraction
   of the data read, and only metadata packs fetched whole;
 - with the holders of a data share down, the header is not read in parts and the pack
-  is fetched whole from parity instead.
+  is fetched whole from parity instead;
+- the application layer's backup streams its packs out and its restore brings them back
+  in memory, wave by wave with a one-pack buffer, identical and with nothing staged; a
+  restore whose packs cannot be had fails and leaves no fetcher behind.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from corestate.node.runtime import meshops
 from corestate.node.runtime.testkit import VirtualClock, memory_mesh, scratch_dir, small_tree
+from corestate.node.treecompare import differences
+from corestate.protocol import control as c
 from corestate.protocol import pack as packfmt
+
+from corestate.errors import CoreStateError
 
 
 @pytest.fixture
@@ -95,3 +105,53 @@ async def test_header_with_a_data_share_away_comes_from_parity(tmp_path: Path, h
         assert got.whole == [pack] and got.indexed == 0
         data = node.repo.store.get(pack)
         assert packfmt.pack_id_of(data) == pack and got.bytes_fetched >= len(data)
+
+
+def _app_backup(node: Any, port: Any, src: Path, k: int, n: int) -> c.BackupSummary:
+    from corestate.node.app import Local
+    from corestate.node.app.backup import backup
+    items = list(backup(node, c.BackupCall(paths=(os.fsencode(src),), exclude=(), k=k, n=n, estimate=False,
+                                           skipped=False), Local(port=port)))
+    summary = items[-1]
+    assert isinstance(summary, c.BackupSummary)
+    return summary
+
+
+def _app_restore(node: Any, port: Any, target: Path) -> c.RestoreSummary:
+    from corestate.node.app import Local
+    from corestate.node.app.restore import restore
+    items = list(restore(node, c.RestoreCall(snapshot="latest", target=os.fsencode(target), paths=(),
+                                             dry_run=False), Local(port=port)))
+    summary = items[-1]
+    assert isinstance(summary, c.RestoreSummary)
+    return summary
+
+
+async def test_streamed_backup_and_restore_with_a_one_pack_buffer(tmp_path: Path, homes: Path,
+                                                                  clock: VirtualClock) -> None:
+    """The application layer's backup (packs streamed) and restore (packs in memory, in
+    waves of at most one 1 MiB pack, files ordered by pack): identical, nothing staged."""
+    async with memory_mesh(homes, 5) as kit:
+        src = small_tree(tmp_path / "src", mib=6, files=12)
+        backed = await kit.run_sync(0, lambda node, port: _app_backup(node, port, src, 2, 4))
+        assert backed.mesh is not None and backed.mesh.safe and backed.mesh.dropped_local >= 4
+        node = kit.nodes[0].local()
+        node.cfg.restore_buffer = 1 << 20
+        local_before = node.repo.store.local_ids()
+        target = tmp_path / "r"
+        done = await kit.run_sync(0, lambda node, port: _app_restore(node, port, target))
+        assert done.code == 0 and done.errors == 0
+        assert differences(src, target / str(src).lstrip("/")) == []
+        assert node.repo.store.local_ids() == local_before  # nothing staged, nothing left
+
+
+async def test_a_restore_that_cannot_get_its_packs_fails_and_stops(tmp_path: Path, homes: Path,
+                                                                   clock: VirtualClock) -> None:
+    async with memory_mesh(homes, 5) as kit:
+        src = small_tree(tmp_path / "src", mib=3, files=4)
+        backed = await kit.run_sync(0, lambda node, port: _app_backup(node, port, src, 2, 4))
+        assert backed.mesh is not None and backed.mesh.safe
+        await kit.kill(1, 2, 3)  # 1 holder of 4 left, k = 2
+        with pytest.raises(CoreStateError, match="shares needed could be fetched"):
+            await kit.run_sync(0, lambda node, port: _app_restore(node, port, tmp_path / "r"))
+        assert not [t for t in threading.enumerate() if t.name == "pack-feed"]

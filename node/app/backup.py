@@ -264,6 +264,9 @@ def push(node: LocalNode, port: Any, *, k: int = 0, n: int = 0, progress: Progre
 # this bounds how far the engine runs ahead of slow holders. The packs themselves wait on
 # disk (they are durable before they are offered), the queue holds their ids.
 STREAM_QUEUE = 4
+# Packs coded and on their way at once while the engine runs: each holds the pack and its
+# n shares in memory (2 x 16 MiB packs at k=2, n=4: about 100 MiB), beside the engine.
+STREAM_IN_FLIGHT = 2
 
 
 class _Stream:
@@ -338,7 +341,8 @@ class _Stream:
             self.progress.done += 1
             if res.placed >= res.n and res.pack in self._data:
                 await trio.to_thread.run_sync(self._drop, res.pack)
-        await mesh.upload_stream(store.get, next_pack, self.k, self.n, self.cands, self.report, placed)
+        await mesh.upload_stream(store.get, next_pack, self.k, self.n, self.cands, self.report, placed,
+                                 in_flight=STREAM_IN_FLIGHT)
 
     def _drop(self, pack: bytes) -> None:
         # Only now, with n acknowledgements recorded, does the local copy go.

@@ -487,13 +487,14 @@ class Mesh:
     async def upload_stream(self, read_pack: Callable[[bytes], bytes],
                             next_pack: Callable[[], Awaitable[bytes | None]], k: int, n: int,
                             candidates: list[Candidate], report: UploadReport,
-                            placed: Callable[[PackResult], Awaitable[None]] | None = None) -> None:
+                            placed: Callable[[PackResult], Awaitable[None]] | None = None,
+                            in_flight: int = 0) -> None:
         """Upload packs as ``next_pack`` hands them over (None: no more), at most
-        ``uploads_in_flight`` at once: the next one is asked for only when one of those
-        is done, so a slow holder holds back whoever feeds ``next_pack``. ``report``
-        fills as packs finish (its ``first_put``/``last_ack`` span the uploads);
-        ``placed`` hears of each."""
-        limit = trio.Semaphore(self.uploads_in_flight)
+        ``in_flight`` (default ``uploads_in_flight``) at once: the next one is asked for
+        only when one of those is done, so a slow holder holds back whoever feeds
+        ``next_pack``. ``report`` fills as packs finish (its ``first_put``/``last_ack``
+        span the uploads); ``placed`` hears of each."""
+        limit = trio.Semaphore(in_flight or self.uploads_in_flight)
 
         async def one(pack: bytes) -> None:
             try:

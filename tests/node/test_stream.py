@@ -155,3 +155,10 @@ async def test_a_restore_that_cannot_get_its_packs_fails_and_stops(tmp_path: Pat
         with pytest.raises(CoreStateError, match="shares needed could be fetched"):
             await kit.run_sync(0, lambda node, port: _app_restore(node, port, tmp_path / "r"))
         assert not [t for t in threading.enumerate() if t.name == "pack-feed"]
+
+
+def test_the_daemon_keeps_large_buffers_out_of_the_heap() -> None:
+    import platform
+
+    from corestate.node.runtime.heap import return_large_buffers
+    assert return_large_buffers() is (platform.libc_ver()[0] == "glibc")

@@ -18,6 +18,12 @@ other users may write in it while root restores (in place, or into a home).
   through their own fd, and are renamed into place; FIFOs and devices get theirs through an
   ``O_PATH`` fd checked to be what was just made; symlinks are never followed.
 
+Packs that are not in the local store (a mesh node's data packs, on peers) come from a
+``PackFeed`` into memory: the files are ordered by the pack of their data, cut into
+batches, and the batches grouped in waves whose packs fit half the buffer; a wave is
+written (its packs inherited by the forked workers) while the feed fetches the next, and
+every chunk is verified as from the store. Nothing of them touches the disk.
+
 Files are written by forked worker processes. Directory metadata is applied last, children
 before parents: writing into a directory would disturb its restored mtime, and a parent
 handed to its owner (or made read-only) before its children are done could lock the restore

@@ -9,7 +9,9 @@
   is fetched whole from parity instead;
 - the application layer's backup streams its packs out and its restore brings them back
   in memory, wave by wave with a one-pack buffer, identical and with nothing staged; a
-  restore whose packs cannot be had fails and leaves no fetcher behind.
+  restore whose packs cannot be had fails and leaves no fetcher behind;
+- a backup cancelled once a pack has left: the packs placed stay placed, their placements
+  are in the catalog, and the next backup reuses them.
 """
 
 from __future__ import annotations
@@ -162,3 +164,45 @@ def test_the_daemon_keeps_large_buffers_out_of_the_heap() -> None:
 
     from corestate.node.runtime.heap import return_large_buffers
     assert return_large_buffers() is (platform.libc_ver()[0] == "glibc")
+
+
+async def test_a_cancelled_backup_in_a_group_records_where_its_streamed_packs_went(
+        tmp_path: Path, homes: Path, clock: VirtualClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Packs that left during a backup that then failed stay placed, and their placements
+    reach the catalog (the next backup reuses their chunks, a recovery must find them)."""
+    from corestate.node.app import Local
+    from corestate.node.app import backup as app_backup
+    from corestate.node.core.records import placement_key
+    from corestate.node.errors import Cancelled
+    async with memory_mesh(homes, 5) as kit:
+        await kit.form_group(0)
+        node = kit.nodes[0].local()
+        before = set(node.ledger.all())
+        # 4 MiB files, a job each: the walk is still going when the first pack is placed.
+        src = small_tree(tmp_path / "src", mib=48, files=12)
+        ctx = Local(port=kit.port(0))
+        drop = app_backup._Stream._drop
+
+        def drop_then_cancel(self: Any, pack: bytes) -> None:
+            drop(self, pack)
+            ctx.stop.set()  # the user cancels once a pack has left
+        monkeypatch.setattr(app_backup._Stream, "_drop", drop_then_cancel)
+
+        def run(node: Any, port: Any) -> None:
+            list(app_backup.backup(node, c.BackupCall(paths=(os.fsencode(src),), exclude=(), k=2, n=4,
+                                                      estimate=False, skipped=False), ctx))
+        with pytest.raises(Cancelled):
+            await kit.run_sync(0, run)
+        monkeypatch.undo()
+        left = [p for p, cp in node.ledger.all().items() if p not in before and cp.placed >= cp.n]
+        assert left and node.repo.snapshots() == []
+        listed = node.group.catalog.entries(node.keys.peer_id)
+        assert all(placement_key(p) in listed for p in left)
+        # The next backup completes, sends those packs no more, and restores identical.
+        rows = {p: node.ledger.get(p) for p in left}
+        done = await kit.run_sync(0, lambda node, port: _app_backup(node, port, src, 2, 4))
+        assert done.mesh is not None and done.mesh.safe
+        assert {p: node.ledger.get(p) for p in left} == rows
+        restored = await kit.run_sync(0, lambda node, port: _app_restore(node, port, tmp_path / "r"))
+        assert restored.code == 0
+        assert differences(src, tmp_path / "r" / str(src).lstrip("/")) == []

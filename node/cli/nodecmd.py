@@ -33,8 +33,6 @@ def cmd_node_run(args: argparse.Namespace, out: Out) -> int:
         from corestate.node.errors import HomeBusy
         raise HomeBusy(str(home.path), "the daemon answering on its control socket")
     passphrase = _passphrase(args)
-    from corestate.node.runtime.heap import return_large_buffers
-    return_large_buffers()  # shares and packs pass through: keep them out of the heap
 
     def ready(node: LocalNode, addrs: list[str]) -> None:
         # One line a script can wait for; the addresses are also in `node info`.

@@ -159,13 +159,6 @@ async def test_a_restore_that_cannot_get_its_packs_fails_and_stops(tmp_path: Pat
         assert not [t for t in threading.enumerate() if t.name == "pack-feed"]
 
 
-def test_the_daemon_keeps_large_buffers_out_of_the_heap() -> None:
-    import platform
-
-    from corestate.node.runtime.heap import return_large_buffers
-    assert return_large_buffers() is (platform.libc_ver()[0] == "glibc")
-
-
 async def test_a_cancelled_backup_in_a_group_records_where_its_streamed_packs_went(
         tmp_path: Path, homes: Path, clock: VirtualClock, monkeypatch: pytest.MonkeyPatch) -> None:
     """Packs that left during a backup that then failed stay placed, and their placements

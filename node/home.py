@@ -135,6 +135,11 @@ repeat_after = "6h"
 max_per_hour = 20
 timeout = "10s"
 
+[restore]
+# Packs that live only on peers are fetched into memory as a restore needs them, never
+# staged on disk; at most this much of them is held at once (at least one pack at a time).
+buffer = "64 MiB"
+
 # [retention] stays last: keep rules appended to the file land in it.
 [retention]
 # After each scheduled backup the daemon forgets the snapshots no rule keeps and frees
@@ -202,6 +207,8 @@ class Config:
     anomaly_resample_bytes: int = 1 << 20
     anomaly_resample_share: float = 0.01
     anomaly_cold_after: float = 90 * 86400.0
+    # [restore] (parsed in _restore)
+    restore_buffer: int = 64 << 20  # bytes of remote packs held in memory at once
 
     @classmethod
     def load(cls, path: Path) -> Config:
@@ -250,6 +257,7 @@ class Config:
                 raise ValueError(f"[retention] does not know {sorted(unknown)}")
             _observability(raw, cfg)
             _anomaly_section(cfg, raw.get("anomaly", {}))
+            _restore(raw, cfg)
         except (TypeError, ValueError, AttributeError, KeyError) as exc:
             raise ConfigError(str(path), f"bad value: {exc}")
         if not (64 <= cfg.min_size <= cfg.avg_size <= cfg.max_size <= 16 << 20):
@@ -366,6 +374,19 @@ class HealthConfig:
         if cfg.repair_bandwidth < 0:
             raise ValueError("[health] repair_bandwidth must be 0 (no cap) or bytes per second like \"10 MiB/s\"")
         return cfg
+
+
+def _restore(raw: dict[str, object], cfg: Config) -> None:
+    """``[restore]``: how much of the remote packs a restore holds in memory at once."""
+    r = raw.get("restore", {})
+    if not isinstance(r, dict):
+        raise ValueError("[restore] must be a table")
+    cfg.restore_buffer = _size(r.get("buffer", cfg.restore_buffer))
+    if not 1 << 20 <= cfg.restore_buffer <= 64 << 30:
+        raise ValueError("[restore] buffer must be between 1 MiB and 64 GiB")
+    unknown = set(r) - {"buffer"}
+    if unknown:
+        raise ValueError(f"[restore] does not know {sorted(unknown)}")
 
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}

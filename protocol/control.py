@@ -863,6 +863,7 @@ class Recovered(Record):
     found_snapshots: U63  # snapshot records found
     epoch: U63  # this node's new epoch
     problems: Annotated[tuple[Text, ...], MaxItems(4096)]  # packs that could not be read
+    bytes_fetched: U63 = 0  # share bytes that crossed the wire for it (headers, metadata packs)
 
 
 @message

@@ -30,7 +30,9 @@ node/runtime/meshops.py, imported lazily in ``_record``. The code and which pack
 from __future__ import annotations
 
 import json
+import logging
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -50,6 +52,8 @@ if TYPE_CHECKING:
     from corestate.node.engine.backup import BackupResult, BackupStats
     from corestate.node.runtime.mesh import Mesh
     from corestate.node.runtime.reports import Progress, UploadReport
+
+log = logging.getLogger("corestate.backup")
 
 BackupItem: TypeAlias = c.BackupIssue | c.DegradedPack | c.BackupSummary
 
@@ -82,11 +86,13 @@ def _backup(node: LocalNode, call: c.BackupCall, ctx: Context) -> Iterator[Backu
     journal = _journal_for(ctx, paths)
     watch = _anomaly_begin(node, ctx, paths)
     prev: list[str | None] = [None]
+    stream = _start_stream(node, call, ctx)
     engine = Backup(node.repo, node.cfg, skip_dirs=node.skip_dirs(),
                     exclude=node.cfg.exclude + list(call.exclude), stats=stats,
                     state_dir=node.home.path / "snapshots",
                     changes=None if journal is None else lambda: journal.changes_since(prev[0]),
-                    check=ctx.check, observer=watch[1] if watch else None)
+                    check=ctx.check, observer=watch[1] if watch else None,
+                    on_pack=None if stream is None else stream.offer)
     new_token = ""
     if journal is not None:
         prev[0] = _journal_token(node, engine.fingerprint_salt)
@@ -100,13 +106,16 @@ def _backup(node: LocalNode, call: c.BackupCall, ctx: Context) -> Iterator[Backu
     except BaseException:
         if watch is not None:
             watch[1].close()
+        if stream is not None:
+            stream.finish()
+            _record_placements(node, stream.report)  # they stay placed: say where
         raise
     finally:
         stop.set()
     if journal is not None:
         _save_journal_token(node, new_token, engine.fingerprint_salt)
     anomaly, silent, resampled = _anomaly_end(node, ctx, watch, result, engine)
-    pushed = _push(node, call, ctx, progress)
+    pushed = _push(node, call, ctx, progress, stream)
     _record(node, ctx, result, pushed)
     st = result.stats
     code = 3 if st.errors or (pushed is not None and not pushed.safe) else 0
@@ -227,24 +236,33 @@ class PushResult:
         return not self.degraded and not self.problems
 
 
-def _push(node: LocalNode, call: c.BackupCall, ctx: Context, watch: _Watch) -> PushResult | None:
-    """On a mesh node, spread the new packs over peers; None on a standalone node."""
+def _push(node: LocalNode, call: c.BackupCall, ctx: Context, watch: _Watch,
+          stream: _Stream | None = None) -> PushResult | None:
+    """On a mesh node, spread the new packs over peers (what the stream has not placed
+    yet: it is finished first); None on a standalone node."""
     if not node.trusted_peers():
         return None
     port = ctx.mesh()
     if port is None:
         raise CoreStateError("this node has peers but no way to reach them", hint="report this as a bug")
     from corestate.node.runtime.reports import Progress
-    watch.packs, watch.packs_t0 = Progress(), time.monotonic()
+    watch.packs, watch.packs_t0 = (Progress() if stream is None else stream.progress), time.monotonic()
     with ticking(ctx, lambda: watch.event("shares")):
-        return push(node, port, k=call.k, n=call.n, progress=watch.packs)
+        if stream is None:
+            return push(node, port, k=call.k, n=call.n, progress=watch.packs)
+        stream.finish()
+        rest = push(node, port, k=stream.k, n=stream.n, progress=watch.packs,
+                    found=(stream.cands, stream.offline))
+        return _merged(stream, rest)
 
 
-def push(node: LocalNode, port: Any, *, k: int = 0, n: int = 0, progress: Progress | None = None) -> PushResult:
-    """Put every local pack that is not fully placed on the mesh (``port``: a MeshPort)."""
+def push(node: LocalNode, port: Any, *, k: int = 0, n: int = 0, progress: Progress | None = None,
+         found: tuple[list[Any], list[str]] | None = None) -> PushResult:
+    """Put every local pack that is not fully placed on the mesh (``port``: a MeshPort).
+    ``found``: the candidates and offline peers, when the caller asked already."""
     from corestate.node.core.coding import by_code, choose_code, packs_to_code
     from corestate.node.runtime.reports import UploadReport
-    cands, offline = port.call(lambda mesh: mesh.candidates())
+    cands, offline = found if found is not None else port.call(lambda mesh: mesh.candidates())
     online = [cd.peer for cd in cands]
     if not cands:
         # Nothing can be placed: everything stays local, and the caller says so (exit 3).
@@ -256,7 +274,7 @@ def push(node: LocalNode, port: Any, *, k: int = 0, n: int = 0, progress: Progre
     todo = packs_to_code(store.local_ids(), node.ledger.all(), k, n)
     res = PushResult(k, n, online, offline, None)
     if progress is not None:
-        progress.total = len(todo)
+        progress.total += len(todo)
     report = UploadReport()
     for (kk, nn), group in by_code(todo):
 
@@ -282,13 +300,158 @@ def push(node: LocalNode, port: Any, *, k: int = 0, n: int = 0, progress: Progre
     return res
 
 
+# -- streaming: packs leave while the engine runs ------------------------------------------
+
+# Sealed packs waiting for an upload slot: with the packs in flight (Mesh.uploads_in_flight)
+# this bounds how far the engine runs ahead of slow holders. The packs themselves wait on
+# disk (they are durable before they are offered), the queue holds their ids.
+STREAM_QUEUE = 4
+# Packs coded and on their way at once while the engine runs: each holds the pack and its
+# n shares in memory (2 x 16 MiB packs at k=2, n=4: about 100 MiB), beside the engine.
+STREAM_IN_FLIGHT = 2
+
+
+class _Stream:
+    """Hands the engine's sealed packs (from its walking thread) to an upload task in the
+    mesh's loop, through a bounded queue: when holders are slow, ``offer`` blocks and the
+    engine waits. A data pack's local copy goes once all n of its shares are acknowledged
+    (in the loop's worker thread, as the acknowledgements come); metadata packs stay. If
+    the upload task fails, offers stop blocking and the packs stay local: the push after
+    the run takes them (and reports why they failed)."""
+
+    def __init__(self, node: LocalNode, port: Any, cands: list[Any], offline: list[str],
+                 k: int, n: int, depth: int = STREAM_QUEUE) -> None:
+        from corestate.node.runtime.reports import Progress, UploadReport
+        self.node, self.port = node, port
+        self.cands, self.offline, self.k, self.n = cands, offline, k, n
+        self.queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
+        self.report = UploadReport()
+        self.progress = Progress()
+        self.dropped = 0
+        self.most_waiting = 0  # the longest the queue was (what the engine ran ahead by)
+        self._data: set[bytes] = set()
+        self._lock = threading.Lock()
+        self.failure: BaseException | None = None
+        self._gone = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pack-stream", daemon=True)
+        self._thread.start()
+
+    def offer(self, pack: bytes, data: bool) -> None:
+        """From the engine: ``pack`` is durable and indexed. Blocks while the queue is full."""
+        with self._lock:
+            if data:
+                self._data.add(pack)
+            self.progress.total += 1
+        self._put(pack)
+
+    def _put(self, item: bytes | None) -> None:
+        while not self._gone.is_set():
+            try:
+                self.queue.put(item, timeout=0.25)
+            except queue.Full:
+                continue
+            self.most_waiting = max(self.most_waiting, self.queue.qsize())
+            return
+
+    def finish(self) -> None:
+        """No more packs: wait until every offered one is acknowledged (or failed)."""
+        self._put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            self.port.call(self._upload)
+        except Exception as exc:  # the push after the run retries these packs and reports why
+            log.info("streamed upload stopped: %s", exc)
+            self.failure = exc
+        finally:
+            self._gone.set()
+
+    async def _upload(self, mesh: Mesh) -> None:
+        import trio
+        store = self.node.repo.store
+
+        async def next_pack() -> bytes | None:
+            # Polled: a cancelled wait leaves no thread behind blocked on the queue.
+            while True:
+                try:
+                    return self.queue.get_nowait()
+                except queue.Empty:
+                    await trio.sleep(0.02)
+
+        async def placed(res: Any) -> None:
+            self.progress.done += 1
+            if res.placed >= res.n and res.pack in self._data:
+                await trio.to_thread.run_sync(self._drop, res.pack)
+        await mesh.upload_stream(store.get, next_pack, self.k, self.n, self.cands, self.report, placed,
+                                 in_flight=STREAM_IN_FLIGHT)
+
+    def _drop(self, pack: bytes) -> None:
+        # Only now, with n acknowledgements recorded, does the local copy go.
+        self.node.ledger.set_local(pack, False)
+        self.node.repo.store.delete(pack)
+        self.dropped += 1
+
+
+def _start_stream(node: LocalNode, call: c.BackupCall, ctx: Context) -> _Stream | None:
+    """On a mesh node with a peer that answers, the upload task the engine feeds."""
+    if not node.trusted_peers():
+        return None
+    port = ctx.mesh()
+    if port is None:
+        return None  # _push says why
+    from corestate.node.core.coding import choose_code
+    cands, offline = port.call(lambda mesh: mesh.candidates())
+    if not cands:
+        return None  # nothing can be placed: _push reports it
+    k, n = choose_code(len(cands), call.k, call.n, node.cfg.k, node.cfg.n)
+    return _Stream(node, port, cands, offline, k, n)
+
+
+def _merged(stream: _Stream, rest: PushResult) -> PushResult:
+    """One result for a streamed backup: the packs placed while the engine ran, then
+    those the push after it placed or topped up (a pack's last attempt counts)."""
+    from corestate.node.runtime.reports import UploadReport
+    final = {pr.pack: pr for pr in stream.report.packs}
+    later = rest.report.packs if rest.report is not None else []
+    final.update({pr.pack: pr for pr in later})
+    report = UploadReport(packs=list(final.values()))
+    report.share_bytes = stream.report.share_bytes + (rest.report.share_bytes if rest.report else 0)
+    report.put_latencies = stream.report.put_latencies + (rest.report.put_latencies if rest.report else [])
+    first = stream.report.first_put
+    if first is None:
+        report.seconds = rest.report.seconds if rest.report else 0.0
+    else:
+        last = time.monotonic() if later else (stream.report.last_ack or first)
+        report.seconds = last - first
+    res = PushResult(rest.k, rest.n, rest.online, rest.offline, report, uploaded=len(final),
+                     dropped_local=stream.dropped + rest.dropped_local, problems=list(rest.problems))
+    res.degraded = [(pr.pack, pr.placed, pr.k, pr.n) for pr in report.packs if pr.placed < pr.n]
+    return res
+
+
+def _record_placements(node: LocalNode, report: UploadReport) -> None:
+    """After a failed run: the placements of the packs streamed so far, in the catalog
+    (the next backup reuses their chunks)."""
+    if not node.group.in_group or not report.packs:
+        return
+    from corestate.node.runtime.meshops import placement_items
+    node.group.write(placement_items(node, [p.pack for p in report.packs]))
+
+
 def _record(node: LocalNode, ctx: Context, result: BackupResult, pushed: PushResult | None) -> None:
     """In a group: the snapshot (sealed to this node) and where each new pack's shares
     went, in this node's partition of the catalog; then tell the members."""
     if not node.group.in_group:
         return
+    from corestate.node.core.records import placement_key
     from corestate.node.runtime.meshops import catalog_items
     packs = [p.pack for p in pushed.report.packs] if pushed is not None and pushed.report else []
+    # And packs placed by a run that never got here (killed while its packs streamed out):
+    # the chunks in them are reused, so their placements must be in the catalog too.
+    listed = node.group.catalog.entries(node.keys.peer_id)
+    packs += [p for p, cp in node.ledger.all().items()
+              if cp.shares and not cp.owner and placement_key(p) not in listed]
     node.group.write(catalog_items(node, result.snapshot_id, packs))
     kick: Callable[[], None] | None = getattr(ctx, "kick_members", None)
     if kick is not None:

@@ -9,9 +9,10 @@
   records spread at once instead of at the next anti-entropy round).
 
 Invariants: the epoch is bumped before anything is written, so a stale instance's later
-writes are refused; every pack is fetched at most once, data packs are dropped again and
-metadata packs kept (the local cache listing and planning need); what this node still
-claims is written again in the new epoch.
+writes are refused; a data pack is indexed from its sealed header alone, read by ranged
+GETs of its data shares (its data never crosses the wire); packs of trees and snapshot
+records are fetched whole once and kept (the local cache listing and planning need); what
+this node still claims is written again in the new epoch.
 
 The mesh is reached through the context's port; the pack fetching and the placement-record
 key live in node/runtime/meshops.py, imported inside the functions (the application layer
@@ -117,17 +118,19 @@ def rebuild_from_partition(node: LocalNode, ctx: Context) -> c.Recovered:
         node.ledger.set_local(rec.pack, False)
         packs += 1
     found = sum(1 for k in entries if records.kind(k) == records.Kind.SNAPSHOT)
-    fetched = meshops.fetch(node, port, node.ledger.remote_only())
+    # Data packs are indexed from their headers (ranged reads); only packs of trees and
+    # snapshot records come back whole.
+    got = meshops.fetch_headers(node, port, node.ledger.remote_only())
     problems = node.repo.sync()
     keep = node.metadata_packs()
     for pid in keep:
         node.ledger.set_local(pid, True)
-    meshops.drop_fetched(node, [p for p in fetched if p not in keep])
+    meshops.drop_fetched(node, [p for p in got.whole if p not in keep])
     # The new epoch supersedes the old one: carry forward what this node still claims.
     node.group.write(entries)
     group_round(node, ctx)
     return c.Recovered(snapshots=len(node.repo.snapshots()), packs=packs, found_snapshots=found,
-                     epoch=old_epoch + 1,
+                     epoch=old_epoch + 1, bytes_fetched=got.bytes_fetched,
                      problems=tuple(f"pack {pid.hex()[:16]}: {reason}"[:1000] for pid, reason in problems[:4096]))
 
 

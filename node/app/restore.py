@@ -1,19 +1,20 @@
-"""``restore``: fetch what lives only on peers, then write a snapshot below a target.
+"""``restore``: write a snapshot below a target, packs that live only on peers streamed in.
 
 Invariants:
 
 - nothing is written outside the target, whatever a manifest says (node/engine/restore.py);
-- packs fetched from peers for this restore are dropped again afterwards, also when it
-  fails: the local store holds after a restore what it held before;
-- a restore emits ``restore.started``, ``restore.progress`` at the start of each phase
-  (``fetch`` when peers hold some of its packs, then ``write``), every second and at its
-  end, then ``restore.finished`` or ``restore.failed``; a dry run emits only its progress
+- packs that live only on peers are fetched into memory, a bounded wave at a time
+  (``[restore] buffer``), while the files are written (node/runtime/meshops.py
+  ``MeshPackFeed``): none is staged on disk, the local store holds after a restore what it
+  held before;
+- a restore emits ``restore.started``, ``restore.progress`` at the start of its ``write``
+  phase (with the packs fetched from peers so far), every second and at its end, then ``restore.finished`` or ``restore.failed``; a dry run emits only its progress
   (phase ``dry-run``) — and ``restore.failed`` if it fails;
 - the answer is paged: one ``RestoreIssue`` per path that could not be restored, then the
   ``RestoreSummary``, always last.
 
-``packs_of``, ``fetch`` and ``drop_fetched`` are node/runtime/meshops.py's, imported lazily
-in ``_fetch`` and ``_restore``.
+``packs_of`` and ``MeshPackFeed`` are node/runtime/meshops.py's, imported lazily in
+``_feed``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from corestate.errors import CoreStateError
 if TYPE_CHECKING:
     from corestate.node.engine.repo import SnapshotInfo
     from corestate.node.engine.restore import RestoreStats
+    from corestate.node.runtime.meshops import MeshPackFeed
 
 RestoreItem: TypeAlias = c.RestoreIssue | c.RestoreSummary
 
@@ -56,15 +58,15 @@ def _restore(node: LocalNode, call: c.RestoreCall, ctx: Context) -> Iterator[Res
     t0 = time.monotonic()
     if not call.dry_run:
         ctx.emit(c.RestoreStarted(time_ns=time.time_ns(), snapshot_id=snap.id.hex(), target=text(call.target)))
-    fetched = [] if call.dry_run else _fetch(node, ctx, snap, includes, stats, t0)
-    try:
-        with ticking(ctx, lambda: _event("dry-run" if call.dry_run else "write", stats, t0)):
-            Restore(node.repo, stats=stats, check=ctx.check).run(snap, Path(os.fsdecode(call.target)), includes,
-                                                dry_run=call.dry_run)
-    finally:
-        if fetched:
-            from corestate.node.runtime.meshops import drop_fetched
-            drop_fetched(node, fetched)
+    feed = None if call.dry_run else _feed(node, ctx, snap, includes)
+
+    def progress() -> c.RestoreProgress:
+        packs = (0, 0, 0) if feed is None else (feed.packs_done, feed.packs_total, feed.bytes_fetched)
+        return _event("dry-run" if call.dry_run else "write", stats, t0, packs)
+    with ticking(ctx, progress):
+        Restore(node.repo, stats=stats, check=ctx.check, feed=feed,
+                buffer=node.cfg.restore_buffer).run(snap, Path(os.fsdecode(call.target)), includes,
+                                                    dry_run=call.dry_run)
     secs = time.monotonic() - t0
     code = 1 if stats.errors else 0
     if not call.dry_run:
@@ -87,27 +89,18 @@ def _event(phase: str, stats: RestoreStats, t0: float, packs: tuple[int, int, in
         packs_done=packs[0], packs_total=packs[1], bytes_fetched=packs[2])
 
 
-def _fetch(node: LocalNode, ctx: Context, snap: SnapshotInfo, includes: list[bytes],
-           stats: RestoreStats, t0: float) -> list[bytes]:
-    """Bring back from peers the packs of ``snap`` that live only there."""
+def _feed(node: LocalNode, ctx: Context, snap: SnapshotInfo, includes: list[bytes]) -> MeshPackFeed | None:
+    """The packs of ``snap`` that live only on peers, fetched into memory as the restore
+    writes (none staged on disk); None when every pack it needs is local."""
     from corestate.node.runtime import meshops
     remote = node.ledger.remote_only()
-    if not remote:
-        return []
-    need = meshops.packs_of(node, snap, includes or None) & remote
-    if not need:
-        return []
+    if not remote or not meshops.packs_of(node, snap, includes or None) & remote:
+        return None
     port = ctx.mesh()
     if port is None:
         raise CoreStateError("this snapshot's data is on peers, and no way to reach them is open",
                              hint="report this as a bug")
-    prog = (0, len(need), 0)
-
-    def update(done: int, total: int, nbytes: int) -> None:
-        nonlocal prog
-        prog = (done, total, nbytes)
-    with ticking(ctx, lambda: _event("fetch", stats, t0, prog)):
-        return meshops.fetch(node, port, need, progress=update)
+    return meshops.MeshPackFeed(node, port)
 
 
 OPERATIONS: tuple[Operation, ...] = (Operation(c.RestoreCall, restore, page=c.RestorePage),)

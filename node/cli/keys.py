@@ -41,7 +41,8 @@ def cmd_init(args: argparse.Namespace, out: Out) -> int:
         out.obj({"home": str(res.home), "peer_id": res.peer_id,
                  "phrase": None if res.recovered else res.phrase, "recovered": res.recovered,
                  "from_group": None if rec is None else {"snapshots": rec.snapshots, "packs": rec.packs,
-                                                          "epoch": rec.epoch}})
+                                                          "epoch": rec.epoch,
+                                                          "bytes_fetched": rec.bytes_fetched}})
         return EXIT_OK
     out.say(f"created node home {res.home}")
     out.say(f"peer id  {res.peer_id}")

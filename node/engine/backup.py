@@ -245,9 +245,14 @@ class Backup:
         changes: Callable[[], ChangeSet] | None = None,
         check: Callable[[], None] | None = None,
         observer: Observer | None = None,
+        on_pack: Callable[[bytes, bool], None] | None = None,
     ) -> None:
         self.repo = repo
         self.observer = observer
+        # Told of each pack once it is durable and indexed, with whether it holds chunks
+        # only (a data pack), from the walking thread: a mesh node's upload starts there.
+        # It may block (back-pressure when holders are slow); what it raises stops the run.
+        self._on_pack = on_pack
         # Called before each file is read; what it raises stops the walk like any error
         # there (packs already landed stay, no snapshot is written): a cancel's safe point.
         self._check = check
@@ -276,7 +281,9 @@ class Backup:
         # One more worker than cores: a worker waiting on a read or a pack write leaves
         # its core to the others (measured: 3 workers beat 2 on 2 cores).
         self.workers = workers or (os.cpu_count() or 2) + 1
-        self.max_inflight = 8 * self.workers
+        # Streaming (``on_pack``), a shorter window: what the workers hold in flight lands on
+        # disk even while slow holders hold the walk back, so it bounds the owner's disk.
+        self.max_inflight = (8 if on_pack is None else 2) * self.workers
         self.max_pending = 512
         self._cdc_args = (cfg.avg_size, cfg.min_size, cfg.max_size, self.keys.chunker_seed)
         self._known: set[bytes] = set()
@@ -374,6 +381,8 @@ class Backup:
             [(sid, record)],
         )
         self.stats.bytes_added += landed.size
+        if self._on_pack is not None:
+            self._on_pack(landed.pack_id, False)
 
         def under(p: bytes) -> bool:
             return any(p == r or p.startswith(r.rstrip(b"/") + b"/") for r in roots)
@@ -701,7 +710,7 @@ class Backup:
         self.stats.current = key
         if st.st_size >= SMALL_BATCH_BYTES:
             plan = self._increment_plan(path, st, cached)
-            self._slots.acquire()
+            self._take_slot()
             fut = self._submit_large(path, st, plan)
             fut.add_done_callback(lambda f: self._slots.release())
             pend.reads.append((node, key, fut, 0))
@@ -744,12 +753,23 @@ class Backup:
             if not batch:
                 continue
             self._batches[i], self._promises[i], self._batch_bytes[i] = [], [], 0
-            self._slots.acquire()
+            self._take_slot()
             fut = self.readers().submit(batch, i)
             fut.add_done_callback(lambda f: self._slots.release())
             for node, path, index, pend in promises:
                 assert pend is not None
                 pend.reads.append((node, path, fut, index))
+
+    def _take_slot(self) -> None:
+        """A slot for one more file job. Streaming, the packs landed so far are handed on
+        first (``_drain``): when the upload is behind, that blocks, and no new job starts."""
+        if self._on_pack is None:
+            self._slots.acquire()
+            return
+        while True:
+            self._drain()
+            if self._slots.acquire(timeout=0.05):
+                return
 
     def _finish_all(self) -> None:
         self._flush_batch()
@@ -870,6 +890,8 @@ class Backup:
                 break
             self.repo.record_pack(landed.pack_id, landed.salt, landed.size, landed.header_offset, landed.entries)
             self.stats.bytes_added += landed.size
+            if self._on_pack is not None:
+                self._on_pack(landed.pack_id, all(e.kind == packfmt.KIND_CHUNK for e in landed.entries))
 
     # -- files (worker threads) -----------------------------------------------------------
 

@@ -18,6 +18,12 @@ other users may write in it while root restores (in place, or into a home).
   through their own fd, and are renamed into place; FIFOs and devices get theirs through an
   ``O_PATH`` fd checked to be what was just made; symlinks are never followed.
 
+Packs that are not in the local store (a mesh node's data packs, on peers) come from a
+``PackFeed`` into memory: the files are ordered by the pack of their data, cut into
+batches, and the batches grouped in waves whose packs fit half the buffer; a wave is
+written (its packs inherited by the forked workers) while the feed fetches the next, and
+every chunk is verified as from the store. Nothing of them touches the disk.
+
 Files are written by forked worker processes. Directory metadata is applied last, children
 before parents: writing into a directory would disturb its restored mtime, and a parent
 handed to its owner (or made read-only) before its children are done could lock the restore
@@ -27,21 +33,26 @@ out of them or let that owner swap them. One ``syncfs`` at the end makes it dura
 from __future__ import annotations
 
 import errno
+import logging
 import multiprocessing
 import os
 import secrets
 import stat
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from corestate.kernel.linux import open_beneath, syncfs
 from corestate.node.engine.repo import Repository, SnapshotInfo
 from corestate.node.errors import PathNotInSnapshot, RestoreTargetError
 from corestate.protocol.errors import CorruptObject
 from corestate.protocol.objects import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node
+
+log = logging.getLogger("corestate.restore")
 
 BATCH_BYTES = 8 << 20
 BATCH_FILES = 256
@@ -62,10 +73,40 @@ class RestoreStats:
     current: bytes = b""
 
 
+class PackFeed(Protocol):
+    """Packs that are not in the local store, handed to a restore in memory, wave by wave
+    (a mesh node's packs that live only on peers: node/runtime/meshops.py)."""
+
+    def remote(self) -> set[bytes]:
+        """The packs this feed brings (the restore reads every other pack from the store)."""
+        ...
+
+    def start(self, waves: list[list[bytes]]) -> None:
+        """Begin bringing the packs of each wave, in order; a wave may reuse the one before."""
+        ...
+
+    def next_wave(self) -> dict[bytes, bytes]:
+        """The next wave's packs (pack id -> bytes, each checked against its id), once they
+        are all here. The wave before it is no longer needed."""
+        ...
+
+    def close(self) -> None:
+        """Stop (also mid-way, on a failure) and free what is held."""
+        ...
+
+
 class Restore:
     def __init__(self, repo: Repository, *, workers: int | None = None,
-                 stats: RestoreStats | None = None, check: Callable[[], None] | None = None) -> None:
+                 stats: RestoreStats | None = None, check: Callable[[], None] | None = None,
+                 feed: PackFeed | None = None, buffer: int = 64 << 20) -> None:
         self.repo = repo
+        # Remote packs come from ``feed`` in waves of consecutive batches, each wave's packs
+        # at most buffer / 2 bytes (but at least what one batch needs): one wave is written
+        # while the next is fetched, so about ``buffer`` of them is held in memory, none on
+        # disk.
+        self._feed = feed
+        self._wave_bytes = max(1, buffer // 2)
+        self._mem: dict[bytes, bytes] = {}
         # Called between batches of files: what it raises (a cancel) stops the restore
         # there, the files written so far left in place.
         self._check = check or (lambda: None)
@@ -110,6 +151,8 @@ class Restore:
             self._plan(snap.record.tree, b"", tb, not self.includes)
             # Files go to the workers in batches: one hand-off per file would cost a thread
             # wake-up (and a GIL hand-off) each, which dominates when files are small.
+            if self._feed is not None:
+                self._by_pack(self._feed.remote())
             batches: list[list[tuple[bytes, Node]]] = [[]]
             size = 0
             for job in self._jobs:
@@ -118,7 +161,10 @@ class Restore:
                     size = 0
                 batches[-1].append(job)
                 size += job[1].size
-            self._write_batches(batches)
+            if self._feed is None:
+                self._write_batches(batches)
+            else:
+                self._write_waves(batches, self._feed)
             for src, dst in self._links:
                 self._link(src, dst)
             # _dirs is in post-order (a directory is added once its subtree is planned), so
@@ -317,6 +363,83 @@ class Restore:
         finally:
             _ACTIVE = None
 
+    def _by_pack(self, remote: set[bytes]) -> None:
+        """Order the files by where their data lies (the pack and offset of their first
+        remote chunk): the files of one pack are then written together, and each pack is
+        needed by one run of consecutive batches, so it is fetched once. (Files are
+        independent of each other; directory metadata and hard links come after all.)"""
+        locs = self.repo.locations()
+        rank: dict[bytes, int] = {}
+
+        def key(job: tuple[bytes, Node]) -> tuple[int, int]:
+            for cid in job[1].content:
+                loc = locs.get(cid)
+                if loc is not None and loc.pack in remote:
+                    return rank.setdefault(loc.pack, len(rank)), loc.offset
+            return -1, 0
+        self._jobs.sort(key=key)
+
+    def _write_waves(self, batches: list[list[tuple[bytes, Node]]], feed: PackFeed) -> None:
+        """Write the batches in waves: consecutive batches whose remote packs together fit
+        the wave size; each wave's packs are in memory (``_mem``, inherited by the forked
+        workers) while it is written, and the next wave's are fetched meanwhile."""
+        remote = feed.remote()
+        locs = self.repo.locations()
+        sizes = {pid: size for pid, _, size, _ in self.repo.packs()}
+        waves: list[tuple[list[list[tuple[bytes, Node]]], list[bytes]]] = []
+        cur: list[list[tuple[bytes, Node]]] = []
+        packs: dict[bytes, None] = {}  # the current wave's packs, in first-use order
+        held = 0
+        for b in batches:
+            need: dict[bytes, None] = {}
+            for _, node in b:
+                for cid in node.content:
+                    loc = locs.get(cid)
+                    if loc is not None and loc.pack in remote:
+                        need[loc.pack] = None
+            more = [p for p in need if p not in packs]
+            extra = sum(sizes.get(p, 0) for p in more)
+            # A batch that needs no pack beyond the wave's joins it whatever the wave
+            # holds already (one batch may need more than the wave size on its own).
+            if cur and more and held + extra > self._wave_bytes:
+                waves.append((cur, list(packs)))
+                cur, packs, held = [], {}, 0
+                more, extra = list(need), sum(sizes.get(p, 0) for p in need)
+            cur.append(b)
+            packs.update(dict.fromkeys(more))
+            held += extra
+        if cur:
+            waves.append((cur, list(packs)))
+        feed.start([w[1] for w in waves])
+        waited = wrote = 0.0
+        try:
+            for wave_batches, _ in waves:
+                self._check()
+                self._mem = {}
+                t0 = time.monotonic()
+                self._mem = feed.next_wave()
+                t1 = time.monotonic()
+                self._write_batches(wave_batches)
+                waited, wrote = waited + t1 - t0, wrote + time.monotonic() - t1
+        finally:
+            self._mem = {}
+            feed.close()
+            log.info("restore: %d batches in %d waves needing %d remote packs (%d distinct); "
+                     "%.2f s waiting for packs, %.2f s writing", len(batches), len(waves),
+                     sum(len(w[1]) for w in waves), len({p for w in waves for p in w[1]}), waited, wrote)
+
+    def _load(self, blob_id: bytes) -> bytes:
+        """A chunk's plaintext: from a pack of the current wave in memory, else the store.
+        Verified alike (AEAD, then the keyed hash of the plaintext against its id)."""
+        loc = self.repo.locations().get(blob_id) if self._mem else None
+        if loc is None or loc.pack not in self._mem:
+            return self.repo.load_blob(blob_id)
+        sealed = self._mem[loc.pack][loc.offset:loc.offset + loc.length]
+        if len(sealed) != loc.length:
+            raise CorruptObject(f"pack {loc.pack.hex()}", "is shorter than its index says")
+        return self.repo.opener.open(self.repo.salt(loc.pack), loc.kind, blob_id, loc.index, loc.codec,
+                                     loc.raw_length, sealed)
+
     def _write_files(self, batch: list[tuple[bytes, Node]]) -> None:
         for dpath, node in batch:
             # Each file opens its directory afresh (one openat2): a directory swapped after
@@ -343,7 +466,7 @@ class Restore:
         try:
             written = 0
             for cid in node.content:
-                data = self.repo.load_blob(cid)
+                data = self._load(cid)
                 if node.sparse:
                     _write_sparse(fd, data)
                 else:

@@ -32,7 +32,8 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import blake3
@@ -129,6 +130,18 @@ _ERROR_CODES: dict[type, str] = {QuotaExceeded: "quota", ShareNotFound: "not-fou
 
 async def _discard(piece: bytes) -> None:
     """A bulk sink that keeps nothing (the bytes are hashed on the way all the same)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PackView:
+    """Where a pack's bytes lie: data share ``i`` holds bytes ``i*payload ..`` of it."""
+
+    pack: bytes
+    k: int
+    size: int  # the pack's length
+    payload: int  # bytes of pack per data share
+    rows: dict[int, list[ShareRow]]  # data share index -> its holders
+    owner: str
 
 
 class Mesh:
@@ -505,6 +518,39 @@ class Mesh:
                 nursery.start_soon(one, p)
         report.seconds = time.monotonic() - t0
         return report
+
+    async def upload_stream(self, read_pack: Callable[[bytes], bytes],
+                            next_pack: Callable[[], Awaitable[bytes | None]], k: int, n: int,
+                            candidates: list[Candidate], report: UploadReport,
+                            placed: Callable[[PackResult], Awaitable[None]] | None = None,
+                            in_flight: int = 0) -> None:
+        """Upload packs as ``next_pack`` hands them over (None: no more), at most
+        ``in_flight`` (default ``uploads_in_flight``) at once: the next one is asked for
+        only when one of those is done, so a slow holder holds back whoever feeds
+        ``next_pack``. ``report`` fills as packs finish (its ``first_put``/``last_ack``
+        span the uploads); ``placed`` hears of each."""
+        limit = trio.Semaphore(in_flight or self.uploads_in_flight)
+
+        async def one(pack: bytes) -> None:
+            try:
+                res = await self._upload_pack(read_pack, pack, k, n, candidates, report)
+                report.packs.append(res)
+                if placed is not None:
+                    await placed(res)
+            finally:
+                limit.release()
+        async with trio.open_nursery() as nursery:
+            while True:
+                await limit.acquire()
+                pack = await next_pack()
+                if pack is None:
+                    limit.release()
+                    break
+                if report.first_put is None:
+                    report.first_put = time.monotonic()
+                nursery.start_soon(one, pack)
+        if report.first_put is not None:
+            report.last_ack = time.monotonic()
 
     async def _upload_pack(self, read_pack: Callable[[bytes], bytes], pack: bytes, k: int, n: int,
                            candidates: list[Candidate], report: UploadReport) -> PackResult:
@@ -890,3 +936,67 @@ class Mesh:
         sig = self.signer.sign(m.delete_signing_bytes(peer, pack, index, nonce)).signature
         await self.request(peer, m.DeleteShare(pack=pack, index=index, holder=peer, nonce=nonce, signature=sig))
         self.ledger.forget(pack, index, peer)
+
+    # -- reading parts of a pack -------------------------------------------------------
+
+    async def open_view(self, pack: bytes, head: int = 0) -> tuple[PackView, bytes]:
+        """Where ``pack``'s bytes lie in its data shares, and its first ``head`` bytes.
+
+        One ranged GET of data share 0: its share header (checked against the root
+        recorded at upload, so the lengths it states are the ones the owner coded) and the
+        start of its payload, which with a systematic code is the start of the pack. The
+        bytes of a range are checked in transit only (the share's Merkle root covers the
+        whole share): what a caller reads must authenticate itself (a pack's sealed
+        header does). Raises ``MeshError`` when no holder of share 0 answers."""
+        coded = self.ledger.get(pack)
+        if coded is None or not coded.shares:
+            raise MeshError(f"pack {pack.hex()[:16]}: no record of where its shares went")
+        rows: dict[int, list[ShareRow]] = {}
+        for r in coded.shares:
+            if r.index < coded.k:
+                rows.setdefault(r.index, []).append(r)
+        payload = max((r.size for r in coded.shares), default=0) - sharefmt.HEADER_SIZE
+        want = sharefmt.HEADER_SIZE + max(0, min(head, payload))
+        data = await self._get_range(pack, rows, 0, 0, want, coded.owner)
+        try:
+            hdr = sharefmt.read_header(data)
+        except CorruptShare as exc:
+            raise MeshError(f"pack {pack.hex()[:16]}: share 0 header unreadable: {exc.reason}")
+        recorded = {r.root for r in rows.get(0, [])}
+        if (hdr.pack_id != pack or hdr.index != 0 or hdr.k != coded.k or hdr.root not in recorded
+                or hdr.payload_length != payload):
+            raise MeshError(f"pack {pack.hex()[:16]}: share 0 header does not match the ledger")
+        view = PackView(pack, coded.k, hdr.data_length, payload, rows, coded.owner)
+        return view, bytes(data[sharefmt.HEADER_SIZE:])
+
+    async def read_view(self, view: PackView, start: int, end: int) -> bytes:
+        """Bytes ``start .. end`` of the pack, read by ranged GETs of the data shares that
+        hold them (the holder sends only those bytes)."""
+        if not 0 <= start <= end <= view.size:
+            raise ValueError(f"range {start}..{end} outside a pack of {view.size} bytes")
+        parts: list[bytes] = []
+        L = view.payload
+        pos = start
+        while pos < end:
+            i = pos // L
+            hi = min(end, (i + 1) * L)
+            parts.append(await self._get_range(view.pack, view.rows, i, sharefmt.HEADER_SIZE + pos - i * L,
+                                               hi - pos, view.owner))
+            pos = hi
+        return b"".join(parts)
+
+    async def _get_range(self, pack: bytes, rows: dict[int, list[ShareRow]], index: int, offset: int,
+                         length: int, owner: str) -> bytes:
+        problems: list[str] = []
+        for row in rows.get(index, []):
+            try:
+                _, data = await self.request(row.peer, m.GetShare(pack=pack, index=index, offset=offset,
+                                                                  length=length, owner=owner),
+                                             expect_size=length)
+            except (ProtocolError, MeshError) as exc:
+                problems.append(f"{short(row.peer)}: {exc}")
+                continue
+            assert data is not None
+            return data
+        raise MeshError(f"pack {pack.hex()[:16]}: no holder of data share {index} answered"
+                        + (" (" + "; ".join(problems[:4]) + ")" if problems else ""), retryable=True)

@@ -26,6 +26,10 @@ class UploadReport:
     share_bytes: int = 0
     seconds: float = 0.0
     put_latencies: list[float] = field(default_factory=list)
+    # Streaming uploads (Mesh.upload_stream): monotonic times of the first pack handed
+    # over and of the last acknowledgement.
+    first_put: float | None = None
+    last_ack: float | None = None
 
     @property
     def degraded(self) -> list[PackResult]:

@@ -18,13 +18,25 @@ holder. What one run measures (MB = 10^6 bytes):
   source bytes / wall time of the whole command (engine + upload); *share bytes/s* is
   ``mesh.share_bytes / mesh.seconds`` of its summary (the upload phase only). The target of
   issue 4: share bytes/s >= 60% of the raw aggregate (median of per-run ratios);
-- **mesh restore**: ``restore latest`` on the owner (fetches the remote-only packs from
-  the holders, then writes), source bytes / wall time;
+- **mesh restore**: ``restore latest`` on the owner (streams the remote-only packs from
+  the holders into memory while it writes), source bytes / wall time; also the share bytes
+  it fetched (k shares of each remote pack) per second, and how much the owner's home grew
+  meanwhile (sampled every 0.1 s);
+- **recovery** (issue 18; ``--no-recover`` skips it): the five form a group before the
+  backup; after the restore the owner's home is moved away and ``init --recover`` rebuilds
+  it from the phrase and one holder; its ``bytes_fetched`` against the data's share bytes;
 - **PUT latency**: the same client sends real shares (a random pack of ``pack_size``
   bytes coded k=2 n=4 with ``erasure.share.make_shares``, like the daemon's) as PutShare
   requests, the 4 shares of a pack in parallel, one stream per holder, pack after pack;
   each latency runs from opening the stream to the closed stream after Ok, as the
   daemon's own ``put_latencies`` do. Percentiles pool every PUT of every run.
+
+Issue 18's targets close the table (medians of per-run values): mesh backup wall <= 1.15 x
+max(standalone backup, upload seconds) + 1 s; restore fetch rate >= 0.8 x the backup's
+upload rate; the owner's home during a mesh restore <= 15% of the data; recovery <= 5% of
+the data; share upload >= 0.9 x raw libp2p (on a quiet machine); owner VmHWM <= 256 MiB.
+Backups stream (the upload overlaps the engine), so the CPU split "in the upload phase" is
+a window at the end of the command that overlaps the engine.
 
 Also reported: CPU seconds of the owner and of the holders over the mesh backup (a
 process near 1 CPU-second per second is bound by its own single thread / the GIL), the
@@ -438,6 +450,84 @@ def summarize_profile(path: Path, top: int = 14) -> list[str]:
 # --------------------------------------------------------------------------------------
 
 
+def form_group(mesh: Any) -> None:
+    """A group of the five (the owner its admin), so that placements reach the catalog
+    and the owner can be recovered from the phrase."""
+    owner = mesh.nodes[0]
+    mesh.run(owner, "group", "create", "bench")
+    for h in mesh.nodes[1:]:
+        token = mesh.run(owner, "group", "invite").stdout.strip().splitlines()[-1]
+        mesh.run(h, "group", "join", token)
+    for n in reversed(mesh.nodes):
+        mesh.run(n, "group", "sync", check=False)
+
+
+def remote_share_bytes(home: Path) -> int:
+    """Share bytes a restore of everything fetches: k shares of each remote-only pack."""
+    import sqlite3
+    db = sqlite3.connect(f"file:{home / 'mesh.db'}?mode=ro", uri=True)
+    try:
+        row = db.execute("SELECT COALESCE(SUM(size), 0) FROM coded WHERE local = 0").fetchone()
+        return int(row[0])
+    finally:
+        db.close()
+
+
+def home_bytes(home: Path) -> int:
+    total = 0
+    for p in home.rglob("*"):
+        with contextlib.suppress(OSError):
+            if p.is_file() and p.name != "daemon.log":
+                total += p.stat().st_size
+    return total
+
+
+class HomeSampler:
+    """How much a node home grew at most, sampled every ``interval`` in a thread."""
+
+    def __init__(self, home: Path, interval: float = 0.1) -> None:
+        self.home, self.interval = home, interval
+        self.base = home_bytes(home)
+        self.most = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.most = max(self.most, home_bytes(self.home) - self.base)
+
+    def __enter__(self) -> HomeSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def recover(mesh: Any, run_dir: Path, timeout: float) -> dict[str, Any]:
+    """The owner's disk dies: a fresh home from the phrase and one member's address
+    (``init --recover``); its ``bytes_fetched`` against the share bytes of its data."""
+    owner = mesh.nodes[0]
+    data = remote_share_bytes(owner.home)
+    mesh.run(owner, "group", "sync", check=False)
+    mesh.stop(0)
+    shutil.move(owner.home, run_dir / "owner-home-lost")
+    phrase = run_dir / "phrase"
+    phrase.write_text(owner.phrase)
+    t0 = time.perf_counter()
+    p = mesh.run(owner, "init", "--recover", "--phrase-file", str(phrase), "--peer", mesh.nodes[1].addr,
+                 "--json", check=False, timeout=timeout)
+    secs = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise BenchError(f"recovery exited {p.returncode}: {p.stderr.strip()[-2000:]}")
+    got = (last_json(p, "recovery").get("from_group") or {})
+    moved = int(got.get("bytes_fetched") or 0)
+    log(f"  recovery           {secs:7.2f} s; {moved / MB:.2f} MB fetched = "
+        f"{100 * moved / max(data, 1):.2f}% of the {data / MB:.0f} MB of data")
+    return {"recover_s": secs, "recover_mb": moved / MB, "recover_pct": 100 * moved / max(data, 1)}
+
+
 def timed(mesh: Any, node: Any, what: str, timeout: float, *argv: str
           ) -> tuple[float, dict[str, Any], int]:
     """Run a CLI command on ``node``; wall seconds, its JSON summary and exit code."""
@@ -517,6 +607,8 @@ def mesh_part(args: argparse.Namespace, run_dir: Path, tree: Path, src_bytes: in
             finally:
                 book.close()
         mesh.start(timeout=180)
+        if args.recover:
+            form_group(mesh)
         pids = [n.proc.pid if n.proc else None for n in mesh.nodes]
         client.holder_pids = pids[1:]
         pack_size = Config.load(owner.home / "config.toml").pack_size
@@ -545,8 +637,9 @@ def mesh_part(args: argparse.Namespace, run_dir: Path, tree: Path, src_bytes: in
         # The upload is the end of the command (then local copies dropped, summary
         # printed): its window is the last mesh.seconds before the command returned.
         up_s = float(ms.get("seconds") or 0)
+        # Streaming: the upload overlaps the engine, so these windows overlap too.
         up = cpus.used(t_end - up_s, t_end) if up_s else [0.0] * len(pids)
-        eng = cpus.used(t_start, t_end - up_s)
+        eng = cpus.used(t_start, max(t_start, t_end - up_s))
         if (ms.get("k"), ms.get("n")) != (2, HOLDERS):
             log(f"WARNING: mesh backup coded k={ms.get('k')} n={ms.get('n')}, expected k=2 n=4")
         share_rate = ms["share_bytes"] / MB / ms["seconds"] if ms.get("seconds") else 0.0
@@ -556,11 +649,20 @@ def mesh_part(args: argparse.Namespace, run_dir: Path, tree: Path, src_bytes: in
             f"CPU owner {cpu[0]:.1f} s, holders {sum(cpu[1:]):.1f} s; in the upload: owner "
             f"{100 * up[0] / max(up_s, 1e-9):.0f}%, holders {100 * sum(up[1:]) / max(up_s, 1e-9):.0f}%")
 
+        hwm_backup = peak_rss_mib(pids[0])
         target = run_dir / "restore-mesh"
         warm(*homes)
-        rsecs, _, _ = timed(mesh, owner, "mesh restore", args.timeout, "restore", "latest",
-                            "--target", str(target), "--json")
-        log(f"  mesh restore       {rsecs:7.2f} s {src_bytes / MB / rsecs:7.1f} MB/s")
+        fetched = remote_share_bytes(owner.home)
+        with HomeSampler(owner.home) as grew:
+            rsecs, _, _ = timed(mesh, owner, "mesh restore", args.timeout, "restore", "latest",
+                                "--target", str(target), "--json")
+        fetch_rate = fetched / MB / rsecs
+        log(f"  mesh restore       {rsecs:7.2f} s {src_bytes / MB / rsecs:7.1f} MB/s; "
+            f"{fetch_rate:.1f} MB/s of shares fetched; owner home grew by at most "
+            f"{grew.most / MiB:.1f} MiB; owner VmHWM {hwm_backup:.0f} MiB after the backup, "
+            f"{peak_rss_mib(pids[0]):.0f} MiB after the restore")
+        hwm = peak_rss_mib(pids[0])  # before the recovery stops the owner
+        recovery = recover(mesh, run_dir, args.timeout) if args.recover else {}
 
         puts = client.run_puts(args.put_packs, pack_size, 2, HOLDERS)
         lat = puts["put_latencies"]
@@ -581,8 +683,13 @@ def mesh_part(args: argparse.Namespace, run_dir: Path, tree: Path, src_bytes: in
             "upload_owner_cpu_pct": 100 * up[0] / up_s if up_s else None,
             "upload_holders_cpu_pct": 100 * sum(up[1:]) / up_s if up_s else None,
             "engine_owner_cpu_pct": 100 * eng[0] / max(secs - up_s, 1e-9),
-            "owner_peak_rss_mib": peak_rss_mib(pids[0]),
+            "owner_peak_rss_mib": hwm, "owner_peak_rss_backup_mib": hwm_backup,
             "mesh_restore_s": rsecs, "mesh_restore_mb_s": src_bytes / MB / rsecs,
+            "restore_fetch_mb_s": fetch_rate, "restore_fetch_over_upload": fetch_rate / share_rate
+            if share_rate else None,
+            "restore_home_growth_mib": grew.most / MiB,
+            "restore_home_growth_pct": 100 * grew.most / src_bytes,
+            **recovery,
             **puts,
         }
         if profile:
@@ -619,6 +726,10 @@ def one_run(args: argparse.Namespace, r: int, work: Path, tree: Path, src_bytes:
         else:
             res |= mesh_part(args, run_dir, tree, src_bytes, verify, profiler)
     res["load_after"] = os.getloadavg()[0]
+    if res.get("local_backup_s") and res.get("mesh_backup_s"):
+        # Issue 18: mesh backup wall <= 1.15 x max(standalone backup, upload seconds) + 1 s.
+        bound = 1.15 * max(res["local_backup_s"], float(res.get("mesh_upload_s") or 0)) + 1.0
+        res["backup_wall_over_bound"] = res["mesh_backup_s"] / bound
     return res
 
 
@@ -721,7 +832,23 @@ ROWS = (
     ("client CPU in raw 4 parallel", "%", "raw_parallel_client_cpu_pct",
      "the sender of the raw streams"),
     ("holders CPU in raw 4 parallel", "%", "raw_parallel_holders_cpu_pct", "sum of the 4"),
-    ("owner daemon peak RSS", "MiB", "owner_peak_rss_mib", "VmHWM"),
+    ("owner daemon peak RSS", "MiB", "owner_peak_rss_mib", "VmHWM, after backup and restore"),
+    ("  of which the backup", "MiB", "owner_peak_rss_backup_mib", "VmHWM after the backup"),
+    ("mesh restore, share bytes fetched/s", "MB/s", "restore_fetch_mb_s",
+     "k shares of each remote pack / wall"),
+    ("owner home growth in mesh restore", "MiB", "restore_home_growth_mib", "sampled every 0.1 s"),
+    ("recovery from the phrase", "s", "recover_s", "init --recover, whole command"),
+    ("recovery, bytes fetched", "MB", "recover_mb", "its bytes_fetched"),
+)
+
+# Issue 18's targets: (label, key of the per-run value, comparison, bound).
+TARGETS = (
+    ("mesh backup wall / (1.15 max(local, upload) + 1 s)", "backup_wall_over_bound", "<=", 1.0),
+    ("restore fetch rate / backup upload rate", "restore_fetch_over_upload", ">=", 0.8),
+    ("owner home during mesh restore, % of data", "restore_home_growth_pct", "<=", 15.0),
+    ("recovery moves, % of the data", "recover_pct", "<=", 5.0),
+    ("share upload / raw libp2p (quiet machine)", "share_over_raw", ">=", 0.9),
+    ("owner daemon VmHWM, MiB (backup + restore)", "owner_peak_rss_mib", "<=", 256.0),
 )
 
 
@@ -767,6 +894,16 @@ def render(result: dict[str, Any]) -> str:
               if r.get("local_restore_mb_s") and r.get("mesh_restore_mb_s")]
         lines.append(f"{'mesh restore / local-only restore':34}{'x':>6}"
                      f"{statistics.median(rr):>9.2f}  {' / '.join(f'{x:.2f}' for x in rr)}")
+    lines += ["", "issue 18 targets (medians of the runs; standalone vs restic: bench_backup.py)"]
+    for label, key, op, bound in TARGETS:
+        vals = [r[key] for r in runs if isinstance(r.get(key), int | float)]
+        if not vals:
+            lines.append(f"  {label:52} -")
+            continue
+        v = statistics.median(vals)
+        ok = v <= bound if op == "<=" else v >= bound
+        lines.append(f"  {label:52} {v:9.2f} {op} {bound:<7g} {'PASS' if ok else 'FAIL'}"
+                     f"   ({' / '.join(f'{x:.2f}' for x in vals)})")
     for key, label, note in (
         ("put", "PUT latency p50 / p90 / p99 / max", "PUTs pooled over the runs"),
         ("sink", "same bytes to the sink, latency", "without the vault: transport only"),
@@ -812,6 +949,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", metavar="DIR",
                     help="py-spy the owner daemon and holder 1 during run 1's mesh backup")
     ap.add_argument("--json", metavar="PATH", help="also write all results as JSON here")
+    ap.add_argument("--no-recover", dest="recover", action="store_false",
+                    help="skip the group and the recovery from the phrase")
     ap.add_argument("--timeout", type=float, default=3600.0, help="per command, seconds")
     ap.add_argument("--peer-timeout", type=float, default=60.0,
                     help="the client's per-read/write timeout (default 60 s)")

@@ -218,9 +218,11 @@ def test_holder_killed_mid_restore(mesh: LocalMesh, tmp_path: Path) -> None:
     target = tmp_path / "restore"
     proc = popen(mesh, owner, "restore", out["snapshot_id"], "--target", str(target))
     try:
-        # Kill a holder once the first pack came back from the mesh, while others are on the way.
-        wait_for(lambda: store_packs(owner.home) - before or proc.poll() is not None,
-                 60, "the first fetched pack")
+        # Kill a holder once the first file is being written (its packs came back from the
+        # mesh, into memory), while others are on the way.
+        def writing() -> bool:
+            return any(p.is_file() for p in target.rglob("*")) if target.exists() else False
+        wait_for(lambda: writing() or proc.poll() is not None, 60, "the first file written", every=0.002)
         assert proc.poll() is None, "the restore ended before a holder could be killed"
         mesh.kill(3)
         stdout, stderr = proc.communicate(timeout=120)
@@ -231,7 +233,7 @@ def test_holder_killed_mid_restore(mesh: LocalMesh, tmp_path: Path) -> None:
     # k=2 of n=3 and one holder gone: every pack still has two holders.
     assert proc.returncode == 0, stdout + stderr
     assert differences(src, restored(target, src)) == []
-    # What the restore fetched was dropped again: those packs live on peers only.
+    # Nothing was staged in the store: those packs live on peers only.
     assert store_packs(owner.home) == before
 
 

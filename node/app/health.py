@@ -230,10 +230,8 @@ def health(node: LocalNode, call: c.HealthCall, ctx: Context) -> c.HealthResult:
     views = pack_views(node)
     coded = {v.pack for v in views}
     store = node.repo.store
-    metadata = node.metadata_packs()
     # Packs never coded for the mesh (no peers yet) are as safe as this one disk.
-    views += [hc.PackView(p, 1, 1, 0, (), True) for p in store.local_ids() if p not in coded
-              and p not in metadata]
+    views += [hc.PackView(p, 1, 1, 0, (), True) for p in store.local_ids() if p not in coded]
     snaps = node.repo.snapshots()[-4096:]
     measured, last = measured_rate(node)
     cap = node.cfg.health.repair_bandwidth

@@ -139,8 +139,8 @@ def outlook(packs: Iterable[PackView], states: Mapping[str, HolderState], rate: 
     for p in packs:
         good = counted(p, states)
         missing = p.n - len(good)
-        if missing <= 0:
-            continue
+        if missing <= 0 or (p.local and not p.holders):
+            continue  # full; or never placed (a backup's upload places it, not repair)
         if len(good) < p.k and not p.local:
             stuck += 1
             continue

@@ -178,7 +178,9 @@ def test_a_call_cancelled_while_it_waits_for_the_lock_never_runs(solo: LocalMesh
             waiter.send(c.Cancel())
             t0 = time.monotonic()
             rest = list(waiter.messages())
-            assert time.monotonic() - t0 < 10
+            # Well before the 1 GiB backup ends (a quiet machine answers in well under a
+            # second; 12-15 s were seen with both cores busy with other work).
+            assert time.monotonic() - t0 < 30
         # Answered while the first backup still runs, and nothing of it ran.
         assert [type(m) for m in rest] == [c.Failure], rest
         assert isinstance(rest[0], c.Failure) and rest[0].kind == "cancelled"

@@ -28,7 +28,8 @@ none of that pack; ``none``: nothing is ever repaired.
   nodes (or ``[policy] holder_book = false``) the same rule runs vectorised
   (:func:`lost_holders`: away ``holder_lost_after`` or longer), since 10,000 books fed
   every day cost hours; ``tests/simulations/test_policy.py`` checks both give the same run.
-- New holders come from ``node.core.placement.replace`` (rebuilt shares) and
+- New holders come from ``node.core.placement.replace_all`` (rebuilt shares: ``replace``
+  share after share, the pack ranked once) and
   ``node.core.placement.place`` (packs of new backups), ranking a random sample of
   ``[policy] candidates`` online nodes (0: all of them) with their free capacity and their
   site as failure domain. The packs present at the start are laid out by a vectorised
@@ -446,12 +447,13 @@ class RealPolicy:
                      if has[r, j] and not lost[r, j] and peer(int(L[r, j])) not in listed]
             pool = cands + extra if extra else cands
             done = 0
-            for i in todo:
-                name = placement_core.replace(rb.pack, peers, i, pool, exclude={peer(x)})
+            # The pack's shares one after the other, as replace() share by share would
+            # (tests/node/test_placement.py: replace_all is exactly that).
+            for i, name in zip(todo, placement_core.replace_all(rb.pack, peers, todo, pool, exclude={peer(x)}),
+                               strict=True):
                 if name is None:
                     break
                 y = int(name[1:])
-                peers[i] = name
                 moves.append((q, i, int(L[r, i]) if has[r, i] else -1, y, int(w.disk_losses[y])))
                 done += 1
             if done:

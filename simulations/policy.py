@@ -266,8 +266,10 @@ class RealPolicy:
 
     def _do(self, x: int, cmds: list[sched.Command]) -> None:
         for cmd in cmds:
-            if isinstance(cmd, sched.RunJob):
-                self._run_job(x, cmd)
+            if isinstance(cmd, sched.RunJob) and self._run_job(x, cmd):
+                # Done at once: _finish gave the core its JobFinished and armed the timer
+                # after the core's last word (one RunJob per answer: nothing else to run).
+                return
         self._arm(x)
 
     def on_online(self, node: int, online: bool) -> None:
@@ -310,7 +312,8 @@ class RealPolicy:
 
     # -- jobs ----------------------------------------------------------------------------
 
-    def _run_job(self, x: int, cmd: sched.RunJob) -> None:
+    def _run_job(self, x: int, cmd: sched.RunJob) -> bool:
+        """Start a job; whether it finished at once (no traffic)."""
         w = self.w
         self.jobs_run += 1
         up = down = 0.0
@@ -325,8 +328,9 @@ class RealPolicy:
         self.jobs[x] = _Job(cmd.job, cmd.then, moves)
         if secs > 0:
             w.engine.push(w.engine.now + secs / DAY, POLICY, x, _JOB_DONE)
-        else:
-            self._finish(x)  # nothing to send: done at once (no event)
+            return False
+        self._finish(x)  # nothing to send: done at once (no event)
+        return True
 
     def _own(self, x: int) -> np.ndarray:
         ch = self.owned[x]

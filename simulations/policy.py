@@ -188,6 +188,7 @@ class RealPolicy:
         self._away_at = -1.0
         self._attention = np.zeros(world.N, dtype=bool)
         self.owned: list[list[np.ndarray]] = [[] for _ in range(world.N)]
+        self._own_at = [-1] * world.N
         self.backlog = np.zeros(world.N)  # fractional packs due from backups
         self.jobs_run = 0
         self.unrepairable = 0
@@ -227,7 +228,9 @@ class RealPolicy:
         if len(packs) == 0:
             return
         for q in packs.tolist():
-            self.owned[int(w.owner[q])].append(np.array([q], dtype=np.int64))
+            o = int(w.owner[q])
+            self.owned[o].append(np.array([q], dtype=np.int64))
+            self._own_at[o] = -1
         if self._initial:
             rows = spread(w, len(packs), np.maximum(w.sc.world.capacity - w.used * w.share_size, 1).astype(float),
                           owners=w.owner[packs])
@@ -333,12 +336,18 @@ class RealPolicy:
         return True
 
     def _own(self, x: int) -> np.ndarray:
+        """Owner ``x``'s packs not lost. Filtered again only when a pack was added or
+        lost since (``_own_at``: the world's loss count when last filtered)."""
         ch = self.owned[x]
         if not ch:
             return np.zeros(0, dtype=np.int64)
+        lost_now = self.w.packs_lost
+        if len(ch) == 1 and self._own_at[x] == lost_now:
+            return ch[0]
         ps = np.concatenate(ch) if len(ch) > 1 else ch[0]
         ps = ps[~self.w.lost[ps]]
         self.owned[x] = [ps]
+        self._own_at[x] = lost_now
         return ps
 
     def _audit(self, x: int) -> float:
@@ -470,6 +479,8 @@ class RealPolicy:
 
     def _apply(self, job: _Job) -> None:
         """Record what a finished repair placed (skipping what changed meanwhile)."""
+        if not job.moves:
+            return
         w = self.w
         P: list[int] = []
         S: list[int] = []

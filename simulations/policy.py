@@ -206,7 +206,18 @@ class RealPolicy:
         on = on[on != owner]
         c = self.pol.candidates
         sites = w.sc.world.sites
-        if c and len(on) > c:
+        if c and len(on) > c and not sites:
+            # A uniform sample without replacement: draws in order, repeats skipped
+            # (cheaper than shuffling every online node for 16 of them).
+            gen = w.draws.gen
+            picked: dict[int, None] = {}
+            while len(picked) < c:
+                for i in gen.integers(0, len(on), size=2 * c).tolist():
+                    picked.setdefault(i)
+                    if len(picked) == c:
+                        break
+            on = on[list(picked)]
+        elif c and len(on) > c:
             shuffled = w.draws.gen.permutation(on)
             if sites:
                 _, first = np.unique(w.site[shuffled], return_index=True)
@@ -440,6 +451,7 @@ class RealPolicy:
         plan = plan_repair(healths)
         self.unrepairable += len(plan.unrepairable)
         cands = self._candidates(x) if plan.rebuilds else []
+        sites = w.sc.world.sites
         up = down = 0.0
         moves: list[tuple[int, int, int, int, int]] = []
         for rb in plan.rebuilds:
@@ -455,9 +467,13 @@ class RealPolicy:
             # The pack's other holders are candidates too (never chosen again: they hold a
             # share), as in the runtime: placement spreads against their sites only if it
             # knows them.
-            listed = {c.peer for c in cands}
-            extra = [self._candidate(int(L[r, j])) for j in range(w.n)
-                     if has[r, j] and not lost[r, j] and peer(int(L[r, j])) not in listed]
+            # Without sites they could only be skipped (replace_all never ranks a holder
+            # that stays): not listed.
+            extra = []
+            if sites:
+                listed = {c.peer for c in cands}
+                extra = [self._candidate(int(L[r, j])) for j in range(w.n)
+                         if has[r, j] and not lost[r, j] and peer(int(L[r, j])) not in listed]
             pool = cands + extra if extra else cands
             done = 0
             # The pack's shares one after the other, as replace() share by share would
@@ -501,4 +517,4 @@ class RealPolicy:
             S.append(i)
             X.append(y)
         if P:
-            w.add_shares(np.array(P, dtype=np.int64), np.array(S, dtype=np.int64), np.array(X, dtype=np.int32))
+            w.put_few(P, S, X)

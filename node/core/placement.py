@@ -268,7 +268,11 @@ def replace_all(
             if chosen is not None:
                 peers[index] = chosen
         return out
-    ranked = _ranked(bytes(pack), _eligible(candidates, exclude, []))
+    # A holder of a share that is not being replaced stays taken throughout: never
+    # ranked (its hash would only be skipped).
+    moving = set(indexes)
+    kept = {p for i, p in enumerate(peers) if p is not None and i not in moving}
+    ranked = _ranked(bytes(pack), [c for c in _eligible(candidates, exclude, []) if c.peer not in kept])
     for index in indexes:
         # The holders now: a replaced holder is free again for the next shares.
         taken = {p for p in peers if p is not None}

@@ -185,9 +185,10 @@ class Scheduler:
         return out
 
     def next_deadline(self) -> float | None:
+        pending = self._pending
         times = [t.due for job, t in self._timers.items()
                  if t.due is not None and job != self.running
-                 and all(job != p for p, _ in self._pending)]
+                 and not (pending and any(job == p for p, _ in pending))]
         if self._sync_due is not None:
             times.append(self._sync_due)
         return min(times) if times else None
@@ -218,7 +219,7 @@ class Scheduler:
         for job, timer in self._timers.items():
             if timer.due is None or timer.due > self.now or job == self.running:
                 continue
-            if any(job == p for p, _ in self._pending):
+            if self._pending and any(job == p for p, _ in self._pending):
                 continue
             if job == Job.BACKUP and not self.config.has_paths:
                 out.append(Warn("scheduled backup skipped: no [backup] paths in config.toml"))

@@ -199,8 +199,9 @@ class RealPolicy:
     def _candidates(self, owner: int) -> list[placement_core.Candidate]:
         """The online nodes placement ranks: all of them, or a random sample of
         ``[policy] candidates`` that holds one node of every site first (so that a sample
-        never hides a failure domain from the spreading rule), then random others. Never
-        the ``owner`` itself (it holds no shares of its own packs)."""
+        never hides a failure domain from the spreading rule), then random others (without
+        sites: a uniform draw without replacement). Never the ``owner`` itself (it holds
+        no shares of its own packs)."""
         w = self.w
         on = np.flatnonzero(w.online)
         on = on[on != owner]

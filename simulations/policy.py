@@ -28,7 +28,8 @@ none of that pack; ``none``: nothing is ever repaired.
   nodes (or ``[policy] holder_book = false``) the same rule runs vectorised
   (:func:`lost_holders`: away ``holder_lost_after`` or longer), since 10,000 books fed
   every day cost hours; ``tests/simulations/test_policy.py`` checks both give the same run.
-- New holders come from ``node.core.placement.replace`` (rebuilt shares) and
+- New holders come from ``node.core.placement.replace_all`` (rebuilt shares: ``replace``
+  share after share, the pack ranked once) and
   ``node.core.placement.place`` (packs of new backups), ranking a random sample of
   ``[policy] candidates`` online nodes (0: all of them) with their free capacity and their
   site as failure domain. The packs present at the start are laid out by a vectorised
@@ -187,6 +188,7 @@ class RealPolicy:
         self._away_at = -1.0
         self._attention = np.zeros(world.N, dtype=bool)
         self.owned: list[list[np.ndarray]] = [[] for _ in range(world.N)]
+        self._own_at = [-1] * world.N
         self.backlog = np.zeros(world.N)  # fractional packs due from backups
         self.jobs_run = 0
         self.unrepairable = 0
@@ -197,14 +199,26 @@ class RealPolicy:
     def _candidates(self, owner: int) -> list[placement_core.Candidate]:
         """The online nodes placement ranks: all of them, or a random sample of
         ``[policy] candidates`` that holds one node of every site first (so that a sample
-        never hides a failure domain from the spreading rule), then random others. Never
-        the ``owner`` itself (it holds no shares of its own packs)."""
+        never hides a failure domain from the spreading rule), then random others (without
+        sites: a uniform draw without replacement). Never the ``owner`` itself (it holds
+        no shares of its own packs)."""
         w = self.w
         on = np.flatnonzero(w.online)
         on = on[on != owner]
         c = self.pol.candidates
         sites = w.sc.world.sites
-        if c and len(on) > c:
+        if c and len(on) > c and not sites:
+            # A uniform sample without replacement: draws in order, repeats skipped
+            # (cheaper than shuffling every online node for 16 of them).
+            gen = w.draws.gen
+            picked: dict[int, None] = {}
+            while len(picked) < c:
+                for i in gen.integers(0, len(on), size=2 * c).tolist():
+                    picked.setdefault(i)
+                    if len(picked) == c:
+                        break
+            on = on[list(picked)]
+        elif c and len(on) > c:
             shuffled = w.draws.gen.permutation(on)
             if sites:
                 _, first = np.unique(w.site[shuffled], return_index=True)
@@ -226,7 +240,9 @@ class RealPolicy:
         if len(packs) == 0:
             return
         for q in packs.tolist():
-            self.owned[int(w.owner[q])].append(np.array([q], dtype=np.int64))
+            o = int(w.owner[q])
+            self.owned[o].append(np.array([q], dtype=np.int64))
+            self._own_at[o] = -1
         if self._initial:
             rows = spread(w, len(packs), np.maximum(w.sc.world.capacity - w.used * w.share_size, 1).astype(float),
                           owners=w.owner[packs])
@@ -265,8 +281,10 @@ class RealPolicy:
 
     def _do(self, x: int, cmds: list[sched.Command]) -> None:
         for cmd in cmds:
-            if isinstance(cmd, sched.RunJob):
-                self._run_job(x, cmd)
+            if isinstance(cmd, sched.RunJob) and self._run_job(x, cmd):
+                # Done at once: _finish gave the core its JobFinished and armed the timer
+                # after the core's last word (one RunJob per answer: nothing else to run).
+                return
         self._arm(x)
 
     def on_online(self, node: int, online: bool) -> None:
@@ -309,7 +327,8 @@ class RealPolicy:
 
     # -- jobs ----------------------------------------------------------------------------
 
-    def _run_job(self, x: int, cmd: sched.RunJob) -> None:
+    def _run_job(self, x: int, cmd: sched.RunJob) -> bool:
+        """Start a job; whether it finished at once (no traffic)."""
         w = self.w
         self.jobs_run += 1
         up = down = 0.0
@@ -324,16 +343,23 @@ class RealPolicy:
         self.jobs[x] = _Job(cmd.job, cmd.then, moves)
         if secs > 0:
             w.engine.push(w.engine.now + secs / DAY, POLICY, x, _JOB_DONE)
-        else:
-            self._finish(x)  # nothing to send: done at once (no event)
+            return False
+        self._finish(x)  # nothing to send: done at once (no event)
+        return True
 
     def _own(self, x: int) -> np.ndarray:
+        """Owner ``x``'s packs not lost. Filtered again only when a pack was added or
+        lost since (``_own_at``: the world's loss count when last filtered)."""
         ch = self.owned[x]
         if not ch:
             return np.zeros(0, dtype=np.int64)
+        lost_now = self.w.packs_lost
+        if len(ch) == 1 and self._own_at[x] == lost_now:
+            return ch[0]
         ps = np.concatenate(ch) if len(ch) > 1 else ch[0]
         ps = ps[~self.w.lost[ps]]
         self.owned[x] = [ps]
+        self._own_at[x] = lost_now
         return ps
 
     def _audit(self, x: int) -> float:
@@ -426,6 +452,7 @@ class RealPolicy:
         plan = plan_repair(healths)
         self.unrepairable += len(plan.unrepairable)
         cands = self._candidates(x) if plan.rebuilds else []
+        sites = w.sc.world.sites
         up = down = 0.0
         moves: list[tuple[int, int, int, int, int]] = []
         for rb in plan.rebuilds:
@@ -441,17 +468,22 @@ class RealPolicy:
             # The pack's other holders are candidates too (never chosen again: they hold a
             # share), as in the runtime: placement spreads against their sites only if it
             # knows them.
-            listed = {c.peer for c in cands}
-            extra = [self._candidate(int(L[r, j])) for j in range(w.n)
-                     if has[r, j] and not lost[r, j] and peer(int(L[r, j])) not in listed]
+            # Without sites they could only be skipped (replace_all never ranks a holder
+            # that stays): not listed.
+            extra = []
+            if sites:
+                listed = {c.peer for c in cands}
+                extra = [self._candidate(int(L[r, j])) for j in range(w.n)
+                         if has[r, j] and not lost[r, j] and peer(int(L[r, j])) not in listed]
             pool = cands + extra if extra else cands
             done = 0
-            for i in todo:
-                name = placement_core.replace(rb.pack, peers, i, pool, exclude={peer(x)})
+            # The pack's shares one after the other, as replace() share by share would
+            # (tests/node/test_placement.py: replace_all is exactly that).
+            for i, name in zip(todo, placement_core.replace_all(rb.pack, peers, todo, pool, exclude={peer(x)}),
+                               strict=True):
                 if name is None:
                     break
                 y = int(name[1:])
-                peers[i] = name
                 moves.append((q, i, int(L[r, i]) if has[r, i] else -1, y, int(w.disk_losses[y])))
                 done += 1
             if done:
@@ -464,6 +496,8 @@ class RealPolicy:
 
     def _apply(self, job: _Job) -> None:
         """Record what a finished repair placed (skipping what changed meanwhile)."""
+        if not job.moves:
+            return
         w = self.w
         P: list[int] = []
         S: list[int] = []
@@ -484,4 +518,4 @@ class RealPolicy:
             S.append(i)
             X.append(y)
         if P:
-            w.add_shares(np.array(P, dtype=np.int64), np.array(S, dtype=np.int64), np.array(X, dtype=np.int32))
+            w.put_few(P, S, X)

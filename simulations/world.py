@@ -120,6 +120,7 @@ class World:
         ch = sc.churn
         self.churn_step = ch.step if ch is not None and ch.model != "trace" else 0.0
         self.next_toggle = np.zeros(0)
+        self.few_shares = 64  # put_few's scalar path up to this many shares
 
     # -- holdings ------------------------------------------------------------------------
 
@@ -170,6 +171,22 @@ class World:
             fp = up[full]
             self.repair_times.extend((self.engine.now - self.degraded_since[fp]).tolist())
             self.degraded_since[fp] = np.nan
+
+    def put_few(self, packs: list[int], slots: list[int], nodes: list[int]) -> None:
+        """:meth:`add_shares` for up to ``few_shares`` shares (a repair job's), with scalar
+        steps, pack by pack in ascending order as :meth:`add_shares` keeps its books: the
+        same state (tests/simulations/test_policy.py runs both)."""
+        if len(packs) > self.few_shares:
+            self.add_shares(np.array(packs, dtype=np.int64), np.array(slots, dtype=np.int64),
+                            np.array(nodes, dtype=np.int32))
+            return
+        by_pack: dict[int, tuple[list[int], list[int]]] = {}
+        for q, i, y in zip(packs, slots, nodes, strict=True):
+            ss, ys = by_pack.setdefault(q, ([], []))
+            ss.append(i)
+            ys.append(y)
+        for q in sorted(by_pack):
+            self.put_one(q, *by_pack[q])
 
     def put_one(self, pack: int, slots: list[int], nodes: list[int]) -> None:
         """:meth:`add_shares` for one pack, with scalar steps (a repair event's size)."""

@@ -237,3 +237,47 @@ def replace(
     taken = {p for p in placement_peers if p is not None}
     chosen = spreader.pick(taken)
     return chosen.peer if chosen else None
+
+
+def replace_all(
+    pack: bytes,
+    placement_peers: Sequence[str | None],
+    indexes: Sequence[int],
+    candidates: Sequence[Candidate],
+    *,
+    exclude: Collection[str] = (),
+) -> list[str | None]:
+    """:func:`replace` for several shares of one pack, in the order of ``indexes``: each
+    share's new peer counts as a holder for the next ones. Returns one peer (or None once
+    no peer is left) per index, exactly what calling :func:`replace` index by index and
+    writing each answer into the placement gives.
+
+    Without failure-domain labels anywhere (every peer its own domain) the spreading rule
+    never repeats a domain that a free candidate opens, so each share takes the next-ranked
+    free peer: the pack is ranked once for all its shares (the simulator's repair jobs).
+    """
+    for index in indexes:
+        if not 0 <= index < len(placement_peers):
+            raise ValueError(f"share index {index} outside a placement of {len(placement_peers)}")
+    peers = list(placement_peers)
+    out: list[str | None] = []
+    if any(c.domains for c in candidates):
+        for index in indexes:
+            chosen = replace(pack, peers, index, candidates, exclude=exclude)
+            out.append(chosen)
+            if chosen is not None:
+                peers[index] = chosen
+        return out
+    # A holder of a share that is not being replaced stays taken throughout: never
+    # ranked (its hash would only be skipped).
+    moving = set(indexes)
+    kept = {p for i, p in enumerate(peers) if p is not None and i not in moving}
+    ranked = _ranked(bytes(pack), [c for c in _eligible(candidates, exclude, []) if c.peer not in kept])
+    for index in indexes:
+        # The holders now: a replaced holder is free again for the next shares.
+        taken = {p for p in peers if p is not None}
+        pick = next((c.peer for c in ranked if c.peer not in taken), None)
+        out.append(pick)
+        if pick is not None:
+            peers[index] = pick
+    return out

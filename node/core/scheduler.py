@@ -42,6 +42,11 @@ class Job(enum.Enum):
     REPAIR = "repair"
     AUDIT = "audit"
 
+    # Members are singletons, so identity is their equality: hashing by identity keeps the
+    # core's dict lookups in C (Enum's own hash is Python code, felt over the simulator's
+    # millions of rounds). Nothing iterates a set of jobs, so no order depends on it.
+    __hash__ = object.__hash__
+
 
 _ORDER = (Job.BACKUP, Job.RETENTION, Job.REPAIR, Job.AUDIT)
 
@@ -180,9 +185,10 @@ class Scheduler:
         return out
 
     def next_deadline(self) -> float | None:
+        pending = self._pending
         times = [t.due for job, t in self._timers.items()
                  if t.due is not None and job != self.running
-                 and all(job != p for p, _ in self._pending)]
+                 and not (pending and any(job == p for p, _ in pending))]
         if self._sync_due is not None:
             times.append(self._sync_due)
         return min(times) if times else None
@@ -213,7 +219,7 @@ class Scheduler:
         for job, timer in self._timers.items():
             if timer.due is None or timer.due > self.now or job == self.running:
                 continue
-            if any(job == p for p, _ in self._pending):
+            if self._pending and any(job == p for p, _ in self._pending):
                 continue
             if job == Job.BACKUP and not self.config.has_paths:
                 out.append(Warn("scheduled backup skipped: no [backup] paths in config.toml"))

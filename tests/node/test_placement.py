@@ -12,7 +12,7 @@ from collections import Counter
 
 import blake3
 import pytest
-from corestate.node.core.placement import Candidate, Placement, place, rank, replace
+from corestate.node.core.placement import Candidate, Placement, place, rank, replace, replace_all
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -279,3 +279,39 @@ def test_empty_and_short_candidate_lists() -> None:
     assert dup.peers == ("a",) and dup.short == 1
     with pytest.raises(ValueError):
         place(PACKS[0], -1, peers(3))
+
+
+_names = st.sampled_from([f"peer-{i:02d}" for i in range(12)])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    pack=st.binary(min_size=1, max_size=8),
+    cands=st.lists(st.tuples(_names, st.integers(-5, 100), st.sampled_from([(), ("a",), ("b",), ("a", "h1")])),
+                   max_size=14),
+    labels=st.booleans(),
+    holders=st.lists(st.one_of(st.none(), _names), min_size=1, max_size=8),
+    data=st.data(),
+)
+def test_replace_all_is_replace_share_by_share(pack: bytes, cands: list, labels: bool, holders: list,
+                                                data: st.DataObject) -> None:
+    candidates = [Candidate(p, c, d if labels else ()) for p, c, d in cands]
+    indexes = data.draw(st.lists(st.integers(0, len(holders) - 1), unique=True, min_size=1))
+    exclude = data.draw(st.sets(_names, max_size=3))
+    peers_now: list[str | None] = list(holders)
+    expected: list[str | None] = []
+    for i in indexes:
+        chosen = replace(pack, peers_now, i, candidates, exclude=exclude)
+        expected.append(chosen)
+        if chosen is not None:
+            peers_now[i] = chosen
+    assert replace_all(pack, holders, indexes, candidates, exclude=exclude) == expected
+
+
+def test_replace_all_ranks_a_pack_once_for_all_its_shares_without_labels() -> None:
+    pool = peers(20)
+    got = replace_all(PACKS[0], ["peer-00", None, "peer-01", None], [1, 3], pool)
+    order = [p for p in rank(PACKS[0], pool) if p not in ("peer-00", "peer-01")]
+    assert got == order[:2]
+    with pytest.raises(ValueError):
+        replace_all(PACKS[0], [None], [1], pool)

@@ -103,3 +103,22 @@ def test_the_health_cores_holder_book_and_the_vectorised_rule_give_the_same_run(
     for key in ("packs_lost", "shares_rebuilt", "repair_bytes", "availability"):
         assert a[key] == b[key], key
     assert (loc_a == loc_b).all()
+
+
+def test_a_repair_jobs_shares_recorded_one_by_one_or_in_one_batch_give_the_same_run() -> None:
+    # World.put_few (scalar steps, a repair job's few shares) against add_shares (the
+    # vectorised batch): the same holders, counts, repair times, hence the same run.
+    doc = {"world": {"nodes": 30, "packs": 400, "days": 12},
+           "code": {"k": 3, "n": 6},
+           "failures": {"model": "exponential", "node_mttf_days": 40},
+           "churn": {"model": "exponential", "mean_online_hours": 16, "mean_offline_hours": 8},
+           "policy": {"holder_lost_after": "1d", "repair_every": "6h", "holder_book": False}}
+    runs = []
+    for few in (64, 0):
+        w = world.World(scenario.parse(doc), seed=4)
+        w.few_shares = few
+        runs.append((w.run(), w.loc[: w.created].copy(), list(w.repair_times), w.used.copy()))
+    (a, loc_a, rt_a, used_a), (b, loc_b, rt_b, used_b) = runs
+    assert a["shares_rebuilt"] > 100
+    assert a == b
+    assert (loc_a == loc_b).all() and rt_a == rt_b and (used_a == used_b).all()

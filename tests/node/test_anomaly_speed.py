@@ -110,3 +110,43 @@ def test_percentile_equals_numpy_to_the_bit(n: int) -> None:
             for q in (99, 50, 90, 0, 100):
                 assert percentile(a, q) == float(np.percentile(a, q)), (dtype, q, a[:10])
     assert np.isnan(percentile(np.array([1.0, np.nan, 3.0], dtype=np.float32), 99))
+
+
+def _full_state() -> Any:
+    from corestate.node import anomalystate as st
+    s = st.AnomalyState()
+    feat = {name: 1.5 for name in an.FEATURE_NAMES}
+    for i in range(st.MAX_OK + 300):
+        verdict = "alert" if i % 97 == 0 else "suspect" if i % 13 == 0 else "ok"
+        s.add(st.Finding(
+            snapshot=f"{i:064x}", time_ns=i, series=["/home/a", "/srv/b"], verdict=verdict, score=0.01 * (i % 100),
+            reasons=[f"{i} files look encrypted"], files=[f"/home/a/f{i}"], protects=f"{i - 1:064x}" if i else None,
+            silent=["/home/a/rot"] if i % 50 == 0 else [], silent_digests={"/home/a/rot": "ab" * 16} if i % 50 == 0 else {},
+            details={"reasons": [{"code": "churn", "text": "x", "value": 1.0, "usual": None, "spread": 0.5}],
+                     "features": feat, "baseline": {"snapshots": 100, "warm": True}, "model": "v1",
+                     "contributions": [("suspicious_share", 0.25)] * 5, "files": []},
+            features=feat))
+    s.series["k"] = {"baseline": "QUJD" * 80_000, "exts": ["txt", "docx"]}
+    return s
+
+
+def test_the_state_file_is_the_same_json_and_cheap(tmp_path: Any) -> None:
+    """A full state (MAX_OK ok findings and more): the shallow ``to_json`` writes what
+    ``dataclasses.asdict`` wrote, and saving and loading it costs little CPU (it was ~50 ms
+    of every backup with asdict)."""
+    import dataclasses
+    import json
+    import time
+
+    from corestate.node import anomalystate as st
+    s = _full_state()
+    s.compact()
+    old = {"format": st.FORMAT, "series": s.series, "findings": [dataclasses.asdict(f) for f in s.findings]}
+    assert json.dumps(s.to_json(), sort_keys=True) == json.dumps(old, sort_keys=True)
+    t = time.process_time()
+    st.save(tmp_path, s)
+    loaded, problem = st.load(tmp_path)
+    cpu = time.process_time() - t
+    assert problem is None and len(loaded.findings) == len(s.findings)
+    assert json.dumps(loaded.to_json(), sort_keys=True) == json.dumps(old, sort_keys=True)
+    assert cpu < 0.2, f"save + load of a full state took {cpu * 1000:.0f} ms CPU"

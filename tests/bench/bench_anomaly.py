@@ -53,18 +53,38 @@ def _cpu() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-_CLOCK: Any = None  # multiprocessing.Value('d'): CPU seconds of the model's work (all processes)
+_CLOCK: Any = None  # multiprocessing.Value('d'): CPU seconds of the model's work in the workers
+_LOCAL = [0.0, 0]  # this process's clocked seconds not yet added to _CLOCK, and the calls
+_PARENT = [0.0]  # CPU seconds of the model's work in this (the parent) process
 
 
-def _clocked(fn: Any) -> Any:
+def _clocked(fn: Any, shared: bool) -> Any:
+    """``fn`` with its thread CPU time added up. In the workers (``shared``) the sum goes to
+    the shared value every 64 calls and on every probe (a lock per call would cost more
+    than the cheap per-file gate it clocks); in the parent to a plain float. Each call also
+    counts about one clock read (~0.4 us), a bias of under 1 ms per 2,000 files."""
+    tt = time.thread_time
+
     def run(*a: Any, **k: Any) -> Any:
-        t = time.thread_time()
+        t = tt()
         try:
             return fn(*a, **k)
         finally:
-            with _CLOCK.get_lock():
-                _CLOCK.value += time.thread_time() - t
+            d = tt() - t
+            if not shared:
+                _PARENT[0] += d
+            else:
+                _LOCAL[0] += d
+                _LOCAL[1] += 1
+                if _LOCAL[1] >= 64 or fn.__name__ == "_probe":
+                    with _CLOCK.get_lock():
+                        _CLOCK.value += _LOCAL[0]
+                    _LOCAL[0], _LOCAL[1] = 0.0, 0
     return run
+
+
+def _clock() -> float:
+    return _CLOCK.value + _PARENT[0] + _LOCAL[0]
 
 
 def _instrument() -> None:
@@ -76,12 +96,12 @@ def _instrument() -> None:
     from corestate.node.app import backup as app
     from corestate.node.engine import backup as engine
     _CLOCK = multiprocessing.get_context("fork").Value("d", 0.0)
-    engine._probe = _clocked(engine._probe)
-    engine._wants_probe = _clocked(engine._wants_probe)
-    engine.Backup._observe = _clocked(engine.Backup._observe)
-    anomaly.Watch.gone = _clocked(anomaly.Watch.gone)
-    app._anomaly_begin = _clocked(app._anomaly_begin)
-    app._anomaly_end = _clocked(app._anomaly_end)
+    engine._probe = _clocked(engine._probe, True)
+    engine._wants_probe = _clocked(engine._wants_probe, True)
+    engine.Backup._observe = _clocked(engine.Backup._observe, False)
+    anomaly.Watch.gone = _clocked(anomaly.Watch.gone, False)
+    app._anomaly_begin = _clocked(app._anomaly_begin, False)
+    app._anomaly_end = _clocked(app._anomaly_end, False)
 
 
 def _backup(home: Path, src: Path, model: bool) -> tuple[float, float, str]:
@@ -98,11 +118,11 @@ def _backup(home: Path, src: Path, model: bool) -> tuple[float, float, str]:
         with LocalNode.open(Home(home), b"bench") as node:
             call = c.BackupCall(paths=(os.fsencode(src),), exclude=(), k=0, n=0, estimate=False, skipped=False)
             t0, w0 = _cpu(), time.monotonic()
-            m0 = _CLOCK.value if _CLOCK is not None else 0.0
+            m0 = _clock() if _CLOCK is not None else 0.0
             items = list(app.backup(node, call, Local()))
             cpu, wall = _cpu() - t0, time.monotonic() - w0
             if model and _CLOCK is not None:
-                _MEASURED.append(_CLOCK.value - m0)
+                _MEASURED.append(_clock() - m0)
     finally:
         app._anomaly_begin, app._anomaly_end = saved
     s = items[-1]

@@ -18,6 +18,7 @@ state file and the re-read in the parent) and prints it as a share of the rest o
 backup's CPU: the "measured" overhead.
 
     python tests/bench/bench_anomaly.py --size 256MiB --runs 3
+    python tests/bench/bench_anomaly.py --size 256MiB --runs 3 --history 2000  # a node's full state
 
 Numbers on a shared machine are noisy; the final ones need a quiet machine.
 """
@@ -141,12 +142,32 @@ def _home(base: Path) -> Path:
     return home
 
 
+def _seed_history(home: Path, n: int) -> None:
+    """Give the home the anomaly state of a node that has judged ``n`` backups before (ok
+    findings, each with the numbers the node keeps): a long-running node loads and saves
+    such a state on every backup. No effect on the "model off" runs (they never read it)."""
+    from corestate.node import anomalystate as st
+    from corestate.node.core import anomaly as an
+    state = st.AnomalyState()
+    feats = {name: 1.0 for name in an.FEATURE_NAMES}
+    for i in range(n):
+        state.add(st.Finding(
+            snapshot=f"{i:064x}", time_ns=i, series=["/elsewhere"], verdict="ok", score=0.01,
+            reasons=["nothing unusual: 12 changed files, none of them suspicious"],
+            details={"reasons": [], "features": feats, "baseline": {"snapshots": 100, "warm": True},
+                     "model": "bench", "contributions": [("suspicious_share", -0.5)] * 5, "files": []},
+            features=feats))
+    st.save(home, state)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="128MiB")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--history", type=int, default=0,
+                    help="judged backups in the home's anomaly state before the first (e.g. 2000)")
     args = ap.parse_args()
     tg = _treegen()
     _instrument()
@@ -162,6 +183,8 @@ def main() -> int:
                 src = base / "tree"
                 tg.generate(src, args.size, seed=args.seed)
                 home = _home(base)
+                if args.history:
+                    _seed_history(home, args.history)
                 time.sleep(2.1)  # past the racy window: the incremental reads only what changed
                 cpu, wall, verdict = _backup(home, src, model)
                 results.setdefault(("first", model), []).append(cpu)

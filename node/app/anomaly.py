@@ -105,7 +105,8 @@ class Watch(Observer):
         new = model.ContentProbe.from_record(ch.probe) if ch.probe is not None else None
         if ch.probe is not None:
             self.probes.upserts.append((ch.path, _json(ch.probe)))
-        ext = split_ext(_text(ch.path))[2]
+        text = _text(ch.path)
+        ext = split_ext(text)[2]
         if ext and len(self.exts) < 5000:
             self.exts.add(ext)
         if ch.old_size is None:
@@ -115,12 +116,12 @@ class Watch(Observer):
                 return
             if self.hold and ch.new_bytes == 0:
                 return  # nothing new in it (see finish)
-            self._feed(model.FileObs(path=_text(ch.path), change="added", size_new=ch.size, new=new,
+            self._feed(model.FileObs(path=text, change="added", size_new=ch.size, new=new,
                                      new_bytes=ch.new_bytes, new_compressed=ch.stored_bytes,
                                      content_id=ch.digest if new is not None else b""))
             return
         old = self._old_probe(ch.path)
-        self._feed(model.FileObs(path=_text(ch.path), change="changed", size_old=ch.old_size,
+        self._feed(model.FileObs(path=text, change="changed", size_old=ch.old_size,
                                  size_new=ch.size, old=old, new=new, new_bytes=ch.new_bytes,
                                  new_compressed=ch.stored_bytes, kept_share=ch.kept,
                                  content_id=ch.digest if new is not None else b""))

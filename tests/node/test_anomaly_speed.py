@@ -150,3 +150,11 @@ def test_the_state_file_is_the_same_json_and_cheap(tmp_path: Any) -> None:
     assert problem is None and len(loaded.findings) == len(s.findings)
     assert json.dumps(loaded.to_json(), sort_keys=True) == json.dumps(old, sort_keys=True)
     assert cpu < 0.2, f"save + load of a full state took {cpu * 1000:.0f} ms CPU"
+
+
+def test_the_inlined_split_is_posixpath_split() -> None:
+    import posixpath
+
+    from corestate.node.core.anomaly.observe import _split
+    for p in ("", "/", "//", "a", "/a", "a/b", "/a/b/c.txt", "//a//b", "a/b/", "/x/y/.hidden", "///a", "a//"):
+        assert _split(p) == posixpath.split(p), p

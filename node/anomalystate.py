@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,9 @@ class Finding:
 
     def series_key(self) -> Series:
         return _dec(self.series)
+
+
+_FINDING_FIELDS = tuple(f.name for f in fields(Finding))
 
 
 @dataclass(slots=True)
@@ -150,8 +153,11 @@ class AnomalyState:
     # -- the file ------------------------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
+        # Shallow: ``asdict`` deep-copies every list and dict of every finding (~15 us each,
+        # 30 ms for a full state) only for json.dumps to read them once; same JSON.
+        names = _FINDING_FIELDS
         return {"format": FORMAT, "series": self.series,
-                "findings": [asdict(f) for f in self.findings]}
+                "findings": [{n: getattr(f, n) for n in names} for f in self.findings]}
 
     @classmethod
     def from_json(cls, obj: Any) -> AnomalyState:

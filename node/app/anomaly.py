@@ -84,6 +84,7 @@ class Watch(Observer):
         self.changed_files = 0
         self.exts: set[str] = set(exts)
         self.stream_alerted = False
+        self._ext_text: dict[bytes, str] = {}  # extension bytes -> its text, lower case
 
     # -- the engine's calls -------------------------------------------------------------
 
@@ -94,7 +95,7 @@ class Watch(Observer):
             # The first backup of a series, a file not probed: no signal is possible (no
             # old version, no deletion to pair with), so only the counts move. Kept cheap:
             # a first backup feeds every file of the tree.
-            self._count_added(ch)
+            self._count_added(ch.path, ch.new_bytes, ch.stored_bytes)
             return
         if ch.silent and len(self.silent) < 10_000:
             key = _text(ch.path)
@@ -104,7 +105,8 @@ class Watch(Observer):
         new = model.ContentProbe.from_record(ch.probe) if ch.probe is not None else None
         if ch.probe is not None:
             self.probes.upserts.append((ch.path, _json(ch.probe)))
-        ext = split_ext(_text(ch.path))[2]
+        text = _text(ch.path)
+        ext = split_ext(text)[2]
         if ext and len(self.exts) < 5000:
             self.exts.add(ext)
         if ch.old_size is None:
@@ -114,25 +116,41 @@ class Watch(Observer):
                 return
             if self.hold and ch.new_bytes == 0:
                 return  # nothing new in it (see finish)
-            self._feed(model.FileObs(path=_text(ch.path), change="added", size_new=ch.size, new=new,
+            self._feed(model.FileObs(path=text, change="added", size_new=ch.size, new=new,
                                      new_bytes=ch.new_bytes, new_compressed=ch.stored_bytes,
                                      content_id=ch.digest if new is not None else b""))
             return
         old = self._old_probe(ch.path)
-        self._feed(model.FileObs(path=_text(ch.path), change="changed", size_old=ch.old_size,
+        self._feed(model.FileObs(path=text, change="changed", size_old=ch.old_size,
                                  size_new=ch.size, old=old, new=new, new_bytes=ch.new_bytes,
                                  new_compressed=ch.stored_bytes, kept_share=ch.kept,
                                  content_id=ch.digest if new is not None else b""))
 
-    def _count_added(self, ch: FileChange) -> None:
+    def new_file(self, path: bytes, size: int, mtime_ns: int, new_bytes: int, stored_bytes: int,
+                 content: list[bytes]) -> None:
+        if self.hold:  # held back to pair with a deletion: the full record
+            self.file(FileChange(path=path, size=size, mtime_ns=mtime_ns, old_size=None, kept=None,
+                                 new_bytes=new_bytes, stored_bytes=stored_bytes, probe=None,
+                                 content=content))
+            return
+        # What ``file`` does with such a file on a first backup, without building the record.
+        self.changed_files += 1
+        self.changed_bytes += size
+        self._count_added(path, new_bytes, stored_bytes)
+
+    def _count_added(self, path: bytes, new_bytes: int, stored_bytes: int) -> None:
         acc = self.acc
         acc.counts["added"] += 1
-        acc.new_bytes += ch.new_bytes
-        acc.new_compressed += ch.stored_bytes
-        name = ch.path.rpartition(b"/")[2]
+        acc.new_bytes += new_bytes
+        acc.new_compressed += stored_bytes
+        name = path.rpartition(b"/")[2]
         stem, dot, ext_b = name.rpartition(b".")
         if dot and stem:
-            ext = os.fsdecode(ext_b).lower()
+            ext = self._ext_text.get(ext_b)
+            if ext is None:
+                ext = os.fsdecode(ext_b).lower()
+                if len(self._ext_text) < 5000:  # a tree has few distinct extensions
+                    self._ext_text[ext_b] = ext
             if ext not in acc.known_exts:
                 acc.new_exts[ext] += 1
             if len(self.exts) < 5000:

@@ -144,6 +144,15 @@ class Observer:
     def file(self, change: FileChange) -> None:
         pass
 
+    def new_file(self, path: bytes, size: int, mtime_ns: int, new_bytes: int, stored_bytes: int,
+                 content: list[bytes]) -> None:
+        """A file the files cache did not know and no probe was taken of: the commonest
+        call by far (every file of a first backup), so an observer may take it without the
+        record. By default, the same as ``file``."""
+        self.file(FileChange(path=path, size=size, mtime_ns=mtime_ns, old_size=None, kept=None,
+                             new_bytes=new_bytes, stored_bytes=stored_bytes, probe=None,
+                             content=content))
+
     def gone(self, path: bytes, size: int, digest: bytes) -> None:
         """A file of the last backup that is no longer there."""
 
@@ -843,6 +852,9 @@ class Backup:
     def _observe(self, path: bytes, node: Node, r: _Read) -> None:
         assert self.observer is not None
         old = self._cache.get(path)
+        if old is None and r.probe is None:
+            self.observer.new_file(path, r.size, node.mtime_ns, r.new_bytes, r.new_stored, r.content)
+            return
         kept: float | None = None
         silent = False
         if old is not None:

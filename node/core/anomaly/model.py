@@ -50,12 +50,9 @@ INPUT_NAMES: tuple[str, ...] = (
 def excess(features: Features, baseline: Baseline, name: str) -> float:
     """How far a count stands above this node's usual (median + 2 MAD; 0 when new)."""
     x = float(getattr(features, name))
-    col = baseline.column(name) if baseline.count else None
-    if col is None or col.size == 0:
+    if not baseline.count:
         return x
-    med = float(np.median(col))
-    mad = float(np.median(np.abs(col - med)))
-    return max(0.0, x - med - 2.0 * mad)
+    return max(0.0, x - baseline.centre(name) - 2.0 * baseline.mad(name))
 
 
 RECENT = 2  # earlier snapshots a slow (throttled) attack is summed over
@@ -73,8 +70,7 @@ def history_excess(baseline: Baseline) -> float:
     if baseline.count <= RECENT:
         return 0.0
     col = baseline.column("suspicious")
-    med = float(np.median(col))
-    mad = float(np.median(np.abs(col - med)))
+    med, mad = baseline.centre("suspicious"), baseline.mad("suspicious")
     return float(np.clip(col[-RECENT:] - med - 2.0 * mad, 0.0, None).sum())
 
 

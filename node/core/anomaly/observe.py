@@ -39,9 +39,18 @@ Change = Literal["added", "changed", "deleted", "renamed"]
 SMALL_TEXT = 64 * 1024  # a new text file at most this big may be a ransom note
 
 
+def _split(path: str) -> tuple[str, str]:
+    """``posixpath.split`` of a str path, inlined (it runs several times per changed file)."""
+    i = path.rfind("/") + 1
+    head, tail = path[:i], path[i:]
+    if head and head != "/" * len(head):
+        head = head.rstrip("/")
+    return head, tail
+
+
 def split_ext(path: str) -> tuple[str, str, str]:
     """(folder, stem, extension lower case without dot) of a slash path."""
-    folder, name = posixpath.split(path)
+    folder, name = _split(path)
     stem, dot, ext = name.rpartition(".")
     if not dot or not stem:
         return folder, name, ""
@@ -359,7 +368,7 @@ class Accumulator:
 
 def _stem_keys(path: str) -> list[tuple[str, str]]:
     """Keys a deleted file is known by: (folder, full name) and (folder, stem)."""
-    folder, name = posixpath.split(path)
+    folder, name = _split(path)
     stem = split_ext(path)[1]
     return [(folder, name), (folder, stem)] if stem != name else [(folder, name)]
 
@@ -367,7 +376,7 @@ def _stem_keys(path: str) -> list[tuple[str, str]]:
 def _pair_keys(path: str) -> list[tuple[str, str]]:
     """Keys an added file may match a deletion by: its name minus the last suffix
     (``x.docx.locked`` -> ``x.docx``), then its stem (``x.enc`` <- ``x.docx``)."""
-    folder, name = posixpath.split(path)
+    folder, name = _split(path)
     base, dot, _ = name.rpartition(".")
     if not dot or not base:
         return []

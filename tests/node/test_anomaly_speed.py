@@ -130,26 +130,22 @@ def _full_state() -> Any:
     return s
 
 
-def test_the_state_file_is_the_same_json_and_cheap(tmp_path: Any) -> None:
+def test_the_state_file_is_the_same_json_through_a_save_and_a_load(tmp_path: Any) -> None:
     """A full state (MAX_OK ok findings and more): the shallow ``to_json`` writes what
-    ``dataclasses.asdict`` wrote, and saving and loading it costs little CPU (it was ~50 ms
-    of every backup with asdict)."""
+    ``dataclasses.asdict`` wrote, and it survives a save and a load (its cost, ~50 ms of every
+    backup with asdict, ~13 ms now, is bench_anomaly.py's to measure, not a test's)."""
     import dataclasses
     import json
-    import time
 
     from corestate.node import anomalystate as st
     s = _full_state()
     s.compact()
     old = {"format": st.FORMAT, "series": s.series, "findings": [dataclasses.asdict(f) for f in s.findings]}
     assert json.dumps(s.to_json(), sort_keys=True) == json.dumps(old, sort_keys=True)
-    t = time.process_time()
     st.save(tmp_path, s)
     loaded, problem = st.load(tmp_path)
-    cpu = time.process_time() - t
     assert problem is None and len(loaded.findings) == len(s.findings)
     assert json.dumps(loaded.to_json(), sort_keys=True) == json.dumps(old, sort_keys=True)
-    assert cpu < 0.2, f"save + load of a full state took {cpu * 1000:.0f} ms CPU"
 
 
 def test_the_inlined_split_is_posixpath_split() -> None:

@@ -22,8 +22,8 @@ import random
 import sqlite3
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -62,6 +62,17 @@ def make_mesh(base: Path, count: int, *, pack_size: int = PACK_SIZE,
         edit_config(n.home, "pack_size = 16777216", f"pack_size = {pack_size}")
         edit_config(n.home, 'global_quota = "64 MiB"', f"global_quota = {global_quota}")
     return mesh
+
+
+@contextmanager
+def running(mesh: LocalMesh, *which: int) -> Iterator[LocalMesh]:
+    """A module's mesh: start the daemons ``which`` (all by default), and close every one
+    at the end, also when a start failed."""
+    try:
+        mesh.start(*which)
+        yield mesh
+    finally:
+        mesh.close()
 
 
 def start_missing(mesh: LocalMesh) -> None:

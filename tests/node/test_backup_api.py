@@ -18,7 +18,7 @@ from corestate.node.runtime.client import Connection, connect, subscribe
 from corestate.node.runtime.localmesh import LocalMesh
 from corestate.node.treecompare import differences
 from corestate.protocol import control as c
-from meshutil import edit_config, make_mesh, random_tree, wait_for
+from meshutil import edit_config, make_mesh, random_tree, running, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -27,11 +27,8 @@ pytestmark = pytest.mark.slow
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
     """Two nodes that trust each other; only the first runs (its peer is offline)."""
     mesh = make_mesh(tmp_path_factory.mktemp("bapi"), 2)
-    mesh.start(0)
-    try:
+    with running(mesh, 0):
         yield mesh
-    finally:
-        mesh.close()
 
 
 def raw(mesh: LocalMesh) -> socket.socket:

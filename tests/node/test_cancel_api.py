@@ -16,7 +16,7 @@ import pytest
 from corestate.node.runtime.client import Connection, call, connect
 from corestate.node.runtime.localmesh import LocalMesh
 from corestate.protocol import control as c
-from meshutil import make_mesh, popen, wait_for
+from meshutil import make_mesh, popen, running, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -28,11 +28,8 @@ LANDED = 8 * MIB  # cancel once this much is stored: the next backup must reuse 
 @pytest.fixture(scope="module")
 def solo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
     mesh = make_mesh(tmp_path_factory.mktemp("cancel"), 1)
-    mesh.start(0)
-    try:
+    with running(mesh, 0):
         yield mesh
-    finally:
-        mesh.close()
 
 
 @pytest.fixture(scope="module")

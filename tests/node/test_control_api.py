@@ -20,7 +20,16 @@ from corestate.node.runtime.events import EventBus, alert
 from corestate.node.runtime.localmesh import LocalMesh
 from corestate.protocol import control as c
 from corestate.protocol import wire
-from meshutil import clean_env, edit_config, last_json, make_mesh, random_tree, run_plain, wait_for
+from meshutil import (
+    clean_env,
+    edit_config,
+    last_json,
+    make_mesh,
+    random_tree,
+    run_plain,
+    running,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -29,11 +38,8 @@ pytestmark = pytest.mark.slow
 def solo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
     mesh = make_mesh(tmp_path_factory.mktemp("api"), 1)
     edit_config(mesh.nodes[0].home, "backup_every = 0", 'backup_every = "6h"')
-    mesh.start(0)
-    try:
+    with running(mesh, 0):
         yield mesh
-    finally:
-        mesh.close()
 
 
 def raw(mesh: LocalMesh) -> socket.socket:

@@ -18,7 +18,7 @@ from corestate.node.group import Invite
 from corestate.node.runtime.client import Connection, DaemonRefused, call, connect, subscribe
 from corestate.node.runtime.localmesh import LocalMesh
 from corestate.protocol import control as c
-from meshutil import make_mesh, wait_for
+from meshutil import make_mesh, running, wait_for
 
 from corestate.errors import CoreStateError
 
@@ -28,11 +28,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
     mesh = make_mesh(tmp_path_factory.mktemp("members"), 2)
-    mesh.start()
-    try:
+    with running(mesh):
         yield mesh
-    finally:
-        mesh.close()
 
 
 def ask(mesh: LocalMesh, request: c.Message, i: int = 0) -> c.Message:

@@ -49,6 +49,7 @@ from meshutil import (
     put,
     random_tree,
     restored,
+    running,
     share_files,
     signed_delete,
     start_missing,
@@ -65,11 +66,8 @@ HOSTILE = 4  # the holder the hostile and untrusted clients talk to
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
     lm = make_mesh(tmp_path_factory.mktemp("mesh"), 5)
-    try:
-        lm.start()
+    with running(lm):
         yield lm
-    finally:
-        lm.close()
 
 
 @pytest.fixture(autouse=True)

@@ -26,6 +26,7 @@ from meshutil import (
     make_mesh,
     random_tree,
     restored,
+    running,
     share_files,
     start_missing,
     wait_for,
@@ -38,11 +39,8 @@ HOLDERS = (1, 2, 3, 4)
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
     lm = make_mesh(tmp_path_factory.mktemp("repair"), 5)
-    try:
-        lm.start()
+    with running(lm):
         yield lm
-    finally:
-        lm.close()
 
 
 @pytest.fixture(autouse=True)

@@ -22,6 +22,7 @@ from meshutil import (
     popen,
     random_tree,
     restored,
+    running,
     start_missing,
     store_packs,
     wait_for,
@@ -35,11 +36,8 @@ OWNER = 0
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
     lm = make_mesh(tmp_path_factory.mktemp("stream"), 4)
-    try:
-        lm.start()
+    with running(lm):
         yield lm
-    finally:
-        lm.close()
 
 
 @pytest.fixture(autouse=True)

@@ -239,7 +239,7 @@ class CoreStateApp(App[None]):
         self.query_one("#matches", OptionList).display = False
         self.query_one("#live").display = False
         dp = self.query_one("#dash-peers", DataTable)
-        dp.add_columns("peer", "role", "state", "last seen", "holds", "we hold", "conn")
+        dp.add_columns("peer", "role", "state", "last seen", "holds", "we hold", "conn", "holder")
         st = self.query_one("#snaps", DataTable)
         st.add_columns("id", "time", "paths", "files", "size", "change", "verdict", "prot")
         self.query_one("#members", DataTable).add_columns("member", "role", "me")
@@ -439,13 +439,17 @@ class CoreStateApp(App[None]):
         table = self.query_one("#dash-peers", DataTable)
         table.clear()
         rows = {r.peer: r for r in self.peer_rows}
+        # The holder's standing from audits (ok, suspect, evicted, lost: `corestate health`).
+        standing = {h.peer: h.state for h in self.health.holders} if self.health else {}
         for p in peers:
             row = rows.get(p.peer_id)
             state = f.DASH if p.online is None else ("up" if p.online else "down")
+            held = standing.get(p.peer_id)
             table.add_row(f.short_peer(p.peer_id), "member" if p.member else "trusted",
                           Text(state, "green" if p.online else "red"), f.ago(p.last_seen_ns, now),
                           f"{p.shares} sh", f.human(row.bytes_we_hold) if row else f.DASH,
-                          _opt(p, "connection") or f.DASH)
+                          _opt(p, "connection") or f.DASH,
+                          Text(held or f.DASH, "" if held in (None, "ok") else "bold red"))
         table.border_title = f"Peers ({sum(1 for p in peers if p.online)}/{len(peers)} up)"
 
         al = Text()

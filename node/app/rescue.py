@@ -29,9 +29,9 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from corestate.node.app import Context, Operation
 from corestate.node.app import health as hmod
@@ -44,6 +44,8 @@ from corestate.node.local import LocalNode
 from corestate.protocol import control as c
 
 from corestate.errors import CoreStateError
+
+R = TypeVar("R")
 
 STAGGER = ls.DEFAULT_STAGGER  # seconds between members' turns to claim a pack
 SETTLE = 2.0  # seconds a claim has to reach the members before the claimer decides again
@@ -64,48 +66,43 @@ class Foreign:
     holders: dict[tuple[int, str], records.Holder] = field(default_factory=dict)
 
 
-def foreign_placements(node: LocalNode) -> dict[bytes, Foreign]:
-    me = node.keys.peer_id
-    members = set(node.group.members())
+def _members_records(node: LocalNode, kind: records.Kind, decode: Callable[[bytes, bytes], R],
+                     members: set[str]) -> Iterator[tuple[str, R]]:
+    """(author, record) for each live record of ``kind`` that a member wrote; records that do
+    not decode are skipped."""
     cat = node.group.catalog
-    out: dict[bytes, Foreign] = {}
     for author in cat.authors():
         if author not in members:
             continue
         for key, e in cat.entries(author).items():
-            if e.value is None or records.kind(key) != records.Kind.PLACEMENT:
+            if e.value is None or records.kind(key) != kind:
                 continue
             try:
-                rec = records.Placement.decode(key, e.value)
+                yield author, decode(key, e.value)
             except records.CorruptRecord:
                 continue
-            owner = rec.owner or author
-            if owner == me or owner not in members:
-                continue
-            f = out.setdefault(rec.pack, Foreign(owner, rec.pack, rec.k, rec.n, rec.size))
-            if (f.owner, f.k, f.n) != (owner, rec.k, rec.n):
-                continue  # another code (or a claim on another owner's pack id): not mixed in
-            for h in rec.holders:
-                f.holders.setdefault((h.index, h.peer), h)
+
+
+def foreign_placements(node: LocalNode) -> dict[bytes, Foreign]:
+    me = node.keys.peer_id
+    members = set(node.group.members())
+    out: dict[bytes, Foreign] = {}
+    for author, rec in _members_records(node, records.Kind.PLACEMENT, records.Placement.decode, members):
+        owner = rec.owner or author
+        if owner == me or owner not in members:
+            continue
+        f = out.setdefault(rec.pack, Foreign(owner, rec.pack, rec.k, rec.n, rec.size))
+        if (f.owner, f.k, f.n) != (owner, rec.k, rec.n):
+            continue  # another code (or a claim on another owner's pack id): not mixed in
+        for h in rec.holders:
+            f.holders.setdefault((h.index, h.peer), h)
     return out
 
 
 def leases(node: LocalNode) -> list[ls.Lease]:
-    cat = node.group.catalog
-    members = set(node.group.members())
-    out = []
-    for author in cat.authors():
-        if author not in members:
-            continue
-        for key, e in cat.entries(author).items():
-            if e.value is None or records.kind(key) != records.Kind.LEASE:
-                continue
-            try:
-                rec = records.RepairLease.decode(key, e.value)
-            except records.CorruptRecord:
-                continue
-            out.append(ls.Lease(rec.pack, rec.owner, author, rec.until_ms))
-    return out
+    return [ls.Lease(rec.pack, rec.owner, author, rec.until_ms)
+            for author, rec in _members_records(node, records.Kind.LEASE, records.RepairLease.decode,
+                                                set(node.group.members()))]
 
 
 def member_repair(node: LocalNode, call: c.MemberRepairCall, ctx: Context) -> c.MemberRepairResult:

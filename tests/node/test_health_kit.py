@@ -19,32 +19,14 @@ from corestate.node.runtime.testkit import (
     MemoryMesh,
     VirtualClock,
     memory_mesh,
-    scratch_dir,
     small_tree,
 )
 from corestate.protocol import control as c
 
 BUDGET = 30.0
+pytestmark = pytest.mark.usefixtures("timed")  # tests/node/conftest.py, within BUDGET
 
 
-@pytest.fixture
-def clock() -> VirtualClock:
-    return VirtualClock()
-
-
-@pytest.fixture
-def homes() -> Iterator[Path]:
-    with scratch_dir() as d:
-        yield d
-
-
-@pytest.fixture(autouse=True)
-def timed(request: pytest.FixtureRequest) -> Iterator[None]:
-    t0 = time.monotonic()
-    yield
-    took = time.monotonic() - t0
-    print(f"{request.node.name}: {took * 1000:.0f} ms")
-    assert took < BUDGET, f"{request.node.name} took {took:.1f} s"
 
 
 @pytest.fixture

@@ -22,8 +22,6 @@ asserted below is generous for a loaded machine), so they can tell many more sto
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +33,6 @@ from corestate.node.runtime.testkit import (
     MemoryMesh,
     VirtualClock,
     memory_mesh,
-    scratch_dir,
     small_tree,
 )
 from corestate.node.runtime.vault import ShareVault
@@ -46,26 +43,9 @@ from corestate.protocol.streams import Channel, Stream
 # Real seconds a test may take. Each takes a few hundred milliseconds here; the margin is
 # for a machine shared with other test runs.
 BUDGET = 10.0
+pytestmark = pytest.mark.usefixtures("timed")  # tests/node/conftest.py, within BUDGET
 
 
-@pytest.fixture
-def clock() -> VirtualClock:
-    return VirtualClock()
-
-
-@pytest.fixture
-def homes() -> Iterator[Path]:
-    with scratch_dir() as d:
-        yield d
-
-
-@pytest.fixture(autouse=True)
-def timed(request: pytest.FixtureRequest) -> Iterator[None]:
-    t0 = time.monotonic()
-    yield
-    took = time.monotonic() - t0
-    print(f"{request.node.name}: {took * 1000:.0f} ms")
-    assert took < BUDGET, f"{request.node.name} took {took:.1f} s"
 
 
 def restored(target: Path, src: Path) -> Path:

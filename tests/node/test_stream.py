@@ -18,29 +18,17 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from corestate.node.runtime import meshops
-from corestate.node.runtime.testkit import VirtualClock, memory_mesh, scratch_dir, small_tree
+from corestate.node.runtime.testkit import VirtualClock, memory_mesh, small_tree
 from corestate.node.treecompare import differences
 from corestate.protocol import control as c
 from corestate.protocol import pack as packfmt
 
 from corestate.errors import CoreStateError
-
-
-@pytest.fixture
-def clock() -> VirtualClock:
-    return VirtualClock()
-
-
-@pytest.fixture
-def homes() -> Iterator[Path]:
-    with scratch_dir() as d:
-        yield d
 
 
 async def test_ranged_reads_give_the_pack_bytes(tmp_path: Path, homes: Path, clock: VirtualClock) -> None:

@@ -28,11 +28,6 @@ from corestate.protocol.streams import Stream
 PROTO = "/corestate/kit-test/1"
 
 
-@pytest.fixture
-def clock() -> VirtualClock:
-    return VirtualClock()
-
-
 async def echo(stream: Stream) -> None:
     while data := await stream.receive_some():
         await stream.send_all(data)

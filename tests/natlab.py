@@ -25,11 +25,12 @@ of runs whose process is gone. No packet leaves the namespaces.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 from collections.abc import Sequence
 from typing import Any
+
+import netmesh
 
 PREFIX = "csnat"
 INET = "198.51.100"
@@ -69,23 +70,9 @@ def _run(*args: str) -> str:
     return p.stdout
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale() -> None:
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    for line in out.splitlines():
-        ns = line.split()[0] if line.strip() else ""
-        m = re.fullmatch(rf"{PREFIX}(\d+)-\w+", ns)
-        if m and not _pid_alive(int(m.group(1))):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    """Delete the lab namespaces of earlier runs whose test process no longer exists."""
+    netmesh.remove_stale(PREFIX)
 
 
 class NatLab:

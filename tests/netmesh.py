@@ -71,10 +71,11 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale() -> None:
-    """Delete the namespaces of earlier runs whose test process no longer exists."""
+def remove_stale(prefix: str = PREFIX) -> None:
+    """Delete the namespaces (named ``<prefix><pid>-...``) of earlier runs whose test process
+    no longer exists."""
     for ns in _namespaces():
-        m = re.fullmatch(rf"{PREFIX}(\d+)-\w+", ns)
+        m = re.fullmatch(rf"{prefix}(\d+)-\w+", ns)
         if m and not _pid_alive(int(m.group(1))):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 

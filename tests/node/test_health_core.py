@@ -233,6 +233,19 @@ def test_summary_per_snapshot_holders_and_repair_eta() -> None:
     assert h.summarize([deg], [], states, rate=None).repair.eta is None
 
 
+def test_a_pack_never_placed_is_at_risk_but_not_repairs_to_rebuild() -> None:
+    """A standalone node's packs (or ones not uploaded yet) live on this disk alone: at risk,
+    but the next backup's upload places them, not repair; a placed pack with a local copy and
+    too few shares is repair's."""
+    never = h.PackView(b"n" * 32, 1, 1, 0, (), True)
+    s = h.summarize([never], [], {}, rate=1000)
+    assert s.total == h.Tally(0, 0, 1, 0)
+    assert (s.repair.packs, s.repair.shares, s.repair.unrepairable, s.repair.eta) == (0, 0, 0, 0.0)
+    assert s.repair.reason == "nothing to repair"
+    placed = h.PackView(b"p" * 32, 2, 4, 1000, ((0, A),), True)
+    assert h.summarize([never, placed], [], {}, rate=1000).repair.shares == 3
+
+
 def test_alerts_once_per_fall() -> None:
     pk = b"x" * 32
     out = h.alerts({pk: h.Level.FULL}, {pk: h.Level.AT_RISK})

@@ -128,6 +128,8 @@ def test_an_attack_alerts_at_the_first_affected_snapshot_and_protects_the_one_be
     assert isinstance(snaps, list)
     protected = {s["id"]: s["protected"] for s in snaps}
     assert protected[before] is True and sum(protected.values()) == 1
+    verdicts = {s["id"]: s["verdict"] for s in snaps}  # each backup's verdict, as judged
+    assert verdicts[hit["snapshot_id"]] == "alert" and verdicts[before] == "ok", verdicts
 
     # forget naming it refuses and points to `anomaly ack`.
     p = cli.run("forget", before[:8], check=False)

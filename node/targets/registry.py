@@ -71,4 +71,8 @@ def open_store(spec: TargetSpec) -> ObjectStore:
     if url.scheme == "file":
         from corestate.node.targets.folder import FolderStore
         return FolderStore(spec.name, url.path)
+    if url.scheme == "s3":
+        from corestate.node.targets.s3 import S3Store
+        return S3Store(spec.name, url.bucket, url.path, endpoint=spec.endpoint,
+                       credentials_file=spec.credentials_file, profile=spec.profile)
     raise BadTargetURL(spec.name, f"{url.scheme}:// targets are not supported yet")

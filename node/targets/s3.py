@@ -113,10 +113,11 @@ def env_credentials(target: str) -> tuple[str, str, str | None]:
     secret = os.environ.get("AWS_SECRET_ACCESS_KEY", "")
     if not key or not secret:
         raise TargetAuthError(target, "no S3 credentials: AWS_ACCESS_KEY_ID and "
-                              "AWS_SECRET_ACCESS_KEY are not set",
-                              hint="set both in the environment of the daemon and the CLI, or "
-                              "give --credentials-file PATH (AWS credentials format) on "
-                              "`corestate target add`")
+                              "AWS_SECRET_ACCESS_KEY are not set where the target is opened "
+                              "(in the daemon, when one runs)",
+                              hint="set both in the environment of the daemon (its service "
+                              "file) and of the CLI, or give --credentials-file PATH (AWS "
+                              "credentials format) on `corestate target add`")
     return key, secret, os.environ.get("AWS_SESSION_TOKEN") or None
 
 

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -146,15 +146,22 @@ class FaultProxy:
     """Forwards HTTP to ``upstream_port``, but first answers ``faults`` requests with
     ``status`` (503 SlowDown by default). ``faults = -1`` fails every request. With
     ``stall`` seconds, a failed request is instead held that long and its connection closed
-    unanswered (a server that hangs: the client's read timeout must fire)."""
+    unanswered (a server that hangs: the client's read timeout must fire). ``only(method,
+    path)`` picks the requests that may fail (default: all). With ``lose_answer``, a failed
+    request is first forwarded (the server does it) and its answer replaced by the fault:
+    an answer lost on the way."""
 
     def __init__(self, upstream_port: int, faults: int = 0, status: int = 503,
-                 code: str = "SlowDown", stall: float = 0.0) -> None:
+                 code: str = "SlowDown", stall: float = 0.0,
+                 only: Callable[[str, str], bool] | None = None,
+                 lose_answer: bool = False) -> None:
         self.upstream_port = upstream_port
         self.faults = faults
         self.status = status
         self.code = code
         self.stall = stall
+        self.only = only
+        self.lose_answer = lose_answer
         self.failed = 0
         self.forwarded = 0
         self._lock = threading.Lock()
@@ -170,8 +177,8 @@ class FaultProxy:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 with proxy._lock:
-                    fail = proxy.faults != 0
-                    if proxy.faults > 0:
+                    fail = proxy.faults != 0 and (proxy.only is None or proxy.only(self.command, self.path))
+                    if fail and proxy.faults > 0:
                         proxy.faults -= 1
                     if fail:
                         proxy.failed += 1
@@ -181,6 +188,8 @@ class FaultProxy:
                     time.sleep(proxy.stall)
                     self.close_connection = True
                     return
+                if fail and proxy.lose_answer:
+                    self._forward(body, answer=False)
                 if fail:
                     xml = (f"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{proxy.code}"
                            f"</Code><Message>injected by the test proxy</Message></Error>").encode()
@@ -191,6 +200,9 @@ class FaultProxy:
                     if self.command != "HEAD":
                         self.wfile.write(xml)
                     return
+                self._forward(body, answer=True)
+
+            def _forward(self, body: bytes, answer: bool) -> None:
                 up = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=30)
                 try:
                     up.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
@@ -199,6 +211,8 @@ class FaultProxy:
                     up.endheaders(body if body else None)
                     res = up.getresponse()
                     data = res.read()
+                    if not answer:
+                        return
                     self.send_response(res.status, res.reason)
                     for k, v in res.getheaders():
                         if k.lower() not in ("content-length", "transfer-encoding", "connection"):

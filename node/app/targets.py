@@ -56,7 +56,7 @@ def validate(spec: TargetSpec) -> None:
                           "absolute path", hint="give its full path")
 
 
-def _check(spec: TargetSpec) -> tuple[bool, str, int | None]:
+def check_target(spec: TargetSpec) -> tuple[bool, str, int | None]:
     """(reachable, the error in words with what to do, bytes free)."""
     try:
         store = registry.open_store(spec, retry_seconds=CHECK_RETRY_SECONDS)
@@ -98,6 +98,9 @@ def target_add(node: LocalNode, call: c.TargetAddCall, ctx: Context) -> c.Target
                           hint="one place is one failure domain: add it once")
     reachable: bool | None = None
     free = None
+    if not call.check and spec.credentials_file:
+        from corestate.node.targets.s3 import read_credentials
+        read_credentials(spec.name, spec.credentials_file, spec.profile)  # local: check it anyway
     if call.check:
         try:
             store = registry.open_store(spec, retry_seconds=CHECK_RETRY_SECONDS)
@@ -121,7 +124,7 @@ def target_list(node: LocalNode, call: c.TargetListCall, ctx: Context) -> Iterat
         yield from (_row(s, held) for s in specs)
         return
     with ThreadPoolExecutor(max_workers=min(MAX_CHECKS_AT_ONCE, len(specs))) as pool:
-        checks = list(pool.map(_check, specs))
+        checks = list(pool.map(check_target, specs))
     for spec, (ok, error, free) in zip(specs, checks, strict=True):
         yield _row(spec, held, ok, error, free)
 
@@ -151,4 +154,5 @@ OPERATIONS = (
 )
 
 
-__all__ = ["OPERATIONS", "target_add", "target_list", "target_remove", "validate"]
+__all__ = ["CHECK_RETRY_SECONDS", "OPERATIONS", "check_target", "target_add", "target_list",
+           "target_remove", "validate"]

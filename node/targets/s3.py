@@ -296,8 +296,13 @@ class S3Store:
                 number += 1
             if stream is not None and stream.read(1):
                 raise TargetError(self.name, f"put {key}: more bytes given than the {size} announced")
-            self._call(f"put {key} (complete multipart)", lambda: self._client.complete_multipart_upload(
-                Bucket=self.bucket, Key=full, UploadId=upload_id, MultipartUpload={"Parts": parts}))
+            try:
+                self._call(f"put {key} (complete multipart)", lambda: self._client.complete_multipart_upload(
+                    Bucket=self.bucket, Key=full, UploadId=upload_id, MultipartUpload={"Parts": parts}))
+            except TargetError as exc:
+                # a retry after an answer lost on the way: the first completion went through
+                if not (_code(exc.__cause__) == "NoSuchUpload" and self.size(key) == size):
+                    raise
         except BaseException:
             try:  # best effort: the parts would otherwise be billed until a lifecycle rule
                 self._client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
@@ -399,6 +404,11 @@ def _read_exactly(src: BinaryIO, n: int) -> bytes:
         chunks.append(piece)
         n -= len(piece)
     return b"".join(chunks)
+
+
+def _code(exc: BaseException | None) -> str:
+    from botocore.exceptions import ClientError
+    return str(exc.response.get("Error", {}).get("Code", "")) if isinstance(exc, ClientError) else ""
 
 
 def _is_invalid_range(exc: BaseException | None) -> bool:

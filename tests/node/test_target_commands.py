@@ -13,10 +13,11 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
-from corestate.node.app.targets import validate
+from corestate.node.app.targets import CHECK_RETRY_SECONDS, check_target, validate
 from corestate.node.home import Home
 from corestate.node.local import LocalNode
 from corestate.node.targets.registry import TargetSpec, load
@@ -167,3 +168,34 @@ def test_target_commands_run_in_the_daemon_with_its_environment(tmp_path: Path) 
     finally:
         mesh.close()
         srv.stop()
+
+
+@pytest.mark.slow
+def test_a_check_of_an_unreachable_bucket_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`target list` and `target add` wait at most CHECK_RETRY_SECONDS per target (plus one
+    request), not the 20 s a backup's requests retry."""
+    srv = S3Server(tmp_path / "s3").start()
+    for k, v in srv.env().items():
+        monkeypatch.setenv(k, v)
+    spec = TargetSpec("b2", f"s3://{srv.bucket}/x", endpoint=srv.endpoint)
+    assert check_target(spec)[0] is True
+    srv.stop()
+    t0 = time.monotonic()
+    ok, error, free = check_target(spec)
+    took = time.monotonic() - t0
+    assert ok is False and free is None and "failed" in error and "network" in error
+    assert CHECK_RETRY_SECONDS <= took <= CHECK_RETRY_SECONDS + 3.0, took
+
+
+@pytest.mark.slow
+def test_no_check_still_reads_the_credentials_file(cli: Cli, tmp_path: Path) -> None:
+    p = cli.run("target", "add", "b2", "s3://bucket", "--credentials-file", str(tmp_path / "nope.ini"),
+                "--no-check", check=False)
+    assert p.returncode == 1 and "does not exist" in p.stderr, p.stderr
+    (tmp_path / "c.ini").write_text("[other]\naws_access_key_id = A\naws_secret_access_key = B\n")
+    p = cli.run("target", "add", "b2", "s3://bucket", "--credentials-file", str(tmp_path / "c.ini"),
+                "--no-check", check=False)
+    assert p.returncode == 1 and "no profile [default]" in p.stderr and "other" in p.stderr, p.stderr
+    cli.run("target", "add", "b2", "s3://bucket", "--credentials-file", str(tmp_path / "c.ini"),
+            "--profile", "other", "--no-check")
+    assert _names(cli) == ["b2"]

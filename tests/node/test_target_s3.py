@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import secrets
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -239,6 +240,22 @@ def test_throttling_is_retried_then_succeeds(server: S3Server) -> None:
 
 
 @pytestmark_s3
+def test_a_lost_answer_to_a_multipart_completion_is_not_a_failure(server: S3Server) -> None:
+    """The server completed the upload but its answer was lost: the retry finds no such
+    upload, and the object there, whole."""
+    with FaultProxy(server.port, faults=1, status=500, code="InternalError", lose_answer=True,
+                    only=lambda method, path: method == "POST" and "uploadId=" in path) as proxy:
+        s = s3_store(server, endpoint=proxy.endpoint, retry_seconds=10.0)
+        try:
+            big = secrets.token_bytes(11 * MiB)
+            s.put("shares/lost-answer", big, len(big))
+            assert proxy.failed == 1
+            assert s.get("shares/lost-answer") == big
+        finally:
+            s.close()
+
+
+@pytestmark_s3
 def test_throttling_that_lasts_gives_up_within_the_bound(server: S3Server) -> None:
     with FaultProxy(server.port, faults=-1) as proxy:
         s = s3_store(server, endpoint=proxy.endpoint, retry_seconds=3.0)
@@ -266,6 +283,26 @@ def test_a_hanging_server_hits_the_read_timeout(server: S3Server) -> None:
             s.close()
         took = time.monotonic() - t0
     assert took <= 1.5 + 0.5 + 2.0, took  # the stall (5 s) is never waited out
+
+
+@pytestmark_s3
+def test_a_server_that_never_accepts_hits_the_connect_timeout(server: S3Server) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)):  # fills the backlog: SYNs now go unanswered
+            s = s3_store(server, endpoint=f"http://127.0.0.1:{port}", retry_seconds=1.5,
+                         connect_timeout=0.5)
+            t0 = time.monotonic()
+            try:
+                with pytest.raises(TargetUnavailable, match=r"(?i)connect timeout") as info:
+                    s.size("shares/x")
+            finally:
+                s.close()
+            took = time.monotonic() - t0
+    assert 1.5 <= took <= 1.5 + 0.5 + 2.0, took
+    assert "failed" in str(info.value)
 
 
 @pytest.mark.slow

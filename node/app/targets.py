@@ -9,7 +9,7 @@ Invariants:
   call says ``check=False`` — access was proved (a probe object written, read back and
   deleted); a failure names what is wrong (credentials, bucket, a folder not mounted).
 - ``remove`` refuses while the ledger records shares of this node's packs on the target,
-  unless forced: then the target's shares count as gone, and repair rebuilds them on other
+  unless forced: then the target's shares are unreachable, and repair rebuilds them on other
   holders. Objects already on the target are left there (never deleted behind a person's
   back: a forced remove may be a mistake, and a re-add finds them again).
 - ``list`` counts shares and bytes from the ledger (the rows whose holder is ``target:NAME``):
@@ -141,7 +141,7 @@ def target_remove(node: LocalNode, call: c.TargetRemoveCall, ctx: Context) -> c.
         raise TargetError(spec.name, f"it holds {shares} share(s) of this node's packs "
                           f"({nbytes} bytes), as the ledger records",
                           hint=f"`corestate target remove {spec.name} --force` removes it anyway: "
-                          "those shares then count as gone and the next repair (`corestate "
+                          "those shares are then unreachable and the next repair (`corestate "
                           "repair`) rebuilds them on other holders")
     registry.save(node.home.path, [s for s in specs if s.name != spec.name])
     return c.TargetRemoveResult(removed=spec.name, shares=shares, bytes=nbytes)

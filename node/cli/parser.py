@@ -395,7 +395,7 @@ place on the root disk).""")
     tr.set_defaults(fn=cmd_target_remove)
     tr.add_argument("name", metavar="NAME")
     tr.add_argument("--force", action="store_true", help="remove it even though it holds shares: "
-                    "they count as gone and the next repair rebuilds them on other holders")
+                    "they are unreachable from then on and the next repair rebuilds them on other holders")
     for spx in (ta, tl, tr):
         spx.add_argument("--passphrase-file", metavar="F", help="read the passphrase from the first line of F")
         _hsm_option(spx)

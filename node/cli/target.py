@@ -105,7 +105,7 @@ def cmd_target_remove(args: argparse.Namespace, out: Out) -> int:
     out.say(f"removed target {res.removed}")
     if res.shares:
         out.warn(f"the ledger still records {res.shares} share(s) ({_human(res.bytes)}) on it: "
-                 "they count as gone; `corestate repair` rebuilds them on other holders. The objects "
+                 "they are unreachable now; `corestate repair` rebuilds them on other holders. The objects "
                  "stay on the target: delete them by hand once repair is done")
     return EXIT_OK
 

@@ -55,8 +55,7 @@ DEFAULT_REGION = "us-east-1"
 
 _AUTH_CODES = frozenset({
     "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "ExpiredToken",
-    "InvalidToken", "TokenRefreshRequired", "AuthorizationHeaderMalformed",
-    "InvalidSecurity", "AccountProblem", "AllAccessDisabled", "Unauthorized", "Forbidden",
+    "InvalidToken", "TokenRefreshRequired", "InvalidSecurity", "AccountProblem", "AllAccessDisabled", "Unauthorized", "Forbidden",
 })
 _RETRY_CODES = frozenset({
     "SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests",
@@ -65,6 +64,8 @@ _RETRY_CODES = frozenset({
 _FULL_CODES = frozenset({"QuotaExceeded", "StorageQuotaExceeded", "InsufficientStorage",
                          "StorageCapExceeded", "XMinioStorageFull"})
 _MISSING_KEY_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+_REGION_CODES = frozenset({"AuthorizationHeaderMalformed", "PermanentRedirect",
+                           "IllegalLocationConstraintException", "301"})
 
 
 def region_of(endpoint: str) -> str:
@@ -202,6 +203,13 @@ class S3Store:
                 return TargetAuthError(self.name, f"{what}: this machine's clock is off ({msg})",
                                        hint="set the clock right (e.g. enable NTP); S3 refuses "
                                        "requests signed more than 15 minutes off")
+            if code in _REGION_CODES:
+                region = err.get("Region") or exc.response.get("ResponseMetadata", {}).get(
+                    "HTTPHeaders", {}).get("x-amz-bucket-region", "")
+                return TargetError(self.name, f"{what}: the bucket {self.bucket} is in another "
+                                   f"region{f' ({region})' if region else ''}: {msg}",
+                                   hint=f"set AWS_REGION={region or 'REGION'} where the target is "
+                                   "opened, or give that region's endpoint with --endpoint")
             if code in _AUTH_CODES or status in (401, 403):
                 return TargetAuthError(
                     self.name, f"{what}: access refused by {self._where()}: {code or status}: {msg}",

@@ -23,6 +23,7 @@ from corestate.node.targets.store import (
     ObjectStore,
     TargetAuthError,
     TargetError,
+    TargetFull,
     TargetMissing,
     TargetUnavailable,
 )
@@ -253,6 +254,27 @@ def test_a_lost_answer_to_a_multipart_completion_is_not_a_failure(server: S3Serv
             assert s.get("shares/lost-answer") == big
         finally:
             s.close()
+
+
+@pytestmark_s3
+@pytest.mark.parametrize(("status", "code", "error", "hint"), [
+    (403, "AccessDenied", TargetAuthError, "may read, write, list and delete"),
+    (404, "NoSuchBucket", TargetMissing, "create the bucket"),
+    (507, "XMinioStorageFull", TargetFull, "quota"),
+    (400, "AuthorizationHeaderMalformed", TargetError, "AWS_REGION"),
+    (400, "InvalidArgument", TargetError, "bucket's settings"),
+])
+def test_each_refusal_is_named_at_once_without_retries(
+        server: S3Server, status: int, code: str, error: type[TargetError], hint: str) -> None:
+    with FaultProxy(server.port, faults=-1, status=status, code=code) as proxy:
+        s = s3_store(server, endpoint=proxy.endpoint, retry_seconds=20.0)
+        try:
+            with pytest.raises(error) as info:
+                s.put("shares/r", b"refused", 7)
+        finally:
+            s.close()
+    assert type(info.value) is error and hint in info.value.hint, info.value.hint
+    assert proxy.failed == 1  # a refusal that cannot pass is not retried
 
 
 @pytestmark_s3

@@ -139,7 +139,7 @@ def target_remove(node: LocalNode, call: c.TargetRemoveCall, ctx: Context) -> c.
     nbytes = nbytes or 0
     if shares and not call.force:
         raise TargetError(spec.name, f"it holds {shares} share(s) of this node's packs "
-                          f"({nbytes} bytes), as the ledger records",
+                          f"({nbytes / (1 << 20):.1f} MiB), as the ledger records",
                           hint=f"`corestate target remove {spec.name} --force` removes it anyway: "
                           "those shares are then unreachable and the next repair (`corestate "
                           "repair`) rebuilds them on other holders")

@@ -1383,7 +1383,9 @@ class TargetRow(Record):
     bytes: U63  # ... and their bytes
     free: U63 | None  # bytes free there (a folder's disk); None: unknown (a bucket), or not checked
     reachable: bool | None  # the access check passed (write, read back, delete a probe); None: not checked
-    error: Text = ""  # why the check failed, and what to do
+    error: Text = ""  # why the check failed ("" when it passed or did not run)
+    error_kind: Name = ""  # the error's class: TargetAuthError, TargetMissing, TargetUnavailable, ...
+    hint: Text = ""  # what to do about it
 
 
 @message

@@ -56,30 +56,30 @@ def validate(spec: TargetSpec) -> None:
                           "absolute path", hint="give its full path")
 
 
-def check_target(spec: TargetSpec) -> tuple[bool, str, int | None]:
-    """(reachable, the error in words with what to do, bytes free)."""
+def check_target(spec: TargetSpec) -> tuple[int | None, TargetError | None]:
+    """Prove access to ``spec`` now: (bytes free there or None, None) when it passed, else
+    (None, the error)."""
     try:
         store = registry.open_store(spec, retry_seconds=CHECK_RETRY_SECONDS)
         try:
             store.check()
-            return True, "", store.free()
+            return store.free(), None
         finally:
             store.close()
     except TargetError as exc:
-        return False, _words(exc), None
-
-
-def _words(exc: TargetError) -> str:
-    return f"{exc}" + (f" ({exc.hint})" if exc.hint else "")
+        return None, exc
 
 
 def _row(spec: TargetSpec, held: dict[str, tuple[int, int]], reachable: bool | None = None,
-         error: str = "", free: int | None = None) -> c.TargetRow:
+         free: int | None = None, error: TargetError | None = None) -> c.TargetRow:
     shares, nbytes = held.get(spec.holder, (0, 0))
     return c.TargetRow(
         name=spec.name, holder=spec.holder, url=spec.url, endpoint=spec.endpoint, quota=spec.quota,
         credentials_file=spec.credentials_file, profile=spec.profile, shares=shares,
-        bytes=nbytes or 0, free=free, reachable=reachable, error=error[:4000])
+        bytes=nbytes or 0, free=free, reachable=reachable,
+        error="" if error is None else str(error)[:4000],
+        error_kind="" if error is None else type(error).__name__,
+        hint="" if error is None else error.hint[:4000])
 
 
 def target_add(node: LocalNode, call: c.TargetAddCall, ctx: Context) -> c.TargetAddResult:
@@ -114,7 +114,7 @@ def target_add(node: LocalNode, call: c.TargetAddCall, ctx: Context) -> c.Target
             raise
         reachable = True
     registry.save(node.home.path, [*specs, spec])
-    return c.TargetAddResult(target=_row(spec, node.ledger.peers(), reachable, free=free))
+    return c.TargetAddResult(target=_row(spec, node.ledger.peers(), reachable, free))
 
 
 def target_list(node: LocalNode, call: c.TargetListCall, ctx: Context) -> Iterator[c.TargetRow]:
@@ -125,8 +125,8 @@ def target_list(node: LocalNode, call: c.TargetListCall, ctx: Context) -> Iterat
         return
     with ThreadPoolExecutor(max_workers=min(MAX_CHECKS_AT_ONCE, len(specs))) as pool:
         checks = list(pool.map(check_target, specs))
-    for spec, (ok, error, free) in zip(specs, checks, strict=True):
-        yield _row(spec, held, ok, error, free)
+    for spec, (free, error) in zip(specs, checks, strict=True):
+        yield _row(spec, held, error is None, free, error)
 
 
 def target_remove(node: LocalNode, call: c.TargetRemoveCall, ctx: Context) -> c.TargetRemoveResult:

@@ -92,6 +92,8 @@ def cmd_target_list(args: argparse.Namespace, out: Out) -> int:
             out.say(f"{'':<14} {_human(r.free)} free there")
         if r.error:
             out.say(f"{'':<14} {r.error}")
+            if r.hint:
+                out.say(f"{'':<14} {r.hint}")
     return code
 
 

@@ -21,7 +21,7 @@ from corestate.node.app.targets import CHECK_RETRY_SECONDS, check_target, valida
 from corestate.node.home import Home
 from corestate.node.local import LocalNode
 from corestate.node.targets.registry import TargetSpec, load
-from corestate.node.targets.store import TargetError
+from corestate.node.targets.store import TargetError, TargetUnavailable
 from helpers import PASSPHRASE, Cli
 from meshutil import clean_env, last_json, make_mesh, run_plain
 from s3server import S3Server
@@ -59,6 +59,8 @@ def test_folder_targets_added_listed_and_refused_with_reasons(cli: Cli, tmp_path
     assert rows["nas"]["reachable"] is True and rows["nas"]["quota"] == 500 << 30
     assert rows["nas"]["free"] > 0 and rows["nas"]["holder"] == "target:nas"
     assert rows["usb"]["reachable"] is False and "does not exist" in rows["usb"]["error"]
+    assert rows["usb"]["error_kind"] == "TargetMissing" and "mount" in rows["usb"]["hint"]
+    assert rows["nas"]["error"] == rows["nas"]["error_kind"] == rows["nas"]["hint"] == ""
     p = cli.run("target", "list", "--no-check", check=False)
     assert p.returncode == 0 and "unchecked" in p.stdout
     p = cli.run("target", "list", check=False)
@@ -134,12 +136,14 @@ def test_s3_targets_are_checked_against_a_real_server(
         rows = {r["name"]: r for r in cli.json("target", "list", check=False)}  # type: ignore[union-attr]
         assert rows["minio"]["reachable"] is True
         assert rows["b2"]["reachable"] is False and "AWS_ACCESS_KEY_ID" in rows["b2"]["error"]
+        assert rows["b2"]["error_kind"] == "TargetAuthError"
         # the server goes away: the check gives up within its bound and says so
         srv.stop()
         p = cli.run("target", "list", "--json", check=False, timeout=120)
         assert p.returncode == 3
         rows = {r["name"]: r for r in last_json(p)}
-        assert rows["minio"]["reachable"] is False and "network" in rows["minio"]["error"]
+        assert rows["minio"]["reachable"] is False and "network" in rows["minio"]["hint"]
+        assert rows["minio"]["error_kind"] == "TargetUnavailable"
         assert not list((tmp_path / "s3" / srv.bucket).rglob("*probe*"))
     finally:
         srv.stop()
@@ -178,12 +182,13 @@ def test_a_check_of_an_unreachable_bucket_is_bounded(tmp_path: Path, monkeypatch
     for k, v in srv.env().items():
         monkeypatch.setenv(k, v)
     spec = TargetSpec("b2", f"s3://{srv.bucket}/x", endpoint=srv.endpoint)
-    assert check_target(spec)[0] is True
+    assert check_target(spec) == (None, None)  # a bucket cannot tell its free bytes
     srv.stop()
     t0 = time.monotonic()
-    ok, error, free = check_target(spec)
+    free, error = check_target(spec)
     took = time.monotonic() - t0
-    assert ok is False and free is None and "failed" in error and "network" in error
+    assert isinstance(error, TargetUnavailable) and free is None
+    assert "failed" in str(error) and "network" in error.hint
     assert CHECK_RETRY_SECONDS <= took <= CHECK_RETRY_SECONDS + 3.0, took
 
 

@@ -17,7 +17,10 @@ Invariants and choices:
 - botocore's own retries are off; every request goes through ``_call``, which retries
   throttling (SlowDown, 429, 503), server errors (5xx), connection errors and timeouts with
   exponential backoff and full jitter for at most ``retry_seconds`` in total, then raises
-  TargetUnavailable. Every request has connect and read timeouts: nothing hangs forever.
+  TargetUnavailable. Every request has connect and read timeouts (a read timeout bounds
+  each wait for the socket, not a whole slow upload that progresses): no attempt starts
+  after ``retry_seconds``, so a call takes at most that plus one attempt's timeouts (with
+  the defaults about 45 s, within the minute a backup gives its holders).
 - Credentials come from the spec's credentials file (AWS INI format, a profile) when one is
   given, else from ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` (and
   ``AWS_SESSION_TOKEN``). Nothing else is searched (no instance metadata, no ~/.aws): a
@@ -128,8 +131,8 @@ class S3Store:
     def __init__(self, name: str, bucket: str, prefix: str = "", *, endpoint: str = "",
                  credentials: tuple[str, str, str | None] | None = None,
                  credentials_file: str = "", profile: str = "default", region: str = "",
-                 retry_seconds: float = 20.0, connect_timeout: float = 10.0,
-                 read_timeout: float = 60.0, multipart_threshold: int = 64 * MiB,
+                 retry_seconds: float = 20.0, connect_timeout: float = 5.0,
+                 read_timeout: float = 20.0, multipart_threshold: int = 64 * MiB,
                  part_size: int = 16 * MiB,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         import boto3

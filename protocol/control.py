@@ -1360,6 +1360,96 @@ HEALTH_MESSAGES: tuple[type[Message], ...] = (HealthCall, HealthResult, AuditCal
 HEALTH_EVENTS: tuple[type[Message], ...] = (AuditFinished,)
 
 
+# -- targets --
+# `corestate target add|list|remove` (node/app/targets.py): S3-compatible buckets and local
+# or mounted folders that hold shares like peers, named ``target:NAME`` as holders. A call
+# never carries a secret: S3 credentials come from the environment of the process that
+# opens the target, or from the AWS-format credentials file whose path is given.
+
+TargetName = Annotated[str, MaxLen(32)]
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class TargetRow(Record):
+    name: TargetName
+    holder: Name  # "target:NAME", as health, placement and the ledger name it
+    url: Text  # s3://BUCKET/PREFIX or file:///PATH
+    endpoint: Text  # "" = AWS
+    quota: U63  # bytes this node may keep there; 0 = no limit but the target's own
+    credentials_file: Text  # "" = AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY
+    profile: Name
+    shares: U63  # shares of this node's packs on it, as the ledger records them
+    bytes: U63  # ... and their bytes
+    free: U63 | None  # bytes free there (a folder's disk); None: unknown (a bucket), or not checked
+    reachable: bool | None  # the access check passed (write, read back, delete a probe); None: not checked
+    error: Text = ""  # why the check failed ("" when it passed or did not run)
+    error_kind: Name = ""  # the error's class: TargetAuthError, TargetMissing, TargetUnavailable, ...
+    hint: Text = ""  # what to do about it
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class TargetAddCall(Message):
+    """Add a target; unless ``check`` is false, prove access first (nothing is saved when
+    that fails)."""
+
+    TYPE: ClassVar[str] = "target-add"
+    name: TargetName
+    url: Text
+    endpoint: Text = ""
+    quota: U63 = 0
+    credentials_file: Text = ""  # an absolute path (the CLI resolves a relative one)
+    profile: Name = "default"
+    check: bool = True
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class TargetAddResult(Message):
+    TYPE: ClassVar[str] = "target-add-result"
+    target: TargetRow
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class TargetListCall(Message):
+    TYPE: ClassVar[str] = "target-list"
+    check: bool = True  # prove each target's access now (in parallel, a few seconds each at most)
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class TargetListPage(Message):
+    TYPE: ClassVar[str] = "target-list-page"
+    targets: Annotated[tuple[TargetRow, ...], MaxItems(4096)]
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class TargetRemoveCall(Message):
+    """Remove a target; refused while the ledger records shares on it, unless ``force``."""
+
+    TYPE: ClassVar[str] = "target-remove"
+    name: TargetName
+    force: bool = False
+
+
+@message
+@dataclass(frozen=True, slots=True)
+class TargetRemoveResult(Message):
+    TYPE: ClassVar[str] = "target-remove-result"
+    removed: TargetName
+    shares: U63  # shares the ledger still records on it (with force: repair rebuilds them elsewhere)
+    bytes: U63
+
+
+TARGET_MESSAGES: tuple[type[Message], ...] = (
+    TargetAddCall, TargetAddResult, TargetListCall, TargetListPage, TargetRemoveCall,
+    TargetRemoveResult,
+)
+
+
 # -- events: one message type per kind; the type is the kind --------------------------------
 
 SEVERITIES = ("info", "warning", "critical")
@@ -1633,6 +1723,7 @@ CONTROL_MESSAGES: tuple[type[Message], ...] = (
     *ALERTS_MESSAGES,
     *ANOMALY_MESSAGES,
     *HEALTH_MESSAGES,
+    *TARGET_MESSAGES,
     *EVENTS,
     Ok,  # Ok and Error last: the share service's, listed here too
     Error,

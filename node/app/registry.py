@@ -19,6 +19,7 @@ from corestate.node.app import (
     mount,
     rescue,
     restore,
+    targets,
 )
 from corestate.protocol import control as c
 from corestate.protocol.messages import Message
@@ -35,6 +36,7 @@ OPERATIONS: dict[type[Message], Operation] = {op.call: op for op in (
     *mount.OPERATIONS,
     *anomaly.OPERATIONS, *advise.OPERATIONS,
     *health.OPERATIONS, *rescue.OPERATIONS,
+    *targets.OPERATIONS,
 )}
 
 

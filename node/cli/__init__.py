@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "fn", None):
-        if args.command in ("node", "peer", "key", "group", "sim"):
+        if args.command in ("node", "peer", "key", "group", "sim", "target"):
             parser.parse_args([args.command, "--help"])  # prints that command's help, exits 0
         parser.print_help()
         return EXIT_USAGE

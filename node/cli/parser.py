@@ -37,6 +37,7 @@ from corestate.node.cli.nodecmd import (
 from corestate.node.cli.peer import cmd_peer_add, cmd_peer_list, cmd_peer_remove
 from corestate.node.cli.restore import cmd_restore
 from corestate.node.cli.sim import add_parser as add_sim_parser
+from corestate.node.cli.target import cmd_target_add, cmd_target_list, cmd_target_remove
 from corestate.node.cli.tuicmd import cmd_tui
 from corestate.node.home import default_home
 
@@ -335,6 +336,70 @@ shares of either are rebuilt on others."""
 
 The daemon runs the same round every [schedule] audit_every; `corestate health` shows
 what the rounds found."""
+
+    # -- targets --
+    targetp = sub.add_parser(
+        "target", help="S3-compatible buckets and NAS folders that hold shares like peers",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="storage targets: a bucket (AWS, B2, Wasabi, MinIO, Garage, Ceph) or a local "
+                    "or mounted folder holds shares like a trusted peer: placement, audits, repair, "
+                    "health and prune treat it alike, in a failure domain of its own",
+        epilog="""examples:
+  export AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=...
+  corestate target add aws s3://my-backups/laptop                 an AWS bucket, a key prefix
+  corestate target add b2 s3://my-bucket/corestate --endpoint https://s3.us-west-004.backblazeb2.com
+  corestate target add minio s3://backups --endpoint http://minio.lan:9000 \\
+      --credentials-file ~/.aws/credentials --profile minio --quota "500 GiB"
+  corestate target add nas file:///mnt/nas/corestate                a mounted NAS share
+  corestate target list                                           shares and bytes on each, checked now
+  corestate target remove nas                                     refused while it holds shares
+
+Shares are ciphertext: a target never sees a readable byte. S3 credentials come from
+AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN) where the target is opened
+- the daemon, when one runs - or from --credentials-file (AWS format), never stored here.""")
+    tsub = targetp.add_subparsers(dest="target_command", metavar="COMMAND")
+    ta = tsub.add_parser(
+        "add", help="add a target after proving access (write, read back, delete a probe)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="add a storage target; nothing is saved when the check fails",
+        epilog="""examples:
+  corestate target add aws s3://my-backups/laptop
+  corestate target add b2 s3://my-bucket/corestate --endpoint https://s3.us-west-004.backblazeb2.com
+  corestate target add wasabi s3://bkp --endpoint https://s3.eu-central-1.wasabisys.com --quota "1 TiB"
+  corestate target add minio s3://backups --endpoint http://minio.lan:9000 --credentials-file ~/minio.ini
+  corestate target add nas file:///mnt/nas/corestate
+
+The region is $AWS_REGION, else the one the endpoint's host names, else us-east-1.
+A folder target must exist (a share that is not mounted is refused, never filled in its
+place on the root disk).""")
+    ta.set_defaults(fn=cmd_target_add)
+    ta.add_argument("name", metavar="NAME", help="1-32 lowercase letters, digits and dashes; "
+                    "its holder name is target:NAME")
+    ta.add_argument("url", metavar="URL", help="s3://BUCKET[/PREFIX] or file:///ABSOLUTE/PATH")
+    ta.add_argument("--endpoint", metavar="URL", help="an S3-compatible service's endpoint "
+                    "(B2, Wasabi, MinIO, Garage, Ceph); default AWS")
+    ta.add_argument("--quota", metavar="SIZE", help='the most this node keeps there, e.g. "500 GiB" '
+                    "(default: no limit but the target's own)")
+    ta.add_argument("--credentials-file", metavar="PATH", help="S3 keys from this AWS-format "
+                    "credentials file instead of the environment")
+    ta.add_argument("--profile", metavar="P", default="default",
+                    help="the profile of --credentials-file (default: default)")
+    ta.add_argument("--no-check", action="store_true",
+                    help="save without proving access now (e.g. the NAS is offline today)")
+    tl = tsub.add_parser("list", help="the targets: shares and bytes this node keeps on each, "
+                         "reachable now or the error (exit 3 when one is not)")
+    tl.set_defaults(fn=cmd_target_list)
+    tl.add_argument("--no-check", action="store_true", help="do not contact the targets")
+    tr = tsub.add_parser("remove", help="remove a target (refused while the ledger records shares "
+                         "on it; --force: repair rebuilds them elsewhere)")
+    tr.set_defaults(fn=cmd_target_remove)
+    tr.add_argument("name", metavar="NAME")
+    tr.add_argument("--force", action="store_true", help="remove it even though it holds shares: "
+                    "they are unreachable from then on and the next repair rebuilds them on other holders")
+    for spx in (ta, tl, tr):
+        spx.add_argument("--passphrase-file", metavar="F", help="read the passphrase from the first line of F")
+        _hsm_option(spx)
+        spx.add_argument("--json", action="store_true", help="machine-readable output")
 
     sp = add("demo", cmd_demo, "a guided run: back up a sample tree, change it, restore and verify",
              key=False)

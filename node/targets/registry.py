@@ -66,9 +66,16 @@ def check_spec(spec: TargetSpec) -> None:
         raise TargetError(spec.name, "a quota cannot be negative")
 
 
-def open_store(spec: TargetSpec) -> ObjectStore:
+def open_store(spec: TargetSpec, *, retry_seconds: float | None = None) -> ObjectStore:
+    """The backend of ``spec``. ``retry_seconds`` bounds an S3 store's retries of throttling
+    and unreachable endpoints (default 20 s); a check a person waits for uses less."""
     url = parse_url(spec.name, spec.url)
     if url.scheme == "file":
         from corestate.node.targets.folder import FolderStore
         return FolderStore(spec.name, url.path)
+    if url.scheme == "s3":
+        from corestate.node.targets.s3 import S3Store
+        return S3Store(spec.name, url.bucket, url.path, endpoint=spec.endpoint,
+                       credentials_file=spec.credentials_file, profile=spec.profile,
+                       **({} if retry_seconds is None else {"retry_seconds": retry_seconds}))
     raise BadTargetURL(spec.name, f"{url.scheme}:// targets are not supported yet")

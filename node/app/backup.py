@@ -240,7 +240,7 @@ def _push(node: LocalNode, call: c.BackupCall, ctx: Context, watch: _Watch,
           stream: _Stream | None = None) -> PushResult | None:
     """On a mesh node, spread the new packs over peers (what the stream has not placed
     yet: it is finished first); None on a standalone node."""
-    if not node.trusted_peers():
+    if not node.has_holders():
         return None
     port = ctx.mesh()
     if port is None:
@@ -267,7 +267,9 @@ def push(node: LocalNode, port: Any, *, k: int = 0, n: int = 0, progress: Progre
     if not cands:
         # Nothing can be placed: everything stays local, and the caller says so (exit 3).
         res = PushResult(k or node.cfg.k or 1, n or node.cfg.n or 1, [], offline, None)
-        res.problems.append("no trusted peer is reachable: the snapshot is stored on this machine only")
+        res.problems.append(("no trusted peer is reachable" if not node.targets() else
+                             "no trusted peer or storage target is reachable")
+                            + ": the snapshot is stored on this machine only")
         return res
     k, n = choose_code(len(cands), k, n, node.cfg.k, node.cfg.n)
     store = node.repo.store
@@ -395,7 +397,7 @@ class _Stream:
 
 def _start_stream(node: LocalNode, call: c.BackupCall, ctx: Context) -> _Stream | None:
     """On a mesh node with a peer that answers, the upload task the engine feeds."""
-    if not node.trusted_peers():
+    if not node.has_holders():
         return None
     port = ctx.mesh()
     if port is None:

@@ -270,6 +270,10 @@ def push(node: LocalNode, port: Any, *, k: int = 0, n: int = 0, progress: Progre
         res.problems.append(("no trusted peer is reachable" if not node.targets() else
                              "no trusted peer or storage target is reachable")
                             + ": the snapshot is stored on this machine only")
+
+        async def trouble(mesh: Mesh) -> dict[str, str]:
+            return dict(mesh.target_trouble)
+        res.problems += [why for holder, why in sorted(port.call(trouble).items()) if holder in offline]
         return res
     k, n = choose_code(len(cands), k, n, node.cfg.k, node.cfg.n)
     store = node.repo.store

@@ -168,6 +168,9 @@ class Mesh:
         # a target is looked up, so that `target add/remove` take effect in a daemon.
         self.targets: Callable[[], list[TargetSpec]] = targets or list
         self._holders: dict[str, tuple[TargetSpec, TargetHolder]] = {}
+        # Why each target that did not answer the last capacity request could not be used
+        # (its error and the store's hint), for the person (a backup that placed nothing).
+        self.target_trouble: dict[str, str] = {}
         self.groups: GroupService | None = None  # set by open_mesh
         self.reach: Any = None  # a ReachService (node/runtime/reach.py), set by open_mesh for a daemon
         # Members of this node's group (set by open_mesh): who may put shares for whom.
@@ -550,8 +553,10 @@ class Mesh:
                 reply, _ = await self.request(holder, m.Capacity(), timeout=min(self.timeout, 5.0))
             except (ProtocolError, MeshError) as exc:
                 log.info("%s not available: %s", holder, exc)
+                self.target_trouble[holder] = f"{exc}" + (f" ({exc.hint})" if getattr(exc, "hint", "") else "")
                 missing.append(holder)
                 return
+            self.target_trouble.pop(holder, None)
             # A target is a failure domain of its own, at the most general level: no
             # peer's site or host, nor another target, shares it.
             found.append(Candidate(holder, min(reply.free, reply.quota_left), (holder,)))

@@ -97,13 +97,13 @@ def share_leaves(share: bytes | memoryview, pack: bytes, index: int) -> bytes:
     states and that it is share ``index`` of ``pack``. Raises CorruptShare."""
     hdr = sharefmt.read_header(share)
     if hdr.pack_id != bytes(pack) or hdr.index != index:
-        raise CorruptShare("the share names another pack or index")
+        raise CorruptShare(hdr.index, "the share names another pack or index")
     payload = sharefmt.payload_of(share)
     if len(payload) != hdr.payload_length:
-        raise CorruptShare("the payload length differs from the header's")
+        raise CorruptShare(index, "the payload length differs from the header's")
     leaves = merkle.leaves(payload, hdr.block_size)
     if not merkle.same(merkle.root_hash(hdr.descriptor(), merkle.head(leaves)), hdr.root):
-        raise CorruptShare("the share's blocks do not give the root its header states")
+        raise CorruptShare(index, "the share's blocks do not give the root its header states")
     return b"".join(leaves)
 
 

@@ -1,0 +1,251 @@
+"""A storage target answering the share service (node/runtime/targethost.py), in one process.
+
+Each test drives a ``TargetHolder`` over a real backend (the folder store here; the factory
+``make_target`` is the one place that says which) with the messages the mesh sends, and
+checks the replies the way the mesh does: proofs against the root recorded at upload,
+errors as ``PeerRefused`` codes or as an unreachable holder (``TargetDown``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import blake3
+import pytest
+import trio
+from corestate.erasure import share as sharefmt
+from corestate.node.runtime.mesh import PeerRefused
+from corestate.node.runtime.targethost import TargetDown, TargetHolder, leaves_key, share_key
+from corestate.node.targets.registry import TargetSpec, open_store
+from corestate.node.targets.store import ObjectStore
+from corestate.protocol import messages as m
+
+# The backend the tests run on: a TargetSpec for a fresh, empty target named ``name``.
+TargetFactory = Callable[[Path, str], TargetSpec]
+
+
+def folder_target(tmp: Path, name: str, quota: int = 0) -> TargetSpec:
+    root = tmp / f"target-{name}"
+    root.mkdir(parents=True, exist_ok=True)
+    return TargetSpec(name, f"file://{root}", quota=quota)
+
+
+@pytest.fixture(params=[folder_target], ids=["folder"])
+def make_target(request: pytest.FixtureRequest) -> TargetFactory:
+    factory: TargetFactory = request.param
+    return factory
+
+
+def _shares(size: int, k: int = 2, n: int = 3, block: int = 1 << 12) -> tuple[bytes, list[bytes]]:
+    data = os.urandom(size)
+    pack = blake3.blake3(data).digest()
+    return pack, sharefmt.make_shares(data, k, n, pack_id=pack, block_size=block)
+
+
+def _put(share: bytes, pack: bytes, index: int) -> m.PutShare:
+    return m.PutShare(pack=pack, index=index, size=len(share), digest=blake3.blake3(share).digest())
+
+
+def _holder(spec: TargetSpec, used: Callable[[], int] = lambda: 0, timeout: float = 10.0,
+            store: ObjectStore | None = None) -> TargetHolder:
+    return TargetHolder(spec, store or open_store(spec), used, timeout)
+
+
+def _run(fn: Callable[[], Any]) -> Any:
+    return trio.run(fn)
+
+
+def test_put_get_has_audit_delete_round_trip(tmp_path: Path, make_target: TargetFactory) -> None:
+    spec = make_target(tmp_path, "nas")
+    th = _holder(spec)
+    pack, shares = _shares(200_000)
+    root = sharefmt.read_header(shares[1]).root
+
+    async def main() -> None:
+        reply, _ = await th.request(_put(shares[1], pack, 1), bulk=shares[1])
+        assert isinstance(reply, m.Ok)
+        reply, data = await th.request(m.GetShare(pack=pack, index=1, offset=0, length=-1),
+                                       expect_size=len(shares[1]))
+        assert data == shares[1] and reply.size == len(shares[1])
+        _, part = await th.request(m.GetShare(pack=pack, index=1, offset=100, length=50), expect_size=50)
+        assert part == shares[1][100:150]
+        reply, _ = await th.request(m.HasShares(items=((pack, 1), (pack, 2))))
+        assert reply.sizes == (len(shares[1]), -1)
+        blocks = sharefmt.read_header(shares[1]).block_count
+        assert blocks > 10
+        for block in (0, blocks // 2, blocks - 1):
+            reply, _ = await th.request(m.AuditShare(pack=pack, index=1, block=block))
+            assert sharefmt.verify_proof(root, block, reply.proof)
+        with pytest.raises(PeerRefused) as info:
+            await th.request(m.AuditShare(pack=pack, index=1, block=blocks))
+        assert info.value.code == "bad-block"
+        reply, _ = await th.request(m.DeleteShare(pack=pack, index=1, holder=spec.holder,
+                                                  nonce=bytes(16), signature=bytes(64)))
+        assert isinstance(reply, m.Ok)
+        reply, _ = await th.request(m.HasShares(items=((pack, 1),)))
+        assert reply.sizes == (-1,)
+        with pytest.raises(PeerRefused) as info:
+            await th.request(m.GetShare(pack=pack, index=1, offset=0, length=-1))
+        assert info.value.code == "not-found"
+    _run(main)
+    assert list(open_store(spec).list()) == []  # the share and its leaves are gone
+
+
+def test_a_put_is_checked_before_it_is_stored(tmp_path: Path, make_target: TargetFactory) -> None:
+    spec = make_target(tmp_path, "nas")
+    th = _holder(spec)
+    pack, shares = _shares(50_000)
+
+    async def main() -> None:
+        wrong = bytearray(shares[0])
+        wrong[-1] ^= 1
+        with pytest.raises(PeerRefused, match="digest"):  # bytes other than announced
+            await th.request(_put(shares[0], pack, 0), bulk=bytes(wrong))
+        with pytest.raises(PeerRefused, match="not a valid share"):  # a payload its root does not cover
+            await th.request(_put(bytes(wrong), pack, 0), bulk=bytes(wrong))
+        with pytest.raises(PeerRefused, match="another pack or index"):
+            await th.request(_put(shares[0], pack, 1), bulk=shares[0])
+    _run(main)
+    assert list(open_store(spec).list()) == []
+
+
+def test_audit_fails_for_a_changed_block_header_or_leaves(tmp_path: Path, make_target: TargetFactory) -> None:
+    """What the target returns now is what is proved: a flipped byte in the block asked,
+    in the share's header or in the leaves object makes the proof fail against the
+    recorded root. A missing leaves object falls back to the whole share (still honest)."""
+    spec = make_target(tmp_path, "nas")
+    store = open_store(spec)
+    th = _holder(spec, store=store)
+    pack, shares = _shares(100_000)
+    share = shares[0]
+    root = sharefmt.read_header(share).root
+    hdr = sharefmt.read_header(share)
+    lo, _ = sharefmt.merkle.block_bounds(3, hdr.payload_length, hdr.block_size)
+
+    def flip(key: str, at: int) -> bytes:
+        before = store.get(key)
+        data = bytearray(before)
+        data[at] ^= 0x40
+        store.put(key, bytes(data), len(data))
+        return before
+
+    async def proved(block: int) -> bool:
+        """Whether the audit passes, as Mesh.audit_round judges it (a ``bad-block``
+        refusal is a failed audit too)."""
+        try:
+            reply, _ = await th.request(m.AuditShare(pack=pack, index=0, block=block))
+        except PeerRefused as exc:
+            assert exc.code == "bad-block"
+            return False
+        return sharefmt.verify_proof(root, block, reply.proof)
+
+    async def main() -> None:
+        await th.request(_put(share, pack, 0), bulk=share)
+        assert await proved(3)
+        good = flip(share_key(pack, 0), sharefmt.HEADER_SIZE + lo + 7)  # the block asked
+        assert not await proved(3)
+        assert await proved(4)  # another block still proves: spot checks are per block
+        store.put(share_key(pack, 0), good, len(good))
+        for at in (5, 20, 40):  # the header: k, the data length, the pack id
+            good = flip(share_key(pack, 0), at)
+            assert not await proved(3)
+            store.put(share_key(pack, 0), good, len(good))
+        good = flip(leaves_key(pack, 0), 32 * 2 + 5)  # a sibling hash on block 3's path
+        assert not await proved(3)
+        store.put(leaves_key(pack, 0), good, len(good))
+        assert await proved(3)
+        store.delete(leaves_key(pack, 0))
+        assert await proved(3)  # proved from the whole share
+        flip(share_key(pack, 0), sharefmt.HEADER_SIZE + lo + 1)
+        assert not await proved(3)
+    _run(main)
+
+
+def test_quota_refuses_past_it_with_the_vaults_error(tmp_path: Path, make_target: TargetFactory) -> None:
+    """Quota 1 MiB, shares of about 400 KiB: two fit, the third is refused (code
+    ``quota``), and Capacity says what is left. Used = what the ledger records there."""
+    recorded: list[int] = []
+    spec = make_target(tmp_path, "nas")
+    spec = TargetSpec(spec.name, spec.url, quota=1 << 20)
+    th = _holder(spec, used=lambda: sum(recorded))
+    pack, shares = _shares(800_000, k=2, n=4)
+    assert 390_000 < len(shares[0]) < 420_000
+
+    async def main() -> None:
+        for i in (0, 1):
+            await th.request(_put(shares[i], pack, i), bulk=shares[i])
+            recorded.append(len(shares[i]))
+        cap, _ = await th.request(m.Capacity())
+        assert cap.quota_left == (1 << 20) - sum(recorded)
+        assert cap.free <= cap.quota_left
+        with pytest.raises(PeerRefused) as info:
+            await th.request(_put(shares[2], pack, 2), bulk=shares[2])
+        assert info.value.code == "quota" and "quota exceeded" in str(info.value)
+    _run(main)
+    assert {k for k, _ in open_store(spec).list()} == {share_key(pack, i) for i in (0, 1)} | {
+        leaves_key(pack, i) for i in (0, 1)}
+
+
+def test_a_missing_folder_is_an_unreachable_holder_not_lost_shares(tmp_path: Path) -> None:
+    """An unmounted NAS share: HAS does not answer "none of them" (every share would be
+    rebuilt); the target is down, with the store's hint for the person."""
+    spec = folder_target(tmp_path, "nas")
+    th = _holder(spec)
+    pack, shares = _shares(50_000)
+
+    async def main() -> None:
+        await th.request(_put(shares[0], pack, 0), bulk=shares[0])
+        os.rename(tmp_path / "target-nas", tmp_path / "unmounted")
+        with pytest.raises(TargetDown) as info:
+            await th.request(m.HasShares(items=((pack, 0),)))
+        assert "mount" in info.value.hint
+        with pytest.raises(TargetDown):
+            await th.request(m.Capacity())
+        with pytest.raises(TargetDown):
+            await th.request(_put(shares[1], pack, 1), bulk=shares[1])
+    _run(main)
+
+
+def test_another_owners_share_is_refused(tmp_path: Path) -> None:
+    th = _holder(folder_target(tmp_path, "nas"))
+    pack, _ = _shares(20_000)
+
+    async def main() -> None:
+        with pytest.raises(PeerRefused) as info:
+            await th.request(m.GetShare(pack=pack, index=0, offset=0, length=-1, owner="12D3KooWother"))
+        assert info.value.code == "refused"
+    _run(main)
+
+
+class _Stalled:
+    """A backend whose reads hang (a NAS that stopped answering)."""
+
+    def __init__(self, inner: ObjectStore, seconds: float) -> None:
+        self.inner, self.seconds, self.name = inner, seconds, inner.name
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def size(self, key: str) -> int | None:
+        time.sleep(self.seconds)
+        return self.inner.size(key)
+
+
+def test_a_stalled_target_is_given_up_on_at_the_deadline(tmp_path: Path) -> None:
+    """Timeout 0.5 s (x REQUEST_BASE 2 = 1 s): a store call that hangs 4 s is abandoned
+    after about 1 s and the target counted unreachable."""
+    spec = folder_target(tmp_path, "nas")
+    th = _holder(spec, timeout=0.5, store=_Stalled(open_store(spec), 4.0))  # type: ignore[arg-type]
+    pack, _ = _shares(10_000)
+
+    async def main() -> float:
+        t0 = time.monotonic()
+        with pytest.raises(TargetDown, match="no answer within"):
+            await th.request(m.HasShares(items=((pack, 0),)))
+        return time.monotonic() - t0
+    took = _run(main)
+    assert 0.9 < took < 3.0

@@ -168,6 +168,8 @@ class Mesh:
         # a target is looked up, so that `target add/remove` take effect in a daemon.
         self.targets: Callable[[], list[TargetSpec]] = targets or list
         self._holders: dict[str, tuple[TargetSpec, TargetHolder]] = {}
+        from corestate.node.runtime.targethost import TARGET_THREADS
+        self._target_threads = trio.CapacityLimiter(TARGET_THREADS)  # shared by the targets
         # Why each target that did not answer the last capacity request could not be used
         # (its error and the store's hint), for the person (a backup that placed nothing).
         self.target_trouble: dict[str, str] = {}
@@ -450,7 +452,7 @@ class Mesh:
         except TargetError as exc:
             raise TargetDown(holder, exc, retryable=exc.retryable) from None
         used: Callable[[], int] = lambda: self.ledger.peers().get(holder, (0, 0))[1] or 0  # noqa: E731
-        th = TargetHolder(spec, store, used, self.timeout)
+        th = TargetHolder(spec, store, used, self.timeout, self._target_threads)
         self._holders[holder] = (spec, th)
         return th
 

@@ -65,7 +65,7 @@ from corestate.protocol import messages as m
 log = logging.getLogger("corestate.targets")
 
 T = TypeVar("T")
-# Store calls of one target at once (each a worker thread): enough for the uploads and
+# Store calls to targets at once (each a worker thread): enough for the uploads and
 # fetches in flight, few enough not to take the process's threads.
 TARGET_THREADS = 4
 LEAVES = ".leaves"
@@ -109,13 +109,14 @@ def share_leaves(share: bytes | memoryview, pack: bytes, index: int) -> bytes:
 
 class TargetHolder:
     """One target as a holder (see the module docstring). ``used`` gives the bytes the
-    ledger records on it (read in a worker thread)."""
+    ledger records on it (read in a worker thread); ``threads`` bounds its store calls
+    at once (the mesh shares one among its targets)."""
 
     def __init__(self, spec: TargetSpec, store: ObjectStore, used: Callable[[], int],
-                 timeout: float) -> None:
+                 timeout: float, threads: trio.CapacityLimiter | None = None) -> None:
         self.spec, self.store, self.used, self.timeout = spec, store, used, timeout
         self.holder = spec.holder
-        self._threads = trio.CapacityLimiter(TARGET_THREADS)
+        self._threads = threads or trio.CapacityLimiter(TARGET_THREADS)
         self._reserved = 0  # bytes of PUTs in flight
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:

@@ -249,3 +249,66 @@ def test_a_stalled_target_is_given_up_on_at_the_deadline(tmp_path: Path) -> None
         return time.monotonic() - t0
     took = _run(main)
     assert 0.9 < took < 3.0
+
+
+# -- in the mesh: the in-process kit (node/runtime/testkit.py) ----------------------------------
+
+
+@pytest.fixture
+def wall(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The holder book's clock, moved by the test (the kit's clock is virtual)."""
+    from corestate.node.app import health as hmod
+    offset = [0.0]
+    monkeypatch.setattr(hmod, "wall_time", lambda: time.time() + offset[0])
+    return offset
+
+
+async def test_members_leave_an_absent_owners_target_alone(
+        tmp_path: Path, homes: Path, clock: Any, wall: list[float]) -> None:
+    """An owner away with shares on its own target ``nas``; a member has a target of the
+    same name. The members cannot reach the owner's target: its shares count as there
+    (nothing is rebuilt for them, however long the owner is away), no member's holder
+    book learns anything of ``target:nas``, and the member's own target gets nothing."""
+    from corestate.node.app import Local
+    from corestate.node.app.registry import OPERATIONS
+    from corestate.node.runtime.testkit import memory_mesh, small_tree
+    from corestate.node.targets import registry
+    from corestate.protocol import control as c
+
+    async def op(kit: Any, i: int, call: Any) -> Any:
+        def run(node: Any, port: Any) -> Any:
+            answer = OPERATIONS[type(call)].run(node, call, Local(port=port))
+            return answer if isinstance(answer, c.Message) else list(answer)
+        return await kit.run_sync(i, run)
+
+    async with memory_mesh(homes, 4, trusted=False, start=False) as kit:
+        for i in range(4):
+            kit.edit_config(i, 'owner_away_after = "3d"', 'owner_away_after = "20s"')
+            kit.edit_config(i, 'holder_lost_after = "3d"', 'holder_lost_after = "30s"')
+        owner_nas = folder_target(tmp_path / "owner", "nas")
+        member_nas = folder_target(tmp_path / "member", "nas")
+        registry.save(kit.nodes[0].home, [owner_nas])
+        registry.save(kit.nodes[1].home, [member_nas])
+        await kit.start()
+        await kit.form_group(0)
+        src = small_tree(tmp_path / "src", mib=3, files=6, seed=4)
+        b = await kit.backup(0, [src], k=2, n=4)  # three peers and the target: every pack on it
+        assert b.pushed is not None and b.pushed.safe
+        owner = kit.nodes[0].peer_id
+        on_target = {r.pack for cp in kit.nodes[0].local().ledger.all().values() for r in cp.shares
+                     if r.peer == "target:nas"}
+        assert on_target and len(list(open_store(owner_nas).list("shares/"))) == 2 * len(on_target)
+        await kit.sync_round()
+        await kit.sync_round()
+        await kit.kill(0)
+        wall[0] += 100  # the owner away 100 s (> 20 s); its target unheard of for as long
+        for i in (1, 2, 3):
+            res = await op(kit, i, c.MemberRepairCall())
+            assert res.owners_away == (owner,)
+            assert res.packs_repaired == 0 and res.shares_placed == 0, res
+        wall[0] += 100
+        for i in (1, 2, 3):
+            res = await op(kit, i, c.MemberRepairCall())
+            assert res.packs_repaired == 0 and res.shares_placed == 0, res
+            assert "target:nas" not in {r.peer for r in kit.nodes[i].local().ledger.holders()}
+        assert list(open_store(member_nas).list()) == []

@@ -27,7 +27,7 @@ from corestate.node.targets import registry
 from corestate.node.targets.registry import TargetSpec, open_store
 from corestate.node.targets.store import ObjectStore
 from helpers import Cli, make_tree
-from meshutil import ledger_codes, ledger_rows, make_mesh, restored
+from meshutil import edit_config, ledger_codes, ledger_rows, make_mesh, restored, running, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -260,3 +260,48 @@ def test_a_backup_with_a_peer_down_gives_up_and_exits_3(tmp_path: Path, target: 
     assert got["local_copies_dropped"] == 0
     assert all(local for _, _, local in ledger_codes(me.home).values())
     assert {r.peer for r in ledger_rows(me.home)} == {"target:nas"}
+
+
+def test_a_daemon_takes_targets_added_while_it_runs_and_audits_them_on_schedule(
+        tmp_path: Path, target: TargetFactory) -> None:
+    """A running daemon: targets written to ``targets.json`` while it runs are used by the
+    next backup (through the daemon); its scheduled audit covers them, finds the share a
+    target lost, and repair (through the daemon) rebuilds it on another target."""
+    mesh = make_mesh(tmp_path / "mesh", 1)
+    me = mesh.nodes[0]
+    edit_config(me.home, 'audit_every = "1h"', 'audit_every = "2s"')
+    with running(mesh):
+        ts = [target(tmp_path, name) for name in ("a", "b", "c")]
+        registry.save(me.home, [t.spec for t in ts])
+        src = tmp_path / "src"
+        src.mkdir()
+        for i in range(3):
+            (src / f"f{i}.bin").write_bytes(os.urandom(1_500_000))
+        got = _json(mesh.run(me, "backup", str(src), "--json", "--k", "1", "--n", "2"))["mesh"]
+        assert got["safe"] and sorted(got["peers_online"]) == ["target:a", "target:b", "target:c"]
+        rows = sorted(ledger_rows(me.home), key=lambda r: (r.peer, r.pack, r.index))
+        assert {r.peer for r in rows} == {"target:a", "target:b", "target:c"}
+
+        def holders() -> dict[str, Any]:
+            return {h["peer"]: h for h in _json(mesh.run(me, "health", "--json", check=False))["holders"]}
+        wait_for(lambda: all(h["audits_passed"] >= 1 for h in holders().values()), 60,
+                 "a scheduled audit of every target", every=0.5)
+        lost = rows[0]
+        next(t for t in ts if t.spec.holder == lost.peer).store().delete(f"shares/{lost.pack.hex()}/{lost.index}")
+        wait_for(lambda: holders()[lost.peer]["audits_failed"] >= 1, 60,
+                 "the scheduled audit to find the lost share", every=0.5)
+        repair = _json(mesh.run(me, "repair", "--json", check=False))
+        assert repair["complete"], repair
+        rebuilt = {(r["pack"], i): p for r in repair["rebuilt"] for i, p in r["placed"].items()}
+        # The lost share is rebuilt (on any target holding no other share of its pack; if
+        # the target failed enough 2-second rounds in a row meanwhile, it is evicted and all
+        # its shares move).
+        assert (lost.pack.hex(), str(lost.index)) in rebuilt, repair
+        where = next(t for t in ts if t.spec.holder == rebuilt[(lost.pack.hex(), str(lost.index))])
+        assert f"shares/{lost.pack.hex()}/{lost.index}" in where.shares()
+        for pack in {r.pack for r in rows}:  # every pack full again, on two distinct targets
+            again = [r for r in ledger_rows(me.home) if r.pack == pack]
+            assert sorted({r.index for r in again}) == [0, 1] and len({r.peer for r in again}) >= 2
+        out = tmp_path / "r"
+        mesh.run(me, "restore", "latest", "--target", str(out))
+        _same_files(src, restored(out, src))

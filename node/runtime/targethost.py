@@ -33,7 +33,8 @@ Invariants:
   credentials refused, bucket or folder missing) raises ``TargetDown``, a ``MeshError``
   that callers count like an unreachable peer, carrying the store's hint. Every store call
   runs under the request's deadline; a call past it is abandoned (its thread finishes on
-  its own) and the target counted unreachable.
+  its own) and the target counted unreachable. After a ``TargetDown``, requests to that
+  target fail at once for ``DOWN_FOR`` seconds.
 - Only this node's own shares live on its targets: a request for another owner's share
   (a member repairing for an absent owner) is refused; such shares are not reachable
   without the owner's credentials.
@@ -43,6 +44,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -69,6 +71,10 @@ T = TypeVar("T")
 # fetches in flight, few enough not to take the process's threads.
 TARGET_THREADS = 4
 LEAVES = ".leaves"
+# After a target could not be used (TargetDown), requests to it fail at once for this
+# many seconds: a backup whose target hangs gives up on it after one deadline, not one per
+# pack (the issue: give up within 60 s of trying).
+DOWN_FOR = 30.0
 # A store call past its request's deadline is left to finish in its thread (trio's keyword;
 # the installed trio-stubs still know only its old name, ``cancellable``).
 _ABANDON: dict[str, Any] = {"abandon_on_cancel": True}
@@ -118,6 +124,8 @@ class TargetHolder:
         self.holder = spec.holder
         self._threads = threads or trio.CapacityLimiter(TARGET_THREADS)
         self._reserved = 0  # bytes of PUTs in flight
+        self._down_since = self._down_until = -math.inf  # trio time of the last TargetDown, and DOWN_FOR on
+        self._down_why = self._down_hint = ""
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         call: Callable[[], T] = functools.partial(fn, *args)
@@ -127,6 +135,22 @@ class TargetHolder:
                       timeout: float | None = None,
                       expect_size: int | None = None) -> tuple[Any, bytes | None]:
         """Answer ``msg`` as ``Mesh.request`` would for a peer: (reply, bulk data)."""
+        now = trio.current_time()
+        if now < self._down_until:
+            # It failed a moment ago: fail at once rather than make every pack of a backup
+            # wait out its own deadline on a hung NAS or a dead endpoint.
+            raise TargetDown(self.holder, f"unreachable {now - self._down_since:.0f} s ago: {self._down_why}",
+                             hint=self._down_hint)
+        try:
+            return await self._request(msg, bulk, timeout, expect_size)
+        except TargetDown as exc:
+            self._down_since = trio.current_time()
+            self._down_until = self._down_since + DOWN_FOR
+            self._down_why, self._down_hint = str(exc).removeprefix(f"{self.holder}: "), exc.hint
+            raise
+
+    async def _request(self, msg: Any, bulk: bytes | memoryview | None, timeout: float | None,
+                       expect_size: int | None) -> tuple[Any, bytes | None]:
         t = (timeout or self.timeout) * REQUEST_BASE
         if bulk is not None:
             t += len(bulk) / MIN_RATE

@@ -242,13 +242,19 @@ def test_a_stalled_target_is_given_up_on_at_the_deadline(tmp_path: Path) -> None
     th = _holder(spec, timeout=0.5, store=_Stalled(open_store(spec), 4.0))  # type: ignore[arg-type]
     pack, _ = _shares(10_000)
 
-    async def main() -> float:
+    async def main() -> tuple[float, float]:
         t0 = time.monotonic()
         with pytest.raises(TargetDown, match="no answer within"):
             await th.request(m.HasShares(items=((pack, 0),)))
-        return time.monotonic() - t0
-    took = _run(main)
+        t1 = time.monotonic()
+        # Within DOWN_FOR (30 s) of that, the next request fails at once (one deadline per
+        # backup, not one per pack), with what went wrong.
+        with pytest.raises(TargetDown, match=r"unreachable 0 s ago: .*no answer within"):
+            await th.request(m.Capacity())
+        return t1 - t0, time.monotonic() - t1
+    took, then = _run(main)
     assert 0.9 < took < 3.0
+    assert then < 0.2
 
 
 # -- in the mesh: the in-process kit (node/runtime/testkit.py) ----------------------------------

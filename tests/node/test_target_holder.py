@@ -8,6 +8,7 @@ errors as ``PeerRefused`` codes or as an unreachable holder (``TargetDown``).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -28,10 +29,10 @@ from corestate.protocol import messages as m
 TargetFactory = Callable[[Path, str], TargetSpec]
 
 
-def folder_target(tmp: Path, name: str, quota: int = 0) -> TargetSpec:
+def folder_target(tmp: Path, name: str) -> TargetSpec:
     root = tmp / f"target-{name}"
     root.mkdir(parents=True, exist_ok=True)
-    return TargetSpec(name, f"file://{root}", quota=quota)
+    return TargetSpec(name, f"file://{root}")
 
 
 @pytest.fixture(params=[folder_target], ids=["folder"])
@@ -170,7 +171,7 @@ def test_quota_refuses_past_it_with_the_vaults_error(tmp_path: Path, make_target
     ``quota``), and Capacity says what is left. Used = what the ledger records there."""
     recorded: list[int] = []
     spec = make_target(tmp_path, "nas")
-    spec = TargetSpec(spec.name, spec.url, quota=1 << 20)
+    spec = dataclasses.replace(spec, quota=1 << 20)
     th = _holder(spec, used=lambda: sum(recorded))
     pack, shares = _shares(800_000, k=2, n=4)
     assert 390_000 < len(shares[0]) < 420_000

@@ -75,6 +75,13 @@ LEAVES = ".leaves"
 # many seconds: a backup whose target hangs gives up on it after one deadline, not one per
 # pack (the issue: give up within 60 s of trying).
 DOWN_FOR = 30.0
+# A HasShares of more shares than this is answered from a listing of the target (one
+# request per 1000 objects on S3) instead of one lookup per share; the listing serves
+# the next batches of the same round for LIST_TTL seconds. HAS_RATE: shares per second a
+# HasShares is given beyond the request's deadline.
+LIST_ABOVE = 64
+LIST_TTL = 60.0
+HAS_RATE = 200
 # A store call past its request's deadline is left to finish in its thread (trio's keyword;
 # the installed trio-stubs still know only its old name, ``cancellable``).
 _ABANDON: dict[str, Any] = {"abandon_on_cancel": True}
@@ -126,6 +133,7 @@ class TargetHolder:
         self._reserved = 0  # bytes of PUTs in flight
         self._down_since = self._down_until = -math.inf  # trio time of the last TargetDown, and DOWN_FOR on
         self._down_why = self._down_hint = ""
+        self._listing: tuple[float, dict[str, int]] | None = None  # (trio time, key -> size)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         call: Callable[[], T] = functools.partial(fn, *args)
@@ -156,6 +164,8 @@ class TargetHolder:
             t += len(bulk) / MIN_RATE
         elif isinstance(msg, m.GetShare):
             t += max(0, msg.length if msg.length >= 0 else expect_size or 0) / MIN_RATE
+        elif isinstance(msg, m.HasShares):
+            t += len(msg.items) / HAS_RATE
         try:
             with trio.fail_after(t):
                 return await self._answer(msg, bulk, expect_size)
@@ -186,6 +196,8 @@ class TargetHolder:
         if isinstance(msg, m.HasShares):
             return await self._has(msg), None
         if isinstance(msg, m.DeleteShare):
+            if self._listing is not None:
+                self._listing[1].pop(share_key(msg.pack, msg.index), None)
             await self._run(self.store.delete, leaves_key(msg.pack, msg.index))
             await self._run(self.store.delete, share_key(msg.pack, msg.index))
             return m.Ok(), None
@@ -231,9 +243,23 @@ class TargetHolder:
         return m.ShareData(size=len(data), digest=blake3.blake3(data).digest()), data
 
     async def _has(self, msg: m.HasShares) -> m.HasReply:
+        """Sizes of the asked shares. A few are looked up one by one; many (an audit round
+        asks about every share the target holds, 4096 at a time) from one listing of
+        ``shares/``, kept ``LIST_TTL`` seconds for the next batches; a share the listing
+        lacks is looked up by itself (it may be newer than the listing)."""
+        items = [(bytes(p), int(i)) for p, i in msg.items]
+        listed: dict[str, int] = {}
+        if len(items) > LIST_ABOVE:
+            now = trio.current_time()
+            if self._listing is None or now - self._listing[0] > LIST_TTL:
+                self._listing = (now, await self._run(lambda: dict(self.store.list("shares/"))))
+            listed = self._listing[1]
         sizes: list[int] = []
-        for pack, index in msg.items:
-            size = await self._run(self.store.size, share_key(pack, index))
+        for pack, index in items:
+            key = share_key(pack, index)
+            size = listed.get(key)
+            if size is None:
+                size = await self._run(self.store.size, key)
             sizes.append(-1 if size is None else size)
         if -1 in sizes:
             # Prove the target is there before saying it lost shares (module docstring).

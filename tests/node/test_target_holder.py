@@ -191,6 +191,53 @@ def test_quota_refuses_past_it_with_the_vaults_error(tmp_path: Path, make_target
         leaves_key(pack, i) for i in (0, 1)}
 
 
+class _Counting:
+    """A backend that counts its lookups and listings."""
+
+    def __init__(self, inner: ObjectStore) -> None:
+        self.inner, self.name = inner, inner.name
+        self.sizes = self.lists = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def size(self, key: str) -> int | None:
+        self.sizes += 1
+        return self.inner.size(key)
+
+    def list(self, prefix: str = "") -> Any:
+        self.lists += 1
+        return self.inner.list(prefix)
+
+
+def test_a_large_has_is_answered_from_one_listing(tmp_path: Path, make_target: TargetFactory) -> None:
+    """Past LIST_ABOVE (64) shares, HAS lists the target once (kept for the round's next
+    batches) instead of one lookup per share; what the listing lacks is looked up, so a
+    share put after it is not reported missing; a share deleted is."""
+    from corestate.node.runtime.targethost import LIST_ABOVE
+    spec = make_target(tmp_path, "nas")
+    store = _Counting(open_store(spec))
+    th = _holder(spec, store=store)  # type: ignore[arg-type]
+    made = [_shares(3_000, k=1, n=1, block=1 << 10) for _ in range(LIST_ABOVE + 6)]
+
+    async def main() -> None:
+        for pack, (share,) in made[:-1]:
+            await th.request(_put(share, pack, 0), bulk=share)
+        items = tuple((pack, 0) for pack, _ in made)
+        reply, _ = await th.request(m.HasShares(items=items[:-1]))
+        assert reply.sizes == tuple(len(sh[0]) for _, sh in made[:-1])
+        assert (store.lists, store.sizes) == (1, 0)
+        pack, (share,) = made[-1]
+        await th.request(_put(share, pack, 0), bulk=share)  # newer than the listing
+        gone = made[0][0]
+        await th.request(m.DeleteShare(pack=gone, index=0, holder=spec.holder, nonce=bytes(16),
+                                       signature=bytes(64)))
+        reply, _ = await th.request(m.HasShares(items=items))
+        assert reply.sizes == (-1, *(len(sh[0]) for _, sh in made[1:]))
+        assert store.lists == 1 and store.sizes == 2  # the new share and the deleted one, looked up
+    _run(main)
+
+
 def test_a_missing_folder_is_an_unreachable_holder_not_lost_shares(tmp_path: Path) -> None:
     """An unmounted NAS share: HAS does not answer "none of them" (every share would be
     rebuilt); the target is down, with the store's hint for the person."""

@@ -25,6 +25,8 @@ Invariants:
 - A share is said missing (HasShares -1) only when the target proves it is there (its
   ``check`` passes): an unmounted NAS folder or a vanished bucket is an unreachable
   holder, not one that lost every share.
+- Capacity answers only after the store's ``check`` passed (so a placement candidate is a
+  target that takes writes now).
 - Quota: ``TargetSpec.quota`` bounds what this node keeps there; used = the share bytes the
   ledger records on the target plus the PUTs in flight. A PUT past it is refused with the
   vault's ``quota`` error; Capacity answers min(free, quota left).
@@ -134,6 +136,7 @@ class TargetHolder:
         self._down_since = self._down_until = -math.inf  # trio time of the last TargetDown, and DOWN_FOR on
         self._down_why = self._down_hint = ""
         self._listing: tuple[float, dict[str, int]] | None = None  # (trio time, key -> size)
+        self._checking = trio.Lock()
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         call: Callable[[], T] = functools.partial(fn, *args)
@@ -204,11 +207,18 @@ class TargetHolder:
         if isinstance(msg, m.AuditShare):
             return m.AuditReply(proof=await self._prove(msg.pack, msg.index, msg.block)), None
         if isinstance(msg, m.Capacity):
+            # Proved usable now (a write, a read back, a delete): an S3 backend can say
+            # nothing of its free space, and a candidate must not be a dead endpoint.
+            await self._check()
             left = await self._quota_left()
             free = await self._run(self.store.free)
             free = left if free is None else min(free, left)
             return m.CapacityReply(free=max(0, free), quota_left=max(0, left)), None
         raise PeerRefused(self.holder, "unexpected", f"{type(msg).__name__} is not a request", False)
+
+    async def _check(self) -> None:
+        async with self._checking:  # one probe object per store: never two checks at once
+            await self._run(self.store.check)
 
     async def _quota_left(self) -> int:
         if not self.spec.quota:
@@ -263,7 +273,7 @@ class TargetHolder:
             sizes.append(-1 if size is None else size)
         if -1 in sizes:
             # Prove the target is there before saying it lost shares (module docstring).
-            await self._run(self.store.check)
+            await self._check()
         return m.HasReply(sizes=tuple(sizes))
 
     async def _prove(self, pack: bytes, index: int, block: int) -> bytes:

@@ -22,7 +22,7 @@ from corestate.erasure import share as sharefmt
 from corestate.node.runtime.mesh import PeerRefused
 from corestate.node.runtime.targethost import TargetDown, TargetHolder, leaves_key, share_key
 from corestate.node.targets.registry import TargetSpec, open_store
-from corestate.node.targets.store import ObjectStore
+from corestate.node.targets.store import ObjectStore, TargetAuthError
 from corestate.protocol import messages as m
 
 # The backend the tests run on: a TargetSpec for a fresh, empty target named ``name``.
@@ -255,6 +255,33 @@ def test_a_missing_folder_is_an_unreachable_holder_not_lost_shares(tmp_path: Pat
             await th.request(m.Capacity())
         with pytest.raises(TargetDown):
             await th.request(_put(shares[1], pack, 1), bulk=shares[1])
+    _run(main)
+
+
+class _Refused:
+    """A backend whose credentials are refused (a revoked key)."""
+
+    def __init__(self, inner: ObjectStore) -> None:
+        self.inner, self.name = inner, inner.name
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def check(self) -> None:
+        raise TargetAuthError(self.name, "the access key was refused (403)",
+                              hint="check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+
+
+def test_refused_credentials_make_an_unreachable_holder_with_the_stores_hint(tmp_path: Path) -> None:
+    """Capacity proves the target takes writes now: refused credentials make it no
+    candidate, counted unreachable, and the hint reaches whoever reports it."""
+    spec = folder_target(tmp_path, "nas")
+    th = _holder(spec, store=_Refused(open_store(spec)))  # type: ignore[arg-type]
+
+    async def main() -> None:
+        with pytest.raises(TargetDown) as info:
+            await th.request(m.Capacity())
+        assert "refused" in str(info.value) and "AWS_ACCESS_KEY_ID" in info.value.hint
     _run(main)
 
 

@@ -393,3 +393,45 @@ async def test_members_leave_an_absent_owners_target_alone(
             assert res.packs_repaired == 0 and res.shares_placed == 0, res
             assert "target:nas" not in {r.peer for r in kit.nodes[i].local().ledger.holders()}
         assert list(open_store(member_nas).list()) == []
+
+
+async def test_a_target_counts_toward_n_and_is_a_domain_of_its_own(
+        tmp_path: Path, homes: Path, clock: Any) -> None:
+    """Two trusted peers and a target, no code asked: n = 3 (the target counts like a
+    trusted peer), k = 2; every pack has one share on the target and the others on the
+    two peers; with a peer down, the pack comes back from the target and the other."""
+    from corestate.node.runtime.testkit import memory_mesh, small_tree
+    from corestate.node.targets import registry
+    async with memory_mesh(homes, 3, start=False) as kit:
+        nas = folder_target(tmp_path, "nas")
+        registry.save(kit.nodes[0].home, [nas])
+        await kit.start()
+        src = small_tree(tmp_path / "src", mib=3, files=6, seed=2)
+        b = await kit.backup(0, [src])
+        assert b.pushed is not None and b.pushed.safe
+        assert (b.pushed.k, b.pushed.n) == (2, 3)
+        peers = {kit.nodes[1].peer_id, kit.nodes[2].peer_id}
+        coded = kit.nodes[0].local().ledger.all()
+        for cp in coded.values():
+            assert sorted(r.peer for r in cp.shares) == sorted([*peers, "target:nas"])
+        remote = [p for p, cp in coded.items() if not cp.local]
+        assert remote
+        await kit.kill(1)
+        stats = await kit.restore(0, "latest", tmp_path / "out")
+        assert stats.files >= 6
+        out = tmp_path / "out" / str(src).lstrip("/")
+        for f in src.rglob("*"):
+            if f.is_file():
+                assert (out / f.relative_to(src)).read_bytes() == f.read_bytes()
+
+
+def test_a_target_never_shares_a_failure_domain_with_peers() -> None:
+    """The mesh gives a target the domains ``("target:NAME",)``: at the most general level
+    it is a site of its own, so with two peers of one site, n = 2 always puts one share on
+    the target (a new site before a second share in any site), whatever the pack."""
+    from corestate.node.core.placement import Candidate, place
+    cands = [Candidate("peer-1", 1 << 30, ("home", "host-1")), Candidate("peer-2", 1 << 30, ("home", "host-2")),
+             Candidate("target:nas", 1 << 30, ("target:nas",))]
+    for i in range(200):
+        plan = place(blake3.blake3(i.to_bytes(4, "big")).digest(), 2, cands)
+        assert "target:nas" in plan.peers and len(set(plan.peers)) == 2

@@ -249,11 +249,29 @@ def _push(node: LocalNode, call: c.BackupCall, ctx: Context, watch: _Watch,
     watch.packs, watch.packs_t0 = (Progress() if stream is None else stream.progress), time.monotonic()
     with ticking(ctx, lambda: watch.event("shares")):
         if stream is None:
-            return push(node, port, k=call.k, n=call.n, progress=watch.packs)
-        stream.finish()
-        rest = push(node, port, k=stream.k, n=stream.n, progress=watch.packs,
-                    found=(stream.cands, stream.offline))
-        return _merged(stream, rest)
+            res = push(node, port, k=call.k, n=call.n, progress=watch.packs)
+        else:
+            stream.finish()
+            rest = push(node, port, k=stream.k, n=stream.n, progress=watch.packs,
+                        found=(stream.cands, stream.offline))
+            res = _merged(stream, rest)
+    if res.online:
+        # Other holders took the shares; still, a person should hear why a target was left out.
+        for why in target_trouble(port, res.offline):
+            ctx.warn(why)
+    return res
+
+
+def target_trouble(port: Any, holders: list[str]) -> list[str]:
+    """Why each storage target among ``holders`` could not be used at its last capacity
+    request (its error and the store's hint)."""
+    if not any(h.startswith("target:") for h in holders):
+        return []
+
+    async def trouble(mesh: Mesh) -> dict[str, str]:
+        return dict(mesh.target_trouble)
+    known = port.call(trouble)
+    return [known[h] for h in sorted(holders) if h in known]
 
 
 def push(node: LocalNode, port: Any, *, k: int = 0, n: int = 0, progress: Progress | None = None,
@@ -270,10 +288,7 @@ def push(node: LocalNode, port: Any, *, k: int = 0, n: int = 0, progress: Progre
         res.problems.append(("no trusted peer is reachable" if not node.targets() else
                              "no trusted peer or storage target is reachable")
                             + ": the snapshot is stored on this machine only")
-
-        async def trouble(mesh: Mesh) -> dict[str, str]:
-            return dict(mesh.target_trouble)
-        res.problems += [why for holder, why in sorted(port.call(trouble).items()) if holder in offline]
+        res.problems += target_trouble(port, offline)
         return res
     k, n = choose_code(len(cands), k, n, node.cfg.k, node.cfg.n)
     store = node.repo.store

@@ -237,6 +237,24 @@ def test_a_backup_whose_target_is_unmounted_gives_up_and_exits_3(
     assert again["mesh"]["safe"] and again["mesh"]["packs_uploaded"] >= 1
 
 
+def test_a_backup_names_the_target_it_left_out_and_why(tmp_path: Path, cli: Cli, target: TargetFactory) -> None:
+    """Two targets, one unmounted: the other takes the shares (n = 1: one holder
+    answered), the backup is safe at that code, and a warning names the target left out
+    with the store's words."""
+    up, away = target(tmp_path, "up"), target(tmp_path, "away")
+    registry.save(cli.home, [up.spec, away.spec])
+    away.down()
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f.bin").write_bytes(os.urandom(1_000_000))
+    p = cli.run("backup", str(src), "--json")
+    mesh = _json(p)["mesh"]
+    assert mesh["safe"] and mesh["peers_online"] == ["target:up"] and mesh["peers_offline"] == ["target:away"]
+    assert "target away" in p.stderr or "target:away" in p.stderr, p.stderr
+    if away.spec.url.startswith("file:"):
+        assert "mount" in p.stderr
+
+
 def test_a_backup_with_a_peer_down_gives_up_and_exits_3(tmp_path: Path, target: TargetFactory) -> None:
     """A target and a trusted peer whose daemon is down, n=2: the target takes its share,
     the other cannot be placed; the backup exits 3 within 60 s and is not called safe,

@@ -170,6 +170,7 @@ class Mesh:
         self._holders: dict[str, tuple[TargetSpec, TargetHolder]] = {}
         from corestate.node.runtime.targethost import TARGET_THREADS
         self._target_threads = trio.CapacityLimiter(TARGET_THREADS)  # shared by the targets
+        self._target_lock = trio.Lock()
         # Why each target that did not answer the last capacity request could not be used
         # (its error and the store's hint), for the person (a backup that placed nothing).
         self.target_trouble: dict[str, str] = {}
@@ -432,6 +433,10 @@ class Mesh:
         """The ``TargetHolder`` of the holder named ``target:NAME`` (opened on first use,
         opened again when its entry in ``targets.json`` changed). A name no longer
         configured raises ``TargetDown``: its shares are unreachable from now on."""
+        async with self._target_lock:  # one TargetHolder per target, even on a first burst
+            return await self._target(holder)
+
+    async def _target(self, holder: str) -> TargetHolder:
         from corestate.node.runtime.targethost import TargetDown, TargetHolder
         from corestate.node.targets.registry import open_store
         from corestate.node.targets.store import TargetError

@@ -435,3 +435,25 @@ def test_a_target_never_shares_a_failure_domain_with_peers() -> None:
     for i in range(200):
         plan = place(blake3.blake3(i.to_bytes(4, "big")).digest(), 2, cands)
         assert "target:nas" in plan.peers and len(set(plan.peers)) == 2
+
+
+async def test_metrics_count_a_target_holder_online_until_it_is_lost(
+        tmp_path: Path, homes: Path, clock: Any) -> None:
+    from corestate.node.runtime.metrics import read_gauges
+    from corestate.node.runtime.testkit import memory_mesh, small_tree
+    from corestate.node.targets import registry
+    async with memory_mesh(homes, 1, start=False) as kit:
+        nas = folder_target(tmp_path, "nas")
+        registry.save(kit.nodes[0].home, [nas])
+        await kit.start()
+        b = await kit.backup(0, [small_tree(tmp_path / "src", mib=1, files=2, seed=1)])
+        assert b.pushed is not None and b.pushed.safe
+        g = await kit.run_sync(0, lambda node, port: read_gauges(node, frozenset(), {}))
+        assert g.holders == {"online": 1, "offline": 0}
+
+        def lose(node: Any, port: Any) -> Any:
+            from corestate.node.core.holders import HolderRecord
+            node.ledger.save_holders([HolderRecord("target:nas", 1.0, 0.0, 0, 0, 0.0, False, True)])
+            return read_gauges(node, frozenset(), {})
+        g = await kit.run_sync(0, lose)
+        assert g.holders == {"online": 0, "offline": 1}

@@ -289,6 +289,11 @@ def push(node: LocalNode, port: Any, *, k: int = 0, n: int = 0, progress: Progre
                              "no trusted peer or storage target is reachable")
                             + ": the snapshot is stored on this machine only")
         res.problems += target_trouble(port, offline)
+        from corestate.node.app.health import shunned
+        mine = {*node.trusted_peers(), *(t.holder for t in node.targets())}
+        res.problems += [f"{h} is counted lost or evicted and gets no new shares "
+                         "(`corestate health`; `corestate audit` asks whether it is back)"
+                         for h in sorted(shunned(node) & mine)]
         return res
     k, n = choose_code(len(cands), k, n, node.cfg.k, node.cfg.n)
     store = node.repo.store

@@ -204,6 +204,9 @@ def test_an_unreachable_target_is_counted_lost_by_health(tmp_path: Path, cli: Cl
     assert state["target:nas"] == "lost", health
     # Its data pack is lost (no copy anywhere else); the metadata packs kept here are at risk.
     assert health["packs"]["full"] == 0 and health["packs"]["lost"] >= 1
+    p = cli.run("backup", str(src), "--json", check=False)  # a lost holder gets no new shares
+    assert p.returncode == 3
+    assert any("target:nas is counted lost" in x and "corestate audit" in x for x in _json(p)["mesh"]["problems"])
     nas.up()
     back = cli.json("audit")
     assert back["answered"] == 1

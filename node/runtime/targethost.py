@@ -181,11 +181,14 @@ class TargetHolder:
             raise PeerRefused(self.holder, "quota", f"{exc} ({exc.hint})" if exc.hint else str(exc),
                               True) from None
         except TargetError as exc:
-            if type(exc) is TargetError and "bad object key" in str(exc):
-                raise PeerRefused(self.holder, "rejected", str(exc), False) from None
             raise TargetDown(self.holder, exc, retryable=True) from None
-        except OSError as exc:  # a backend that let one through: the target is in trouble
-            raise TargetDown(self.holder, exc.strerror or str(exc)) from None
+        except MeshError:  # our own answers (PeerRefused, TargetDown, a size mismatch)
+            raise
+        except Exception as exc:
+            # A backend that let something else through (an OSError, a client library's
+            # own error): the target is in trouble, and the caller must not be.
+            log.warning("%s: unexpected error from its store: %r", self.holder, exc)
+            raise TargetDown(self.holder, f"{type(exc).__name__}: {exc}") from None
 
     async def _answer(self, msg: Any, bulk: bytes | memoryview | None,
                       expect_size: int | None) -> tuple[Any, bytes | None]:

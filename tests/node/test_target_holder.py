@@ -285,6 +285,30 @@ def test_refused_credentials_make_an_unreachable_holder_with_the_stores_hint(tmp
     _run(main)
 
 
+class _Broken:
+    """A backend that lets its client library's own error through."""
+
+    def __init__(self, inner: ObjectStore) -> None:
+        self.inner, self.name = inner, inner.name
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def size(self, key: str) -> int | None:
+        raise KeyError("endpoint_url")
+
+
+def test_a_backends_stray_error_makes_the_target_unreachable_not_the_caller_fail(tmp_path: Path) -> None:
+    spec = folder_target(tmp_path, "nas")
+    th = _holder(spec, store=_Broken(open_store(spec)))  # type: ignore[arg-type]
+    pack, _ = _shares(10_000)
+
+    async def main() -> None:
+        with pytest.raises(TargetDown, match="KeyError"):
+            await th.request(m.HasShares(items=((pack, 0),)))
+    _run(main)
+
+
 def test_another_owners_share_is_refused(tmp_path: Path) -> None:
     th = _holder(folder_target(tmp_path, "nas"))
     pack, _ = _shares(20_000)

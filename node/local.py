@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from corestate.node import keystore
 from corestate.node.engine.repo import Repository
@@ -18,6 +19,9 @@ from corestate.node.home import Config, Home
 from corestate.node.ledger import Ledger
 from corestate.node.peers import AddressBook
 from corestate.protocol.keys import NodeKeys
+
+if TYPE_CHECKING:
+    from corestate.node.targets.registry import TargetSpec
 
 
 class LocalNode:
@@ -81,6 +85,18 @@ class LocalNode:
         removed = self.group.removed()
         peers = {e.peer for e in self.book.trusted()} | set(self.group.members())
         return sorted(p for p in peers if p != self.keys.peer_id and p not in removed)
+
+    def targets(self) -> list[TargetSpec]:
+        """The storage targets of this home (``targets.json``): holders named
+        ``target:NAME``, used only by this node."""
+        from corestate.node.targets import registry
+        return registry.load(self.home.path)
+
+    def has_holders(self) -> bool:
+        """Whether anything can hold this node's shares (trusted peers, group members or
+        storage targets): such a node sends its packs out through the mesh; one without is
+        a standalone repository."""
+        return bool(self.trusted_peers() or self.targets())
 
     def authorized(self, peer: str) -> bool:
         """May ``peer`` use this node's services beyond the small global quota? In a

@@ -240,7 +240,7 @@ def _push(node: LocalNode, call: c.BackupCall, ctx: Context, watch: _Watch,
           stream: _Stream | None = None) -> PushResult | None:
     """On a mesh node, spread the new packs over peers (what the stream has not placed
     yet: it is finished first); None on a standalone node."""
-    if not node.trusted_peers():
+    if not node.has_holders():
         return None
     port = ctx.mesh()
     if port is None:
@@ -249,11 +249,29 @@ def _push(node: LocalNode, call: c.BackupCall, ctx: Context, watch: _Watch,
     watch.packs, watch.packs_t0 = (Progress() if stream is None else stream.progress), time.monotonic()
     with ticking(ctx, lambda: watch.event("shares")):
         if stream is None:
-            return push(node, port, k=call.k, n=call.n, progress=watch.packs)
-        stream.finish()
-        rest = push(node, port, k=stream.k, n=stream.n, progress=watch.packs,
-                    found=(stream.cands, stream.offline))
-        return _merged(stream, rest)
+            res = push(node, port, k=call.k, n=call.n, progress=watch.packs)
+        else:
+            stream.finish()
+            rest = push(node, port, k=stream.k, n=stream.n, progress=watch.packs,
+                        found=(stream.cands, stream.offline))
+            res = _merged(stream, rest)
+    if res.online:
+        # Other holders took the shares; still, a person should hear why a target was left out.
+        for why in target_trouble(port, res.offline):
+            ctx.warn(why)
+    return res
+
+
+def target_trouble(port: Any, holders: list[str]) -> list[str]:
+    """Why each storage target among ``holders`` could not be used at its last capacity
+    request (its error and the store's hint)."""
+    if not any(h.startswith("target:") for h in holders):
+        return []
+
+    async def trouble(mesh: Mesh) -> dict[str, str]:
+        return dict(mesh.target_trouble)
+    known = port.call(trouble)
+    return [known[h] for h in sorted(holders) if h in known]
 
 
 def push(node: LocalNode, port: Any, *, k: int = 0, n: int = 0, progress: Progress | None = None,
@@ -267,7 +285,15 @@ def push(node: LocalNode, port: Any, *, k: int = 0, n: int = 0, progress: Progre
     if not cands:
         # Nothing can be placed: everything stays local, and the caller says so (exit 3).
         res = PushResult(k or node.cfg.k or 1, n or node.cfg.n or 1, [], offline, None)
-        res.problems.append("no trusted peer is reachable: the snapshot is stored on this machine only")
+        res.problems.append(("no trusted peer is reachable" if not node.targets() else
+                             "no trusted peer or storage target is reachable")
+                            + ": the snapshot is stored on this machine only")
+        res.problems += target_trouble(port, offline)
+        from corestate.node.app.health import shunned
+        mine = {*node.trusted_peers(), *(t.holder for t in node.targets())}
+        res.problems += [f"{h} is counted lost or evicted and gets no new shares "
+                         "(`corestate health`; `corestate audit` asks whether it is back)"
+                         for h in sorted(shunned(node) & mine)]
         return res
     k, n = choose_code(len(cands), k, n, node.cfg.k, node.cfg.n)
     store = node.repo.store
@@ -395,7 +421,7 @@ class _Stream:
 
 def _start_stream(node: LocalNode, call: c.BackupCall, ctx: Context) -> _Stream | None:
     """On a mesh node with a peer that answers, the upload task the engine feeds."""
-    if not node.trusted_peers():
+    if not node.has_holders():
         return None
     port = ctx.mesh()
     if port is None:

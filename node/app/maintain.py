@@ -84,7 +84,7 @@ def check(node: LocalNode, call: c.CheckCall, ctx: Context) -> Iterator[c.CheckI
     report = check_store(node.repo, read_data=call.read_data, progress=progress,
                          remote=node.ledger.remote_only())
     port = ctx.mesh()
-    surveyed = port is not None and bool(node.trusted_peers() or node.ledger.remote_only())
+    surveyed = port is not None and bool(node.has_holders() or node.ledger.remote_only())
     health: list[c.SnapshotHealth] = []
     shares: dict[str, int] = {}
     if surveyed:

@@ -25,6 +25,9 @@ Invariants:
   the pack's record in the member's partition is complete (good holders + new ones).
 - Counting never doubles: an index counts once however many holders have it
   (node/core/health.py).
+- An owner's storage targets (``target:NAME``) are out of a member's reach (no
+  credentials): their shares count as present and unasked, are never rebuilt by a member,
+  and a member puts no rebuilt share on a target of its own (module code, ``member_repair``).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from corestate.node.core import records
 from corestate.node.core.repair import Verdict
 from corestate.node.ledger import ShareRow
 from corestate.node.local import LocalNode
+from corestate.node.targets.registry import holder_name
 from corestate.protocol import control as c
 
 from corestate.errors import CoreStateError
@@ -141,18 +145,29 @@ def member_repair(node: LocalNode, call: c.MemberRepairCall, ctx: Context) -> c.
     for owner in away:
         rows = [ShareRow(f.pack, h.index, h.peer, h.root, h.size) for f in work if f.owner == owner
                 for h in f.holders.values()]
+        # The owner's storage targets (holders ``target:NAME``) are its own: no member has
+        # their credentials, and a member's target of the same name is another store.
+        # Their shares are not asked about, count as there (unreachable, not gone: a
+        # member never rebuilds them), and teach this member's holder book nothing.
+        for r in rows:
+            if holder_name(r.peer) is not None:
+                verdicts[(r.pack, r.index, r.peer)] = Verdict.UNREACHABLE
+        rows = [r for r in rows if holder_name(r.peer) is None]
         verdicts.update(port.call(lambda mesh, rows=rows, owner=owner: mesh.probe_foreign(rows, owner)))
     book = hmod.load_book(node)
     events: list[hb.HolderEvent] = []
-    for peer in sorted({k[2] for k in verdicts}):
+    asked = {k: v for k, v in verdicts.items() if holder_name(k[2]) is None}
+    for peer in sorted({k[2] for k in asked}):
         e = node.book.get(peer)
         if e is not None and e.seen_ns:
             events.append(hb.Seen(peer, e.seen_ns / 1e9))
-    for (_, _, peer), v in sorted(verdicts.items()):
+    for (_, _, peer), v in sorted(asked.items()):
         events.append(hb.Unanswered(peer) if v is Verdict.UNREACHABLE else hb.Answered(peer))
     hmod.learn(node, book, ctx, events, hmod.wall_time())
     states = book.states()
-    gone = {p for p, st in states.items() if st in (hb.HolderState.LOST, hb.HolderState.EVICTED)}
+    # Peers only: a ``target:NAME`` in this member's book is its own target, not the owner's.
+    gone = {p for p, st in states.items() if st in (hb.HolderState.LOST, hb.HolderState.EVICTED)
+            and holder_name(p) is None}
     now_ms = int(hmod.wall_time() * 1000)
     needy: dict[bytes, tuple[Foreign, list[records.Holder], set[int]]] = {}
     for f in work:
@@ -211,7 +226,9 @@ def member_repair(node: LocalNode, call: c.MemberRepairCall, ctx: Context) -> c.
                 pack, f.owner, now_ms + int(LEASE_FOR * 1000)).value()})
         if cands is None:
             found, _ = port.call(lambda mesh: mesh.candidates())
-            cands = [cd for cd in found if cd.peer not in gone and cd.peer not in away]
+            # Not this member's own targets either: they hold their owner's shares only.
+            cands = [cd for cd in found if cd.peer not in gone and cd.peer not in away
+                     and holder_name(cd.peer) is None]
         assert cands is not None
         rows = [ShareRow(pack, h.index, h.peer, h.root, h.size) for h in ok]
         missing = tuple(i for i in range(f.n) if i not in counted)

@@ -35,7 +35,7 @@ from corestate.errors import CoreStateError
 
 # Commands that may need peers when run without a daemon (a transient host starts lazily).
 NETWORKED = {"backup", "restore", "check", "repair", "forget", "prune", "peer add", "group join", "group remove", "group leave",
-             "group sync", "init"}
+             "group sync", "init", "audit"}
 
 
 def _command_name(args: argparse.Namespace) -> str:

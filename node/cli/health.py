@@ -36,7 +36,7 @@ def cmd_health(args: argparse.Namespace, out: Out) -> int:
     now = time.time_ns()
     for h in res.holders:
         seen = "never answered" if h.last_seen_ns is None else f"seen {_ago((now - h.last_seen_ns) / 1e9)} ago"
-        out.say(f"  {h.peer[-10:]:<10} {h.state:<8} {seen:<18} audits {h.audits_passed} passed, "
+        out.say(f"  {_who(h.peer):<10} {h.state:<8} {seen:<18} audits {h.audits_passed} passed, "
                 f"{h.audits_failed} failed (score {h.score})  {h.shares} share(s)")
     r = res.repair
     doing = "running now; " if r.running else ""
@@ -65,10 +65,16 @@ def cmd_audit(args: argparse.Namespace, out: Out) -> int:
     out.say(f"audit      {res.challenges} challenge(s): {res.passed} passed, {res.failed} failed; "
             f"{res.answered} holder(s) answered, {res.silent} silent")
     for ch in res.changes:
-        out.say(f"  {ch.peer[-10:]:<10} {ch.old} -> {ch.new}: {ch.reason}")
+        out.say(f"  {_who(ch.peer):<10} {ch.old} -> {ch.new}: {ch.reason}")
     if res.failed:
         out.say("           the failed shares are rebuilt by the next repair (`corestate repair` does it now)")
     return res.code
+
+
+def _who(holder: str) -> str:
+    """A holder as a person reads it: a peer by the end of its PeerID, a storage target
+    (``target:NAME``) whole."""
+    return holder if holder.startswith("target:") else holder[-10:]
 
 
 def _levels(p: c.PackLevels) -> str:

@@ -77,7 +77,7 @@ def cmd_mount(args: argparse.Namespace, out: Out) -> int:
         # A node without peers has every pack here: it lets the home go at once.
         in_place = LocalNode.open(home, passphrase, hsm_module=args.hsm_module)
         keys = in_place.keys
-        if in_place.trusted_peers():
+        if in_place.has_holders():
             port = TransientMeshPort(lambda: in_place)
             remote = _in_place_reader(in_place, port)
         else:

@@ -14,7 +14,9 @@ Invariants:
   tried. The decoded pack must hash to its id.
 - Every await on a peer is under a timeout (``Channel``); a handler never lets an
   exception reach libp2p (``P2PHost`` wraps it too; here errors become ``Error`` replies).
-- This node never holds its own shares, and shares go only to trusted peers.
+- This node never holds its own shares, and shares go only to trusted peers and to this
+  node's own storage targets (holders ``target:NAME``, answered in this process by
+  node/runtime/targethost.py).
 - Serving costs a peer's bounded share of this node, whatever it sends (SPEC 8.5,
   "Limits"): streams and bulk bytes in flight are capped per peer, for strangers (peers
   neither trusted nor members) together and in total, strangers far lower; every request
@@ -58,6 +60,8 @@ from corestate.protocol.keys import NodeKeys, public_key_from_peer_id
 
 if TYPE_CHECKING:
     from corestate.node.runtime.groupsvc import GroupService
+    from corestate.node.runtime.targethost import TargetHolder
+    from corestate.node.targets.registry import TargetSpec
 from corestate.protocol.streams import Channel, Host, Stream
 
 from corestate.errors import CoreStateError
@@ -65,6 +69,7 @@ from corestate.errors import CoreStateError
 log = logging.getLogger("corestate.mesh")
 
 SHARE_PROTOCOL = "/corestate/share/1"
+TARGET_PREFIX = "target:"  # holder ids of storage targets (node/targets/registry.py HOLDER_PREFIX)
 # Raw-throughput probe: the client sends a PutShare header (pack = zeros, index 0) and
 # ``size`` bytes; the server hashes and discards them and answers Ok. Measures what the
 # link carries without the vault's disk writes (benchmarks, `peer list --probe`).
@@ -149,7 +154,8 @@ class Mesh:
                  ledger: Ledger, events: EventBus, *, timeout: float = 20.0,
                  uploads_in_flight: int = 3, authorized: Callable[[str], bool] | None = None,
                  in_group: Callable[[], bool] | None = None,
-                 trusted: Callable[[], list[str]] | None = None) -> None:
+                 trusted: Callable[[], list[str]] | None = None,
+                 targets: Callable[[], list[TargetSpec]] | None = None) -> None:
         self.host, self.keys, self.vault, self.book = host, keys, vault, book
         self.ledger, self.events = ledger, events
         self.timeout = timeout
@@ -158,6 +164,16 @@ class Mesh:
         self.authorized = authorized or (lambda peer: bool((e := book.get(peer)) and e.trusted))
         self.in_group = in_group or (lambda: False)
         self.trusted = trusted or (lambda: [e.peer for e in book.trusted()])
+        # The storage targets of this home (node/targets/registry.py), read again whenever
+        # a target is looked up, so that `target add/remove` take effect in a daemon.
+        self.targets: Callable[[], list[TargetSpec]] = targets or list
+        self._holders: dict[str, tuple[TargetSpec, TargetHolder]] = {}
+        from corestate.node.runtime.targethost import TARGET_THREADS
+        self._target_threads = trio.CapacityLimiter(TARGET_THREADS)  # shared by the targets
+        self._target_lock = trio.Lock()
+        # Why each target that did not answer the last capacity request could not be used
+        # (its error and the store's hint), for the person (a backup that placed nothing).
+        self.target_trouble: dict[str, str] = {}
         self.groups: GroupService | None = None  # set by open_mesh
         self.reach: Any = None  # a ReachService (node/runtime/reach.py), set by open_mesh for a daemon
         # Members of this node's group (set by open_mesh): who may put shares for whom.
@@ -411,6 +427,45 @@ class Mesh:
         finally:
             self._leave(sender, stranger, bulk=held.size)
 
+    # -- storage targets -----------------------------------------------------------------
+
+    async def target(self, holder: str) -> TargetHolder:
+        """The ``TargetHolder`` of the holder named ``target:NAME`` (opened on first use,
+        opened again when its entry in ``targets.json`` changed). A name no longer
+        configured raises ``TargetDown``: its shares are unreachable from now on."""
+        async with self._target_lock:  # one TargetHolder per target, even on a first burst
+            return await self._target(holder)
+
+    async def _target(self, holder: str) -> TargetHolder:
+        from corestate.node.runtime.targethost import TargetDown, TargetHolder
+        from corestate.node.targets.registry import open_store
+        from corestate.node.targets.store import TargetError
+        specs = {s.holder: s for s in await trio.to_thread.run_sync(self.targets)}
+        spec = specs.get(holder)
+        known = self._holders.get(holder)
+        if known is not None and known[0] == spec:
+            return known[1]
+        if known is not None:
+            del self._holders[holder]
+            await trio.to_thread.run_sync(known[1].close)
+        if spec is None:
+            raise TargetDown(holder, "no such storage target is configured (`corestate target list`)",
+                             hint="add it again with `corestate target add`, or let repair move its shares",
+                             retryable=False)
+        try:
+            store = await trio.to_thread.run_sync(open_store, spec)
+        except TargetError as exc:
+            raise TargetDown(holder, exc, retryable=exc.retryable) from None
+        used: Callable[[], int] = lambda: self.ledger.peers().get(holder, (0, 0))[1] or 0  # noqa: E731
+        th = TargetHolder(spec, store, used, self.timeout, self._target_threads)
+        self._holders[holder] = (spec, th)
+        return th
+
+    def close_targets(self) -> None:
+        for _, th in self._holders.values():
+            th.close()
+        self._holders.clear()
+
     # -- calling -----------------------------------------------------------------------
 
     async def request(self, peer: str, msg: Any, *, bulk: bytes | memoryview | None = None,
@@ -419,7 +474,15 @@ class Mesh:
         """One request on a fresh stream; returns (reply, bulk data of a ShareData reply).
         ``Error`` replies raise ``PeerRefused``; network trouble raises ProtocolError. With
         ``expect_size``, a ShareData announcing any other size raises MeshError before a
-        byte of its body is taken (a holder must not make us buffer what we never stored)."""
+        byte of its body is taken (a holder must not make us buffer what we never stored).
+
+        A holder named ``target:NAME`` is a storage target of this node: its
+        ``TargetHolder`` answers in this process (node/runtime/targethost.py), with the
+        same replies and errors; one that cannot be used now raises ``TargetDown`` (a
+        ``MeshError``), as an unreachable peer would."""
+        if peer.startswith(TARGET_PREFIX):
+            th = await self.target(peer)
+            return await th.request(msg, bulk=bulk, timeout=timeout, expect_size=expect_size)
         entry = self.book.get(peer)
         addrs = entry.addrs if entry else []
         t = timeout or self.timeout
@@ -473,9 +536,9 @@ class Mesh:
         return box[0]
 
     async def candidates(self) -> tuple[list[Candidate], list[str]]:
-        """Trusted peers that answer a capacity request now, weighted by what they can
-        take for us; and the trusted peers that did not answer. Holders evicted or counted
-        lost (``shunned``) are not asked: they get no new shares."""
+        """Trusted peers and storage targets that answer a capacity request now,
+        weighted by what they can take for us; and those that did not answer. Holders
+        evicted or counted lost (``shunned``) are not asked: they get no new shares."""
         shun = await trio.to_thread.run_sync(self.shunned)
         trusted = [p for p in self.trusted() if p != self.peer_id and p not in shun]
         found: list[Candidate] = []
@@ -492,9 +555,24 @@ class Mesh:
             entry = self.book.get(peer)
             found.append(Candidate(peer, cap, tuple(entry.domains) if entry else ()))
             self.book.seen(peer)
+        async def ask_target(holder: str) -> None:
+            try:
+                reply, _ = await self.request(holder, m.Capacity(), timeout=min(self.timeout, 5.0))
+            except (ProtocolError, MeshError) as exc:
+                log.info("%s not available: %s", holder, exc)
+                self.target_trouble[holder] = f"{exc}" + (f" ({exc.hint})" if getattr(exc, "hint", "") else "")
+                missing.append(holder)
+                return
+            self.target_trouble.pop(holder, None)
+            # A target is a failure domain of its own, at the most general level: no
+            # peer's site or host, nor another target, shares it.
+            found.append(Candidate(holder, min(reply.free, reply.quota_left), (holder,)))
+        targets = [s.holder for s in await trio.to_thread.run_sync(self.targets) if s.holder not in shun]
         async with trio.open_nursery() as nursery:
             for p in trusted:
                 nursery.start_soon(ask, p)
+            for t in targets:
+                nursery.start_soon(ask_target, t)
         found.sort(key=lambda c: c.peer)
         return found, sorted(missing)
 
@@ -874,7 +952,8 @@ class Mesh:
             await self.request(peer, m.Capacity(), timeout=min(self.timeout, timeout))
         except (ProtocolError, MeshError):
             return False
-        await trio.to_thread.run_sync(self.book.seen, peer)
+        if not peer.startswith(TARGET_PREFIX):
+            await trio.to_thread.run_sync(self.book.seen, peer)
         return True
 
     async def _put_share(self, peer: str, pack: bytes, index: int, share: bytes, *, owner: str = "") -> None:

@@ -7,7 +7,8 @@
 
 (The survey and repair orchestration is the application layer's: node/app/maintain.py.)
 
-A node with no trusted peer is a standalone repository: nothing here runs.
+A node with no trusted peer and no storage target is a standalone repository: nothing
+here runs.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ log = logging.getLogger("corestate.meshops")
 
 
 def is_mesh_node(node: LocalNode) -> bool:
-    return bool(node.trusted_peers())
+    return node.has_holders()
 
 
 def packs_of(node: LocalNode, snap: SnapshotInfo, includes: list[bytes] | None = None) -> set[bytes]:

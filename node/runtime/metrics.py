@@ -242,6 +242,12 @@ def read_gauges(node: LocalNode, connected: frozenset[str], vault_stats: dict[st
     red = redundancy(node)
     mine = set(node.trusted_peers())
     holders = set(node.ledger.peers())
+    targets = {h for h in holders if h.startswith("target:")}
+    if targets:
+        # A storage target has no connection to be seen on: it counts online unless the
+        # holder book counts it lost or evicted (its audits say whether it answers).
+        from corestate.node.app.health import shunned
+        connected = connected | (targets - shunned(node))
     store = node.repo.store
     local = store.local_ids() if hasattr(store, "local_ids") else set(store.list())
     size = 0

@@ -167,7 +167,7 @@ async def open_mesh(node: LocalNode, *, listen: list[str] | None = None, mdns: b
         async with hosting as host:
             mesh = Mesh(host, node.keys, vault, node.book, node.ledger, bus, timeout=cfg.peer_timeout,
                         authorized=node.authorized, in_group=lambda: node.group.in_group,
-                        trusted=node.trusted_peers)
+                        trusted=node.trusted_peers, targets=node.targets)
             from corestate.node.app.health import shunned
             mesh.shunned = lambda: shunned(node)  # evicted and lost holders get no new shares
             mesh.is_member = node.group.is_member
@@ -202,6 +202,7 @@ async def open_mesh(node: LocalNode, *, listen: list[str] | None = None, mdns: b
                 finally:
                     node.group.on_members.remove(members_changed)
                     services.cancel_scope.cancel()
+                    mesh.close_targets()
     finally:
         vault.close()
 

@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 
 
 def short(peer: str) -> str:
-    """The end of a PeerID, as `peer list` shows it."""
+    """The end of a PeerID, as `peer list` shows it; a storage target by its name."""
+    if peer.startswith("target:"):
+        return peer
     return peer[-8:] if len(peer) > 8 else peer
 
 

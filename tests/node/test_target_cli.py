@@ -6,8 +6,8 @@ its audit and is repaired around; an unreachable target is counted lost by healt
 backup whose holders stay unreachable gives up within 60 s and exits 3.
 
 The backend is chosen by one fixture, ``target``: a factory of ``Target`` (a
-``TargetSpec`` and how to take the target away and bring it back). The folder backend
-runs here; an S3 backend is one more entry in its ``params``.
+``TargetSpec`` and how to take the target away and bring it back): a folder, and a
+bucket of a real S3 server (``rclone serve s3``, tests/s3server.py).
 """
 
 from __future__ import annotations

@@ -99,8 +99,8 @@ class Invite:
                 raise ValueError
             return cls(bytes(group), str(admin), tuple(str(a) for a in addrs), bytes(secret),
                        role, int(expires))
-        except (ValueError, TypeError, cbor2.CBORDecodeError):
-            raise bad from None
+        except (ValueError, TypeError, OverflowError, cbor2.CBORDecodeError):
+            raise bad from None  # OverflowError: an infinite float as the expiry
 
 
 class GroupNode:

@@ -198,12 +198,24 @@ class Snapshot:
             tree = o["tree"]
             if not isinstance(tree, bytes) or len(tree) != 32:
                 raise ValueError("bad root tree id")
+            parent = o.get("parent")
+            if parent is not None and (not isinstance(parent, bytes) or len(parent) != 32):
+                raise ValueError("bad parent snapshot id")
             return cls(
                 tree=tree, time_ns=int(o["time_ns"]), hostname=str(o["host"]),
-                paths=[bytes(p) for p in o["paths"]], peer_id=str(o["peer"]),
+                paths=[_path(p) for p in o["paths"]], peer_id=str(o["peer"]),
                 files=int(o["files"]), dirs=int(o["dirs"]), size=int(o["bytes"]),
-                provider=str(o["provider"]), torn=[bytes(p) for p in o["torn"]],
-                errors=[(bytes(p), str(m)) for p, m in o["errors"]], parent=o.get("parent"),
+                provider=str(o["provider"]), torn=[_path(p) for p in o["torn"]],
+                errors=[(_path(p), str(m)) for p, m in o["errors"]], parent=parent,
             )
-        except (ValueError, TypeError, KeyError, cbor2.CBORDecodeError) as exc:
+        # OverflowError: int() of an infinite float.
+        except (ValueError, TypeError, KeyError, OverflowError, cbor2.CBORDecodeError) as exc:
             raise CorruptObject(where, f"snapshot record does not decode: {exc}")
+
+
+def _path(p: object) -> bytes:
+    # Paths are byte strings as written; ``bytes(p)`` would also take an integer and
+    # allocate that many zero bytes.
+    if not isinstance(p, bytes):
+        raise TypeError(f"a path is bytes, not {type(p).__name__}")
+    return p

@@ -222,8 +222,8 @@ def main(argv: list[str] | None = None) -> int:
           + (f", seed {seed}" if eng == "random" else ""), flush=True)
     print(f"{'target':20s} {'inputs':>10s} {'inputs/s':>9s} {'new cov':>8s} {'crashes':>8s}",
           flush=True)
-    results = []
-    total_crashes = 0
+    results: list[dict[str, object]] = []
+    total_inputs = total_crashes = 0
     t0 = time.perf_counter()
     for name in names:
         if eng == "atheris":
@@ -231,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             st = run_random(name, args.seconds_each, args.crash_dir, seed)
         total_crashes += len(st.crashes)
+        total_inputs += st.inputs
         cov = "-" if st.new_coverage is None else str(st.new_coverage)
         print(f"{name:20s} {st.inputs:10d} {st.per_second:9.0f} {cov:>8s} {len(st.crashes):8d}",
               flush=True)
@@ -241,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
                         "new_coverage": st.new_coverage,
                         "crashes": [{"kind": c.kind, "detail": c.detail} for c in st.crashes]})
     took = time.perf_counter() - t0
-    print(f"{len(names)} targets, {sum(r['inputs'] for r in results)} inputs in {took:.0f} s, "
+    print(f"{len(names)} targets, {total_inputs} inputs in {took:.0f} s, "
           f"{total_crashes} crashes", flush=True)
     if args.json is not None:
         args.json.write_text(json.dumps({"engine": eng, "seconds_each": args.seconds_each,

@@ -323,7 +323,7 @@ def fuzz_control_handshake(data: bytes) -> None:
         # answers (MemoryStream has no public half-close; aclose would break the answer).
         a._out.close_writer()
         ch = Channel(b, timeout=5.0, decode=c.decode)
-        msg = await Daemon._handshake(fake, ch)  # type: ignore[arg-type]
+        msg = await Daemon._handshake(fake, ch)
         assert msg is None or isinstance(msg, c.Message)
 
     trio.run(main)
@@ -553,8 +553,8 @@ def seal_header(plain: bytes, salt: bytes = b"\x5a" * 32) -> bytes:
     header parser's input past the AEAD, which a fuzzer could never forge."""
     import struct
 
-    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
     from corestate.protocol import pack as p
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
     prefix = p.MAGIC + bytes([p.VERSION]) + salt
     aead = ChaCha20Poly1305(keys().pack_subkey(salt, "header"))
@@ -589,7 +589,7 @@ def fuzz_pack_header(data: bytes) -> None:
     whole = sealed[: p.PREFIX_BYTES] + bytes(area) + sealed[p.PREFIX_BYTES :]
     hdr = p.read_header(keys(), "pack header fuzz", whole)
     for e in hdr.entries:
-        assert p.PREFIX_BYTES <= e.offset and e.offset + e.length <= hdr.header_offset
+        assert e.offset >= p.PREFIX_BYTES and e.offset + e.length <= hdr.header_offset
 
 
 target("pack-header", _pack_header_seeds, _corrupt_object())(fuzz_pack_header)
@@ -609,8 +609,8 @@ def fuzz_pack_blob(data: bytes) -> None:
     lengths of any size. CorruptObject for anything that is not the blob; the output is
     never more than the declared raw length (a zstd bomb stops there)."""
     import zstandard
-    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
     from corestate.protocol import pack as p
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
     if len(data) < 5:
         return

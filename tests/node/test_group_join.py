@@ -307,3 +307,18 @@ def test_a_forged_answer_changes_nothing_and_leave_drops_a_group_held_without_me
     assert again.leave() is None and again.group is None and not again.ops
     with pytest.raises(GroupError, match="not in a group"):
         again.leave()
+
+
+@pytest.mark.parametrize("expires", [float("inf"), float("-inf"), float("nan"), "soon", None])
+def test_a_token_with_a_malformed_expiry_is_not_an_invite(expires: object) -> None:
+    """Found by fuzzing (tests/fuzz, target invite-token): an infinite float as the expiry
+    raised OverflowError out of Invite.parse (``group join`` catches GroupError)."""
+    import base64
+
+    import cbor2
+    from corestate.node.group import TOKEN_PREFIX, GroupError
+
+    raw = cbor2.dumps([1, b"\1" * 32, "admin", [], b"\2" * 16, "member", expires])
+    token = TOKEN_PREFIX + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    with pytest.raises(GroupError, match="not an invite token"):
+        Invite.parse(token)

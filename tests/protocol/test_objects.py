@@ -75,3 +75,26 @@ def test_tree_encoding_is_canonical_cbor(entries: list) -> None:
         nodes.append(n)
     data = encode_tree(nodes)
     assert data == cbor2.dumps(cbor2.loads(data), canonical=True)
+
+
+def _snapshot_obj() -> dict[str, object]:
+    return cbor2.loads(Snapshot(tree=b"\7" * 32, time_ns=5, hostname="h", paths=[b"/x"],
+                                peer_id="p", torn=[b"/x/t"], errors=[(b"/x/e", "why")]).encode())
+
+
+@pytest.mark.parametrize("field,value", [
+    ("time_ns", float("inf")),  # OverflowError escaped (int() of infinity)
+    ("files", float("-inf")),
+    ("paths", [10**12]),  # bytes(10**12): a terabyte of zeros asked for by 8 bytes
+    ("torn", [1 << 40]),
+    ("errors", [[1 << 40, "m"]]),
+    ("parent", [1, 2]),
+    ("parent", b"short"),
+])
+def test_a_malformed_snapshot_record_is_corrupt_not_a_crash(field: str, value: object) -> None:
+    """Found by fuzzing (tests/fuzz, target snapshot): each of these escaped as another
+    exception (OverflowError, MemoryError) or decoded into a record of the wrong types."""
+    obj = _snapshot_obj()
+    obj[field] = value
+    with pytest.raises(CorruptObject, match="does not decode"):
+        Snapshot.decode(cbor2.dumps(obj), "s")

@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
 import cbor2
+from corestate.node.core import cborguard
 from corestate.node.errors import BadBatch
 
 if TYPE_CHECKING:
@@ -168,9 +169,16 @@ def _loads_canonical(data: bytes) -> object:
         raise BadBatch(f"a sync message is bytes of at most {MAX_MESSAGE_BYTES}")
     try:
         obj = cbor2.loads(data)
-        again = cbor2.dumps(obj, canonical=True)
     except Exception as e:  # hostile input: any decoder failure means malformed
         raise BadBatch(f"not CBOR: {type(e).__name__}: {e}") from None
+    # Before re-encoding: canonical encoding of map-keyed maps or shared references takes
+    # time exponential in a few hundred bytes (node/core/cborguard.py).
+    if (why := cborguard.problem(obj, len(data))) is not None:
+        raise BadBatch(f"not plain CBOR data: {why}")
+    try:
+        again = cbor2.dumps(obj, canonical=True)
+    except Exception as e:
+        raise BadBatch(f"not re-encodable: {type(e).__name__}: {e}") from None
     if again != data:
         raise BadBatch("not the canonical CBOR encoding (or trailing bytes)")
     return obj

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 import blake3
 import cbor2
 from corestate.node.core import catalog as cat
+from corestate.node.core import cborguard
 from corestate.node.core import membership as mem
 from corestate.node.core import sync as csync
 from corestate.protocol.keys import NodeKeys
@@ -94,7 +95,10 @@ class Invite:
         try:
             body = token[len(TOKEN_PREFIX):]
             raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
-            v, group, admin, addrs, secret, role, expires = cbor2.loads(raw)
+            obj = cbor2.loads(raw)
+            if cborguard.problem(obj, len(raw)) is not None:  # str() below walks it all
+                raise ValueError
+            v, group, admin, addrs, secret, role, expires = obj
             if v != 1 or len(group) != 32 or len(secret) != 16 or role not in ("member", "admin"):
                 raise ValueError
             return cls(bytes(group), str(admin), tuple(str(a) for a in addrs), bytes(secret),

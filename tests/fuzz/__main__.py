@@ -114,7 +114,7 @@ def run_atheris(name: str, seconds: float, crash_dir: Path, corpus: Path | None)
                               env=env, capture_output=True, text=True, errors="replace",
                               timeout=seconds + 600)
         stats.seconds = time.perf_counter() - t0
-        log = proc.stderr
+        log = proc.stderr + "\n" + proc.stdout  # atheris prints the Python error on stdout
         first_cov = last_cov = None
         for line in log.splitlines():
             m = _STAT.match(line)

@@ -322,3 +322,23 @@ def test_a_token_with_a_malformed_expiry_is_not_an_invite(expires: object) -> No
     token = TOKEN_PREFIX + base64.urlsafe_b64encode(raw).decode().rstrip("=")
     with pytest.raises(GroupError, match="not an invite token"):
         Invite.parse(token)
+
+
+def test_a_token_standing_for_billions_of_addresses_is_refused_at_once() -> None:
+    """Found while fuzzing (tests/fuzz, target invite-token, with the shared-reference
+    input of the catalog-sync crash): 200 bytes of shared references as the addresses
+    made Invite.parse build the text of 8**9 items (minutes, gigabytes); 8**7 here, about
+    a second without the guard."""
+    import base64
+
+    import cbor2
+    from cborbombs import shared_bomb
+    from corestate.node.group import TOKEN_PREFIX, GroupError
+
+    raw = cbor2.dumps([1, b"\1" * 32, "admin", ["/ip4/10.0.0.1/tcp/1"], b"\2" * 16, "member", 5])
+    raw = raw.replace(cbor2.dumps(["/ip4/10.0.0.1/tcp/1"]), shared_bomb(7))
+    token = TOKEN_PREFIX + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    t0 = time.monotonic()
+    with pytest.raises(GroupError, match="not an invite token"):
+        Invite.parse(token)
+    assert time.monotonic() - t0 < 0.5

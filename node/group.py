@@ -35,9 +35,9 @@ from typing import TYPE_CHECKING
 import blake3
 import cbor2
 from corestate.node.core import catalog as cat
-from corestate.node.core import cborguard
 from corestate.node.core import membership as mem
 from corestate.node.core import sync as csync
+from corestate.protocol import cborguard
 from corestate.protocol.keys import NodeKeys
 
 from corestate.errors import CoreStateError

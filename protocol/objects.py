@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import cbor2
+from corestate.protocol import cborguard
 from corestate.protocol.errors import CorruptObject
 
 TREE_VERSION = 1
@@ -149,6 +150,9 @@ def decode_tree(data: bytes, where: str) -> list[Node]:
         obj = cbor2.loads(data)
     except (cbor2.CBORDecodeError, ValueError) as exc:
         raise CorruptObject(where, f"tree does not decode: {exc}")
+    # Shared references would let one content list be checked once per entry (cborguard).
+    if (why := cborguard.problem(obj, len(data))) is not None:
+        raise CorruptObject(where, f"tree does not decode: {why}")
     if not isinstance(obj, dict) or obj.get("v") != TREE_VERSION or not isinstance(
         obj.get("entries"), list
     ):
@@ -193,6 +197,8 @@ class Snapshot:
     def decode(cls, data: bytes, where: str) -> Snapshot:
         try:
             o = cbor2.loads(data)
+            if (why := cborguard.problem(o, len(data))) is not None:
+                raise ValueError(why)
             if not isinstance(o, dict) or o.get("v") != SNAPSHOT_VERSION:
                 raise ValueError("not a version-1 snapshot")
             tree = o["tree"]

@@ -67,10 +67,10 @@ import cbor2
 import nacl.exceptions
 import nacl.signing
 from blake3 import blake3
-from corestate.node.core import cborguard
 from corestate.node.core import hlc as hlc_mod
 from corestate.node.core.sync import FullVector, VersionVector
 from corestate.node.errors import BadBatch, BadValue, CatalogWriteError
+from corestate.protocol import cborguard
 from corestate.protocol.keys import peer_id_from_public_key, public_key_from_peer_id
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305

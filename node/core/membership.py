@@ -104,8 +104,8 @@ import blake3
 import cbor2
 import nacl.exceptions
 import nacl.signing
-from corestate.node.core import cborguard
 from corestate.node.errors import AmbiguousGroup, BadMemberOp
+from corestate.protocol import cborguard
 from corestate.protocol.keys import peer_id_from_public_key, public_key_from_peer_id
 
 Kind = Literal["create", "add", "remove", "promote", "demote"]

@@ -49,8 +49,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
 import cbor2
-from corestate.node.core import cborguard
 from corestate.node.errors import BadBatch
+from corestate.protocol import cborguard
 
 if TYPE_CHECKING:
     from corestate.node.core.catalog import Catalog, Membership, Verdict
@@ -172,7 +172,7 @@ def _loads_canonical(data: bytes) -> object:
     except Exception as e:  # hostile input: any decoder failure means malformed
         raise BadBatch(f"not CBOR: {type(e).__name__}: {e}") from None
     # Before re-encoding: canonical encoding of map-keyed maps or shared references takes
-    # time exponential in a few hundred bytes (node/core/cborguard.py).
+    # time exponential in a few hundred bytes (protocol/cborguard.py).
     if (why := cborguard.problem(obj, len(data))) is not None:
         raise BadBatch(f"not plain CBOR data: {why}")
     try:

@@ -2,8 +2,9 @@
 re-encodes it.
 
 The signed catalog formats (sync messages, batches, membership ops) are parsed with cbor2
-and checked for canonical form by encoding the result again. cbor2 decodes more than those
-formats use, and two of its extras make that second step explode on a few hundred bytes:
+and checked for canonical form by encoding the result again; invite tokens, trees and
+snapshot records are parsed with cbor2 and walked. cbor2 decodes more than those formats
+use, and two of its extras make that second step explode on a few hundred bytes:
 
 - maps used as map keys (decoded as frozen dicts): canonical encoding sorts a map's keys
   by their encodings, encoding each nested key again at every level — about twice the

@@ -37,6 +37,7 @@ import cbor2
 from corestate.node.core import catalog as cat
 from corestate.node.core import membership as mem
 from corestate.node.core import sync as csync
+from corestate.protocol import cborguard
 from corestate.protocol.keys import NodeKeys
 
 from corestate.errors import CoreStateError
@@ -94,13 +95,16 @@ class Invite:
         try:
             body = token[len(TOKEN_PREFIX):]
             raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
-            v, group, admin, addrs, secret, role, expires = cbor2.loads(raw)
+            obj = cbor2.loads(raw)
+            if cborguard.problem(obj, len(raw)) is not None:  # str() below walks it all
+                raise ValueError
+            v, group, admin, addrs, secret, role, expires = obj
             if v != 1 or len(group) != 32 or len(secret) != 16 or role not in ("member", "admin"):
                 raise ValueError
             return cls(bytes(group), str(admin), tuple(str(a) for a in addrs), bytes(secret),
                        role, int(expires))
-        except (ValueError, TypeError, cbor2.CBORDecodeError):
-            raise bad from None
+        except (ValueError, TypeError, OverflowError, cbor2.CBORDecodeError):
+            raise bad from None  # OverflowError: an infinite float as the expiry
 
 
 class GroupNode:

@@ -218,6 +218,8 @@ class Config:
             raise ConfigError(str(path), "missing")
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(str(path), f"not valid TOML: {exc}")
+        except RecursionError:  # tomllib recurses once per level of nested arrays/tables
+            raise ConfigError(str(path), "not valid TOML: nested too deeply")
         cfg = cls()
         try:
             b, c, p, s = (raw.get(k, {}) for k in ("backup", "chunking", "packing", "store"))
@@ -258,7 +260,8 @@ class Config:
             _observability(raw, cfg)
             _anomaly_section(cfg, raw.get("anomaly", {}))
             _restore(raw, cfg)
-        except (TypeError, ValueError, AttributeError, KeyError) as exc:
+        # OverflowError: an integer setting given as inf (TOML has it) or as "1e400".
+        except (TypeError, ValueError, AttributeError, KeyError, OverflowError) as exc:
             raise ConfigError(str(path), f"bad value: {exc}")
         if not (64 <= cfg.min_size <= cfg.avg_size <= cfg.max_size <= 16 << 20):
             raise ConfigError(str(path), "chunking needs 64 <= min_size <= avg_size <= max_size <= 16 MiB")

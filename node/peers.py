@@ -55,7 +55,7 @@ def split_peer_addr(addr: str) -> tuple[str, str]:
     if transport:
         t = transport.split("/")
         if len(t) < 5 or t[1] not in ("ip4", "ip6", "dns", "dns4", "dns6") or t[3] != "tcp" \
-                or not t[4].isdigit() or not 0 < int(t[4]) < 65536:
+                or not (t[4].isascii() and t[4].isdigit()) or not 0 < int(t[4]) < 65536:
             raise BadAddress(addr, "only /ip4|ip6|dns/<host>/tcp/<port> transports are supported")
     return peer, transport
 
@@ -97,15 +97,18 @@ class PeerEntry:
 
     @classmethod
     def from_obj(cls, peer: str, o: Any) -> PeerEntry:
+        # Whatever the file holds (a damaged or hand-edited entry): what is not of its
+        # field's type reads as the field's default, never as an exception.
         if not isinstance(o, dict):
             return cls(peer)
-        addrs = [a for a in o.get("addrs", []) if isinstance(a, str)]
-        found = [a for a in o.get("found", []) if isinstance(a, str)]
+        addrs = _strs(o.get("addrs"))
+        found = _strs(o.get("found"))
         if "found" not in o and o.get("source") == "mdns":
             addrs, found = [], addrs  # written before addresses were kept apart
-        return cls(peer, addrs[:MAX_PINNED], bool(o.get("trusted", False)), str(o.get("source", "user")),
-                   [d for d in o.get("domains", []) if isinstance(d, str)][:4],
-                   int(o.get("added_ns", 0)), int(o.get("seen_ns", 0)), found[:MAX_FOUND])
+        source = o.get("source", "user")
+        return cls(peer, addrs[:MAX_PINNED], o.get("trusted") is True,
+                   source if isinstance(source, str) else "user", _strs(o.get("domains"))[:4],
+                   _ns(o.get("added_ns")), _ns(o.get("seen_ns")), found[:MAX_FOUND])
 
     def note_found(self, addrs: list[str]) -> None:
         """Addresses discovery saw: newest first, bounded, never a pinned one twice."""
@@ -115,6 +118,14 @@ class PeerEntry:
                     self.found.remove(a)
                 self.found.insert(0, a)
         del self.found[MAX_FOUND:]
+
+
+def _strs(v: object) -> list[str]:
+    return [a for a in v if isinstance(a, str)] if isinstance(v, list) else []
+
+
+def _ns(v: object) -> int:
+    return v if type(v) is int else 0
 
 
 class AddressBook:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import cbor2
+from corestate.protocol import cborguard
 from corestate.protocol.errors import CorruptObject
 
 TREE_VERSION = 1
@@ -149,6 +150,9 @@ def decode_tree(data: bytes, where: str) -> list[Node]:
         obj = cbor2.loads(data)
     except (cbor2.CBORDecodeError, ValueError) as exc:
         raise CorruptObject(where, f"tree does not decode: {exc}")
+    # Shared references would let one content list be checked once per entry (cborguard).
+    if (why := cborguard.problem(obj, len(data))) is not None:
+        raise CorruptObject(where, f"tree does not decode: {why}")
     if not isinstance(obj, dict) or obj.get("v") != TREE_VERSION or not isinstance(
         obj.get("entries"), list
     ):
@@ -193,17 +197,31 @@ class Snapshot:
     def decode(cls, data: bytes, where: str) -> Snapshot:
         try:
             o = cbor2.loads(data)
+            if (why := cborguard.problem(o, len(data))) is not None:
+                raise ValueError(why)
             if not isinstance(o, dict) or o.get("v") != SNAPSHOT_VERSION:
                 raise ValueError("not a version-1 snapshot")
             tree = o["tree"]
             if not isinstance(tree, bytes) or len(tree) != 32:
                 raise ValueError("bad root tree id")
+            parent = o.get("parent")
+            if parent is not None and (not isinstance(parent, bytes) or len(parent) != 32):
+                raise ValueError("bad parent snapshot id")
             return cls(
                 tree=tree, time_ns=int(o["time_ns"]), hostname=str(o["host"]),
-                paths=[bytes(p) for p in o["paths"]], peer_id=str(o["peer"]),
+                paths=[_path(p) for p in o["paths"]], peer_id=str(o["peer"]),
                 files=int(o["files"]), dirs=int(o["dirs"]), size=int(o["bytes"]),
-                provider=str(o["provider"]), torn=[bytes(p) for p in o["torn"]],
-                errors=[(bytes(p), str(m)) for p, m in o["errors"]], parent=o.get("parent"),
+                provider=str(o["provider"]), torn=[_path(p) for p in o["torn"]],
+                errors=[(_path(p), str(m)) for p, m in o["errors"]], parent=parent,
             )
-        except (ValueError, TypeError, KeyError, cbor2.CBORDecodeError) as exc:
+        # OverflowError: int() of an infinite float.
+        except (ValueError, TypeError, KeyError, OverflowError, cbor2.CBORDecodeError) as exc:
             raise CorruptObject(where, f"snapshot record does not decode: {exc}")
+
+
+def _path(p: object) -> bytes:
+    # Paths are byte strings as written; ``bytes(p)`` would also take an integer and
+    # allocate that many zero bytes.
+    if not isinstance(p, bytes):
+        raise TypeError(f"a path is bytes, not {type(p).__name__}")
+    return p

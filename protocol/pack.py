@@ -245,6 +245,12 @@ class BlobOpener:
             raise CorruptObject(f"{kind} {name}", "does not authenticate (damaged ciphertext)")
         if codec == CODEC_ZSTD:
             try:
+                # A zstd frame may declare its content size, and decompress() allocates that
+                # much whatever max_output_size says: refuse a frame that claims more than
+                # the header's raw length before it allocates (-1: not declared, bounded
+                # by max_output_size below).
+                if zstandard.frame_content_size(body) > raw_length:
+                    raise CorruptObject(f"{kind} {name}", "declares more bytes than its raw length")
                 dctx = getattr(self._local, "dctx", None)
                 if dctx is None:
                     dctx = self._local.dctx = zstandard.ZstdDecompressor()

@@ -70,6 +70,7 @@ from blake3 import blake3
 from corestate.node.core import hlc as hlc_mod
 from corestate.node.core.sync import FullVector, VersionVector
 from corestate.node.errors import BadBatch, BadValue, CatalogWriteError
+from corestate.protocol import cborguard
 from corestate.protocol.keys import peer_id_from_public_key, public_key_from_peer_id
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
@@ -260,9 +261,13 @@ class Batch:
 
 def _loads(data: bytes) -> object:
     try:
-        return cbor2.loads(data)
+        obj = cbor2.loads(data)
     except Exception as e:  # cbor2 raises several types on hostile input; all mean "bad"
         raise BadBatch(f"not CBOR: {type(e).__name__}: {e}") from None
+    # _canonical re-encodes it: refuse first what makes that exponential (cborguard.py).
+    if (why := cborguard.problem(obj, len(data))) is not None:
+        raise BadBatch(f"not plain CBOR data: {why}")
+    return obj
 
 
 def _canonical(obj: object, data: bytes) -> None:

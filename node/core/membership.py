@@ -105,6 +105,7 @@ import cbor2
 import nacl.exceptions
 import nacl.signing
 from corestate.node.errors import AmbiguousGroup, BadMemberOp
+from corestate.protocol import cborguard
 from corestate.protocol.keys import peer_id_from_public_key, public_key_from_peer_id
 
 Kind = Literal["create", "add", "remove", "promote", "demote"]
@@ -312,6 +313,9 @@ def decode_op(data: bytes | bytearray | memoryview) -> MemberOp:
         obj = cbor2.loads(raw)
     except Exception as e:  # cbor2 raises several types on hostile input; all mean "bad"
         raise BadMemberOp(f"not CBOR ({type(e).__name__})") from None
+    # A create is re-encoded below: refuse first what makes that exponential (cborguard.py).
+    if (why := cborguard.problem(obj, len(raw))) is not None:
+        raise BadMemberOp(f"not plain CBOR data: {why}")
     if type(obj) is not dict:
         raise BadMemberOp("not a CBOR map")
     kind = obj.get("kind")

@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import cbor2
 from corestate.node.errors import BadBatch
+from corestate.protocol import cborguard
 
 if TYPE_CHECKING:
     from corestate.node.core.catalog import Catalog, Membership, Verdict
@@ -168,9 +169,16 @@ def _loads_canonical(data: bytes) -> object:
         raise BadBatch(f"a sync message is bytes of at most {MAX_MESSAGE_BYTES}")
     try:
         obj = cbor2.loads(data)
-        again = cbor2.dumps(obj, canonical=True)
     except Exception as e:  # hostile input: any decoder failure means malformed
         raise BadBatch(f"not CBOR: {type(e).__name__}: {e}") from None
+    # Before re-encoding: canonical encoding of map-keyed maps or shared references takes
+    # time exponential in a few hundred bytes (protocol/cborguard.py).
+    if (why := cborguard.problem(obj, len(data))) is not None:
+        raise BadBatch(f"not plain CBOR data: {why}")
+    try:
+        again = cbor2.dumps(obj, canonical=True)
+    except Exception as e:
+        raise BadBatch(f"not re-encodable: {type(e).__name__}: {e}") from None
     if again != data:
         raise BadBatch("not the canonical CBOR encoding (or trailing bytes)")
     return obj

@@ -41,15 +41,33 @@ def holder_name(holder: str) -> str | None:
 
 
 def load(home: Path) -> list[TargetSpec]:
+    """The targets in ``HOME/targets.json`` ([] without one); TargetError when the file
+    is not what ``save`` writes (damaged, or edited by hand into another shape)."""
     path = home / FILE_NAME
+    hint = "fix it by hand or remove it and add the targets again"
     try:
         raw = json.loads(path.read_text())
     except FileNotFoundError:
         return []
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise TargetError("*", f"{path} is damaged: {exc}",
-                          hint="fix it by hand or remove it and add the targets again") from exc
-    return [TargetSpec(**t) for t in raw.get("targets", [])]
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise TargetError("*", f"{path} is damaged: {exc}", hint=hint) from exc
+    entries = raw.get("targets", []) if isinstance(raw, dict) else None
+    if not isinstance(entries, list):
+        raise TargetError("*", f"{path} is damaged: not an object with a list of targets",
+                          hint=hint)
+    return [_spec(path, i, t, hint) for i, t in enumerate(entries)]
+
+
+_FIELD_TYPES = {"name": str, "url": str, "endpoint": str, "quota": int,
+                "credentials_file": str, "profile": str}
+
+
+def _spec(path: Path, i: int, t: object, hint: str) -> TargetSpec:
+    if not isinstance(t, dict) or not {"name", "url"} <= t.keys() <= _FIELD_TYPES.keys() \
+            or any(type(v) is not _FIELD_TYPES[k] for k, v in t.items()):
+        raise TargetError("*", f"{path} is damaged: target {i + 1} is not an object of "
+                          f"{', '.join(_FIELD_TYPES)} with their types", hint=hint)
+    return TargetSpec(**t)
 
 
 def save(home: Path, specs: list[TargetSpec]) -> None:

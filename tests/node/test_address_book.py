@@ -92,3 +92,33 @@ def test_entries_written_before_the_split_read_back(tmp_path: Path) -> None:
     assert ea is not None and ea.pinned == ["/ip4/1.2.3.4/tcp/1"]
     assert eb is not None and eb.pinned == [] and eb.addrs == ["/ip4/1.2.3.5/tcp/1"]
     book.close()
+
+
+def test_a_port_of_non_ascii_digits_is_a_bad_address_not_a_crash() -> None:
+    """Found by fuzzing (tests/fuzz, target peer-address): "²".isdigit() is true, int("²")
+    raises ValueError, which escaped split_peer_addr — and a member's address advert goes
+    through it (groupsvc catches only CoreStateError)."""
+    import pytest
+
+    peer = _peer()
+    for port in ("²", "٤٠٠١", "𝟒𝟎𝟎𝟏"):
+        with pytest.raises(peers.BadAddress, match="transports"):
+            peers.split_peer_addr(f"/ip4/10.0.0.1/tcp/{port}/p2p/{peer}")
+    assert peers.split_peer_addr(f"/ip4/10.0.0.1/tcp/4001/p2p/{peer}") == (peer, "/ip4/10.0.0.1/tcp/4001")
+
+
+def test_an_entry_of_any_shape_reads_as_defaults(tmp_path: Path) -> None:
+    """Found by fuzzing (tests/fuzz, target address-book): a stored entry whose fields have
+    other types (a damaged or hand-edited peers.db) made ``get`` raise TypeError or
+    ValueError; now what is not of its field's type reads as the default."""
+    book = AddressBook(tmp_path / "peers.db")
+    friend = _peer()
+    book._db[friend] = {"addrs": 5, "found": "x", "domains": {"a": 1}, "trusted": "no",
+                        "source": ["mdns"], "added_ns": "soon", "seen_ns": 1.5}
+    e = book.get(friend)
+    assert e is not None
+    assert (e.pinned, e.found, e.domains, e.trusted, e.source, e.added_ns, e.seen_ns) == (
+        [], [], [], False, "user", 0, 0)
+    book.add(friend, ["/ip4/10.0.0.9/tcp/4001"], trusted=True)  # and it can be repaired
+    assert book.get(friend).addrs == ["/ip4/10.0.0.9/tcp/4001"]  # type: ignore[union-attr]
+    book.close()

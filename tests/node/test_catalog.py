@@ -410,3 +410,20 @@ def test_a_partition_is_capped_in_entries_and_bytes() -> None:
         own.write(A.signing_key, A.peer_id, 0, [(b"c", b"3")], NOW)
     # The defaults leave room for a node with years of backups and a million placements.
     assert Catalog().max_partition_entries >= 10_000_000 and Catalog().max_partition_bytes >= 1 << 30
+
+
+@pytest.mark.parametrize("bomb", ["map-keys", "shared"])
+def test_a_batch_of_cbor_that_explodes_when_re_encoded_is_refused_first(bomb: str) -> None:
+    """Found by fuzzing (tests/fuzz, target catalog-sync; Batch.decode re-encodes the same
+    way): without the guard these take seconds (each level more doubles it) and fail with
+    another reason."""
+    import time
+
+    from cborbombs import map_key_bomb, shared_bomb
+
+    data = map_key_bomb(18) if bomb == "map-keys" else shared_bomb(8)
+    t0 = time.monotonic()
+    for raw in (data, cbor2.dumps([data, b"\0" * 64])):  # as the batch, and as its body
+        with pytest.raises(BadBatch, match="not plain CBOR data"):
+            Batch.decode(raw)
+    assert time.monotonic() - t0 < 1.0

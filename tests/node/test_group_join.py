@@ -307,3 +307,38 @@ def test_a_forged_answer_changes_nothing_and_leave_drops_a_group_held_without_me
     assert again.leave() is None and again.group is None and not again.ops
     with pytest.raises(GroupError, match="not in a group"):
         again.leave()
+
+
+@pytest.mark.parametrize("expires", [float("inf"), float("-inf"), float("nan"), "soon", None])
+def test_a_token_with_a_malformed_expiry_is_not_an_invite(expires: object) -> None:
+    """Found by fuzzing (tests/fuzz, target invite-token): an infinite float as the expiry
+    raised OverflowError out of Invite.parse (``group join`` catches GroupError)."""
+    import base64
+
+    import cbor2
+    from corestate.node.group import TOKEN_PREFIX, GroupError
+
+    raw = cbor2.dumps([1, b"\1" * 32, "admin", [], b"\2" * 16, "member", expires])
+    token = TOKEN_PREFIX + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    with pytest.raises(GroupError, match="not an invite token"):
+        Invite.parse(token)
+
+
+def test_a_token_standing_for_billions_of_addresses_is_refused_at_once() -> None:
+    """Found while fuzzing (tests/fuzz, target invite-token, with the shared-reference
+    input of the catalog-sync crash): 200 bytes of shared references as the addresses
+    made Invite.parse build the text of 8**9 items (minutes, gigabytes); 8**7 here, about
+    a second without the guard."""
+    import base64
+
+    import cbor2
+    from cborbombs import shared_bomb
+    from corestate.node.group import TOKEN_PREFIX, GroupError
+
+    raw = cbor2.dumps([1, b"\1" * 32, "admin", ["/ip4/10.0.0.1/tcp/1"], b"\2" * 16, "member", 5])
+    raw = raw.replace(cbor2.dumps(["/ip4/10.0.0.1/tcp/1"]), shared_bomb(7))
+    token = TOKEN_PREFIX + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    t0 = time.monotonic()
+    with pytest.raises(GroupError, match="not an invite token"):
+        Invite.parse(token)
+    assert time.monotonic() - t0 < 0.5

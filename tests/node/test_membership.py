@@ -790,3 +790,20 @@ def test_retain_keeps_what_counts_and_a_few_idle_ops_of_those_who_belonged() -> 
     ops3 = [*ops, built]
     keep3 = mem.retain(ops3, mem.evaluate(ops3, g))
     assert {built.op_id, own[0].op_id} <= keep3
+
+
+@pytest.mark.parametrize("bomb", ["map-keys", "shared"])
+def test_a_create_of_cbor_that_explodes_when_re_encoded_is_refused_first(bomb: str) -> None:
+    """Found by fuzzing (tests/fuzz, target catalog-sync; decode_op re-encodes a create the
+    same way to find its group id): a create whose name is such a value took time
+    exponential in its size (seconds here, without the guard) before being refused."""
+    from cborbombs import map_key_bomb, shared_bomb
+
+    good = encode_op(sign_op(SK[0], kind="create", name="PLACEHOLDER-NAME", hlc=1))
+    spot = cbor2.dumps("PLACEHOLDER-NAME")
+    assert good.count(spot) == 1
+    raw = good.replace(spot, map_key_bomb(18) if bomb == "map-keys" else shared_bomb(8))
+    t0 = time.monotonic()
+    with pytest.raises(BadMemberOp, match="not plain CBOR data"):
+        decode_op(raw)
+    assert time.monotonic() - t0 < 1.0

@@ -45,3 +45,18 @@ def test_bad_values_are_refused(tmp_path: Path, old: str, new: str) -> None:
     assert old in DEFAULT_CONFIG
     with pytest.raises(ConfigError):
         load(tmp_path, DEFAULT_CONFIG.replace(old, new, 1))
+
+
+@pytest.mark.parametrize("text", [
+    "[chunking]\nmin_size = inf\n",  # TOML has inf and nan; int(inf) raised OverflowError
+    "[mesh]\nk = -inf\n",
+    '[mesh]\nquota_per_peer = "1e400"\n',  # _size: float("1e400") is inf
+    '[restore]\nbuffer = "1e300 TiB"\n',
+    "[packing]\npack_size = nan\n",
+    "a = " + "[" * 5000 + "]" * 5000 + "\n",  # tomllib recursed into RecursionError
+], ids=["inf", "-inf", "1e400", "1e300-TiB", "nan", "deep-arrays"])
+def test_values_no_integer_can_hold_are_config_errors(tmp_path: Path, text: str) -> None:
+    """Found by fuzzing (tests/fuzz, target config): these escaped Config.load as
+    OverflowError or RecursionError instead of a ConfigError that says what to fix."""
+    with pytest.raises(ConfigError):
+        load(tmp_path, text)

@@ -330,3 +330,18 @@ def test_two_million_entry_catalogs_differing_in_one_percent_converge_in_budget(
     assert wire <= 1_200_000
     assert x.version_vector() == y.version_vector()
     assert x.state() == y.state()
+
+
+@pytest.mark.parametrize("bomb", ["map-keys", "shared"])
+def test_cbor_that_explodes_when_re_encoded_is_refused_first(bomb: str) -> None:
+    """Found by fuzzing (tests/fuzz, target catalog-sync): 122 bytes of nested map keys
+    froze ``decode`` in its canonical re-encoding (a member's SyncOpen could hang the
+    responder). The ones here are small enough to finish without the guard — in seconds,
+    with another reason."""
+    from cborbombs import map_key_bomb, shared_bomb
+
+    data = map_key_bomb(18) if bomb == "map-keys" else shared_bomb(8)
+    t0 = time.monotonic()
+    with pytest.raises(BadBatch, match="not plain CBOR data"):
+        sync.decode(data)
+    assert time.monotonic() - t0 < 1.0

@@ -75,3 +75,45 @@ def test_tree_encoding_is_canonical_cbor(entries: list) -> None:
         nodes.append(n)
     data = encode_tree(nodes)
     assert data == cbor2.dumps(cbor2.loads(data), canonical=True)
+
+
+def _snapshot_obj() -> dict[str, object]:
+    return cbor2.loads(Snapshot(tree=b"\7" * 32, time_ns=5, hostname="h", paths=[b"/x"],
+                                peer_id="p", torn=[b"/x/t"], errors=[(b"/x/e", "why")]).encode())
+
+
+@pytest.mark.parametrize("field,value", [
+    ("time_ns", float("inf")),  # OverflowError escaped (int() of infinity)
+    ("files", float("-inf")),
+    ("paths", [10**12]),  # bytes(10**12): a terabyte of zeros asked for by 8 bytes
+    ("torn", [1 << 40]),
+    ("errors", [[1 << 40, "m"]]),
+    ("parent", [1, 2]),
+    ("parent", b"short"),
+])
+def test_a_malformed_snapshot_record_is_corrupt_not_a_crash(field: str, value: object) -> None:
+    """Found by fuzzing (tests/fuzz, target snapshot): each of these escaped as another
+    exception (OverflowError, MemoryError) or decoded into a record of the wrong types."""
+    obj = _snapshot_obj()
+    obj[field] = value
+    with pytest.raises(CorruptObject, match="does not decode"):
+        Snapshot.decode(cbor2.dumps(obj), "s")
+
+
+def test_a_tree_whose_entries_share_one_content_list_is_refused_at_once() -> None:
+    """Defence in depth after the catalog-sync fuzzing crash (protocol/cborguard.py): with
+    shared references (CBOR tags 28/29) 40 KB of tree stood for 10,000 entries of 1,000
+    chunk ids each, every one checked (seconds; a megabyte of it, hours)."""
+    import time
+
+    entry = Node(b"f", FILE, 0o644, 0, 0, 0, size=1, content=[b"\1" * 32] * 1000).to_obj()
+    n = 10_000
+    entries = (b"\x99" + n.to_bytes(2, "big") + b"\xd8\x1c" + cbor2.dumps(entry)
+               + b"\xd8\x1d\x00" * (n - 1))
+    spot = cbor2.dumps(["PLACEHOLDER"])
+    raw = cbor2.dumps({"v": 1, "entries": ["PLACEHOLDER"]}).replace(spot, entries)
+    assert len(cbor2.loads(raw)["entries"]) == n
+    t0 = time.monotonic()
+    with pytest.raises(CorruptObject, match="shared references"):
+        decode_tree(raw, "t")
+    assert time.monotonic() - t0 < 0.5

@@ -93,3 +93,28 @@ def test_another_key_cannot_read_a_pack() -> None:
 def test_garbage_never_crashes_the_reader(junk: bytes) -> None:
     with pytest.raises(CorruptObject):
         packfmt.read_header(KEYS, "p", junk)
+
+
+def test_a_zstd_frame_declaring_more_than_the_raw_length_is_refused_before_allocating() -> None:
+    """Found by fuzzing (tests/fuzz, target pack-blob): a 10 KB zstd frame whose header
+    declares 300 MiB made ``open`` allocate 300 MiB for a blob of raw length 100, as
+    ``decompress`` sizes its output by the frame, not by ``max_output_size``."""
+    import tracemalloc
+
+    import zstandard
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+    body = zstandard.ZstdCompressor().compress(bytes(300 << 20))
+    assert len(body) < 64 << 10 and zstandard.frame_content_size(body) == 300 << 20
+    salt, blob_id = b"\1" * 32, KEYS.chunk_id(b"anything")
+    sealed = ChaCha20Poly1305(KEYS.pack_subkey(salt, packfmt.KIND_CHUNK)).encrypt(
+        packfmt.nonce(0), body, blob_id)
+    tracemalloc.start()
+    try:
+        with pytest.raises(CorruptObject, match="more bytes than its raw length"):
+            packfmt.BlobOpener(KEYS).open(salt, packfmt.KIND_CHUNK, blob_id, 0,
+                                          packfmt.CODEC_ZSTD, 100, sealed)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20

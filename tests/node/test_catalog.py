@@ -426,4 +426,4 @@ def test_a_batch_of_cbor_that_explodes_when_re_encoded_is_refused_first(bomb: st
     for raw in (data, cbor2.dumps([data, b"\0" * 64])):  # as the batch, and as its body
         with pytest.raises(BadBatch, match="not plain CBOR data"):
             Batch.decode(raw)
-    assert time.monotonic() - t0 < 1.0
+    assert time.monotonic() - t0 < 10.0  # a bound against a hang, generous for a loaded machine

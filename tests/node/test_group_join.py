@@ -341,4 +341,4 @@ def test_a_token_standing_for_billions_of_addresses_is_refused_at_once() -> None
     t0 = time.monotonic()
     with pytest.raises(GroupError, match="not an invite token"):
         Invite.parse(token)
-    assert time.monotonic() - t0 < 0.5
+    assert time.monotonic() - t0 < 10.0  # a bound against a hang, generous for a loaded machine

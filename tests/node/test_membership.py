@@ -806,4 +806,4 @@ def test_a_create_of_cbor_that_explodes_when_re_encoded_is_refused_first(bomb: s
     t0 = time.monotonic()
     with pytest.raises(BadMemberOp, match="not plain CBOR data"):
         decode_op(raw)
-    assert time.monotonic() - t0 < 1.0
+    assert time.monotonic() - t0 < 10.0  # a bound against a hang, generous for a loaded machine

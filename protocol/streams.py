@@ -318,6 +318,11 @@ class Channel:
             raise ValueError("size must be >= 0 and digest 32 bytes")
         hasher = blake3.blake3()
         got = 0
+        # A transport with flow control (libp2p's yamux) opens its window to the body's
+        # size, which the caller has bounded and admitted; others have no such method.
+        expect = getattr(self.stream, "expect_bulk", None)
+        if expect is not None and size > 0:
+            await expect(size)
         early = self._decoder.take_buffered()
         if early:
             if len(early) > size:

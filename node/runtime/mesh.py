@@ -414,12 +414,15 @@ class Mesh:
     # -- calling -----------------------------------------------------------------------
 
     async def request(self, peer: str, msg: Any, *, bulk: bytes | memoryview | None = None,
-                      timeout: float | None = None,
-                      expect_size: int | None = None) -> tuple[Any, bytes | None]:
+                      timeout: float | None = None, expect_size: int | None = None,
+                      sink: Callable[[bytes], Awaitable[None]] | None = None,
+                      ) -> tuple[Any, bytes | None]:
         """One request on a fresh stream; returns (reply, bulk data of a ShareData reply).
         ``Error`` replies raise ``PeerRefused``; network trouble raises ProtocolError. With
         ``expect_size``, a ShareData announcing any other size raises MeshError before a
-        byte of its body is taken (a holder must not make us buffer what we never stored)."""
+        byte of its body is taken (a holder must not make us buffer what we never stored).
+        With ``sink``, a ShareData body is handed to it as it arrives (data None; a
+        TransferError after the last piece means the sink must forget what it got)."""
         entry = self.book.get(peer)
         addrs = entry.addrs if entry else []
         t = timeout or self.timeout
@@ -439,7 +442,10 @@ class Mesh:
                 if expect_size is not None and reply.size != expect_size:
                     raise MeshError(f"peer {short(peer)} announced {reply.size} bytes, the recorded "
                                     f"size is {expect_size}")
-                data = await ch.receive_bulk(reply.size, reply.digest)
+                if sink is not None:
+                    await ch.receive_bulk_to(reply.size, reply.digest, sink)
+                else:
+                    data = await ch.receive_bulk(reply.size, reply.digest)
             elif isinstance(reply, m.Error):
                 raise PeerRefused(peer, reply.code, reply.message, reply.retryable)
             return reply, data
@@ -601,7 +607,7 @@ class Mesh:
         result.placed = final.placed if final else 0
         return result
 
-    async def fetch(self, pack: bytes, *, rate: RateLimiter | None = None) -> bytes:
+    async def fetch(self, pack: bytes, *, rate: RateLimiter | None = None) -> bytes | bytearray:
         """Rebuild a pack from its holders: data shares first, each share checked against
         the root recorded at upload; corrupt or missing holders are excluded (and named
         in an alert) and the next tried."""
@@ -612,13 +618,25 @@ class Mesh:
         return await self.fetch_rows(pack, coded.k, coded.shares, coded.owner, rate=rate)
 
     async def fetch_rows(self, pack: bytes, k: int, rows: Sequence[ShareRow], owner: str = "", *,
-                         rate: RateLimiter | None = None) -> bytes:
+                         rate: RateLimiter | None = None) -> bytes | bytearray:
         """:meth:`fetch` from the holders ``rows`` name (filed under ``owner``; "" = us):
-        a member repairing another owner's pack reads the rows from the catalog."""
+        a member repairing another owner's pack reads the rows from the catalog.
+
+        With a systematic code the data shares' payloads, in order, are the pack: each
+        data share's body is received straight into its place in one buffer of the
+        pack's size (no other copy of it is made), checked against its recorded root,
+        and the pack is that buffer once all k data shares came. Only when a data
+        share could not be had are parity shares fetched (each into its own buffer)
+        and the pack decoded. Either way the result must hash to the pack's id."""
         # Data shares first: with a systematic code they are the pack itself.
         queue: list[ShareRow] = sorted(rows, key=lambda r: (r.index >= k, r.index))
         roots = {r.index: r.root for r in rows}
-        got: dict[int, bytes] = {}
+        size = max((r.size for r in rows), default=0)
+        payload = max(0, size - sharefmt.HEADER_SIZE)
+        out = bytearray(k * payload)
+        view = memoryview(out)
+        heads: dict[int, sharefmt.ShareHeader] = {}  # data shares in ``out``, checked
+        whole: dict[int, bytes | bytearray] = {}  # other shares, whole, checked
         problems: list[str] = []
         busy: set[int] = set()
         lock = trio.Lock()
@@ -626,9 +644,10 @@ class Mesh:
         async def worker() -> None:
             while True:
                 async with lock:
-                    if len(got) + len(busy) >= k:
+                    if len(heads) + len(whole) + len(busy) >= k:
                         return
-                    row = next((r for r in queue if r.index not in got and r.index not in busy), None)
+                    row = next((r for r in queue if r.index not in heads and r.index not in whole
+                                and r.index not in busy), None)
                     if row is None:
                         return
                     queue.remove(row)
@@ -636,50 +655,144 @@ class Mesh:
                 try:
                     if rate is not None:
                         await rate.take(row.size)
-                    await self._fetch_share(row, got, problems, owner)
+                    if row.index < k and row.size == size:
+                        slot = view[row.index * payload:(row.index + 1) * payload]
+                        hdr = await self._fetch_share(row, problems, owner, slot)
+                        if hdr is not None:
+                            heads[row.index] = hdr
+                    else:
+                        got = await self._fetch_share_whole(row, problems, owner)
+                        if got is not None:
+                            whole[row.index] = got
                 finally:
                     busy.discard(row.index)
         async with trio.open_nursery() as nursery:
             for _ in range(k):
                 nursery.start_soon(worker)
-        if len(got) < k:
+        if len(heads) + len(whole) < k:
             raise MeshError(
-                f"pack {pack.hex()[:16]}: only {len(got)} of the {k} shares needed could be fetched"
-                + (" (" + "; ".join(problems[:6]) + ")" if problems else ""),
+                f"pack {pack.hex()[:16]}: only {len(heads) + len(whole)} of the {k} shares needed "
+                "could be fetched" + (" (" + "; ".join(problems[:6]) + ")" if problems else ""),
                 hint="bring more of the holders back online (`corestate peer list`) and retry",
                 retryable=True)
-        try:
-            restored = await trio.to_thread.run_sync(functools.partial(
-                sharefmt.decode_shares, list(got.values()), pack_id=pack, roots=roots, threads=1))
-        except NotEnoughShares as exc:
-            raise MeshError(f"pack {pack.hex()[:16]}: {exc}", retryable=True)
-        data = restored.data
-        if blake3.blake3(data).digest() != pack:
+        data: bytes | bytearray
+        if len(heads) == k:
+            lengths = {h.data_length for h in heads.values()}
+            if len(lengths) != 1 or lengths.pop() > len(out):
+                raise MeshError(f"pack {pack.hex()[:16]}: its data shares disagree on its length")
+            length = heads[0].data_length
+            try:
+                view.release()  # the slots were its slices, all gone with the workers
+                del out[length:]  # the code's padding: a resize in place, not a copy
+                data = out
+            except BufferError:  # a slice still lives somewhere: copy rather than fail
+                data = bytes(memoryview(out)[:length])
+        else:
+            shares: list[bytes | bytearray] = list(whole.values())
+            for i, hdr in heads.items():
+                shares.append(hdr.to_bytes() + bytes(view[i * payload:(i + 1) * payload]))
+            del view, out
+            try:
+                restored = await trio.to_thread.run_sync(functools.partial(
+                    sharefmt.decode_shares, shares, pack_id=pack, roots=roots, threads=1))
+            except NotEnoughShares as exc:
+                raise MeshError(f"pack {pack.hex()[:16]}: {exc}", retryable=True)
+            del shares
+            data = restored.data
+        digest = await trio.to_thread.run_sync(lambda: blake3.blake3(data).digest())
+        if digest != pack:
             raise MeshError(f"pack {pack.hex()[:16]}: decoded bytes do not match its id")
-        return bytes(data)
+        return data
 
-    async def _fetch_share(self, row: ShareRow, got: dict[int, bytes], problems: list[str],
-                           owner: str = "") -> None:
+    def _share_problem(self, row: ShareRow, exc: CorruptShare, problems: list[str]) -> None:
+        problems.append(f"share {row.index} from {short(row.peer)} is corrupt: {exc.reason}")
+        self.events.publish("alert", what="corrupt-share", peer=row.peer, pack=row.pack.hex(),
+                            index=row.index, reason=exc.reason)
+        log.warning("peer %s returned a corrupt share %d of %s: %s",
+                    row.peer, row.index, row.pack.hex()[:12], exc.reason)
+
+    async def _receive_share(self, row: ShareRow, owner: str,
+                             sink: Callable[[bytes], Awaitable[None]]) -> None:
+        """The share ``row`` names, its ``row.size`` bytes handed to ``sink`` in order (from
+        this node's own vault when it holds it for ``owner``)."""
+        if row.peer == self.peer_id and owner:
+            # A member repairing another owner's pack holds one of its shares itself.
+            data = await trio.to_thread.run_sync(self.vault.get, owner, row.pack, row.index)
+            if len(data) != row.size:
+                raise MeshError(f"own copy of share {row.index} is {len(data)} bytes, "
+                                f"the recorded size is {row.size}")
+            await sink(data)
+            return
+        await self.request(row.peer, m.GetShare(pack=row.pack, index=row.index, offset=0, length=-1,
+                                                owner=owner), expect_size=row.size, sink=sink)
+
+    async def _fetch_share(self, row: ShareRow, problems: list[str], owner: str,
+                           slot: memoryview) -> sharefmt.ShareHeader | None:
+        """Fetch data share ``row``: its header returned, its payload into ``slot`` (of
+        the payload's size), checked against the recorded root; None (and the reason in
+        ``problems``) when it could not be had."""
+        head = bytearray()
+        pos = 0
+
+        async def fill(piece: bytes) -> None:
+            nonlocal pos
+            cut = max(0, sharefmt.HEADER_SIZE - len(head))
+            if cut:
+                head.extend(piece[:cut])
+                piece = piece[cut:]
+            slot[pos:pos + len(piece)] = piece
+            pos += len(piece)
+
+        def check() -> sharefmt.ShareHeader:
+            hdr = sharefmt.read_header(head)
+            if hdr.index != row.index:
+                raise CorruptShare(hdr.index, f"expected share {row.index}, got share {hdr.index}")
+            if hdr.pack_id != row.pack:
+                raise CorruptShare(hdr.index, "belongs to another pack")
+            if hdr.root != row.root:
+                raise CorruptShare(hdr.index, "root differs from the one recorded at upload")
+            if hdr.payload_length != len(slot):
+                raise CorruptShare(hdr.index, f"payload of {hdr.payload_length} bytes, {len(slot)} expected")
+            if sharefmt.compute_root(hdr, slot) != hdr.root:
+                raise CorruptShare(hdr.index, "payload or header does not match the share root")
+            return hdr
+
         try:
-            if row.peer == self.peer_id and owner:
-                # A member repairing another owner's pack holds one of its shares itself.
-                data = await trio.to_thread.run_sync(self.vault.get, owner, row.pack, row.index)
-            else:
-                _, data = await self.request(row.peer, m.GetShare(pack=row.pack, index=row.index, offset=0,
-                                                                   length=-1, owner=owner), expect_size=row.size)
-            assert data is not None
-            sharefmt.verify_share(data, root=row.root, pack_id=row.pack, index=row.index)
+            await self._receive_share(row, owner, fill)
+            if pos != len(slot):
+                raise MeshError(f"share {row.index}: {pos} payload bytes of {len(slot)} arrived")
+            return await trio.to_thread.run_sync(check)
         except CorruptShare as exc:
-            problems.append(f"share {row.index} from {short(row.peer)} is corrupt: {exc.reason}")
-            self.events.publish("alert", what="corrupt-share", peer=row.peer, pack=row.pack.hex(),
-                                index=row.index, reason=exc.reason)
-            log.warning("peer %s returned a corrupt share %d of %s: %s",
-                        row.peer, row.index, row.pack.hex()[:12], exc.reason)
-            return
-        except (ProtocolError, MeshError, AssertionError, ShareNotFound) as exc:
+            self._share_problem(row, exc, problems)
+        except (ProtocolError, MeshError, ShareNotFound) as exc:
             problems.append(f"share {row.index} from {short(row.peer)}: {exc}")
-            return
-        got[row.index] = data
+        return None
+
+    async def _fetch_share_whole(self, row: ShareRow, problems: list[str],
+                                 owner: str) -> bytearray | None:
+        """Fetch share ``row`` whole into a buffer of its recorded size, checked against
+        the recorded root; None (and the reason in ``problems``) when it could not be had."""
+        buf = bytearray(row.size)
+        pos = 0
+
+        async def fill(piece: bytes) -> None:
+            nonlocal pos
+            buf[pos:pos + len(piece)] = piece
+            pos += len(piece)
+
+        try:
+            await self._receive_share(row, owner, fill)
+            if pos != row.size:
+                raise MeshError(f"share {row.index}: {pos} bytes of {row.size} arrived")
+            await trio.to_thread.run_sync(functools.partial(
+                sharefmt.verify_share, buf, root=row.root, pack_id=row.pack, index=row.index))
+        except CorruptShare as exc:
+            self._share_problem(row, exc, problems)
+            return None
+        except (ProtocolError, MeshError, ShareNotFound) as exc:
+            problems.append(f"share {row.index} from {short(row.peer)}: {exc}")
+            return None
+        return buf
 
     async def survey(self, packs: Sequence[bytes], *, audit: bool = True,
                      rng: random.Random | None = None,

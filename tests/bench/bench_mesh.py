@@ -50,7 +50,7 @@ and mesh alternates between runs. Daemons are stopped and work folders removed i
 ``finally`` blocks, on Ctrl-C and SIGTERM too.
 
 ``--profile DIR`` records the owner daemon (and holder 1) with py-spy during the first
-run's mesh backup (raw collapsed stacks, ``--nonblocking``) and prints the functions with
+run's mesh backup and mesh restore (raw collapsed stacks, ``--nonblocking``) and prints the functions with
 the most samples; that run's timings are then perturbed: profile in a separate run.
 
 Usage (from the repository root, after ``pip install -e .``):
@@ -653,11 +653,18 @@ def mesh_part(args: argparse.Namespace, run_dir: Path, tree: Path, src_bytes: in
         target = run_dir / "restore-mesh"
         warm(*homes)
         fetched = remote_share_bytes(owner.home)
-        with HomeSampler(owner.home) as grew:
+        profiler.start("owner-restore", pids[0])
+        profiler.start("holder1-restore", pids[1])
+        with HomeSampler(owner.home) as grew, CpuSampler(pids) as rcpus:
+            r_start = time.perf_counter()
             rsecs, _, _ = timed(mesh, owner, "mesh restore", args.timeout, "restore", "latest",
                                 "--target", str(target), "--json")
+            r_end = time.perf_counter()
+        rcpu = rcpus.used(r_start, r_end)
+        profile += profiler.stop()
         fetch_rate = fetched / MB / rsecs
         log(f"  mesh restore       {rsecs:7.2f} s {src_bytes / MB / rsecs:7.1f} MB/s; "
+            f"CPU owner {rcpu[0]:.1f} s, holders {sum(rcpu[1:]):.1f} s; "
             f"{fetch_rate:.1f} MB/s of shares fetched; owner home grew by at most "
             f"{grew.most / MiB:.1f} MiB; owner VmHWM {hwm_backup:.0f} MiB after the backup, "
             f"{peak_rss_mib(pids[0]):.0f} MiB after the restore")
@@ -688,6 +695,7 @@ def mesh_part(args: argparse.Namespace, run_dir: Path, tree: Path, src_bytes: in
             "restore_fetch_mb_s": fetch_rate, "restore_fetch_over_upload": fetch_rate / share_rate
             if share_rate else None,
             "restore_home_growth_mib": grew.most / MiB,
+            "cpu_owner_restore_s": rcpu[0], "cpu_holders_restore_s": sum(rcpu[1:]),
             "restore_home_growth_pct": 100 * grew.most / src_bytes,
             **recovery,
             **puts,
@@ -829,6 +837,8 @@ ROWS = (
     ("holders CPU during mesh backup", "s", "cpu_holders_s", "sum of the 4"),
     ("owner CPU in the upload phase", "%", "upload_owner_cpu_pct", "of one core"),
     ("holders CPU in the upload phase", "%", "upload_holders_cpu_pct", "sum of the 4"),
+    ("owner CPU during mesh restore", "s", "cpu_owner_restore_s", "user+sys, with its workers"),
+    ("holders CPU during mesh restore", "s", "cpu_holders_restore_s", "sum of the 4"),
     ("client CPU in raw 4 parallel", "%", "raw_parallel_client_cpu_pct",
      "the sender of the raw streams"),
     ("holders CPU in raw 4 parallel", "%", "raw_parallel_holders_cpu_pct", "sum of the 4"),

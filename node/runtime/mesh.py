@@ -26,11 +26,13 @@ Invariants:
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import logging
 import math
 import os
 import random
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -42,6 +44,7 @@ import nacl.signing
 import trio
 from corestate.erasure import share as sharefmt
 from corestate.erasure.errors import CorruptShare, InvalidParameters, NotEnoughShares
+from corestate.erasure.rs import codec as erasure_codec
 from corestate.node.core.admission import Admission
 from corestate.node.core.holders import Challenge, ShareRef
 from corestate.node.core.placement import Candidate, place, replace
@@ -130,6 +133,67 @@ _ERROR_CODES: dict[type, str] = {QuotaExceeded: "quota", ShareNotFound: "not-fou
 
 async def _discard(piece: bytes) -> None:
     """A bulk sink that keeps nothing (the bytes are hashed on the way all the same)."""
+
+
+# The erasure codec keeps a scratch buffer per thread that coded (a pack's parity, 16 MiB
+# at k=2 n=4), for as long as the thread lives: coded in trio's worker threads, each of
+# them would keep one. All of this node's coding runs in one thread instead.
+_coder: concurrent.futures.ThreadPoolExecutor | None = None
+_coder_lock = threading.Lock()
+
+
+async def in_coder(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in the mesh's one coding thread; its result or exception. A caller
+    cancelled meanwhile leaves the call to finish there, its result unused."""
+    global _coder
+    with _coder_lock:
+        if _coder is None:
+            _coder = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mesh-coder")
+    token = trio.lowlevel.current_trio_token()
+    done = trio.Event()
+
+    def wake(_: object) -> None:
+        try:
+            token.run_sync_soon(done.set)
+        except trio.RunFinishedError:
+            pass
+    future = _coder.submit(fn, *args)
+    future.add_done_callback(wake)
+    await done.wait()
+    return future.result()
+
+
+@dataclass(frozen=True, slots=True)
+class CodedShare:
+    """A share ready to send: its header and payload apart (a data share's payload is a
+    view of the pack, not a copy), its size, the BLAKE3 of its bytes (the transfer digest
+    a PUT announces) and its root (what the ledger records)."""
+
+    index: int
+    parts: tuple[bytes | memoryview, ...]
+    size: int
+    digest: bytes
+    root: bytes
+
+
+def code_pack(data: bytes, k: int, n: int, pack: bytes) -> list[CodedShare]:
+    """The n shares of ``pack`` (whose bytes are ``data``, checked against its id first),
+    as ``erasure.share.make_shares`` makes them, without copying the data shares'
+    payloads. For the coding thread (``in_coder``): parity comes out of its scratch and
+    is copied before the next pack reuses it."""
+    if blake3.blake3(data).digest() != pack:
+        raise MeshError(f"local pack {pack.hex()[:16]} does not match its id; run `corestate check`")
+    payloads = erasure_codec(k, n).encode_views(data, threads=1)
+    shares = []
+    for i, view in enumerate(payloads):
+        payload: bytes | memoryview = bytes(view) if i >= k else view
+        hdr = sharefmt.ShareHeader(pack, k, n, i, sharefmt.DEFAULT_BLOCK_SIZE, len(payload), len(data), b"")
+        root = sharefmt.compute_root(hdr, payload)
+        head = hdr.descriptor() + root
+        digest = blake3.blake3(head)
+        digest.update(payload)
+        shares.append(CodedShare(i, (head, payload), len(head) + len(payload), digest.digest(), root))
+    return shares
 
 
 @dataclass(frozen=True, slots=True)
@@ -413,7 +477,8 @@ class Mesh:
 
     # -- calling -----------------------------------------------------------------------
 
-    async def request(self, peer: str, msg: Any, *, bulk: bytes | memoryview | None = None,
+    async def request(self, peer: str, msg: Any, *,
+                      bulk: bytes | memoryview | Sequence[bytes | memoryview] | None = None,
                       timeout: float | None = None, expect_size: int | None = None,
                       sink: Callable[[bytes], Awaitable[None]] | None = None,
                       ) -> tuple[Any, bytes | None]:
@@ -454,13 +519,15 @@ class Mesh:
                 await ch.aclose()
 
     @staticmethod
-    async def _send_while_reading(ch: Channel, bulk: bytes | memoryview) -> Any:
+    async def _send_while_reading(ch: Channel, bulk: bytes | memoryview | Sequence[bytes | memoryview]) -> Any:
         box: list[Any] = []
         sent = trio.Event()
+        parts = [bulk] if isinstance(bulk, (bytes, bytearray, memoryview)) else list(bulk)
 
         async def send() -> None:
             try:
-                await ch.send_bulk(bulk)
+                for part in parts:
+                    await ch.send_bulk(part)
             except ProtocolError:
                 if not box:  # broke before any answer: let the reader see why
                     raise
@@ -561,13 +628,10 @@ class Mesh:
     async def _upload_pack(self, read_pack: Callable[[bytes], bytes], pack: bytes, k: int, n: int,
                            candidates: list[Candidate], report: UploadReport) -> PackResult:
         data = await trio.to_thread.run_sync(read_pack, pack)
-        if blake3.blake3(data).digest() != pack:
-            raise MeshError(f"local pack {pack.hex()[:16]} does not match its id; run `corestate check`")
-        shares = await trio.to_thread.run_sync(
-            functools.partial(sharefmt.make_shares, data, k, n, pack_id=pack, threads=1))
-        del data
+        shares: list[CodedShare | None] = await in_coder(code_pack, data, k, n, pack)
+        del data  # the data shares' payloads are views of it: it goes with the last of them
         prior = self.ledger.get(pack)
-        self.ledger.begin_pack(pack, k, n, sum(len(s) for s in shares) // n * k)
+        self.ledger.begin_pack(pack, k, n, sum(s.size for s in shares if s) // n * k)
         have: dict[int, str] = {}
         if prior is not None and (prior.k, prior.n) == (k, n):
             for row in prior.shares:
@@ -587,9 +651,10 @@ class Mesh:
                     return  # acknowledged in an earlier run
                 tried.add(peer)
                 share = shares[i]
+                assert share is not None
                 t = time.monotonic()
                 try:
-                    await self._put_share(peer, pack, i, share)
+                    await self._put_coded(peer, pack, share)
                 except (ProtocolError, MeshError) as exc:
                     result.failures.append(f"share {i} -> {short(peer)}: {exc}")
                     log.info("put share %d of %s to %s failed: %s", i, pack.hex()[:12], short(peer), exc)
@@ -597,7 +662,8 @@ class Mesh:
                     peers[i] = peer
                     continue
                 report.put_latencies.append(time.monotonic() - t)
-                report.share_bytes += len(share)
+                report.share_bytes += share.size
+                shares[i] = None  # acknowledged: its bytes may go
                 return
         async with trio.open_nursery() as nursery:
             for i in range(n):
@@ -693,7 +759,7 @@ class Mesh:
                 shares.append(hdr.to_bytes() + bytes(view[i * payload:(i + 1) * payload]))
             del view, out
             try:
-                restored = await trio.to_thread.run_sync(functools.partial(
+                restored = await in_coder(functools.partial(
                     sharefmt.decode_shares, shares, pack_id=pack, roots=roots, threads=1))
             except NotEnoughShares as exc:
                 raise MeshError(f"pack {pack.hex()[:16]}: {exc}", retryable=True)
@@ -999,6 +1065,13 @@ class Mesh:
         if not owner:
             self.ledger.record_share(pack, index, peer, sharefmt.read_header(share).root, len(share))
 
+    async def _put_coded(self, peer: str, pack: bytes, share: CodedShare) -> None:
+        """PUT one share of this node's own pack, coded by ``code_pack``; record it in
+        the ledger once the holder acknowledged it."""
+        await self.request(peer, m.PutShare(pack=pack, index=share.index, size=share.size,
+                                            digest=share.digest), bulk=share.parts)
+        self.ledger.record_share(pack, share.index, peer, share.root, share.size)
+
     async def rebuild(self, pack: bytes, data: bytes, k: int, n: int, indexes: Sequence[int],
                       holders: Sequence[tuple[int, str]], candidates: list[Candidate],
                       *, rate: RateLimiter | None = None, owner: str = "",
@@ -1010,8 +1083,7 @@ class Mesh:
         ``roots`` for the caller's catalog record)."""
         if blake3.blake3(data).digest() != pack:
             raise MeshError(f"pack {pack.hex()[:16]}: its bytes do not match its id")
-        shares = await trio.to_thread.run_sync(
-            functools.partial(sharefmt.make_shares, data, k, n, pack_id=pack, threads=1))
+        shares = await in_coder(functools.partial(sharefmt.make_shares, data, k, n, pack_id=pack, threads=1))
         live = [c for c in candidates if c.peer != self.peer_id]
         peers: list[str | None] = [None] * n
         for i, peer in holders:

@@ -53,6 +53,7 @@ from corestate.node.core.repair import Audit, Verdict, audit_block, best, judge_
 from corestate.node.errors import QuotaExceeded, ShareNotFound, ShareRejected, StoreError
 from corestate.node.ledger import Ledger, ShareRow
 from corestate.node.peers import AddressBook
+from corestate.node.runtime import heap
 from corestate.node.runtime.events import EventBus
 from corestate.node.runtime.reports import PackResult, Progress, UploadReport, short
 from corestate.node.runtime.vault import SLICE, HeldShare, Incoming, ShareVault
@@ -584,6 +585,7 @@ class Mesh:
         async def one(pack: bytes) -> None:
             async with limit:
                 res = await self._upload_pack(read_pack, pack, k, n, candidates, report)
+                await in_coder(heap.trim)  # its pack and shares are freed: their pages go back
                 report.packs.append(res)
                 if progress is not None:
                     progress.done += 1
@@ -608,6 +610,8 @@ class Mesh:
         async def one(pack: bytes) -> None:
             try:
                 res = await self._upload_pack(read_pack, pack, k, n, candidates, report)
+                # Its pack and shares are freed: their pages go back (node/runtime/heap.py).
+                await in_coder(heap.trim)
                 report.packs.append(res)
                 if placed is not None:
                     await placed(res)

@@ -139,6 +139,18 @@ def cpu_seconds(pid: int | None) -> float:
     return sum(_stat_cpu(p) for p in bb._descendants(pid))
 
 
+def rss_mib(pid: int | None) -> float:
+    """The process's resident memory now (VmRSS), MiB; 0 when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, TypeError, ValueError):
+        pass
+    return 0.0
+
+
 def peak_rss_mib(pid: int | None) -> float:
     if pid is None:
         return 0.0
@@ -650,6 +662,7 @@ def mesh_part(args: argparse.Namespace, run_dir: Path, tree: Path, src_bytes: in
             f"{100 * up[0] / max(up_s, 1e-9):.0f}%, holders {100 * sum(up[1:]) / max(up_s, 1e-9):.0f}%")
 
         hwm_backup = peak_rss_mib(pids[0])
+        rss_before_restore = rss_mib(pids[0])
         target = run_dir / "restore-mesh"
         warm(*homes)
         fetched = remote_share_bytes(owner.home)
@@ -666,7 +679,8 @@ def mesh_part(args: argparse.Namespace, run_dir: Path, tree: Path, src_bytes: in
         log(f"  mesh restore       {rsecs:7.2f} s {src_bytes / MB / rsecs:7.1f} MB/s; "
             f"CPU owner {rcpu[0]:.1f} s, holders {sum(rcpu[1:]):.1f} s; "
             f"{fetch_rate:.1f} MB/s of shares fetched; owner home grew by at most "
-            f"{grew.most / MiB:.1f} MiB; owner VmHWM {hwm_backup:.0f} MiB after the backup, "
+            f"{grew.most / MiB:.1f} MiB; owner VmHWM {hwm_backup:.0f} MiB after the backup "
+            f"(VmRSS {rss_before_restore:.0f} MiB before the restore), "
             f"{peak_rss_mib(pids[0]):.0f} MiB after the restore")
         hwm = peak_rss_mib(pids[0])  # before the recovery stops the owner
         recovery = recover(mesh, run_dir, args.timeout) if args.recover else {}
@@ -691,6 +705,7 @@ def mesh_part(args: argparse.Namespace, run_dir: Path, tree: Path, src_bytes: in
             "upload_holders_cpu_pct": 100 * sum(up[1:]) / up_s if up_s else None,
             "engine_owner_cpu_pct": 100 * eng[0] / max(secs - up_s, 1e-9),
             "owner_peak_rss_mib": hwm, "owner_peak_rss_backup_mib": hwm_backup,
+            "owner_rss_before_restore_mib": rss_before_restore,
             "mesh_restore_s": rsecs, "mesh_restore_mb_s": src_bytes / MB / rsecs,
             "restore_fetch_mb_s": fetch_rate, "restore_fetch_over_upload": fetch_rate / share_rate
             if share_rate else None,

@@ -23,6 +23,10 @@ at EOF, ``send_all``, ``aclose``), never a libp2p type. Invariants:
   ``NEGOTIATION_MAX_BYTES`` is refused before its body is read: libp2p 0.8.1 reads it
   with no limit (advisory GHSA-hmjq-g7pp-rw3x, fixed in 0.8.2), so a stranger could make
   a host allocate what its length prefix claims. See :func:`_cap_negotiation`.
+- We open yamux's receive window past its 256 KiB start only for a bulk body the
+  receiver admitted and is about to read (``P2PStream.expect_bulk``, called by
+  ``Channel.receive_bulk_to``), at once to its size, at most ``BULK_WINDOW`` (libp2p's
+  own tuning still grows a window while its reader reads, as before).
 
 Relays and hole punching (circuit relay v2, DCUtR; :class:`RelayOptions`):
 

@@ -15,7 +15,8 @@ needs of a peer-to-peer host (``protocol.p2p.P2PHost`` over libp2p; the in-proce
   libp2p makes a killed peer look like a clean EOF, so lengths and hashes are what catch it;
 - bytes that break the framing or the message encoding raise :class:`RemoteProtocolError`;
 - :meth:`Channel.receive_bulk_to` hands bulk data on as it arrives (to a file, a hash),
-  so a receiver never has to hold a body it did not ask to keep.
+  so a receiver never has to hold a body it did not ask to keep; on a transport with
+  flow control (``expect_bulk``) it first opens the window to the body's size.
 
 This module and ``protocol.p2p`` are the only ones in ``corestate.protocol`` that import trio.
 """

@@ -22,6 +22,10 @@ Invariants:
   a file as it arrives; GET and AUDIT read the share file in slices, in worker threads.
   No share is ever held in memory whole on the serving side.
 - A client takes a share's body only once its announced size is the recorded one.
+- All erasure coding and decoding of this node runs in one thread (``in_coder``): the
+  codec keeps a pack-sized scratch buffer per thread that coded. A pack's data shares are
+  sent as views of the pack (``code_pack``), and fetched data shares land in one buffer
+  of the pack's size: no share-sized copies beyond the parity.
 """
 
 from __future__ import annotations

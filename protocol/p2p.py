@@ -23,6 +23,10 @@ at EOF, ``send_all``, ``aclose``), never a libp2p type. Invariants:
   ``NEGOTIATION_MAX_BYTES`` is refused before its body is read: libp2p 0.8.1 reads it
   with no limit (advisory GHSA-hmjq-g7pp-rw3x, fixed in 0.8.2), so a stranger could make
   a host allocate what its length prefix claims. See :func:`_cap_negotiation`.
+- We open yamux's receive window past its 256 KiB start only for a bulk body the
+  receiver admitted and is about to read (``P2PStream.expect_bulk``, called by
+  ``Channel.receive_bulk_to``), at once to its size, at most ``BULK_WINDOW`` (libp2p's
+  own tuning still grows a window while its reader reads, as before).
 
 Relays and hole punching (circuit relay v2, DCUtR; :class:`RelayOptions`):
 
@@ -111,6 +115,9 @@ NEXT_ADDR_DELAY = 0.25
 # The longest multistream-select message we read (go-multistream refuses more than 1 KiB
 # too); a protocol id of ours is a few dozen bytes.
 NEGOTIATION_MAX_BYTES = 1024
+# Largest yamux receive window opened for one admitted bulk body (``expect_bulk``): a
+# whole share of a 16 MiB pack at k=2 (8 MiB) plus its header and the messages around it.
+BULK_WINDOW = 9 << 20
 # The piece size of relayed traffic: what the relay pump reads at once, and what a paced
 # stream sends at once.
 RELAY_CHUNK = 1 << 16
@@ -323,6 +330,34 @@ class P2PStream:
             return await self._net.read(max_bytes)
         except StreamError:  # EOF, reset, closed or a dead connection: all end the stream
             return b""
+
+    async def expect_bulk(self, nbytes: int) -> None:
+        """Open yamux's receive window for a body of ``nbytes`` this end has admitted and
+        is about to read (at most ``BULK_WINDOW``; never shrinks it).
+
+        Every stream starts at yamux's 256 KiB window and libp2p grows it only by
+        doubling once per measured round trip, so a share-sized body on a fresh stream
+        spends most of its time waiting for window updates through two busy event loops.
+        Granting the whole (admitted, bounded) body at once lets the sender write it
+        without waiting; what the peer may buffer here is still at most the window."""
+        muxed = getattr(self._net, "muxed_stream", None)
+        # A relayed stream keeps libp2p's pace: it is rate-limited anyway, and a wide
+        # window would only fill the relay's buffers.
+        if self._closed or self.relayed or muxed is None or not hasattr(muxed, "target_recv_window"):
+            return
+        want = min(nbytes, BULK_WINDOW)
+        conn = muxed.conn
+        async with muxed.window_lock:
+            buffered = len(conn.stream_buffers.get(muxed.stream_id, b""))
+            grow = want - (muxed.recv_window + buffered)
+            if grow <= 0:
+                return
+            muxed.recv_window += grow
+            muxed.target_recv_window = max(muxed.target_recv_window, want)
+        try:
+            await muxed.send_window_update(grow, skip_lock=True)
+        except Exception:  # a dead connection: the read that follows sees the EOF
+            log.debug("window update to %s failed", self.remote_peer, exc_info=True)
 
     async def send_all(self, data: bytes | memoryview) -> None:
         if self._closed:

@@ -15,7 +15,8 @@ needs of a peer-to-peer host (``protocol.p2p.P2PHost`` over libp2p; the in-proce
   libp2p makes a killed peer look like a clean EOF, so lengths and hashes are what catch it;
 - bytes that break the framing or the message encoding raise :class:`RemoteProtocolError`;
 - :meth:`Channel.receive_bulk_to` hands bulk data on as it arrives (to a file, a hash),
-  so a receiver never has to hold a body it did not ask to keep.
+  so a receiver never has to hold a body it did not ask to keep; on a transport with
+  flow control (``expect_bulk``) it first opens the window to the body's size.
 
 This module and ``protocol.p2p`` are the only ones in ``corestate.protocol`` that import trio.
 """
@@ -318,6 +319,11 @@ class Channel:
             raise ValueError("size must be >= 0 and digest 32 bytes")
         hasher = blake3.blake3()
         got = 0
+        # A transport with flow control (libp2p's yamux) opens its window to the body's
+        # size, which the caller has bounded and admitted; others have no such method.
+        expect = getattr(self.stream, "expect_bulk", None)
+        if expect is not None and size > 0:
+            await expect(size)
         early = self._decoder.take_buffered()
         if early:
             if len(early) > size:

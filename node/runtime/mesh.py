@@ -24,15 +24,22 @@ Invariants:
   a file as it arrives; GET and AUDIT read the share file in slices, in worker threads.
   No share is ever held in memory whole on the serving side.
 - A client takes a share's body only once its announced size is the recorded one.
+- All erasure coding and decoding of this node runs in one thread (``in_coder``): the
+  codec keeps a pack-sized scratch buffer per thread that coded. A pack's data shares are
+  sent as views of the pack (``code_pack``), and fetched data shares land in one buffer
+  of the pack's size: no share-sized copies beyond the parity.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import logging
 import math
+import mmap
 import os
 import random
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -44,6 +51,7 @@ import nacl.signing
 import trio
 from corestate.erasure import share as sharefmt
 from corestate.erasure.errors import CorruptShare, InvalidParameters, NotEnoughShares
+from corestate.erasure.rs import codec as erasure_codec
 from corestate.node.core.admission import Admission
 from corestate.node.core.holders import Challenge, ShareRef
 from corestate.node.core.placement import Candidate, place, replace
@@ -51,6 +59,7 @@ from corestate.node.core.repair import Audit, Verdict, audit_block, best, judge_
 from corestate.node.errors import QuotaExceeded, ShareNotFound, ShareRejected, StoreError
 from corestate.node.ledger import Ledger, ShareRow
 from corestate.node.peers import AddressBook
+from corestate.node.runtime import heap
 from corestate.node.runtime.events import EventBus
 from corestate.node.runtime.reports import PackResult, Progress, UploadReport, short
 from corestate.node.runtime.vault import SLICE, HeldShare, Incoming, ShareVault
@@ -135,6 +144,67 @@ _ERROR_CODES: dict[type, str] = {QuotaExceeded: "quota", ShareNotFound: "not-fou
 
 async def _discard(piece: bytes) -> None:
     """A bulk sink that keeps nothing (the bytes are hashed on the way all the same)."""
+
+
+# The erasure codec keeps a scratch buffer per thread that coded (a pack's parity, 16 MiB
+# at k=2 n=4), for as long as the thread lives: coded in trio's worker threads, each of
+# them would keep one. All of this node's coding runs in one thread instead.
+_coder: concurrent.futures.ThreadPoolExecutor | None = None
+_coder_lock = threading.Lock()
+
+
+async def in_coder(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in the mesh's one coding thread; its result or exception. A caller
+    cancelled meanwhile leaves the call to finish there, its result unused."""
+    global _coder
+    with _coder_lock:
+        if _coder is None:
+            _coder = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mesh-coder")
+    token = trio.lowlevel.current_trio_token()
+    done = trio.Event()
+
+    def wake(_: object) -> None:
+        try:
+            token.run_sync_soon(done.set)
+        except trio.RunFinishedError:
+            pass
+    future = _coder.submit(fn, *args)
+    future.add_done_callback(wake)
+    await done.wait()
+    return future.result()
+
+
+@dataclass(frozen=True, slots=True)
+class CodedShare:
+    """A share ready to send: its header and payload apart (a data share's payload is a
+    view of the pack, not a copy), its size, the BLAKE3 of its bytes (the transfer digest
+    a PUT announces) and its root (what the ledger records)."""
+
+    index: int
+    parts: tuple[bytes | memoryview, ...]
+    size: int
+    digest: bytes
+    root: bytes
+
+
+def code_pack(data: bytes, k: int, n: int, pack: bytes) -> list[CodedShare]:
+    """The n shares of ``pack`` (whose bytes are ``data``, checked against its id first),
+    as ``erasure.share.make_shares`` makes them, without copying the data shares'
+    payloads. For the coding thread (``in_coder``): parity comes out of its scratch and
+    is copied before the next pack reuses it."""
+    if blake3.blake3(data).digest() != pack:
+        raise MeshError(f"local pack {pack.hex()[:16]} does not match its id; run `corestate check`")
+    payloads = erasure_codec(k, n).encode_views(data, threads=1)
+    shares = []
+    for i, view in enumerate(payloads):
+        payload: bytes | memoryview = bytes(view) if i >= k else view
+        hdr = sharefmt.ShareHeader(pack, k, n, i, sharefmt.DEFAULT_BLOCK_SIZE, len(payload), len(data), b"")
+        root = sharefmt.compute_root(hdr, payload)
+        head = hdr.descriptor() + root
+        digest = blake3.blake3(head)
+        digest.update(payload)
+        shares.append(CodedShare(i, (head, payload), len(head) + len(payload), digest.digest(), root))
+    return shares
 
 
 @dataclass(frozen=True, slots=True)
@@ -468,13 +538,17 @@ class Mesh:
 
     # -- calling -----------------------------------------------------------------------
 
-    async def request(self, peer: str, msg: Any, *, bulk: bytes | memoryview | None = None,
-                      timeout: float | None = None,
-                      expect_size: int | None = None) -> tuple[Any, bytes | None]:
+    async def request(self, peer: str, msg: Any, *,
+                      bulk: bytes | memoryview | Sequence[bytes | memoryview] | None = None,
+                      timeout: float | None = None, expect_size: int | None = None,
+                      sink: Callable[[bytes], Awaitable[None]] | None = None,
+                      ) -> tuple[Any, bytes | None]:
         """One request on a fresh stream; returns (reply, bulk data of a ShareData reply).
         ``Error`` replies raise ``PeerRefused``; network trouble raises ProtocolError. With
         ``expect_size``, a ShareData announcing any other size raises MeshError before a
         byte of its body is taken (a holder must not make us buffer what we never stored).
+        With ``sink``, a ShareData body is handed to it as it arrives (data None; a
+        TransferError after the last piece means the sink must forget what it got).
 
         A holder named ``target:NAME`` is a storage target of this node: its
         ``TargetHolder`` answers in this process (node/runtime/targethost.py), with the
@@ -482,7 +556,13 @@ class Mesh:
         ``MeshError``), as an unreachable peer would."""
         if peer.startswith(TARGET_PREFIX):
             th = await self.target(peer)
-            return await th.request(msg, bulk=bulk, timeout=timeout, expect_size=expect_size)
+            if bulk is not None and not isinstance(bulk, (bytes, bytearray, memoryview)):
+                bulk = b"".join(bulk)  # a share in parts (header, payload view): one object
+            reply, data = await th.request(msg, bulk=bulk, timeout=timeout, expect_size=expect_size)
+            if sink is not None and data is not None:
+                await sink(data)
+                data = None
+            return reply, data
         entry = self.book.get(peer)
         addrs = entry.addrs if entry else []
         t = timeout or self.timeout
@@ -502,7 +582,10 @@ class Mesh:
                 if expect_size is not None and reply.size != expect_size:
                     raise MeshError(f"peer {short(peer)} announced {reply.size} bytes, the recorded "
                                     f"size is {expect_size}")
-                data = await ch.receive_bulk(reply.size, reply.digest)
+                if sink is not None:
+                    await ch.receive_bulk_to(reply.size, reply.digest, sink)
+                else:
+                    data = await ch.receive_bulk(reply.size, reply.digest)
             elif isinstance(reply, m.Error):
                 raise PeerRefused(peer, reply.code, reply.message, reply.retryable)
             return reply, data
@@ -511,13 +594,15 @@ class Mesh:
                 await ch.aclose()
 
     @staticmethod
-    async def _send_while_reading(ch: Channel, bulk: bytes | memoryview) -> Any:
+    async def _send_while_reading(ch: Channel, bulk: bytes | memoryview | Sequence[bytes | memoryview]) -> Any:
         box: list[Any] = []
         sent = trio.Event()
+        parts = [bulk] if isinstance(bulk, (bytes, bytearray, memoryview)) else list(bulk)
 
         async def send() -> None:
             try:
-                await ch.send_bulk(bulk)
+                for part in parts:
+                    await ch.send_bulk(part)
             except ProtocolError:
                 if not box:  # broke before any answer: let the reader see why
                     raise
@@ -588,6 +673,7 @@ class Mesh:
         async def one(pack: bytes) -> None:
             async with limit:
                 res = await self._upload_pack(read_pack, pack, k, n, candidates, report)
+                await in_coder(heap.trim)  # its pack and shares are freed: their pages go back
                 report.packs.append(res)
                 if progress is not None:
                     progress.done += 1
@@ -612,6 +698,8 @@ class Mesh:
         async def one(pack: bytes) -> None:
             try:
                 res = await self._upload_pack(read_pack, pack, k, n, candidates, report)
+                # Its pack and shares are freed: their pages go back (node/runtime/heap.py).
+                await in_coder(heap.trim)
                 report.packs.append(res)
                 if placed is not None:
                     await placed(res)
@@ -633,13 +721,10 @@ class Mesh:
     async def _upload_pack(self, read_pack: Callable[[bytes], bytes], pack: bytes, k: int, n: int,
                            candidates: list[Candidate], report: UploadReport) -> PackResult:
         data = await trio.to_thread.run_sync(read_pack, pack)
-        if blake3.blake3(data).digest() != pack:
-            raise MeshError(f"local pack {pack.hex()[:16]} does not match its id; run `corestate check`")
-        shares = await trio.to_thread.run_sync(
-            functools.partial(sharefmt.make_shares, data, k, n, pack_id=pack, threads=1))
-        del data
+        shares: list[CodedShare | None] = await in_coder(code_pack, data, k, n, pack)
+        del data  # the data shares' payloads are views of it: it goes with the last of them
         prior = self.ledger.get(pack)
-        self.ledger.begin_pack(pack, k, n, sum(len(s) for s in shares) // n * k)
+        self.ledger.begin_pack(pack, k, n, sum(s.size for s in shares if s) // n * k)
         have: dict[int, str] = {}
         if prior is not None and (prior.k, prior.n) == (k, n):
             for row in prior.shares:
@@ -659,9 +744,10 @@ class Mesh:
                     return  # acknowledged in an earlier run
                 tried.add(peer)
                 share = shares[i]
+                assert share is not None
                 t = time.monotonic()
                 try:
-                    await self._put_share(peer, pack, i, share)
+                    await self._put_coded(peer, pack, share)
                 except (ProtocolError, MeshError) as exc:
                     result.failures.append(f"share {i} -> {short(peer)}: {exc}")
                     log.info("put share %d of %s to %s failed: %s", i, pack.hex()[:12], short(peer), exc)
@@ -669,7 +755,8 @@ class Mesh:
                     peers[i] = peer
                     continue
                 report.put_latencies.append(time.monotonic() - t)
-                report.share_bytes += len(share)
+                report.share_bytes += share.size
+                shares[i] = None  # acknowledged: its bytes may go
                 return
         async with trio.open_nursery() as nursery:
             for i in range(n):
@@ -679,7 +766,8 @@ class Mesh:
         result.placed = final.placed if final else 0
         return result
 
-    async def fetch(self, pack: bytes, *, rate: RateLimiter | None = None) -> bytes:
+    async def fetch(self, pack: bytes, *, rate: RateLimiter | None = None,
+                    mapped: bool = False) -> bytes | bytearray | memoryview:
         """Rebuild a pack from its holders: data shares first, each share checked against
         the root recorded at upload; corrupt or missing holders are excluded (and named
         in an alert) and the next tried."""
@@ -687,16 +775,35 @@ class Mesh:
         if coded is None or not coded.shares:
             raise MeshError(f"pack {pack.hex()[:16]}: no record of where its shares went",
                             hint="the share ledger of this home is missing it; see `corestate check`")
-        return await self.fetch_rows(pack, coded.k, coded.shares, coded.owner, rate=rate)
+        return await self.fetch_rows(pack, coded.k, coded.shares, coded.owner, rate=rate, mapped=mapped)
 
     async def fetch_rows(self, pack: bytes, k: int, rows: Sequence[ShareRow], owner: str = "", *,
-                         rate: RateLimiter | None = None) -> bytes:
+                         rate: RateLimiter | None = None,
+                         mapped: bool = False) -> bytes | bytearray | memoryview:
         """:meth:`fetch` from the holders ``rows`` name (filed under ``owner``; "" = us):
-        a member repairing another owner's pack reads the rows from the catalog."""
+        a member repairing another owner's pack reads the rows from the catalog.
+
+        With a systematic code the data shares' payloads, in order, are the pack: each
+        data share's body is received straight into its place in one buffer of the
+        pack's size (no other copy of it is made), checked against its recorded root,
+        and the pack is that buffer once all k data shares came. Only when a data
+        share could not be had are parity shares fetched (each into its own buffer)
+        and the pack decoded. Either way the result must hash to the pack's id.
+
+        ``mapped``: the buffer is an anonymous memory map of its own and the pack a
+        memoryview of it, for callers that hold many packs for a short while (a
+        restore's waves): unmapped, its memory goes back to the system the moment the
+        last view of it goes, instead of staying in the heap as a freed 16 MiB block."""
         # Data shares first: with a systematic code they are the pack itself.
         queue: list[ShareRow] = sorted(rows, key=lambda r: (r.index >= k, r.index))
         roots = {r.index: r.root for r in rows}
-        got: dict[int, bytes] = {}
+        size = max((r.size for r in rows), default=0)
+        payload = max(0, size - sharefmt.HEADER_SIZE)
+        out: bytearray | mmap.mmap = (mmap.mmap(-1, max(1, k * payload), flags=mmap.MAP_PRIVATE)
+                                      if mapped else bytearray(k * payload))
+        view = memoryview(out)
+        heads: dict[int, sharefmt.ShareHeader] = {}  # data shares in ``out``, checked
+        whole: dict[int, bytes | bytearray] = {}  # other shares, whole, checked
         problems: list[str] = []
         busy: set[int] = set()
         lock = trio.Lock()
@@ -704,9 +811,10 @@ class Mesh:
         async def worker() -> None:
             while True:
                 async with lock:
-                    if len(got) + len(busy) >= k:
+                    if len(heads) + len(whole) + len(busy) >= k:
                         return
-                    row = next((r for r in queue if r.index not in got and r.index not in busy), None)
+                    row = next((r for r in queue if r.index not in heads and r.index not in whole
+                                and r.index not in busy), None)
                     if row is None:
                         return
                     queue.remove(row)
@@ -714,50 +822,147 @@ class Mesh:
                 try:
                     if rate is not None:
                         await rate.take(row.size)
-                    await self._fetch_share(row, got, problems, owner)
+                    if row.index < k and row.size == size:
+                        slot = view[row.index * payload:(row.index + 1) * payload]
+                        hdr = await self._fetch_share(row, problems, owner, slot)
+                        if hdr is not None:
+                            heads[row.index] = hdr
+                    else:
+                        got = await self._fetch_share_whole(row, problems, owner)
+                        if got is not None:
+                            whole[row.index] = got
                 finally:
                     busy.discard(row.index)
         async with trio.open_nursery() as nursery:
             for _ in range(k):
                 nursery.start_soon(worker)
-        if len(got) < k:
+        if len(heads) + len(whole) < k:
             raise MeshError(
-                f"pack {pack.hex()[:16]}: only {len(got)} of the {k} shares needed could be fetched"
-                + (" (" + "; ".join(problems[:6]) + ")" if problems else ""),
+                f"pack {pack.hex()[:16]}: only {len(heads) + len(whole)} of the {k} shares needed "
+                "could be fetched" + (" (" + "; ".join(problems[:6]) + ")" if problems else ""),
                 hint="bring more of the holders back online (`corestate peer list`) and retry",
                 retryable=True)
-        try:
-            restored = await trio.to_thread.run_sync(functools.partial(
-                sharefmt.decode_shares, list(got.values()), pack_id=pack, roots=roots, threads=1))
-        except NotEnoughShares as exc:
-            raise MeshError(f"pack {pack.hex()[:16]}: {exc}", retryable=True)
-        data = restored.data
-        if blake3.blake3(data).digest() != pack:
-            raise MeshError(f"pack {pack.hex()[:16]}: decoded bytes do not match its id")
-        return bytes(data)
-
-    async def _fetch_share(self, row: ShareRow, got: dict[int, bytes], problems: list[str],
-                           owner: str = "") -> None:
-        try:
-            if row.peer == self.peer_id and owner:
-                # A member repairing another owner's pack holds one of its shares itself.
-                data = await trio.to_thread.run_sync(self.vault.get, owner, row.pack, row.index)
+        data: bytes | bytearray | memoryview
+        if len(heads) == k:
+            lengths = {h.data_length for h in heads.values()}
+            if len(lengths) != 1 or lengths.pop() > len(out):
+                raise MeshError(f"pack {pack.hex()[:16]}: its data shares disagree on its length")
+            length = heads[0].data_length
+            if isinstance(out, mmap.mmap):
+                data = view[:length]
             else:
-                _, data = await self.request(row.peer, m.GetShare(pack=row.pack, index=row.index, offset=0,
-                                                                   length=-1, owner=owner), expect_size=row.size)
-            assert data is not None
-            sharefmt.verify_share(data, root=row.root, pack_id=row.pack, index=row.index)
+                try:
+                    view.release()  # the slots were its slices, all gone with the workers
+                    del out[length:]  # the code's padding: a resize in place, not a copy
+                    data = out
+                except BufferError:  # a slice still lives somewhere: copy rather than fail
+                    data = bytes(memoryview(out)[:length])
+        else:
+            shares: list[bytes | bytearray] = list(whole.values())
+            for i, hdr in heads.items():
+                shares.append(hdr.to_bytes() + bytes(view[i * payload:(i + 1) * payload]))
+            del view, out
+            try:
+                restored = await in_coder(functools.partial(
+                    sharefmt.decode_shares, shares, pack_id=pack, roots=roots, threads=1))
+            except NotEnoughShares as exc:
+                raise MeshError(f"pack {pack.hex()[:16]}: {exc}", retryable=True)
+            del shares
+            data = restored.data
+        digest = await trio.to_thread.run_sync(lambda: blake3.blake3(data).digest())
+        if digest != pack:
+            raise MeshError(f"pack {pack.hex()[:16]}: decoded bytes do not match its id")
+        return data
+
+    def _share_problem(self, row: ShareRow, exc: CorruptShare, problems: list[str]) -> None:
+        problems.append(f"share {row.index} from {short(row.peer)} is corrupt: {exc.reason}")
+        self.events.publish("alert", what="corrupt-share", peer=row.peer, pack=row.pack.hex(),
+                            index=row.index, reason=exc.reason)
+        log.warning("peer %s returned a corrupt share %d of %s: %s",
+                    row.peer, row.index, row.pack.hex()[:12], exc.reason)
+
+    async def _receive_share(self, row: ShareRow, owner: str,
+                             sink: Callable[[bytes], Awaitable[None]]) -> None:
+        """The share ``row`` names, its ``row.size`` bytes handed to ``sink`` in order (from
+        this node's own vault when it holds it for ``owner``)."""
+        if row.peer == self.peer_id and owner:
+            # A member repairing another owner's pack holds one of its shares itself.
+            data = await trio.to_thread.run_sync(self.vault.get, owner, row.pack, row.index)
+            if len(data) != row.size:
+                raise MeshError(f"own copy of share {row.index} is {len(data)} bytes, "
+                                f"the recorded size is {row.size}")
+            await sink(data)
+            return
+        await self.request(row.peer, m.GetShare(pack=row.pack, index=row.index, offset=0, length=-1,
+                                                owner=owner), expect_size=row.size, sink=sink)
+
+    async def _fetch_share(self, row: ShareRow, problems: list[str], owner: str,
+                           slot: memoryview) -> sharefmt.ShareHeader | None:
+        """Fetch data share ``row``: its header returned, its payload into ``slot`` (of
+        the payload's size), checked against the recorded root; None (and the reason in
+        ``problems``) when it could not be had."""
+        head = bytearray()
+        pos = 0
+
+        async def fill(piece: bytes) -> None:
+            nonlocal pos
+            cut = max(0, sharefmt.HEADER_SIZE - len(head))
+            if cut:
+                head.extend(piece[:cut])
+                piece = piece[cut:]
+            slot[pos:pos + len(piece)] = piece
+            pos += len(piece)
+
+        def check() -> sharefmt.ShareHeader:
+            hdr = sharefmt.read_header(head)
+            if hdr.index != row.index:
+                raise CorruptShare(hdr.index, f"expected share {row.index}, got share {hdr.index}")
+            if hdr.pack_id != row.pack:
+                raise CorruptShare(hdr.index, "belongs to another pack")
+            if hdr.root != row.root:
+                raise CorruptShare(hdr.index, "root differs from the one recorded at upload")
+            if hdr.payload_length != len(slot):
+                raise CorruptShare(hdr.index, f"payload of {hdr.payload_length} bytes, {len(slot)} expected")
+            if sharefmt.compute_root(hdr, slot) != hdr.root:
+                raise CorruptShare(hdr.index, "payload or header does not match the share root")
+            return hdr
+
+        try:
+            await self._receive_share(row, owner, fill)
+            if pos != len(slot):
+                raise MeshError(f"share {row.index}: {pos} payload bytes of {len(slot)} arrived")
+            return await trio.to_thread.run_sync(check)
         except CorruptShare as exc:
-            problems.append(f"share {row.index} from {short(row.peer)} is corrupt: {exc.reason}")
-            self.events.publish("alert", what="corrupt-share", peer=row.peer, pack=row.pack.hex(),
-                                index=row.index, reason=exc.reason)
-            log.warning("peer %s returned a corrupt share %d of %s: %s",
-                        row.peer, row.index, row.pack.hex()[:12], exc.reason)
-            return
-        except (ProtocolError, MeshError, AssertionError, ShareNotFound) as exc:
+            self._share_problem(row, exc, problems)
+        except (ProtocolError, MeshError, ShareNotFound) as exc:
             problems.append(f"share {row.index} from {short(row.peer)}: {exc}")
-            return
-        got[row.index] = data
+        return None
+
+    async def _fetch_share_whole(self, row: ShareRow, problems: list[str],
+                                 owner: str) -> bytearray | None:
+        """Fetch share ``row`` whole into a buffer of its recorded size, checked against
+        the recorded root; None (and the reason in ``problems``) when it could not be had."""
+        buf = bytearray(row.size)
+        pos = 0
+
+        async def fill(piece: bytes) -> None:
+            nonlocal pos
+            buf[pos:pos + len(piece)] = piece
+            pos += len(piece)
+
+        try:
+            await self._receive_share(row, owner, fill)
+            if pos != row.size:
+                raise MeshError(f"share {row.index}: {pos} bytes of {row.size} arrived")
+            await trio.to_thread.run_sync(functools.partial(
+                sharefmt.verify_share, buf, root=row.root, pack_id=row.pack, index=row.index))
+        except CorruptShare as exc:
+            self._share_problem(row, exc, problems)
+            return None
+        except (ProtocolError, MeshError, ShareNotFound) as exc:
+            problems.append(f"share {row.index} from {short(row.peer)}: {exc}")
+            return None
+        return buf
 
     async def survey(self, packs: Sequence[bytes], *, audit: bool = True,
                      rng: random.Random | None = None,
@@ -965,6 +1170,13 @@ class Mesh:
         if not owner:
             self.ledger.record_share(pack, index, peer, sharefmt.read_header(share).root, len(share))
 
+    async def _put_coded(self, peer: str, pack: bytes, share: CodedShare) -> None:
+        """PUT one share of this node's own pack, coded by ``code_pack``; record it in
+        the ledger once the holder acknowledged it."""
+        await self.request(peer, m.PutShare(pack=pack, index=share.index, size=share.size,
+                                            digest=share.digest), bulk=share.parts)
+        self.ledger.record_share(pack, share.index, peer, share.root, share.size)
+
     async def rebuild(self, pack: bytes, data: bytes, k: int, n: int, indexes: Sequence[int],
                       holders: Sequence[tuple[int, str]], candidates: list[Candidate],
                       *, rate: RateLimiter | None = None, owner: str = "",
@@ -976,8 +1188,7 @@ class Mesh:
         ``roots`` for the caller's catalog record)."""
         if blake3.blake3(data).digest() != pack:
             raise MeshError(f"pack {pack.hex()[:16]}: its bytes do not match its id")
-        shares = await trio.to_thread.run_sync(
-            functools.partial(sharefmt.make_shares, data, k, n, pack_id=pack, threads=1))
+        shares = await in_coder(functools.partial(sharefmt.make_shares, data, k, n, pack_id=pack, threads=1))
         live = [c for c in candidates if c.peer != self.peer_id]
         peers: list[str | None] = [None] * n
         for i, peer in holders:

@@ -18,7 +18,7 @@ import queue
 import threading
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from corestate.node.core import records
 from corestate.node.engine.repo import SnapshotInfo
@@ -210,7 +210,8 @@ class MeshPackFeed:
     """The restore engine's ``PackFeed`` on a mesh node: remote-only packs fetched from any
     k holders (``Mesh.fetch``: every share checked against its recorded root, the pack
     against its id) into memory, ``parallel`` at once, one wave ahead of the writer and no
-    further (so at most two waves are held); nothing is staged on disk."""
+    further (so at most two waves are held); nothing is staged on disk. Each pack lives
+    in a memory map of its own (``mapped``), returned to the system when its wave goes."""
 
     def __init__(self, node: LocalNode, port: MeshPort, parallel: int = 2) -> None:
         self.port, self.parallel = port, parallel
@@ -269,8 +270,11 @@ class MeshPackFeed:
 
             async def one(p: bytes, got: dict[bytes, bytes] = got) -> None:
                 async with limit:
-                    data = await mesh.fetch(p)
-                    got[p] = data
+                    data = await mesh.fetch(p, mapped=True)
+                    # A memoryview of the pack's own memory map, typed as the restore's
+                    # PackFeed promises bytes: the restore only slices a pack and hands
+                    # the slices to the AEAD, which takes any bytes-like object.
+                    got[p] = cast(bytes, data)
                     self.packs_done += 1
                     self.bytes_fetched += len(data)
             async with trio.open_nursery() as nursery:

@@ -50,7 +50,7 @@ and mesh alternates between runs. Daemons are stopped and work folders removed i
 ``finally`` blocks, on Ctrl-C and SIGTERM too.
 
 ``--profile DIR`` records the owner daemon (and holder 1) with py-spy during the first
-run's mesh backup (raw collapsed stacks, ``--nonblocking``) and prints the functions with
+run's mesh backup and mesh restore (raw collapsed stacks, ``--nonblocking``) and prints the functions with
 the most samples; that run's timings are then perturbed: profile in a separate run.
 
 Usage (from the repository root, after ``pip install -e .``):
@@ -137,6 +137,18 @@ def cpu_seconds(pid: int | None) -> float:
     if pid is None:
         return 0.0
     return sum(_stat_cpu(p) for p in bb._descendants(pid))
+
+
+def rss_mib(pid: int | None) -> float:
+    """The process's resident memory now (VmRSS), MiB; 0 when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, TypeError, ValueError):
+        pass
+    return 0.0
 
 
 def peak_rss_mib(pid: int | None) -> float:
@@ -650,16 +662,25 @@ def mesh_part(args: argparse.Namespace, run_dir: Path, tree: Path, src_bytes: in
             f"{100 * up[0] / max(up_s, 1e-9):.0f}%, holders {100 * sum(up[1:]) / max(up_s, 1e-9):.0f}%")
 
         hwm_backup = peak_rss_mib(pids[0])
+        rss_before_restore = rss_mib(pids[0])
         target = run_dir / "restore-mesh"
         warm(*homes)
         fetched = remote_share_bytes(owner.home)
-        with HomeSampler(owner.home) as grew:
+        profiler.start("owner-restore", pids[0])
+        profiler.start("holder1-restore", pids[1])
+        with HomeSampler(owner.home) as grew, CpuSampler(pids) as rcpus:
+            r_start = time.perf_counter()
             rsecs, _, _ = timed(mesh, owner, "mesh restore", args.timeout, "restore", "latest",
                                 "--target", str(target), "--json")
+            r_end = time.perf_counter()
+        rcpu = rcpus.used(r_start, r_end)
+        profile += profiler.stop()
         fetch_rate = fetched / MB / rsecs
         log(f"  mesh restore       {rsecs:7.2f} s {src_bytes / MB / rsecs:7.1f} MB/s; "
+            f"CPU owner {rcpu[0]:.1f} s, holders {sum(rcpu[1:]):.1f} s; "
             f"{fetch_rate:.1f} MB/s of shares fetched; owner home grew by at most "
-            f"{grew.most / MiB:.1f} MiB; owner VmHWM {hwm_backup:.0f} MiB after the backup, "
+            f"{grew.most / MiB:.1f} MiB; owner VmHWM {hwm_backup:.0f} MiB after the backup "
+            f"(VmRSS {rss_before_restore:.0f} MiB before the restore), "
             f"{peak_rss_mib(pids[0]):.0f} MiB after the restore")
         hwm = peak_rss_mib(pids[0])  # before the recovery stops the owner
         recovery = recover(mesh, run_dir, args.timeout) if args.recover else {}
@@ -684,10 +705,12 @@ def mesh_part(args: argparse.Namespace, run_dir: Path, tree: Path, src_bytes: in
             "upload_holders_cpu_pct": 100 * sum(up[1:]) / up_s if up_s else None,
             "engine_owner_cpu_pct": 100 * eng[0] / max(secs - up_s, 1e-9),
             "owner_peak_rss_mib": hwm, "owner_peak_rss_backup_mib": hwm_backup,
+            "owner_rss_before_restore_mib": rss_before_restore,
             "mesh_restore_s": rsecs, "mesh_restore_mb_s": src_bytes / MB / rsecs,
             "restore_fetch_mb_s": fetch_rate, "restore_fetch_over_upload": fetch_rate / share_rate
             if share_rate else None,
             "restore_home_growth_mib": grew.most / MiB,
+            "cpu_owner_restore_s": rcpu[0], "cpu_holders_restore_s": sum(rcpu[1:]),
             "restore_home_growth_pct": 100 * grew.most / src_bytes,
             **recovery,
             **puts,
@@ -829,6 +852,8 @@ ROWS = (
     ("holders CPU during mesh backup", "s", "cpu_holders_s", "sum of the 4"),
     ("owner CPU in the upload phase", "%", "upload_owner_cpu_pct", "of one core"),
     ("holders CPU in the upload phase", "%", "upload_holders_cpu_pct", "sum of the 4"),
+    ("owner CPU during mesh restore", "s", "cpu_owner_restore_s", "user+sys, with its workers"),
+    ("holders CPU during mesh restore", "s", "cpu_holders_restore_s", "sum of the 4"),
     ("client CPU in raw 4 parallel", "%", "raw_parallel_client_cpu_pct",
      "the sender of the raw streams"),
     ("holders CPU in raw 4 parallel", "%", "raw_parallel_holders_cpu_pct", "sum of the 4"),

@@ -449,3 +449,44 @@ async def test_an_error_in_the_hosts_block_reaches_the_caller() -> None:
             raise ValueError("boom")
     assert "boom" in repr(caught.value) or any(
         "boom" in repr(e) for e in getattr(caught.value, "exceptions", ()))
+
+
+@pytest.mark.parametrize("over", [False, True], ids=["within", "past"])
+async def test_expect_bulk_opens_the_window_to_the_body_and_no_further(over: bool) -> None:
+    """A receiver that admitted a body of ``size`` opens yamux's window to it: the sender
+    writes the whole body while the receiver reads nothing yet. Past ``BULK_WINDOW`` the
+    sender must wait for the reader, and the bytes still arrive intact."""
+    from corestate.protocol.p2p import BULK_WINDOW
+    size = BULK_WINDOW + (1 << 20) if over else BULK_WINDOW - (64 << 10)
+    payload = os.urandom(size)
+    sent, reading, done = trio.Event(), trio.Event(), trio.Event()
+    finished: list[bool] = []  # per send: whether the receiver had begun to read by then
+    got: list[bytes] = []
+    async with open_host(seed(1), LOOPBACK) as a, open_host(seed(2), LOOPBACK) as b:
+
+        async def receiver(stream: Stream) -> None:
+            await stream.expect_bulk(size)  # type: ignore[attr-defined]
+            # Read nothing until the sender is done or stuck (libp2p's sender gives up
+            # after 5 s without a window update).
+            with trio.move_on_after(3):
+                await sent.wait()
+            reading.set()
+            got.append(await receive_exactly(stream, size))
+            done.set()
+
+        a.set_handler("/corestate/test-window/1", receiver)
+        with trio.fail_after(90):
+            stream = await b.open_stream(a.peer_id, "/corestate/test-window/1", addrs=a.addrs())
+            await trio.sleep(0.5)  # the receiver runs; its window update reaches this side
+
+            async def send() -> None:
+                await stream.send_all(payload)
+                finished.append(reading.is_set())
+                sent.set()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send)
+                await done.wait()
+    assert got and got[0] == payload
+    # Within the window the whole body went before anyone read; past it, only after.
+    assert finished == [over]

@@ -58,28 +58,26 @@ def _text(p: bytes) -> str:
 class Watch(Observer):
     """Feeds one backup's file changes to the model (on the backup's walking thread)."""
 
-    def __init__(self, node: LocalNode, ctx: Context, state: st.AnomalyState, series: st.Series,
-                 files_before: int, hold_adds: bool, before: list[Any] | None = None) -> None:
+    def __init__(self, db: st.AnomalyDB, ctx: Context, series: st.Series, files_before: int,
+                 hold_adds: bool, before: list[Any] | None = None) -> None:
         self.ctx = ctx
         self.before = before or []  # the series' snapshots before this backup (oldest first)
         self.series = series
         self.key = st.key_of(series)
-        entry = state.series.get(self.key, {})
+        # Only this series' row and what it reported before: not the node's whole history.
+        entry = db.series_entry(self.key)
         self.baseline = _baseline(entry, ctx)
         exts = entry.get("exts", [])
         self.acc = model.Accumulator(files_before=files_before, known_exts=frozenset(exts))
         self.stream = _Stream(self.baseline)
-        self.probes = st.AnomalyDB(node.home.path)
+        self.probes = db
         self.hold = hold_adds
         self.held: dict[bytes, tuple[FileChange, Any]] = {}
         self.silent: list[bytes] = []
         self.silent_digests: dict[str, str] = {}
         # Reported before (the cache still holds the older content until it can vouch for
         # the new one): path -> digest of the content reported.
-        self.reported: dict[str, str] = {}
-        for f in state.findings:
-            if f.series_key() == series:
-                self.reported.update(f.silent_digests)
+        self.reported: dict[str, str] = db.reported(self.key)
         self.changed_bytes = 0
         self.changed_files = 0
         self.exts: set[str] = set(exts)
@@ -182,7 +180,6 @@ class Watch(Observer):
                                      new_bytes=ch.new_bytes, new_compressed=ch.stored_bytes,
                                      content_id=ch.digest if new is not None else b""))
         self.held.clear()
-        self.probes.flush()
 
     def close(self) -> None:
         """Let go of the probe database (a failed or cancelled backup: nothing is kept)."""
@@ -248,18 +245,25 @@ def _baseline(entry: dict[str, Any], ctx: Context) -> model.Baseline:
         return model.Baseline()
 
 
-def begin(node: LocalNode, ctx: Context, paths: list[bytes]) -> tuple[st.AnomalyState, Watch]:
-    """Before a backup of ``paths``: the state and the observer to give the engine."""
-    state, problem = st.load(node.home.path)
-    if problem:
-        ctx.warn(problem)
-    series = st.series_key([os.fsencode(os.path.abspath(p)) for p in paths])
-    prev = [s for s in node.repo.snapshots() if st.series_key(s.record.paths) == series]
-    files_before = prev[-1].record.files if prev else 0
-    return state, Watch(node, ctx, state, series, files_before, hold_adds=bool(prev), before=prev)
+def begin(node: LocalNode, ctx: Context, paths: list[bytes]) -> tuple[None, Watch]:
+    """Before a backup of ``paths``: the observer to give the engine (the first of the
+    pair is kept for callers that unpack two)."""
+    db = st.AnomalyDB(node.home.path)
+    try:
+        series = st.series_key([os.fsencode(os.path.abspath(p)) for p in paths])
+        prev = [s for s in node.repo.snapshots() if st.series_key(s.record.paths) == series]
+        files_before = prev[-1].record.files if prev else 0
+        watch = Watch(db, ctx, series, files_before, hold_adds=bool(prev), before=prev)
+    except BaseException:
+        db.close()
+        raise
+    if db.problem:
+        ctx.warn(db.problem)
+        db.problem = None
+    return None, watch
 
 
-def assess(node: LocalNode, ctx: Context, state: st.AnomalyState, watch: Watch,
+def assess(node: LocalNode, ctx: Context, state: Any, watch: Watch,
            result: BackupResult, resampled: Any) -> c.AnomalyVerdict:
     """Judge the backup, record the finding, send the alerts; the summary's field."""
     watch.finish()
@@ -295,15 +299,16 @@ def assess(node: LocalNode, ctx: Context, state: st.AnomalyState, watch: Watch,
                        bytes_new=stats.bytes_new, bytes_added=stats.bytes_added,
                        store_bytes=_store_bytes(node), files_changed=watch.changed_files,
                        seconds=round(result.seconds, 3))
-    state.add(finding)
-    watch.probes.add_volume(volume)
-    watch.probes.close()
-    entry = state.series.setdefault(watch.key, {})
     if v.verdict != "alert":
         watch.baseline.learn(features)
-    entry["baseline"] = base64.b64encode(watch.baseline.to_bytes()).decode()
-    entry["exts"] = sorted(watch.exts)[:5000]
-    st.save(node.home.path, state)
+    entry = {"baseline": base64.b64encode(watch.baseline.to_bytes()).decode(), "exts": sorted(watch.exts)[:5000]}
+    db = watch.probes
+    try:
+        db.record(finding, watch.key, entry, volume)
+    finally:
+        db.close()
+    if db.problem:
+        ctx.warn(db.problem)
     _alerts(ctx, finding, series, silent)
     return c.AnomalyVerdict(verdict=v.verdict, score=f"{v.score:.4f}", reasons=tuple(finding.reasons))
 
@@ -422,6 +427,8 @@ def ack(node: LocalNode, call: c.AnomalyAckCall, ctx: Context) -> c.AnomalyAckRe
                                   learned=False, already=True)
     unprotected = f.protects if f.standing else None
     learned = False
+    key: str | None = None
+    entry: dict[str, Any] | None = None
     if f.verdict == "alert" and f.features:
         # An alert was kept out of the baseline; acknowledged, it is a usual change.
         key = st.key_of(f.series_key())
@@ -431,7 +438,11 @@ def ack(node: LocalNode, call: c.AnomalyAckCall, ctx: Context) -> c.AnomalyAckRe
         entry["baseline"] = base64.b64encode(baseline.to_bytes()).decode()
         learned = True
     f.acked_ns = time.time_ns()
-    st.save(node.home.path, state)
+    db = st.AnomalyDB(node.home.path)
+    try:
+        db.update(f, key, entry)
+    finally:
+        db.close()
     return c.AnomalyAckResult(snapshot_id=f.snapshot, verdict=f.verdict, unprotected=unprotected,
                               learned=learned, already=False)
 

@@ -142,10 +142,14 @@ def _home(base: Path) -> Path:
     return home
 
 
-def _seed_history(home: Path, n: int) -> None:
-    """Give the home the anomaly state of a node that has judged ``n`` backups before (ok
-    findings, each with the numbers the node keeps): a long-running node loads and saves
-    such a state on every backup. No effect on the "model off" runs (they never read it)."""
+def _seed_history(home: Path, n: int, src: Path) -> None:
+    """Give the home the anomaly state of a node that has judged ``n`` backups of ``src``
+    before: ok findings, each with the numbers the node keeps, and the series' baseline of
+    ``min(n, WINDOW)`` snapshots (a long-running node reads and writes it on every backup).
+    No effect on the "model off" runs (they never read it)."""
+    import base64
+
+    import numpy as np
     from corestate.node import anomalystate as st
     from corestate.node.core import anomaly as an
     state = st.AnomalyState()
@@ -157,6 +161,13 @@ def _seed_history(home: Path, n: int) -> None:
             details={"reasons": [], "features": feats, "baseline": {"snapshots": 100, "warm": True},
                      "model": "bench", "contributions": [("suspicious_share", -0.5)] * 5, "files": []},
             features=feats))
+    rng = np.random.default_rng(n)
+    base = an.Baseline()
+    rows = min(n, an.baseline.WINDOW)
+    base.ring = rng.poisson(3.0, (rows, len(an.FEATURE_NAMES))).astype(np.float32)
+    base.learnt = n
+    state.series[st.key_of(st.series_key([os.fsencode(os.path.abspath(src))]))] = {
+        "baseline": base64.b64encode(base.to_bytes()).decode(), "exts": ["txt", "bin", "jpg"]}
     st.save(home, state)
 
 
@@ -167,7 +178,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--history", type=int, default=0,
-                    help="judged backups in the home's anomaly state before the first (e.g. 2000)")
+                    help="judged backups in the home's anomaly state, and snapshots in its "
+                         "baseline, before the first (e.g. 2000)")
     args = ap.parse_args()
     tg = _treegen()
     _instrument()
@@ -184,7 +196,7 @@ def main() -> int:
                 tg.generate(src, args.size, seed=args.seed)
                 home = _home(base)
                 if args.history:
-                    _seed_history(home, args.history)
+                    _seed_history(home, args.history, src)
                 time.sleep(2.1)  # past the racy window: the incremental reads only what changed
                 cpu, wall, verdict = _backup(home, src, model)
                 results.setdefault(("first", model), []).append(cpu)

@@ -28,6 +28,7 @@ Invariants:
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -109,8 +110,9 @@ class Volume:
 
 @dataclass(slots=True)
 class AnomalyState:
-    # Per series (``key``): "baseline", node/core/anomaly's serialised Baseline (base64),
-    # and "exts", the file extensions its snapshots had.
+    # Per series (``key``): "baseline", node/core/anomaly's serialised Baseline (base64);
+    # "pending", the features it learnt since (learn them to get the current baseline;
+    # absent when none); "exts", the file extensions its snapshots had.
     series: dict[str, dict[str, Any]] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
 
@@ -188,7 +190,9 @@ CREATE TABLE IF NOT EXISTS volumes (
     bytes_added INTEGER NOT NULL, store_bytes INTEGER NOT NULL, files_changed INTEGER NOT NULL,
     seconds REAL NOT NULL
 );
-CREATE TABLE IF NOT EXISTS series (key TEXT PRIMARY KEY, entry TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS series (key TEXT PRIMARY KEY, exts TEXT NOT NULL, baseline BLOB);
+CREATE TABLE IF NOT EXISTS learnt (seq INTEGER PRIMARY KEY, series TEXT NOT NULL, features TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS learnt_series ON learnt (series, seq);
 CREATE TABLE IF NOT EXISTS findings (
     seq INTEGER PRIMARY KEY,
     snapshot TEXT NOT NULL, series TEXT NOT NULL, verdict TEXT NOT NULL,
@@ -229,6 +233,17 @@ def _row(f: Finding) -> tuple[str, str, str, int, int, int, str]:
     body = json.dumps({n: getattr(f, n) for n in _FINDING_FIELDS}, separators=(",", ":"), allow_nan=False)
     return (f.snapshot, key_of(f.series_key()), f.verdict, int(f.standing), int(bool(f.silent)),
             int(bool(f.details or f.files or f.features)), body)
+
+
+@dataclass(slots=True)
+class SeriesModel:
+    """A series' model as a backup reads it: the baseline blob last written whole, the
+    features learnt since (oldest first; learning them again gives the same baseline),
+    and the file extensions its snapshots had."""
+
+    baseline: bytes | None = None
+    pending: list[dict[str, float]] = field(default_factory=list)
+    exts: list[str] = field(default_factory=list)
 
 
 class AnomalyDB:
@@ -321,8 +336,10 @@ class AnomalyDB:
             db.executemany("INSERT INTO findings (snapshot, series, verdict, standing, silent, detailed, body) "
                            "VALUES (?, ?, ?, ?, ?, ?, ?)",
                            [_row(f) for f in state.findings if f.snapshot not in have])
-            db.executemany("INSERT OR IGNORE INTO series (key, entry) VALUES (?, ?)",
-                           [(k, json.dumps(v, separators=(",", ":"))) for k, v in state.series.items()])
+            have = {r[0] for r in db.execute("SELECT key FROM series")}
+            for k, v in state.series.items():
+                if k not in have:
+                    self._put_series(k, v)
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
@@ -331,25 +348,35 @@ class AnomalyDB:
 
     # -- findings and baselines ------------------------------------------------------------
 
+    def _put_series(self, key: str, entry: dict[str, Any]) -> None:
+        """A series' model from an ``AnomalyState`` entry ("baseline" base64, "pending",
+        "exts"), in the caller's transaction."""
+        blob = entry.get("baseline")
+        self.db.execute("INSERT OR REPLACE INTO series (key, exts, baseline) VALUES (?, ?, ?)",
+                        (key, json.dumps(list(entry.get("exts", []))),
+                         base64.b64decode(blob) if isinstance(blob, str) and blob else None))
+        self.db.execute("DELETE FROM learnt WHERE series = ?", (key,))
+        self.db.executemany("INSERT INTO learnt (series, features) VALUES (?, ?)",
+                            [(key, json.dumps(x)) for x in entry.get("pending", [])])
+
     def state(self) -> AnomalyState:
         """The whole state (for the commands; a backup reads only its own series)."""
         try:
-            series_rows = list(self.db.execute("SELECT key, entry FROM series"))
+            series_rows = [r[0] for r in self.db.execute("SELECT key FROM series")]
             bodies = [r[0] for r in self.db.execute("SELECT body FROM findings ORDER BY seq")]
         except Exception as exc:
             self._guard(exc)
             return AnomalyState()
         state = AnomalyState()
         bad = 0
-        for key, entry in series_rows:
-            try:
-                v = json.loads(entry)
-            except ValueError:
-                v = None
-            if isinstance(v, dict):
-                state.series[key] = v
-            else:
-                bad += 1
+        for key in series_rows:
+            m = self.series_model(key)
+            entry: dict[str, Any] = {"exts": m.exts}
+            if m.baseline is not None:
+                entry["baseline"] = base64.b64encode(m.baseline).decode()
+            if m.pending:
+                entry["pending"] = m.pending
+            state.series[key] = entry
         for body in bodies:
             try:
                 state.findings.append(_finding(json.loads(body)))
@@ -359,21 +386,26 @@ class AnomalyDB:
             self._say(f"{bad} record(s) of {self.path} are unreadable and left out")
         return state
 
-    def series_entry(self, key: str) -> dict[str, Any]:
-        """One series' row: "baseline" (base64) and "exts"; empty when it has none."""
+    def series_model(self, key: str) -> SeriesModel:
+        """One series' model (empty when it has none)."""
         try:
-            row = self.db.execute("SELECT entry FROM series WHERE key = ?", (key,)).fetchone()
+            row = self.db.execute("SELECT exts, baseline FROM series WHERE key = ?", (key,)).fetchone()
+            pending = [r[0] for r in self.db.execute("SELECT features FROM learnt WHERE series = ? ORDER BY seq",
+                                                     (key,))]
         except Exception as exc:
             self._guard(exc)
-            return {}
+            return SeriesModel()
+        if row is None:
+            return SeriesModel()
         try:
-            v = json.loads(row[0]) if row else {}
+            exts = json.loads(row[0])
+            rows = [json.loads(x) for x in pending]
+            if not (isinstance(exts, list) and all(isinstance(x, dict) for x in rows)):
+                raise ValueError("not a list")
         except ValueError:
-            v = None
-        if not isinstance(v, dict):
             self._say(f"the model of series {key} in {self.path} is unreadable: it starts afresh")
-            return {}
-        return v
+            return SeriesModel()
+        return SeriesModel(row[1], rows, [str(x) for x in exts])
 
     def reported(self, key: str) -> dict[str, str]:
         """Silent corruption reported before in a series: path -> content digest (hex)."""
@@ -390,17 +422,22 @@ class AnomalyDB:
                 out.update({str(k): str(v) for k, v in digests.items()})
         return out
 
-    def record(self, f: Finding, key: str, entry: dict[str, Any], volume: Volume | None = None) -> None:
+    def record(self, f: Finding, key: str, exts: list[str], learnt: dict[str, float] | None = None,
+               baseline: bytes | None = None, volume: Volume | None = None) -> None:
         """One backup's outcome in one transaction: its finding (and the bounds), its
-        series' model, the probes gathered, its volume."""
+        series' model (``baseline``: the blob written whole, what was learnt since
+        forgotten; else ``learnt``, one more snapshot's features, appended), the probes
+        gathered, its volume."""
+        args = (f, key, exts, learnt, baseline, volume)
         try:
-            self._record(f, key, entry, volume)
+            self._record(*args)
         except Exception as exc:
             self._guard(exc)  # damaged: on a fresh file, the finding is not lost
-            self._record(f, key, entry, volume)
+            self._record(*args)
         self.upserts, self.deletes = [], []
 
-    def _record(self, f: Finding, key: str, entry: dict[str, Any], volume: Volume | None) -> None:
+    def _record(self, f: Finding, key: str, exts: list[str], learnt: dict[str, float] | None,
+                baseline: bytes | None, volume: Volume | None) -> None:
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -409,8 +446,16 @@ class AnomalyDB:
             db.execute("INSERT INTO findings (snapshot, series, verdict, standing, silent, detailed, body) "
                        "VALUES (?, ?, ?, ?, ?, ?, ?)", _row(f))
             self._bound()
-            db.execute("INSERT OR REPLACE INTO series (key, entry) VALUES (?, ?)",
-                       (key, json.dumps(entry, separators=(",", ":"))))
+            if baseline is not None:
+                db.execute("INSERT OR REPLACE INTO series (key, exts, baseline) VALUES (?, ?, ?)",
+                           (key, json.dumps(exts), baseline))
+                db.execute("DELETE FROM learnt WHERE series = ?", (key,))
+            else:
+                db.execute("INSERT INTO series (key, exts) VALUES (?, ?) "
+                           "ON CONFLICT (key) DO UPDATE SET exts = excluded.exts", (key, json.dumps(exts)))
+                if learnt is not None:
+                    db.execute("INSERT INTO learnt (series, features) VALUES (?, ?)",
+                               (key, json.dumps(learnt)))
             if volume is not None:
                 self._add_volume(volume)
             db.execute("COMMIT")
@@ -452,8 +497,7 @@ class AnomalyDB:
                        "WHERE seq = (SELECT MAX(seq) FROM findings WHERE snapshot = ?)",
                        (verdict, standing, silent, detailed, body, snapshot))
             if key is not None and entry is not None:
-                db.execute("INSERT OR REPLACE INTO series (key, entry) VALUES (?, ?)",
-                           (key, json.dumps(entry, separators=(",", ":"))))
+                self._put_series(key, entry)
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
@@ -468,10 +512,11 @@ class AnomalyDB:
         try:
             db.execute("DELETE FROM findings")
             db.execute("DELETE FROM series")
+            db.execute("DELETE FROM learnt")
             db.executemany("INSERT INTO findings (snapshot, series, verdict, standing, silent, detailed, body) "
                            "VALUES (?, ?, ?, ?, ?, ?, ?)", [_row(f) for f in state.findings])
-            db.executemany("INSERT INTO series (key, entry) VALUES (?, ?)",
-                           [(k, json.dumps(v, separators=(",", ":"))) for k, v in state.series.items()])
+            for k, v in state.series.items():
+                self._put_series(k, v)
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
@@ -577,6 +622,7 @@ __all__ = [
     "AnomalyState",
     "Finding",
     "Series",
+    "SeriesModel",
     "Volume",
     "key_of",
     "load",

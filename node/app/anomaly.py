@@ -49,6 +49,9 @@ MAX_SILENT = 64  # silent-corruption paths kept per finding
 # An alert protects a snapshot and pauses retention: it needs at least this many files that
 # look encrypted or mangled. Fewer (one new random file in a small tree) is a suspect.
 MIN_ALERT_FILES = 3
+# A series' baseline is written whole after this many snapshots learnt; in between, each
+# backup appends its features (node/anomalystate.py ``record``).
+REWRITE_EVERY = 16
 
 
 def _text(p: bytes) -> str:
@@ -65,9 +68,10 @@ class Watch(Observer):
         self.series = series
         self.key = st.key_of(series)
         # Only this series' row and what it reported before: not the node's whole history.
-        entry = db.series_entry(self.key)
-        self.baseline = _baseline(entry, ctx)
-        exts = entry.get("exts", [])
+        m = db.series_model(self.key)
+        self.baseline = _baseline(m.baseline, m.pending, ctx)
+        self.pending = len(m.pending)  # snapshots learnt since the baseline was written whole
+        exts = m.exts
         self.acc = model.Accumulator(files_before=files_before, known_exts=frozenset(exts))
         self.stream = _Stream(self.baseline)
         self.probes = db
@@ -234,15 +238,36 @@ def _series_text(series: st.Series) -> str:
     return ", ".join(_text(p) for p in series)[:1024]
 
 
-def _baseline(entry: dict[str, Any], ctx: Context) -> model.Baseline:
+def _baseline(blob: bytes | None, pending: list[dict[str, float]], ctx: Context) -> model.Baseline:
+    """A series' baseline: the blob last written whole, then what it learnt since."""
+    base = model.Baseline()
+    if blob:
+        try:
+            base = model.Baseline.from_bytes(blob)
+        except (model.AnomalyStateError, ValueError, TypeError) as exc:
+            ctx.warn(f"{exc} — the anomaly model starts a fresh baseline for this series")
+    for row in pending:
+        base.learn(model.Features(**{k: float(v) for k, v in row.items() if k in model.FEATURE_NAMES}))
+    return base
+
+
+def _learn(base: model.Baseline, pending: int, features: model.Features) -> tuple[dict[str, float], bytes | None]:
+    """Teach ``base`` one snapshot; what to record: its features, and the whole baseline
+    when it is due (every REWRITE_EVERY snapshots learnt: ~230 KB for a full ring; in
+    between, only each snapshot's features are appended)."""
+    base.learn(features)
+    blob = base.to_bytes() if pending + 1 >= REWRITE_EVERY or base.count <= 1 else None
+    return features.as_dict(), blob
+
+
+def _entry_baseline(entry: dict[str, Any], ctx: Context) -> model.Baseline:
+    """The same from an ``AnomalyState`` series entry (the commands)."""
     blob = entry.get("baseline")
-    if not blob:
-        return model.Baseline()
     try:
-        return model.Baseline.from_bytes(base64.b64decode(blob))
-    except (model.AnomalyStateError, ValueError, TypeError) as exc:
-        ctx.warn(f"{exc} — the anomaly model starts a fresh baseline for this series")
-        return model.Baseline()
+        raw = base64.b64decode(blob) if isinstance(blob, str) and blob else None
+    except ValueError:
+        raw = b"?"  # from_bytes says what is wrong with it
+    return _baseline(raw, list(entry.get("pending", [])), ctx)
 
 
 def begin(node: LocalNode, ctx: Context, paths: list[bytes]) -> tuple[None, Watch]:
@@ -299,12 +324,10 @@ def assess(node: LocalNode, ctx: Context, state: Any, watch: Watch,
                        bytes_new=stats.bytes_new, bytes_added=stats.bytes_added,
                        store_bytes=_store_bytes(node), files_changed=watch.changed_files,
                        seconds=round(result.seconds, 3))
-    if v.verdict != "alert":
-        watch.baseline.learn(features)
-    entry = {"baseline": base64.b64encode(watch.baseline.to_bytes()).decode(), "exts": sorted(watch.exts)[:5000]}
+    learnt, blob = _learn(watch.baseline, watch.pending, features) if v.verdict != "alert" else (None, None)
     db = watch.probes
     try:
-        db.record(finding, watch.key, entry, volume)
+        db.record(finding, watch.key, sorted(watch.exts)[:5000], learnt=learnt, baseline=blob, volume=volume)
     finally:
         db.close()
     if db.problem:
@@ -433,9 +456,10 @@ def ack(node: LocalNode, call: c.AnomalyAckCall, ctx: Context) -> c.AnomalyAckRe
         # An alert was kept out of the baseline; acknowledged, it is a usual change.
         key = st.key_of(f.series_key())
         entry = state.series.setdefault(key, {})
-        baseline = _baseline(entry, ctx)
+        baseline = _entry_baseline(entry, ctx)
         baseline.learn(model.Features(**{k: v for k, v in f.features.items() if k in model.FEATURE_NAMES}))
         entry["baseline"] = base64.b64encode(baseline.to_bytes()).decode()
+        entry.pop("pending", None)
         learned = True
     f.acked_ns = time.time_ns()
     db = st.AnomalyDB(node.home.path)

@@ -260,10 +260,8 @@ def test_a_damaged_state_file_gives_a_clear_message_and_a_fresh_baseline(cli: Cl
     # A baseline blob damaged inside a valid database: the series starts afresh, with a word.
     backup(cli, src)
     with contextlib.closing(sqlite3.connect(state)) as db:
-        key, entry = db.execute("SELECT key, entry FROM series").fetchone()
-        obj = json.loads(entry)
-        obj["baseline"] = "AAAA" + obj["baseline"][8:]
-        db.execute("UPDATE series SET entry = ? WHERE key = ?", (json.dumps(obj), key))
+        key, blob = db.execute("SELECT key, baseline FROM series").fetchone()
+        db.execute("UPDATE series SET baseline = ? WHERE key = ?", (b"\0\0\0" + blob[6:], key))
         db.commit()
     (src / "folder1" / "other.txt").write_text("another note\n")
     p = cli.run("backup", str(src), "--json")

@@ -10,6 +10,7 @@ import json
 import os
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 from corestate.node import anomalystate as st
@@ -50,7 +51,7 @@ def test_each_backups_record_keeps_the_bounds_the_whole_state_keeps(tmp_path: Pa
         for i in range(300):
             f = _finding(i, _kind(i), silent=i % 23 == 0)
             mem.add(_finding(i, _kind(i), silent=i % 23 == 0))
-            db.record(f, st.key_of(f.series_key()), {"exts": [str(i)]})
+            db.record(f, st.key_of(f.series_key()), [str(i)])
     finally:
         db.close()
     mem.compact()
@@ -69,10 +70,12 @@ def test_each_backups_record_keeps_the_bounds_the_whole_state_keeps(tmp_path: Pa
 def test_a_backup_reads_its_series_and_its_reported_corruption_only(tmp_path: Path) -> None:
     db = st.AnomalyDB(tmp_path)
     a, b = st.key_of((b"/a",)), st.key_of((b"/b",))
-    db.record(_finding(1, series="/a", silent=True), a, {"exts": ["a"]})
-    db.record(_finding(2, series="/b", silent=True), b, {"exts": ["b"]})
-    db.record(_finding(3, series="/a"), a, {"exts": ["a2"]})
-    assert db.series_entry(a) == {"exts": ["a2"]} and db.series_entry(st.key_of((b"/c",))) == {}
+    db.record(_finding(1, series="/a", silent=True), a, ["a"], learnt={"added": 1.0}, baseline=b"blob-a")
+    db.record(_finding(2, series="/b", silent=True), b, ["b"], learnt={"added": 2.0})
+    db.record(_finding(3, series="/a"), a, ["a2"], learnt={"added": 3.0})
+    assert db.series_model(a) == st.SeriesModel(b"blob-a", [{"added": 3.0}], ["a2"])
+    assert db.series_model(b) == st.SeriesModel(None, [{"added": 2.0}], ["b"])
+    assert db.series_model(st.key_of((b"/c",))) == st.SeriesModel()
     assert db.reported(a) == {"/x/rot1": "ab" * 16} and db.reported(b) == {"/x/rot2": "ab" * 16}
     db.close()
 
@@ -99,8 +102,9 @@ def test_an_older_homes_state_file_is_migrated_with_its_baseline_and_alerts(tmp_
     again, problem = st.load(tmp_path)
     assert problem is None and json.dumps(again.to_json(), sort_keys=True) == want
     db = st.AnomalyDB(tmp_path)
-    base = an.Baseline.from_bytes(base64.b64decode(db.series_entry(key)["baseline"]))
-    assert base.count == 2000 and db.reported(key) == {"/x/rot50": "ab" * 16}
+    m = db.series_model(key)
+    base = an.Baseline.from_bytes(m.baseline or b"")
+    assert base.count == 2000 and m.pending == [] and m.exts == ["txt", "png"] and db.reported(key) == {"/x/rot50": "ab" * 16}
     db.close()
 
 
@@ -118,7 +122,7 @@ def test_a_damaged_database_is_set_aside_with_a_clear_message(tmp_path: Path, da
     for i in range(200):
         f = _finding(i, _kind(i))
         db.upserts.append((f"/x/f{i}".encode(), "[1,2,3]"))
-        db.record(f, st.key_of(f.series_key()), _baseline_entry(20))
+        db.record(f, st.key_of(f.series_key()), ["txt"], baseline=base64.b64decode(str(_baseline_entry(20)["baseline"])))
     db.close()
     path = tmp_path / "anomaly.db"
     if damage == "garbage":
@@ -133,8 +137,8 @@ def test_a_damaged_database_is_set_aside_with_a_clear_message(tmp_path: Path, da
     # And a backup's reads and record go on (a fresh file when the old one is damaged).
     db = st.AnomalyDB(tmp_path)
     key = st.key_of((b"/x",))
-    db.series_entry(key), db.reported(key), db.get(b"/x/f1")
-    db.record(_finding(999), key, {"exts": []})
+    db.series_model(key), db.reported(key), db.get(b"/x/f1")
+    db.record(_finding(999), key, [], learnt={"added": 1.0})
     db.close()
     state, problem = st.load(tmp_path)
     assert f"{999:064x}" in {f.snapshot for f in state.findings}
@@ -151,10 +155,48 @@ def test_a_busy_database_is_waited_for_not_taken_for_a_damaged_one(tmp_path: Pat
     threading.Timer(1.0, lambda: holder.execute("ROLLBACK")).start()
     db = st.AnomalyDB(tmp_path)
     t0 = time.monotonic()
-    db.record(_finding(7), st.key_of((b"/x",)), {"exts": []})
+    db.record(_finding(7), st.key_of((b"/x",)), [])
     assert time.monotonic() - t0 >= 0.5 and db.problem is None
     db.close()
     holder.close()
     assert not (tmp_path / "anomaly.db.damaged").exists()
     assert [f.snapshot for f in st.load(tmp_path)[0].findings] == [f"{7:064x}"]
     assert not st._is_damage(sqlite3.OperationalError("database is locked"))
+
+
+class _Ctx:
+    def __init__(self) -> None:
+        self.warned: list[str] = []
+
+    def warn(self, text: str) -> None:
+        self.warned.append(text)
+
+
+def test_the_baseline_written_in_steps_is_the_baseline_learnt_at_once(tmp_path: Path) -> None:
+    """Each backup appends its features and the whole baseline is written every
+    REWRITE_EVERY: what a backup reads back is, to the bit, the baseline that learnt every
+    snapshot in turn (a full ring of an upgraded node included), through an ack too."""
+    import numpy as np
+    from corestate.node.app import anomaly as app
+    ctx: Any = _Ctx()
+    key = st.key_of((b"/x",))
+    rng = np.random.default_rng(3)
+    want = an.Baseline.from_bytes(base64.b64decode(str(_baseline_entry(1990)["baseline"])))
+    old = st.AnomalyState()
+    old.series[key] = {"baseline": base64.b64encode(want.to_bytes()).decode(), "exts": []}
+    st.save(tmp_path, old)
+    for i in range(3 * app.REWRITE_EVERY + 5):
+        db = st.AnomalyDB(tmp_path)
+        m = db.series_model(key)
+        base = app._baseline(m.baseline, m.pending, ctx)
+        assert np.array_equal(base.ring, want.ring) and base.learnt == want.learnt, i
+        feats = an.Features(**{n: float(rng.exponential(3.0)) for n in an.FEATURE_NAMES})
+        learnt, blob = app._learn(base, len(m.pending), feats)
+        want.learn(feats)
+        db.record(_finding(i), key, ["txt"], learnt=learnt, baseline=blob)
+        assert len(db.series_model(key).pending) == (i + 1) % app.REWRITE_EVERY
+        db.close()
+    state, problem = st.load(tmp_path)  # the commands' view, and an ack's learning
+    assert problem is None and not ctx.warned
+    base = app._entry_baseline(state.series[key], ctx)
+    assert np.array_equal(base.ring, want.ring) and base.count == an.baseline.WINDOW

@@ -276,7 +276,7 @@ def begin(node: LocalNode, ctx: Context, paths: list[bytes]) -> tuple[None, Watc
     db = st.AnomalyDB(node.home.path)
     try:
         series = st.series_key([os.fsencode(os.path.abspath(p)) for p in paths])
-        prev = [s for s in node.repo.snapshots() if st.series_key(s.record.paths) == series]
+        prev = _recent(node, series, time.time_ns())
         files_before = prev[-1].record.files if prev else 0
         watch = Watch(db, ctx, series, files_before, hold_adds=bool(prev), before=prev)
     except BaseException:
@@ -286,6 +286,28 @@ def begin(node: LocalNode, ctx: Context, paths: list[bytes]) -> tuple[None, Watc
         ctx.warn(db.problem)
         db.problem = None
     return None, watch
+
+
+def _recent(node: LocalNode, series: st.Series, now_ns: int) -> list[Any]:
+    """The series' snapshots (oldest first) that ``assess`` may need: from the newest to
+    the newest taken before ``now_ns`` (this backup's snapshot is taken later, so the one
+    it protects is among them). Decodes records newest first and stops there: a node with
+    a long history does not decode it all on every backup. The same as filtering
+    ``Repository.snapshots()`` (this peer's snapshots if it has any, else all) by series."""
+    own_id = node.repo.keys.peer_id
+    own: list[Any] = []
+    others: list[Any] = []
+    any_own = False
+    for s in node.repo.snapshots_newest_first():
+        mine = s.record.peer_id == own_id
+        any_own = any_own or mine
+        if st.series_key(s.record.paths) != series:
+            continue
+        (own if mine else others).append(s)
+        if mine and s.record.time_ns <= now_ns:
+            break
+    found = own if any_own else others
+    return found[::-1]
 
 
 def assess(node: LocalNode, ctx: Context, state: Any, watch: Watch,

@@ -200,3 +200,53 @@ def test_the_baseline_written_in_steps_is_the_baseline_learnt_at_once(tmp_path: 
     assert problem is None and not ctx.warned
     base = app._entry_baseline(state.series[key], ctx)
     assert np.array_equal(base.ring, want.ring) and base.count == an.baseline.WINDOW
+
+
+def test_a_backup_decodes_only_its_series_recent_snapshots_and_finds_what_the_whole_list_gives() -> None:
+    """``begin`` reads snapshots newest first and stops at the series' last one before
+    now: what it keeps gives ``assess`` the same parent, file count and protected snapshot
+    as filtering every snapshot (this peer's if it has any), over random histories with
+    other series, other peers' snapshots and clocks ahead; and a long history is not
+    decoded whole."""
+    import random
+    from types import SimpleNamespace
+
+    from corestate.node.app import anomaly as app
+    rng = random.Random(5)
+    for trial in range(300):
+        snaps = []
+        for i in range(rng.randint(0, 12)):
+            snaps.append(SimpleNamespace(id=bytes([i]) * 32, record=SimpleNamespace(
+                paths=[rng.choice([b"/a", b"/b"])], peer_id=rng.choice(["me", "me", "other"]),
+                time_ns=rng.randint(0, 100), files=i)))
+        snaps.sort(key=lambda s: (s.record.time_ns, s.id))
+        decoded: list[object] = []
+
+        def newest_first(snaps: list[SimpleNamespace] = snaps, decoded: list[object] = decoded) -> Any:
+            for s in reversed(snaps):
+                decoded.append(s)
+                yield s
+        node: Any = SimpleNamespace(repo=SimpleNamespace(keys=SimpleNamespace(peer_id="me"),
+                                                         snapshots_newest_first=newest_first))
+        now, new_time = 60, rng.randint(60, 110)
+        mine = [s for s in snaps if s.record.peer_id == "me"] or snaps
+        full = [s for s in mine if s.record.paths == [b"/a"]]
+        got = app._recent(node, (b"/a",), now)
+        assert bool(got) == bool(full) and (not full or got[-1] is full[-1]), trial
+
+        def protects(before: list[Any], new_time: int = new_time) -> Any:
+            prev = [s for s in before if s.record.time_ns <= new_time]
+            return prev[-1] if prev else None
+        assert protects(got) is protects(full), trial
+    # A long history of one series: only the newest record is decoded.
+    snaps = [SimpleNamespace(id=i.to_bytes(32, "big"), record=SimpleNamespace(
+        paths=[b"/a"], peer_id="me", time_ns=i, files=i)) for i in range(2000)]
+    decoded = []
+
+    def all_newest_first() -> Any:
+        for s in reversed(snaps):
+            decoded.append(s)
+            yield s
+    node = SimpleNamespace(repo=SimpleNamespace(keys=SimpleNamespace(peer_id="me"),
+                                                snapshots_newest_first=all_newest_first))
+    assert app._recent(node, (b"/a",), 10_000) == [snaps[-1]] and len(decoded) == 1

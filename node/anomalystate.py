@@ -202,7 +202,12 @@ CREATE TABLE IF NOT EXISTS findings (
 CREATE INDEX IF NOT EXISTS findings_verdict ON findings (verdict, seq);
 CREATE INDEX IF NOT EXISTS findings_snapshot ON findings (snapshot);
 CREATE INDEX IF NOT EXISTS findings_silent ON findings (series) WHERE silent = 1;
+CREATE INDEX IF NOT EXISTS findings_detailed ON findings (seq)
+    WHERE detailed = 1 AND verdict != 'alert' AND silent = 0;
 """
+# The schema above, as ``PRAGMA user_version`` (0: a file of an older version, probes and
+# volumes only; opening it adds the rest).
+_DB_VERSION = 2
 # sqlite's primary result codes that mean the file itself is bad (not busy, not full).
 _SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
 
@@ -275,7 +280,9 @@ class AnomalyDB:
             # Findings protect snapshots: a commit is durable (one WAL fsync per backup).
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
-            db.executescript(_DB_SCHEMA)
+            if db.execute("PRAGMA user_version").fetchone()[0] != _DB_VERSION:
+                db.executescript(_DB_SCHEMA)
+                db.execute(f"PRAGMA user_version = {_DB_VERSION}")
         except BaseException:
             db.close()
             raise
@@ -445,7 +452,7 @@ class AnomalyDB:
             db.executemany("INSERT OR REPLACE INTO probes (path, probe) VALUES (?, ?)", self.upserts)
             db.execute("INSERT INTO findings (snapshot, series, verdict, standing, silent, detailed, body) "
                        "VALUES (?, ?, ?, ?, ?, ?, ?)", _row(f))
-            self._bound()
+            self._bound(f.verdict)
             if baseline is not None:
                 db.execute("INSERT OR REPLACE INTO series (key, exts, baseline) VALUES (?, ?, ?)",
                            (key, json.dumps(exts), baseline))
@@ -464,10 +471,11 @@ class AnomalyDB:
                 db.execute("ROLLBACK")
             raise
 
-    def _bound(self) -> None:
+    def _bound(self, added: str) -> None:
         """``AnomalyState.add`` and ``compact`` on the table: findings older than the last
         DETAILED lose their numbers (not alerts, not silent corruption); the oldest ok
-        findings past MAX_OK and other findings past MAX_FINDINGS go, never a standing alert."""
+        findings past MAX_OK and other findings past MAX_FINDINGS go, never a standing alert.
+        ``added``: the verdict of the finding just added (only its kind can be over)."""
         db = self.db
         edge = db.execute("SELECT seq FROM findings ORDER BY seq DESC LIMIT 1 OFFSET ?", (DETAILED,)).fetchone()
         if edge is not None:
@@ -478,10 +486,12 @@ class AnomalyDB:
                 obj["details"], obj["files"], obj["features"] = {}, [], {}
                 db.execute("UPDATE findings SET body = ?, detailed = 0 WHERE seq = ?",
                            (json.dumps(obj, separators=(",", ":"), allow_nan=False), seq))
-        edge = db.execute("SELECT seq FROM findings WHERE verdict = 'ok' ORDER BY seq DESC LIMIT 1 OFFSET ?",
-                          (MAX_OK,)).fetchone()
-        if edge is not None:
-            db.execute("DELETE FROM findings WHERE verdict = 'ok' AND seq <= ?", (edge[0],))
+        if added == "ok":
+            edge = db.execute("SELECT seq FROM findings WHERE verdict = 'ok' ORDER BY seq DESC LIMIT 1 OFFSET ?",
+                              (MAX_OK,)).fetchone()
+            if edge is not None:
+                db.execute("DELETE FROM findings WHERE verdict = 'ok' AND seq <= ?", (edge[0],))
+            return
         (others,) = db.execute("SELECT COUNT(*) FROM findings WHERE verdict != 'ok'").fetchone()
         if others > MAX_FINDINGS:
             db.execute("DELETE FROM findings WHERE seq IN (SELECT seq FROM findings WHERE verdict != 'ok' "

@@ -610,7 +610,10 @@ def _load_json(home: Path) -> tuple[AnomalyState, str | None]:
 
 
 def load(home: Path) -> tuple[AnomalyState, str | None]:
-    """The whole state in ``home`` and, when some of it could not be used, why in words."""
+    """The whole state in ``home`` and, when some of it could not be used, why in words.
+    A home where the model never ran has none (and a read-only command creates none)."""
+    if not (home / DB_FILE).exists() and not (home / STATE_FILE).exists():
+        return AnomalyState(), None
     db = AnomalyDB(home)
     try:
         return db.state(), db.problem

@@ -256,3 +256,9 @@ def test_a_backup_decodes_only_its_series_recent_snapshots_and_finds_what_the_wh
     node = SimpleNamespace(repo=SimpleNamespace(keys=SimpleNamespace(peer_id="me"),
                                                 snapshots_newest_first=all_newest_first))
     assert app._recent(node, (b"/a",), 10_000) == [snaps[-1]] and len(decoded) == 1
+
+
+def test_reading_a_home_where_the_model_never_ran_creates_nothing(tmp_path: Path) -> None:
+    state, problem = st.load(tmp_path)
+    assert state.findings == [] and state.series == {} and problem is None
+    assert list(tmp_path.iterdir()) == []

@@ -1,6 +1,6 @@
 """``advise schedule|capacity|tiering``: the optimizer's advice from this node's history.
 
-The numbers come from the home: each backup's volumes (``HOME/anomaly.json``, written by
+The numbers come from the home: each backup's volumes (``HOME/anomaly.db``, written by
 node/app/anomaly.py), the store's packs and where their shares went (index, ledger), the
 daemon's schedule. The computations are pure (node/core/advise.py); this module only gathers
 the facts and turns the advice into the typed result.

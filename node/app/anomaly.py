@@ -49,6 +49,9 @@ MAX_SILENT = 64  # silent-corruption paths kept per finding
 # An alert protects a snapshot and pauses retention: it needs at least this many files that
 # look encrypted or mangled. Fewer (one new random file in a small tree) is a suspect.
 MIN_ALERT_FILES = 3
+# A series' baseline is written whole after this many snapshots learnt; in between, each
+# backup appends its features (node/anomalystate.py ``record``).
+REWRITE_EVERY = 16
 
 
 def _text(p: bytes) -> str:
@@ -58,28 +61,27 @@ def _text(p: bytes) -> str:
 class Watch(Observer):
     """Feeds one backup's file changes to the model (on the backup's walking thread)."""
 
-    def __init__(self, node: LocalNode, ctx: Context, state: st.AnomalyState, series: st.Series,
-                 files_before: int, hold_adds: bool, before: list[Any] | None = None) -> None:
+    def __init__(self, db: st.AnomalyDB, ctx: Context, series: st.Series, files_before: int,
+                 hold_adds: bool, before: list[Any] | None = None) -> None:
         self.ctx = ctx
         self.before = before or []  # the series' snapshots before this backup (oldest first)
         self.series = series
         self.key = st.key_of(series)
-        entry = state.series.get(self.key, {})
-        self.baseline = _baseline(entry, ctx)
-        exts = entry.get("exts", [])
+        # Only this series' row and what it reported before: not the node's whole history.
+        m = db.series_model(self.key)
+        self.baseline = _baseline(m.baseline, m.pending, ctx)
+        self.pending = len(m.pending)  # snapshots learnt since the baseline was written whole
+        exts = m.exts
         self.acc = model.Accumulator(files_before=files_before, known_exts=frozenset(exts))
         self.stream = _Stream(self.baseline)
-        self.probes = st.AnomalyDB(node.home.path)
+        self.probes = db
         self.hold = hold_adds
         self.held: dict[bytes, tuple[FileChange, Any]] = {}
         self.silent: list[bytes] = []
         self.silent_digests: dict[str, str] = {}
         # Reported before (the cache still holds the older content until it can vouch for
         # the new one): path -> digest of the content reported.
-        self.reported: dict[str, str] = {}
-        for f in state.findings:
-            if f.series_key() == series:
-                self.reported.update(f.silent_digests)
+        self.reported: dict[str, str] = db.reported(self.key)
         self.changed_bytes = 0
         self.changed_files = 0
         self.exts: set[str] = set(exts)
@@ -182,7 +184,6 @@ class Watch(Observer):
                                      new_bytes=ch.new_bytes, new_compressed=ch.stored_bytes,
                                      content_id=ch.digest if new is not None else b""))
         self.held.clear()
-        self.probes.flush()
 
     def close(self) -> None:
         """Let go of the probe database (a failed or cancelled backup: nothing is kept)."""
@@ -237,29 +238,79 @@ def _series_text(series: st.Series) -> str:
     return ", ".join(_text(p) for p in series)[:1024]
 
 
-def _baseline(entry: dict[str, Any], ctx: Context) -> model.Baseline:
+def _baseline(blob: bytes | None, pending: list[dict[str, float]], ctx: Context) -> model.Baseline:
+    """A series' baseline: the blob last written whole, then what it learnt since."""
+    base = model.Baseline()
+    if blob:
+        try:
+            base = model.Baseline.from_bytes(blob)
+        except (model.AnomalyStateError, ValueError, TypeError) as exc:
+            ctx.warn(f"{exc} — the anomaly model starts a fresh baseline for this series")
+    for row in pending:
+        base.learn(model.Features(**{k: float(v) for k, v in row.items() if k in model.FEATURE_NAMES}))
+    return base
+
+
+def _learn(base: model.Baseline, pending: int, features: model.Features) -> tuple[dict[str, float], bytes | None]:
+    """Teach ``base`` one snapshot; what to record: its features, and the whole baseline
+    when it is due (every REWRITE_EVERY snapshots learnt: ~230 KB for a full ring; in
+    between, only each snapshot's features are appended)."""
+    base.learn(features)
+    blob = base.to_bytes() if pending + 1 >= REWRITE_EVERY or base.count <= 1 else None
+    return features.as_dict(), blob
+
+
+def _entry_baseline(entry: dict[str, Any], ctx: Context) -> model.Baseline:
+    """The same from an ``AnomalyState`` series entry (the commands)."""
     blob = entry.get("baseline")
-    if not blob:
-        return model.Baseline()
     try:
-        return model.Baseline.from_bytes(base64.b64decode(blob))
-    except (model.AnomalyStateError, ValueError, TypeError) as exc:
-        ctx.warn(f"{exc} — the anomaly model starts a fresh baseline for this series")
-        return model.Baseline()
+        raw = base64.b64decode(blob) if isinstance(blob, str) and blob else None
+    except ValueError:
+        raw = b"?"  # from_bytes says what is wrong with it
+    return _baseline(raw, list(entry.get("pending", [])), ctx)
 
 
-def begin(node: LocalNode, ctx: Context, paths: list[bytes]) -> tuple[st.AnomalyState, Watch]:
-    """Before a backup of ``paths``: the state and the observer to give the engine."""
-    state, problem = st.load(node.home.path)
-    if problem:
-        ctx.warn(problem)
-    series = st.series_key([os.fsencode(os.path.abspath(p)) for p in paths])
-    prev = [s for s in node.repo.snapshots() if st.series_key(s.record.paths) == series]
-    files_before = prev[-1].record.files if prev else 0
-    return state, Watch(node, ctx, state, series, files_before, hold_adds=bool(prev), before=prev)
+def begin(node: LocalNode, ctx: Context, paths: list[bytes]) -> tuple[None, Watch]:
+    """Before a backup of ``paths``: the observer to give the engine (the first of the
+    pair is kept for callers that unpack two)."""
+    db = st.AnomalyDB(node.home.path)
+    try:
+        series = st.series_key([os.fsencode(os.path.abspath(p)) for p in paths])
+        prev = _recent(node, series, time.time_ns())
+        files_before = prev[-1].record.files if prev else 0
+        watch = Watch(db, ctx, series, files_before, hold_adds=bool(prev), before=prev)
+    except BaseException:
+        db.close()
+        raise
+    if db.problem:
+        ctx.warn(db.problem)
+        db.problem = None
+    return None, watch
 
 
-def assess(node: LocalNode, ctx: Context, state: st.AnomalyState, watch: Watch,
+def _recent(node: LocalNode, series: st.Series, now_ns: int) -> list[Any]:
+    """The series' snapshots (oldest first) that ``assess`` may need: from the newest to
+    the newest taken before ``now_ns`` (this backup's snapshot is taken later, so the one
+    it protects is among them). Decodes records newest first and stops there: a node with
+    a long history does not decode it all on every backup. The same as filtering
+    ``Repository.snapshots()`` (this peer's snapshots if it has any, else all) by series."""
+    own_id = node.repo.keys.peer_id
+    own: list[Any] = []
+    others: list[Any] = []
+    any_own = False
+    for s in node.repo.snapshots_newest_first():
+        mine = s.record.peer_id == own_id
+        any_own = any_own or mine
+        if st.series_key(s.record.paths) != series:
+            continue
+        (own if mine else others).append(s)
+        if mine and s.record.time_ns <= now_ns:
+            break
+    found = own if any_own else others
+    return found[::-1]
+
+
+def assess(node: LocalNode, ctx: Context, state: Any, watch: Watch,
            result: BackupResult, resampled: Any) -> c.AnomalyVerdict:
     """Judge the backup, record the finding, send the alerts; the summary's field."""
     watch.finish()
@@ -295,15 +346,14 @@ def assess(node: LocalNode, ctx: Context, state: st.AnomalyState, watch: Watch,
                        bytes_new=stats.bytes_new, bytes_added=stats.bytes_added,
                        store_bytes=_store_bytes(node), files_changed=watch.changed_files,
                        seconds=round(result.seconds, 3))
-    state.add(finding)
-    watch.probes.add_volume(volume)
-    watch.probes.close()
-    entry = state.series.setdefault(watch.key, {})
-    if v.verdict != "alert":
-        watch.baseline.learn(features)
-    entry["baseline"] = base64.b64encode(watch.baseline.to_bytes()).decode()
-    entry["exts"] = sorted(watch.exts)[:5000]
-    st.save(node.home.path, state)
+    learnt, blob = _learn(watch.baseline, watch.pending, features) if v.verdict != "alert" else (None, None)
+    db = watch.probes
+    try:
+        db.record(finding, watch.key, sorted(watch.exts)[:5000], learnt=learnt, baseline=blob, volume=volume)
+    finally:
+        db.close()
+    if db.problem:
+        ctx.warn(db.problem)
     _alerts(ctx, finding, series, silent)
     return c.AnomalyVerdict(verdict=v.verdict, score=f"{v.score:.4f}", reasons=tuple(finding.reasons))
 
@@ -422,16 +472,23 @@ def ack(node: LocalNode, call: c.AnomalyAckCall, ctx: Context) -> c.AnomalyAckRe
                                   learned=False, already=True)
     unprotected = f.protects if f.standing else None
     learned = False
+    key: str | None = None
+    entry: dict[str, Any] | None = None
     if f.verdict == "alert" and f.features:
         # An alert was kept out of the baseline; acknowledged, it is a usual change.
         key = st.key_of(f.series_key())
         entry = state.series.setdefault(key, {})
-        baseline = _baseline(entry, ctx)
+        baseline = _entry_baseline(entry, ctx)
         baseline.learn(model.Features(**{k: v for k, v in f.features.items() if k in model.FEATURE_NAMES}))
         entry["baseline"] = base64.b64encode(baseline.to_bytes()).decode()
+        entry.pop("pending", None)
         learned = True
     f.acked_ns = time.time_ns()
-    st.save(node.home.path, state)
+    db = st.AnomalyDB(node.home.path)
+    try:
+        db.update(f, key, entry)
+    finally:
+        db.close()
     return c.AnomalyAckResult(snapshot_id=f.snapshot, verdict=f.verdict, unprotected=unprotected,
                               learned=learned, already=False)
 

@@ -77,9 +77,11 @@ TICK_NS = 20_000_000
 SMALL_BATCH_BYTES = 4 << 20
 # Content probes for the anomaly model (node/core/anomaly/features.py): blocks sampled per
 # file, and the CPU they may take. A file whose cheap signs point at encryption (see
-# ``_wants_probe``) is always probed; of the others, each worker probes its first PROBE_FREE,
-# then only while its probing time stays under PROBE_SHARE of its reading time (target:
-# <= 3% extra CPU on a backup, tests/bench/bench_anomaly.py).
+# ``_wants_probe``, judged by the worker that read it) is always probed; of the others, the
+# first PROBE_FREE per worker, then only while probing stays under PROBE_SHARE of the
+# workers' reading time (target: <= 3% extra CPU on a backup, tests/bench/bench_anomaly.py).
+# The probe itself runs in the parent, on the file's blocks still in the page cache: in a
+# freshly forked worker the same probe costs ~6x more (copy-on-write faults, cold caches).
 PROBE_BLOCKS = 8
 PROBE_FREE = 4
 HEAD_BYTES = 512  # a file's first bytes, kept from its read for the format check
@@ -194,6 +196,10 @@ class _Read:
     new_bytes: int = 0
     new_stored: int = 0  # new_bytes after compression (what the pack writer kept)
     probe: list[Any] | None = None  # the anomaly model's content probe (a record)
+    busy_ns: int = 0  # the worker's time reading it (the probing budget's measure)
+    # Whether the cheap signs ask for a probe whatever the budget (None: not to be probed:
+    # no observer, an error, a part of a split read).
+    wants_probe: bool | None = None
     cacheable: bool = True
     bytes_read: int | None = None  # when less than size was read (block-level increments)
     # One part of a block-level increment split over workers: where it began and ended,
@@ -299,7 +305,7 @@ class Backup:
         self._new_chunks = 0
         self._new_bytes = 0
         self._new_stored = 0
-        # In each worker: the probing budget (see PROBE_SHARE).
+        # In the parent: the probing budget (see PROBE_SHARE).
         self._probes = 0
         self._probe_ns = 0
         self._busy_ns = 0
@@ -851,6 +857,15 @@ class Backup:
 
     def _observe(self, path: bytes, node: Node, r: _Read) -> None:
         assert self.observer is not None
+        self._busy_ns += r.busy_ns
+        if r.wants_probe is not None:
+            budget = self._probes < PROBE_FREE * self.workers or self._probe_ns < PROBE_SHARE * self._busy_ns
+            if budget or r.wants_probe:
+                t1 = time.perf_counter_ns()
+                r.probe = _probe(path, r.size)
+                if budget:
+                    self._probes += 1
+                    self._probe_ns += time.perf_counter_ns() - t1
         old = self._cache.get(path)
         if old is None and r.probe is None:
             self.observer.new_file(path, r.size, node.mtime_ns, r.new_bytes, r.new_stored, r.content)
@@ -1032,15 +1047,9 @@ class Backup:
             r.new_chunks = self._new_chunks - before
             r.new_bytes = self._new_bytes - before_bytes
             r.new_stored = self._new_stored - before_stored
-            t1 = time.perf_counter_ns()
-            self._busy_ns += t1 - t0
+            r.busy_ns = time.perf_counter_ns() - t0
             if self.observer is not None and r.st is not None and r.error is None and r.span is None:
-                budget = self._probes < PROBE_FREE or self._probe_ns < PROBE_SHARE * self._busy_ns
-                if budget or _wants_probe(path, r, self._head):
-                    r.probe = _probe(path, r.size)
-                    if budget:
-                        self._probes += 1
-                        self._probe_ns += time.perf_counter_ns() - t1
+                r.wants_probe = _wants_probe(path, r, self._head)
             out.append(r)
         return out
 

@@ -297,6 +297,13 @@ class Repository:
         ]
         return [s for s in out if s.record.peer_id == self.keys.peer_id] or out
 
+    def snapshots_newest_first(self) -> Iterator[SnapshotInfo]:
+        """Every snapshot, newest first, each record decoded only when reached (a caller
+        that wants the last few need not decode a long history). Unlike ``snapshots``, it
+        does not leave out other peers' snapshots: the caller sees ``peer_id``."""
+        for sid, rec in self.db.execute("SELECT id, record FROM snapshots ORDER BY time_ns DESC, id DESC"):
+            yield SnapshotInfo(sid, Snapshot.decode(rec, sid.hex()))
+
     def resolve(self, ref: str) -> SnapshotInfo:
         snaps = self.snapshots()
         if not snaps:

@@ -1,5 +1,5 @@
 """The limits of the anomaly model's node side, each gone past with realistic sizes: the
-probing CPU budget in the workers, the silent-corruption re-read budget, the bound on kept
+probing CPU budget, the silent-corruption re-read budget, the bound on kept
 findings; and true bit rot (content changed under an unchanged stat, ctime included) on a
 real ext4 file system on a loop device."""
 
@@ -56,8 +56,9 @@ def _small_files(root: Path, n: int, seed: int = 1) -> None:
 
 
 def test_probing_stays_within_its_budget_on_many_small_files(tmp_path: Path) -> None:
-    """Each worker probes its first PROBE_FREE files, then only while probing costs under
-    PROBE_SHARE of its reading time: 4,000 small files get far fewer probes than files."""
+    """The parent probes the first PROBE_FREE files per worker, then only while probing
+    costs under PROBE_SHARE of the workers' reading time: 4,000 small files get far fewer
+    probes than files."""
     src = tmp_path / "src"
     _small_files(src, 4000)
     seen = Count()

@@ -7,6 +7,7 @@ test through a real daemon (events, protection, ack).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -229,29 +230,39 @@ def test_benign_hard_cases_do_not_alert(cli: Cli, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_a_damaged_state_file_gives_a_clear_message_and_a_fresh_baseline(cli: Cli, tmp_path: Path) -> None:
+    import sqlite3
     src = tmp_path / "src"
     make_home_tree(src, files=20)
     backup(cli, src)
-    state = cli.home / "anomaly.json"
-    assert json.loads(state.read_text())["format"] == 1
-    state.write_bytes(b'{"format": 1, "findings": [{"snapshot": 3')  # torn mid-write
+    state = cli.home / "anomaly.db"
+
+    def findings() -> int:
+        with contextlib.closing(sqlite3.connect(state)) as db:
+            return int(db.execute("SELECT COUNT(*) FROM findings").fetchone()[0])
+
+    assert findings() == 1
+    for extra in ("-wal", "-shm"):
+        (cli.home / f"anomaly.db{extra}").unlink(missing_ok=True)
+    state.write_bytes(b"SQLite format 3\0" + os.urandom(8000))  # the header, then garbage
     (src / "folder1" / "new.txt").write_text("a new note\n")
     p = cli.run("backup", str(src), "--json")
     summary = json.loads(p.stdout.strip().splitlines()[-1])
     assert summary["anomaly"]["verdict"] in ("ok", "suspect")
-    assert "anomaly.json is damaged" in p.stderr and "fresh baseline" in p.stderr, p.stderr
-    assert (cli.home / "anomaly.json.damaged").exists()
-    assert len(json.loads(state.read_text())["findings"]) == 1  # a new state, written whole
+    assert "anomaly.db is damaged" in p.stderr and "fresh baseline" in p.stderr, p.stderr
+    assert (cli.home / "anomaly.db.damaged").exists()
+    assert findings() == 1  # a new state, this backup's finding in it
     # Garbage of another kind: a commands still answers.
+    for extra in ("-wal", "-shm"):
+        (cli.home / f"anomaly.db{extra}").unlink(missing_ok=True)
     state.write_bytes(os.urandom(300))
     p = cli.run("anomaly", "list", "--all", "--json")
     assert json.loads(p.stdout) == [] and "damaged" in p.stderr
-    # A baseline blob damaged inside a valid file: the series starts afresh, with a word.
+    # A baseline blob damaged inside a valid database: the series starts afresh, with a word.
     backup(cli, src)
-    obj = json.loads(state.read_text())
-    key = next(iter(obj["series"]))
-    obj["series"][key]["baseline"] = "AAAA" + obj["series"][key]["baseline"][8:]
-    state.write_text(json.dumps(obj))
+    with contextlib.closing(sqlite3.connect(state)) as db:
+        key, blob = db.execute("SELECT key, baseline FROM series").fetchone()
+        db.execute("UPDATE series SET baseline = ? WHERE key = ?", (b"\0\0\0" + blob[6:], key))
+        db.commit()
     (src / "folder1" / "other.txt").write_text("another note\n")
     p = cli.run("backup", str(src), "--json")
     assert json.loads(p.stdout.strip().splitlines()[-1])["anomaly"] is not None

@@ -83,16 +83,24 @@ class BlobEntry:
 class PackWriter:
     """Builds one pack in memory. Not thread-safe: one writer per thread."""
 
-    def __init__(self, keys: NodeKeys, salt: bytes, *, compression_level: int = 3) -> None:
+    def __init__(
+        self, keys: NodeKeys, salt: bytes, *, compression_level: int = 3,
+        buffer: bytearray | None = None,
+    ) -> None:
+        """``buffer``: where the pack is built (its length is the capacity; it grows when a
+        blob does not fit). A caller writing many packs hands back the buffer of a pack it
+        has stored (:meth:`finish_view`), so no page of a new pack is freshly allocated."""
         if len(salt) != SALT_BYTES:
             raise ValueError("a pack salt is 32 bytes")
         self.keys = keys
         self.salt = salt
         self._aead = {k: ChaCha20Poly1305(keys.pack_subkey(salt, k)) for k in BLOB_KINDS}
         self._zstd = zstandard.ZstdCompressor(level=compression_level)
-        # Pieces, joined once at the end: appending to one growing buffer costs a copy of
-        # everything so far on each reallocation, under the GIL.
-        self._pieces: list[bytes] = [MAGIC + bytes([VERSION]) + salt]
+        # Blobs are encrypted straight into one buffer at their offset: no ciphertext
+        # object per blob and no joining copy at the end.
+        self.buffer = buffer if buffer is not None else bytearray(1 << 20)
+        self._reserve(PREFIX_BYTES)
+        self.buffer[:PREFIX_BYTES] = MAGIC + bytes([VERSION]) + salt
         self._size = PREFIX_BYTES
         self.entries: list[BlobEntry] = []
 
@@ -111,12 +119,26 @@ class PackWriter:
             if len(packed) < len(plaintext) - len(plaintext) // 64:
                 codec, body = CODEC_ZSTD, packed
         index = len(self.entries)
-        sealed = self._aead[kind].encrypt(nonce(index), bytes(body), blob_id)
-        entry = BlobEntry(kind, blob_id, index, self._size, len(sealed), len(plaintext), codec)
-        self._pieces.append(sealed)
-        self._size += len(sealed)
+        length = len(body) + TAG_BYTES
+        self._seal(self._aead[kind], nonce(index), body, blob_id, length)
+        entry = BlobEntry(kind, blob_id, index, self._size, length, len(plaintext), codec)
+        self._size += length
         self.entries.append(entry)
         return entry
+
+    def _reserve(self, size: int) -> None:
+        """Make the buffer at least ``size`` bytes (at least doubling: amortised copies)."""
+        have = len(self.buffer)
+        if size > have:
+            self.buffer += bytes(max(size, 2 * have) - have)
+
+    def _seal(self, aead: ChaCha20Poly1305, iv: bytes, body: bytes | memoryview,
+              aad: bytes, length: int) -> None:
+        """Encrypt ``body`` into the buffer at the end of the pack (``length`` bytes)."""
+        end = self._size + length
+        self._reserve(end)
+        with memoryview(self.buffer) as view:
+            aead.encrypt_into(iv, body, aad, view[self._size:end])
 
     def _may_shrink(self, data: bytes | memoryview) -> bool:
         n = len(data)
@@ -129,6 +151,15 @@ class PackWriter:
 
     def finish(self) -> tuple[bytes, bytes]:
         """Seal the header; return (pack id, pack bytes). The writer is spent after this."""
+        pid, view = self.finish_view()
+        with view:
+            data = bytes(view)
+        self.buffer = bytearray()
+        return pid, data
+
+    def finish_view(self) -> tuple[bytes, memoryview]:
+        """Like :meth:`finish`, but the pack as a view of :attr:`buffer` (no copy): valid
+        until the buffer is reused; release the view before handing the buffer on."""
         header = cbor2.dumps(
             {
                 "v": VERSION,
@@ -140,11 +171,15 @@ class PackWriter:
             canonical=True,
         )
         aead = ChaCha20Poly1305(self.keys.pack_subkey(self.salt, "header"))
-        sealed = aead.encrypt(nonce(0), header, self._pieces[0])
-        self._pieces += [sealed, struct.pack("<I", len(sealed)) + END_MAGIC]
-        data = b"".join(self._pieces)
-        self._pieces = []
-        return pack_id_of(data), data
+        length = len(header) + TAG_BYTES
+        self._seal(aead, nonce(0), header, bytes(self.buffer[:PREFIX_BYTES]), length)
+        self._size += length
+        trailer = struct.pack("<I", length) + END_MAGIC
+        self._reserve(self._size + TRAILER_BYTES)
+        self.buffer[self._size:self._size + TRAILER_BYTES] = trailer
+        self._size += TRAILER_BYTES
+        view = memoryview(self.buffer)[:self._size]
+        return pack_id_of(view), view
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,6 +50,7 @@ from typing import Any
 import blake3
 from corestate.kernel.changes import ChangeSet
 from corestate.node.engine.repo import Repository
+from corestate.node.engine.store import LocalPackStore
 from corestate.node.engine.workers import ProcessWorkers
 from corestate.node.errors import StoreError, StoreFull
 from corestate.node.home import Config
@@ -85,6 +86,9 @@ PROBE_FREE = 4
 HEAD_BYTES = 512  # a file's first bytes, kept from its read for the format check
 PROBE_SHARE = 0.005
 SMALL_BATCH_FILES = 128
+# Pack buffers kept for reuse per process: one filling, one waiting and one being written
+# are in flight at most (see _WriteBehind), so two spares cover the cycle.
+_SPARE_BUFFERS = 2
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
 _OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
@@ -321,6 +325,8 @@ class Backup:
         self._local = threading.local()
         self._writers: list[packfmt.PackWriter] = []
         self._writers_lock = threading.Lock()
+        # Buffers of packs already stored, for the next packs (see _write_pack).
+        self._spare: list[bytearray] = []
         self._pending: deque[_Pending] = deque()
         # Small files wait in one batch per worker (see _route).
         self._batches: list[list[tuple[bytes, os.stat_result, None]]] = [[] for _ in range(self.workers)]
@@ -748,6 +754,7 @@ class Backup:
         and the packs it had landed but not yet indexed."""
         self._local = threading.local()
         self._writers = []
+        self._spare = []
         self._landed = queue.SimpleQueue()
         self._write_behind = _WriteBehind(self._write_pack, self._landed.put)
 
@@ -1268,8 +1275,15 @@ class Backup:
     def _writer(self) -> packfmt.PackWriter:
         w: packfmt.PackWriter | None = getattr(self._local, "writer", None)
         if w is None:
+            with self._writers_lock:
+                buffer = self._spare.pop() if self._spare else None
+            if buffer is None and self._write_behind is not None:
+                # A worker's chunk pack: room for a full pack and the blob that crosses
+                # the line, so it never grows (a copy) on the way.
+                buffer = bytearray(self.cfg.pack_size + self.cfg.max_size + (64 << 10))
             w = packfmt.PackWriter(
-                self.keys, os.urandom(packfmt.SALT_BYTES), compression_level=self.cfg.compression_level
+                self.keys, os.urandom(packfmt.SALT_BYTES), compression_level=self.cfg.compression_level,
+                buffer=buffer,
             )
             self._local.writer = w
             with self._writers_lock:
@@ -1293,10 +1307,21 @@ class Backup:
     def _write_pack(self, w: packfmt.PackWriter) -> _Landed:
         entries = list(w.entries)
         header_offset = len(w)
-        pid, data = w.finish()
+        pid, view = w.finish_view()
         w.entries.clear()
-        self.repo.store.put(pid, data)
-        return _Landed(pid, w.salt, len(data), header_offset, entries)
+        size = len(view)
+        with view:
+            # The local store writes the view and keeps nothing of it; any other store
+            # (one that may hold on to the bytes) gets its own copy.
+            local = type(self.repo.store).put is LocalPackStore.put
+            self.repo.store.put(pid, view if local else bytes(view))
+        # The pack is durable: its buffer builds a later pack, already in memory (a fresh
+        # buffer costs a page fault per 4 KiB, about as much as the copy it replaced).
+        with self._writers_lock:
+            if len(self._spare) < _SPARE_BUFFERS:
+                self._spare.append(w.buffer)
+        w.buffer = bytearray()
+        return _Landed(pid, w.salt, size, header_offset, entries)
 
 
 class _WriteBehind:

@@ -61,6 +61,42 @@ def test_large_blobs_are_probed_before_a_full_compression() -> None:
     assert got == [noise, bytes(mixed), text]
 
 
+def test_the_pack_is_built_in_place_byte_for_byte_as_the_format_says() -> None:
+    # Blobs are encrypted straight into the writer's buffer; the bytes must be exactly the
+    # format's: prefix, each blob sealed on its own (nonce = index, aad = id), the sealed
+    # header (aad = prefix), its length and the end magic. A reused buffer, dirty and too
+    # small for the pack, must give the same bytes (it grows; stale bytes never leak).
+    import struct
+
+    import cbor2
+    import zstandard
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+    blobs = [b"the same line again\n" * 3000, os.urandom(300_000), b"", b"tiny", os.urandom(70)]
+    salt = os.urandom(32)
+    pid, data, w = build(blobs, salt=salt)
+    prefix = packfmt.MAGIC + bytes([packfmt.VERSION]) + salt
+    expect = [prefix]
+    for e, b in zip(w.entries, blobs, strict=True):
+        body = zstandard.ZstdCompressor(level=3).compress(b) if e.codec == packfmt.CODEC_ZSTD else b
+        aead = ChaCha20Poly1305(KEYS.pack_subkey(salt, e.kind))
+        expect.append(aead.encrypt(packfmt.nonce(e.index), body, e.id))
+    header = cbor2.dumps({"v": 1, "blobs": [[e.kind, e.id, e.offset, e.length, e.raw_length, e.codec]
+                                            for e in w.entries]}, canonical=True)
+    sealed = ChaCha20Poly1305(KEYS.pack_subkey(salt, "header")).encrypt(packfmt.nonce(0), header, prefix)
+    expect += [sealed, struct.pack("<I", len(sealed)) + packfmt.END_MAGIC]
+    assert data == b"".join(expect) and pid == packfmt.pack_id_of(data)
+
+    dirty = bytearray(os.urandom(50_000))
+    again = packfmt.PackWriter(KEYS, salt, buffer=dirty)
+    for b in blobs:
+        again.add(packfmt.KIND_CHUNK, KEYS.chunk_id(b), b)
+    pid2, view = again.finish_view()
+    with view:
+        assert pid2 == pid and bytes(view) == data
+    assert len(again.buffer) >= len(data) > 50_000
+
+
 def test_fresh_salts_give_different_ciphertext_for_the_same_blob() -> None:
     _, a, _ = build([b"x" * 100], salt=os.urandom(32))
     _, b, _ = build([b"x" * 100], salt=os.urandom(32))

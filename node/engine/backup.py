@@ -86,6 +86,8 @@ PROBE_FREE = 4
 HEAD_BYTES = 512  # a file's first bytes, kept from its read for the format check
 PROBE_SHARE = 0.005
 SMALL_BATCH_FILES = 128
+# Files up to this size are read whole into a buffer each worker reuses, then cut.
+WHOLE_READ_BYTES = 8 << 20
 # Pack buffers kept for reuse per process: one filling, one waiting and one being written
 # are in flight at most (see _WriteBehind), so two spares cover the cycle.
 _SPARE_BUFFERS = 2
@@ -1247,6 +1249,11 @@ class Backup:
                     content.append(self._chunk(data))
                 return content, len(data)
             chunks = (c.data for c in self._chunker().cut_buf(data))
+        elif size_hint <= WHOLE_READ_BYTES and (whole := self._read_whole(fd)) is not None:
+            # Most files that take chunking fit this worker's read buffer: read whole into
+            # it and cut in place. (A stream chunker allocates and zeroes a buffer of twice
+            # the largest chunk, 8 MiB, for every file: about 1.7 ms each.)
+            chunks = (c.data for c in self._chunker().cut_buf(whole))
         else:
             # Each chunk's view is valid until the next one is cut; _chunk hashes, compresses
             # and encrypts it before that, so no copy is made.
@@ -1258,6 +1265,21 @@ class Backup:
             content.append(self._chunk(data))
             n += len(data)
         return content, n
+
+    def _read_whole(self, fd: int) -> memoryview | None:
+        """The rest of the file in this thread's read buffer (valid until the next file),
+        or None with the file position back where it was when it does not fit (it grew)."""
+        buf: bytearray | None = getattr(self._local, "read_buffer", None)
+        if buf is None:
+            buf = self._local.read_buffer = bytearray(WHOLE_READ_BYTES + 1)
+        view = memoryview(buf)
+        n = 0
+        while n < len(buf) and (got := os.readv(fd, [view[n:]])):
+            n += got
+        if n > WHOLE_READ_BYTES:
+            os.lseek(fd, -n, os.SEEK_CUR)
+            return None
+        return view[:n]
 
     def _chunk(self, data: bytes | memoryview) -> bytes:
         cid = self.keys.chunk_id(data)

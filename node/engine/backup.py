@@ -223,6 +223,7 @@ class _Pending:
     files: int  # files already known (cache hits) among the direct entries
     size: int
     tree: bytes | None = None
+    batched: int = 0  # bit w: some of its files wait in worker w's unsent batch
 
 
 def _meta(name: bytes, kind: str, st: os.stat_result) -> Node:
@@ -736,6 +737,7 @@ class Backup:
             batch, promise = self._batches[w], self._promises[w]
             batch.append((path, st, None))
             promise.append((node, key, len(batch) - 1, pend))
+            pend.batched |= 1 << w
             self._batch_bytes[w] += st.st_size
             if self._batch_bytes[w] >= SMALL_BATCH_BYTES or len(batch) >= SMALL_BATCH_FILES:
                 self._flush_batch(w)
@@ -777,6 +779,7 @@ class Backup:
             for node, path, index, pend in promises:
                 assert pend is not None
                 pend.reads.append((node, path, fut, index))
+                pend.batched &= ~(1 << i)
 
     def _take_slot(self) -> None:
         """A slot for one more file job. Streaming, the packs landed so far are handed on
@@ -798,8 +801,10 @@ class Backup:
         """Wait for a directory's files, then encode its tree (children are done first)."""
         if pend.tree is not None:
             return
-        for i, promises in enumerate(self._promises):  # its files may still wait in a batch
-            if any(pr[3] is pend for pr in promises):
+        # Its files may still wait in a batch (a bit per worker: scanning the batches
+        # for each directory cost a scan of up to SMALL_BATCH_FILES entries per worker).
+        for i in range(self.workers):
+            if pend.batched >> i & 1:
                 self._flush_batch(i)
         drop: set[int] = set()
         files, size = pend.files, pend.size

@@ -241,6 +241,9 @@ def _run(prog: _Program, inputs: Sequence[U8], out: U8, lo: int, hi: int, block:
             combos.append(table)
 
         acc = out[:, s:e]
+        # One view per row for the block (not one per step: a view costs a fair share of
+        # a small block's XOR).
+        acc_rows = list(acc)
         t = tmp[:, :width]
         tb = t.view(np.bool_)
         written = [False] * rows
@@ -253,16 +256,17 @@ def _run(prog: _Program, inputs: Sequence[U8], out: U8, lo: int, hi: int, block:
                 np.bitwise_xor(acc, t, out=acc)
             for i, gi, mask in step:
                 src = combos[gi][mask]
+                row = acc_rows[i]
                 if written[i]:
-                    np.bitwise_xor(acc[i], src, out=acc[i])
+                    np.bitwise_xor(row, src, out=row)
                 else:
-                    np.copyto(acc[i], src)
+                    np.copyto(row, src)
                     written[i] = True
             if n == 0:
                 # Rows with a zero top bit start from zero (later doublings keep it so).
                 for i in range(rows):
                     if not written[i]:
-                        acc[i] = 0
+                        acc_rows[i][...] = 0
                         written[i] = True
         if not prog.steps:
             acc[...] = 0

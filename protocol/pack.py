@@ -57,6 +57,9 @@ CODEC_ZSTD = 1
 # a 64 KiB trial instead of a full pass of zstd over it.
 PROBE_BYTES = 16 << 10
 PROBE_ABOVE = 8 * PROBE_BYTES
+# A reader's per-thread buffers (BlobOpener.buffer) are kept up to this size: a chunk is at
+# most 16 MiB (home.py); a larger blob (a huge tree) gets a buffer of its own each time.
+KEEP_BUFFER_BYTES = (16 << 20) + TAG_BYTES
 
 
 def nonce(index: int) -> bytes:
@@ -273,9 +276,44 @@ class BlobOpener:
         self, salt: bytes, kind: str, blob_id: bytes, index: int, codec: int, raw_length: int,
         sealed: bytes,
     ) -> bytes:
+        plain = self._open(salt, kind, blob_id, index, codec, raw_length, sealed, False)
+        assert isinstance(plain, bytes)  # decrypted afresh: never a view of a buffer
+        return plain
+
+    def open_view(
+        self, salt: bytes, kind: str, blob_id: bytes, index: int, codec: int, raw_length: int,
+        sealed: bytes | memoryview,
+    ) -> bytes | memoryview:
+        """Like :meth:`open`, verified alike, but decrypted into this thread's buffer: the
+        result may be a view of it, valid until this thread's next ``open_view``. For a
+        reader that uses each blob at once (a restore writing it): no plaintext object
+        (and no fresh pages) per blob."""
+        return self._open(salt, kind, blob_id, index, codec, raw_length, sealed, True)
+
+    def buffer(self, name: str, size: int) -> memoryview:
+        """This thread's reusable buffer ``name`` of at least ``size`` bytes, as a view of
+        exactly ``size`` bytes (valid until the next call for ``name`` in this thread)."""
+        bufs: dict[str, bytearray] = self._local.__dict__.setdefault("buffers", {})
+        buf = bufs.get(name)
+        if buf is None or len(buf) < size:
+            # Not kept when huge (a rare 64 MiB tree): the next blob gets a small one again.
+            buf = bytearray(max(size, 1 << 20))
+            if size <= KEEP_BUFFER_BYTES:
+                bufs[name] = buf
+        return memoryview(buf)[:size]
+
+    def _open(
+        self, salt: bytes, kind: str, blob_id: bytes, index: int, codec: int, raw_length: int,
+        sealed: bytes | memoryview, into: bool,
+    ) -> bytes | memoryview:
         name = blob_id.hex()
         try:
-            body = self._cipher(salt, kind).decrypt(nonce(index), sealed, blob_id)
+            cipher = self._cipher(salt, kind)
+            if into and len(sealed) >= TAG_BYTES:
+                body: bytes | memoryview = self.buffer("plain", len(sealed) - TAG_BYTES)
+                cipher.decrypt_into(nonce(index), sealed, blob_id, body)
+            else:
+                body = cipher.decrypt(nonce(index), sealed, blob_id)
         except InvalidTag:
             raise CorruptObject(f"{kind} {name}", "does not authenticate (damaged ciphertext)")
         if codec == CODEC_ZSTD:

@@ -432,12 +432,14 @@ class Restore:
                      "%.2f s waiting for packs, %.2f s writing", len(batches), len(waves),
                      sum(len(w[1]) for w in waves), len({p for w in waves for p in w[1]}), waited, wrote)
 
-    def _load(self, blob_id: bytes) -> bytes:
+    def _load(self, blob_id: bytes, view: bool = False) -> bytes | memoryview:
         """A chunk's plaintext: from a pack of the current wave in memory, else the store.
-        Verified alike (AEAD, then the keyed hash of the plaintext against its id)."""
+        Verified alike (AEAD, then the keyed hash of the plaintext against its id).
+        ``view``: from the store, possibly a view of this thread's buffers, valid until its
+        next ``_load``."""
         loc = self.repo.locations().get(blob_id) if self._mem else None
         if loc is None or loc.pack not in self._mem:
-            return self.repo.load_blob(blob_id)
+            return self.repo.load_blob_view(blob_id) if view else self.repo.load_blob(blob_id)
         sealed = self._mem[loc.pack][loc.offset:loc.offset + loc.length]
         if len(sealed) != loc.length:
             raise CorruptObject(f"pack {loc.pack.hex()}", "is shorter than its index says")
@@ -484,10 +486,13 @@ class Restore:
         try:
             written = 0
             for cid in node.content:
-                data = self._load(cid)
                 if node.sparse:
+                    data = self._load(cid)
+                    assert isinstance(data, bytes)
                     _write_sparse(fd, data)
                 else:
+                    # Written before the next chunk is loaded: a view of a buffer will do.
+                    data = self._load(cid, view=True)
                     _write_all(fd, memoryview(data))
                 written += len(data)
                 with self._lock:

@@ -129,3 +129,30 @@ def test_another_key_cannot_read_a_pack() -> None:
 def test_garbage_never_crashes_the_reader(junk: bytes) -> None:
     with pytest.raises(CorruptObject):
         packfmt.read_header(KEYS, "p", junk)
+
+
+def test_open_view_decrypts_into_a_reused_buffer_and_checks_alike() -> None:
+    # A restore opens each chunk into one per-thread buffer; the plaintext and every check
+    # (AEAD, length, keyed hash) must be those of ``open``, for stored and compressed blobs.
+    text = b"the same line again\n" * 5000
+    noise = os.urandom(200_000)
+    small = os.urandom(1000)
+    _, data, _w = build([noise, text, small])
+    header = packfmt.read_header(KEYS, "p", data)
+    opener = packfmt.BlobOpener(KEYS)
+    views = []
+    for (e, sealed), want in zip(packfmt.iter_blobs(data, header), [noise, text, small], strict=True):
+        got = opener.open_view(header.salt, e.kind, e.id, e.index, e.codec, e.raw_length, sealed)
+        assert bytes(got) == want == opener.open(header.salt, e.kind, e.id, e.index, e.codec,
+                                                  e.raw_length, sealed)
+        views.append(got)
+    assert isinstance(views[0], memoryview) and views[0].obj is views[2].obj  # one buffer
+    e = header.entries[0]
+    sealed = bytearray(data[e.offset:e.offset + e.length])
+    sealed[10] ^= 1
+    with pytest.raises(CorruptObject, match="authenticate"):
+        opener.open_view(header.salt, e.kind, e.id, e.index, e.codec, e.raw_length, bytes(sealed))
+    other = KEYS.chunk_id(b"another blob")  # right ciphertext, claimed as another id
+    with pytest.raises(CorruptObject):
+        opener.open_view(header.salt, e.kind, other, e.index, e.codec, e.raw_length,
+                         data[e.offset:e.offset + e.length])

@@ -16,7 +16,9 @@ Who does what:
 
 Invariants:
 - Bounded memory: at most ``max_inflight`` file jobs and ``max_pending`` unfinished
-  directories exist at once; each worker holds one open pack and one chunk.
+  directories exist at once; each worker holds one open pack and one chunk, plus buffers
+  it reuses instead of allocating per file or pack: one read buffer (``WHOLE_READ_BYTES``)
+  and the buffers of up to ``_SPARE_BUFFERS`` stored packs.
 - Nothing is indexed before its pack is durable; the snapshot record is written in a pack of
   its own only after every other pack of the backup is durable. A crash at any point
   leaves a consistent store; packs that landed are found by ``Repository.sync`` and their

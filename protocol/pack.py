@@ -60,6 +60,9 @@ PROBE_ABOVE = 8 * PROBE_BYTES
 # A reader's per-thread buffers (BlobOpener.buffer) are kept up to this size: a chunk is at
 # most 16 MiB (home.py); a larger blob (a huge tree) gets a buffer of its own each time.
 KEEP_BUFFER_BYTES = (16 << 20) + TAG_BYTES
+# cryptography's AEADs encrypt and decrypt into a caller's buffer in recent releases; with
+# an older one the same bytes are produced through a temporary object.
+_IN_PLACE = hasattr(ChaCha20Poly1305, "encrypt_into") and hasattr(ChaCha20Poly1305, "decrypt_into")
 
 
 def nonce(index: int) -> bytes:
@@ -140,6 +143,9 @@ class PackWriter:
         """Encrypt ``body`` into the buffer at the end of the pack (``length`` bytes)."""
         end = self._size + length
         self._reserve(end)
+        if not _IN_PLACE:
+            self.buffer[self._size:end] = aead.encrypt(iv, bytes(body), aad)
+            return
         with memoryview(self.buffer) as view:
             aead.encrypt_into(iv, body, aad, view[self._size:end])
 
@@ -309,7 +315,7 @@ class BlobOpener:
         name = blob_id.hex()
         try:
             cipher = self._cipher(salt, kind)
-            if into and len(sealed) >= TAG_BYTES:
+            if into and _IN_PLACE and len(sealed) >= TAG_BYTES:
                 body: bytes | memoryview = self.buffer("plain", len(sealed) - TAG_BYTES)
                 cipher.decrypt_into(nonce(index), sealed, blob_id, body)
             else:

@@ -57,6 +57,12 @@ CODEC_ZSTD = 1
 # a 64 KiB trial instead of a full pass of zstd over it.
 PROBE_BYTES = 16 << 10
 PROBE_ABOVE = 8 * PROBE_BYTES
+# A reader's per-thread buffers (BlobOpener.buffer) are kept up to this size: a chunk is at
+# most 16 MiB (home.py); a larger blob (a huge tree) gets a buffer of its own each time.
+KEEP_BUFFER_BYTES = (16 << 20) + TAG_BYTES
+# cryptography's AEADs encrypt and decrypt into a caller's buffer in recent releases; with
+# an older one the same bytes are produced through a temporary object.
+_IN_PLACE = hasattr(ChaCha20Poly1305, "encrypt_into") and hasattr(ChaCha20Poly1305, "decrypt_into")
 
 
 def nonce(index: int) -> bytes:
@@ -83,16 +89,24 @@ class BlobEntry:
 class PackWriter:
     """Builds one pack in memory. Not thread-safe: one writer per thread."""
 
-    def __init__(self, keys: NodeKeys, salt: bytes, *, compression_level: int = 3) -> None:
+    def __init__(
+        self, keys: NodeKeys, salt: bytes, *, compression_level: int = 3,
+        buffer: bytearray | None = None,
+    ) -> None:
+        """``buffer``: where the pack is built (its length is the capacity; it grows when a
+        blob does not fit). A caller writing many packs hands back the buffer of a pack it
+        has stored (:meth:`finish_view`), so no page of a new pack is freshly allocated."""
         if len(salt) != SALT_BYTES:
             raise ValueError("a pack salt is 32 bytes")
         self.keys = keys
         self.salt = salt
         self._aead = {k: ChaCha20Poly1305(keys.pack_subkey(salt, k)) for k in BLOB_KINDS}
         self._zstd = zstandard.ZstdCompressor(level=compression_level)
-        # Pieces, joined once at the end: appending to one growing buffer costs a copy of
-        # everything so far on each reallocation, under the GIL.
-        self._pieces: list[bytes] = [MAGIC + bytes([VERSION]) + salt]
+        # Blobs are encrypted straight into one buffer at their offset: no ciphertext
+        # object per blob and no joining copy at the end.
+        self.buffer = buffer if buffer is not None else bytearray(1 << 20)
+        self._reserve(PREFIX_BYTES)
+        self.buffer[:PREFIX_BYTES] = MAGIC + bytes([VERSION]) + salt
         self._size = PREFIX_BYTES
         self.entries: list[BlobEntry] = []
 
@@ -111,12 +125,29 @@ class PackWriter:
             if len(packed) < len(plaintext) - len(plaintext) // 64:
                 codec, body = CODEC_ZSTD, packed
         index = len(self.entries)
-        sealed = self._aead[kind].encrypt(nonce(index), bytes(body), blob_id)
-        entry = BlobEntry(kind, blob_id, index, self._size, len(sealed), len(plaintext), codec)
-        self._pieces.append(sealed)
-        self._size += len(sealed)
+        length = len(body) + TAG_BYTES
+        self._seal(self._aead[kind], nonce(index), body, blob_id, length)
+        entry = BlobEntry(kind, blob_id, index, self._size, length, len(plaintext), codec)
+        self._size += length
         self.entries.append(entry)
         return entry
+
+    def _reserve(self, size: int) -> None:
+        """Make the buffer at least ``size`` bytes (at least doubling: amortised copies)."""
+        have = len(self.buffer)
+        if size > have:
+            self.buffer += bytes(max(size, 2 * have) - have)
+
+    def _seal(self, aead: ChaCha20Poly1305, iv: bytes, body: bytes | memoryview,
+              aad: bytes, length: int) -> None:
+        """Encrypt ``body`` into the buffer at the end of the pack (``length`` bytes)."""
+        end = self._size + length
+        self._reserve(end)
+        if not _IN_PLACE:
+            self.buffer[self._size:end] = aead.encrypt(iv, bytes(body), aad)
+            return
+        with memoryview(self.buffer) as view:
+            aead.encrypt_into(iv, body, aad, view[self._size:end])
 
     def _may_shrink(self, data: bytes | memoryview) -> bool:
         n = len(data)
@@ -129,6 +160,15 @@ class PackWriter:
 
     def finish(self) -> tuple[bytes, bytes]:
         """Seal the header; return (pack id, pack bytes). The writer is spent after this."""
+        pid, view = self.finish_view()
+        with view:
+            data = bytes(view)
+        self.buffer = bytearray()
+        return pid, data
+
+    def finish_view(self) -> tuple[bytes, memoryview]:
+        """Like :meth:`finish`, but the pack as a view of :attr:`buffer` (no copy): valid
+        until the buffer is reused; release the view before handing the buffer on."""
         header = cbor2.dumps(
             {
                 "v": VERSION,
@@ -140,11 +180,15 @@ class PackWriter:
             canonical=True,
         )
         aead = ChaCha20Poly1305(self.keys.pack_subkey(self.salt, "header"))
-        sealed = aead.encrypt(nonce(0), header, self._pieces[0])
-        self._pieces += [sealed, struct.pack("<I", len(sealed)) + END_MAGIC]
-        data = b"".join(self._pieces)
-        self._pieces = []
-        return pack_id_of(data), data
+        length = len(header) + TAG_BYTES
+        self._seal(aead, nonce(0), header, bytes(self.buffer[:PREFIX_BYTES]), length)
+        self._size += length
+        trailer = struct.pack("<I", length) + END_MAGIC
+        self._reserve(self._size + TRAILER_BYTES)
+        self.buffer[self._size:self._size + TRAILER_BYTES] = trailer
+        self._size += TRAILER_BYTES
+        view = memoryview(self.buffer)[:self._size]
+        return pack_id_of(view), view
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,9 +282,44 @@ class BlobOpener:
         self, salt: bytes, kind: str, blob_id: bytes, index: int, codec: int, raw_length: int,
         sealed: bytes,
     ) -> bytes:
+        plain = self._open(salt, kind, blob_id, index, codec, raw_length, sealed, False)
+        assert isinstance(plain, bytes)  # decrypted afresh: never a view of a buffer
+        return plain
+
+    def open_view(
+        self, salt: bytes, kind: str, blob_id: bytes, index: int, codec: int, raw_length: int,
+        sealed: bytes | memoryview,
+    ) -> bytes | memoryview:
+        """Like :meth:`open`, verified alike, but decrypted into this thread's buffer: the
+        result may be a view of it, valid until this thread's next ``open_view``. For a
+        reader that uses each blob at once (a restore writing it): no plaintext object
+        (and no fresh pages) per blob."""
+        return self._open(salt, kind, blob_id, index, codec, raw_length, sealed, True)
+
+    def buffer(self, name: str, size: int) -> memoryview:
+        """This thread's reusable buffer ``name`` of at least ``size`` bytes, as a view of
+        exactly ``size`` bytes (valid until the next call for ``name`` in this thread)."""
+        bufs: dict[str, bytearray] = self._local.__dict__.setdefault("buffers", {})
+        buf = bufs.get(name)
+        if buf is None or len(buf) < size:
+            # Not kept when huge (a rare 64 MiB tree): the next blob gets a small one again.
+            buf = bytearray(max(size, 1 << 20))
+            if size <= KEEP_BUFFER_BYTES:
+                bufs[name] = buf
+        return memoryview(buf)[:size]
+
+    def _open(
+        self, salt: bytes, kind: str, blob_id: bytes, index: int, codec: int, raw_length: int,
+        sealed: bytes | memoryview, into: bool,
+    ) -> bytes | memoryview:
         name = blob_id.hex()
         try:
-            body = self._cipher(salt, kind).decrypt(nonce(index), sealed, blob_id)
+            cipher = self._cipher(salt, kind)
+            if into and _IN_PLACE and len(sealed) >= TAG_BYTES:
+                body: bytes | memoryview = self.buffer("plain", len(sealed) - TAG_BYTES)
+                cipher.decrypt_into(nonce(index), sealed, blob_id, body)
+            else:
+                body = cipher.decrypt(nonce(index), sealed, blob_id)
         except InvalidTag:
             raise CorruptObject(f"{kind} {name}", "does not authenticate (damaged ciphertext)")
         if codec == CODEC_ZSTD:

@@ -14,9 +14,12 @@ other users may write in it while root restores (in place, or into a home).
   replaced by a symlink mid-restore makes every later write below it fail with an error for
   its path, and a directory moved away can take with it only what is being written into it
   at that moment (the fd follows the directory itself; nothing is redirected by a path).
-- Files are created ``O_EXCL | O_NOFOLLOW`` under a temporary name, get their metadata
-  through their own fd, and are renamed into place; FIFOs and devices get theirs through an
-  ``O_PATH`` fd checked to be what was just made; symlinks are never followed.
+- Files are created ``O_EXCL | O_NOFOLLOW`` (so never through a symlink, never over
+  anything): under their own name when it is free, else under a temporary name renamed
+  over the existing one at the end. They get their metadata through their own fd; FIFOs
+  and devices get theirs through an ``O_PATH`` fd checked to be what was just made;
+  symlinks are never followed. A file that fails midway is removed; after a crash a
+  partial file may stand under its name (a restore again replaces it).
 
 Packs that are not in the local store (a mesh node's data packs, on peers) come from a
 ``PackFeed`` into memory: the files are ordered by the pack of their data, cut into
@@ -57,6 +60,7 @@ log = logging.getLogger("corestate.restore")
 BATCH_BYTES = 8 << 20
 BATCH_FILES = 256
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _NOT_FOLLOWED = "a symlink or non-directory stands in the target where a directory belongs; not followed"
 
 
@@ -428,12 +432,14 @@ class Restore:
                      "%.2f s waiting for packs, %.2f s writing", len(batches), len(waves),
                      sum(len(w[1]) for w in waves), len({p for w in waves for p in w[1]}), waited, wrote)
 
-    def _load(self, blob_id: bytes) -> bytes:
+    def _load(self, blob_id: bytes, view: bool = False) -> bytes | memoryview:
         """A chunk's plaintext: from a pack of the current wave in memory, else the store.
-        Verified alike (AEAD, then the keyed hash of the plaintext against its id)."""
+        Verified alike (AEAD, then the keyed hash of the plaintext against its id).
+        ``view``: from the store, possibly a view of this thread's buffers, valid until its
+        next ``_load``."""
         loc = self.repo.locations().get(blob_id) if self._mem else None
         if loc is None or loc.pack not in self._mem:
-            return self.repo.load_blob(blob_id)
+            return self.repo.load_blob_view(blob_id) if view else self.repo.load_blob(blob_id)
         sealed = self._mem[loc.pack][loc.offset:loc.offset + loc.length]
         if len(sealed) != loc.length:
             raise CorruptObject(f"pack {loc.pack.hex()}", "is shorter than its index says")
@@ -456,39 +462,59 @@ class Restore:
 
     def _write_file(self, dfd: int, dpath: bytes, node: Node) -> None:
         final = dpath + b"/" + node.name
-        tmp = b".corestate-restore-" + secrets.token_hex(8).encode()
+        # The common case, a name that does not exist yet, is created in place: O_EXCL |
+        # O_NOFOLLOW makes a new inode or fails (it never opens, truncates or follows what
+        # is there, a symlink included). Only a name that exists (a restore over an earlier
+        # one, or something planted) goes through a temporary name and a rename, which
+        # replaces whatever has the name without following it. Saves a rename and an lstat
+        # per file (about a quarter of the system time of restoring small files).
+        name = node.name
+        replace = False
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                         dir_fd=dfd)
+            fd = os.open(name, _CREATE, 0o600, dir_fd=dfd)
+        except FileExistsError:
+            replace = True
+            name = b".corestate-restore-" + secrets.token_hex(8).encode()
+            try:
+                fd = os.open(name, _CREATE, 0o600, dir_fd=dfd)
+            except OSError as exc:
+                self._error(final, exc)
+                return
         except OSError as exc:
             self._error(final, exc)
             return
         try:
             written = 0
             for cid in node.content:
-                data = self._load(cid)
                 if node.sparse:
+                    data = self._load(cid)
+                    assert isinstance(data, bytes)
                     _write_sparse(fd, data)
                 else:
+                    # Written before the next chunk is loaded: a view of a buffer will do.
+                    data = self._load(cid, view=True)
                     _write_all(fd, memoryview(data))
                 written += len(data)
                 with self._lock:
                     self.stats.bytes_written += len(data)
-            os.ftruncate(fd, written)
+            if node.sparse:
+                os.ftruncate(fd, written)  # a trailing hole: seeked over, not yet written
             self._apply_meta_fd(fd, node)
             os.close(fd)
             fd = -1
-            st = _lstat_or_none(dfd, node.name)
-            if st is not None and stat.S_ISDIR(st.st_mode):
-                raise IsADirectoryError(errno.EISDIR, "a directory is in the way")
-            os.rename(tmp, node.name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            if replace:
+                st = _lstat_or_none(dfd, node.name)
+                if st is not None and stat.S_ISDIR(st.st_mode):
+                    raise IsADirectoryError(errno.EISDIR, "a directory is in the way")
+                os.rename(name, node.name, src_dir_fd=dfd, dst_dir_fd=dfd)
             with self._lock:
                 self.stats.files += 1
         except (OSError, CorruptObject) as exc:
             if fd >= 0:
                 os.close(fd)
             try:
-                os.unlink(tmp, dir_fd=dfd)
+                # What this restore created (a partial file): never an existing name.
+                os.unlink(name, dir_fd=dfd)
             except OSError:
                 pass
             if isinstance(exc, CorruptObject):

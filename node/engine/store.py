@@ -62,6 +62,13 @@ class LocalPackStore:
             raise _io_error(exc, self.root)
 
     def read_range(self, pack_id: bytes, offset: int, length: int) -> bytes:
+        return os.pread(self._fd(pack_id), length, offset)
+
+    def read_range_into(self, pack_id: bytes, offset: int, buf: memoryview) -> int:
+        """Like ``read_range`` into ``buf`` (``len(buf)`` bytes at most); bytes read."""
+        return os.preadv(self._fd(pack_id), [buf], offset)
+
+    def _fd(self, pack_id: bytes) -> int:
         # Each thread keeps a few packs open: a restore reads many blobs of one pack.
         cache: dict[bytes, int] | None = getattr(self._local, "fds", None)
         if cache is None:
@@ -80,7 +87,7 @@ class LocalPackStore:
             cache[pack_id] = fd
             with self._lock:
                 self._open_fds.append(fd)
-        return os.pread(fd, length, offset)
+        return fd
 
     def close(self) -> None:
         """Close the pack files readers left open."""

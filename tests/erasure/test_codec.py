@@ -336,6 +336,46 @@ def test_bulk_threads_and_blocks_do_not_change_bytes(monkeypatch: pytest.MonkeyP
     check_columns_match_reedsolo(shares, 6, 10, sample)
 
 
+def test_bulk_blocks_keep_their_working_set_within_the_cache_budget() -> None:
+    # A block touches its slice of every input, every combination and two arrays per row:
+    # together they must fit the L2 budget unless the block is already at its floor, and
+    # the block never leaves its bounds (wide codes hit the floor, one row the ceiling).
+    budget = bulk._cache_bytes()
+    assert 256 << 10 <= budget <= 8 << 20
+    seen = set()
+    for k, n in ((2, 3), (4, 6), (10, 16), (20, 30), (50, 60)):
+        coeffs = parity_matrix(k, n)
+        prog = bulk._compile(coeffs, k)
+        combos = sum(len(m) for m in prog.masks)
+        assert bulk._MIN_BLOCK <= prog.block <= bulk._MAX_BLOCK
+        assert prog.block % 4096 == 0
+        if prog.block > bulk._MIN_BLOCK:
+            assert prog.block * (k + combos + 2 * prog.rows) <= budget
+        seen.add(prog.block)
+    assert bulk._MIN_BLOCK in seen  # 50-of-60 needs more than the budget even at the floor
+    assert len(seen) >= 3
+
+
+def test_bulk_cache_budget_falls_back_when_sysfs_is_unreadable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import builtins
+
+    real_open = builtins.open
+
+    def no_sysfs(path: object, *args: object, **kwargs: object) -> object:
+        if str(path).startswith("/sys/"):
+            raise FileNotFoundError(path)
+        return real_open(path, *args, **kwargs)  # type: ignore[call-overload]
+
+    bulk._cache_bytes.cache_clear()
+    monkeypatch.setattr(builtins, "open", no_sysfs)
+    try:
+        assert bulk._cache_bytes() == bulk._DEFAULT_CACHE
+    finally:
+        bulk._cache_bytes.cache_clear()
+
+
 def test_xor_only_codes() -> None:
     # n = k + 1: the parity is the XOR of the data shares, and rebuilding uses XOR only.
     rng = random.Random(11)

@@ -156,7 +156,17 @@ def test_damaged_pack_is_named_with_the_files_it_touches(cli: Cli, tmp_path: Pat
     assert not any(f.endswith("/other.txt") for f in touched)
     r = cli.run("restore", "latest", "--target", str(tmp_path / "t"), check=False)
     assert r.returncode == 1 and "victim.bin" in r.stderr and "damaged data" in r.stderr
-    assert (tmp_path / "t" / str(src).lstrip("/") / "other.txt").read_text() == "x" * 10
+    restored = tmp_path / "t" / str(src).lstrip("/")
+    assert (restored / "other.txt").read_text() == "x" * 10
+    # The damaged file was created under its own name (it was free) and removed again:
+    # no partial file, no temporary left behind.
+    assert sorted(p.name for p in restored.iterdir()) == ["other.txt"]
+    # Over an existing file the restore writes a temporary name: the old file survives.
+    (restored / "victim.bin").write_text("older version")
+    r = cli.run("restore", "latest", "--target", str(tmp_path / "t"), check=False)
+    assert r.returncode == 1 and "damaged data" in r.stderr
+    assert (restored / "victim.bin").read_text() == "older version"
+    assert sorted(p.name for p in restored.iterdir()) == ["other.txt", "victim.bin"]
 
 
 def test_damaged_index_row_is_detected_and_rebuilt(cli: Cli, tmp_path: Path) -> None:

@@ -200,3 +200,33 @@ def test_prune_refuses_while_a_pack_in_the_store_is_not_indexed(tmp_path: Path) 
     repo.sync()  # indexed again from the pack itself
     assert prune.plan(repo, ()).delete == []
     repo.close()
+
+
+def test_whole_file_reads_cut_as_the_stream_does_and_fall_back_when_a_file_grew(
+    tmp_path: Path,
+) -> None:
+    # Files that take chunking are read whole into a reused buffer and cut in place; the
+    # chunks must be those of the stream chunker. A file larger than the buffer (it grew
+    # past its size at lstat) falls back to the stream from where it was, losing nothing.
+    from corestate.node.engine import backup as engine
+
+    repo = _engine_repo(tmp_path)
+    cfg = Config()
+    b = Backup(repo, cfg, skip_dirs=[], exclude=[], workers=1)
+    mid = os.urandom(3 * cfg.max_size)  # several chunks, within the buffer
+    big = os.urandom(engine.WHOLE_READ_BYTES + cfg.max_size + 12345)  # past the buffer
+    for name, data, hint in (("mid", mid, len(mid)), ("grown", big, cfg.min_size)):
+        path = tmp_path / name
+        path.write_bytes(data)
+        with path.open("rb") as f:
+            ids, size = b._read_chunks(f.fileno(), hint)
+        from pyfastcdc import FastCDC
+
+        cdc = FastCDC(cfg.avg_size, min_size=cfg.min_size, max_size=cfg.max_size,
+                      seed=repo.keys.chunker_seed)
+        want = [repo.keys.chunk_id(c.data) for c in cdc.cut_buf(data)]
+        assert size == len(data) and ids == want and len(ids) >= 3, name
+    assert len(b._local.read_buffer) == engine.WHOLE_READ_BYTES + 1  # one buffer, reused
+    for w in b._writers:
+        w.finish()
+    repo.close()

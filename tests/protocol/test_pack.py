@@ -61,6 +61,46 @@ def test_large_blobs_are_probed_before_a_full_compression() -> None:
     assert got == [noise, bytes(mixed), text]
 
 
+@pytest.mark.parametrize("in_place", [True, False])
+def test_the_pack_is_built_in_place_byte_for_byte_as_the_format_says(
+    in_place: bool, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Blobs are encrypted straight into the writer's buffer; the bytes must be exactly the
+    # format's: prefix, each blob sealed on its own (nonce = index, aad = id), the sealed
+    # header (aad = prefix), its length and the end magic. A reused buffer, dirty and too
+    # small for the pack, must give the same bytes (it grows; stale bytes never leak).
+    import struct
+
+    monkeypatch.setattr(packfmt, "_IN_PLACE", in_place and packfmt._IN_PLACE)
+    import cbor2
+    import zstandard
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+    blobs = [b"the same line again\n" * 3000, os.urandom(300_000), b"", b"tiny", os.urandom(70)]
+    salt = os.urandom(32)
+    pid, data, w = build(blobs, salt=salt)
+    prefix = packfmt.MAGIC + bytes([packfmt.VERSION]) + salt
+    expect = [prefix]
+    for e, b in zip(w.entries, blobs, strict=True):
+        body = zstandard.ZstdCompressor(level=3).compress(b) if e.codec == packfmt.CODEC_ZSTD else b
+        aead = ChaCha20Poly1305(KEYS.pack_subkey(salt, e.kind))
+        expect.append(aead.encrypt(packfmt.nonce(e.index), body, e.id))
+    header = cbor2.dumps({"v": 1, "blobs": [[e.kind, e.id, e.offset, e.length, e.raw_length, e.codec]
+                                            for e in w.entries]}, canonical=True)
+    sealed = ChaCha20Poly1305(KEYS.pack_subkey(salt, "header")).encrypt(packfmt.nonce(0), header, prefix)
+    expect += [sealed, struct.pack("<I", len(sealed)) + packfmt.END_MAGIC]
+    assert data == b"".join(expect) and pid == packfmt.pack_id_of(data)
+
+    dirty = bytearray(os.urandom(50_000))
+    again = packfmt.PackWriter(KEYS, salt, buffer=dirty)
+    for b in blobs:
+        again.add(packfmt.KIND_CHUNK, KEYS.chunk_id(b), b)
+    pid2, view = again.finish_view()
+    with view:
+        assert pid2 == pid and bytes(view) == data
+    assert len(again.buffer) >= len(data) > 50_000
+
+
 def test_fresh_salts_give_different_ciphertext_for_the_same_blob() -> None:
     _, a, _ = build([b"x" * 100], salt=os.urandom(32))
     _, b, _ = build([b"x" * 100], salt=os.urandom(32))
@@ -118,3 +158,35 @@ def test_a_zstd_frame_declaring_more_than_the_raw_length_is_refused_before_alloc
     finally:
         tracemalloc.stop()
     assert peak < 4 << 20
+
+
+@pytest.mark.parametrize("in_place", [True, False])
+def test_open_view_decrypts_into_a_reused_buffer_and_checks_alike(
+    in_place: bool, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A restore opens each chunk into one per-thread buffer; the plaintext and every check
+    # (AEAD, length, keyed hash) must be those of ``open``, for stored and compressed blobs.
+    text = b"the same line again\n" * 5000
+    noise = os.urandom(200_000)
+    small = os.urandom(1000)
+    monkeypatch.setattr(packfmt, "_IN_PLACE", in_place and packfmt._IN_PLACE)
+    _, data, _w = build([noise, text, small])
+    header = packfmt.read_header(KEYS, "p", data)
+    opener = packfmt.BlobOpener(KEYS)
+    views = []
+    for (e, sealed), want in zip(packfmt.iter_blobs(data, header), [noise, text, small], strict=True):
+        got = opener.open_view(header.salt, e.kind, e.id, e.index, e.codec, e.raw_length, sealed)
+        assert bytes(got) == want == opener.open(header.salt, e.kind, e.id, e.index, e.codec,
+                                                  e.raw_length, sealed)
+        views.append(got)
+    if packfmt._IN_PLACE:
+        assert isinstance(views[0], memoryview) and views[0].obj is views[2].obj  # one buffer
+    e = header.entries[0]
+    sealed = bytearray(data[e.offset:e.offset + e.length])
+    sealed[10] ^= 1
+    with pytest.raises(CorruptObject, match="authenticate"):
+        opener.open_view(header.salt, e.kind, e.id, e.index, e.codec, e.raw_length, bytes(sealed))
+    other = KEYS.chunk_id(b"another blob")  # right ciphertext, claimed as another id
+    with pytest.raises(CorruptObject):
+        opener.open_view(header.salt, e.kind, other, e.index, e.codec, e.raw_length,
+                         data[e.offset:e.offset + e.length])

@@ -191,6 +191,10 @@ class RealPolicy:
         self._own_at = [-1] * world.N
         self.backlog = np.zeros(world.N)  # fractional packs due from backups
         self.jobs_run = 0
+        # Idle rounds through the scheduler core's run_idle (False: every round through
+        # handle, the reference the equivalence test compares against).
+        self.idle_rounds = world.idle_rounds
+        self.idle_run = 0  # jobs run through run_idle
         self.unrepairable = 0
         self._initial = True
 
@@ -287,13 +291,45 @@ class RealPolicy:
                 return
         self._arm(x)
 
+    def _tick(self, x: int, now_s: float) -> None:
+        """A ``Tick`` for owner ``x``. A round in which the repair job would find nothing
+        to rebuild (the question ``_repair`` asks first) goes through the core's
+        ``run_idle``: the state ``handle`` and an at-once ``JobFinished`` would leave, and
+        the same survey cost; any other round through ``handle``.
+        ``tests/simulations/test_policy.py`` checks both paths give the identical run."""
+        s = self.scheds[x]
+        if self.idle_rounds and self.books is None:
+            ran = s.run_idle(now_s, lambda job: self._idle(x, job))
+            if ran is not None:
+                for job in ran:  # REPAIR only: _idle declines the others
+                    self.jobs_run += 1
+                    self.idle_run += 1
+                    if self.cfg.audit_every is None:
+                        self._survey_audit(self._own(x))
+                self._arm(x)
+                return
+        self._do(x, s.handle(sched.Tick(), now_s))
+
+    def _idle(self, x: int, job: sched.Job) -> bool:
+        """Whether ``job`` would finish at once with nothing placed: a repair job whose
+        survey finds no share to rebuild (no side effect but the churn-step cache
+        ``_needs_work`` keeps, which the job itself would fill at this same time)."""
+        if job is not sched.Job.REPAIR:
+            return False
+        ps = self._own(x)
+        return len(ps) == 0 or not self._needs_work(x, ps)
+
+    def _survey_audit(self, ps: np.ndarray) -> None:
+        """Audits riding on the repair survey: one block from every reachable share."""
+        if len(ps):
+            self.w.audit_bytes += float(int(self.w.onl[ps].sum()) * self.pol.audit_block)
+
     def on_online(self, node: int, online: bool) -> None:
         # Only a timer that came due while the node was down has anything to fire; any
         # other Tick would change nothing in the scheduler.
         if online and self.missed[node]:
             self.missed[node] = False
-            s = self.scheds[node]
-            self._do(node, s.handle(sched.Tick(), self.w.engine.now * DAY))
+            self._tick(node, self.w.engine.now * DAY)
 
     def on_lost_shares(self, packs: np.ndarray) -> None:
         return None  # owners find out at their next survey
@@ -311,7 +347,7 @@ class RealPolicy:
                 self.missed[x] = True
                 return  # the daemon is down: the timer fires when it is back (a Tick)
             # The deadline itself, not now * DAY: a rounding below it would not fire.
-            self._do(x, self.scheds[x].handle(sched.Tick(), max(now_s, due)))
+            self._tick(x, max(now_s, due))
         elif b == _JOB_DONE:
             self._finish(x)
 
@@ -422,8 +458,8 @@ class RealPolicy:
         ps = self._own(x)
         if len(ps) == 0:
             return 0.0, 0.0, []
-        if audit:  # one block from every reachable share
-            w.audit_bytes += float(int(w.onl[ps].sum()) * self.pol.audit_block)
+        if audit:
+            self._survey_audit(ps)
         if self.books is None and not self._needs_work(x, ps):
             return 0.0, 0.0, []  # every share has a holder not counted lost: nothing to plan
         L = w.loc[ps]

@@ -121,6 +121,7 @@ class World:
         self.churn_step = ch.step if ch is not None and ch.model != "trace" else 0.0
         self.next_toggle = np.zeros(0)
         self.few_shares = 64  # put_few's scalar path up to this many shares
+        self.idle_rounds = True  # the real policy's idle rounds through Scheduler.run_idle
 
     # -- holdings ------------------------------------------------------------------------
 

@@ -122,3 +122,35 @@ def test_a_repair_jobs_shares_recorded_one_by_one_or_in_one_batch_give_the_same_
     assert a["shares_rebuilt"] > 100
     assert a == b
     assert (loc_a == loc_b).all() and rt_a == rt_b and (used_a == used_b).all()
+
+
+def _run_rounds(doc: dict, idle_rounds: bool, seed: int) -> tuple:
+    w = world.World(scenario.parse(doc), seed=seed)
+    w.idle_rounds = idle_rounds
+    summary = w.run()
+    pol = w.policy
+    assert isinstance(pol, RealPolicy)
+    timers = [(s.now, s.running, {j: t.due for j, t in s._timers.items()}) for s in pol.scheds]
+    return summary, w.loc[: w.created].copy(), list(w.repair_times), pol.jobs_run, timers, pol.idle_run
+
+
+def test_idle_rounds_through_the_cores_run_idle_give_the_same_run_as_tick_by_tick() -> None:
+    # Scheduler.run_idle (one call for a round whose repair finds nothing) against
+    # handle(Tick) + RunJob + JobFinished: the same decisions, state and accounting,
+    # down to every owner's timers, with churn, disk losses and lost holders; then with
+    # audits on their own period and backups, whose rounds run_idle declines.
+    base = {"world": {"nodes": 40, "packs": 500, "days": 15},
+            "code": {"k": 3, "n": 6},
+            "failures": {"model": "exponential", "node_mttf_days": 60},
+            "churn": {"model": "exponential", "mean_online_hours": 16, "mean_offline_hours": 8},
+            "policy": {"holder_lost_after": "1d", "repair_every": "6h", "holder_book": False}}
+    other = {**base, "policy": {**base["policy"], "audit_every": "10h"},
+             "backups": {"packs_per_day": 40, "backup_every": "12h"}}
+    for doc in (base, other):
+        fast, slow = (_run_rounds(doc, idle, seed=5) for idle in (True, False))
+        assert slow[0]["shares_rebuilt"] > 50 and slow[3] > 1000  # repairs and many rounds
+        assert fast[0] == slow[0]  # the summary: loss, availability, every byte, events
+        assert (fast[1] == slow[1]).all()
+        assert fast[2:5] == slow[2:5]
+        # Rounds did go through run_idle: most of them, or some beside backups and audits.
+        assert slow[5] == 0 and fast[5] > (fast[3] / 2 if doc is base else 300)

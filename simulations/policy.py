@@ -42,12 +42,14 @@ none of that pack; ``none``: nothing is ever repaired.
 
 from __future__ import annotations
 
+import dataclasses
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 from corestate.node.core import holders as holders_core
+from corestate.node.core import lease as lease_core
 from corestate.node.core import placement as placement_core
 from corestate.node.core import scheduler as sched
 from corestate.node.core.repair import PackHealth, ShareState, Verdict, plan_repair
@@ -57,6 +59,8 @@ if TYPE_CHECKING:
     from corestate.simulations.world import World
 
 POLICY = 4  # the world's event kind for policy events
+STAGGER = lease_core.DEFAULT_STAGGER  # seconds between members' turns to claim (node/app/rescue.py)
+LEASE_FOR = lease_core.DEFAULT_LEASE  # seconds a repair lease lasts unless renewed
 _REPAIR_DONE, _TIMER, _JOB_DONE = 0, 1, 2
 
 
@@ -161,6 +165,7 @@ class _Job:
     job: sched.Job
     then: tuple[sched.Job, ...]
     moves: list[tuple[int, int, int, int, int]]  # pack, slot, old holder, new holder, its failures
+    leases: list[tuple[int, lease_core.Lease]] = field(default_factory=list)  # dropped at the end
 
 
 class RealPolicy:
@@ -185,8 +190,26 @@ class RealPolicy:
         use = pol.holder_book if pol.holder_book is not None else world.N <= 100
         cfg = holders_core.HolderConfig(holder_lost_after=max(pol.holder_lost_after, 1e-9) * DAY)
         self.books = [holders_core.HolderBook(cfg) for _ in range(world.N)] if use else None
-        self._away_at = -1.0
+        self._att_at = -1.0
         self._attention = np.zeros(world.N, dtype=bool)
+        # Who is absent, as of one churn step (_absent): holders gone (holder_lost_after)
+        # and owners away (owner_away_after).
+        self._gone_at = -1.0
+        self._gone = np.zeros(0, dtype=np.int64)
+        self._gone_mask = np.zeros(world.N, dtype=bool)
+        self._owners_away = np.zeros(0, dtype=np.int64)
+        # Repair by any member (node/core/lease.py): the leases every member reads (the
+        # catalog syncs at once here), when each member first saw a pack in need, the
+        # members' rank order per pack, the packs of away owners in need (cached).
+        self.member_repair = pol.member_repair
+        self.leases: dict[int, list[lease_core.Lease]] = {}
+        self.need_since: dict[int, dict[int, float]] = {}
+        self._order: dict[int, np.ndarray] = {}
+        self._foreign_key: tuple[float, int, int] | None = None
+        self._foreign: list[tuple[int, int]] = []
+        self._applied = 0  # jobs whose moves were recorded (a cache key)
+        self.member_repairs = 0
+        self.member_shares = 0
         self.owned: list[list[np.ndarray]] = [[] for _ in range(world.N)]
         self._own_at = [-1] * world.N
         self.backlog = np.zeros(world.N)  # fractional packs due from backups
@@ -301,7 +324,7 @@ class RealPolicy:
         if self.idle_rounds and self.books is None:
             ran = s.run_idle(now_s, lambda job: self._idle(x, job))
             if ran is not None:
-                for job in ran:  # REPAIR only: _idle declines the others
+                for _job in ran:  # REPAIR only: _idle declines the others
                     self.jobs_run += 1
                     self.idle_run += 1
                     if self.cfg.audit_every is None:
@@ -317,7 +340,9 @@ class RealPolicy:
         if job is not sched.Job.REPAIR:
             return False
         ps = self._own(x)
-        return len(ps) == 0 or not self._needs_work(x, ps)
+        if len(ps) and self._needs_work(x, ps):
+            return False
+        return not (self.member_repair and self._foreign_work(self.w.engine.now))
 
     def _survey_audit(self, ps: np.ndarray) -> None:
         """Audits riding on the repair survey: one block from every reachable share."""
@@ -369,14 +394,25 @@ class RealPolicy:
         self.jobs_run += 1
         up = down = 0.0
         moves: list[tuple[int, int, int, int, int]] = []
+        held: list[tuple[int, lease_core.Lease]] = []
         if cmd.job == sched.Job.REPAIR:
             up, down, moves = self._repair(x, audit=self.cfg.audit_every is None)
+            if self.member_repair:  # then the packs of away owners, in the same hold
+                mu, md, mm, held = self._member_round(x, w.engine.now)
+                up, down, moves = up + mu, down + md, moves + mm
         elif cmd.job == sched.Job.AUDIT:
             up = self._audit(x)
         elif cmd.job == sched.Job.BACKUP:
             up = self._backup(x)
         secs = up / w.sc.world.upload + down / w.sc.world.download
-        self.jobs[x] = _Job(cmd.job, cmd.then, moves)
+        self.jobs[x] = _Job(cmd.job, cmd.then, moves, held)
+        if held:
+            # Renewed while the job runs (rescue.py renews once half the term is left).
+            end_ms = int((w.engine.now * DAY + secs + LEASE_FOR) * 1000)
+            for q, le in held:
+                self.leases[q] = [dataclasses.replace(e, until_ms=end_ms) if e == le else e
+                                  for e in self.leases.get(q, [])]
+            self.jobs[x].leases = [(q, dataclasses.replace(le, until_ms=end_ms)) for q, le in held]
         if secs > 0:
             w.engine.push(w.engine.now + secs / DAY, POLICY, x, _JOB_DONE)
             return False
@@ -425,15 +461,146 @@ class RealPolicy:
         w = self.w
         if bool((w.live[ps] < w.n).any()):
             return True
-        now = w.engine.now
-        if now - self._away_at >= max(w.churn_step, 1e-9) or self._away_at < 0:
-            self._away_at = now
-            away = np.flatnonzero(lost_holders(~w.online, now - w.offline_since, self.pol.holder_lost_after))
+        gone = self._absent(w.engine.now)[0]
+        if self._att_at != self._gone_at:
+            self._att_at = self._gone_at
             self._attention[:] = False
-            if len(away):
-                packs = np.concatenate([w.packs_of(int(y)) for y in away.tolist()])
+            if len(gone):
+                packs = np.concatenate([w.packs_of(int(y)) for y in gone.tolist()])
                 self._attention[w.owner[packs]] = True
         return bool(self._attention[x])
+
+    def _absent(self, now: float) -> tuple[np.ndarray, np.ndarray]:
+        """(holders gone, owners away) as of this churn step: offline for
+        ``holder_lost_after`` (the lost-holder rule) or ``owner_away_after``
+        (node/core/lease.py ``owner_away``) or longer. One scan of the nodes per step."""
+        w = self.w
+        if self._gone_at < 0 or now - self._gone_at >= max(w.churn_step, 1e-9):
+            self._gone_at = now
+            off = np.flatnonzero(~w.online)
+            away_for = now - w.offline_since[off]
+            self._gone = off[lost_holders(np.ones(len(off), dtype=bool), away_for, self.pol.holder_lost_after)]
+            self._gone_mask[:] = False
+            self._gone_mask[self._gone] = True
+            self._owners_away = off[away_for >= self.pol.owner_away_after]
+        return self._gone, self._owners_away
+
+    # -- repair by any member (node/core/lease.py, as node/app/rescue.py uses it) --------
+
+    def _foreign_work(self, now: float) -> list[tuple[int, int]]:
+        """(owner, pack) for each pack of an away owner that members should repair: fewer
+        than n share indexes counted (a holder's disk lost, or the holder gone) and at
+        least k answering. Cached until the step, the failures or the recorded moves
+        change."""
+        away = self._absent(now)[1]
+        if len(away) == 0:
+            if self.need_since:
+                self.need_since.clear()
+                self._order.clear()
+            return []
+        w = self.w
+        key = (self._gone_at, w.failures, self._applied)
+        if key == self._foreign_key:
+            return self._foreign
+        out: list[tuple[int, int]] = []
+        for o in away.tolist():
+            ps = self._own(o)
+            if not len(ps):
+                continue
+            L = w.loc[ps]
+            has = L >= 0
+            Lc = np.maximum(L, 0)
+            counted = has & ~self._gone_mask[Lc]
+            ok = counted & w.online[Lc]
+            needy = (counted.sum(axis=1) < w.n) & (ok.sum(axis=1) >= w.k)
+            out += [(o, q) for q in ps[needy].tolist()]
+        out.sort(key=lambda oq: oq[1])
+        self._foreign_key, self._foreign = key, out
+        # A pack in need no more: each member forgets when it first saw it (rescue.py
+        # clears its need.<pack> mark), and its rank order is not needed again.
+        needed = {q for _, q in out}
+        for q in [q for q in self.need_since if q not in needed]:
+            del self.need_since[q]
+            self._order.pop(q, None)
+        return out
+
+    def _claim_rank(self, q: int, x: int, o: int) -> int:
+        """Member ``x``'s turn for pack ``q``: its place in the lease core's rank order
+        among the members not gone, the owner ``o`` left out (``claim_delay`` over them)."""
+        order = self._order.get(q)
+        if order is None:
+            names = lease_core.order(q.to_bytes(8, "big"), [peer(y) for y in range(self.w.N)])
+            order = self._order[q] = np.array([int(m[1:]) for m in names], dtype=np.int64)
+        before = order[: int(np.flatnonzero(order == x)[0])]
+        return int(np.count_nonzero(~self._gone_mask[before] & (before != o)))
+
+    def _member_round(self, x: int, now: float) -> tuple[float, float, list[tuple[int, int, int, int, int]],
+                                                           list[tuple[int, lease_core.Lease]]]:
+        """Member ``x``'s pass over the packs of away owners, right after its own repair
+        (same job): claims in its turn, the settle round (claims reach every member at
+        once here), and the rebuilds it won; the decisions are node/core/lease.py's."""
+        work = self._foreign_work(now)
+        if not work:
+            return 0.0, 0.0, [], []
+        w = self.w
+        me, now_ms = peer(x), int(now * DAY * 1000)
+        lease_ms = int(LEASE_FOR * 1000)
+        for o, q in work:
+            if o == x:
+                continue
+            qb = q.to_bytes(8, "big")
+            d = lease_core.decide(qb, peer(o), me, self.leases.get(q, ()), now_ms, away=True)
+            if d.action is lease_core.Action.CLAIM:
+                since = self.need_since.setdefault(q, {}).setdefault(x, now)
+                if (now - since) * DAY >= self._claim_rank(q, x, o) * STAGGER:
+                    self.leases.setdefault(q, []).append(lease_core.Lease(qb, peer(o), me, now_ms + lease_ms))
+        up = down = 0.0
+        moves: list[tuple[int, int, int, int, int]] = []
+        held: list[tuple[int, lease_core.Lease]] = []
+        cands: list[placement_core.Candidate] | None = None
+        sites = w.sc.world.sites
+        for o, q in work:
+            if o == x:
+                continue
+            qb = q.to_bytes(8, "big")
+            known = self.leases.get(q, [])
+            d = lease_core.decide(qb, peer(o), me, known, now_ms, away=True)
+            mine = [le for le in known if le.repairer == me]
+            if d.action is lease_core.Action.YIELD:
+                self.leases[q] = [le for le in known if le.repairer != me]
+                continue
+            if d.action is not lease_core.Action.REPAIR:
+                continue
+            held += [(q, le) for le in mine]
+            L = w.loc[q]
+            has = L >= 0
+            counted = has & ~self._gone_mask[np.maximum(L, 0)]
+            missing = [i for i in range(w.n) if not counted[i]]
+            peers: list[str | None] = [peer(int(L[i])) if counted[i] else None for i in range(w.n)]
+            if cands is None:
+                cands = self._candidates(x)
+            pool = cands
+            if sites:
+                listed = {c.peer for c in cands}
+                pool = cands + [self._candidate(int(L[i])) for i in range(w.n)
+                                if counted[i] and peer(int(L[i])) not in listed]
+            done = 0
+            for i, name in zip(missing, placement_core.replace_all(qb, peers, missing, pool, exclude={peer(o)}),
+                               strict=True):
+                if name is None:
+                    break
+                y = int(name[1:])
+                moves.append((q, i, int(L[i]) if has[i] else -1, y, int(w.disk_losses[y])))
+                done += 1
+            if done:
+                down += w.k * w.share_size
+                up += done * w.share_size
+                self.member_repairs += 1
+                self.member_shares += done
+                w.repairs += 1
+                w.shares_rebuilt += done
+        w.repair_bytes += up + down
+        return up, down, moves, held
 
     def _book_lost(self, x: int, holders: np.ndarray, now: float) -> np.ndarray:
         """Owner ``x``'s holder book (node/core/holders.py, issue 15's core) after this
@@ -531,7 +698,14 @@ class RealPolicy:
         return up, down, moves
 
     def _apply(self, job: _Job) -> None:
-        """Record what a finished repair placed (skipping what changed meanwhile)."""
+        """Record what a finished repair placed (skipping what changed meanwhile); drop
+        the leases the job held (the placement record and the tombstone in one write)."""
+        for q, le in job.leases:
+            left = [e for e in self.leases.get(q, []) if e != le]
+            if left:
+                self.leases[q] = left
+            else:
+                self.leases.pop(q, None)
         if not job.moves:
             return
         w = self.w
@@ -555,3 +729,4 @@ class RealPolicy:
             X.append(y)
         if P:
             w.put_few(P, S, X)
+            self._applied += 1

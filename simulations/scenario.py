@@ -18,7 +18,9 @@ Tables (README.md in this folder lists every key):
   the batching moves a switch by less than a step.
 - ``[policy]`` (only without ``[repair]``): ``repair_every``, ``audit_every``,
   ``holder_lost_after`` (durations), ``candidates`` (how many online nodes placement ranks;
-  0 = all), ``audit_block`` (bytes per audit).
+  0 = all), ``audit_block`` (bytes per audit), ``owner_away_after`` (a duration: when
+  the other members repair an absent owner's packs, node/core/lease.py), ``member_repair``
+  (default true).
 - ``[backups]`` ``packs_per_day`` (new packs a day in the whole world, made by the owners'
   scheduled backups), ``backup_every`` (a duration).
 
@@ -94,6 +96,8 @@ class Policy:
     candidates: int = 16
     audit_block: int = 64 * 1024
     holder_book: bool | None = None  # None: the health core's book when nodes <= 100
+    owner_away_after: float = 3.0  # days ([health] owner_away_after)
+    member_repair: bool = True  # members repair the packs of an owner away (node/core/lease.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +165,7 @@ _KEYS: dict[str, set[str]] = {
     "repair": {"model", "repair_at", "mean_days"},
     "churn": {"model", "mean_online_hours", "mean_offline_hours", "shape", "file", "step"},
     "policy": {"repair_every", "audit_every", "holder_lost_after", "candidates", "audit_block",
-               "holder_book"},
+               "holder_book", "owner_away_after", "member_repair"},
     "backups": {"packs_per_day", "backup_every"},
     "scenario": {"name"},
 }
@@ -272,6 +276,8 @@ def parse(doc: Mapping[str, Any], *, name: str = "scenario", base: Path | None =
         candidates=_num("[policy] candidates", p.get("candidates", 16), integer=True),
         audit_block=size("[policy] audit_block", p.get("audit_block", 64 * 1024)),
         holder_book=_flag("[policy] holder_book", p.get("holder_book")),
+        owner_away_after=duration("[policy] owner_away_after", p.get("owner_away_after", "3d")),
+        member_repair=_flag("[policy] member_repair", p.get("member_repair", True)) is not False,
     )
     backups = None
     if "backups" in doc:

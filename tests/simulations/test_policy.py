@@ -137,20 +137,70 @@ def _run_rounds(doc: dict, idle_rounds: bool, seed: int) -> tuple:
 def test_idle_rounds_through_the_cores_run_idle_give_the_same_run_as_tick_by_tick() -> None:
     # Scheduler.run_idle (one call for a round whose repair finds nothing) against
     # handle(Tick) + RunJob + JobFinished: the same decisions, state and accounting,
-    # down to every owner's timers, with churn, disk losses and lost holders; then with
+    # down to every owner's timers, with churn, disk losses, lost holders and members
+    # repairing for owners away; then with
     # audits on their own period and backups, whose rounds run_idle declines.
     base = {"world": {"nodes": 40, "packs": 500, "days": 15},
             "code": {"k": 3, "n": 6},
             "failures": {"model": "exponential", "node_mttf_days": 60},
             "churn": {"model": "exponential", "mean_online_hours": 16, "mean_offline_hours": 8},
-            "policy": {"holder_lost_after": "1d", "repair_every": "6h", "holder_book": False}}
+            "policy": {"holder_lost_after": "1d", "repair_every": "6h", "holder_book": False,
+                       "owner_away_after": "20h"}}
     other = {**base, "policy": {**base["policy"], "audit_every": "10h"},
              "backups": {"packs_per_day": 40, "backup_every": "12h"}}
     for doc in (base, other):
         fast, slow = (_run_rounds(doc, idle, seed=5) for idle in (True, False))
-        assert slow[0]["shares_rebuilt"] > 50 and slow[3] > 1000  # repairs and many rounds
+        # Repairs by owners and by members (owners away), and many rounds.
+        assert slow[0]["shares_rebuilt"] > 50 and slow[0]["member_repairs"] > 5 and slow[3] > 1000
         assert fast[0] == slow[0]  # the summary: loss, availability, every byte, events
         assert (fast[1] == slow[1]).all()
         assert fast[2:5] == slow[2:5]
-        # Rounds did go through run_idle: most of them, or some beside backups and audits.
-        assert slow[5] == 0 and fast[5] > (fast[3] / 2 if doc is base else 300)
+        # Many rounds did go through run_idle (not those with members' work to do, nor
+        # beside backups and audits).
+        assert slow[5] == 0 and fast[5] > 300
+
+
+def _owner_away(tmp_path: Path, member_repair: bool) -> tuple[dict, world.World, dict]:
+    # Owner 5 is away from hour 1 to hour 200; at day 1 node 7 loses its disk, with
+    # shares of owner 5's packs among others'.
+    trace = tmp_path / "trace.csv"
+    trace.write_text("5,0,1\n5,200,1000\n")
+    doc = _doc(member_repair=member_repair, holder_lost_after="1d", owner_away_after="3d")
+    doc["world"]["days"] = 8
+    doc["churn"] = {"model": "trace", "file": str(trace)}
+    w = world.World(scenario.parse(doc), seed=6)
+    w.kill_at(1.0, 7)
+    seen: dict = {}
+
+    def watch(_: float) -> None:
+        mine = np.flatnonzero(w.owner[: w.created] == 5)
+        if w.engine.now < 1.0:
+            seen["on_7"] = int(np.count_nonzero((w.loc[mine] == 7).any(axis=1)))
+        if w.engine.now <= 3.0:
+            seen["full_at_3d"] = int(np.count_nonzero(w.live[mine] == 4))
+        if w.engine.now <= 5.0:
+            seen["full_at_5d"] = int(np.count_nonzero(w.live[mine] == 4))
+        seen["mine"] = len(mine)
+    w.progress = watch
+    return w.run(), w, seen
+
+
+def test_members_repair_the_packs_of_an_owner_away_once_each(tmp_path: Path) -> None:
+    summary, w, seen = _owner_away(tmp_path, member_repair=True)
+    pol = w.policy
+    assert isinstance(pol, RealPolicy)
+    assert seen["on_7"] > 0
+    # Before owner_away_after nobody touches them; within a day (two rounds of 12 h)
+    # after it, every one is full again, the owner still away.
+    assert seen["full_at_3d"] == seen["mine"] - seen["on_7"]
+    assert seen["full_at_5d"] == seen["mine"]
+    # Each pack rebuilt by exactly one member (the lease rules): one repair and one
+    # share per pack, no lease left behind.
+    assert summary["member_repairs"] == pol.member_shares == seen["on_7"]
+    assert not pol.leases and summary["packs_lost"] == 0
+
+
+def test_without_member_repair_an_away_owners_packs_wait_for_it(tmp_path: Path) -> None:
+    summary, _, seen = _owner_away(tmp_path, member_repair=False)
+    assert summary["member_repairs"] == 0
+    assert seen["full_at_5d"] == seen["mine"] - seen["on_7"]  # still degraded at day 5

@@ -210,6 +210,15 @@ class RealPolicy:
         self._applied = 0  # jobs whose moves were recorded (a cache key)
         self.member_repairs = 0
         self.member_shares = 0
+        # Reputation from audits ([faults]: hollow holders exist): each owner's audit
+        # results go to its own HolderBook (node/core/holders.py), whose evictions the
+        # repair planner treats as missing shares and placement never picks again.
+        ft = world.sc.faults
+        self.kept = ft.kept_fraction if ft is not None else 0.0
+        self.reputation = world.any_hollow
+        self.rep_books: dict[int, holders_core.HolderBook] = {}
+        self.evicted: dict[int, set[int]] = {}
+        self.evictions = 0
         self.owned: list[list[np.ndarray]] = [[] for _ in range(world.N)]
         self._own_at = [-1] * world.N
         self.backlog = np.zeros(world.N)  # fractional packs due from backups
@@ -228,10 +237,13 @@ class RealPolicy:
         ``[policy] candidates`` that holds one node of every site first (so that a sample
         never hides a failure domain from the spreading rule), then random others (without
         sites: a uniform draw without replacement). Never the ``owner`` itself (it holds
-        no shares of its own packs)."""
+        no shares of its own packs), nor a holder its audits evicted."""
         w = self.w
         on = np.flatnonzero(w.online)
         on = on[on != owner]
+        ev = self.evicted.get(owner)
+        if ev:  # an evicted holder gets no new shares from this owner
+            on = on[~np.isin(on, list(ev))]
         c = self.pol.candidates
         sites = w.sc.world.sites
         if c and len(on) > c and not sites:
@@ -337,8 +349,8 @@ class RealPolicy:
         """Whether ``job`` would finish at once with nothing placed: a repair job whose
         survey finds no share to rebuild (no side effect but the churn-step cache
         ``_needs_work`` keeps, which the job itself would fill at this same time)."""
-        if job is not sched.Job.REPAIR:
-            return False
+        if job is not sched.Job.REPAIR or self.reputation:
+            return False  # (with hollow holders every survey may evict: handle() decides)
         ps = self._own(x)
         if len(ps) and self._needs_work(x, ps):
             return False
@@ -441,7 +453,34 @@ class RealPolicy:
         on = (L >= 0) & w.online[np.maximum(L, 0)]
         b = float(np.count_nonzero(on) * self.pol.audit_block)
         w.audit_bytes += b
+        if self.reputation:
+            self._audit_holders(x, ps)
         return b
+
+    def _audit_holders(self, x: int, ps: np.ndarray) -> None:
+        """Owner ``x``'s audit results into its HolderBook: one block challenged from
+        every share on a reachable holder, a holder failing when any of its blocks does
+        (node/app/health.py ``per_holder``). An honest holder always passes and its score
+        stays at the top, so only hollow holders are fed: each of their challenges
+        passes with probability ``kept_fraction``."""
+        w = self.w
+        L = w.loc[ps]
+        L = L[(L >= 0)]
+        L = L[w.hollow[L] & w.online[L]]
+        if not len(L):
+            return
+        book = self.rep_books.get(x)
+        if book is None:
+            cfg = holders_core.HolderConfig(holder_lost_after=max(self.pol.holder_lost_after, 1e-9) * DAY)
+            book = self.rep_books[x] = holders_core.HolderBook(cfg)
+        now_s = w.engine.now * DAY
+        ys, counts = np.unique(L, return_counts=True)
+        for y, c in zip(ys.tolist(), counts.tolist(), strict=True):
+            passed = all(w.draws.uniform() < self.kept for _ in range(c))
+            for cmd in book.handle(holders_core.Audited(peer(y), passed, f"{c} block(s)"), now_s):
+                if isinstance(cmd, holders_core.StateChanged) and cmd.new is holders_core.HolderState.EVICTED:
+                    self.evicted.setdefault(x, set()).add(y)
+                    self.evictions += 1
 
     def _backup(self, x: int) -> float:
         w = self.w
@@ -627,17 +666,22 @@ class RealPolicy:
             return 0.0, 0.0, []
         if audit:
             self._survey_audit(ps)
-        if self.books is None and not self._needs_work(x, ps):
+            if self.reputation:
+                self._audit_holders(x, ps)
+        ev = self.evicted.get(x)
+        if self.books is None and not ev and not self._needs_work(x, ps):
             return 0.0, 0.0, []  # every share has a holder not counted lost: nothing to plan
         L = w.loc[ps]
         has = L >= 0
         Lc = np.maximum(L, 0)
-        on = has & w.online[Lc]
+        bad = has & np.isin(L, list(ev)) if ev else np.zeros(L.shape, dtype=bool)
+        on = has & w.online[Lc] & ~bad
         away = now - w.offline_since[Lc]
         if self.books is not None:
             lost = has & ~on & np.isin(L, self._book_lost(x, np.unique(L[has]), now))
         else:
             lost = lost_holders(has & ~on, away, hla)
+        lost |= bad  # evicted by its audits: missing, to be rebuilt elsewhere
         rows = np.flatnonzero((~has | lost).any(axis=1))
         if len(rows) == 0:
             return 0.0, 0.0, []

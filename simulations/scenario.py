@@ -21,6 +21,11 @@ Tables (README.md in this folder lists every key):
   0 = all), ``audit_block`` (bytes per audit), ``owner_away_after`` (a duration: when
   the other members repair an absent owner's packs, node/core/lease.py), ``member_repair``
   (default true).
+- ``[faults]`` ``bad_nodes`` (the fraction of nodes that keep no usable copy of the
+  shares they accept: hollow holders, online and answering, failing audits),
+  ``kept_fraction`` (of a share's blocks a bad node keeps: a spot check of one block
+  passes with that probability). Only with the real policy: owners' audits feed each
+  holder's reputation (node/core/holders.py) and an evicted holder's shares are rebuilt.
 - ``[backups]`` ``packs_per_day`` (new packs a day in the whole world, made by the owners'
   scheduled backups), ``backup_every`` (a duration).
 
@@ -107,6 +112,12 @@ class Backups:
 
 
 @dataclass(frozen=True, slots=True)
+class Faults:
+    bad_nodes: float = 0.0  # fraction of nodes that are hollow holders
+    kept_fraction: float = 0.0  # of each share's blocks a hollow holder keeps
+
+
+@dataclass(frozen=True, slots=True)
 class Scenario:
     world: World
     code: Code
@@ -116,6 +127,7 @@ class Scenario:
     policy: Policy = field(default_factory=Policy)
     backups: Backups | None = None
     name: str = "scenario"
+    faults: Faults | None = None
 
     @property
     def real_policy(self) -> bool:
@@ -167,6 +179,7 @@ _KEYS: dict[str, set[str]] = {
     "policy": {"repair_every", "audit_every", "holder_lost_after", "candidates", "audit_block",
                "holder_book", "owner_away_after", "member_repair"},
     "backups": {"packs_per_day", "backup_every"},
+    "faults": {"bad_nodes", "kept_fraction"},
     "scenario": {"name"},
 }
 
@@ -287,8 +300,18 @@ def parse(doc: Mapping[str, Any], *, name: str = "scenario", base: Path | None =
     if backups is not None and repair is not None:
         raise ScenarioError("[backups]", "backups are run by the owners' schedulers, i.e. the real policy: "
                             "remove the [repair] table or this one")
+    faults = None
+    if "faults" in doc:
+        ft = doc["faults"]
+        faults = Faults(float(_num("[faults] bad_nodes", ft.get("bad_nodes", 0.0), lo=0.0)),
+                        float(_num("[faults] kept_fraction", ft.get("kept_fraction", 0.0), lo=0.0)))
+        if faults.bad_nodes > 1 or faults.kept_fraction >= 1:
+            raise ScenarioError("[faults]", "bad_nodes is a fraction (0 to 1), kept_fraction below 1")
+        if repair is not None:
+            raise ScenarioError("[faults]", "hollow holders are found by the real policy's audits: "
+                                "remove the [repair] table or this one")
     name = str(doc.get("scenario", {}).get("name", name))
-    return Scenario(world, code, failures, repair, churn, policy, backups, name)
+    return Scenario(world, code, failures, repair, churn, policy, backups, name, faults)
 
 
 def load(path: str | Path) -> Scenario:

@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from corestate.node.core.holders import HolderState
 from corestate.simulations import scenario, world
-from corestate.simulations.policy import RealPolicy
+from corestate.simulations.policy import RealPolicy, peer
 
 
 def _doc(**policy: object) -> dict:
@@ -204,3 +205,50 @@ def test_without_member_repair_an_away_owners_packs_wait_for_it(tmp_path: Path) 
     summary, _, seen = _owner_away(tmp_path, member_repair=False)
     assert summary["member_repairs"] == 0
     assert seen["full_at_5d"] == seen["mine"] - seen["on_7"]  # still degraded at day 5
+
+
+def test_owners_audits_evict_hollow_holders_and_their_shares_are_rebuilt() -> None:
+    # 4 of 40 nodes keep nothing of what they accept ([faults]); owners audit at each
+    # repair survey (every 6 h) and feed the results to their HolderBook (issue 15's
+    # reputation): four failed audits in a row evict, the planner rebuilds the evicted
+    # holder's shares elsewhere, and placement gives it nothing new.
+    doc = {"world": {"nodes": 40, "packs": 600, "days": 4, "sample_every": "6h"},
+           "code": {"k": 3, "n": 6},
+           "policy": {"repair_every": "6h"},
+           "faults": {"bad_nodes": 0.1, "kept_fraction": 0.0}}
+    w = world.World(scenario.parse(doc), seed=3)
+    bad = set(np.flatnonzero(w.hollow).tolist())
+    assert len(bad) == 4
+    at_start: dict = {}
+
+    def watch(_: float) -> None:
+        if not at_start and w.created:
+            at_start["on_bad"] = int(w.used[w.hollow].sum())
+            at_start["full"] = int(np.count_nonzero(w.live[: w.created] == 6))
+    w.progress = watch
+    summary = w.run()
+    pol = w.policy
+    assert isinstance(pol, RealPolicy)
+    assert at_start["on_bad"] > 200 and at_start["full"] < 600  # hollow shares at first
+    assert summary["shares_on_bad_nodes"] == 0  # every one found and moved
+    assert (w.live[: w.created] == 6).all() and summary["packs_lost"] == 0
+    # Only hollow holders were evicted, by each owner that had shares on them.
+    assert {y for ev in pol.evicted.values() for y in ev} == bad
+    assert summary["evictions"] == sum(len(ev) for ev in pol.evicted.values()) > 30
+    for x, book in pol.rep_books.items():
+        assert all(book.state(peer(y)) is HolderState.EVICTED for y in pol.evicted[x])
+
+
+def test_a_holder_keeping_most_blocks_is_caught_later_by_spot_checks() -> None:
+    # kept_fraction 0.9: a spot check passes 9 times in 10, and the beta score forgives
+    # single failures, so eviction takes longer than for a holder keeping nothing; but
+    # it comes.
+    base = {"world": {"nodes": 40, "packs": 300, "days": 6, "sample_every": "12h"},
+            "code": {"k": 3, "n": 6}, "policy": {"repair_every": "6h"}}
+    runs = {}
+    for kept in (0.0, 0.9):
+        doc = {**base, "faults": {"bad_nodes": 0.1, "kept_fraction": kept}}
+        runs[kept] = world.run(scenario.parse(doc), 3)[0]
+    assert runs[0.0]["shares_on_bad_nodes"] == 0
+    assert runs[0.9]["evictions"] > 10
+    assert runs[0.9]["shares_on_bad_nodes"] > 10 and runs[0.9]["evictions"] < runs[0.0]["evictions"]

@@ -191,6 +191,9 @@ class RealPolicy:
         cfg = holders_core.HolderConfig(holder_lost_after=max(pol.holder_lost_after, 1e-9) * DAY)
         self.books = [holders_core.HolderBook(cfg) for _ in range(world.N)] if use else None
         self._att_at = -1.0
+        # Owners whose packs may have a share without holder (a disk lost, a new pack):
+        # _needs_work looks at their packs' share counts, and clears the mark when full.
+        self._short = np.ones(world.N, dtype=bool)
         self._attention = np.zeros(world.N, dtype=bool)
         # Who is absent, as of one churn step (_absent): holders gone (holder_lost_after)
         # and owners away (owner_away_after).
@@ -282,6 +285,7 @@ class RealPolicy:
             o = int(w.owner[q])
             self.owned[o].append(np.array([q], dtype=np.int64))
             self._own_at[o] = -1
+            self._short[o] = True  # a placement may come up short
         if self._initial:
             rows = spread(w, len(packs), np.maximum(w.sc.world.capacity - w.used * w.share_size, 1).astype(float),
                           owners=w.owner[packs])
@@ -369,7 +373,8 @@ class RealPolicy:
             self._tick(node, self.w.engine.now * DAY)
 
     def on_lost_shares(self, packs: np.ndarray) -> None:
-        return None  # owners find out at their next survey
+        # Owners find out at their next survey; until then their packs may be short.
+        self._short[self.w.owner[packs]] = True
 
     def on_event(self, kind: int, a: int, b: int) -> None:
         w = self.w
@@ -498,8 +503,10 @@ class RealPolicy:
         away ``holder_lost_after`` or longer. A cheap pre-filter (the owners with such
         holders are found once per churn step), never a decision."""
         w = self.w
-        if bool((w.live[ps] < w.n).any()):
-            return True
+        if self._short[x]:
+            if bool((w.live[ps] < w.n).any()):
+                return True
+            self._short[x] = False
         gone = self._absent(w.engine.now)[0]
         if self._att_at != self._gone_at:
             self._att_at = self._gone_at
@@ -774,3 +781,5 @@ class RealPolicy:
         if P:
             w.put_few(P, S, X)
             self._applied += 1
+            if w.any_hollow:  # a share moved onto a hollow holder leaves its pack short
+                self._short[w.owner[np.array(P, dtype=np.int64)]] = True

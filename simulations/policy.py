@@ -570,15 +570,26 @@ class RealPolicy:
             self._order.pop(q, None)
         return out
 
-    def _claim_rank(self, q: int, x: int, o: int) -> int:
-        """Member ``x``'s turn for pack ``q``: its place in the lease core's rank order
-        among the members not gone, the owner ``o`` left out (``claim_delay`` over them)."""
+    def _turn_come(self, q: int, x: int, o: int, waited: float) -> bool:
+        """Whether member ``x``'s turn to claim pack ``q`` has come after ``waited``
+        seconds: ``waited >= claim_delay``, i.e. its place in the lease core's rank order
+        among the members not gone (the owner ``o`` left out) times ``STAGGER``. The
+        order is hashed once per pack; the place is counted only when ``waited`` does not
+        settle it (the first look, where only the first place claims; a wait shorter
+        than every member's turn)."""
         order = self._order.get(q)
         if order is None:
             names = lease_core.order(q.to_bytes(8, "big"), [peer(y) for y in range(self.w.N)])
             order = self._order[q] = np.array([int(m[1:]) for m in names], dtype=np.int64)
+        if waited >= (len(order) - 1) * STAGGER:
+            return True  # past the last place's turn
+        if waited < STAGGER:  # only the first place: the first member not gone, not the owner
+            for y in order.tolist():
+                if y != o and not self._gone_mask[y]:
+                    return y == x
+            return False
         before = order[: int(np.flatnonzero(order == x)[0])]
-        return int(np.count_nonzero(~self._gone_mask[before] & (before != o)))
+        return waited >= int(np.count_nonzero(~self._gone_mask[before] & (before != o))) * STAGGER
 
     def _member_round(self, x: int, now: float) -> tuple[float, float, list[tuple[int, int, int, int, int]],
                                                            list[tuple[int, lease_core.Lease]]]:
@@ -598,7 +609,7 @@ class RealPolicy:
             d = lease_core.decide(qb, peer(o), me, self.leases.get(q, ()), now_ms, away=True)
             if d.action is lease_core.Action.CLAIM:
                 since = self.need_since.setdefault(q, {}).setdefault(x, now)
-                if (now - since) * DAY >= self._claim_rank(q, x, o) * STAGGER:
+                if self._turn_come(q, x, o, (now - since) * DAY):
                     self.leases.setdefault(q, []).append(lease_core.Lease(qb, peer(o), me, now_ms + lease_ms))
         up = down = 0.0
         moves: list[tuple[int, int, int, int, int]] = []

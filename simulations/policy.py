@@ -42,12 +42,14 @@ none of that pack; ``none``: nothing is ever repaired.
 
 from __future__ import annotations
 
+import dataclasses
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 from corestate.node.core import holders as holders_core
+from corestate.node.core import lease as lease_core
 from corestate.node.core import placement as placement_core
 from corestate.node.core import scheduler as sched
 from corestate.node.core.repair import PackHealth, ShareState, Verdict, plan_repair
@@ -57,6 +59,8 @@ if TYPE_CHECKING:
     from corestate.simulations.world import World
 
 POLICY = 4  # the world's event kind for policy events
+STAGGER = lease_core.DEFAULT_STAGGER  # seconds between members' turns to claim (node/app/rescue.py)
+LEASE_FOR = lease_core.DEFAULT_LEASE  # seconds a repair lease lasts unless renewed
 _REPAIR_DONE, _TIMER, _JOB_DONE = 0, 1, 2
 
 
@@ -161,6 +165,7 @@ class _Job:
     job: sched.Job
     then: tuple[sched.Job, ...]
     moves: list[tuple[int, int, int, int, int]]  # pack, slot, old holder, new holder, its failures
+    leases: list[tuple[int, lease_core.Lease]] = field(default_factory=list)  # dropped at the end
 
 
 class RealPolicy:
@@ -185,12 +190,46 @@ class RealPolicy:
         use = pol.holder_book if pol.holder_book is not None else world.N <= 100
         cfg = holders_core.HolderConfig(holder_lost_after=max(pol.holder_lost_after, 1e-9) * DAY)
         self.books = [holders_core.HolderBook(cfg) for _ in range(world.N)] if use else None
-        self._away_at = -1.0
+        self._att_at = -1.0
+        # Owners whose packs may have a share without holder (a disk lost, a new pack):
+        # _needs_work looks at their packs' share counts, and clears the mark when full.
+        self._short = np.ones(world.N, dtype=bool)
         self._attention = np.zeros(world.N, dtype=bool)
+        # Who is absent, as of one churn step (_absent): holders gone (holder_lost_after)
+        # and owners away (owner_away_after).
+        self._gone_at = -1.0
+        self._gone = np.zeros(0, dtype=np.int64)
+        self._gone_mask = np.zeros(world.N, dtype=bool)
+        self._owners_away = np.zeros(0, dtype=np.int64)
+        # Repair by any member (node/core/lease.py): the leases every member reads (the
+        # catalog syncs at once here), when each member first saw a pack in need, the
+        # members' rank order per pack, the packs of away owners in need (cached).
+        self.member_repair = pol.member_repair
+        self.leases: dict[int, list[lease_core.Lease]] = {}
+        self.need_since: dict[int, dict[int, float]] = {}
+        self._order: dict[int, np.ndarray] = {}
+        self._foreign_key: tuple[float, int, int] | None = None
+        self._foreign: list[tuple[int, int]] = []
+        self._applied = 0  # jobs whose moves were recorded (a cache key)
+        self.member_repairs = 0
+        self.member_shares = 0
+        # Reputation from audits ([faults]: hollow holders exist): each owner's audit
+        # results go to its own HolderBook (node/core/holders.py), whose evictions the
+        # repair planner treats as missing shares and placement never picks again.
+        ft = world.sc.faults
+        self.kept = ft.kept_fraction if ft is not None else 0.0
+        self.reputation = world.any_hollow
+        self.rep_books: dict[int, holders_core.HolderBook] = {}
+        self.evicted: dict[int, set[int]] = {}
+        self.evictions = 0
         self.owned: list[list[np.ndarray]] = [[] for _ in range(world.N)]
         self._own_at = [-1] * world.N
         self.backlog = np.zeros(world.N)  # fractional packs due from backups
         self.jobs_run = 0
+        # Idle rounds through the scheduler core's run_idle (False: every round through
+        # handle, the reference the equivalence test compares against).
+        self.idle_rounds = world.idle_rounds
+        self.idle_run = 0  # jobs run through run_idle
         self.unrepairable = 0
         self._initial = True
 
@@ -201,10 +240,13 @@ class RealPolicy:
         ``[policy] candidates`` that holds one node of every site first (so that a sample
         never hides a failure domain from the spreading rule), then random others (without
         sites: a uniform draw without replacement). Never the ``owner`` itself (it holds
-        no shares of its own packs)."""
+        no shares of its own packs), nor a holder its audits evicted."""
         w = self.w
         on = np.flatnonzero(w.online)
         on = on[on != owner]
+        ev = self.evicted.get(owner)
+        if ev:  # an evicted holder gets no new shares from this owner
+            on = on[~np.isin(on, list(ev))]
         c = self.pol.candidates
         sites = w.sc.world.sites
         if c and len(on) > c and not sites:
@@ -243,6 +285,7 @@ class RealPolicy:
             o = int(w.owner[q])
             self.owned[o].append(np.array([q], dtype=np.int64))
             self._own_at[o] = -1
+            self._short[o] = True  # a placement may come up short
         if self._initial:
             rows = spread(w, len(packs), np.maximum(w.sc.world.capacity - w.used * w.share_size, 1).astype(float),
                           owners=w.owner[packs])
@@ -287,16 +330,51 @@ class RealPolicy:
                 return
         self._arm(x)
 
+    def _tick(self, x: int, now_s: float) -> None:
+        """A ``Tick`` for owner ``x``. A round in which the repair job would find nothing
+        to rebuild (the question ``_repair`` asks first) goes through the core's
+        ``run_idle``: the state ``handle`` and an at-once ``JobFinished`` would leave, and
+        the same survey cost; any other round through ``handle``.
+        ``tests/simulations/test_policy.py`` checks both paths give the identical run."""
+        s = self.scheds[x]
+        if self.idle_rounds and self.books is None:
+            ran = s.run_idle(now_s, lambda job: self._idle(x, job))
+            if ran is not None:
+                for _job in ran:  # REPAIR only: _idle declines the others
+                    self.jobs_run += 1
+                    self.idle_run += 1
+                    if self.cfg.audit_every is None:
+                        self._survey_audit(self._own(x))
+                self._arm(x)
+                return
+        self._do(x, s.handle(sched.Tick(), now_s))
+
+    def _idle(self, x: int, job: sched.Job) -> bool:
+        """Whether ``job`` would finish at once with nothing placed: a repair job whose
+        survey finds no share to rebuild (no side effect but the churn-step cache
+        ``_needs_work`` keeps, which the job itself would fill at this same time)."""
+        if job is not sched.Job.REPAIR or self.reputation:
+            return False  # (with hollow holders every survey may evict: handle() decides)
+        ps = self._own(x)
+        if len(ps) and self._needs_work(x, ps):
+            return False
+        return not (self.member_repair and self._foreign_work(self.w.engine.now))
+
+    def _survey_audit(self, ps: np.ndarray) -> None:
+        """Audits riding on the repair survey: one block from every reachable share."""
+        if len(ps):
+            self.w.audit_bytes += float(int(self.w.onl[ps].sum()) * self.pol.audit_block)
+
     def on_online(self, node: int, online: bool) -> None:
         # Only a timer that came due while the node was down has anything to fire; any
         # other Tick would change nothing in the scheduler.
         if online and self.missed[node]:
             self.missed[node] = False
-            s = self.scheds[node]
-            self._do(node, s.handle(sched.Tick(), self.w.engine.now * DAY))
+            self._tick(node, self.w.engine.now * DAY)
 
     def on_lost_shares(self, packs: np.ndarray) -> None:
-        return None  # owners find out at their next survey
+        # Owners find out at their next survey; until then their packs may be short.
+        self._short[self.w.owner[packs]] = True
 
     def on_event(self, kind: int, a: int, b: int) -> None:
         w = self.w
@@ -311,7 +389,7 @@ class RealPolicy:
                 self.missed[x] = True
                 return  # the daemon is down: the timer fires when it is back (a Tick)
             # The deadline itself, not now * DAY: a rounding below it would not fire.
-            self._do(x, self.scheds[x].handle(sched.Tick(), max(now_s, due)))
+            self._tick(x, max(now_s, due))
         elif b == _JOB_DONE:
             self._finish(x)
 
@@ -333,14 +411,25 @@ class RealPolicy:
         self.jobs_run += 1
         up = down = 0.0
         moves: list[tuple[int, int, int, int, int]] = []
+        held: list[tuple[int, lease_core.Lease]] = []
         if cmd.job == sched.Job.REPAIR:
             up, down, moves = self._repair(x, audit=self.cfg.audit_every is None)
+            if self.member_repair:  # then the packs of away owners, in the same hold
+                mu, md, mm, held = self._member_round(x, w.engine.now)
+                up, down, moves = up + mu, down + md, moves + mm
         elif cmd.job == sched.Job.AUDIT:
             up = self._audit(x)
         elif cmd.job == sched.Job.BACKUP:
             up = self._backup(x)
         secs = up / w.sc.world.upload + down / w.sc.world.download
-        self.jobs[x] = _Job(cmd.job, cmd.then, moves)
+        self.jobs[x] = _Job(cmd.job, cmd.then, moves, held)
+        if held:
+            # Renewed while the job runs (rescue.py renews once half the term is left).
+            end_ms = int((w.engine.now * DAY + secs + LEASE_FOR) * 1000)
+            for q, le in held:
+                self.leases[q] = [dataclasses.replace(e, until_ms=end_ms) if e == le else e
+                                  for e in self.leases.get(q, [])]
+            self.jobs[x].leases = [(q, dataclasses.replace(le, until_ms=end_ms)) for q, le in held]
         if secs > 0:
             w.engine.push(w.engine.now + secs / DAY, POLICY, x, _JOB_DONE)
             return False
@@ -369,7 +458,34 @@ class RealPolicy:
         on = (L >= 0) & w.online[np.maximum(L, 0)]
         b = float(np.count_nonzero(on) * self.pol.audit_block)
         w.audit_bytes += b
+        if self.reputation:
+            self._audit_holders(x, ps)
         return b
+
+    def _audit_holders(self, x: int, ps: np.ndarray) -> None:
+        """Owner ``x``'s audit results into its HolderBook: one block challenged from
+        every share on a reachable holder, a holder failing when any of its blocks does
+        (node/app/health.py ``per_holder``). An honest holder always passes and its score
+        stays at the top, so only hollow holders are fed: each of their challenges
+        passes with probability ``kept_fraction``."""
+        w = self.w
+        L = w.loc[ps]
+        L = L[(L >= 0)]
+        L = L[w.hollow[L] & w.online[L]]
+        if not len(L):
+            return
+        book = self.rep_books.get(x)
+        if book is None:
+            cfg = holders_core.HolderConfig(holder_lost_after=max(self.pol.holder_lost_after, 1e-9) * DAY)
+            book = self.rep_books[x] = holders_core.HolderBook(cfg)
+        now_s = w.engine.now * DAY
+        ys, counts = np.unique(L, return_counts=True)
+        for y, c in zip(ys.tolist(), counts.tolist(), strict=True):
+            passed = all(w.draws.uniform() < self.kept for _ in range(c))
+            for cmd in book.handle(holders_core.Audited(peer(y), passed, f"{c} block(s)"), now_s):
+                if isinstance(cmd, holders_core.StateChanged) and cmd.new is holders_core.HolderState.EVICTED:
+                    self.evicted.setdefault(x, set()).add(y)
+                    self.evictions += 1
 
     def _backup(self, x: int) -> float:
         w = self.w
@@ -387,17 +503,161 @@ class RealPolicy:
         away ``holder_lost_after`` or longer. A cheap pre-filter (the owners with such
         holders are found once per churn step), never a decision."""
         w = self.w
-        if bool((w.live[ps] < w.n).any()):
-            return True
-        now = w.engine.now
-        if now - self._away_at >= max(w.churn_step, 1e-9) or self._away_at < 0:
-            self._away_at = now
-            away = np.flatnonzero(lost_holders(~w.online, now - w.offline_since, self.pol.holder_lost_after))
+        if self._short[x]:
+            if bool((w.live[ps] < w.n).any()):
+                return True
+            self._short[x] = False
+        gone = self._absent(w.engine.now)[0]
+        if self._att_at != self._gone_at:
+            self._att_at = self._gone_at
             self._attention[:] = False
-            if len(away):
-                packs = np.concatenate([w.packs_of(int(y)) for y in away.tolist()])
+            if len(gone):
+                packs = np.concatenate([w.packs_of(int(y)) for y in gone.tolist()])
                 self._attention[w.owner[packs]] = True
         return bool(self._attention[x])
+
+    def _absent(self, now: float) -> tuple[np.ndarray, np.ndarray]:
+        """(holders gone, owners away) as of this churn step: offline for
+        ``holder_lost_after`` (the lost-holder rule) or ``owner_away_after``
+        (node/core/lease.py ``owner_away``) or longer. One scan of the nodes per step."""
+        w = self.w
+        if self._gone_at < 0 or now - self._gone_at >= max(w.churn_step, 1e-9):
+            self._gone_at = now
+            off = np.flatnonzero(~w.online)
+            away_for = now - w.offline_since[off]
+            self._gone = off[lost_holders(np.ones(len(off), dtype=bool), away_for, self.pol.holder_lost_after)]
+            self._gone_mask[:] = False
+            self._gone_mask[self._gone] = True
+            self._owners_away = off[away_for >= self.pol.owner_away_after]
+        return self._gone, self._owners_away
+
+    # -- repair by any member (node/core/lease.py, as node/app/rescue.py uses it) --------
+
+    def _foreign_work(self, now: float) -> list[tuple[int, int]]:
+        """(owner, pack) for each pack of an away owner that members should repair: fewer
+        than n share indexes counted (a holder's disk lost, or the holder gone) and at
+        least k answering. Cached until the step, the failures or the recorded moves
+        change."""
+        away = self._absent(now)[1]
+        if len(away) == 0:
+            if self.need_since:
+                self.need_since.clear()
+                self._order.clear()
+            return []
+        w = self.w
+        key = (self._gone_at, w.failures, self._applied)
+        if key == self._foreign_key:
+            return self._foreign
+        out: list[tuple[int, int]] = []
+        for o in away.tolist():
+            ps = self._own(o)
+            if not len(ps):
+                continue
+            L = w.loc[ps]
+            has = L >= 0
+            Lc = np.maximum(L, 0)
+            counted = has & ~self._gone_mask[Lc]
+            ok = counted & w.online[Lc]
+            needy = (counted.sum(axis=1) < w.n) & (ok.sum(axis=1) >= w.k)
+            out += [(o, q) for q in ps[needy].tolist()]
+        out.sort(key=lambda oq: oq[1])
+        self._foreign_key, self._foreign = key, out
+        # A pack in need no more: each member forgets when it first saw it (rescue.py
+        # clears its need.<pack> mark), and its rank order is not needed again.
+        needed = {q for _, q in out}
+        for q in [q for q in self.need_since if q not in needed]:
+            del self.need_since[q]
+            self._order.pop(q, None)
+        return out
+
+    def _turn_come(self, q: int, x: int, o: int, waited: float) -> bool:
+        """Whether member ``x``'s turn to claim pack ``q`` has come after ``waited``
+        seconds: ``waited >= claim_delay``, i.e. its place in the lease core's rank order
+        among the members not gone (the owner ``o`` left out) times ``STAGGER``. The
+        order is hashed once per pack; the place is counted only when ``waited`` does not
+        settle it (the first look, where only the first place claims; a wait shorter
+        than every member's turn)."""
+        order = self._order.get(q)
+        if order is None:
+            names = lease_core.order(q.to_bytes(8, "big"), [peer(y) for y in range(self.w.N)])
+            order = self._order[q] = np.array([int(m[1:]) for m in names], dtype=np.int64)
+        if waited >= (len(order) - 1) * STAGGER:
+            return True  # past the last place's turn
+        if waited < STAGGER:  # only the first place: the first member not gone, not the owner
+            for y in order.tolist():
+                if y != o and not self._gone_mask[y]:
+                    return y == x
+            return False
+        before = order[: int(np.flatnonzero(order == x)[0])]
+        return waited >= int(np.count_nonzero(~self._gone_mask[before] & (before != o))) * STAGGER
+
+    def _member_round(self, x: int, now: float) -> tuple[float, float, list[tuple[int, int, int, int, int]],
+                                                           list[tuple[int, lease_core.Lease]]]:
+        """Member ``x``'s pass over the packs of away owners, right after its own repair
+        (same job): claims in its turn, the settle round (claims reach every member at
+        once here), and the rebuilds it won; the decisions are node/core/lease.py's."""
+        work = self._foreign_work(now)
+        if not work:
+            return 0.0, 0.0, [], []
+        w = self.w
+        me, now_ms = peer(x), int(now * DAY * 1000)
+        lease_ms = int(LEASE_FOR * 1000)
+        for o, q in work:
+            if o == x:
+                continue
+            qb = q.to_bytes(8, "big")
+            d = lease_core.decide(qb, peer(o), me, self.leases.get(q, ()), now_ms, away=True)
+            if d.action is lease_core.Action.CLAIM:
+                since = self.need_since.setdefault(q, {}).setdefault(x, now)
+                if self._turn_come(q, x, o, (now - since) * DAY):
+                    self.leases.setdefault(q, []).append(lease_core.Lease(qb, peer(o), me, now_ms + lease_ms))
+        up = down = 0.0
+        moves: list[tuple[int, int, int, int, int]] = []
+        held: list[tuple[int, lease_core.Lease]] = []
+        cands: list[placement_core.Candidate] | None = None
+        sites = w.sc.world.sites
+        for o, q in work:
+            if o == x:
+                continue
+            qb = q.to_bytes(8, "big")
+            known = self.leases.get(q, [])
+            d = lease_core.decide(qb, peer(o), me, known, now_ms, away=True)
+            mine = [le for le in known if le.repairer == me]
+            if d.action is lease_core.Action.YIELD:
+                self.leases[q] = [le for le in known if le.repairer != me]
+                continue
+            if d.action is not lease_core.Action.REPAIR:
+                continue
+            held += [(q, le) for le in mine]
+            L = w.loc[q]
+            has = L >= 0
+            counted = has & ~self._gone_mask[np.maximum(L, 0)]
+            missing = [i for i in range(w.n) if not counted[i]]
+            peers: list[str | None] = [peer(int(L[i])) if counted[i] else None for i in range(w.n)]
+            if cands is None:
+                cands = self._candidates(x)
+            pool = cands
+            if sites:
+                listed = {c.peer for c in cands}
+                pool = cands + [self._candidate(int(L[i])) for i in range(w.n)
+                                if counted[i] and peer(int(L[i])) not in listed]
+            done = 0
+            for i, name in zip(missing, placement_core.replace_all(qb, peers, missing, pool, exclude={peer(o)}),
+                               strict=True):
+                if name is None:
+                    break
+                y = int(name[1:])
+                moves.append((q, i, int(L[i]) if has[i] else -1, y, int(w.disk_losses[y])))
+                done += 1
+            if done:
+                down += w.k * w.share_size
+                up += done * w.share_size
+                self.member_repairs += 1
+                self.member_shares += done
+                w.repairs += 1
+                w.shares_rebuilt += done
+        w.repair_bytes += up + down
+        return up, down, moves, held
 
     def _book_lost(self, x: int, holders: np.ndarray, now: float) -> np.ndarray:
         """Owner ``x``'s holder book (node/core/holders.py, issue 15's core) after this
@@ -422,19 +682,24 @@ class RealPolicy:
         ps = self._own(x)
         if len(ps) == 0:
             return 0.0, 0.0, []
-        if audit:  # one block from every reachable share
-            w.audit_bytes += float(int(w.onl[ps].sum()) * self.pol.audit_block)
-        if self.books is None and not self._needs_work(x, ps):
+        if audit:
+            self._survey_audit(ps)
+            if self.reputation:
+                self._audit_holders(x, ps)
+        ev = self.evicted.get(x)
+        if self.books is None and not ev and not self._needs_work(x, ps):
             return 0.0, 0.0, []  # every share has a holder not counted lost: nothing to plan
         L = w.loc[ps]
         has = L >= 0
         Lc = np.maximum(L, 0)
-        on = has & w.online[Lc]
+        bad = has & np.isin(L, list(ev)) if ev else np.zeros(L.shape, dtype=bool)
+        on = has & w.online[Lc] & ~bad
         away = now - w.offline_since[Lc]
         if self.books is not None:
             lost = has & ~on & np.isin(L, self._book_lost(x, np.unique(L[has]), now))
         else:
             lost = lost_holders(has & ~on, away, hla)
+        lost |= bad  # evicted by its audits: missing, to be rebuilt elsewhere
         rows = np.flatnonzero((~has | lost).any(axis=1))
         if len(rows) == 0:
             return 0.0, 0.0, []
@@ -495,7 +760,14 @@ class RealPolicy:
         return up, down, moves
 
     def _apply(self, job: _Job) -> None:
-        """Record what a finished repair placed (skipping what changed meanwhile)."""
+        """Record what a finished repair placed (skipping what changed meanwhile); drop
+        the leases the job held (the placement record and the tombstone in one write)."""
+        for q, le in job.leases:
+            left = [e for e in self.leases.get(q, []) if e != le]
+            if left:
+                self.leases[q] = left
+            else:
+                self.leases.pop(q, None)
         if not job.moves:
             return
         w = self.w
@@ -519,3 +791,6 @@ class RealPolicy:
             X.append(y)
         if P:
             w.put_few(P, S, X)
+            self._applied += 1
+            if w.any_hollow:  # a share moved onto a hollow holder leaves its pack short
+                self._short[w.owner[np.array(P, dtype=np.int64)]] = True

@@ -18,7 +18,14 @@ Tables (README.md in this folder lists every key):
   the batching moves a switch by less than a step.
 - ``[policy]`` (only without ``[repair]``): ``repair_every``, ``audit_every``,
   ``holder_lost_after`` (durations), ``candidates`` (how many online nodes placement ranks;
-  0 = all), ``audit_block`` (bytes per audit).
+  0 = all), ``audit_block`` (bytes per audit), ``owner_away_after`` (a duration: when
+  the other members repair an absent owner's packs, node/core/lease.py), ``member_repair``
+  (default true).
+- ``[faults]`` ``bad_nodes`` (the fraction of nodes that keep no usable copy of the
+  shares they accept: hollow holders, online and answering, failing audits),
+  ``kept_fraction`` (of a share's blocks a bad node keeps: a spot check of one block
+  passes with that probability). Only with the real policy: owners' audits feed each
+  holder's reputation (node/core/holders.py) and an evicted holder's shares are rebuilt.
 - ``[backups]`` ``packs_per_day`` (new packs a day in the whole world, made by the owners'
   scheduled backups), ``backup_every`` (a duration).
 
@@ -94,12 +101,20 @@ class Policy:
     candidates: int = 16
     audit_block: int = 64 * 1024
     holder_book: bool | None = None  # None: the health core's book when nodes <= 100
+    owner_away_after: float = 3.0  # days ([health] owner_away_after)
+    member_repair: bool = True  # members repair the packs of an owner away (node/core/lease.py)
 
 
 @dataclass(frozen=True, slots=True)
 class Backups:
     packs_per_day: float = 0.0
     backup_every: float = 1.0  # days
+
+
+@dataclass(frozen=True, slots=True)
+class Faults:
+    bad_nodes: float = 0.0  # fraction of nodes that are hollow holders
+    kept_fraction: float = 0.0  # of each share's blocks a hollow holder keeps
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +127,7 @@ class Scenario:
     policy: Policy = field(default_factory=Policy)
     backups: Backups | None = None
     name: str = "scenario"
+    faults: Faults | None = None
 
     @property
     def real_policy(self) -> bool:
@@ -161,8 +177,9 @@ _KEYS: dict[str, set[str]] = {
     "repair": {"model", "repair_at", "mean_days"},
     "churn": {"model", "mean_online_hours", "mean_offline_hours", "shape", "file", "step"},
     "policy": {"repair_every", "audit_every", "holder_lost_after", "candidates", "audit_block",
-               "holder_book"},
+               "holder_book", "owner_away_after", "member_repair"},
     "backups": {"packs_per_day", "backup_every"},
+    "faults": {"bad_nodes", "kept_fraction"},
     "scenario": {"name"},
 }
 
@@ -272,6 +289,8 @@ def parse(doc: Mapping[str, Any], *, name: str = "scenario", base: Path | None =
         candidates=_num("[policy] candidates", p.get("candidates", 16), integer=True),
         audit_block=size("[policy] audit_block", p.get("audit_block", 64 * 1024)),
         holder_book=_flag("[policy] holder_book", p.get("holder_book")),
+        owner_away_after=duration("[policy] owner_away_after", p.get("owner_away_after", "3d")),
+        member_repair=_flag("[policy] member_repair", p.get("member_repair", True)) is not False,
     )
     backups = None
     if "backups" in doc:
@@ -281,8 +300,18 @@ def parse(doc: Mapping[str, Any], *, name: str = "scenario", base: Path | None =
     if backups is not None and repair is not None:
         raise ScenarioError("[backups]", "backups are run by the owners' schedulers, i.e. the real policy: "
                             "remove the [repair] table or this one")
+    faults = None
+    if "faults" in doc:
+        ft = doc["faults"]
+        faults = Faults(float(_num("[faults] bad_nodes", ft.get("bad_nodes", 0.0), lo=0.0)),
+                        float(_num("[faults] kept_fraction", ft.get("kept_fraction", 0.0), lo=0.0)))
+        if faults.bad_nodes > 1 or faults.kept_fraction >= 1:
+            raise ScenarioError("[faults]", "bad_nodes is a fraction (0 to 1), kept_fraction below 1")
+        if repair is not None:
+            raise ScenarioError("[faults]", "hollow holders are found by the real policy's audits: "
+                                "remove the [repair] table or this one")
     name = str(doc.get("scenario", {}).get("name", name))
-    return Scenario(world, code, failures, repair, churn, policy, backups, name)
+    return Scenario(world, code, failures, repair, churn, policy, backups, name, faults)
 
 
 def load(path: str | Path) -> Scenario:

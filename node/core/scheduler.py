@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import enum
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -192,6 +193,48 @@ class Scheduler:
         if self._sync_due is not None:
             times.append(self._sync_due)
         return min(times) if times else None
+
+    def run_idle(self, now: float, idle: Callable[[Job], bool]) -> tuple[Job, ...] | None:
+        """A ``Tick`` at ``now`` in which each job that starts finds nothing to do and
+        finishes at once (exit 0), as the driver knows beforehand: the state that
+        ``handle(Tick(), now)`` followed by a ``JobFinished(job, 0)`` for each ``RunJob``
+        leaves, without building commands that would say nothing new (the simulator runs
+        millions of such rounds). ``idle(job)`` is asked, in the order the jobs would run
+        and before anything changes, whether ``job`` would find nothing to do.
+
+        Returns the jobs run (empty when a timer fired with nothing placed yet), or None,
+        with the state untouched, when the round is not idle and needs ``handle``: a job
+        is running or waiting, ``idle`` declined a job, a backup comes due (a finished
+        backup is spread and followed by retention; without paths it warns), or a sync
+        with members comes due (it draws them from the rng).
+        """
+        if self.running is not None or self._pending:
+            return None
+        now = max(self.now, now)
+        fired: list[Job] = []
+        for job in _ORDER:
+            timer = self._timers.get(job)
+            if timer is None or timer.due is None or timer.due > now:
+                continue
+            if job == Job.BACKUP:
+                return None
+            fired.append(job)
+        sync = self._sync_due is not None and self._sync_due <= now
+        if sync and self.others:
+            return None
+        ran = tuple(fired) if self.placed else ()
+        for job in ran:
+            if not idle(job):
+                return None
+        self.now = now
+        for job in fired:
+            timer = self._timers[job]
+            timer.due = now + timer.every  # finished at once (or skipped: nothing placed)
+        if sync:
+            self._sync_due = now + self.config.sync_every
+        for job, timer in self._timers.items():
+            self._announced[job] = timer.due
+        return ran
 
     def next_run(self, job: Job) -> float | None:
         """When ``job`` next runs on its own (None: not scheduled, or running now)."""

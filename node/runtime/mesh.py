@@ -491,7 +491,7 @@ class Mesh:
             cap = min(reply.free, reply.quota_left)
             entry = self.book.get(peer)
             found.append(Candidate(peer, cap, tuple(entry.domains) if entry else ()))
-            self.book.seen(peer)
+            await trio.to_thread.run_sync(self.book.seen, peer)
         async with trio.open_nursery() as nursery:
             for p in trusted:
                 nursery.start_soon(ask, p)

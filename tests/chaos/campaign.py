@@ -411,8 +411,9 @@ class Campaign:
                                                   f"{err.strip()[-300:]}")
         self.log(f"round {r} done: {sum(1 for s in self.state.snaps if s.round == r)}/{len(procs)} snapshots")
 
-    def _judge_cli(self, what: str, p: subprocess.Popen[str], err: str) -> None:
-        killed = p.pid in self.ctx.cli_killed
+    def _judge_cli(self, what: str, p: subprocess.Popen[str] | subprocess.CompletedProcess[str],
+                   err: str) -> None:
+        killed = isinstance(p, subprocess.Popen) and p.pid in self.ctx.cli_killed
         if TRACEBACK in (err or ""):
             self.crash(f"{what}: traceback in stderr: {err[-1500:]}")
         elif not killed and p.returncode not in DOCUMENTED_EXITS:
@@ -427,6 +428,8 @@ class Campaign:
             for n in self.mesh.nodes:
                 subprocess.run(["ip", "netns", "exec", self.mesh.ns(n), "tc", "qdisc", "del", "dev", "eth0",
                                 "root"], capture_output=True)
+                subprocess.run(["ip", "netns", "exec", self.mesh.ns(n), "nft", "delete", "table", "inet",
+                                "chaos"], capture_output=True)
         for n in self.mesh.nodes:
             if n.proc is not None:
                 try:
@@ -559,6 +562,11 @@ class Campaign:
                 mesh.close()
             except Exception as exc:
                 self.log(f"closing the mesh: {exc!r}")
+            logs = self.base / "logs"  # out of the homes: the loop-mounted ones go away below
+            logs.mkdir(exist_ok=True)
+            for n in mesh.nodes:
+                if n.log is not None and n.log.exists():
+                    shutil.copy(n.log, logs / f"node{n.index + 1}.log")
         for home, dev in reversed(self.loops):
             subprocess.run(["umount", "-l", str(home)], capture_output=True)
             subprocess.run(["losetup", "-d", dev], capture_output=True)

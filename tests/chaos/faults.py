@@ -249,15 +249,30 @@ class Partition(Fault):
 
 
 class Netem(Fault):
-    """``tc netem`` on a node's interface: loss, delay with jitter, reordering, duplication
-    or a rate cap (one or several, drawn), removed after the hold."""
+    """Degrade one node's link for the hold time: ``tc netem`` (loss, delay with jitter,
+    reordering, duplication, a rate cap; one to three of them, drawn) where the kernel has
+    the netem qdisc. Kernels without it (this CI's) get what they do have: random loss from
+    an nftables ``numgen`` rule (kind ``net-loss``) or a rate cap from the ``tbf`` qdisc
+    (kind ``net-rate``); delay, reordering and duplication then do not run (the report
+    says so)."""
 
     kind = "netem"
     hold = (3.0, 15.0)
     needs_netns = True
+    has_netem: bool | None = None  # probed on the first use
 
     def inject(self, node: int) -> str:
         rng = self.ctx.rng
+        if Netem.has_netem is None:
+            p = _ns_run(self.ctx, node, "tc", "qdisc", "replace", "dev", "eth0", "root", "netem", "delay", "1ms")
+            Netem.has_netem = p.returncode == 0
+            _ns_run(self.ctx, node, "tc", "qdisc", "del", "dev", "eth0", "root")
+            if not Netem.has_netem:
+                self.ctx.log(f"no netem qdisc in this kernel ({p.stderr.strip()}): loss via nftables, "
+                             "rate caps via tbf; no delay, reordering or duplication")
+        self.node = node
+        if not Netem.has_netem:
+            return self._fallback(node)
         opts: list[str] = []
         picks = rng.sample(["loss", "delay", "reorder", "duplicate", "rate"], rng.randint(1, 3))
         if "delay" in picks or "reorder" in picks:
@@ -272,14 +287,38 @@ class Netem(Fault):
             opts += ["rate", rng.choice(["256kbit", "1mbit", "8mbit"])]
         p = _ns_run(self.ctx, node, "tc", "qdisc", "replace", "dev", "eth0", "root", "netem", *opts)
         if p.returncode != 0:
+            self.node = None
             raise RuntimeError(f"tc netem failed: {p.stderr.strip()}")
-        self.node = node
-        self.kind_detail = "+".join(sorted(picks))
         return f"netem on node {node + 1}: {' '.join(opts)}"
+
+    def _fallback(self, node: int) -> str:
+        rng = self.ctx.rng
+        if rng.random() < 0.5:
+            self.kind = "net-loss"
+            pct = rng.choice([1, 5, 20, 50])
+            for argv in (["add", "table", "inet", "chaos"],
+                         ["add", "chain", "inet", "chaos", "out", "{ type filter hook output priority 0; }"],
+                         ["add", "chain", "inet", "chaos", "in", "{ type filter hook input priority 0; }"],
+                         ["add", "rule", "inet", "chaos", "out", "numgen", "random", "mod", "100", "<", str(pct), "drop"],
+                         ["add", "rule", "inet", "chaos", "in", "numgen", "random", "mod", "100", "<", str(pct), "drop"]):
+                p = _ns_run(self.ctx, node, "nft", *argv)
+                if p.returncode != 0:
+                    self.heal()
+                    raise RuntimeError(f"nft {' '.join(argv)} failed: {p.stderr.strip()}")
+            return f"loss {pct}% both ways on node {node + 1} (nftables)"
+        self.kind = "net-rate"
+        rate = rng.choice(["256kbit", "1mbit", "8mbit"])
+        p = _ns_run(self.ctx, node, "tc", "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", rate,
+                    "burst", "32kbit", "latency", "400ms")
+        if p.returncode != 0:
+            self.heal()
+            raise RuntimeError(f"tc tbf failed: {p.stderr.strip()}")
+        return f"rate cap {rate} out of node {node + 1} (tbf)"
 
     def heal(self) -> None:
         if self.node is not None:
             _ns_run(self.ctx, self.node, "tc", "qdisc", "del", "dev", "eth0", "root")
+            _ns_run(self.ctx, self.node, "nft", "delete", "table", "inet", "chaos")
             self.node = None
 
 

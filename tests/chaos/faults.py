@@ -72,10 +72,31 @@ class Ctx:
                     pass
             self.mesh.kill(i)
 
-    def start_daemon(self, i: int) -> None:
-        with self.procs:
-            if not self.mesh.nodes[i].running:
-                self.mesh.start(i, timeout=120)
+    def start_daemon(self, i: int, patience: float = 300.0) -> None:
+        """Start node ``i``'s daemon again. While it was down a CLI command may have begun
+        in place and hold the home (the product refuses two processes on one home, by
+        design): such a start is retried until ``patience`` runs out, and its exit is ours,
+        not a crash."""
+        deadline = time.monotonic() + patience
+        while True:
+            with self.procs:
+                n = self.mesh.nodes[i]
+                if n.running:
+                    return
+                mark = n.home.joinpath("daemon.log").stat().st_size if n.home.joinpath("daemon.log").exists() else 0
+                try:
+                    self.mesh.start(i, timeout=120)
+                    return
+                except Exception:
+                    if n.proc is not None:
+                        self.killed_pids.add(n.proc.pid)
+                        self.mesh.stop(i)
+                    with open(n.home / "daemon.log", "rb") as f:
+                        f.seek(mark)
+                        said = f.read().decode(errors="replace")
+                    if "another corestate process" not in said or time.monotonic() > deadline:
+                        raise
+            time.sleep(1.0)
 
 
 class Fault:

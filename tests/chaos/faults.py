@@ -24,6 +24,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -52,6 +53,7 @@ class Ctx:
     cli: dict[int, subprocess.Popen[str]] = field(default_factory=dict)  # running backups by node
     cli_killed: set[int] = field(default_factory=set)  # pids of CLI commands we killed
     side: list[tuple[str, subprocess.Popen[str], Path | None]] = field(default_factory=list)
+    hostile: list[str] = field(default_factory=list)  # what each hostile stranger saw (JSON lines)
 
     def __post_init__(self) -> None:
         self.node_locks = [threading.Lock() for _ in self.mesh.nodes]
@@ -465,5 +467,50 @@ class DiskFull(Fault):
             self.node = None
 
 
+# -- hostile strangers ------------------------------------------------------------------------
+
+
+class Hostile(Fault):
+    """A stranger (``hostile.py``, a process of its own in another node's namespace) that
+    floods a daemon with PUTs (one identity, or a new identity for each), opens many streams,
+    or lies about the bytes it sends, for the hold time. The daemon must live on, keep its
+    quotas and log no traceback; what the stranger saw is kept in the side record."""
+
+    kind = "hostile"
+    hold = (3.0, 10.0)
+    needs_netns = True
+    nodes_locked = False
+    flavours = ("put-flood", "many-identities", "many-streams", "lying-put")
+
+    def inject(self, node: int) -> str:
+        mesh = self.ctx.mesh
+        victim = mesh.nodes[node]
+        if not victim.running:
+            raise Skip("daemon not running")
+        flavour = self.ctx.rng.choice(self.flavours)
+        self.kind = f"hostile-{flavour}"
+        host = mesh.nodes[(node + 1) % len(mesh.nodes)]  # the stranger's network: another node's
+        secs = self.ctx.rng.uniform(*self.hold)
+        here = Path(__file__).resolve().parent
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", mesh.ns(host), sys.executable, "-P", str(here / "hostile.py"), flavour,
+             victim.peer_id, mesh.addr(victim), f"{secs:.1f}", str(self.ctx.rng.randrange(1 << 30))],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=mesh.env, stdin=subprocess.DEVNULL)
+        self.node = node
+        return f"{flavour} against node {node + 1} for {secs:.0f} s"
+
+    def heal(self) -> None:
+        if self.node is None:
+            return
+        self.node = None
+        try:
+            out, err = self.proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, err = self.proc.communicate()
+        last = out.strip().splitlines()[-1] if out.strip() else ""
+        self.ctx.hostile.append(last or f"no summary (exit {self.proc.returncode}): {err.strip()[-300:]}")
+
+
 KINDS: tuple[type[Fault], ...] = (KillDaemon, StallDaemon, KillBackup, KillCommand, Partition, Netem,
-                                  FlipShare, FlipPack, CrashTruncate, DiskFull)
+                                  FlipShare, FlipPack, CrashTruncate, DiskFull, Hostile)

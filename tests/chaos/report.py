@@ -79,12 +79,18 @@ def write(campaign: Any, out: Path) -> dict[str, Any]:
         "memory": mem,
         "alerts": dict(sorted(st.alerts.items())),
         "clock_skew": st.clock,
+        "hostile_seen": campaign.ctx.hostile if hasattr(campaign, "ctx") else [],
         "environment": st.environment,
         "fuzz": None,
     }
     growth_ok = (mem["largest_memory_growth"] is None or mem["largest_memory_growth"] < 1.5)
     rep["memory_ok"] = growth_ok
-    rep["ok"] = not st.lost and not st.crashes and not checks_failed and st.verified > 0
+    # The skewed member's entries must have been clamped and alerted somewhere, its own
+    # snapshots restored like everyone's.
+    clock_ok = bool(st.clock.get("clock_ahead_alert_on")) and st.clock.get("alert_names_the_skewed_node", False)
+    rep["clock_ok"] = clock_ok
+    rep["ok"] = (not st.lost and not st.crashes and not checks_failed and st.verified > 0
+                 and st.verified == len(st.snaps) and clock_ok)
     out.mkdir(parents=True, exist_ok=True)
     (out / "REPORT.json").write_text(json.dumps(rep, indent=2) + "\n")
     (out / "REPORT.md").write_text(markdown(rep))
@@ -126,6 +132,8 @@ def markdown(r: dict[str, Any]) -> str:
         lines += ["Not run here: " + "; ".join(f"`{k}` ({v})" for k, v in r["faults_not_run"].items()), ""]
     lines += ["## Environment", "", *[f"- {k}: {v}" for k, v in r["environment"].items()], "",
               "## Clock skew", "", f"```\n{json.dumps(r['clock_skew'], indent=2)}\n```", "",
+              "## Hostile strangers: what they saw", "",
+              *[f"- `{x[:400]}`" for x in r["hostile_seen"]], "",
               "## Alerts raised (from the daemon logs)", "",
               *[f"- `{k}`: {v}" for k, v in r["alerts"].items()], ""]
     for title, key in (("Lost", "lost_detail"), ("Crashes", "crash_detail"),

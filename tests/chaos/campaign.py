@@ -458,7 +458,28 @@ class Campaign:
         self.log(f"settled; repair exit codes {self.state.repairs}")
 
     def verify(self) -> None:
+        """Every recorded snapshot restored and compared with its manifest; one thread per
+        node (each node's restores one after another, in its own daemon)."""
+        by_node: dict[int, list[Snap]] = {}
         for s in self.state.snaps:
+            by_node.setdefault(s.node, []).append(s)
+        threads = [threading.Thread(target=self._verify_node, args=(snaps,)) for snaps in by_node.values()]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.log(f"verified {self.state.verified}/{len(self.state.snaps)} snapshots, "
+                 f"{self.state.bytes_verified} bytes")
+        for n in self.mesh.nodes:
+            p = self.mesh.run(n, "check", "--read-data", "--json", check=False, timeout=900)
+            self._judge_cli(f"check node {n.index + 1}", p, p.stderr)
+            self.state.checks[str(n.index + 1)] = p.returncode
+            if p.returncode != 0:
+                self.log(f"check --read-data on node {n.index + 1} exited {p.returncode}: "
+                         f"{(p.stdout + p.stderr).strip()[-600:]}")
+
+    def _verify_node(self, snaps: list[Snap]) -> None:
+        for s in snaps:
             target = self.base / "restore" / f"n{s.node + 1}-{s.snapshot[:12]}"
             p = self.mesh.run(self.mesh.nodes[s.node], "restore", s.snapshot, "--target", str(target),
                               "--json", check=False, timeout=900)
@@ -473,18 +494,10 @@ class Campaign:
                 if diff:
                     self.lost(s, "; ".join(diff))
                 else:
-                    self.state.verified += 1
-                    self.state.bytes_verified += s.bytes
+                    with self.lock:
+                        self.state.verified += 1
+                        self.state.bytes_verified += s.bytes
             shutil.rmtree(target, ignore_errors=True)
-        self.log(f"verified {self.state.verified}/{len(self.state.snaps)} snapshots, "
-                 f"{self.state.bytes_verified} bytes")
-        for n in self.mesh.nodes:
-            p = self.mesh.run(n, "check", "--read-data", "--json", check=False, timeout=900)
-            self._judge_cli(f"check node {n.index + 1}", p, p.stderr)
-            self.state.checks[str(n.index + 1)] = p.returncode
-            if p.returncode != 0:
-                self.log(f"check --read-data on node {n.index + 1} exited {p.returncode}: "
-                         f"{(p.stdout + p.stderr).strip()[-600:]}")
 
     def lost(self, s: Snap, why: str) -> None:
         self.log(f"LOST: snapshot {s.snapshot[:12]} of node {s.node + 1} (round {s.round}): {why[:400]}")

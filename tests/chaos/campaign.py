@@ -79,7 +79,7 @@ class Profile:
 
 
 PROFILES = {
-    "short": Profile(nodes=4, soak=120, tree="2MiB", mutate=10, fault_gap=(1.0, 4.0), fault_threads=1,
+    "short": Profile(nodes=4, soak=120, tree="2MiB", mutate=10, fault_gap=(1.0, 3.0), fault_threads=2,
                      loop_homes=1, loop_size="256M", sample_every=2.0, warmup=20, clock_offset="3d"),
     "full": Profile(nodes=8, soak=1800, tree="24MiB", mutate=5, fault_gap=(2.0, 8.0), fault_threads=2,
                     loop_homes=2, loop_size="2G", sample_every=5.0, warmup=120, clock_offset="3d"),

@@ -80,5 +80,5 @@ def test_short_campaign(tmp_path: Path, pytestconfig: pytest.Config) -> None:
     assert rep["crashes"] == 0, summary
     assert rep["checks_failed"] == [], summary
     assert rep["snapshots_verified"] == rep["snapshots_recorded"] > 0, summary
-    assert rep["faults_total"] >= 10, rep["faults"]
+    assert rep["faults_total"] >= 8, rep["faults"]
     assert p.returncode == 0, summary

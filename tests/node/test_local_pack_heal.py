@@ -106,3 +106,23 @@ def test_check_read_data_heals_a_damaged_local_pack(mesh: LocalMesh, tmp_path: P
     assert "DAMAGED" not in p.stdout, p.stdout
     p = mesh.run(owner, "check", "--read-data", check=False)
     assert p.returncode in (0, 3) and "healed" not in p.stdout, p.stdout + p.stderr
+
+
+def test_a_damaged_local_pack_does_not_fail_the_next_backups(mesh: LocalMesh, tmp_path: Path) -> None:
+    """Found by the chaos campaign: a data pack kept local (placement short of n) rotted,
+    and every later backup failed with an internal error when it tried to place the rest
+    of its shares. Now its share on a peer rebuilds it and placement completes."""
+    owner = mesh.nodes[0]
+    start_missing(mesh)
+    mesh.stop(2)
+    src = random_tree(tmp_path / "src", 3, seed=8)
+    p = mesh.run(owner, "backup", str(src), "--k", "1", "--n", "2", "--json", check=False)
+    assert p.returncode == 3, p.stdout + p.stderr
+    codes = ledger_codes(owner.home)
+    kept = sorted(h for h in store_packs(owner.home) if bytes.fromhex(h) in codes)
+    big = max(kept, key=lambda h: (owner.home / "store" / "packs" / h[:2] / h).stat().st_size)
+    flip_byte(owner.home / "store" / "packs" / big[:2] / big)
+    mesh.start(2)
+    p = mesh.run(owner, "backup", str(src), "--k", "1", "--n", "2", "--json", check=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "internal error" not in p.stderr

@@ -510,7 +510,12 @@ class Campaign:
             text = n.log.read_text(errors="replace") if n.log else ""
             at = 0
             while (at := text.find(TRACEBACK, at)) >= 0:
-                self.crash(f"traceback in daemon log of node {n.index + 1}: {text[max(0, at - 300):at + 1500]}")
+                # The whole block (to the next log record), so the leaf exception is kept.
+                end = text.find("\n20", at)
+                block = text[max(0, text.rfind("\n", 0, at - 1) + 1):end if end > 0 else len(text)]
+                if len(block) > 3000:
+                    block = block[:800] + "\n  [...]\n" + block[-2000:]
+                self.crash(f"traceback in daemon log of node {n.index + 1}: {block}")
                 at += 1
             for line in text.splitlines():
                 if " alert " in line:

@@ -253,6 +253,11 @@ class Campaign:
         for n in self.mesh.nodes:
             edit_config(n.home, "pack_size = 16777216", "pack_size = 1048576")
             edit_config(n.home, "peer_timeout = 10", "peer_timeout = 3")
+        # A daemon on a full disk cannot write its log there either: the logs of the loop
+        # homes live beside them (daemon.log a symlink), so the cause of a failure is kept.
+        (self.base / "logs").mkdir(exist_ok=True)
+        for i in loop_homes:
+            (self.mesh.nodes[i].home / "daemon.log").symlink_to(self.base / "logs" / f"node{i + 1}.live.log")
         self.ctx = Ctx(self.mesh, self.rng, self.base, self.log, self.netns, loop_homes)
         self.ctx.procs.acquire()
         try:
@@ -584,7 +589,7 @@ class Campaign:
             logs.mkdir(exist_ok=True)
             for n in mesh.nodes:
                 if n.log is not None and n.log.exists():
-                    shutil.copy(n.log, logs / f"node{n.index + 1}.log")
+                    shutil.copy(n.log, logs / f"node{n.index + 1}.log")  # follows the symlink
         for home, dev in reversed(self.loops):
             subprocess.run(["umount", "-l", str(home)], capture_output=True)
             subprocess.run(["losetup", "-d", dev], capture_output=True)

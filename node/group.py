@@ -61,6 +61,22 @@ CREATE TABLE IF NOT EXISTS invites (secret BLOB PRIMARY KEY, role TEXT, expires_
 """
 
 
+
+def _clock_offset_ms() -> int:
+    """A test knob, for the chaos campaign (tests/chaos): ``CORESTATE_CLOCK_OFFSET`` (a
+    duration such as "3d" or "-90m") shifts the wall clock this node stamps its membership
+    ops and catalog entries with, to play a member whose clock is wrong. Read once, here:
+    the only place the node reads wall time for HLC and catalog stamps. Unset in use."""
+    raw = os.environ.get("CORESTATE_CLOCK_OFFSET", "").strip()
+    if not raw:
+        return 0
+    sign = -1 if raw.startswith("-") else 1
+    from corestate.node.home import parse_duration
+    return sign * int(parse_duration(raw.lstrip("+-")) * 1000)
+
+
+_CLOCK_OFFSET_MS = _clock_offset_ms()
+
 class GroupError(CoreStateError):
     pass
 
@@ -201,7 +217,7 @@ class GroupNode:
         return self.state.removed if self.state is not None else frozenset()
 
     def _now_ms(self) -> int:
-        return time.time_ns() // 1_000_000
+        return time.time_ns() // 1_000_000 + _CLOCK_OFFSET_MS
 
     # -- membership --------------------------------------------------------------------
 

@@ -16,7 +16,9 @@ the user types it and not at the first backup.
 
 from __future__ import annotations
 
+import logging
 import re
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,8 @@ import cbor2
 from sqlitedict import SqliteDict
 
 from corestate.errors import CoreStateError
+
+log = logging.getLogger("corestate.peers")
 
 _PEER_ID = re.compile(r"^(12D3Koo[1-9A-HJ-NP-Za-km-z]{44,46}|Qm[1-9A-HJ-NP-Za-km-z]{44})$")
 
@@ -136,6 +140,17 @@ class AddressBook:
     def close(self) -> None:
         self._db.close()
 
+    def _put(self, peer: str, obj: Any | None) -> None:
+        """Write (or delete, ``obj`` None) one entry and wait for its commit. sqlitedict
+        writes from a thread of its own and raises a failed write (a full disk) at the
+        *next* call on the book, whichever that is: waiting here raises it to the caller
+        that wrote, and only once."""
+        if obj is None:
+            del self._db[peer]
+        else:
+            self._db[peer] = obj
+        self._db.commit()
+
     def get(self, peer: str) -> PeerEntry | None:
         o = self._db.get(peer)
         return None if o is None else PeerEntry.from_obj(peer, o)
@@ -171,7 +186,7 @@ class AddressBook:
         else:
             e.note_found(addrs)
             e.seen_ns = time.time_ns()
-        self._db[peer] = e.to_obj()
+        self._put(peer, e.to_obj())
         return e
 
     def _make_room(self) -> None:
@@ -180,19 +195,24 @@ class AddressBook:
         loose = sorted((e for e in self.all() if not e.trusted and e.source != "user"),
                        key=lambda e: (e.seen_ns, e.added_ns))
         while len(loose) >= MAX_UNTRUSTED:
-            del self._db[loose.pop(0).peer]
+            self._put(loose.pop(0).peer, None)
 
     def seen(self, peer: str, addrs: list[str] | None = None) -> None:
-        """``peer`` answered (from ``addrs``, when known): noted as found, never pinned."""
+        """``peer`` answered (from ``addrs``, when known): noted as found, never pinned.
+        Best effort: a note that cannot be written (a full disk) is logged, never raised;
+        the backup or sync round that heard the peer goes on without it."""
         e = self.get(peer)
         if e is None:
             return
         e.seen_ns = time.time_ns()
         e.note_found(addrs or [])
-        self._db[peer] = e.to_obj()
+        try:
+            self._put(peer, e.to_obj())
+        except sqlite3.Error as exc:
+            log.warning("could not note that %s answered: %s", peer[-8:], exc)
 
     def remove(self, peer: str) -> bool:
         if peer in self._db:
-            del self._db[peer]
+            self._put(peer, None)
             return True
         return False

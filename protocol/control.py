@@ -587,6 +587,7 @@ class CheckSummary(Record):
     index_packs: U63 | None  # the index was rebuilt from this many packs
     surveyed: bool  # the holders were asked (a mesh node)
     shares: Annotated[dict[Name, U63], MaxItems(16)]  # survey verdict -> shares
+    healed: Annotated[tuple[Id, ...], MaxItems(65536)] = ()  # damaged local packs rebuilt from peers
 
 
 CheckItem = CheckSummary | IndexProblem | Damage | SnapshotHealth | BadShare

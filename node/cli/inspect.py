@@ -94,8 +94,11 @@ def _say_check(args: argparse.Namespace, out: Out, items: list[Any]) -> int:
         for p in items:
             if isinstance(p, c.IndexProblem):
                 out.warn(f"pack {p.pack.hex()[:16]} could not be read: {p.problem}")
+    for pack in report.healed:
+        out.say(f"healed damaged local pack {pack.hex()[:16]} from its shares on peers")
     if out.json:
         out.obj({"type": "summary", "ok": report.code == EXIT_OK, "packs": report.packs, "blobs": report.blobs,
+                 "healed": [p.hex() for p in report.healed],
                  "snapshots": report.snapshots, "trees": report.trees, "bytes_read": report.bytes_read,
                  "packs_on_peers_only": report.remote,
                  "damage": [{"what": d.what, "id": d.id.hex(), "reason": d.reason, "files": f}

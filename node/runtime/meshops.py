@@ -3,7 +3,8 @@
 - ``fetch``: bring back the remote-only packs a restore (or a full read) needs.
 - ``MeshPackFeed``: remote-only packs, in memory, as a restore writes (streaming restore);
 - ``fetch_headers``: index remote packs from their sealed headers alone (recovery);
-- ``delete_shares``: ask holders to delete the shares of pruned packs.
+- ``delete_shares``: ask holders to delete the shares of pruned packs;
+- ``heal_local``: rewrite damaged local copies of packs from their shares on peers.
 
 (The survey and repair orchestration is the application layer's: node/app/maintain.py.)
 
@@ -14,6 +15,7 @@ here runs.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 from collections.abc import Callable, Collection, Iterable
@@ -293,6 +295,64 @@ class MeshPackFeed:
             while not self._stop.is_set() and self._ready.unfinished_tasks:
                 await trio.sleep(0.02)
             prev = got
+
+
+def damaged_local(node: LocalNode, packs: Iterable[bytes]) -> list[bytes]:
+    """The ``packs`` held in the local store whose bytes no longer hash to their id (bit
+    rot, a torn write) and whose shares are on peers, so ``heal_local`` can rebuild them."""
+    import blake3
+    store = node.repo.store
+    has_local = getattr(store, "has_local", None)
+    out = []
+    for p in sorted(packs):
+        if has_local is None or not has_local(p) or node.ledger.get(p) is None:
+            continue
+        try:
+            data = store.get(p)
+        except CoreStateError:
+            continue
+        if blake3.blake3(data).digest() != p:
+            out.append(p)
+    return out
+
+
+def heal_local(node: LocalNode, port: MeshPort, packs: Iterable[bytes]) -> list[bytes]:
+    """Rebuild each of ``packs`` from its holders (``Mesh.fetch``: every share checked
+    against its recorded root, the pack against its id) and write it over the damaged
+    local copy, in place: readers that hold the pack file open (a restore's cached
+    descriptors, forked workers) then read the healed bytes, never a stale inode. A pack
+    that cannot be fetched now stays as it was (logged). Returns the healed packs."""
+    import trio
+    from corestate.node.runtime.mesh import MeshError
+    store = node.repo.store
+    want = sorted(packs)
+    healed: list[bytes] = []
+
+    def write_over(p: bytes, data: bytes) -> None:
+        path = store.path(p)
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.pwrite(fd, view, len(data) - len(view)):]
+            os.ftruncate(fd, len(data))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    async def run(mesh: Mesh) -> None:
+        for p in want:
+            try:
+                data = await mesh.fetch(p)
+            except MeshError as exc:
+                log.warning("damaged local pack %s not healed: %s", p.hex()[:12], exc)
+                continue
+            await trio.to_thread.run_sync(write_over, p, data)
+            log.warning("damaged local pack %s healed from its shares on peers", p.hex()[:12])
+            healed.append(p)
+    if want:
+        port.call(run)
+    return healed
 
 
 def drop_fetched(node: LocalNode, packs: Iterable[bytes]) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from helpers import PASSPHRASE, Cli
+from helpers import PASSPHRASE, Cli, cheap_key
 
 NETNS_HELPERS = ("natlab", "netmesh")
 LOOP_DEVICE_FIXTURES = ("btrfs_mount", "xfs_mount")
@@ -36,6 +36,7 @@ def cli(tmp_path: Path) -> Iterator[Cli]:
     pw.write_text(PASSPHRASE + "\n")
     c = Cli(tmp_path / "home", pw)
     c.run("init")
+    cheap_key(c.home, PASSPHRASE)  # a setting, not what is tested: see cheap_key
     yield c
 
 

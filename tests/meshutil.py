@@ -35,6 +35,7 @@ import blake3
 from corestate.erasure import share as sharefmt
 from corestate.node.runtime.localmesh import LocalMesh, MeshNode
 from corestate.protocol import messages as m
+from helpers import cheap_key
 
 T = TypeVar("T")
 
@@ -58,10 +59,11 @@ def make_mesh(base: Path, count: int, *, pack_size: int = PACK_SIZE,
               global_quota: int = GLOBAL_QUOTA) -> LocalMesh:
     """A created (not started) mesh of ``count`` homes, each trusting the others, with
     ``pack_size`` packs (many packs from a few MiB) and a small ``global_quota`` for
-    untrusted senders."""
+    untrusted senders; keys sealed at the lowest cost (``helpers.cheap_key``)."""
     mesh = LocalMesh(base, count)
     mesh.create()
     for n in mesh.nodes:
+        cheap_key(n.home, mesh.passphrase)  # a setting, not what is tested: see cheap_key
         edit_config(n.home, "pack_size = 16777216", f"pack_size = {pack_size}")
         edit_config(n.home, 'global_quota = "64 MiB"', f"global_quota = {global_quota}")
     return mesh

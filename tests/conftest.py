@@ -12,9 +12,9 @@ whenever ``-n`` is given) hand each worker whole groups of tests:
   file system (the kernel tests' ``btrfs_mount``/``xfs_mount``, one mount per session);
 - a test that names its own ``xdist_group`` keeps it.
 
-Groups go to the workers heaviest first (the ones with the most ``slow`` tests, which start
-daemons or build large trees), so no long group starts last and holds up the end of the
-run. Without ``-n`` nothing changes: one process, the usual order.
+Groups go to the workers heaviest first (``HEAVIEST``, measured; then the groups with the
+most tests marked ``slow`` or using the ``cli`` fixture), so no long group starts last and
+holds up the end of the run. Without ``-n`` nothing changes: one process, the usual order.
 """
 
 from __future__ import annotations
@@ -28,6 +28,27 @@ from helpers import PASSPHRASE, Cli, cheap_key
 
 NETNS_HELPERS = ("natlab", "netmesh")
 LOOP_DEVICE_FIXTURES = ("btrfs_mount", "xfs_mount")
+# The groups that cost the most wall time, most first (measured: `pytest --durations`, summed
+# per group). Any other group follows, those with more tests that start processes first. A
+# group missing here only risks starting late; keep the list to the top fifteen or so.
+HEAVIEST = (
+    "tests/node/test_health_daemons.py",
+    "tests/node/test_group.py",
+    "netns",
+    "tests/node/test_stream_daemons.py",
+    "tests/node/test_mesh.py",
+    "tests/node/test_repair.py",
+    "tests/tui/test_tui_tmux.py",
+    "tests/tui/test_tui_daemon.py",
+    "tests/node/test_group_join.py",
+    "tests/node/test_anomaly_node.py",
+    "tests/node/test_daemon.py",
+    "tests/node/test_crash_and_bad_input.py",
+    "loop-devices",
+    "tests/node/test_cancel_api.py",
+    "tests/node/test_forget.py",
+    "tests/node/test_control_api.py",
+)
 
 
 @pytest.fixture
@@ -58,7 +79,8 @@ def pytest_configure(config: pytest.Config) -> None:
 def _group(item: pytest.Item) -> str:
     module = getattr(item, "module", None)
     if isinstance(module, ModuleType) and any(
-            isinstance(v, ModuleType) and v.__name__ in NETNS_HELPERS for v in vars(module).values()):
+            (v.__name__ if isinstance(v, ModuleType) else getattr(v, "__module__", None)) in NETNS_HELPERS
+            for v in vars(module).values()):
         return "netns"
     if set(LOOP_DEVICE_FIXTURES) & set(getattr(item, "fixturenames", ())):
         return "loop-devices"
@@ -79,5 +101,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             name = str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
         groups.setdefault(name, []).append(item)
     # Heaviest first; sorted() is stable, so groups of equal weight keep their order.
-    order = sorted(groups.values(), key=lambda g: -sum(i.get_closest_marker("slow") is not None for i in g))
-    items[:] = [i for g in order for i in g]
+    def weight(name: str) -> tuple[int, int]:
+        rank = HEAVIEST.index(name) if name in HEAVIEST else len(HEAVIEST)
+        return rank, -sum(_spawns(i) for i in groups[name])
+    items[:] = [i for name in sorted(groups, key=weight) for i in groups[name]]
+
+
+def _spawns(item: pytest.Item) -> bool:
+    """Does the test start processes (daemons, CLI commands)? Those take seconds each where
+    the others take milliseconds."""
+    return item.get_closest_marker("slow") is not None or "cli" in getattr(item, "fixturenames", ())

@@ -28,25 +28,26 @@ from helpers import PASSPHRASE, Cli, cheap_key
 
 NETNS_HELPERS = ("natlab", "netmesh")
 LOOP_DEVICE_FIXTURES = ("btrfs_mount", "xfs_mount")
-# The groups that cost the most wall time, most first (measured: `pytest --durations`, summed
-# per group). Any other group follows, those with more tests that start processes first. A
+# The groups that cost the most wall time, most first (measured: tests/bench/suite_cost.py
+# over a whole run). Any other group follows, those with more tests that start processes first. A
 # group missing here only risks starting late; keep the list to the top fifteen or so.
 HEAVIEST = (
-    "tests/node/test_health_daemons.py",
-    "tests/node/test_group.py",
+    "tests/node/test_anomaly_node.py",
     "netns",
+    "tests/node/test_group.py",
+    "loop-devices",
+    "tests/node/test_repair.py",
+    "tests/node/test_health_daemons.py",
+    "tests/node/test_crash_and_bad_input.py",
+    "tests/node/test_daemon.py",
+    "tests/node/test_backup_restore.py",
+    "tests/node/test_group_join.py",
     "tests/node/test_stream_daemons.py",
     "tests/node/test_mesh.py",
-    "tests/node/test_repair.py",
-    "tests/tui/test_tui_tmux.py",
-    "tests/tui/test_tui_daemon.py",
-    "tests/node/test_group_join.py",
-    "tests/node/test_anomaly_node.py",
-    "tests/node/test_daemon.py",
-    "tests/node/test_crash_and_bad_input.py",
-    "loop-devices",
+    "tests/node/test_restore_safety.py",
     "tests/node/test_cancel_api.py",
-    "tests/node/test_forget.py",
+    "tests/node/test_mount.py",
+    "tests/node/test_share_hostile.py",
     "tests/node/test_control_api.py",
 )
 

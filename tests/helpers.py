@@ -38,6 +38,24 @@ class Cli:
         return json.loads(p.stdout.strip().splitlines()[-1])
 
 
+def cheap_key(home: Path, passphrase: str) -> None:
+    """Seal ``home``'s key again under the lowest Argon2id cost (the in-process kit's
+    ``CHEAP_KDF``; the cost travels with the key, so every later unseal is cheap too).
+
+    For homes that only serve as a test's setting: each command and daemon start unseals the
+    key, and at the default cost (64 MiB, 3 passes) that is about a third of a short
+    command's CPU. ``init`` itself, a wrong passphrase, ``key passwd``, recovery and the
+    default cost are tested on homes of their own."""
+    from corestate.node import keystore
+    from corestate.node.runtime.testkit import CHEAP_KDF
+    path = home / "key"
+    sealed = path.read_bytes()
+    if keystore.is_hsm(sealed):
+        return
+    pw = passphrase.encode()
+    keystore.write_key(path, keystore.unseal(sealed, pw), pw, cost=CHEAP_KDF)
+
+
 def without_dac_override() -> None:
     """In a child (``preexec_fn``): drop root's power to read and write any file, so
     permissions apply to it."""

@@ -4,6 +4,8 @@ Importable as ``meshutil`` (pytest puts tests/ on sys.path). What is here:
 
 - building a ``LocalMesh`` with test-sized settings (1 MiB packs, a small global quota),
   and the CLI plumbing around it (JSON of the last line, commands without a passphrase);
+- a module's shared mesh (``MeshShape``, ``shared_mesh``; the fixtures that use them are in
+  tests/node/conftest.py), a group formed through the CLI (``form_group``);
 - trees with random content, and polling with a deadline instead of sleeps;
 - looking at a node's state from outside: the share ledger of an owner (``mesh.db``), the
   share files of a holder (``<home>/shares``);
@@ -19,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import sqlite3
 import subprocess
 import time
@@ -32,6 +35,7 @@ import blake3
 from corestate.erasure import share as sharefmt
 from corestate.node.runtime.localmesh import LocalMesh, MeshNode
 from corestate.protocol import messages as m
+from helpers import cheap_key
 
 T = TypeVar("T")
 
@@ -55,10 +59,11 @@ def make_mesh(base: Path, count: int, *, pack_size: int = PACK_SIZE,
               global_quota: int = GLOBAL_QUOTA) -> LocalMesh:
     """A created (not started) mesh of ``count`` homes, each trusting the others, with
     ``pack_size`` packs (many packs from a few MiB) and a small ``global_quota`` for
-    untrusted senders."""
+    untrusted senders; keys sealed at the lowest cost (``helpers.cheap_key``)."""
     mesh = LocalMesh(base, count)
     mesh.create()
     for n in mesh.nodes:
+        cheap_key(n.home, mesh.passphrase)  # a setting, not what is tested: see cheap_key
         edit_config(n.home, "pack_size = 16777216", f"pack_size = {pack_size}")
         edit_config(n.home, 'global_quota = "64 MiB"', f"global_quota = {global_quota}")
     return mesh
@@ -80,6 +85,60 @@ def start_missing(mesh: LocalMesh) -> None:
     down = [n.index for n in mesh.nodes if not n.running]
     if down:
         mesh.start(*down)
+
+
+def form_group(mesh: LocalMesh, name: str = "office", *, admin: int = 0) -> None:
+    """``group create`` on ``admin``, a one-time invite joined by every other node, then a
+    sync round from the last node to the first (so everyone has everyone's records)."""
+    lead = mesh.nodes[admin]
+    mesh.run(lead, "group", "create", name)
+    for n in mesh.nodes:
+        if n is not lead:
+            token = mesh.run(lead, "group", "invite").stdout.strip().splitlines()[-1]
+            mesh.run(n, "group", "join", token)
+    for n in reversed(mesh.nodes):
+        mesh.run(n, "group", "sync", check=False)
+
+
+@dataclass(frozen=True, slots=True)
+class MeshShape:
+    """What a test module's shared mesh looks like (``MESH = MeshShape(...)`` in the module;
+    the ``mesh`` fixture of tests/node/conftest.py builds it once per module):
+    ``nodes`` daemons, each home's ``config.toml`` edited by every ``(old, new)`` of
+    ``config``, and all of them in one group named ``group`` (node 1 its admin) when given."""
+
+    name: str
+    nodes: int
+    config: tuple[tuple[str, str], ...] = ()
+    group: str | None = None
+
+
+@contextmanager
+def shared_mesh(base: Path, shape: MeshShape) -> Iterator[LocalMesh]:
+    """A module's mesh, made, started (and grouped) as ``shape`` says; every daemon is
+    closed at the end, also when a start failed."""
+    lm = make_mesh(base, shape.nodes)
+    for n in lm.nodes:
+        for old, new in shape.config:
+            edit_config(n.home, old, new)
+    with running(lm):
+        if shape.group is not None:
+            form_group(lm, shape.group)
+        yield lm
+
+
+@contextmanager
+def all_up(mesh: LocalMesh) -> Iterator[LocalMesh]:
+    """Around one test of a shared mesh: it starts and ends with every daemon up (one the
+    test stopped with SIGSTOP goes on, one it killed is started again)."""
+    start_missing(mesh)
+    try:
+        yield mesh
+    finally:
+        for n in mesh.nodes:
+            if n.proc is not None and n.proc.poll() is None:
+                os.kill(n.proc.pid, signal.SIGCONT)
+        start_missing(mesh)
 
 
 def clean_env() -> dict[str, str]:

@@ -76,7 +76,7 @@ def test_wrong_passphrase_missing_home_and_existing_home(cli: Cli, tmp_path: Pat
     assert p.returncode == 1 and "--passphrase-file" in p.stderr
 
 
-def test_phrase_recovers_the_same_keys_and_passwd_changes_the_seal(cli: Cli, tmp_path: Path) -> None:
+def test_phrase_recovers_the_same_keys_and_passwd_changes_the_seal(tmp_path: Path) -> None:
     pw = tmp_path / "pw2"
     pw.write_text("first\n")
     a = Cli(tmp_path / "a", pw)

@@ -24,14 +24,17 @@ LOOPBACK = ("/ip4/127.0.0.1/tcp/0",)
 FLOOD_FRAME = 4 << 20  # what the old services read from anyone before checking membership
 
 
-@pytest.fixture
-def admin(tmp_path: Path) -> Iterator[LocalMesh]:
-    mesh = LocalMesh(tmp_path / "mesh", 1)
+@pytest.fixture(scope="module")
+def admin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
+    """One group admin for the module: the tests only talk to it (and it must serve on)."""
+    mesh = LocalMesh(tmp_path_factory.mktemp("hostile") / "mesh", 1)
     mesh.create()
-    mesh.start()
-    mesh.run(mesh.nodes[0], "group", "create", "office")
-    yield mesh
-    mesh.close()
+    try:
+        mesh.start()
+        mesh.run(mesh.nodes[0], "group", "create", "office")
+        yield mesh
+    finally:
+        mesh.close()
 
 
 def node_info_seconds(home: Path) -> float:

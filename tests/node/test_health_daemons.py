@@ -19,56 +19,35 @@ coded k=2 of n=3, so each pack leaves a member free for a rebuilt share.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from corestate.node.runtime.localmesh import LocalMesh
 from corestate.node.treecompare import differences
 from meshutil import (
+    MeshShape,
     edit_config,
     last_json,
     ledger_rows,
-    make_mesh,
     random_tree,
     restored,
     share_files,
-    start_missing,
     wait_for,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("mesh_up")]
 
 OWNER = 0
 
-
-@pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
-    lm = make_mesh(tmp_path_factory.mktemp("health"), 5)
-    for n in lm.nodes:
-        edit_config(n.home, 'repair_every = "1d"', 'repair_every = "10s"')
-        edit_config(n.home, 'audit_every = "1h"', 'audit_every = "5s"')
-        edit_config(n.home, 'holder_lost_after = "3d"', 'holder_lost_after = "30s"')
-        edit_config(n.home, 'owner_away_after = "3d"', 'owner_away_after = "20s"')
-    try:
-        lm.start()
-        # One group: members hold each other's shares and repair for an absent owner.
-        lm.run(lm.nodes[0], "group", "create", "office")
-        for n in lm.nodes[1:]:
-            token = lm.run(lm.nodes[0], "group", "invite").stdout.strip().splitlines()[-1]
-            lm.run(n, "group", "join", token)
-        for n in reversed(lm.nodes):
-            lm.run(n, "group", "sync", check=False)
-        yield lm
-    finally:
-        lm.close()
-
-
-@pytest.fixture(autouse=True)
-def all_running(mesh: LocalMesh) -> Iterator[None]:
-    start_missing(mesh)
-    yield
-    start_missing(mesh)
+# The module's ``mesh`` (tests/node/conftest.py). One group: members hold each other's
+# shares and repair for an absent owner.
+MESH = MeshShape("health", 5, group="office", config=(
+    ('repair_every = "1d"', 'repair_every = "10s"'),
+    ('audit_every = "1h"', 'audit_every = "5s"'),
+    ('holder_lost_after = "3d"', 'holder_lost_after = "30s"'),
+    ('owner_away_after = "3d"', 'owner_away_after = "20s"'),
+))
 
 
 def health(mesh: LocalMesh) -> dict:

@@ -18,7 +18,6 @@ serves the whole module; a test that kills daemons starts them again. What is ch
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import blake3
@@ -34,6 +33,7 @@ from corestate.protocol.wire import encode_frame, encode_varint
 from helpers import make_tree
 from meshutil import (
     GLOBAL_QUOTA,
+    MeshShape,
     Row,
     ask,
     flip_byte,
@@ -41,7 +41,6 @@ from meshutil import (
     last_json,
     ledger_codes,
     ledger_rows,
-    make_mesh,
     offer,
     open_channel,
     open_client,
@@ -49,10 +48,8 @@ from meshutil import (
     put,
     random_tree,
     restored,
-    running,
     share_files,
     signed_delete,
-    start_missing,
     store_packs,
     valid_share,
     wait_for,
@@ -63,19 +60,8 @@ HOLDERS = (1, 2, 3, 4)
 HOSTILE = 4  # the holder the hostile and untrusted clients talk to
 
 
-@pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
-    lm = make_mesh(tmp_path_factory.mktemp("mesh"), 5)
-    with running(lm):
-        yield lm
-
-
-@pytest.fixture(autouse=True)
-def all_running(mesh: LocalMesh) -> Iterator[None]:
-    """Every test starts and ends with the five daemons up (a killed one is restarted)."""
-    start_missing(mesh)
-    yield
-    start_missing(mesh)
+MESH = MeshShape("mesh", 5)  # the module's ``mesh`` (tests/node/conftest.py)
+pytestmark = pytest.mark.usefixtures("mesh_up")  # every test starts and ends with the five up
 
 
 def backup(mesh: LocalMesh, src: Path, *args: str) -> tuple[int, dict]:

@@ -12,7 +12,6 @@ coded k=2 of n=3, so each pack leaves one holder free to take a rebuilt share.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,15 +19,15 @@ from corestate.node.peers import AddressBook
 from corestate.node.runtime.localmesh import LocalMesh
 from corestate.node.treecompare import differences
 from meshutil import (
+    MeshShape,
     edit_config,
+    form_group,
     last_json,
     ledger_rows,
     make_mesh,
     random_tree,
     restored,
-    running,
     share_files,
-    start_missing,
     wait_for,
 )
 
@@ -36,18 +35,8 @@ OWNER = 0
 HOLDERS = (1, 2, 3, 4)
 
 
-@pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
-    lm = make_mesh(tmp_path_factory.mktemp("repair"), 5)
-    with running(lm):
-        yield lm
-
-
-@pytest.fixture(autouse=True)
-def all_running(mesh: LocalMesh) -> Iterator[None]:
-    start_missing(mesh)
-    yield
-    start_missing(mesh)
+MESH = MeshShape("repair", 5)  # the module's ``mesh`` (tests/node/conftest.py)
+pytestmark = pytest.mark.usefixtures("mesh_up")
 
 
 def run(mesh: LocalMesh, *args: str) -> tuple[int, dict]:
@@ -171,12 +160,7 @@ def test_in_a_group_the_repaired_placements_reach_the_catalog_and_a_recovery(tmp
     office.start()
     try:
         owner = office.nodes[0]
-        office.run(owner, "group", "create", "office")
-        for n in office.nodes[1:]:
-            token = office.run(owner, "group", "invite").stdout.strip().splitlines()[-1]
-            office.run(n, "group", "join", token)
-        for n in reversed(office.nodes):
-            office.run(n, "group", "sync", check=False)
+        form_group(office, "office")
         src = random_tree(tmp_path / "src", 6, seed=14)
         p = office.run(owner, "backup", str(src), "--k", "2", "--n", "3", "--json")
         assert last_json(p)["mesh"]["safe"], p.stdout

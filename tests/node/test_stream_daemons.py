@@ -8,46 +8,29 @@ import os
 import signal
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from corestate.node.runtime.localmesh import LocalMesh
 from corestate.node.treecompare import differences
 from meshutil import (
+    MeshShape,
     last_json,
     ledger_codes,
     ledger_rows,
-    make_mesh,
     popen,
     random_tree,
     restored,
-    running,
-    start_missing,
     store_packs,
     wait_for,
 )
 
-pytestmark = pytest.mark.slow
+# The module's ``mesh`` (tests/node/conftest.py); a test that stopped a holder (SIGSTOP)
+# lets it go on at the end.
+MESH = MeshShape("stream", 4)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("mesh_up")]
 
 OWNER = 0
-
-
-@pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
-    lm = make_mesh(tmp_path_factory.mktemp("stream"), 4)
-    with running(lm):
-        yield lm
-
-
-@pytest.fixture(autouse=True)
-def all_running(mesh: LocalMesh) -> Iterator[None]:
-    start_missing(mesh)
-    yield
-    for n in mesh.nodes:  # a test that stopped a holder lets it go on
-        if n.proc is not None and n.proc.poll() is None:
-            os.kill(n.proc.pid, signal.SIGCONT)
-    start_missing(mesh)
 
 
 def snapshot_count(home: Path) -> int:

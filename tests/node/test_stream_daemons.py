@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from corestate.node.app.backup import STREAM_IN_FLIGHT
 from corestate.node.runtime.localmesh import LocalMesh
 from corestate.node.treecompare import differences
 from meshutil import (
@@ -82,10 +83,16 @@ def test_packs_leave_while_the_engine_runs_and_a_killed_owner_loses_nothing(
     local = store_packs(owner.home)
     for p in streamed:
         assert codes[p][:2] == (2, 3)
+    orphans = []
     for p, (_, _, is_local) in codes.items():
         if p not in before and not is_local:
             assert p in placed_new(owner.home, before, 3), "a local copy went before its n acks"
-            assert p.hex() not in local
+            if p.hex() in local:
+                orphans.append(p)
+    # The ledger says "not local" before the file goes (never the other way round, which
+    # would leave a ledger pointing at nothing): a kill between the two leaves a harmless
+    # extra copy of a pack being dropped at that moment, at most one per upload in flight.
+    assert len(orphans) <= STREAM_IN_FLIGHT, orphans
     rows_before = {(r.pack, r.index, r.peer) for r in ledger_rows(owner.home) if r.pack in streamed}
 
     mesh.start(OWNER)

@@ -10,32 +10,24 @@ and restores the files again; the store is whole afterwards.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from corestate.node.runtime.localmesh import LocalMesh
 from corestate.node.treecompare import differences
 from meshutil import (
+    MeshShape,
     flip_byte,
     last_json,
     ledger_codes,
-    make_mesh,
     random_tree,
     restored,
-    running,
     start_missing,
     store_packs,
 )
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
-    lm = make_mesh(tmp_path_factory.mktemp("mesh"), 3)
-    with running(lm):
-        yield lm
+MESH = MeshShape("heal", 3)  # the module's ``mesh`` (tests/node/conftest.py)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("mesh_up")]
 
 
 def test_restore_heals_a_damaged_local_pack_from_the_mesh(mesh: LocalMesh, tmp_path: Path) -> None:

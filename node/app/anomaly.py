@@ -142,9 +142,19 @@ class Watch(Observer):
     def new_file(self, path: bytes, size: int, mtime_ns: int, new_bytes: int, stored_bytes: int,
                  content: list[bytes]) -> None:
         if self.hold:  # held back to pair with a deletion: the full record
-            self.file(FileChange(path=path, size=size, mtime_ns=mtime_ns, old_size=None, kept=None,
-                                 new_bytes=new_bytes, stored_bytes=stored_bytes, probe=None,
-                                 content=content))
+            ch = FileChange(path=path, size=size, mtime_ns=mtime_ns, old_size=None, kept=None,
+                            new_bytes=new_bytes, stored_bytes=stored_bytes, probe=None, content=content)
+            digest = ch.digest
+            if len(self.held) < MAX_HELD_ADDS and digest not in self.held:
+                # What ``file`` does with a new file not probed, without its other checks.
+                self.changed_files += 1
+                self.changed_bytes += size
+                ext = self._ext(path)
+                if ext and len(self.exts) < 5000:
+                    self.exts.add(ext)
+                self.held[digest] = (ch, None)
+                return
+            self.file(ch)
             return
         # What ``file`` does with such a file on a first backup, without building the record.
         self.changed_files += 1

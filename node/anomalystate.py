@@ -562,6 +562,23 @@ class AnomalyDB:
         except (sqlite3.DatabaseError, ValueError):
             return None
 
+    def get_many(self, paths: list[bytes]) -> dict[bytes, list[Any]]:
+        """The kept probes of ``paths`` (those that have one), in a few queries: a backup
+        that deleted many files looks them up at once, not one query per file."""
+        import sqlite3
+        out: dict[bytes, list[Any]] = {}
+        for i in range(0, len(paths), 500):  # under SQLite's bound on parameters
+            part = paths[i:i + 500]
+            try:
+                rows = self.db.execute(f"SELECT path, probe FROM probes WHERE path IN ({','.join('?' * len(part))})",
+                                       part).fetchall()
+            except sqlite3.DatabaseError:
+                return out
+            for path, rec in rows:
+                with contextlib.suppress(ValueError):
+                    out[bytes(path)] = json.loads(rec)
+        return out
+
     def flush(self) -> None:
         """Write the probes gathered (``record`` does it with the finding)."""
         import sqlite3

@@ -262,3 +262,24 @@ def test_reading_a_home_where_the_model_never_ran_creates_nothing(tmp_path: Path
     state, problem = st.load(tmp_path)
     assert state.findings == [] and state.series == {} and problem is None
     assert list(tmp_path.iterdir()) == []
+
+
+def test_deleted_files_kept_probes_are_looked_up_at_once_past_the_parameter_bound(tmp_path: Path) -> None:
+    """``get_many`` (a backup's deleted files, looked up together at its end) asks in parts
+    of 500 paths: 1,234 paths, half of them probed before and one with a damaged row, give
+    exactly the probed ones, the same records ``get`` gives one by one."""
+    db = st.AnomalyDB(tmp_path)
+    try:
+        paths = [b"/x/dir%d/f%04d.txt" % (i % 7, i) for i in range(1234)]
+        probed = paths[::2]
+        db.upserts = [(p, json.dumps(["text", 4.0, 9.0, 0.0, True, False, i % 3, 4096, 0.0, 0.0, -1]))
+                      for i, p in enumerate(probed)]
+        db.flush()
+        db.db.execute("UPDATE probes SET probe = '{not json' WHERE path = ?", (probed[7],))
+        got = db.get_many(paths)
+        assert set(got) == set(probed) - {probed[7]}
+        assert all(got[p] == db.get(p) for p in probed[:40] + probed[-40:] if p != probed[7])
+        assert got[probed[600]][6] == 600 % 3
+        assert db.get_many([]) == {}
+    finally:
+        db.close()

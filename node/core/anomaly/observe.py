@@ -265,13 +265,13 @@ class Accumulator:
         self.counts[obs.change] += 1
         self.new_bytes += obs.new_bytes
         self.new_compressed += obs.new_compressed
-        folder, stem, ext = split_ext(obs.path)
         out: list[FileSignals] = []
         if obs.change == "deleted":
-            for key in _stem_keys(obs.path):
+            keys = _stem_keys(obs.path)
+            for key in keys:
                 self._deleted.setdefault(key, obs.old)
             # An added file already seen may be the renamed copy of this one.
-            for key in _stem_keys(obs.path):
+            for key in keys:
                 added = self._added.pop(key, None)
                 if added is not None and added.path not in self._paired:
                     self._paired.add(added.path)
@@ -280,6 +280,7 @@ class Accumulator:
                     if extra is not None:
                         out.append(extra)
             return out
+        folder, stem, ext = split_ext(obs.path)
         if obs.change == "changed" and obs.kept_share is not None:
             self.kept_sum += obs.kept_share
             self.kept_n += 1

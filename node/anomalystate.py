@@ -32,6 +32,7 @@ import base64
 import contextlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,21 @@ def _enc(paths: Series) -> list[str]:
 
 def _dec(paths: list[str]) -> Series:
     return tuple(sorted(os.fsencode(p) for p in paths))
+
+
+@contextlib.contextmanager
+def _transaction(db: Any) -> Iterator[None]:
+    """One write transaction of the state database: taken at once (IMMEDIATE, so a
+    concurrent writer waits here, not at its first write), committed, or rolled back on
+    any error (the state stays what it was)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
 
 
 @dataclass(slots=True)
@@ -337,8 +353,7 @@ class AnomalyDB:
         """Add what the old file holds that the database does not (idempotent: a crash
         between the commit and the rename imports nothing twice)."""
         db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(db):
             have = {r[0] for r in db.execute("SELECT snapshot FROM findings")}
             db.executemany("INSERT INTO findings (snapshot, series, verdict, standing, silent, detailed, body) "
                            "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -347,11 +362,6 @@ class AnomalyDB:
             for k, v in state.series.items():
                 if k not in have:
                     self._put_series(k, v)
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
 
     # -- findings and baselines ------------------------------------------------------------
 
@@ -446,8 +456,7 @@ class AnomalyDB:
     def _record(self, f: Finding, key: str, exts: list[str], learnt: dict[str, float] | None,
                 baseline: bytes | None, volume: Volume | None) -> None:
         db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(db):
             db.executemany("DELETE FROM probes WHERE path = ?", [(p,) for p in self.deletes])
             db.executemany("INSERT OR REPLACE INTO probes (path, probe) VALUES (?, ?)", self.upserts)
             db.execute("INSERT INTO findings (snapshot, series, verdict, standing, silent, detailed, body) "
@@ -465,11 +474,6 @@ class AnomalyDB:
                                (key, json.dumps(learnt)))
             if volume is not None:
                 self._add_volume(volume)
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
 
     def _bound(self, added: str) -> None:
         """``AnomalyState.add`` and ``compact`` on the table: findings older than the last
@@ -501,25 +505,18 @@ class AnomalyDB:
         """Rewrite one finding (the newest of its snapshot), and a series' model (ack)."""
         snapshot, _, verdict, standing, silent, detailed, body = _row(f)
         db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(db):
             db.execute("UPDATE findings SET verdict = ?, standing = ?, silent = ?, detailed = ?, body = ? "
                        "WHERE seq = (SELECT MAX(seq) FROM findings WHERE snapshot = ?)",
                        (verdict, standing, silent, detailed, body, snapshot))
             if key is not None and entry is not None:
                 self._put_series(key, entry)
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
 
     def replace(self, state: AnomalyState) -> None:
         """Make the findings and baselines those of ``state`` (bounded first)."""
         state.compact()
         db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(db):
             db.execute("DELETE FROM findings")
             db.execute("DELETE FROM series")
             db.execute("DELETE FROM learnt")
@@ -527,11 +524,6 @@ class AnomalyDB:
                            "VALUES (?, ?, ?, ?, ?, ?, ?)", [_row(f) for f in state.findings])
             for k, v in state.series.items():
                 self._put_series(k, v)
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
 
     # -- probes and volumes ------------------------------------------------------------------
 

@@ -19,13 +19,12 @@ coded k=2 of n=3, so each pack leaves a member free for a rebuilt share.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from corestate.node.runtime.localmesh import LocalMesh
+from healthmesh import OWNER, backup, full, health, shape, when
 from meshutil import (
-    MeshShape,
     last_json,
     ledger_rows,
     random_tree,
@@ -35,43 +34,11 @@ from meshutil import (
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("mesh_up")]
 
-OWNER = 0
-
-# The module's ``mesh`` (tests/node/conftest.py). One group: members hold each other's
-# shares and repair for an absent owner.
-MESH = MeshShape("health", 5, group="office", config=(
-    ('repair_every = "1d"', 'repair_every = "10s"'),
-    ('audit_every = "1h"', 'audit_every = "5s"'),
-    ('holder_lost_after = "3d"', 'holder_lost_after = "30s"'),
-    ('owner_away_after = "3d"', 'owner_away_after = "20s"'),
-))
-
-
-def health(mesh: LocalMesh) -> dict:
-    p = mesh.run(mesh.nodes[OWNER], "health", "--json", check=False)
-    assert p.returncode in (0, 3), p.stdout + p.stderr
-    return last_json(p)
+MESH = shape("health")  # the module's ``mesh`` (tests/node/conftest.py)
 
 
 def state_of(h: dict, peer: str) -> str | None:
     return next((x["state"] for x in h["holders"] if x["peer"] == peer), None)
-
-
-def full(h: dict) -> bool:
-    p = h["packs"]
-    return p["full"] > 0 and p["degraded"] == p["at_risk"] == p["lost"] == 0
-
-
-def when(h: dict, ok: Callable[[dict], bool]) -> dict | None:
-    return h if ok(h) else None
-
-
-def backup(mesh: LocalMesh, src: Path) -> dict:
-    p = mesh.run(mesh.nodes[OWNER], "backup", str(src), "--k", "2", "--n", "3", "--json", check=False)
-    assert p.returncode == 0, p.stdout + p.stderr
-    out = last_json(p)
-    assert out["mesh"]["safe"], out
-    return out
 
 
 def test_a_holder_killed_for_good_is_rebuilt_without_a_user(mesh: LocalMesh, tmp_path: Path) -> None:

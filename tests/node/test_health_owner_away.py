@@ -13,47 +13,17 @@ and with one more holder dead the group could not be full again.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from corestate.node.runtime.localmesh import LocalMesh
 from corestate.node.treecompare import differences
-from meshutil import MeshShape, edit_config, last_json, ledger_rows, random_tree, restored, wait_for
+from healthmesh import OWNER, backup, full, health, shape, when
+from meshutil import edit_config, last_json, ledger_rows, random_tree, restored, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("mesh_up")]
 
-OWNER = 0
-
-MESH = MeshShape("health-away", 5, group="office", config=(
-    ('repair_every = "1d"', 'repair_every = "10s"'),
-    ('audit_every = "1h"', 'audit_every = "5s"'),
-    ('holder_lost_after = "3d"', 'holder_lost_after = "30s"'),
-    ('owner_away_after = "3d"', 'owner_away_after = "20s"'),
-))
-
-
-def health(mesh: LocalMesh) -> dict:
-    p = mesh.run(mesh.nodes[OWNER], "health", "--json", check=False)
-    assert p.returncode in (0, 3), p.stdout + p.stderr
-    return last_json(p)
-
-
-def full(h: dict) -> bool:
-    p = h["packs"]
-    return p["full"] > 0 and p["degraded"] == p["at_risk"] == p["lost"] == 0
-
-
-def when(h: dict, ok: Callable[[dict], bool]) -> dict | None:
-    return h if ok(h) else None
-
-
-def backup(mesh: LocalMesh, src: Path) -> dict:
-    p = mesh.run(mesh.nodes[OWNER], "backup", str(src), "--k", "2", "--n", "3", "--json", check=False)
-    assert p.returncode == 0, p.stdout + p.stderr
-    out = last_json(p)
-    assert out["mesh"]["safe"], out
-    return out
+MESH = shape("health-away")  # the module's ``mesh`` (tests/node/conftest.py)
 
 
 def test_members_repair_while_the_owner_is_away_and_it_adopts_on_return(

@@ -110,7 +110,9 @@ def pack_read(node: LocalNode, call: c.PackReadCall, ctx: Context) -> c.PackRead
     if node.ledger.get(pack) is None:
         raise PackMissing(pack.hex())
     data = _cache(node).fetch(pack, ctx)
-    return c.PackReadResult(data=data[call.offset:call.offset + call.length], fetched=True)
+    # A fetched pack may be a bytearray (its data shares received in place): the
+    # control codec sends bytes.
+    return c.PackReadResult(data=bytes(data[call.offset:call.offset + call.length]), fetched=True)
 
 
 OPERATIONS = (Operation(c.PackReadCall, pack_read, lock=False),)

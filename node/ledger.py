@@ -29,6 +29,8 @@ CREATE TABLE IF NOT EXISTS shares (
     size INTEGER NOT NULL, time_ns INTEGER NOT NULL,
     PRIMARY KEY (pack, idx, peer)
 );
+-- what one holder keeps for us (a storage target's quota is checked on every PUT)
+CREATE INDEX IF NOT EXISTS shares_by_peer ON shares (peer, size);
 CREATE TABLE IF NOT EXISTS coded (
     pack BLOB PRIMARY KEY, k INTEGER NOT NULL, n INTEGER NOT NULL, size INTEGER NOT NULL,
     local INTEGER NOT NULL,  -- 1 while this node keeps a local copy
@@ -171,6 +173,13 @@ class Ledger:
         with self._lock:
             return {p: (c, b) for p, c, b in self.db.execute(
                 "SELECT peer, COUNT(*), SUM(size) FROM shares GROUP BY peer")}
+
+    def bytes_on(self, holder: str) -> int:
+        """The share bytes ``holder`` keeps for this node (from the index, no table scan)."""
+        with self._lock:
+            (total,) = self.db.execute("SELECT COALESCE(SUM(size), 0) FROM shares WHERE peer = ?",
+                                       (holder,)).fetchone()
+            return int(total)
 
     def doom(self, rows: Iterable[tuple[bytes, int, str]]) -> None:
         """Remember shares to delete on their holders (pack, index, holder) until one does."""

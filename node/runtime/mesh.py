@@ -530,7 +530,7 @@ class Mesh:
             store = await trio.to_thread.run_sync(open_store, spec)
         except TargetError as exc:
             raise TargetDown(holder, exc, retryable=exc.retryable) from None
-        used: Callable[[], int] = lambda: self.ledger.peers().get(holder, (0, 0))[1] or 0  # noqa: E731
+        used: Callable[[], int] = functools.partial(self.ledger.bytes_on, holder)
         th = TargetHolder(spec, store, used, self.timeout, self._target_threads)
         self._holders[holder] = (spec, th)
         return th
